@@ -1,0 +1,37 @@
+"""The backbone contract: shared input ``x: [B, D]`` -> one representation per task."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class of multi-task backbones (shared-bottom, MMoE, PLE, ...).
+
+    Constructor: explicit typed hyper-parameters (the recipe schema) plus the injected keywords
+    ``input_dim: int`` (``D``, the concatenated encoder width) and ``task_names: list[str]``.
+    Sets :attr:`output_dims` (``task -> H_t``).
+
+    ``forward(x)`` maps ``x: [B, D]`` to ``{task: h_t [B, H_t]}``. A gated backbone stores the
+    gate weights of its last forward in :attr:`gate_weights` (``{name: [B, E]}``) for inspection.
+    """
+
+    injected: ClassVar[tuple[str, ...]] = ("input_dim", "task_names")
+    output_dims: dict[str, int]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_weights: dict[str, torch.Tensor] = {}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters used by more than one task (what gradient-level combiners balance).
+
+        The default is every parameter; backbones with task-specific parts override it.
+        """
+        return self.parameters()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,83 @@
+"""Errors raised by mtlframe.
+
+Every error a user can cause is an :class:`MTLFrameError`. The command line prints its message
+(one paragraph, no traceback) and exits with status 2. Messages name the file, recipe key,
+column or row at fault and say what to do.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MTLFrameError(Exception):
+    """Base class of every user-facing mtlframe error."""
+
+
+class RecipeError(MTLFrameError):
+    """A recipe is invalid. Holds every problem found, each with its dotted path.
+
+    Args:
+        problems: one ``(dotted_path, message)`` pair per problem.
+        source: the recipe file, or ``None`` for an in-memory recipe.
+        lines: optional ``dotted_path -> line number`` map used to point into the file.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None,
+                 lines: dict[str, int] | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        self.lines = dict(lines or {})
+        super().__init__(self._format())
+
+    def _line_of(self, path: str) -> int | None:
+        parts = path.split(".") if path else []
+        while parts:
+            key = ".".join(parts)
+            if key in self.lines:
+                return self.lines[key]
+            parts.pop()
+        return None
+
+    def _format(self) -> str:
+        where = self.source or "<recipe>"
+        n = len(self.problems)
+        head = f"recipe {where} has {n} problem{'s' if n != 1 else ''}:"
+        rows = []
+        for path, msg in self.problems:
+            line = self._line_of(path)
+            loc = f"{where}:{line}" if line else where
+            rows.append(f"  - {path or '<top>'} ({loc}): {msg}")
+        tail = "Fix the recipe and run `mtlframe recipe validate RECIPE` to check it."
+        return "\n".join([head, *rows, tail])
+
+
+class UnknownComponentError(MTLFrameError):
+    """A recipe names a component that no installed plugin provides."""
+
+
+class ComponentConflictError(MTLFrameError):
+    """Two plugins register the same bare name for one component kind."""
+
+
+class PluginLoadError(MTLFrameError):
+    """A plugin failed to import (raised when its component is needed, or in strict mode)."""
+
+
+class DataError(MTLFrameError):
+    """Input data is missing, malformed, or does not match the recipe."""
+
+
+class CheckpointError(MTLFrameError):
+    """A checkpoint cannot be used (not written by mtlframe, or missing state)."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` entries of ``choices`` closest to ``name`` (difflib ratio >= 0.5)."""
+    return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" Did you mean 'x'?"`` or an empty string."""
+    match = closest(name, choices, n=1)
+    return f" Did you mean '{match[0]}'?" if match else ""
