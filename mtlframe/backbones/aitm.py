@@ -1,0 +1,148 @@
+"""``aitm``: Adaptive Information Transfer Multi-task framework for multi-step conversions.
+
+Xi, Chen, Lin, Zhu, Yang, Zhang, Hu, Liu. "Modeling the Sequential Dependence among Audience
+Multi-step Conversions with Multi-task Learning in Targeted Display Advertising." KDD 2021.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from mtlframe.backbones.base import Backbone
+from mtlframe.backbones.esmm import resolve_funnel
+from mtlframe.layers import MLP
+
+
+class InformationTransfer(nn.Module):
+    """AIT: attention over the transferred vector ``p`` and the task's own vector ``q``.
+
+    .. math::
+        w_u = \\mathrm{softmax}_{u \\in \\{p, q\\}}
+              \\frac{\\langle h_1(u), h_2(u) \\rangle}{\\sqrt{H}}, \\qquad
+        z = \\sum_{u \\in \\{p, q\\}} w_u \\, h_3(u)
+
+    Shape: ``p [B, H], q [B, H] -> (z [B, H], w [B, 2])`` (``w[:, 0]`` on ``p``, ``w[:, 1]`` on ``q``).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.h1 = nn.Linear(dim, dim, bias=False)
+        self.h2 = nn.Linear(dim, dim, bias=False)
+        self.h3 = nn.Linear(dim, dim, bias=False)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.stack([p, q], dim=1)                             # (B, 2, H)
+        scores = (self.h1(u) * self.h2(u)).sum(-1) * self.scale    # (B, 2)
+        w = torch.softmax(scores, dim=-1)                          # (B, 2)
+        z = (w.unsqueeze(-1) * self.h3(u)).sum(dim=1)              # (B, H)
+        return z, w
+
+
+class AITM(Backbone):
+    """Per-step towers; each step receives what the previous step learned through an attention gate.
+
+    For funnel steps ``t = 1..T`` (e.g. impression -> click -> purchase) over the shared input ``x``:
+
+    .. math::
+        q_t = \\mathrm{MLP}_t(x), \\quad z_1 = q_1, \\quad
+        p_{t-1} = \\mathrm{ReLU}(W_t z_{t-1} + b_t), \\quad z_t = \\mathrm{AIT}_t(p_{t-1}, q_t)
+
+    and ``h_t = z_t`` goes to task ``t``'s tower (the paper's per-task prediction layer; a linear
+    tower, ``tower: {name: mlp, hidden: []}``, matches it). The behavioural expectation
+    calibrator, :meth:`auxiliary_loss`, penalises a later step predicted likelier than an
+    earlier one (end-to-end conversion cannot exceed the click probability):
+
+    .. math:: L_{BEC} = \\alpha \\, \\frac{1}{B} \\sum_{b} \\sum_{t \\ge 2} \\max(\\hat y_t - \\hat y_{t-1}, 0)
+
+    Args:
+        tower_hidden: widths of each step's MLP ``MLP_t``; the last is ``H``.
+        calibration_weight: ``alpha`` (>= 0).
+        dropout: dropout in the MLPs.
+        activation: activation name.
+        batch_norm: batch normalization in the MLPs.
+        funnel: task names in funnel order (default: the order of the recipe's ``tasks``).
+        input_dim, task_names: injected.
+
+    Shape: ``x [B, D] -> {task: [B, H]}``; after a forward, ``gate_weights[task]`` for steps
+    ``t >= 2`` is the AIT attention ``[B, 2]`` (transferred, own).
+
+    Raises:
+        ValueError: fewer than two tasks, a bad ``funnel``, empty ``tower_hidden``,
+            ``calibration_weight < 0``; in :meth:`auxiliary_loss`, a non-binary task.
+
+    Example::
+
+        aitm = AITM(tower_hidden=[64, 32], input_dim=32, task_names=["click", "purchase"])
+        h = aitm(torch.randn(8, 32))                       # {"click": [8, 32], "purchase": [8, 32]}
+        logits = {t: towers[t](h[t]) for t in h}
+        aux = aitm.auxiliary_loss(logits, targets, masks)  # scalar
+    """
+
+    def __init__(self, tower_hidden: list[int] = [128, 64], calibration_weight: float = 0.6,  # noqa: B006
+                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False,
+                 funnel: list[str] | None = None, *, input_dim: int, task_names: list[str]) -> None:
+        super().__init__()
+        if not tower_hidden:
+            raise ValueError("tower_hidden must list at least one width")
+        if calibration_weight < 0:
+            raise ValueError(f"calibration_weight must be >= 0, got {calibration_weight}")
+        self.task_names = list(task_names)
+        self.funnel = resolve_funnel(funnel, self.task_names, "AITM")
+        self.calibration_weight = float(calibration_weight)
+        dim = tower_hidden[-1]
+        self.towers = nn.ModuleDict(
+            {t: MLP(input_dim, tower_hidden, dropout, activation, batch_norm) for t in self.task_names})
+        # keyed by the receiving step
+        self.transfers = nn.ModuleDict({t: MLP(dim, [dim], dropout, activation) for t in self.funnel[1:]})
+        self.ait = nn.ModuleDict({t: InformationTransfer(dim) for t in self.funnel[1:]})
+        self.output_dims = {t: dim for t in self.task_names}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything of steps ``1..T-1``: step ``k``'s ``z_k`` reaches every later task."""
+        parts = []
+        for k, t in enumerate(self.funnel[:-1]):
+            parts.append(self.towers[t].parameters())
+            if k > 0:
+                parts += [self.transfers[t].parameters(), self.ait[t].parameters()]
+        return itertools.chain(*parts)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        z = None
+        for t in self.funnel:
+            q = self.towers[t](x)                                  # (B, H)
+            if z is None:
+                z = q
+            else:
+                p = self.transfers[t](z)                           # (B, H)  from step t-1
+                z, w = self.ait[t](p, q)                           # (B, H), (B, 2)
+                self.gate_weights[t] = w.detach()
+            out[t] = z
+        return {t: out[t] for t in self.task_names}
+
+    def auxiliary_loss(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                       masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The behavioural expectation calibrator ``L_BEC`` (label-free: every row counts).
+
+        Args:
+            outputs: ``{task: [B, 1] or [B]}`` the towers' logits.
+            targets, masks: unused (part of the hook's signature).
+
+        Returns:
+            A scalar tensor.
+        """
+        probs = []
+        for t in self.funnel:
+            o = outputs[t]
+            if o.dim() > 1 and o.shape[-1] != 1:
+                raise ValueError(f"AITM needs binary tasks (one logit per row); task '{t}' has "
+                                 f"outputs of shape {tuple(o.shape)}")
+            probs.append(torch.sigmoid(o.reshape(-1)))             # (B,)
+        p = torch.stack(probs, dim=1)                              # (B, T)
+        violation = torch.relu(p[:, 1:] - p[:, :-1])               # (B, T-1)
+        return self.calibration_weight * violation.sum(dim=1).mean()

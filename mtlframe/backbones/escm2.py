@@ -1,0 +1,140 @@
+"""``escm2``: Entire Space Counterfactual Multi-task Model.
+
+Wang, Chang, Luo, Cao, Peng, Cheng, He, Feng. "ESCM²: Entire Space Counterfactual Multi-Task
+Model for Post-Click Conversion Rate Estimation." SIGIR 2022.
+
+The doubly-robust variant uses the joint-learning imputation of Wang, Zhang, Sun, Qi.
+"Doubly Robust Joint Learning for Recommendation on Data Missing Not at Random." ICML 2019.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlframe.backbones.esmm import ESMM
+from mtlframe.layers import MLP
+
+_MODES = ("ips", "dr")
+
+
+class ESCM2(ESMM):
+    """ESMM plus a counterfactual risk that debiases the conditional (CVR) tower.
+
+    ESMM's product ``pCTCVR = pCTR x pCVR`` (see :class:`~mtlframe.backbones.esmm.ESMM`) is kept;
+    :meth:`auxiliary_loss` adds, for each funnel step ``k >= 2`` (``o`` = label of step ``k-1``,
+    e.g. click; ``r`` = label of step ``k``; ``e = CE(r, q_k)``; propensity ``\\hat o = p_{k-1}``,
+    detached and clipped below at ``propensity_min``), averaged over the ``N`` impressions:
+
+    .. math::
+        R_{IPS} = \\frac{1}{N} \\sum_i \\frac{o_i \\, e_i}{\\hat o_i}, \\qquad
+        R_{DR} = \\frac{1}{N} \\sum_i \\Big[ \\hat e_i + \\frac{o_i (e_i - \\hat e_i)}{\\hat o_i} \\Big]
+
+    In DR, an imputation head on the step's representation predicts a pseudo-label ``\\tilde r``;
+    the imputed error is ``\\hat e = CE(\\tilde r, q_k)`` (so un-clicked rows also train the CVR
+    tower), and the head is trained by ``\\frac{1}{N} \\sum_i o_i (e_i - \\hat e_i)^2 / \\hat o_i``
+    (DR-JL). The auxiliary loss is ``counterfactual_weight * R + imputation loss``; the task
+    losses on ``p_1`` (CTR) and ``p_k`` (CTCVR) stay the module's, so the paper's
+    ``L_CTR + lambda_c R + lambda_g L_CTCVR`` is obtained with the task weights.
+
+    Args:
+        hidden: widths of an MLP per task in front of its tower (``[]``: none).
+        counterfactual: ``"ips"`` or ``"dr"``.
+        counterfactual_weight: ``lambda_c`` (>= 0).
+        propensity_min: lower clip of the propensity ``\\hat o`` (in ``(0, 1]``).
+        imputation_hidden: hidden widths of each DR imputation head.
+        dropout, activation, batch_norm: for the per-task MLPs.
+        funnel: task names in funnel order (default: the recipe's task order).
+        input_dim, task_names: injected.
+
+    Shape: as :class:`ESMM`; ``auxiliary_loss`` returns a scalar.
+
+    Raises:
+        ValueError: unknown ``counterfactual``, ``counterfactual_weight < 0``, ``propensity_min``
+            outside ``(0, 1]``, or ESMM's errors.
+
+    Example::
+
+        m = ESCM2(counterfactual="dr", input_dim=32, task_names=["ctr", "ctcvr"])
+        h = m(x)
+        tower_logits = {t: towers[t](h[t]) for t in h}
+        logits = m.combine_outputs(tower_logits)   # task losses on these
+        aux = m.auxiliary_loss(tower_logits, targets, masks)
+    """
+
+    def __init__(self, hidden: list[int] = [], counterfactual: str = "ips",  # noqa: B006
+                 counterfactual_weight: float = 0.1, propensity_min: float = 0.05,
+                 imputation_hidden: list[int] = [32], dropout: float = 0.0, activation: str = "relu",  # noqa: B006
+                 batch_norm: bool = False, funnel: list[str] | None = None, *, input_dim: int,
+                 task_names: list[str]) -> None:
+        super().__init__(hidden, dropout, activation, batch_norm, funnel, input_dim=input_dim,
+                         task_names=task_names)
+        if counterfactual not in _MODES:
+            raise ValueError(f"counterfactual must be one of {', '.join(_MODES)}, got '{counterfactual}'")
+        if counterfactual_weight < 0:
+            raise ValueError(f"counterfactual_weight must be >= 0, got {counterfactual_weight}")
+        if not 0 < propensity_min <= 1:
+            raise ValueError(f"propensity_min must be in (0, 1], got {propensity_min}")
+        self.counterfactual = counterfactual
+        self.counterfactual_weight = float(counterfactual_weight)
+        self.propensity_min = float(propensity_min)
+        self.imputation = nn.ModuleDict(
+            {t: MLP(self.output_dims[t], imputation_hidden, dropout, activation, output_dim=1)
+             for t in self.funnel[1:]} if counterfactual == "dr" else {})
+        self._imputed: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = super().forward(x)                                     # {task: (B, H)}
+        if self.counterfactual == "dr":
+            # pseudo-label logits for auxiliary_loss of this same step
+            self._imputed = {t: self.imputation[t](h[t]) for t in self.funnel[1:]}  # {task: (B, 1)}
+        return h
+
+    def auxiliary_loss(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                       masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The counterfactual risk (+ DR imputation loss) of the last forward's batch.
+
+        Args:
+            outputs: ``{task: [B, 1] or [B]}`` the towers' logits *before* :meth:`combine_outputs`.
+            targets: ``{task: [B]}`` 0/1 labels (any value where the mask is 0).
+            masks: ``{task: [B]}`` 1 where the label is present. A step whose two tasks are not
+                both in ``targets`` is skipped.
+
+        Returns:
+            A scalar tensor (zero when no step applies).
+
+        Raises:
+            RuntimeError: DR mode and no forward has run yet.
+        """
+        if self.counterfactual == "dr" and self._imputed is None:
+            raise RuntimeError("ESCM2.auxiliary_loss needs the forward of the same batch first")
+        first = outputs[self.funnel[0]]
+        risk = first.new_zeros(())
+        imputation = first.new_zeros(())
+        log_p_prev = F.logsigmoid(first.reshape(-1))               # (B,)  log p_{k-1}
+        for prev, cur in zip(self.funnel, self.funnel[1:]):
+            q = outputs[cur].reshape(-1)                           # (B,)  conditional logit
+            if prev in targets and cur in targets:
+                o = torch.nan_to_num(targets[prev].reshape(-1).float())          # (B,) e.g. click
+                has_o = masks[prev].reshape(-1).bool()
+                has_r = masks[cur].reshape(-1).bool()
+                # impressions with a known click; clicked ones also need the conversion label
+                valid = has_o & (has_r | (o == 0))                 # (B,)
+                r = torch.where(has_r, torch.nan_to_num(targets[cur].reshape(-1).float()), 0.0)
+                prop = log_p_prev.detach().exp().clamp(min=self.propensity_min)  # (B,)
+                e = F.binary_cross_entropy_with_logits(q, r, reduction="none")   # (B,)
+                n = valid.sum().clamp(min=1)
+                if self.counterfactual == "ips":
+                    term = o * e / prop
+                else:
+                    pseudo = torch.sigmoid(self._imputed[cur].reshape(-1))      # (B,)
+                    e_hat = F.binary_cross_entropy_with_logits(q, pseudo.detach(), reduction="none")
+                    term = e_hat + o * (e - e_hat) / prop
+                    e_hat_imp = F.binary_cross_entropy_with_logits(q.detach(), pseudo, reduction="none")
+                    imp = o * (e.detach() - e_hat_imp) ** 2 / prop
+                    imputation = imputation + torch.where(valid, imp, 0.0).sum() / n
+                risk = risk + torch.where(valid, term, 0.0).sum() / n
+            log_p_prev = log_p_prev + F.logsigmoid(q)
+        return self.counterfactual_weight * risk + imputation

@@ -1,0 +1,156 @@
+"""``esmm``: Entire Space Multi-task Model (conversion funnels trained on all impressions).
+
+Ma, Zhao, Huang, Wang, Hu, Zhu, Gai. "Entire Space Multi-Task Model: An Effective Approach for
+Estimating Post-Click Conversion Rate." SIGIR 2018.
+
+ESMM couples tasks at the *prediction* level (``pCTCVR = pCTR x pCVR``), so besides the usual
+``forward`` it implements the output-coupling hook :meth:`ESMM.combine_outputs`, which the
+training module calls on the towers' outputs before computing the task losses.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlframe.backbones.base import Backbone
+from mtlframe.layers import MLP
+
+_MAX_LOG_PROB = -1e-7  # keep logit(p) finite: p <= 1 - 1e-7
+
+
+def resolve_funnel(funnel: Sequence[str] | None, task_names: Sequence[str], model: str) -> list[str]:
+    """The tasks in funnel order (``funnel``, or ``task_names`` as listed in the recipe).
+
+    Raises:
+        ValueError: ``funnel`` is not an ordering of exactly the recipe's tasks, or fewer than
+            two tasks.
+    """
+    order = list(task_names) if funnel is None else list(funnel)
+    if funnel is not None and (len(set(order)) != len(order) or set(order) != set(task_names)):
+        raise ValueError(f"{model}: funnel must list every task exactly once, in funnel order; "
+                         f"got {order}, tasks are {list(task_names)}")
+    if len(order) < 2:
+        raise ValueError(f"{model} chains at least two tasks (e.g. click then conversion), got {order}")
+    return order
+
+
+def _binary_logit(model: str, task: str, o: torch.Tensor) -> torch.Tensor:
+    if o.dim() > 1 and o.shape[-1] != 1:
+        raise ValueError(f"{model} needs binary tasks (one logit per row); task '{task}' has "
+                         f"outputs of shape {tuple(o.shape)}")
+    return o
+
+
+def log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(a))`` for ``a < 0``, accurate everywhere (Maechler, 2012)."""
+    return torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def logit_from_log_prob(log_p: torch.Tensor) -> torch.Tensor:
+    """``logit(p) = log p - log(1 - p)`` computed from ``log p`` (``p`` capped at ``1 - 1e-7``)."""
+    log_p = log_p.clamp(max=_MAX_LOG_PROB)
+    return log_p - log1mexp(log_p)
+
+
+class ESMM(Backbone):
+    """Per-step towers whose probabilities multiply along a conversion funnel.
+
+    The recipe lists the *observable* tasks of a funnel in order, each labelled on every
+    impression, e.g. ``ctr`` (click) then ``ctcvr`` (click and purchase). The tower of step ``k``
+    predicts the *conditional* probability ``q_k = P(step k | step k-1)`` (for ``ctcvr``, that is
+    pCVR); :meth:`combine_outputs` turns the towers' logits into the entire-space probabilities
+
+    .. math:: p_k = \\prod_{j \\le k} q_j, \\qquad \\text{e.g. } pCTCVR = pCTR \\times pCVR
+
+    returned as logits, so the ordinary binary cross-entropy on ``p_k`` trains every step on all
+    impressions (the paper's fix for sample-selection bias and data sparsity).
+
+    The embedding sharing of the paper is the encoders' (shared by construction); this backbone
+    adds optional per-step MLPs in front of the towers (``hidden=[]``, the default, passes ``x``
+    through so the towers are the paper's CTR and CVR networks).
+
+    Args:
+        hidden: widths of an MLP per task in front of its tower (``[]``: none).
+        dropout: dropout in those MLPs.
+        activation: activation name.
+        batch_norm: batch normalization in those MLPs.
+        funnel: task names in funnel order (default: the order of the recipe's ``tasks``).
+        input_dim, task_names: injected.
+
+    Shape: ``x [B, D] -> {task: [B, H]}`` (``H = hidden[-1]`` or ``D``);
+    ``combine_outputs({task: [B, 1]}) -> {task: [B, 1]}``.
+
+    Raises:
+        ValueError: fewer than two tasks, a bad ``funnel``, or (in :meth:`combine_outputs`) a
+            task whose tower does not output one logit per row.
+
+    Example::
+
+        esmm = ESMM(input_dim=32, task_names=["ctr", "ctcvr"])
+        h = esmm(torch.randn(8, 32))                       # {"ctr": [8, 32], "ctcvr": [8, 32]}
+        tower_logits = {t: towers[t](h[t]) for t in h}     # ctr -> logit pCTR, ctcvr -> logit pCVR
+        logits = esmm.combine_outputs(tower_logits)        # ctcvr -> logit(pCTR * pCVR)
+    """
+
+    def __init__(self, hidden: list[int] = [], dropout: float = 0.0, activation: str = "relu",  # noqa: B006
+                 batch_norm: bool = False, funnel: list[str] | None = None, *, input_dim: int,
+                 task_names: list[str]) -> None:
+        super().__init__()
+        self.task_names = list(task_names)
+        self.funnel = resolve_funnel(funnel, self.task_names, type(self).__name__)
+        self.nets = nn.ModuleDict(
+            {t: MLP(input_dim, hidden, dropout, activation, batch_norm) for t in self.task_names})
+        self.output_dims = {t: self.nets[t].output_dim for t in self.task_names}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The MLPs of every step but the last: step ``k`` feeds ``p_k, p_{k+1}, ...``."""
+        return itertools.chain(*(self.nets[t].parameters() for t in self.funnel[:-1]))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {t: self.nets[t](x) for t in self.task_names}      # {task: (B, H)}
+
+    def combine_outputs(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Towers' conditional logits -> entire-space logits ``logit(prod_{j<=k} q_j)``.
+
+        Computed in log space (``log p_k = sum_j log sigmoid(o_j)``), so it stays finite for very
+        small probabilities. The first step's logit is returned unchanged.
+
+        Args:
+            outputs: ``{task: [B, 1] or [B]}`` tower logits; every funnel task must be present.
+
+        Returns:
+            ``{task: logit}`` with the same keys and shapes.
+        """
+        name = type(self).__name__
+        out = dict(outputs)
+        log_p = None
+        for k, t in enumerate(self.funnel):
+            log_q = F.logsigmoid(_binary_logit(name, t, outputs[t]))  # (B, 1)
+            log_p = log_q if log_p is None else log_p + log_q     # (B, 1)  log p_k
+            if k > 0:
+                out[t] = logit_from_log_prob(log_p)               # (B, 1)
+        return out
+
+    def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Entire-space probabilities ``p_k = q_1 * ... * q_k`` as a plain product of sigmoids.
+
+        Args:
+            outputs: ``{task: [B, 1] or [B]}`` tower logits.
+
+        Returns:
+            ``{task: p_k}``, same shapes (``sigmoid`` of :meth:`combine_outputs`, up to rounding).
+        """
+        probs, p = {}, None
+        for t in self.funnel:
+            q = torch.sigmoid(_binary_logit(type(self).__name__, t, outputs[t]))  # (B, 1)
+            p = q if p is None else p * q
+            probs[t] = p
+        return probs
+
+    def conditional_probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The towers' own probabilities ``q_k = P(step k | step k-1)`` (pCTR, pCVR, ...)."""
+        return {t: torch.sigmoid(outputs[t]) for t in self.funnel}

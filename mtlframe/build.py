@@ -1,0 +1,97 @@
+"""Build components from a validated recipe, injecting what the builder knows.
+
+Values such as the input width, task names, vocabularies and task weights are injected; the
+recipe never writes them. Every component used is recorded with its provider (distribution and
+version) so runs say exactly what they were built from.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mtlframe.errors import MTLFrameError, RecipeError
+from mtlframe.features import FeatureInfo, TaskSpec
+from mtlframe.recipe import Recipe
+from mtlframe.registry import get_registry
+
+
+class Builder:
+    """Instantiates the components a recipe names.
+
+    Attributes:
+        providers: ``"<kind>:<name>" -> "<distribution> <version>"`` of every component built.
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.providers: dict[str, str] = {}
+
+    def make(self, kind: str, spec: Mapping[str, Any], path: str, **injected: Any) -> Any:
+        """Build ``{name: ..., **args}`` of ``kind``, adding ``injected`` keyword arguments.
+
+        Raises:
+            RecipeError: the constructor rejects the arguments (its message, with the recipe key).
+        """
+        comp = get_registry().get(kind, spec["name"], where=f"recipe {self.recipe.source}, key {path}.name")
+        factory = comp.load()
+        wanted = set(getattr(factory, "injected", ()))
+        args = {k: v for k, v in spec.items() if k != "name"}
+        args.update({k: v for k, v in injected.items() if k in wanted})
+        self.providers[f"{kind}:{comp.name}"] = str(comp.provider)
+        try:
+            return factory(**args)
+        except MTLFrameError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecipeError([(path, f"{kind} '{spec['name']}' rejected its arguments: {exc}")],
+                              self.recipe.source) from None
+
+    def dataset(self):
+        return self.make("dataset", self.recipe.config.data.dataset, "data.dataset")
+
+    def encoders(self, feature_info: Mapping[str, FeatureInfo]) -> list:
+        out = []
+        for i, spec in enumerate(self.recipe.config.model.encoders):
+            factory = get_registry().get("encoder", spec["name"]).load()
+            accepts = getattr(factory, "accepts", frozenset())
+            feats = spec.get("features") or []
+            bad = [(j, f) for j, f in enumerate(feats) if accepts and feature_info[f].type not in accepts]
+            if bad:
+                raise RecipeError([(f"model.encoders[{i}].features[{j}]",
+                                    f"'{f}' is a {feature_info[f].type} feature; encoder '{spec['name']}' accepts "
+                                    f"{', '.join(sorted(accepts))}. Move it to an encoder that takes "
+                                    f"{feature_info[f].type} features.") for j, f in bad], self.recipe.source)
+            out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info))
+        return out
+
+    def model(self, encoders: Sequence, tasks: Sequence[TaskSpec]):
+        from mtlframe.model import MultiTaskModel
+
+        cfg = self.recipe.config.model
+        names = [t.name for t in tasks]
+        input_dim = sum(int(e.output_dim) for e in encoders)
+        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names)
+        towers = {}
+        for t in tasks:
+            spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")
+            towers[t.name] = self.make("tower", spec, path, input_dim=backbone.output_dims[t.name],
+                                       output_dim=t.output_dim)
+        return MultiTaskModel(encoders, backbone, towers, tasks)
+
+    def combiner(self, tasks: Sequence[TaskSpec]):
+        return self.make("combiner", self.recipe.config.combiner, "combiner",
+                         task_names=[t.name for t in tasks], weights={t.name: t.weight for t in tasks})
+
+    def sampler(self, feature_info: Mapping[str, FeatureInfo], tasks: Sequence[TaskSpec], table=None):
+        return self.make("sampler", self.recipe.config.data.sampler, "data.sampler", feature_info=feature_info,
+                         tasks=list(tasks), table=table)
+
+    def metrics(self, tasks: Sequence[TaskSpec]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for t in tasks:
+            out[t.name] = {}
+            for m in t.metrics:
+                comp = get_registry().get("metric", m)
+                self.providers[f"metric:{comp.name}"] = str(comp.provider)
+                out[t.name][m] = comp.load()
+        return out

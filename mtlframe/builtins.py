@@ -1,0 +1,88 @@
+"""The default plugin: registers mtlframe's built-in components through the public hooks.
+
+Hook implementations only; factories are lazy ``"module:Attr"`` strings so listing components
+imports nothing heavy.
+"""
+from __future__ import annotations
+
+from mtlframe.hookspecs import hookimpl
+from mtlframe.registry import ComponentSpec as C
+
+
+@hookimpl
+def mtlframe_datasets():
+    return [
+        C("clothing-reviews", "mtlframe.datasets.clothing_reviews:ClothingReviews",
+          "Women's E-Commerce Clothing Reviews (bundled, CC0): rating, recommended, helpful"),
+        C("adult", "mtlframe.datasets.adult:Adult",
+          "UCI Adult census (bundled, CC BY 4.0): income > 50K, never married"),
+        C("movielens-100k", "mtlframe.datasets.movielens:MovieLens100K",
+          "MovieLens 100K ratings (local folder or download): rating, like"),
+        C("csv", "mtlframe.datasets.tabular:CsvDataset", "your own CSV file"),
+        C("parquet", "mtlframe.datasets.tabular:ParquetDataset", "your own Parquet file"),
+        C("synthetic", "mtlframe.datasets.synthetic:Synthetic",
+          "MMoE paper's synthetic tasks with controllable correlation"),
+    ]
+
+
+@hookimpl
+def mtlframe_encoders():
+    return [
+        C("embedding", "mtlframe.encoders.embedding:EmbeddingEncoder",
+          "categorical features -> learned embeddings (one fused table)"),
+        C("numeric", "mtlframe.encoders.numeric:NumericEncoder", "standardized numeric features"),
+        C("bag-of-words", "mtlframe.encoders.bag_of_words:BagOfWordsEncoder",
+          "hashed word n-grams of text -> mean-pooled EmbeddingBag"),
+    ]
+
+
+@hookimpl
+def mtlframe_backbones():
+    return [
+        C("shared-bottom", "mtlframe.backbones.shared_bottom:SharedBottom", "one shared MLP (hard sharing)"),
+        C("mmoe", "mtlframe.backbones.mmoe:MMoE", "multi-gate mixture-of-experts (Ma et al., KDD 2018)"),
+        C("omoe", "mtlframe.backbones.omoe:OMoE", "one-gate mixture-of-experts (Ma et al., KDD 2018 baseline)"),
+        C("cgc", "mtlframe.backbones.cgc:CGC", "customized gate control: task + shared experts (Tang et al., RecSys 2020)"),
+        C("ple", "mtlframe.backbones.ple:PLE", "progressive layered extraction (Tang et al., RecSys 2020)"),
+        C("cross-stitch", "mtlframe.backbones.cross_stitch:CrossStitch",
+          "per-task columns mixed by cross-stitch units (Misra et al., CVPR 2016)"),
+        C("dselect-k", "mtlframe.backbones.dselect_k:DSelectK",
+          "experts with differentiable top-k gates (Hazimeh et al., NeurIPS 2021)"),
+        C("single-task", "mtlframe.backbones.single_task:SingleTask", "one independent MLP per task (no sharing)"),
+        C("esmm", "mtlframe.backbones.esmm:ESMM",
+          "entire-space funnel, pCTCVR = pCTR x pCVR (Ma et al., SIGIR 2018; couples outputs)"),
+        C("escm2", "mtlframe.backbones.escm2:ESCM2",
+          "ESMM + IPS/DR counterfactual CVR risk (Wang et al., SIGIR 2022; couples outputs)"),
+        C("aitm", "mtlframe.backbones.aitm:AITM",
+          "adaptive information transfer + calibrator (Xi et al., KDD 2021; auxiliary loss)"),
+        C("stem", "mtlframe.backbones.stem:STEM",
+          "shared/task-specific embeddings, all-forward gates (Su et al., AAAI 2024; simplified)"),
+    ]
+
+
+@hookimpl
+def mtlframe_towers():
+    return [C("mlp", "mtlframe.towers.mlp:MLPTower", "MLP task tower")]
+
+
+@hookimpl
+def mtlframe_combiners():
+    return [C("static", "mtlframe.combiners.static:StaticCombiner", "L = sum_i w_i L_i")]
+
+
+@hookimpl
+def mtlframe_samplers():
+    return [
+        C("none", "mtlframe.samplers.none:NoSampler", "train on the rows as they are"),
+    ]
+
+
+@hookimpl
+def mtlframe_metrics():
+    return [
+        C("auc", "mtlframe.metrics.standard:auc", "ROC AUC (binary)"),
+        C("logloss", "mtlframe.metrics.standard:logloss", "log loss (binary, multiclass)"),
+        C("accuracy", "mtlframe.metrics.standard:accuracy", "accuracy (binary, multiclass)"),
+        C("rmse", "mtlframe.metrics.standard:rmse", "root mean squared error (regression)"),
+        C("mae", "mtlframe.metrics.standard:mae", "mean absolute error (regression)"),
+    ]

@@ -1,0 +1,192 @@
+"""The ``mtlframe`` command line.
+
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recipe validate``, ``plugins``.
+Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
+``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mtlframe.errors import MTLFrameError
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=False, highlight=False)
+
+
+def _metrics_table(metrics: dict, title: str):
+    from rich.table import Table
+
+    names: list[str] = []
+    for per_task in metrics.values():
+        for m in per_task:
+            if m not in names:
+                names.append(m)
+    table = Table(title=title)
+    table.add_column("task")
+    for m in names:
+        table.add_column(m, justify="right")
+    for task, per_task in metrics.items():
+        table.add_row(task, *[("-" if per_task.get(m) is None else f"{per_task[m]:.4f}") for m in names])
+    return table
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtlframe.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from mtlframe.run import train
+
+    result = train(recipe, args.run_dir, progress=False if args.no_progress else None)
+    con = _console()
+    for split in ("val", "test"):
+        if result.metrics.get(split):
+            con.print(_metrics_table(result.metrics[split], f"{split} metrics (best checkpoint)"))
+    con.print(f"parameters: {result.num_parameters:,}  train time: {result.train_seconds:.1f} s")
+    con.print(f"run directory: {result.run_dir}  (metrics.json, recipe.yaml, checkpoints/best.ckpt)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtlframe.run import evaluate
+
+    scores = evaluate(args.checkpoint, args.split)
+    con = _console()
+    con.print(_metrics_table(scores, f"{args.split} metrics"))
+    if args.output:
+        Path(args.output).write_text(json.dumps({args.split: scores}, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mtlframe.run import load_checkpoint, predict_frame, read_table, write_table
+
+    loaded = load_checkpoint(args.checkpoint)
+    frame = read_table(args.input)
+    out = predict_frame(loaded, frame, source=str(args.input))
+    if args.keep:
+        for col in args.keep:
+            if col not in frame.columns:
+                raise MTLFrameError(f"--keep column '{col}' is not in {args.input}")
+            out.insert(0, col, frame[col].to_numpy())
+    write_table(out, args.output)
+    print(f"wrote {len(out)} predictions for tasks {', '.join(t.name for t in loaded.tasks)} to {args.output}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mtlframe.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    cfg = recipe.config
+    tasks = ", ".join(f"{n} ({t.type})" for n, t in cfg.tasks.items())
+    print(f"{args.recipe}: valid. dataset {cfg.data.dataset['name']}; tasks {tasks}; "
+          f"backbone {cfg.model.backbone['name']}; combiner {cfg.combiner['name']}.")
+    if args.show:
+        print(recipe.to_yaml())
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from mtlframe.registry import KINDS, get_registry
+
+    reg = get_registry()
+    con = _console()
+    if args.json:
+        payload = {"plugins": {n: {"distribution": p.distribution, "version": p.version} for n, p in reg.plugins.items()},
+                   "components": {k: [{"name": c.name, "provider": c.provider.distribution,
+                                       "version": c.provider.version, "summary": c.spec.summary}
+                                      for c in reg.all(k)] for k in KINDS},
+                   "failures": [vars(f) for f in reg.failures]}
+        print(json.dumps(payload, indent=2))
+        return 0
+    plugins = Table(title="installed plugins")
+    for col in ("plugin", "distribution", "version", "components"):
+        plugins.add_column(col)
+    for name, prov in reg.plugins.items():
+        comps = [f"{c.kind}:{c.name}" for k in KINDS for c in reg.all(k) if c.provider.plugin == name]
+        plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
+    con.print(plugins)
+    kinds = [args.kind] if args.kind else list(KINDS)
+    comps = Table(title="components")
+    for col in ("kind", "name", "provider", "summary"):
+        comps.add_column(col)
+    for k in kinds:
+        for c in reg.all(k):
+            comps.add_row(k, c.name, str(c.provider), c.spec.summary)
+    con.print(comps)
+    if reg.failures:
+        con.print("[bold red]plugins that failed to load:[/bold red]")
+        for f in reg.failures:
+            con.print(f"  {f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mtlframe import __version__
+
+    p = argparse.ArgumentParser(prog="mtlframe", description="Multi-task learning for recommender systems: "
+                                "train YAML recipes on PyTorch Lightning.")
+    p.add_argument("--version", action="version", version=f"mtlframe {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe, then evaluate its best checkpoint")
+    t.add_argument("recipe", help="YAML recipe file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3 model.backbone.name=mmoe")
+    t.add_argument("--run-dir", default=None, help="output folder (default runs/<recipe>-<time>)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of its recipe's data")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--output", default=None, help="write the metrics as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict every task for the rows of a CSV / Parquet file")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
+    pr.add_argument("--output", required=True, help="CSV or Parquet to write (one column per task)")
+    pr.add_argument("--keep", nargs="*", default=None, help="input columns to copy into the output (ids)")
+    pr.set_defaults(func=cmd_predict)
+
+    r = sub.add_parser("recipe", help="recipe tools")
+    rsub = r.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")
+    v = rsub.add_parser("validate", help="check a recipe without reading data")
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*")
+    v.add_argument("--show", action="store_true", help="print the resolved recipe")
+    v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
+    pl.add_argument("--kind", default=None, help="only this component kind")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except MTLFrameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

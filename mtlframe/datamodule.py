@@ -1,0 +1,224 @@
+"""``RecDataModule``: dataset -> split -> preprocessor (fit on train) -> columnar tensors -> batches."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from mtlframe.batching import ColumnBatches, Columns
+from mtlframe.datasets.base import RecDataset, Table
+from mtlframe.errors import DataError, RecipeError, closest
+from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
+from mtlframe.preprocess import LabelSpec, Preprocessor
+from mtlframe.recipe import Recipe
+from mtlframe.samplers.base import Sampler
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(table: Table, name: str, val: float, test: float, seed: int,
+                  cold_items: float = 0.1) -> dict[str, np.ndarray]:
+    """Row indices of the train / val / test splits.
+
+    * ``random``: a seeded permutation; the first ``test`` fraction is test, then ``val``.
+    * ``time``: rows sorted by ``table.timestamp`` (stable); the latest ``test`` fraction is test,
+      the ``val`` fraction before it validation.
+    * ``cold-start``: a seeded ``cold_items`` fraction of the items (``table.item``) and all their
+      rows form the test split; validation is a random ``val`` fraction of the remaining rows.
+
+    Raises:
+        DataError: ``time`` without a timestamp column, ``cold-start`` without an item column.
+    """
+    n = len(table.frame)
+    rng = np.random.default_rng(seed)
+    if name == "random":
+        perm = rng.permutation(n)
+        n_test, n_val = int(round(n * test)), int(round(n * val))
+        return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
+                "train": np.sort(perm[n_test + n_val:])}
+    if name == "time":
+        if not table.timestamp:
+            raise DataError(f"{table.source}: data.split.name 'time' needs a timestamp column, and this dataset "
+                            "has none; use data.split.name: random.")
+        order = np.argsort(table.frame[table.timestamp].to_numpy(), kind="stable")
+        n_test, n_val = int(round(n * test)), int(round(n * val))
+        n_train = n - n_test - n_val
+        return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    if name == "cold-start":
+        if not table.item:
+            raise DataError(f"{table.source}: data.split.name 'cold-start' needs an item column, and this dataset "
+                            "declares none; use data.split.name: random.")
+        items = table.frame[table.item].to_numpy()
+        uniq = np.unique(items)
+        cold = rng.choice(uniq, size=max(1, int(round(len(uniq) * cold_items))), replace=False)
+        is_cold = np.isin(items, cold)
+        rest = np.flatnonzero(~is_cold)
+        perm = rng.permutation(rest)
+        n_val = int(round(len(rest) * val))
+        return {"test": np.flatnonzero(is_cold), "val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
+    raise DataError(f"unknown split '{name}'")
+
+
+class RecDataModule(pl.LightningDataModule):
+    """Lightning data module of a recipe.
+
+    ``prepare_data`` (one process per machine) lets the dataset download; ``setup`` (every
+    process) loads, splits, fits the preprocessor on the training split only and materializes
+    every split as columnar tensors. :meth:`attach_encoders` then lets each encoder featurize its
+    raw columns once and keeps only the batch keys the model reads.
+
+    Args:
+        recipe: the validated recipe.
+        dataset: the dataset loader built from ``recipe.data.dataset``.
+    """
+
+    def __init__(self, recipe: Recipe, dataset: RecDataset) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.cfg = recipe.config.data
+        self.dataset = dataset
+        self.table: Table | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.splits: dict[str, dict[str, Any]] = {}
+        self.columns: dict[str, Columns] = {}
+        self.sampler = None
+        self._sampled: tuple[int, Columns] | None = None
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.dataset.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.preprocessor is not None:
+            return
+        table = self.dataset.load()
+        self.table = table
+        features, labels = self._resolve_columns(table)
+        seed = self.recipe.config.seed
+        s = self.cfg.split
+        idx = split_indices(table, s.name, s.val, s.test, seed, s.cold_items)
+        if len(idx["train"]) == 0:
+            raise DataError(f"{table.source}: the training split is empty ({len(table.frame)} rows); "
+                            "lower data.split.val / data.split.test.")
+        frames = {k: table.frame.iloc[v].reset_index(drop=True) for k, v in idx.items()}
+        self.split_index = idx
+        pre = Preprocessor(features, labels, min_count=self.cfg.min_count)
+        pre.fit(frames["train"], table.source)
+        self.preprocessor = pre
+        self.splits = {k: pre.transform(f, table.source) for k, f in frames.items()}
+        for k in self.splits:
+            if table.user and table.user in frames[k].columns and "user" not in self.splits[k]:
+                self.splits[k]["__user__"] = frames[k][table.user].to_numpy()
+
+    # -- model-facing information ------------------------------------------------------------------
+    def _resolve_columns(self, table: Table) -> tuple[dict[str, str], list[LabelSpec]]:
+        """Check recipe columns against the table; return the used features and label specs."""
+        problems: list[tuple[str, str]] = []
+        used: dict[str, str] = {}
+        for i, enc in enumerate(self.recipe.data["model"]["encoders"]):
+            for j, col in enumerate(enc.get("features") or []):
+                if col not in table.features:
+                    near = closest(col, table.features)
+                    problems.append((f"model.encoders[{i}].features[{j}]",
+                                     f"dataset '{self.cfg.dataset['name']}' has no feature column '{col}'"
+                                     + (f"; did you mean '{near[0]}'?" if near else ".")
+                                     + f" Features: {', '.join(f'{c} ({t})' for c, t in table.features.items())}."))
+                else:
+                    used[col] = table.features[col]
+        labels = []
+        for tname, task in self.recipe.config.tasks.items():
+            if task.label not in table.frame.columns:
+                near = closest(task.label, table.labels or table.frame.columns)
+                problems.append((f"tasks.{tname}.label",
+                                 f"dataset '{self.cfg.dataset['name']}' has no label column '{task.label}'"
+                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + f" Labels: {', '.join(table.labels)}."))
+                continue
+            labels.append(LabelSpec(tname, task.label, task.type))
+        if problems:
+            raise RecipeError(problems, self.recipe.source)
+        return used, labels
+
+    def feature_info(self) -> dict[str, FeatureInfo]:
+        if self.preprocessor is None:
+            raise RuntimeError("RecDataModule.setup() must run before feature_info()")
+        return self.preprocessor.feature_info()
+
+    def task_specs(self) -> list[TaskSpec]:
+        """Resolved tasks (weights, metrics, classes) in recipe order."""
+        pre = self.preprocessor
+        out = []
+        for tname, task in self.recipe.config.tasks.items():
+            classes = tuple(pre.classes.get(tname, ())) if pre else ()
+            out.append(TaskSpec(tname, task.type, task.label, task.weight, tuple(self.recipe.task_metrics(tname)),
+                                num_classes=len(classes) if task.type == "multiclass" else 1, classes=classes))
+        return out
+
+    def attach_encoders(self, encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec], sampler=None) -> None:
+        """Featurize every split with the encoders and keep only the keys the model reads."""
+        self.sampler = sampler
+        self.columns = {k: materialize(encoders, tasks, cols) for k, cols in self.splits.items()}
+
+    # -- dataloaders -------------------------------------------------------------------------
+    def _dist(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _pin(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return bool(trainer is not None and getattr(trainer.accelerator, "__class__", type).__name__ == "CUDAAccelerator")
+
+    def _train_columns(self, epoch: int) -> Columns:
+        if self.sampler is None:
+            return self.columns["train"]
+        if self._sampled is None or self._sampled[0] != epoch:
+            g = torch.Generator().manual_seed(self.recipe.config.seed * 1000 + epoch)
+            self._sampled = (epoch, self.sampler.sample(self.columns["train"], g))
+        return self._sampled[1]
+
+    def train_dataloader(self) -> ColumnBatches:
+        rank, world = self._dist()
+        resamples = self.sampler is not None and type(self.sampler).sample is not Sampler.sample
+        source = self._train_columns if resamples else self.columns["train"]
+        return ColumnBatches(source, self.cfg.batch_size, shuffle=True, seed=self.recipe.config.seed,
+                             rank=rank, world_size=world, drop_uneven=world > 1, pin_memory=self._pin())
+
+    def _eval(self, split: str) -> ColumnBatches:
+        rank, world = self._dist()
+        return ColumnBatches(self.columns[split], self.cfg.eval_batch_size or max(self.cfg.batch_size, 4096),
+                             rank=rank, world_size=world, pin_memory=self._pin())
+
+    def val_dataloader(self) -> ColumnBatches:
+        return self._eval("val")
+
+    def test_dataloader(self) -> ColumnBatches:
+        return self._eval("test")
+
+
+def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],
+                columns: Mapping[str, Any]) -> Columns:
+    """Featurize preprocessed columns with each encoder; return only the tensors the model reads.
+
+    A task's mask is dropped when every label of the split is present (the module then skips
+    masking for it, saving work on the hot path).
+    """
+    out: Columns = {}
+    for enc in encoders:
+        out.update(enc.featurize(columns))
+        for key in getattr(enc, "input_keys", []):
+            if key not in out:
+                value = columns[key]
+                out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    for t in tasks:
+        if label_key(t.name) in columns:
+            out[label_key(t.name)] = columns[label_key(t.name)]
+            mask = columns[mask_key(t.name)]
+            if not bool(mask.all()):
+                out[mask_key(t.name)] = mask
+    return {k: v.contiguous() for k, v in out.items()}

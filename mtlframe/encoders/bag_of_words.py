@@ -1,0 +1,89 @@
+"""``bag-of-words``: hashed word uni/bi-grams of text columns -> mean-pooled ``EmbeddingBag``.
+
+A fast built-in text encoder (the "hashing trick", Weinberger et al., ICML 2009, with
+fastText-style n-gram bags, Joulin et al., EACL 2017). Tokenization and hashing happen once
+per split on the data side (:meth:`BagOfWordsEncoder.featurize`); training only does bag lookups.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlframe.encoders.base import Encoder
+from mtlframe.features import FeatureInfo
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def tokenize(text: str, ngrams: int = 2) -> list[str]:
+    """Lower-cased word tokens plus word n-grams up to ``ngrams`` (joined with a space)."""
+    words = _TOKEN.findall(text.lower())
+    out = list(words)
+    for n in range(2, ngrams + 1):
+        out.extend(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return out
+
+
+class BagOfWordsEncoder(Encoder):
+    """Hashed n-gram bag-of-words over one or more text columns.
+
+    Args:
+        features: text columns; each gets its own mean-pooled bag, outputs are concatenated.
+        dim: embedding width ``d`` per column.
+        num_buckets: hash buckets shared by all columns (each column salts its hash).
+        ngrams: largest word n-gram (1 = unigrams only).
+        max_tokens: tokens kept per text (after n-gram expansion), the padded length ``L``.
+        feature_info: injected.
+
+    Shape: batch -> ``[B, len(features) * d]``. An empty or missing text maps to a zero vector.
+    """
+
+    accepts = frozenset({"text"})
+
+    def __init__(self, features: list[str], dim: int = 32, num_buckets: int = 2**18, ngrams: int = 2,
+                 max_tokens: int = 256, *, feature_info: Mapping[str, FeatureInfo]) -> None:
+        super().__init__()
+        if num_buckets < 2:
+            raise ValueError("num_buckets must be >= 2")
+        self.features = list(features)
+        self.num_buckets = num_buckets
+        self.ngrams = ngrams
+        self.max_tokens = max_tokens
+        self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean", padding_idx=0)
+        nn.init.normal_(self.bag.weight, std=0.05)
+        self.output_dim = dim * len(self.features)
+        self.input_keys = [f"bow:{f}" for f in self.features]
+
+    def _ids(self, texts: np.ndarray, salt: str) -> torch.Tensor:
+        cache: dict[str, int] = {}
+        buckets = self.num_buckets
+        rows: list[list[int]] = []
+        for text in texts:
+            if not isinstance(text, str) or not text:
+                rows.append([])
+                continue
+            ids = []
+            for tok in tokenize(text, self.ngrams)[: self.max_tokens]:
+                h = cache.get(tok)
+                if h is None:
+                    h = cache[tok] = zlib.crc32((salt + tok).encode()) % buckets + 1
+                ids.append(h)
+            rows.append(ids)
+        width = max((len(r) for r in rows), default=0) or 1
+        out = np.zeros((len(rows), width), dtype=np.int32)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return torch.from_numpy(out)
+
+    def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tokenize and hash each text column into a ``[N, L]`` int32 tensor (0 = padding)."""
+        return {f"bow:{f}": self._ids(np.asarray(columns[f], dtype=object), f + "\x00") for f in self.features}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # each (B, L) -> (B, d); an all-padding row gives zeros
+        return torch.cat([self.bag(batch[k].long()) for k in self.input_keys], dim=1)

@@ -1,0 +1,45 @@
+"""``numeric``: standardized numeric features -> ``[B, F]`` (or a linear projection to ``[B, d]``)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlframe.encoders.base import Encoder
+from mtlframe.features import FeatureInfo
+
+
+class NumericEncoder(Encoder):
+    """Passes standardized numeric features through, optionally projected.
+
+    The preprocessor standardizes each column with the train split's mean and standard
+    deviation and fills missing values with 0 (the train mean).
+
+    Args:
+        features: numeric columns.
+        dim: if set, a ``Linear(F, dim)`` projection; else the ``F`` values themselves.
+        feature_info: injected.
+
+    Shape: batch -> ``[B, dim or F]``.
+    """
+
+    accepts = frozenset({"numeric"})
+
+    def __init__(self, features: list[str], dim: int | None = None, *,
+                 feature_info: Mapping[str, FeatureInfo]) -> None:
+        super().__init__()
+        self.features = list(features)
+        self.key = "num:" + ",".join(self.features)
+        self.proj = nn.Linear(len(self.features), dim) if dim else None
+        self.output_dim = dim or len(self.features)
+        self.input_keys = [self.key]
+
+    def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Stack the columns into one ``[N, F]`` float32 tensor."""
+        return {self.key: torch.stack([torch.as_tensor(columns[f]).float() for f in self.features], dim=1)}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x = batch[self.key]                                        # (B, F)
+        return self.proj(x) if self.proj is not None else x

@@ -1,0 +1,57 @@
+"""``MultiTaskModel``: encoders -> concat -> backbone -> towers. Plain ``nn.Module``, no training code.
+
+Used by the Lightning system (:mod:`mtlframe.module`) and by ``predict`` (which needs no Lightning).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mtlframe.features import TaskSpec
+
+
+class MultiTaskModel(nn.Module):
+    """The composed multi-task network.
+
+    Args:
+        encoders: feature encoders; their outputs are concatenated into ``x [B, D]``.
+        backbone: maps ``x`` to ``{task: h_t [B, H_t]}``.
+        towers: one tower per task, ``h_t -> [B, out_dim]``.
+        tasks: the task specs, in recipe order.
+
+    ``forward(batch)`` returns ``{task: output}`` with output ``[B]`` (binary logits, regression
+    values) or ``[B, C]`` (multiclass logits).
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module], backbone: nn.Module, towers: Mapping[str, nn.Module],
+                 tasks: Sequence[TaskSpec]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.backbone = backbone
+        self.towers = nn.ModuleDict(dict(towers))
+        self.tasks = list(tasks)
+        self._squeeze = {t.name: t.output_dim == 1 for t in self.tasks}
+
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = [enc(batch) for enc in self.encoders]             # each (B, d_i)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, D)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = self.encode(batch)                                     # (B, D)
+        hidden = self.backbone(x)                                  # {task: (B, H_t)}
+        out = {}
+        for name, tower in self.towers.items():
+            y = tower(hidden[name])                                # (B, out_dim)
+            out[name] = y.squeeze(-1) if self._squeeze[name] else y
+        couple = getattr(self.backbone, "couple", None)
+        if couple is not None:
+            out = couple(out)
+        return out
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters shared by the tasks: every encoder's, plus the backbone's shared part."""
+        for enc in self.encoders:
+            yield from enc.parameters()
+        yield from self.backbone.shared_parameters()

@@ -1,0 +1,198 @@
+"""``MultiTaskModule``: the Lightning *system* that trains a :class:`~mtlframe.model.MultiTaskModel`.
+
+It receives built components and holds no model code of its own. Loss-level combiners run under
+automatic optimization; a combiner with ``requires_manual_backward = True`` switches the module
+to manual optimization and computes the update itself.
+
+Logged keys: ``train/loss``, ``train/loss/<task>``, ``train/weight/<task>``,
+``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
+where lower is better; the default checkpoint monitor).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from mtlframe.combiners.base import LossCombiner
+from mtlframe.features import TaskSpec, label_key, mask_key
+from mtlframe.metrics.base import MetricDef
+from mtlframe.model import MultiTaskModel
+from mtlframe.recipe import OptimizerConfig
+from mtlframe.tasks import task_loss, to_prediction
+
+STAGES = ("val", "test")
+
+
+class MultiTaskModule(pl.LightningModule):
+    """Trains a multi-task model with a loss combiner.
+
+    Args:
+        model: the network.
+        combiner: how task losses become one update.
+        tasks: task specs in recipe order.
+        metrics: ``{task: {metric_name: MetricDef}}``; the first metric of a task is its primary.
+        optimizer: optimizer settings.
+        gradient_clip_val: gradient-norm clipping (applied by the module under manual optimization).
+        checkpoint_state: extra state saved into every checkpoint under ``"mtlframe"`` (the resolved
+            recipe, the preprocessor, component providers) so ``predict`` needs nothing else.
+    """
+
+    def __init__(self, model: MultiTaskModel, combiner: LossCombiner, tasks: Sequence[TaskSpec],
+                 metrics: Mapping[str, Mapping[str, MetricDef]], optimizer: OptimizerConfig,
+                 gradient_clip_val: float | None = None, checkpoint_state: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.combiner = combiner
+        self.tasks = list(tasks)
+        self.metric_defs = {t: dict(m) for t, m in metrics.items()}
+        self.optimizer_cfg = optimizer
+        self.gradient_clip_val = gradient_clip_val
+        self.checkpoint_state = dict(checkpoint_state or {})
+        self.automatic_optimization = not combiner.requires_manual_backward
+        self.metrics = nn.ModuleDict({
+            f"{stage}__{t.name}": nn.ModuleDict({m: d.build(t) for m, d in self.metric_defs[t.name].items()})
+            for stage in STAGES for t in self.tasks})
+        self._epoch_loss_sum: dict[str, torch.Tensor] = {}
+        self._epoch_loss_n: dict[str, int] = {}
+        self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
+
+    # -- forward and losses ----------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(batch)
+
+    def task_losses(self, batch: Mapping[str, torch.Tensor],
+                    outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Masked mean loss per task; a task with no labelled row in the batch is left out."""
+        losses = {}
+        for t in self.tasks:
+            target = batch[label_key(t.name)]
+            out = outputs[t.name]
+            mask = batch.get(mask_key(t.name))
+            if mask is not None:
+                if not bool(mask.any()):
+                    continue
+                target, out = target[mask], out[mask]
+            losses[t.name] = task_loss(t.type, out, target).mean()
+        aux = getattr(self.model.backbone, "auxiliary_loss", None)
+        if aux is not None:
+            extra = aux(batch, outputs)
+            if extra is not None:
+                for name, value in extra.items():
+                    losses[name] = value
+        return losses
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        outputs = self.model(batch)
+        losses = self.task_losses(batch, outputs)
+        if not losses:
+            return None
+        bsz = next(iter(batch.values())).shape[0]
+        if self.automatic_optimization:
+            total = self.combiner(losses)
+        else:
+            opt = self.optimizers()
+            opt.zero_grad(set_to_none=True)
+            shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+            self.combiner.backward(losses, shared, self.manual_backward)
+            if self.gradient_clip_val:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            opt.step()
+            total = sum(w * losses[t].detach() for t, w in self.combiner.current_weights().items() if t in losses)
+        for name, loss in losses.items():
+            d = loss.detach()
+            self._epoch_loss_sum[name] = self._epoch_loss_sum.get(name, 0) + d
+            self._epoch_loss_n[name] = self._epoch_loss_n.get(name, 0) + 1
+            self.log(f"train/loss/{name}", d, on_step=False, on_epoch=True, batch_size=bsz)
+        self.log("train/loss", total.detach() if torch.is_tensor(total) else float(total),
+                 on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
+        if batch_idx % max(1, self.trainer.log_every_n_steps if self._trainer else 50) == 0:
+            for t, w in self.combiner.current_weights().items():
+                self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
+        return total if self.automatic_optimization else None
+
+    def on_train_epoch_end(self) -> None:
+        means = {t: float(s / self._epoch_loss_n[t]) for t, s in self._epoch_loss_sum.items()}
+        self.combiner.on_train_epoch_end(means)
+        self._epoch_loss_sum.clear()
+        self._epoch_loss_n.clear()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+        outputs = self.model(batch)
+        for t in self.tasks:
+            target = batch[label_key(t.name)]
+            pred = to_prediction(t.type, outputs[t.name])
+            mask = batch.get(mask_key(t.name))
+            if mask is not None:
+                target, pred = target[mask], pred[mask]
+            if target.numel() == 0:
+                continue
+            if t.type == "binary":
+                target = target.long()
+            for metric in self.metrics[f"{stage}__{t.name}"].values():
+                metric.update(pred.float(), target)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _epoch_end(self, stage: str) -> None:
+        scores: dict[str, dict[str, float]] = {}
+        score_terms = []
+        for t in self.tasks:
+            scores[t.name] = {}
+            for name, metric in self.metrics[f"{stage}__{t.name}"].items():
+                if metric.update_count == 0:
+                    value = float("nan")
+                else:
+                    value = float(metric.compute())  # synced across processes by torchmetrics
+                metric.reset()
+                scores[t.name][name] = value
+                self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
+            primary = t.metrics[0]
+            v = scores[t.name].get(primary, float("nan"))
+            score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
+        finite = [s for s in score_terms if s == s]
+        score = sum(finite) / len(finite) if finite else float("nan")
+        self.log(f"{stage}/score", score, prog_bar=stage == "val")
+        self.last_scores[stage] = scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    # -- optimization and checkpoints -------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.optimizer_cfg
+        groups: list[dict[str, Any]] = []
+        claimed: set[int] = set()
+        for enc in self.model.encoders:
+            fn = getattr(enc, "param_groups", None)
+            if fn is None:
+                continue
+            for g in fn(cfg.lr) or []:
+                params = [p for p in g["params"] if p.requires_grad and id(p) not in claimed]
+                claimed.update(id(p) for p in params)
+                if params:
+                    groups.append({**g, "params": params})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        groups.insert(0, {"params": rest})
+        if cfg.name == "adam":
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.name == "adamw":
+            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.name == "adagrad":
+            return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mtlframe"] = self.checkpoint_state

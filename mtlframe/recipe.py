@@ -1,0 +1,503 @@
+"""YAML recipes: loading, dotted overrides, and validation before any data is read.
+
+A recipe is a YAML mapping (see ``docs/recipes.md``). Every component is written as
+``{name: <registered name>, **args}``; its constructor signature is its schema. Validation
+collects every problem (unknown or misspelled key, wrong type, unknown component name, bad
+value) and raises one :class:`~mtlframe.errors.RecipeError` listing them with dotted paths
+(``model.backbone.num_expert``), file and line, the valid keys and the closest match.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from mtlframe.errors import MTLFrameError, RecipeError, closest
+from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers and no duplicate keys
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_map(node: yaml.Node, prefix: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            path = f"{prefix}.{k.value}" if prefix else str(k.value)
+            out[path] = k.start_mark.line + 1
+            _line_map(v, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            path = f"{prefix}[{i}]"
+            out[path] = v.start_mark.line + 1
+            _line_map(v, path, out)
+    return out
+
+
+def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
+    """Parse recipe text. Returns ``(data, dotted_path -> line)``.
+
+    Raises:
+        RecipeError: not YAML, duplicate key, or not a mapping at the top.
+    """
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = {"": mark.line + 1} if mark else {}
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([("", f"not valid YAML: {problem}")], source, line) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError([("", f"the top level must be a mapping of keys, got {type(data).__name__}")], source)
+    return data, (_line_map(node) if node is not None else {})
+
+
+# --------------------------------------------------------------------------------------------
+# Dotted overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _split_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for chunk in path.replace("]", "").split("."):
+        for j, piece in enumerate(chunk.split("[")):
+            if piece == "":
+                continue
+            parts.append(int(piece) if (j > 0 or piece.isdigit()) and piece.lstrip("-").isdigit() else piece)
+    return parts
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML: ``3``, ``[64, 32]``, ``null``).
+
+    List items are addressed as ``model.encoders[0].dim`` or ``model.encoders.0.dim``.
+
+    Raises:
+        RecipeError: an override without ``=``, or a path through a non-mapping.
+    """
+    data = copy.deepcopy(data)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append((key or item, f"override '{item}' must look like key.sub=value"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = _split_path(key.strip())
+        node: Any = data
+        try:
+            for p in parts[:-1]:
+                if isinstance(node, dict):
+                    node = node.setdefault(p, {})
+                else:
+                    node = node[p]
+            last = parts[-1]
+            if isinstance(node, list) and isinstance(last, int):
+                node[last] = value
+            elif isinstance(node, dict):
+                node[last] = value
+            else:
+                raise TypeError
+        except (IndexError, KeyError, TypeError):
+            problems.append((key, f"override '{item}' does not address a recipe key"))
+    if problems:
+        raise RecipeError(problems, "command-line overrides")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Schema of the fixed part of a recipe
+# --------------------------------------------------------------------------------------------
+
+Component = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """How rows are split. ``random``: seeded shuffle. ``time``: ordered by the dataset's
+    timestamp, the last ``test`` fraction is test, the ``val`` fraction before it is validation.
+    ``cold-start``: a ``cold_items`` fraction of items (and all their rows) go to the test split."""
+
+    name: Literal["random", "time", "cold-start"] = "random"
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+    cold_items: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val + self.test >= 1.0:
+            raise ValueError("val + test must be below 1.0 so that rows remain for training")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: Component
+    split: SplitConfig = SplitConfig()
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    sampler: Component = {"name": "none"}
+    min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
+
+
+class TaskConfig(_Strict):
+    type: Literal["binary", "regression", "multiclass"]
+    label: str
+    weight: float = Field(1.0, ge=0.0)
+    metrics: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    encoders: list[Component] = Field(min_length=1)
+    backbone: Component
+    tower: Component = {"name": "mlp"}
+    towers: dict[str, Component] = {}
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0)
+
+
+class TrainerConfig(_Strict):
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Union[int, str, list[int]] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: Union[int, str] = "32-true"
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = Field(1, ge=1)
+    log_every_n_steps: int = Field(50, ge=1)
+    deterministic: bool = False
+    limit_train_batches: Union[int, float, None] = None
+    limit_val_batches: Union[int, float, None] = None
+    val_check_interval: Union[int, float, None] = None
+    enable_progress_bar: bool = True
+
+
+class CheckpointConfig(_Strict):
+    monitor: str = "auto"
+    mode: Literal["auto", "min", "max"] = "auto"
+    save_top_k: int = Field(1, ge=-1)
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "auto"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class LoggerConfig(_Strict):
+    name: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
+    project: str | None = None
+    offline: bool | None = None
+
+
+class RecipeConfig(_Strict):
+    """The validated recipe. Component entries stay plain dicts; they are checked against the
+    registered components' constructor signatures by :func:`validate`."""
+
+    seed: int = 2026
+    data: DataConfig
+    tasks: dict[str, TaskConfig] = Field(min_length=1)
+    model: ModelConfig
+    combiner: Component = {"name": "static"}
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    logger: LoggerConfig = LoggerConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        for name in v:
+            if not name or "/" in name:
+                raise ValueError(f"task name '{name}' must be non-empty and contain no '/'")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _loc_to_path(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out = f"{out}.{p}" if out else str(p)
+    return out
+
+
+def _model_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at ``loc`` of the fixed schema (for 'unknown key' messages)."""
+    current: Any = model
+    skip_key = False
+    for p in loc:
+        if isinstance(p, int) or current is None:
+            continue
+        if skip_key:  # the key of a dict[str, Model] field (a task name)
+            skip_key = False
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(p)
+            if field is None:
+                return []
+            ann = field.annotation
+            args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                current = ann
+            elif typing.get_origin(ann) is dict and args:
+                current, skip_key = args[-1], True
+            elif args:
+                current = args[0]
+            else:
+                current = None
+        else:
+            current = None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
+                       valid: list[str] | None = None, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = _loc_to_path(loc)
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        if err["type"] == "extra_forbidden":
+            keys = valid if valid is not None else (_model_fields(root, loc[:-1]) if root else [])
+            near = closest(str(loc[-1]), keys, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            problems.append((path, f"unknown key '{loc[-1]}'.{hint} Valid keys: {', '.join(keys) or 'none'}."))
+        elif err["type"] == "missing":
+            problems.append((path, "required key is missing."))
+        else:
+            got = err.get("input")
+            got_s = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            problems.append((path, f"{err['msg']} (got {got_s})."))
+    return problems
+
+
+def _signature_model(factory: Any, injected: tuple[str, ...]) -> tuple[type[BaseModel], list[str]]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: accept any value
+        hints = {}
+    fields: dict[str, Any] = {}
+    for pname, param in sig.parameters.items():
+        if pname in ("self", "name") or pname in injected:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        ann = hints.get(pname, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (ann, default)
+    model = create_model(f"{getattr(factory, '__name__', 'Component')}Args",
+                         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+    return model, list(fields)
+
+
+def check_component(kind: str, spec: Any, path: str, source: str | None,
+                    problems: list[tuple[str, str]]) -> None:
+    """Check one ``{name: ..., **args}`` entry against the registry and the constructor signature."""
+    from mtlframe.registry import get_registry
+
+    if not isinstance(spec, dict):
+        problems.append((path, f"must be a mapping like {{name: ...}}, got {type(spec).__name__}."))
+        return
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append((f"{path}.name", f"required: the name of a registered {kind}."))
+        return
+    try:
+        component = get_registry().get(kind, name, where=f"recipe {source or '<recipe>'}, key {path}.name")
+        factory = component.load()
+    except MTLFrameError as exc:
+        problems.append((f"{path}.name", str(exc)))
+        return
+    if kind == "metric":
+        return
+    injected = tuple(getattr(factory, "injected", ()))
+    model, valid = _signature_model(factory, injected)
+    args = {k: v for k, v in spec.items() if k != "name"}
+    bad_injected = [k for k in args if k in injected]
+    for k in bad_injected:
+        problems.append((f"{path}.{k}", f"'{k}' is filled in by mtlframe and must not be written in a recipe."))
+        args.pop(k)
+    try:
+        model.model_validate(args)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, None, valid=valid, prefix=path))
+
+
+def validate(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> RecipeConfig:
+    """Validate a recipe mapping; return the typed config.
+
+    Raises:
+        RecipeError: listing every problem found.
+    """
+    problems: list[tuple[str, str]] = []
+    cfg: RecipeConfig | None = None
+    try:
+        cfg = RecipeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, RecipeConfig))
+    # components are checked even when the fixed part has problems, to report everything at once
+    data_d = data.get("data") if isinstance(data.get("data"), dict) else {}
+    model_d = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if "dataset" in data_d:
+        check_component("dataset", data_d["dataset"], "data.dataset", source, problems)
+    if "sampler" in data_d:
+        check_component("sampler", data_d["sampler"], "data.sampler", source, problems)
+    for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
+        check_component("encoder", enc, f"model.encoders[{i}]", source, problems)
+    if "backbone" in model_d:
+        check_component("backbone", model_d["backbone"], "model.backbone", source, problems)
+    check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems)
+    towers = model_d.get("towers") or {}
+    if isinstance(towers, dict):
+        tasks_d = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+        for t, spec in towers.items():
+            if t not in tasks_d:
+                near = closest(str(t), tasks_d)
+                problems.append((f"model.towers.{t}", f"no task named '{t}'"
+                                 + (f"; did you mean '{near[0]}'?" if near else "") + f" Tasks: {', '.join(tasks_d)}."))
+            check_component("tower", spec, f"model.towers.{t}", source, problems)
+    check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems)
+    _check_metrics(data, source, problems)
+    if problems:
+        raise RecipeError(problems, source, lines)
+    return cfg  # type: ignore[return-value]
+
+
+def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
+    from mtlframe.registry import get_registry
+
+    reg = get_registry()
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    for tname, task in tasks.items():
+        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
+            continue
+        metrics = task.get("metrics") or []
+        for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+            if not isinstance(m, str):
+                continue
+            path = f"tasks.{tname}.metrics[{i}]"
+            try:
+                mdef = reg.get("metric", m, where=f"recipe {source or '<recipe>'}, key {path}").load()
+            except MTLFrameError as exc:
+                problems.append((path, str(exc)))
+                continue
+            types = getattr(mdef, "task_types", TASK_TYPES)
+            if task["type"] not in types:
+                problems.append((path, f"metric '{m}' does not apply to {task['type']} tasks (it applies to "
+                                       f"{', '.join(types)}); {task['type']} defaults: "
+                                       f"{', '.join(DEFAULT_METRICS[task['type']])}."))
+    trainer = data.get("trainer") if isinstance(data.get("trainer"), dict) else {}
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    combiner = data.get("combiner") if isinstance(data.get("combiner"), dict) else {"name": "static"}
+    if isinstance(accumulate, int) and accumulate > 1 and isinstance(combiner.get("name"), str):
+        try:
+            comb = reg.get("combiner", combiner["name"]).load()
+        except MTLFrameError:
+            return
+        if getattr(comb, "requires_manual_backward", False) and not getattr(
+                comb, "supports_gradient_accumulation", False):
+            problems.append(("trainer.accumulate_grad_batches",
+                             f"combiner '{combiner['name']}' balances per-step gradients and does not support "
+                             "gradient accumulation; set it to 1 or raise data.batch_size instead."))
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """A loaded, validated recipe.
+
+    Attributes:
+        data: the resolved mapping (after overrides), as saved next to runs and in checkpoints.
+        config: the typed view.
+        source: the file it came from (for messages).
+    """
+
+    data: dict
+    config: RecipeConfig
+    source: str | None = None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False)
+
+    def task_metrics(self, task: str) -> list[str]:
+        t = self.config.tasks[task]
+        return list(t.metrics) if t.metrics else list(DEFAULT_METRICS[t.type])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Raises:
+        RecipeError: the file is missing, not YAML, or invalid (all problems listed at once).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([("", f"file not found ({p.resolve()}); pass the path of a YAML recipe, "
+                                "e.g. recipes/quickstart.yaml")], str(p))
+    data, lines = parse_yaml(p.read_text(encoding="utf-8"), str(p))
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return recipe_from_dict(data, str(p), lines)
+
+
+def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> Recipe:
+    """Validate an in-memory recipe mapping (a checkpoint's, or one built in Python)."""
+    cfg = validate(data, source, lines)
+    return Recipe(copy.deepcopy(data), cfg, source)
