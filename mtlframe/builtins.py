@@ -67,7 +67,31 @@ def mtlframe_towers():
 
 @hookimpl
 def mtlframe_combiners():
-    return [C("static", "mtlframe.combiners.static:StaticCombiner", "L = sum_i w_i L_i")]
+    return [
+        C("static", "mtlframe.combiners.static:StaticCombiner", "L = sum_i w_i L_i"),
+        C("uncertainty", "mtlframe.combiners.uncertainty:UncertaintyWeighting",
+          "learned homoscedastic-uncertainty weights (Kendall et al., CVPR 2018)"),
+        C("dwa", "mtlframe.combiners.dwa:DWA", "dynamic weight average (Liu et al., CVPR 2019)"),
+        C("rlw", "mtlframe.combiners.rlw:RandomLossWeighting",
+          "random loss weighting (Lin et al., TMLR 2022)"),
+        C("famo", "mtlframe.combiners.famo:FAMO", "fast adaptive multitask optimization "
+          "(Liu et al., NeurIPS 2023)"),
+        C("db-mtl", "mtlframe.combiners.db_mtl:DBMTL",
+          "log losses + gradient-magnitude balancing (Lin et al., 2023); gradient-level"),
+        C("gradnorm", "mtlframe.combiners.gradnorm:GradNorm",
+          "gradient normalization (Chen et al., ICML 2018); gradient-level"),
+        C("pcgrad", "mtlframe.combiners.pcgrad:PCGrad",
+          "projecting conflicting gradients (Yu et al., NeurIPS 2020); gradient-level"),
+        C("mgda", "mtlframe.combiners.mgda:MGDA",
+          "min-norm multiple-gradient descent, MGDA-UB option (Sener & Koltun, NeurIPS 2018); "
+          "gradient-level"),
+        C("cagrad", "mtlframe.combiners.cagrad:CAGrad",
+          "conflict-averse gradient descent (Liu et al., NeurIPS 2021); gradient-level"),
+        C("nash-mtl", "mtlframe.combiners.nash_mtl:NashMTL",
+          "Nash bargaining weights (Navon et al., ICML 2022); gradient-level"),
+        C("imtl", "mtlframe.combiners.imtl:IMTL",
+          "impartial MTL, IMTL-G (+ IMTL-L) (Liu et al., ICLR 2021); gradient-level"),
+    ]
 
 
 @hookimpl

@@ -158,6 +158,24 @@ class RecDataModule(pl.LightningDataModule):
                                 num_classes=len(classes) if task.type == "multiclass" else 1, classes=classes))
         return out
 
+    def label_priors(self) -> dict[str, float]:
+        """Per single-output task, the training split's base value: label mean (regression) or
+        log-odds of the positive rate (binary)."""
+        out = {}
+        for t in self.task_specs():
+            if t.type == "multiclass":
+                continue
+            y = self.splits["train"][label_key(t.name)]
+            y = y[torch.isfinite(y)].double()
+            if y.numel() == 0:
+                continue
+            m = float(y.mean())
+            if t.type == "binary":
+                m = min(max(m, 1e-4), 1 - 1e-4)
+                m = float(np.log(m / (1 - m)))
+            out[t.name] = m
+        return out
+
     def attach_encoders(self, encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec], sampler=None) -> None:
         """Featurize every split with the encoders and keep only the keys the model reads."""
         self.sampler = sampler

@@ -45,10 +45,23 @@ class MultiTaskModel(nn.Module):
         for name, tower in self.towers.items():
             y = tower(hidden[name])                                # (B, out_dim)
             out[name] = y.squeeze(-1) if self._squeeze[name] else y
-        couple = getattr(self.backbone, "couple", None)
-        if couple is not None:
-            out = couple(out)
-        return out
+        return self.backbone.couple(out)
+
+    def init_output_bias(self, values: Mapping[str, float]) -> None:
+        """Set each named task's final output bias (regression: the training label mean;
+        binary: its log-odds), so training starts from the base rate rather than 0. A backbone
+        whose towers predict conditional quantities converts them (``conditional_priors``)."""
+        convert = getattr(self.backbone, "conditional_priors", None)
+        if convert is not None:
+            values = convert(dict(values))
+        for name, value in values.items():
+            last = None
+            for m in self.towers[name].modules():
+                if isinstance(m, nn.Linear):
+                    last = m
+            if last is not None and last.bias is not None and last.out_features == 1:
+                with torch.no_grad():
+                    last.bias.fill_(float(value))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters shared by the tasks: every encoder's, plus the backbone's shared part."""

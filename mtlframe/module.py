@@ -77,12 +77,6 @@ class MultiTaskModule(pl.LightningModule):
                     continue
                 target, out = target[mask], out[mask]
             losses[t.name] = task_loss(t.type, out, target).mean()
-        aux = getattr(self.model.backbone, "auxiliary_loss", None)
-        if aux is not None:
-            extra = aux(batch, outputs)
-            if extra is not None:
-                for name, value in extra.items():
-                    losses[name] = value
         return losses
 
     # -- training ----------------------------------------------------------------------------------
@@ -91,14 +85,20 @@ class MultiTaskModule(pl.LightningModule):
         losses = self.task_losses(batch, outputs)
         if not losses:
             return None
+        aux = self.model.backbone.auxiliary_loss(batch, outputs)
+        aux_total = sum(aux.values()) if aux else None
         bsz = next(iter(batch.values())).shape[0]
         if self.automatic_optimization:
             total = self.combiner(losses)
+            if aux_total is not None:
+                total = total + aux_total
         else:
             opt = self.optimizers()
             opt.zero_grad(set_to_none=True)
             shared = [p for p in self.model.shared_parameters() if p.requires_grad]
-            self.combiner.backward(losses, shared, self.manual_backward)
+            backward = self.manual_backward if aux_total is None else (
+                lambda loss: self.manual_backward(loss + aux_total))
+            self.combiner.backward(losses, shared, backward)
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
@@ -108,9 +108,11 @@ class MultiTaskModule(pl.LightningModule):
             self._epoch_loss_sum[name] = self._epoch_loss_sum.get(name, 0) + d
             self._epoch_loss_n[name] = self._epoch_loss_n.get(name, 0) + 1
             self.log(f"train/loss/{name}", d, on_step=False, on_epoch=True, batch_size=bsz)
+        for name, value in aux.items():
+            self.log(f"train/aux/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bsz)
         self.log("train/loss", total.detach() if torch.is_tensor(total) else float(total),
                  on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
-        if batch_idx % max(1, self.trainer.log_every_n_steps if self._trainer else 50) == 0:
+        if batch_idx % self.trainer.log_every_n_steps == 0:
             for t, w in self.combiner.current_weights().items():
                 self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
         return total if self.automatic_optimization else None

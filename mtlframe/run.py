@@ -116,6 +116,7 @@ def build_system(recipe: Recipe):
     sampler = b.sampler(info, tasks, dm.table)
     dm.attach_encoders(encoders, tasks, sampler)
     model = b.model(encoders, tasks)
+    model.init_output_bias(dm.label_priors())
     combiner = b.combiner(tasks)
     from mtlframe import __version__
     state = {"format": 1, "mtlframe_version": __version__, "recipe": recipe.data,

@@ -80,7 +80,7 @@ class AITM(Backbone):
         aitm = AITM(tower_hidden=[64, 32], input_dim=32, task_names=["click", "purchase"])
         h = aitm(torch.randn(8, 32))                       # {"click": [8, 32], "purchase": [8, 32]}
         logits = {t: towers[t](h[t]) for t in h}
-        aux = aitm.auxiliary_loss(logits, targets, masks)  # scalar
+        aux = aitm.auxiliary_loss(batch, logits)           # {"aitm/calibration": scalar}
     """
 
     def __init__(self, tower_hidden: list[int] = [128, 64], calibration_weight: float = 0.6,  # noqa: B006
@@ -125,16 +125,16 @@ class AITM(Backbone):
             out[t] = z
         return {t: out[t] for t in self.task_names}
 
-    def auxiliary_loss(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                       masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
+                       outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The behavioural expectation calibrator ``L_BEC`` (label-free: every row counts).
 
         Args:
-            outputs: ``{task: [B, 1] or [B]}`` the towers' logits.
-            targets, masks: unused (part of the hook's signature).
+            batch: unused (the calibrator needs no labels).
+            outputs: ``{task: [B] or [B, 1]}`` the towers' logits.
 
         Returns:
-            A scalar tensor.
+            ``{"aitm/calibration": alpha * L}``, a scalar to be *added* to the combined task loss.
         """
         probs = []
         for t in self.funnel:
@@ -145,4 +145,4 @@ class AITM(Backbone):
             probs.append(torch.sigmoid(o.reshape(-1)))             # (B,)
         p = torch.stack(probs, dim=1)                              # (B, T)
         violation = torch.relu(p[:, 1:] - p[:, :-1])               # (B, T-1)
-        return self.calibration_weight * violation.sum(dim=1).mean()
+        return {"aitm/calibration": self.calibration_weight * violation.sum(dim=1).mean()}

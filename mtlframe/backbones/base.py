@@ -1,7 +1,7 @@
 """The backbone contract: shared input ``x: [B, D]`` -> one representation per task."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import torch
@@ -32,6 +32,19 @@ class Backbone(nn.Module):
         The default is every parameter; backbones with task-specific parts override it.
         """
         return self.parameters()
+
+    def couple(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Couple the towers' outputs (``{task: [B] or [B, C]}``) after they run.
+
+        Identity by default; entire-space models (ESMM: ``pCTCVR = pCTR * pCVR``) override it.
+        """
+        return outputs
+
+    def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
+                       outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Extra scalar loss terms of the method (``{name: scalar}``), added to the combined loss
+        outside task balancing and logged as ``train/aux/<name>``. Empty by default."""
+        return {}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

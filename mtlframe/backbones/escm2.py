@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlframe.backbones.esmm import ESMM
+from mtlframe.features import label_key, mask_key
 from mtlframe.layers import MLP
 
 _MODES = ("ips", "dr")
@@ -49,7 +50,7 @@ class ESCM2(ESMM):
         funnel: task names in funnel order (default: the recipe's task order).
         input_dim, task_names: injected.
 
-    Shape: as :class:`ESMM`; ``auxiliary_loss`` returns a scalar.
+    Shape: as :class:`ESMM`; ``auxiliary_loss`` returns named scalars.
 
     Raises:
         ValueError: unknown ``counterfactual``, ``counterfactual_weight < 0``, ``propensity_min``
@@ -59,9 +60,8 @@ class ESCM2(ESMM):
 
         m = ESCM2(counterfactual="dr", input_dim=32, task_names=["ctr", "ctcvr"])
         h = m(x)
-        tower_logits = {t: towers[t](h[t]) for t in h}
-        logits = m.combine_outputs(tower_logits)   # task losses on these
-        aux = m.auxiliary_loss(tower_logits, targets, masks)
+        logits = m.couple({t: towers[t](h[t]) for t in h})   # task losses on these
+        aux = m.auxiliary_loss(batch, logits)   # {"escm2/dr": ..., "escm2/imputation": ...}
     """
 
     def __init__(self, hidden: list[int] = [], counterfactual: str = "ips",  # noqa: B006
@@ -84,52 +84,58 @@ class ESCM2(ESMM):
             {t: MLP(self.output_dims[t], imputation_hidden, dropout, activation, output_dim=1)
              for t in self.funnel[1:]} if counterfactual == "dr" else {})
         self._imputed: dict[str, torch.Tensor] | None = None
+        self._conditional: dict[str, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = super().forward(x)                                     # {task: (B, H)}
         if self.counterfactual == "dr":
-            # pseudo-label logits for auxiliary_loss of this same step
-            self._imputed = {t: self.imputation[t](h[t]) for t in self.funnel[1:]}  # {task: (B, 1)}
+            # pseudo-label logits, read by auxiliary_loss of this same batch
+            self._imputed = {t: self.imputation[t](h[t]).squeeze(-1) for t in self.funnel[1:]}  # {task: (B,)}
         return h
 
-    def auxiliary_loss(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                       masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The counterfactual risk (+ DR imputation loss) of the last forward's batch.
+    def couple(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ESMM's coupling; also keeps the towers' conditional logits for :meth:`auxiliary_loss`."""
+        self._conditional = {t: outputs[t].reshape(-1) for t in self.funnel}  # {task: (B,)}
+        return super().couple(outputs)
+
+    def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
+                       outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The counterfactual risk (and DR imputation loss) of the batch of the last forward.
 
         Args:
-            outputs: ``{task: [B, 1] or [B]}`` the towers' logits *before* :meth:`combine_outputs`.
-            targets: ``{task: [B]}`` 0/1 labels (any value where the mask is 0).
-            masks: ``{task: [B]}`` 1 where the label is present. A step whose two tasks are not
-                both in ``targets`` is skipped.
+            batch: holds ``label/<task>`` (``[B]``, 0/1, NaN where missing) and optionally
+                ``mask/<task>`` (``[B]`` bool; absent = every label present). A funnel step whose
+                two labels are not both in the batch is skipped.
+            outputs: the coupled outputs (unused: the towers' conditional logits were kept by
+                :meth:`couple` during the same forward).
 
         Returns:
-            A scalar tensor (zero when no step applies).
+            ``{"escm2/ips": lambda_c R}`` or ``{"escm2/dr": lambda_c R, "escm2/imputation": L_imp}``,
+            scalars, to be *added* to the combined task loss.
 
         Raises:
-            RuntimeError: DR mode and no forward has run yet.
+            RuntimeError: no forward (with its coupling) has run yet.
         """
-        if self.counterfactual == "dr" and self._imputed is None:
-            raise RuntimeError("ESCM2.auxiliary_loss needs the forward of the same batch first")
-        first = outputs[self.funnel[0]]
-        risk = first.new_zeros(())
-        imputation = first.new_zeros(())
-        log_p_prev = F.logsigmoid(first.reshape(-1))               # (B,)  log p_{k-1}
+        if self._conditional is None or (self.counterfactual == "dr" and self._imputed is None):
+            raise RuntimeError("ESCM2.auxiliary_loss needs the forward and couple() of the same batch first")
+        cond = self._conditional
+        first = cond[self.funnel[0]]
+        risk, imputation = first.new_zeros(()), first.new_zeros(())
+        log_p_prev = F.logsigmoid(first)                           # (B,)  log p_{k-1}
         for prev, cur in zip(self.funnel, self.funnel[1:]):
-            q = outputs[cur].reshape(-1)                           # (B,)  conditional logit
-            if prev in targets and cur in targets:
-                o = torch.nan_to_num(targets[prev].reshape(-1).float())          # (B,) e.g. click
-                has_o = masks[prev].reshape(-1).bool()
-                has_r = masks[cur].reshape(-1).bool()
-                # impressions with a known click; clicked ones also need the conversion label
+            q = cond[cur]                                          # (B,)  conditional logit
+            if label_key(prev) in batch and label_key(cur) in batch:
+                o, has_o = _label(batch, prev)                     # (B,), (B,)  e.g. click
+                r, has_r = _label(batch, cur)                      # (B,), (B,)  e.g. conversion
+                # impressions with a known click; clicked ones also need their conversion label
                 valid = has_o & (has_r | (o == 0))                 # (B,)
-                r = torch.where(has_r, torch.nan_to_num(targets[cur].reshape(-1).float()), 0.0)
                 prop = log_p_prev.detach().exp().clamp(min=self.propensity_min)  # (B,)
                 e = F.binary_cross_entropy_with_logits(q, r, reduction="none")   # (B,)
                 n = valid.sum().clamp(min=1)
                 if self.counterfactual == "ips":
                     term = o * e / prop
                 else:
-                    pseudo = torch.sigmoid(self._imputed[cur].reshape(-1))      # (B,)
+                    pseudo = torch.sigmoid(self._imputed[cur])     # (B,)  imputed label
                     e_hat = F.binary_cross_entropy_with_logits(q, pseudo.detach(), reduction="none")
                     term = e_hat + o * (e - e_hat) / prop
                     e_hat_imp = F.binary_cross_entropy_with_logits(q.detach(), pseudo, reduction="none")
@@ -137,4 +143,13 @@ class ESCM2(ESMM):
                     imputation = imputation + torch.where(valid, imp, 0.0).sum() / n
                 risk = risk + torch.where(valid, term, 0.0).sum() / n
             log_p_prev = log_p_prev + F.logsigmoid(q)
-        return self.counterfactual_weight * risk + imputation
+        if self.counterfactual == "ips":
+            return {"escm2/ips": self.counterfactual_weight * risk}
+        return {"escm2/dr": self.counterfactual_weight * risk, "escm2/imputation": imputation}
+
+
+def _label(batch: Mapping[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's labels with missing ones set to 0, and where they are present (both ``[B]``)."""
+    y = batch[label_key(task)].reshape(-1).float()
+    present = batch[mask_key(task)].reshape(-1).bool() if mask_key(task) in batch else ~torch.isnan(y)
+    return torch.where(present, torch.nan_to_num(y), 0.0), present

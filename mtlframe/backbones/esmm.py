@@ -4,8 +4,9 @@ Ma, Zhao, Huang, Wang, Hu, Zhu, Gai. "Entire Space Multi-Task Model: An Effectiv
 Estimating Post-Click Conversion Rate." SIGIR 2018.
 
 ESMM couples tasks at the *prediction* level (``pCTCVR = pCTR x pCVR``), so besides the usual
-``forward`` it implements the output-coupling hook :meth:`ESMM.combine_outputs`, which the
-training module calls on the towers' outputs before computing the task losses.
+``forward`` it implements the output-coupling hook :meth:`ESMM.couple`, which
+:class:`mtlframe.model.MultiTaskModel` calls on the towers' outputs (training, evaluation and
+prediction alike) before anything reads them.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class ESMM(Backbone):
     The recipe lists the *observable* tasks of a funnel in order, each labelled on every
     impression, e.g. ``ctr`` (click) then ``ctcvr`` (click and purchase). The tower of step ``k``
     predicts the *conditional* probability ``q_k = P(step k | step k-1)`` (for ``ctcvr``, that is
-    pCVR); :meth:`combine_outputs` turns the towers' logits into the entire-space probabilities
+    pCVR); :meth:`couple` turns the towers' logits into the entire-space probabilities
 
     .. math:: p_k = \\prod_{j \\le k} q_j, \\qquad \\text{e.g. } pCTCVR = pCTR \\times pCVR
 
@@ -82,10 +83,10 @@ class ESMM(Backbone):
         input_dim, task_names: injected.
 
     Shape: ``x [B, D] -> {task: [B, H]}`` (``H = hidden[-1]`` or ``D``);
-    ``combine_outputs({task: [B, 1]}) -> {task: [B, 1]}``.
+    ``couple({task: [B] or [B, 1]}) -> {task: same shape}``.
 
     Raises:
-        ValueError: fewer than two tasks, a bad ``funnel``, or (in :meth:`combine_outputs`) a
+        ValueError: fewer than two tasks, a bad ``funnel``, or (in :meth:`couple`) a
             task whose tower does not output one logit per row.
 
     Example::
@@ -93,7 +94,7 @@ class ESMM(Backbone):
         esmm = ESMM(input_dim=32, task_names=["ctr", "ctcvr"])
         h = esmm(torch.randn(8, 32))                       # {"ctr": [8, 32], "ctcvr": [8, 32]}
         tower_logits = {t: towers[t](h[t]) for t in h}     # ctr -> logit pCTR, ctcvr -> logit pCVR
-        logits = esmm.combine_outputs(tower_logits)        # ctcvr -> logit(pCTR * pCVR)
+        logits = esmm.couple(tower_logits)                 # ctcvr -> logit(pCTR * pCVR)
     """
 
     def __init__(self, hidden: list[int] = [], dropout: float = 0.0, activation: str = "relu",  # noqa: B006
@@ -113,14 +114,14 @@ class ESMM(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {t: self.nets[t](x) for t in self.task_names}      # {task: (B, H)}
 
-    def combine_outputs(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def couple(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Towers' conditional logits -> entire-space logits ``logit(prod_{j<=k} q_j)``.
 
         Computed in log space (``log p_k = sum_j log sigmoid(o_j)``), so it stays finite for very
         small probabilities. The first step's logit is returned unchanged.
 
         Args:
-            outputs: ``{task: [B, 1] or [B]}`` tower logits; every funnel task must be present.
+            outputs: ``{task: [B] or [B, 1]}`` tower logits; every funnel task must be present.
 
         Returns:
             ``{task: logit}`` with the same keys and shapes.
@@ -129,24 +130,50 @@ class ESMM(Backbone):
         out = dict(outputs)
         log_p = None
         for k, t in enumerate(self.funnel):
-            log_q = F.logsigmoid(_binary_logit(name, t, outputs[t]))  # (B, 1)
-            log_p = log_q if log_p is None else log_p + log_q     # (B, 1)  log p_k
+            log_q = F.logsigmoid(_binary_logit(name, t, outputs[t]))  # (B,)
+            log_p = log_q if log_p is None else log_p + log_q     # (B,)  log p_k
             if k > 0:
-                out[t] = logit_from_log_prob(log_p)               # (B, 1)
+                out[t] = logit_from_log_prob(log_p)               # (B,)
+        return out
+
+    def conditional_priors(self, priors: Mapping[str, float]) -> dict[str, float]:
+        """Entire-space base rates (log-odds, as for ``init_output_bias``) -> the towers' own.
+
+        Step ``k``'s tower predicts ``q_k = p_k / p_{k-1}``, so its starting bias should be
+        ``logit(rate_k / rate_{k-1})``, not ``logit(rate_k)`` (e.g. CTR 5 %, CTCVR 0.1 % -> the
+        CVR tower starts at 2 %). Tasks missing from ``priors`` are left out.
+
+        Args:
+            priors: ``{task: logit(base rate of the task's label)}``.
+
+        Returns:
+            ``{task: logit(conditional base rate)}`` (the first step's unchanged).
+        """
+        out: dict[str, float] = {}
+        for k, t in enumerate(self.funnel):
+            if t not in priors:
+                continue
+            prev = self.funnel[k - 1] if k > 0 else None
+            if prev is None or prev not in priors:
+                out[t] = float(priors[t])
+                continue
+            log_q = F.logsigmoid(torch.tensor(float(priors[t]), dtype=torch.float64)) - \
+                F.logsigmoid(torch.tensor(float(priors[prev]), dtype=torch.float64))
+            out[t] = float(logit_from_log_prob(log_q))
         return out
 
     def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Entire-space probabilities ``p_k = q_1 * ... * q_k`` as a plain product of sigmoids.
 
         Args:
-            outputs: ``{task: [B, 1] or [B]}`` tower logits.
+            outputs: ``{task: [B] or [B, 1]}`` tower logits.
 
         Returns:
-            ``{task: p_k}``, same shapes (``sigmoid`` of :meth:`combine_outputs`, up to rounding).
+            ``{task: p_k}``, same shapes (``sigmoid`` of :meth:`couple`, up to rounding).
         """
         probs, p = {}, None
         for t in self.funnel:
-            q = torch.sigmoid(_binary_logit(type(self).__name__, t, outputs[t]))  # (B, 1)
+            q = torch.sigmoid(_binary_logit(type(self).__name__, t, outputs[t]))  # (B,)
             p = q if p is None else p * q
             probs[t] = p
         return probs

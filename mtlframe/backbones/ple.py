@@ -72,18 +72,22 @@ class PLE(Backbone):
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter whose output reaches more than one task.
 
-        That is the shared experts and shared gates of every level, and also the task experts of
-        non-final levels: they feed the shared gate, whose output every task reads at the next
-        level. Task gates, and the task experts of the last level, serve one task only.
+        That is the shared experts and shared gates of every level; the task experts of levels
+        ``1..L-1`` (they feed that level's shared gate, whose output every task reads at the next
+        level); and the task gates of levels ``1..L-2`` (their output feeds the task's experts at
+        the next level, which feed a shared gate again). The task gates of levels ``L-1`` and
+        ``L`` and the task experts of level ``L`` serve one task only.
         """
-        last = len(self.levels) - 1
+        num = len(self.levels)
         parts = []
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(self.levels, start=1):
             parts.append(level.shared_experts.parameters())
             if level.shared_gate is not None:
                 parts.append(level.shared_gate.parameters())
-            if i < last:
+            if i <= num - 1:
                 parts.append(level.task_experts.parameters())
+            if i <= num - 2:
+                parts.append(level.task_gates.parameters())
         return itertools.chain(*parts)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class BagOfWordsEncoder(Encoder):
         num_buckets: hash buckets shared by all columns (each column salts its hash).
         ngrams: largest word n-gram (1 = unigrams only).
         max_tokens: tokens kept per text (after n-gram expansion), the padded length ``L``.
+        pooling: ``mean`` of the token embeddings, ``sum``, or ``sqrt`` (sum divided by the square
+            root of the token count: keeps a signal of text length, often best for reviews).
         feature_info: injected.
 
     Shape: batch -> ``[B, len(features) * d]``. An empty or missing text maps to a zero vector.
@@ -46,7 +49,8 @@ class BagOfWordsEncoder(Encoder):
     accepts = frozenset({"text"})
 
     def __init__(self, features: list[str], dim: int = 32, num_buckets: int = 2**18, ngrams: int = 2,
-                 max_tokens: int = 256, *, feature_info: Mapping[str, FeatureInfo]) -> None:
+                 max_tokens: int = 256, pooling: Literal["mean", "sum", "sqrt"] = "sqrt", *,
+                 feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
         if num_buckets < 2:
             raise ValueError("num_buckets must be >= 2")
@@ -54,7 +58,8 @@ class BagOfWordsEncoder(Encoder):
         self.num_buckets = num_buckets
         self.ngrams = ngrams
         self.max_tokens = max_tokens
-        self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean", padding_idx=0)
+        self.pooling = pooling
+        self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean" if pooling == "mean" else "sum", padding_idx=0)
         nn.init.normal_(self.bag.weight, std=0.05)
         self.output_dim = dim * len(self.features)
         self.input_keys = [f"bow:{f}" for f in self.features]
@@ -85,5 +90,12 @@ class BagOfWordsEncoder(Encoder):
         return {f"bow:{f}": self._ids(np.asarray(columns[f], dtype=object), f + "\x00") for f in self.features}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        # each (B, L) -> (B, d); an all-padding row gives zeros
-        return torch.cat([self.bag(batch[k].long()) for k in self.input_keys], dim=1)
+        parts = []
+        for k in self.input_keys:
+            ids = batch[k]                                         # (B, L), 0 = padding
+            weights = None
+            if self.pooling == "sqrt":
+                present = (ids > 0).float()                        # (B, L)
+                weights = present / present.sum(1, keepdim=True).clamp(min=1.0).sqrt()
+            parts.append(self.bag(ids, per_sample_weights=weights))  # (B, d); empty text -> zeros
+        return torch.cat(parts, dim=1)
