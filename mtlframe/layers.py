@@ -88,7 +88,7 @@ def mix_experts(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, H]``.
     """
-    return torch.bmm(weights.unsqueeze(1), experts).squeeze(1)
+    return (weights.unsqueeze(-1) * experts).sum(dim=1)        # (B, E, 1) * (B, E, H) -> (B, H)
 
 
 class FusedEmbedding(nn.Module):
