@@ -80,7 +80,8 @@ class Builder:
 
     def combiner(self, tasks: Sequence[TaskSpec]):
         return self.make("combiner", self.recipe.config.combiner, "combiner",
-                         task_names=[t.name for t in tasks], weights={t.name: t.weight for t in tasks})
+                         task_names=[t.name for t in tasks], weights={t.name: t.weight for t in tasks},
+                         task_types={t.name: t.type for t in tasks})
 
     def sampler(self, feature_info: Mapping[str, FeatureInfo], tasks: Sequence[TaskSpec], table=None):
         return self.make("sampler", self.recipe.config.data.sampler, "data.sampler", feature_info=feature_info,

@@ -39,7 +39,10 @@ class MultiTaskModel(nn.Module):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, D)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = self.encode(batch)                                     # (B, D)
+        return self.forward_from(self.encode(batch))
+
+    def forward_from(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run backbone, towers and output coupling on the shared representation ``x [B, D]``."""
         hidden = self.backbone(x)                                  # {task: (B, H_t)}
         out = {}
         for name, tower in self.towers.items():

@@ -81,9 +81,16 @@ class MultiTaskModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        outputs = self.model(batch)
+        x = self.model.encode(batch)                               # (B, D)
+        outputs = self.model.forward_from(x)
         losses = self.task_losses(batch, outputs)
         if not losses:
+            if not self.automatic_optimization and self.trainer.world_size > 1:
+                # every process must take part in each backward under DDP: a zero update
+                opt = self.optimizers()
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(sum(o.sum() for o in outputs.values()) * 0.0)
+                opt.step()
             return None
         aux = self.model.backbone.auxiliary_loss(batch, outputs)
         aux_total = sum(aux.values()) if aux else None
@@ -98,7 +105,10 @@ class MultiTaskModule(pl.LightningModule):
             shared = [p for p in self.model.shared_parameters() if p.requires_grad]
             backward = self.manual_backward if aux_total is None else (
                 lambda loss: self.manual_backward(loss + aux_total))
-            self.combiner.backward(losses, shared, backward)
+            if self.combiner.requires_representation:
+                self.combiner.backward(losses, shared, backward, representation=x)
+            else:
+                self.combiner.backward(losses, shared, backward)
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
@@ -118,7 +128,12 @@ class MultiTaskModule(pl.LightningModule):
         return total if self.automatic_optimization else None
 
     def on_train_epoch_end(self) -> None:
-        means = {t: float(s / self._epoch_loss_n[t]) for t, s in self._epoch_loss_sum.items()}
+        means = {}
+        for t, total in self._epoch_loss_sum.items():
+            mean = torch.as_tensor(total / self._epoch_loss_n[t], dtype=torch.float32, device=self.device)
+            if self.trainer.world_size > 1:  # the same epoch means on every process (DWA)
+                mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+            means[t] = float(mean)
         self.combiner.on_train_epoch_end(means)
         self._epoch_loss_sum.clear()
         self._epoch_loss_n.clear()
@@ -186,6 +201,10 @@ class MultiTaskModule(pl.LightningModule):
                 claimed.update(id(p) for p in params)
                 if params:
                     groups.append({**g, "params": params})
+        combiner_params = [p for p in self.combiner.parameters() if p.requires_grad]
+        claimed.update(id(p) for p in combiner_params)
+        if combiner_params:  # learned task weights / log-variances: no weight decay
+            groups.append({"params": combiner_params, "weight_decay": 0.0})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
         groups.insert(0, {"params": rest})
         if cfg.name == "adam":

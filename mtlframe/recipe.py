@@ -447,8 +447,7 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
             comb = reg.get("combiner", combiner["name"]).load()
         except MTLFrameError:
             return
-        if getattr(comb, "requires_manual_backward", False) and not getattr(
-                comb, "supports_gradient_accumulation", False):
+        if not getattr(comb, "supports_gradient_accumulation", True):
             problems.append(("trainer.accumulate_grad_batches",
                              f"combiner '{combiner['name']}' balances per-step gradients and does not support "
                              "gradient accumulation; set it to 1 or raise data.batch_size instead."))

@@ -47,7 +47,10 @@ class TrainResult:
 
 
 def _quiet_lightning() -> None:
+    """Silence Lightning's info chatter (device summary, tips); call after importing it."""
     import logging
+
+    import pytorch_lightning  # noqa: F401 - it sets its own logger levels on import
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -31,6 +31,11 @@ class LossCombiner(nn.Module):
 
     injected: ClassVar[tuple[str, ...]] = ("task_names", "weights")
     requires_manual_backward: ClassVar[bool] = False
+    #: whether the method is correct when Lightning accumulates gradients over several batches
+    supports_gradient_accumulation: ClassVar[bool] = True
+    #: gradient-level methods that need the shared representation ``Z`` (MGDA-UB) set this; the
+    #: module then calls ``backward(..., representation=Z)`` with ``Z`` the encoders' output ``x [B, D]``
+    requires_representation: bool = False
 
     def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__()

@@ -1,0 +1,431 @@
+"""Building blocks shared by the gradient-level combiners.
+
+Everything a gradient-level method needs besides its own rule lives here, once:
+
+* :func:`task_gradients` — one flattened gradient per task on the shared parameters (or on a
+  shared representation), by ``torch.autograd.grad(..., retain_graph=True)``, synchronized over
+  processes in a single collective.
+* :func:`all_reduce_mean` — mean over processes when ``torch.distributed`` is initialized,
+  identity otherwise.
+* :class:`GradientCombiner` — the base of gradient-level combiners: argument checks, the
+  one-task shortcut, and the two ways of ending a step (:meth:`~GradientCombiner._backward_weighted`
+  for methods that only choose task weights, :meth:`~GradientCombiner._backward_direction` for
+  methods that build a new shared gradient).
+* solvers on small ``[K, K]`` Gram matrices: :func:`min_norm_weights` (Frank-Wolfe),
+  :func:`minimize_on_simplex` (projected gradient), :func:`project_to_simplex`, and the
+  buffer-backed :func:`adam_step` used by methods that learn their weights internally.
+
+**Multi-process training (DDP).** Per-task ``autograd.grad`` does not trigger DDP's gradient
+all-reduce, so :func:`task_gradients` averages the per-task gradient matrix ``G [K, P]`` over the
+processes itself (a task absent on a process contributes a zero row there, exactly as it does to
+DDP's own average), together with the loss values and which tasks are present. Every process
+then derives identical weights or directions from identical numbers. The step ends with one
+ordinary ``manual_backward`` on every process, so DDP synchronizes task-specific parameters and
+precision plugins (loss scaling) apply:
+
+* weight methods backpropagate ``sum_t w_t L_t`` with detached ``w``; the shared gradient is then
+  ``sum_t w_t mean_r(g_t^r)`` — the gradient one process would get on the global batch;
+* direction methods backpropagate ``sum_t L_t + <theta_shared, d - sum_t G_t>``: the network
+  part gives shared parameters ``sum_t G_t`` (DDP-averaged), the second term replaces it by the
+  wanted direction ``d``, and task-specific parameters get their own task's gradient. Nothing is
+  written into ``.grad`` by hand, so loss scaling, DDP buckets and accumulation stay correct.
+
+Both match one process on the global batch when every process sees the same number of labelled
+rows per task (the assumption behind DDP's own averaging of mean losses).
+
+**Gradient accumulation.** The combination is computed per backward call, i.e. per micro-batch;
+resolving conflicts on micro-batches is not the same method as on the effective batch, so the
+gradient-level combiners declare ``supports_gradient_accumulation = False``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.distributed as dist
+
+from mtlframe.combiners.base import LossCombiner
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 when ``torch.distributed`` is not in use)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over all processes; ``tensor`` itself when not distributed.
+
+    Every process must call it with a tensor of the same shape and dtype (it is a collective).
+    The input is not modified.
+    """
+    n = world_size()
+    if n == 1:
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.div_(n)
+
+
+# --------------------------------------------------------------------------------------------
+# per-task gradients
+
+
+def present_tasks(losses: Mapping[str, torch.Tensor], task_names: Sequence[str]) -> list[str]:
+    """The tasks of ``losses`` in ``task_names`` order.
+
+    Raises:
+        ValueError: ``losses`` names a task the combiner was not built for, or is empty.
+    """
+    unknown = [t for t in losses if t not in task_names]
+    if unknown:
+        raise ValueError(f"losses for unknown task(s) {unknown}; the combiner was built for "
+                         f"tasks {list(task_names)}")
+    if not losses:
+        raise ValueError("losses is empty: no task has a labelled row in this batch. Skip the "
+                         "batch (on every process) instead of calling the combiner.")
+    return [t for t in task_names if t in losses]
+
+
+def unique_trainable(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Tensors that require grad, each once, in first-seen order."""
+    seen: set[int] = set()
+    out = []
+    for p in tensors:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def flat_grad(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``d loss / d inputs`` flattened to ``[P]`` (zeros for inputs the loss does not use).
+
+    The graph is retained so the caller can differentiate other losses and backpropagate the
+    combined loss afterwards. Sparse gradients (``nn.Embedding(sparse=True)``) are densified.
+    """
+    grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+    parts = []
+    for x, g in zip(inputs, grads):
+        if g is None:
+            parts.append(torch.zeros(x.numel(), dtype=x.dtype, device=x.device))
+        else:
+            parts.append((g.to_dense() if g.is_sparse else g).reshape(-1))
+    return torch.cat(parts)
+
+
+def split_like(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Cut a flat ``[P]`` vector into views shaped like ``tensors`` (the inverse of flattening)."""
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
+
+
+@dataclass
+class TaskGradients:
+    """Per-task gradients of one step, identical on every process.
+
+    Attributes:
+        tasks: tasks present on at least one process, in task-name order (``K`` of them).
+        grads: ``[K, P]`` per-task gradients, the mean over all processes (a process where the
+            task is absent contributes zeros, as in DDP's own average), or the ``[K, K]`` Gram
+            matrix averaged likewise when computed on a representation.
+        losses: ``[K]`` loss values (detached) averaged over the processes where the task is present.
+        is_gram: ``grads`` holds the ``[K, K]`` Gram matrix (``gram_only=True``).
+    """
+
+    tasks: list[str]
+    grads: torch.Tensor
+    losses: torch.Tensor
+    is_gram: bool = False
+
+    def gram(self) -> torch.Tensor:
+        """``G G^T`` as float64 on the CPU (``[K, K]``, small: the solvers run there).
+
+        The product is taken in ``grads``' dtype (no float64 copy of the ``[K, P]`` matrix).
+        """
+        if self.is_gram:
+            return self.grads.double().cpu()
+        return (self.grads @ self.grads.T).double().cpu()
+
+
+def task_gradients(losses: Mapping[str, torch.Tensor], task_names: Sequence[str],
+                   inputs: Sequence[torch.Tensor], *, gram_only: bool = False) -> TaskGradients:
+    """Per-task gradients of ``losses`` w.r.t. ``inputs``, averaged over processes.
+
+    Args:
+        losses: ``{task: scalar loss}`` for the tasks present in this process's batch.
+        task_names: all tasks of the model (fixes the row order on every process).
+        inputs: shared parameters, or shared representation tensors ``[B, ...]``.
+        gram_only: synchronize the ``[K, K]`` Gram matrix instead of ``G`` (for representation
+            gradients, whose rows belong to different samples on different processes; the
+            averaged Gram is then proportional to the global batch's).
+
+    Returns:
+        :class:`TaskGradients` with rows for the tasks present on any process.
+
+    Raises:
+        ValueError: ``inputs`` is empty (nothing is shared, nothing to balance).
+    """
+    if not inputs:
+        raise ValueError("a gradient-level combiner needs shared parameters (or a shared "
+                         "representation) that require grad; got none")
+    names = list(task_names)
+    local = {t: flat_grad(losses[t], inputs) for t in names if t in losses}
+    ref = next(iter(local.values()))
+    g = torch.stack([local[t] if t in local else torch.zeros_like(ref) for t in names])  # (T, P)
+    if g.dtype in (torch.float16, torch.bfloat16):
+        g = g.float()
+    if gram_only:
+        g = g.double() @ g.double().T                                          # (T, T)
+    values = torch.stack([losses[t].detach().reshape(()).to(g.dtype) if t in losses
+                          else torch.zeros((), dtype=g.dtype, device=g.device) for t in names])
+    share = torch.tensor([t in losses for t in names], dtype=g.dtype, device=g.device)
+    if world_size() > 1:                                   # one collective for all three
+        packed = all_reduce_mean(torch.cat([g, values[:, None], share[:, None]], dim=1))
+        g, values, share = packed[:, :-2], packed[:, -2], packed[:, -1]
+    keep = (share > 0).nonzero().flatten()
+    values = values / share.clamp_min(1e-12)
+    if gram_only:
+        g = g[keep][:, keep]
+        return TaskGradients([names[i] for i in keep.tolist()], g, values[keep], is_gram=True)
+    return TaskGradients([names[i] for i in keep.tolist()], g[keep], values[keep])
+
+
+def sync_task_values(values: Mapping[str, torch.Tensor], task_names: Sequence[str]
+                     ) -> dict[str, torch.Tensor]:
+    """Average scalar per-task values (e.g. detached losses) over the processes where present.
+
+    Returns ``{task: value}`` for the tasks present on any process. One collective.
+    """
+    names = list(task_names)
+    device = next(iter(values.values())).device
+    v = torch.stack([values[t].detach().reshape(()).double() if t in values
+                     else torch.zeros((), dtype=torch.float64, device=device) for t in names])
+    present = torch.tensor([t in values for t in names], dtype=torch.float64, device=device)
+    packed = all_reduce_mean(torch.stack([v, present], dim=1))
+    return {t: packed[i, 0] / packed[i, 1] for i, t in enumerate(names) if packed[i, 1] > 0}
+
+
+# --------------------------------------------------------------------------------------------
+# small solvers
+
+
+def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of ``v [K]`` onto ``{w : w >= 0, sum(w) = 1}`` (sort-based, exact)."""
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, 0) - 1
+    k = torch.arange(1, v.numel() + 1, dtype=v.dtype, device=v.device)
+    rho = int((u - css / k > 0).nonzero().max())
+    return (v - css[rho] / (rho + 1)).clamp_min(0)
+
+
+def min_norm_weights(gram: torch.Tensor, max_iter: int = 250, tol: float = 1e-12) -> torch.Tensor:
+    """Weights of the min-norm point of the convex hull of ``K`` vectors, by Frank-Wolfe.
+
+    Solves ``min_{w in simplex} w^T M w`` for the Gram matrix ``M = G G^T [K, K]``, as Sener &
+    Koltun (2018, Alg. 2) do with Frank-Wolfe and exact line search. This uses the *pairwise*
+    variant: move weight from the worst vertex in the support (``argmax (M w)``) to the best one
+    (``argmin (M w)``) with the exact step on the quadratic,
+    ``gamma = clip(((M w)_s - (M w)_t) / (M_tt + M_ss - 2 M_ts), 0, w_s)``, which converges
+    linearly where plain Frank-Wolfe zig-zags. Stops when the duality gap
+    ``w^T M w - min_t (M w)_t`` is below ``tol`` (relative to ``max diag M``). With two vectors
+    the first step is exact.
+
+    Returns:
+        ``w [K]`` on the simplex (float64).
+    """
+    m = gram.detach().double().cpu()
+    k = m.shape[0]
+    w = torch.full((k,), 1.0 / k, dtype=m.dtype)
+    scale = float(m.diagonal().max().clamp_min(1e-300))
+    for _ in range(max_iter):
+        mw = m @ w
+        t = int(torch.argmin(mw))
+        if float(w @ mw - mw[t]) <= tol * scale:
+            break
+        support = (w > 0).nonzero().flatten()
+        s = int(support[torch.argmax(mw[support])])
+        curvature = float(m[t, t] + m[s, s] - 2 * m[t, s])
+        if s == t or curvature <= 0:
+            break
+        step = max(float(mw[s] - mw[t]) / curvature, 0.0)
+        if step >= float(w[s]):                                              # vertex s leaves
+            w[t] += w[s]
+            w[s] = 0.0
+        else:
+            w[t] += step
+            w[s] -= step
+    return w
+
+
+def minimize_on_simplex(objective: Callable[[torch.Tensor], torch.Tensor], k: int,
+                        max_iter: int = 200, tol: float = 1e-12,
+                        dtype: torch.dtype = torch.float64,
+                        device: torch.device | None = None) -> torch.Tensor:
+    """Minimize a convex ``objective(w)`` over the probability simplex in ``R^k``.
+
+    Projected gradient descent from the uniform point with backtracking (Armijo) step sizes;
+    gradients by autograd. Meant for the tiny ``K``-dimensional problems of MTL methods.
+
+    Returns:
+        the best ``w [k]`` found (detached).
+    """
+    w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
+    step = 1.0
+    best_w, best_f = w, float("inf")
+    for _ in range(max_iter):
+        w_ = w.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = objective(w_)
+            (g,) = torch.autograd.grad(f, w_)
+        f0 = float(f.detach())
+        if f0 < best_f:
+            best_w, best_f = w.detach(), f0
+        while True:
+            cand = project_to_simplex(w - step * g)
+            with torch.no_grad():
+                fc = float(objective(cand))
+            if fc <= f0 + float(g @ (cand - w)) + (cand - w).square().sum() / (2 * step) or step < 1e-12:
+                break
+            step *= 0.5
+        if torch.abs(cand - w).sum() < tol:
+            w = cand
+            break
+        w, step = cand, step * 2.0
+    with torch.no_grad():
+        if float(objective(w)) < best_f:
+            best_w = w
+    return best_w.detach()
+
+
+def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
+              exp_avg_sq: torch.Tensor, steps: torch.Tensor, index: torch.Tensor, lr: float,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              weight_decay: float = 0.0) -> None:
+    """One Adam step on the entries ``index`` of a 1-D buffer, in place.
+
+    The state (``exp_avg``, ``exp_avg_sq``, per-entry ``steps``) lives in the caller's buffers so
+    it is saved in checkpoints and untouched by the model's optimizer. Entries outside ``index``
+    (tasks absent from the batch) keep their value and state. ``weight_decay`` is L2 (added to the
+    gradient), as in ``torch.optim.Adam``.
+
+    Args:
+        param, exp_avg, exp_avg_sq, steps: ``[T]`` buffers.
+        grad: ``[len(index)]`` gradient of the selected entries.
+        index: long tensor of entries to update.
+    """
+    b1, b2 = betas
+    g = grad + weight_decay * param[index]
+    steps[index] += 1
+    m = exp_avg[index].mul(b1).add(g, alpha=1 - b1)
+    v = exp_avg_sq[index].mul(b2).addcmul(g, g, value=1 - b2)
+    exp_avg[index], exp_avg_sq[index] = m, v
+    n = steps[index]
+    m_hat = m / (1 - b1 ** n)
+    v_hat = v / (1 - b2 ** n)
+    param[index] = param[index] - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# base class
+
+
+class GradientCombiner(LossCombiner):
+    """Base of gradient-level combiners (``requires_manual_backward = True``).
+
+    Subclasses implement :meth:`backward`, usually as: check arguments with :meth:`_prepare`,
+    take the one-task shortcut :meth:`_single_task`, get :func:`task_gradients`, compute weights
+    or a direction, and end with :meth:`_backward_weighted` or :meth:`_backward_direction`
+    (exactly one ``manual_backward`` per call on every process).
+
+    With a single task present (in the model, or in the batch on all processes) there is nothing
+    to balance: the step is a plain ``manual_backward`` of that task's loss.
+
+    :meth:`forward` returns ``sum_t L_t``, only for logging (e.g. a validation loss); the update
+    itself is made by :meth:`backward`.
+
+    Attributes:
+        requires_representation: the module must pass ``representation=`` to :meth:`backward`
+            (MGDA-UB); ``False`` for the others.
+    """
+
+    requires_manual_backward: ClassVar[bool] = True
+    supports_gradient_accumulation: ClassVar[bool] = False
+    requires_representation: bool = False
+
+    def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__(task_names, weights)
+        self._last_weights: dict[str, float] = {t: 1.0 for t in self.task_names}
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        present_tasks(losses, self.task_names)
+        return sum(losses.values())  # type: ignore[return-value]
+
+    def current_weights(self) -> dict[str, float]:
+        """The weight each task's loss got in the last step (0.0 for a task absent from it)."""
+        return dict(self._last_weights)
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def _prepare(self, losses: Mapping[str, torch.Tensor],
+                 shared_parameters: Iterable[torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
+        tasks = present_tasks(losses, self.task_names)
+        return tasks, unique_trainable(shared_parameters)
+
+    def _is_single_task(self, losses: Mapping[str, torch.Tensor]) -> bool:
+        """The model has one task, or the only process sees one task (known without a collective)."""
+        return len(self.task_names) == 1 or (world_size() == 1 and len(losses) == 1)
+
+    def _single_task(self, losses: Mapping[str, torch.Tensor],
+                     manual_backward: Callable[[torch.Tensor], None]) -> bool:
+        """Plain backward if :meth:`_is_single_task`; True if done."""
+        if self._is_single_task(losses):
+            self._backward_weighted(losses, {t: 1.0 for t in losses}, manual_backward)
+            return True
+        return False
+
+    def _single_after_sync(self, tg: TaskGradients, losses: Mapping[str, torch.Tensor],
+                           manual_backward: Callable[[torch.Tensor], None]) -> bool:
+        """Plain backward when only one task is present on all processes together; True if done."""
+        if len(tg.tasks) == 1:
+            self._backward_weighted(losses, {tg.tasks[0]: 1.0}, manual_backward)
+            return True
+        return False
+
+    def _set_weights(self, weights: Mapping[str, float]) -> None:
+        self._last_weights = {t: float(weights.get(t, 0.0)) for t in self.task_names}
+
+    def _backward_weighted(self, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+                           manual_backward: Callable[[torch.Tensor], None],
+                           extra: torch.Tensor | None = None) -> None:
+        """``manual_backward(sum_t w_t L_t [+ extra])`` over the local tasks; ``w`` are plain floats.
+
+        ``extra`` is a term for the combiner's own parameters (e.g. IMTL-L's loss scales).
+        """
+        self._set_weights(weights)
+        total = sum(float(weights.get(t, 0.0)) * loss for t, loss in losses.items())
+        manual_backward(total if extra is None else total + extra)  # type: ignore[arg-type]
+
+    def _backward_direction(self, total: torch.Tensor, params: Sequence[torch.Tensor],
+                            direction: torch.Tensor, reference: torch.Tensor,
+                            manual_backward: Callable[[torch.Tensor], None]) -> None:
+        """Backpropagate ``total`` so that the shared parameters receive ``direction`` instead.
+
+        Args:
+            total: the loss whose gradient task-specific parameters should get (``sum_t L_t``).
+            params: the shared parameters, in the order ``direction`` is flattened.
+            direction: ``[P]`` wanted shared gradient.
+            reference: ``[P]`` the shared gradient that ``total`` produces (averaged over
+                processes), i.e. ``sum_t G_t`` of :func:`task_gradients` on ``total``'s terms.
+        """
+        delta = (direction - reference).detach()
+        correction = sum((p * d.to(p.dtype)).sum() for p, d in zip(params, split_like(delta, params)))
+        manual_backward(total + correction)
