@@ -1,6 +1,6 @@
 """The ``mtlframe`` command line.
 
-``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recipe validate``, ``plugins``.
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``compare``, ``recipe validate``, ``plugins``.
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
 """
@@ -43,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mtlframe.run import train
 
     result = train(recipe, args.run_dir, progress=False if args.no_progress else None)
+    if not result.is_global_zero:  # other DDP processes stay quiet
+        return 0
     con = _console()
     for split in ("val", "test"):
         if result.metrics.get(split):
@@ -90,6 +92,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.show:
         print(recipe.to_yaml())
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mtlframe.compare import rich_table, run_compare, write_outputs
+
+    con = _console()
+    command = "mtlframe " + shlex.join(getattr(args, "argv", None) or [])
+    result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
+                         baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
+                         output=args.output, command=command, resume=not args.no_resume,
+                         metrics=args.metrics.split(",") if args.metrics else None,
+                         progress=lambda line: con.print(line, markup=False))
+    write_outputs(result)
+    con.print(rich_table(result))
+    con.print(f"results: {result.output}/results.md, {result.output}/results.json; runs under {result.output}/runs/")
+    failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
+    if failed:
+        con.print(f"{failed} run(s) failed; see error.txt in their run directories.")
+    return 1 if failed else 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -165,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--show", action="store_true", help="print the resolved recipe")
     v.set_defaults(func=cmd_validate)
 
+    c = sub.add_parser("compare", help="train a grid of recipe variants over seeds; one table with the MTL gain")
+    c.add_argument("recipe", help="YAML recipe file")
+    c.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    c.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="a grid axis (repeatable; the cartesian product is trained). Values are YAML, split "
+                        "on top-level commas, or on '|' when given: "
+                        "'model.backbone={name: mmoe, num_experts: 8}|{name: ple, num_levels: 2}'")
+    c.add_argument("--seeds", default="3", help="number of seeds (recipe seed, +1, ...) or a list: 1,2,3")
+    c.add_argument("--baseline", action="append", metavar="BACKBONE|KEY=V",
+                   help="the baseline for the MTL gain: a backbone name (default single-task) and/or "
+                        "overrides (repeatable), e.g. --baseline single-task --baseline combiner.name=static")
+    c.add_argument("--no-baseline", action="store_true", help="no gain columns")
+    c.add_argument("--metrics", default=None, help="only these metrics in the table, e.g. auc,rmse")
+    c.add_argument("--output", default=None, help="folder for runs/, results.json, results.md "
+                                                  "(default runs/compare-<time>)")
+    c.add_argument("--no-resume", action="store_true", help="retrain runs that already have metrics.json")
+    c.set_defaults(func=cmd_compare)
+
     pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
     pl.add_argument("--kind", default=None, help="only this component kind")
     pl.add_argument("--json", action="store_true")
@@ -181,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides or []) + extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

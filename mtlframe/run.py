@@ -44,6 +44,7 @@ class TrainResult:
     num_parameters: int
     train_seconds: float
     providers: dict[str, str] = field(default_factory=dict)
+    is_global_zero: bool = True
 
 
 def _quiet_lightning() -> None:
@@ -55,6 +56,9 @@ def _quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # metric values are synced by torchmetrics before logging; Lightning cannot know that
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
 
@@ -131,10 +135,12 @@ def build_system(recipe: Recipe):
     return dm, module, b
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool | None = None) -> TrainResult:
+def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool | None = None,
+          callbacks: list[Any] | None = None) -> TrainResult:
     """Train a recipe; evaluate the best checkpoint on the validation and test splits.
 
     Writes ``recipe.yaml``, ``metrics.json``, ``checkpoints/best.ckpt`` and logs into ``run_dir``.
+    ``callbacks`` are extra Lightning callbacks (the benchmark harness times training steps with one).
     """
     _quiet_lightning()
     import pytorch_lightning as pl
@@ -148,7 +154,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
 
     has_val = len(dm.split_index["val"]) > 0
-    callbacks: list[Any] = []
+    callbacks = list(callbacks or [])
     monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
                            monitor=monitor if has_val else None, mode=mode,
@@ -194,7 +200,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     finally:
         _finish_logger(logger)
     n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-    result = TrainResult(run_dir, metrics, best, n_params, seconds, builder.providers)
+    result = TrainResult(run_dir, metrics, best, n_params, seconds, builder.providers, trainer.is_global_zero)
     if trainer.is_global_zero:
         payload = {"test": metrics.get("test", {}), "val": metrics.get("val", {}),
                    "best_checkpoint": best, "num_parameters": n_params, "train_seconds": round(seconds, 3),
