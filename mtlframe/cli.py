@@ -100,12 +100,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mtlframe.compare import rich_table, run_compare, write_outputs
 
     con = _console()
+    if not con.is_terminal:  # piped to a file: do not squeeze the wide table into 80 columns
+        con.width = max(con.width, 240)
     command = "mtlframe " + shlex.join(getattr(args, "argv", None) or [])
     result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
                          baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
                          output=args.output, command=command, resume=not args.no_resume,
                          metrics=args.metrics.split(",") if args.metrics else None,
-                         progress=lambda line: con.print(line, markup=False))
+                         progress=lambda line: con.print(line, markup=False, soft_wrap=True))
     write_outputs(result)
     con.print(rich_table(result))
     con.print(f"results: {result.output}/results.md, {result.output}/results.json; runs under {result.output}/runs/")

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtlframe.backbones.base import Backbone
-from mtlframe.layers import MLP, mix_experts
+from mtlframe.backbones.mmoe import MMoE
 
 
 def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -93,7 +92,7 @@ class DSelectKGate(nn.Module):
         return (w.unsqueeze(-1) * r).sum(dim=1)                    # (B, E)
 
 
-class DSelectK(Backbone):
+class DSelectK(MMoE):
     """``E`` shared expert MLPs; each task mixes them with its own DSelect-k gate (see :class:`DSelectKGate`).
 
     .. math:: h_t = \\sum_{e=1}^{E} q_t(x)_e \\, f_e(x)
@@ -130,30 +129,12 @@ class DSelectK(Backbone):
                  expert_hidden: list[int] = [64], per_example: bool = False, dropout: float = 0.0,  # noqa: B006
                  activation: str = "relu", batch_norm: bool = False, *, input_dim: int,
                  task_names: list[str]) -> None:
-        super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if not 1 <= k <= num_experts:
             raise ValueError(f"k must be between 1 and num_experts={num_experts}, got {k}")
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
-        if not expert_hidden:
-            raise ValueError("expert_hidden must list at least one width")
-        self.task_names = list(task_names)
-        self.experts = nn.ModuleList(
-            MLP(input_dim, expert_hidden, dropout, activation, batch_norm) for _ in range(num_experts))
+        super().__init__(num_experts, expert_hidden, dropout, activation, batch_norm,
+                         input_dim=input_dim, task_names=task_names)
+        # the experts and the mixing are MMoE's; only the gates differ
         self.gates = nn.ModuleDict(
             {t: DSelectKGate(input_dim, num_experts, k, gamma, per_example) for t in self.task_names})
-        self.output_dims = {t: expert_hidden[-1] for t in self.task_names}
-
-    def shared_parameters(self):
-        return self.experts.parameters()
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
-        out = {}
-        for t in self.task_names:
-            w = self.gates[t](x)                                   # (B, E)
-            self.gate_weights[t] = w.detach()
-            out[t] = mix_experts(w, experts)                       # (B, H)
-        return out

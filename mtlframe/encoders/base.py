@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlframe.features import FeatureInfo
 
 
 class Encoder(nn.Module):
