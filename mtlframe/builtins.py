@@ -98,6 +98,8 @@ def mtlframe_combiners():
 def mtlframe_samplers():
     return [
         C("none", "mtlframe.samplers.none:NoSampler", "train on the rows as they are"),
+        C("uniform-negatives", "mtlframe.samplers.uniform_negatives:UniformNegatives",
+          "pair positive rows with uniformly drawn items as negatives for a binary task"),
     ]
 
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from mtlframe.batching import ColumnBatches, Columns
+from mtlframe.batching import ColumnBatches, Columns, take
 from mtlframe.datasets.base import RecDataset, Table
 from mtlframe.errors import DataError, RecipeError, closest
 from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.preprocess import LabelSpec, Preprocessor
 from mtlframe.recipe import Recipe
-from mtlframe.samplers.base import Sampler
 
 SPLITS = ("train", "val", "test")
 
@@ -85,6 +84,8 @@ class RecDataModule(pl.LightningDataModule):
         self.splits: dict[str, dict[str, Any]] = {}
         self.columns: dict[str, Columns] = {}
         self.sampler = None
+        self.encoders: list[torch.nn.Module] = []
+        self.tasks: list[TaskSpec] = []
         self._sampled: tuple[int, Columns] | None = None
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -178,7 +179,11 @@ class RecDataModule(pl.LightningDataModule):
     def attach_encoders(self, encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec], sampler=None) -> None:
         """Featurize every split with the encoders and keep only the keys the model reads."""
         self.sampler = sampler
-        self.columns = {k: materialize(encoders, tasks, cols) for k, cols in self.splits.items()}
+        self.encoders, self.tasks = list(encoders), list(tasks)
+        # with a resampling sampler, masks stay so that sampled rows (partly unlabelled) concatenate
+        keep_masks = sampler is not None and sampler.resamples
+        self.columns = {k: materialize(encoders, tasks, cols, keep_masks=keep_masks and k == "train")
+                        for k, cols in self.splits.items()}
 
     # -- dataloaders -------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
@@ -192,16 +197,20 @@ class RecDataModule(pl.LightningDataModule):
         return bool(trainer is not None and getattr(trainer.accelerator, "__class__", type).__name__ == "CUDAAccelerator")
 
     def _train_columns(self, epoch: int) -> Columns:
-        if self.sampler is None:
-            return self.columns["train"]
+        """This epoch's training columns: the sampler's kept rows plus its featurized new rows."""
         if self._sampled is None or self._sampled[0] != epoch:
             g = torch.Generator().manual_seed(self.recipe.config.seed * 1000 + epoch)
-            self._sampled = (epoch, self.sampler.sample(self.columns["train"], g))
+            base = self.columns["train"]
+            sample = self.sampler.sample(self.splits["train"], g)
+            parts = [base if sample.keep is None else take(base, sample.keep)]
+            if sample.extra:
+                parts.append(materialize(self.encoders, self.tasks, sample.extra, keep_masks=True))
+            self._sampled = (epoch, concat_columns(parts))
         return self._sampled[1]
 
     def train_dataloader(self) -> ColumnBatches:
         rank, world = self._dist()
-        resamples = self.sampler is not None and type(self.sampler).sample is not Sampler.sample
+        resamples = self.sampler is not None and self.sampler.resamples
         source = self._train_columns if resamples else self.columns["train"]
         return ColumnBatches(source, self.cfg.batch_size, shuffle=True, seed=self.recipe.config.seed,
                              rank=rank, world_size=world, drop_uneven=world > 1, pin_memory=self._pin())
@@ -219,11 +228,11 @@ class RecDataModule(pl.LightningDataModule):
 
 
 def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],
-                columns: Mapping[str, Any]) -> Columns:
+                columns: Mapping[str, Any], keep_masks: bool = False) -> Columns:
     """Featurize preprocessed columns with each encoder; return only the tensors the model reads.
 
     A task's mask is dropped when every label of the split is present (the module then skips
-    masking for it, saving work on the hot path).
+    masking for it, saving work on the hot path), unless ``keep_masks``.
     """
     out: Columns = {}
     for enc in encoders:
@@ -236,6 +245,20 @@ def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],
         if label_key(t.name) in columns:
             out[label_key(t.name)] = columns[label_key(t.name)]
             mask = columns[mask_key(t.name)]
-            if not bool(mask.all()):
+            if keep_masks or not bool(mask.all()):
                 out[mask_key(t.name)] = mask
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def concat_columns(parts: Sequence[Columns]) -> Columns:
+    """Row-wise concatenation of column dicts with the same keys (text widths padded with 0)."""
+    if len(parts) == 1:
+        return parts[0]
+    out: Columns = {}
+    for key in parts[0]:
+        tensors = [p[key] for p in parts]
+        if tensors[0].ndim == 2 and len({t.shape[1] for t in tensors}) > 1:
+            width = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors]
+        out[key] = torch.cat(tensors)
+    return out
