@@ -105,12 +105,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     command = "mtlframe " + shlex.join(getattr(args, "argv", None) or [])
     result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
                          baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
-                         output=args.output, command=command, resume=not args.no_resume,
+                         output=args.output, runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
                          metrics=args.metrics.split(",") if args.metrics else None,
                          progress=lambda line: con.print(line, markup=False, soft_wrap=True))
     write_outputs(result)
     con.print(rich_table(result))
-    con.print(f"results: {result.output}/results.md, {result.output}/results.json; runs under {result.output}/runs/")
+    con.print(f"results: {result.output}/results.md, {result.output}/results.json; "
+              f"runs under {args.runs_dir or str(result.output) + '/runs'}/")
     failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
     if failed:
         con.print(f"{failed} run(s) failed; see error.txt in their run directories.")
@@ -205,11 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics", default=None, help="only these metrics in the table, e.g. auc,rmse")
     c.add_argument("--output", default=None, help="folder for runs/, results.json, results.md "
                                                   "(default runs/compare-<time>)")
+    c.add_argument("--runs-dir", default=None, help="folder for the run directories (default OUTPUT/runs); "
+                                                    "comparisons sharing one reuse each other's runs")
     c.add_argument("--no-resume", action="store_true", help="retrain runs that already have metrics.json")
     c.set_defaults(func=cmd_compare)
 
     pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
-    pl.add_argument("--kind", default=None, help="only this component kind")
+    pl.add_argument("--kind", default=None, choices=["dataset", "encoder", "backbone", "tower", "combiner",
+                                                     "sampler", "metric"], help="only this component kind")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
     return p

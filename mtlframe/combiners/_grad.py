@@ -342,9 +342,8 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 class GradientCombiner(LossCombiner):
     """Base of gradient-level combiners (``requires_manual_backward = True``).
 
-    Subclasses implement :meth:`backward`, usually as: check arguments with :meth:`_prepare`,
-    take the one-task shortcut :meth:`_single_task`, get :func:`task_gradients`, compute weights
-    or a direction, and end with :meth:`_backward_weighted` or :meth:`_backward_direction`
+    Subclasses implement :meth:`backward`, usually as: get the per-task gradients with
+    :meth:`_task_gradients` (which takes the one-task shortcut itself), compute weights or a direction, and end with :meth:`_backward_weighted` or :meth:`_backward_direction`
     (exactly one ``manual_backward`` per call on every process).
 
     With a single task present (in the model, or in the batch on all processes) there is nothing
@@ -399,6 +398,19 @@ class GradientCombiner(LossCombiner):
             self._backward_weighted(losses, {tg.tasks[0]: 1.0}, manual_backward)
             return True
         return False
+
+    def _task_gradients(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.Tensor],
+                        manual_backward: Callable[[torch.Tensor], None]
+                        ) -> tuple[TaskGradients, list[torch.Tensor]] | None:
+        """Per-task gradients of the shared parameters (averaged over processes), or ``None``
+        after a plain backward when there is only one task to balance."""
+        _, params = self._prepare(losses, shared_parameters)
+        if self._single_task(losses, manual_backward):
+            return None
+        tg = task_gradients(losses, self.task_names, params)
+        if self._single_after_sync(tg, losses, manual_backward):
+            return None
+        return tg, params
 
     def _set_weights(self, weights: Mapping[str, float]) -> None:
         self._last_weights = {t: float(weights.get(t, 0.0)) for t in self.task_names}

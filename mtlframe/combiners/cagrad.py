@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from mtlframe.combiners._grad import GradientCombiner, minimize_on_simplex, task_gradients
+from mtlframe.combiners._grad import GradientCombiner, minimize_on_simplex
 
 
 class CAGrad(GradientCombiner):
@@ -58,12 +58,10 @@ class CAGrad(GradientCombiner):
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None]) -> None:
-        _, params = self._prepare(losses, shared_parameters)
-        if self._single_task(losses, manual_backward):
+        got = self._task_gradients(losses, shared_parameters, manual_backward)
+        if got is None:
             return
-        tg = task_gradients(losses, self.task_names, params)
-        if self._single_after_sync(tg, losses, manual_backward):
-            return
+        tg, params = got
         coef = self.coefficients(tg.gram())
         direction = coef.to(tg.grads) @ tg.grads                              # (P,)
         self._set_weights({t: float(v) for t, v in zip(tg.tasks, coef)})

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from mtlframe.combiners._grad import GradientCombiner, task_gradients
+from mtlframe.combiners._grad import GradientCombiner
 
 
 class DBMTL(GradientCombiner):
@@ -67,12 +67,10 @@ class DBMTL(GradientCombiner):
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None]) -> None:
-        _, params = self._prepare(losses, shared_parameters)
-        if self._single_task(losses, manual_backward):
+        got = self._task_gradients(losses, shared_parameters, manual_backward)
+        if got is None:
             return
-        tg = task_gradients(losses, self.task_names, params)
-        if self._single_after_sync(tg, losses, manual_backward):
-            return
+        tg, params = got
         # grad log L = grad L / L, with L the loss of the global batch (process mean)
         inv = 1.0 / (tg.losses.to(tg.grads) + self.eps)                        # (K,)
         g = tg.grads * inv[:, None]                                            # (K, P)

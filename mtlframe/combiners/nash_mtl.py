@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from mtlframe.combiners._grad import GradientCombiner, task_gradients
+from mtlframe.combiners._grad import GradientCombiner
 
 
 def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float = 1e-10,
@@ -90,12 +90,10 @@ class NashMTL(GradientCombiner):
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None]) -> None:
-        _, params = self._prepare(losses, shared_parameters)
-        if self._single_task(losses, manual_backward):
+        got = self._task_gradients(losses, shared_parameters, manual_backward)
+        if got is None:
             return
-        tg = task_gradients(losses, self.task_names, params)
-        if self._single_after_sync(tg, losses, manual_backward):
-            return
+        tg, params = got
         alpha = self.task_weights(tg.gram())
         self._backward_weighted(losses, dict(zip(tg.tasks, alpha.tolist())), manual_backward)
 

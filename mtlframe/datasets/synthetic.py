@@ -191,7 +191,7 @@ class Synthetic(RecDataset):
             extra_cols[f"task_{t}"] = y[t]
         for t in range(k):
             extra_cols[f"task_{t}_bin"] = (y[t] > np.median(y[t])).astype(np.float32)
-        frame = pd.concat([frame, pd.DataFrame(extra_cols, copy=False)], axis=1, copy=False)
+        frame = pd.concat([frame, pd.DataFrame(extra_cols, copy=False)], axis=1)
 
         features = {c: "numeric" for c in names}
         features.update({c: "categorical" for c in cats})
