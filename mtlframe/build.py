@@ -76,7 +76,7 @@ class Builder:
             spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")
             towers[t.name] = self.make("tower", spec, path, input_dim=backbone.output_dims[t.name],
                                        output_dim=t.output_dim)
-        return MultiTaskModel(encoders, backbone, towers, tasks)
+        return MultiTaskModel(encoders, backbone, towers, tasks, shared=cfg.shared)
 
     def combiner(self, tasks: Sequence[TaskSpec]):
         return self.make("combiner", self.recipe.config.combiner, "combiner",

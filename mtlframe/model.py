@@ -20,18 +20,26 @@ class MultiTaskModel(nn.Module):
         backbone: maps ``x`` to ``{task: h_t [B, H_t]}``.
         towers: one tower per task, ``h_t -> [B, out_dim]``.
         tasks: the task specs, in recipe order.
+        shared: which parameters count as shared by the tasks (what gradient-level combiners
+            balance): ``encoders+backbone`` (default: every encoder parameter plus the backbone's
+            :meth:`~mtlframe.backbones.base.Backbone.shared_parameters`), ``backbone`` (only the
+            latter: much cheaper with large embedding tables, whose gradients are then the plain
+            sum over tasks), or ``encoders``.
 
     ``forward(batch)`` returns ``{task: output}`` with output ``[B]`` (binary logits, regression
     values) or ``[B, C]`` (multiclass logits).
     """
 
     def __init__(self, encoders: Sequence[nn.Module], backbone: nn.Module, towers: Mapping[str, nn.Module],
-                 tasks: Sequence[TaskSpec]) -> None:
+                 tasks: Sequence[TaskSpec], shared: str = "encoders+backbone") -> None:
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.backbone = backbone
         self.towers = nn.ModuleDict(dict(towers))
         self.tasks = list(tasks)
+        if shared not in ("encoders+backbone", "backbone", "encoders"):
+            raise ValueError(f"shared must be 'encoders+backbone', 'backbone' or 'encoders', got {shared!r}")
+        self.shared = shared
         self._squeeze = {t.name: t.output_dim == 1 for t in self.tasks}
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -67,7 +75,9 @@ class MultiTaskModel(nn.Module):
                     last.bias.fill_(float(value))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters shared by the tasks: every encoder's, plus the backbone's shared part."""
-        for enc in self.encoders:
-            yield from enc.parameters()
-        yield from self.backbone.shared_parameters()
+        """Parameters shared by the tasks, as chosen by ``shared`` (recipe key ``model.shared``)."""
+        if self.shared != "backbone":
+            for enc in self.encoders:
+                yield from enc.parameters()
+        if self.shared != "encoders":
+            yield from self.backbone.shared_parameters()

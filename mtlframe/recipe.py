@@ -185,6 +185,8 @@ class ModelConfig(_Strict):
     backbone: Component
     tower: Component = {"name": "mlp"}
     towers: dict[str, Component] = {}
+    #: which parameters gradient-level combiners balance (see docs/combiners.md)
+    shared: Literal["encoders+backbone", "backbone", "encoders"] = "encoders+backbone"
 
 
 class OptimizerConfig(_Strict):
