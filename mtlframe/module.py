@@ -4,7 +4,8 @@ It receives built components and holds no model code of its own. Loss-level comb
 automatic optimization; a combiner with ``requires_manual_backward = True`` switches the module
 to manual optimization and computes the update itself.
 
-Logged keys: ``train/loss``, ``train/loss/<task>``, ``train/weight/<task>``,
+Logged keys: ``train/loss`` (every ``log_every_n_steps``), ``train/loss_epoch``, ``train/loss/<task>``,
+``train/aux/<name>`` (epoch means), ``train/weight/<task>``,
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
 """
@@ -113,19 +114,24 @@ class MultiTaskModule(pl.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
             total = sum(w * losses[t].detach() for t, w in self.combiner.current_weights().items() if t in losses)
+        # Per-step work stays on-device: each ``self.log`` call costs about a millisecond of
+        # Lightning bookkeeping, so epoch means are accumulated here and logged once per epoch
+        # (``on_train_epoch_end``) and step values only every ``log_every_n_steps``.
         for name, loss in losses.items():
-            d = loss.detach()
-            self._epoch_loss_sum[name] = self._epoch_loss_sum.get(name, 0) + d
-            self._epoch_loss_n[name] = self._epoch_loss_n.get(name, 0) + 1
-            self.log(f"train/loss/{name}", d, on_step=False, on_epoch=True, batch_size=bsz)
+            self._accumulate(name, loss.detach())
         for name, value in aux.items():
-            self.log(f"train/aux/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bsz)
-        self.log("train/loss", total.detach() if torch.is_tensor(total) else float(total),
-                 on_step=True, on_epoch=True, prog_bar=True, batch_size=bsz)
+            self._accumulate(f"aux/{name}", value.detach())
+        total_d = total.detach() if torch.is_tensor(total) else torch.as_tensor(float(total))
+        self._accumulate("__total__", total_d)
         if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", total_d, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
             for t, w in self.combiner.current_weights().items():
                 self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
         return total if self.automatic_optimization else None
+
+    def _accumulate(self, name: str, value: torch.Tensor) -> None:
+        self._epoch_loss_sum[name] = self._epoch_loss_sum.get(name, 0) + value
+        self._epoch_loss_n[name] = self._epoch_loss_n.get(name, 0) + 1
 
     def on_train_epoch_end(self) -> None:
         means = {}
@@ -134,6 +140,10 @@ class MultiTaskModule(pl.LightningModule):
             if self.trainer.world_size > 1:  # the same epoch means on every process (DWA)
                 mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
             means[t] = float(mean)
+        for t, value in means.items():  # epoch means (of batch means), logged once per epoch
+            key = "train/loss_epoch" if t == "__total__" else f"train/{t}" if t.startswith("aux/") else f"train/loss/{t}"
+            self.log(key, value, on_step=False, on_epoch=True)
+        means = {t: v for t, v in means.items() if t in self.combiner.task_names}
         self.combiner.on_train_epoch_end(means)
         self._epoch_loss_sum.clear()
         self._epoch_loss_n.clear()

@@ -44,6 +44,29 @@ def _as_str(series: pd.Series) -> pd.Series:
     return out.mask(out == "")
 
 
+def _as_int(series: pd.Series) -> np.ndarray | None:
+    """A numpy-integer column as int64 (it cannot hold missing values), else ``None``.
+
+    The fast path for id columns: it skips the string conversion of :func:`_as_str` and gives the
+    same vocabulary (``str(int)`` keys, same frequency order) and the same ids."""
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        return None
+    if pd.api.types.is_integer_dtype(series) and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
+        return series.to_numpy(dtype=np.int64, copy=False)
+    return None
+
+
+def _int_vocab(vocab: Sequence[str]) -> np.ndarray | None:
+    """The vocabulary as int64 when every entry is a canonical integer string, else ``None``."""
+    try:
+        ints = np.array([int(v) for v in vocab], dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+    if any(str(i) != v for i, v in zip(ints.tolist(), vocab)):
+        return None
+    return ints
+
+
 class Preprocessor:
     """Fits vocabularies and numeric statistics on the train split and transforms tables to tensors.
 
@@ -71,7 +94,9 @@ class Preprocessor:
         """Fit on the training rows. Raises :class:`DataError` on a bad numeric column."""
         for col, typ in self.features.items():
             if typ == "categorical":
-                counts = _as_str(frame[col]).value_counts(dropna=True)
+                ints = _as_int(frame[col])
+                values = pd.Series(ints, copy=False) if ints is not None else _as_str(frame[col])
+                counts = values.value_counts(dropna=True)
                 counts = counts[counts >= self.min_count]
                 self.vocab[col] = [str(v) for v in counts.index]
             elif typ == "multi_categorical":
@@ -147,7 +172,12 @@ class Preprocessor:
         out: dict[str, Any] = {}
         for col, typ in self.features.items():
             if typ == "categorical":
-                codes = pd.Categorical(_as_str(frame[col]), categories=self.vocab[col]).codes
+                ints = _as_int(frame[col])
+                int_vocab = _int_vocab(self.vocab[col]) if ints is not None else None
+                if int_vocab is not None:  # id columns: one hash lookup, no strings
+                    codes = pd.Index(int_vocab).get_indexer(ints)
+                else:
+                    codes = pd.Categorical(_as_str(frame[col]), categories=self.vocab[col]).codes
                 out[col] = torch.from_numpy((codes.astype(np.int64) + 1))
             elif typ == "multi_categorical":
                 out[col] = self._multi(frame[col], col)
