@@ -194,6 +194,8 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0)
+    #: Adam/AdamW's fused kernel (one kernel for all parameters; CPU and CUDA). None = when supported.
+    fused: bool | None = None
 
 
 class TrainerConfig(_Strict):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtlframe.backbones.base import Backbone
-from mtlframe.layers import MLP, Gate, mix_experts
+from mtlframe.layers import ExpertBank, Gate, mix_experts
 
 
 class MMoE(Backbone):
@@ -42,8 +42,7 @@ class MMoE(Backbone):
         if not expert_hidden:
             raise ValueError("expert_hidden must list at least one width")
         self.task_names = list(task_names)
-        self.experts = nn.ModuleList(
-            MLP(input_dim, expert_hidden, dropout, activation, batch_norm) for _ in range(num_experts))
+        self.experts = ExpertBank(num_experts, input_dim, expert_hidden, dropout, activation, batch_norm)
         self.gates = nn.ModuleDict({t: Gate(input_dim, num_experts) for t in self.task_names})
         self.output_dims = {t: expert_hidden[-1] for t in self.task_names}
 
@@ -51,7 +50,7 @@ class MMoE(Backbone):
         return self.experts.parameters()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
+        experts = self.experts(x)                                  # (B, E, H)
         out = {}
         for t in self.task_names:
             w = self.gates[t](x)                                   # (B, E)

@@ -6,10 +6,9 @@ Multi-gate Mixture-of-Experts." KDD 2018 (Section 4, "OMoE").
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mtlframe.backbones.base import Backbone
-from mtlframe.layers import MLP, Gate, mix_experts
+from mtlframe.layers import ExpertBank, Gate, mix_experts
 
 
 class OMoE(Backbone):
@@ -48,13 +47,12 @@ class OMoE(Backbone):
         if not expert_hidden:
             raise ValueError("expert_hidden must list at least one width")
         self.task_names = list(task_names)
-        self.experts = nn.ModuleList(
-            MLP(input_dim, expert_hidden, dropout, activation, batch_norm) for _ in range(num_experts))
+        self.experts = ExpertBank(num_experts, input_dim, expert_hidden, dropout, activation, batch_norm)
         self.gate = Gate(input_dim, num_experts)
         self.output_dims = {t: expert_hidden[-1] for t in self.task_names}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
+        experts = self.experts(x)                                  # (B, E, H)
         w = self.gate(x)                                           # (B, E)
         self.gate_weights["shared"] = w.detach()
         h = mix_experts(w, experts)                                # (B, H)
