@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     from mtlframe.run import train
 
-    result = train(recipe, args.run_dir, progress=False if args.no_progress else None)
+    result = train(recipe, args.run_dir, progress=False if args.no_progress else None, overwrite=args.overwrite)
     if not result.is_global_zero:  # other DDP processes stay quiet
         return 0
     con = _console()
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3 model.backbone.name=mmoe")
     t.add_argument("--run-dir", default=None, help="output folder (default runs/<recipe>-<time>)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of its recipe's data")

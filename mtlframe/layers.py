@@ -45,6 +45,9 @@ class MLP(nn.Module):
                  activation_name: str = "relu", batch_norm: bool = False,
                  output_dim: int | None = None) -> None:
         super().__init__()
+        bad = [h for h in hidden if int(h) < 1]
+        if bad or (output_dim is not None and output_dim < 1):
+            raise ValueError(f"layer widths must be positive integers, got hidden={list(hidden)}")
         layers: list[nn.Module] = []
         width = input_dim
         for h in hidden:

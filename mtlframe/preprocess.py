@@ -221,7 +221,7 @@ class Preprocessor:
                     if bad.any():
                         row = int(np.flatnonzero(bad)[0])
                         raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has value "
-                                        f"{values[row]!r} at row {row + 1}; binary labels must be 0, 1 or missing. "
+                                        f"{float(values[row]):g} at row {row + 1}; binary labels must be 0, 1 or missing. "
                                         "Use a regression task, or derive a 0/1 column.")
                 y = torch.from_numpy(values.astype(np.float32))
                 mask = torch.isfinite(y)

@@ -443,6 +443,7 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
                 problems.append((path, f"metric '{m}' does not apply to {task['type']} tasks (it applies to "
                                        f"{', '.join(types)}); {task['type']} defaults: "
                                        f"{', '.join(DEFAULT_METRICS[task['type']])}."))
+    _check_monitors(data, tasks, problems)
     trainer = data.get("trainer") if isinstance(data.get("trainer"), dict) else {}
     accumulate = trainer.get("accumulate_grad_batches", 1)
     combiner = data.get("combiner") if isinstance(data.get("combiner"), dict) else {"name": "static"}
@@ -455,6 +456,24 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
             problems.append(("trainer.accumulate_grad_batches",
                              f"combiner '{combiner['name']}' balances per-step gradients and does not support "
                              "gradient accumulation; set it to 1 or raise data.batch_size instead."))
+
+
+def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) -> None:
+    """``checkpoint.monitor`` / ``early_stopping.monitor`` must name a logged value."""
+    valid = ["auto", "val/score", "train/loss_epoch"]
+    for tname, task in tasks.items():
+        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
+            continue
+        metrics = task.get("metrics") if isinstance(task.get("metrics"), list) else DEFAULT_METRICS[task["type"]]
+        valid += [f"val/{tname}/{m}" for m in metrics] + [f"train/loss/{tname}"]
+    for section in ("checkpoint", "early_stopping"):
+        block = data.get(section)
+        monitor = block.get("monitor") if isinstance(block, dict) else None
+        if isinstance(monitor, str) and monitor not in valid:
+            near = closest(monitor, valid, n=1)
+            problems.append((f"{section}.monitor", f"'{monitor}' is not a logged value"
+                             + (f"; did you mean '{near[0]}'?" if near else ".")
+                             + f" Choose one of: {', '.join(valid)}."))
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,8 +495,18 @@ class Recipe:
     config: RecipeConfig
     source: str | None = None
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False)
+    def resolved(self) -> dict:
+        """The recipe with every default filled in and a relative ``data.dataset.path`` made
+        absolute (when it exists), as saved in run folders and checkpoints."""
+        out = self.config.model_dump(mode="json")
+        dataset = out["data"]["dataset"]
+        path = dataset.get("path")
+        if isinstance(path, str) and path and not Path(path).is_absolute() and Path(path).exists():
+            dataset["path"] = str(Path(path).resolve())
+        return out
+
+    def to_yaml(self, resolved: bool = False) -> str:
+        return yaml.safe_dump(self.resolved() if resolved else self.data, sort_keys=False)
 
     def task_metrics(self, task: str) -> list[str]:
         t = self.config.tasks[task]

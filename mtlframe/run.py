@@ -126,7 +126,7 @@ def build_system(recipe: Recipe):
     model.init_output_bias(dm.label_priors())
     combiner = b.combiner(tasks)
     from mtlframe import __version__
-    state = {"format": 1, "mtlframe_version": __version__, "recipe": recipe.data,
+    state = {"format": 1, "mtlframe_version": __version__, "recipe": recipe.resolved(),
              "preprocessor": dm.preprocessor.state_dict(), "providers": b.providers}
     module = MultiTaskModule(model, combiner, tasks, b.metrics(tasks), recipe.config.optimizer,
                              gradient_clip_val=recipe.config.trainer.gradient_clip_val
@@ -136,11 +136,14 @@ def build_system(recipe: Recipe):
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool | None = None,
-          callbacks: list[Any] | None = None) -> TrainResult:
+          callbacks: list[Any] | None = None, overwrite: bool = False) -> TrainResult:
     """Train a recipe; evaluate the best checkpoint on the validation and test splits.
 
     Writes ``recipe.yaml``, ``metrics.json``, ``checkpoints/best.ckpt`` and logs into ``run_dir``.
     ``callbacks`` are extra Lightning callbacks (the benchmark harness times training steps with one).
+
+    Raises:
+        MTLFrameError: ``run_dir`` is a file, or holds a finished run and ``overwrite`` is False.
     """
     _quiet_lightning()
     import pytorch_lightning as pl
@@ -148,12 +151,20 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
 
     cfg = recipe.config
     run_dir = Path(run_dir or default_run_dir(recipe))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MTLFrameError(f"--run-dir {run_dir} is a file; pass a folder (it is created if missing).")
+    if (run_dir / "metrics.json").exists() and not overwrite:
+        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
+                            "or --overwrite to replace it.")
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, module, builder = build_system(recipe)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
     has_val = len(dm.split_index["val"]) > 0
+    if not has_val:
+        warnings.warn("data.split.val is 0: there is no validation split, so the saved checkpoint is the last "
+                      "epoch's and early stopping is off.", UserWarning, stacklevel=2)
     callbacks = list(callbacks or [])
     monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
@@ -254,7 +265,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{p} is not a readable checkpoint: {exc}") from None
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint written by `mtlframe train` "
+                              f"({type(exc).__name__}); pass runs/<run>/checkpoints/best.ckpt.") from None
     state = ckpt.get("mtlframe") if isinstance(ckpt, dict) else None
     if not state:
         raise CheckpointError(f"{p} was not written by mtlframe (no 'mtlframe' section); train with `mtlframe train`.")
@@ -326,7 +338,13 @@ def read_table(path: str | Path):
         except ImportError as exc:
             raise DataError("reading Parquet needs pyarrow: pip install pyarrow") from exc
     if p.suffix.lower() in (".csv", ".gz", ".txt", ".tsv"):
-        return pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",", low_memory=False)
+        try:
+            return pd.read_csv(p, sep="\t" if p.suffix.lower() == ".tsv" else ",", low_memory=False)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"input file {p} is empty; it needs a header row with the model's feature "
+                            "columns and one row per prediction.") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataError(f"input file {p} is not a readable CSV: {exc}") from None
     raise DataError(f"{p}: unsupported file type '{p.suffix}'; use .csv or .parquet.")
 
 
@@ -353,6 +371,9 @@ def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, dict[str,
     module.model.load_state_dict(loaded.model.state_dict())
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False)
+    if len(dm.split_index[split]) == 0:
+        raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
+                        f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
     if split == "val":
         trainer.validate(module, dataloaders=loader, verbose=False)

@@ -40,3 +40,9 @@ def test_rmse_mae_accuracy():
     acc = standard.accuracy(_task())
     acc.update(torch.tensor([0.9, 0.4, 0.6]), torch.tensor([1, 1, 0]))
     assert math.isclose(float(acc.compute()), 1 / 3, rel_tol=1e-6)
+
+
+def test_auc_is_nan_for_a_single_class():
+    m = standard.auc(_task())
+    m.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 0]))
+    assert math.isnan(float(m.compute()))

@@ -21,7 +21,7 @@ class Table:
             cells hold ``|``-separated tokens (e.g. genres ``"Action|Comedy"``).
         labels: columns usable as task labels (NaN where missing).
         timestamp: column with an event time (enables the ``time`` split), or ``None``.
-        user: user-id column (for GAUC, negative sampling, per-user splits), or ``None``.
+        user: user-id column, or ``None``.
         item: item-id column (for negative sampling and the cold-start split), or ``None``.
         source: where the data came from (a path), for error messages.
     """

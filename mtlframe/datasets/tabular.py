@@ -150,7 +150,7 @@ class CsvDataset(_UserTable):
             ``text``, ``multi_categorical`` (``|``-separated tokens).
         labels: columns usable as task labels (numeric; empty cells are missing labels).
         timestamp: event-time column (numbers or date/time strings), enables the ``time`` split.
-        user: user-id column (GAUC, negative sampling, per-user splits).
+        user: user-id column.
         item: item-id column (negative sampling, cold-start split).
         sep: field separator (``","``; ``"\\t"`` for TSV).
     """

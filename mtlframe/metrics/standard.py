@@ -15,8 +15,8 @@ from mtlframe.metrics.base import MetricDef
 
 
 def _auc(task: TaskSpec) -> Any:
-    from torchmetrics.classification import BinaryAUROC
-    return BinaryAUROC()
+    from mtlframe.metrics.auc import AUC
+    return AUC()
 
 
 def _accuracy(task: TaskSpec) -> Any:
