@@ -46,7 +46,7 @@ def test_uniform_negatives(ml100k, repo, monkeypatch):
 
 def test_negatives_train(ml100k, repo, monkeypatch, tmp_path):
     monkeypatch.chdir(repo)
-    result = train(_recipe(ml100k, "trainer.max_epochs=1", "trainer.limit_train_batches=30", "logger.name=none"),
+    result = train(_recipe(ml100k, "trainer.max_epochs=1", "logger.name=none"),
                    tmp_path, progress=False)
     assert math.isfinite(result.metrics["test"]["like"]["auc"])
     assert result.metrics["test"]["like"]["auc"] > 0.65
