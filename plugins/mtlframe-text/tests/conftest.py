@@ -14,6 +14,12 @@ WORDS = ("the a this dress is great love fit fits small large fabric soft cheap 
          "perfect color size comfortable toy story movie comedy drama action star wars top shirt").split()
 
 
+@pytest.fixture(scope="session")
+def tiny_words() -> list[str]:
+    """The tiny BERT's word vocabulary (tests build texts from it)."""
+    return list(WORDS)
+
+
 def make_tiny_bert(path: Path, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
     """Save a tiny BERT (``layers`` x ``hidden``) with a word-level vocabulary to ``path``."""
     import json

@@ -8,15 +8,13 @@ import pytest
 from mtlframe.recipe import recipe_from_dict
 from mtlframe.run import load_checkpoint, predict_frame, train
 
-from conftest import WORDS
-
 
 @pytest.fixture()
-def reviews_csv(tmp_path):
+def reviews_csv(tmp_path, tiny_words):
     rng = np.random.default_rng(0)
     n = 240
     good = rng.random(n) < 0.5
-    words = np.array(WORDS)
+    words = np.array(tiny_words)
     body = [("great love perfect " if g else "bad cheap return ") + " ".join(rng.choice(words, 3)) for g in good]
     body[:10] = [""] * 10  # missing text
     frame = pd.DataFrame({"item": rng.integers(0, 20, n).astype(str), "body": body,
