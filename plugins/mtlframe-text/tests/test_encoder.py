@@ -129,3 +129,12 @@ def test_sentences_mode(tiny_model_dir, monkeypatch):
     whole.featurize({"body": np.array(["soft"], dtype=object)})
     with pytest.raises(ValueError, match="needs mode: frozen"):
         TextEncoder(["body"], model=str(tiny_model_dir), mode="finetune", segments="sentences")
+
+
+@pytest.mark.parametrize("args", [{"dim": 4}, {"segments": "sentences", "segment_pooling": "mean+max"},
+                                  {"mode": "finetune", "trainable_layers": 1, "dim": 4}],
+                         ids=["frozen", "sentences", "finetune"])
+def test_mtlframe_contract_check(tiny_model_dir, args):
+    from mtlframe import testing
+
+    testing.check_encoder(TextEncoder, ["f0", "f1"], model=str(tiny_model_dir), progress=False, **args)
