@@ -426,6 +426,15 @@ class GradientCombiner(LossCombiner):
         total = sum(float(weights.get(t, 0.0)) * loss for t, loss in losses.items())
         manual_backward(total if extra is None else total + extra)  # type: ignore[arg-type]
 
+    def _backward_coefficients(self, losses: Mapping[str, torch.Tensor], tg: TaskGradients,
+                               params: Sequence[torch.Tensor], coef: torch.Tensor,
+                               manual_backward: Callable[[torch.Tensor], None]) -> None:
+        """End a step whose shared update is ``coef^T G`` (PCGrad, CAGrad): the shared parameters get
+        that direction, task-specific ones their plain gradient; ``coef`` is logged as the weights."""
+        direction = coef.to(tg.grads) @ tg.grads                              # (P,)
+        self._set_weights({t: float(v) for t, v in zip(tg.tasks, coef)})
+        self._backward_direction(sum(losses.values()), params, direction, tg.grads.sum(0), manual_backward)
+
     def _backward_direction(self, total: torch.Tensor, params: Sequence[torch.Tensor],
                             direction: torch.Tensor, reference: torch.Tensor,
                             manual_backward: Callable[[torch.Tensor], None]) -> None:

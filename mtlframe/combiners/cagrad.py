@@ -62,11 +62,7 @@ class CAGrad(GradientCombiner):
         if got is None:
             return
         tg, params = got
-        coef = self.coefficients(tg.gram())
-        direction = coef.to(tg.grads) @ tg.grads                              # (P,)
-        self._set_weights({t: float(v) for t, v in zip(tg.tasks, coef)})
-        self._backward_direction(sum(losses.values()), params, direction, tg.grads.sum(0),
-                                 manual_backward)
+        self._backward_coefficients(losses, tg, params, self.coefficients(tg.gram()), manual_backward)
 
     def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
         """CAGrad on a Gram matrix ``M = G G^T [K, K]``: ``coef [K]`` with update ``coef^T G``."""

@@ -60,10 +60,7 @@ class PCGrad(GradientCombiner):
         tg, params = got
         coef = self.coefficients(tg.gram())
         self.step += 1
-        direction = coef.to(tg.grads) @ tg.grads                      # (P,)
-        self._set_weights({t: float(c) for t, c in zip(tg.tasks, coef)})
-        self._backward_direction(sum(losses.values()), params, direction, tg.grads.sum(0),
-                                 manual_backward)
+        self._backward_coefficients(losses, tg, params, coef, manual_backward)
 
     def coefficients(self, gram: torch.Tensor) -> torch.Tensor:
         """PCGrad on a Gram matrix ``M = G G^T [K, K]``: ``c [K]`` with update ``c^T G``."""
