@@ -1,7 +1,8 @@
 """Columnar batching: slices of pre-built tensors, no per-row Python, no collate.
 
-Training batches are contiguous views of columns permuted once per epoch, so building a batch
-allocates nothing. Under DDP each process takes a strided share of the rows; training shares are
+Training batches are contiguous views of rows gathered in blocks of the epoch's permutation (one
+``index_select`` per column for every block of about 64K rows, then views), so a shuffled epoch
+never holds a second copy of the data: its extra memory is one block. Under DDP each process takes a strided share of the rows; training shares are
 truncated to equal length (every process must run the same number of steps), evaluation shares
 are not padded (padding with repeated rows would shift AUC).
 """
@@ -12,6 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 Columns = dict[str, torch.Tensor]
+
+#: rows gathered at once when iterating a permutation (rounded to whole batches)
+GATHER_ROWS = 1 << 16
 
 
 def num_rows(columns: Mapping[str, torch.Tensor]) -> int:
@@ -77,10 +81,12 @@ class ColumnBatches:
             stop = self._share(n) * self.world_size if self.drop_uneven else n
             index = base[self.rank:stop:self.world_size]
         self.epoch += 1
-        if index is not None:
-            cols = take(cols, index)
-        if self.pin_memory and torch.cuda.is_available():
-            cols = {k: v.pin_memory() for k, v in cols.items()}
-        total = num_rows(cols)
-        for start in range(0, total, self.batch_size):
-            yield {k: v[start:start + self.batch_size] for k, v in cols.items()}
+        total = len(index) if index is not None else n
+        block = max(1, GATHER_ROWS // self.batch_size) * self.batch_size
+        for lo in range(0, total, block):
+            part = take(cols, index[lo:lo + block]) if index is not None else {
+                k: v[lo:lo + block] for k, v in cols.items()}
+            if self.pin_memory and torch.cuda.is_available():
+                part = {k: v.pin_memory() for k, v in part.items()}
+            for start in range(0, num_rows(part), self.batch_size):
+                yield {k: v[start:start + self.batch_size] for k, v in part.items()}

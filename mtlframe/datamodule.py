@@ -18,6 +18,22 @@ from mtlframe.recipe import Recipe
 SPLITS = ("train", "val", "test")
 
 
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Called after setup steps that free large temporaries (the loaded frame, preprocessed columns),
+    so the process's resident size follows what it holds rather than its high-water mark.
+    """
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def split_indices(table: Table, name: str, val: float, test: float, seed: int,
                   cold_items: float = 0.1) -> dict[str, np.ndarray]:
     """Row indices of the train / val / test splits.
@@ -69,6 +85,13 @@ class RecDataModule(pl.LightningDataModule):
     every split as columnar tensors. :meth:`attach_encoders` then lets each encoder featurize its
     raw columns once and keeps only the batch keys the model reads.
 
+    Memory: splits are row indices into the loaded table (no copied frames); each used feature and
+    label column is deleted from ``table.frame`` as soon as it is transformed (the frame keeps the
+    user, item, timestamp and unused columns), and once the encoders have featurized a split its
+    preprocessed feature columns are dropped from ``splits`` (labels and masks stay), unless a
+    resampling sampler needs them every epoch. So the data is held about once, in model-ready
+    form (``columns``).
+
     Args:
         recipe: the validated recipe.
         dataset: the dataset loader built from ``recipe.data.dataset``.
@@ -104,15 +127,23 @@ class RecDataModule(pl.LightningDataModule):
         if len(idx["train"]) == 0:
             raise DataError(f"{table.source}: the training split is empty ({len(table.frame)} rows); "
                             "lower data.split.val / data.split.test.")
-        frames = {k: table.frame.iloc[v].reset_index(drop=True) for k, v in idx.items()}
         self.split_index = idx
+        if table.user and table.user in table.frame.columns:
+            user = table.frame[table.user].to_numpy()
+            users = {k: user[v] for k, v in idx.items()}
         pre = Preprocessor(features, labels, min_count=self.cfg.min_count)
-        pre.fit(frames["train"], table.source)
+        pre.fit(table.frame, table.source, rows=idx["train"])
         self.preprocessor = pre
-        self.splits = {k: pre.transform(f, table.source) for k, f in frames.items()}
-        for k in self.splits:
-            if table.user and table.user in frames[k].columns and "user" not in self.splits[k]:
-                self.splits[k]["__user__"] = frames[k][table.user].to_numpy()
+        # column by column, each deleted from the frame once transformed (the frame and the
+        # model-ready columns are never both held in full); user, item and time columns stay
+        keep = {table.user, table.item, table.timestamp}
+        release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
+        self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
+        if table.user and table.user in table.frame.columns:
+            for k in self.splits:
+                if "user" not in self.splits[k]:
+                    self.splits[k]["__user__"] = users[k]
+        release_freed_memory()
 
     # -- model-facing information ------------------------------------------------------------------
     def _resolve_columns(self, table: Table) -> tuple[dict[str, str], list[LabelSpec]]:
@@ -182,8 +213,12 @@ class RecDataModule(pl.LightningDataModule):
         self.encoders, self.tasks = list(encoders), list(tasks)
         # with a resampling sampler, masks stay so that sampled rows (partly unlabelled) concatenate
         keep_masks = sampler is not None and sampler.resamples
-        self.columns = {k: materialize(encoders, tasks, cols, keep_masks=keep_masks and k == "train")
-                        for k, cols in self.splits.items()}
+        self.columns = {}
+        for k, cols in self.splits.items():
+            self.columns[k] = materialize(encoders, tasks, cols, keep_masks=keep_masks and k == "train")
+            if not keep_masks:  # the encoders' outputs replace the preprocessed feature columns
+                self.splits[k] = {c: v for c, v in cols.items() if c.startswith(("label/", "mask/", "__"))}
+        release_freed_memory()
 
     # -- dataloaders -------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:

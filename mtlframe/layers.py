@@ -104,15 +104,17 @@ class FusedEmbedding(nn.Module):
     Args:
         cardinalities: rows per feature.
         dim: embedding width ``d``.
+        sparse: give the table sparse gradients (only the looked-up rows; needs an optimizer that
+            takes them, see :mod:`mtlframe.optim`).
 
-    Shape: ``ids [B, F] (int) -> [B, F, d]``.
+    Shape: ``ids [B, F] (int32 or int64) -> [B, F, d]``.
     """
 
-    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
+    def __init__(self, cardinalities: Sequence[int], dim: int, sparse: bool = False) -> None:
         super().__init__()
         self.cardinalities = [int(c) for c in cardinalities]
         self.dim = dim
-        self.table = nn.Embedding(sum(self.cardinalities), dim)
+        self.table = nn.Embedding(sum(self.cardinalities), dim, sparse=sparse)
         nn.init.normal_(self.table.weight, std=0.01)
         offs = torch.tensor([0, *self.cardinalities[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offs, persistent=False)

@@ -22,6 +22,7 @@ from mtlframe.combiners.base import LossCombiner
 from mtlframe.features import TaskSpec, label_key, mask_key
 from mtlframe.metrics.base import MetricDef
 from mtlframe.model import MultiTaskModel
+from mtlframe.optim import build_optimizer, sparse_parameters
 from mtlframe.recipe import OptimizerConfig
 from mtlframe.tasks import task_loss, to_prediction
 
@@ -217,18 +218,7 @@ class MultiTaskModule(pl.LightningModule):
             groups.append({"params": combiner_params, "weight_decay": 0.0})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
         groups.insert(0, {"params": rest})
-        if cfg.name in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-            if cfg.fused is not False:
-                try:  # one fused kernel instead of a Python loop over parameters (torch >= 2.4 on CPU)
-                    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-                except (RuntimeError, TypeError, ValueError):
-                    if cfg.fused:
-                        raise
-            return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.name == "adagrad":
-            return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return build_optimizer(cfg, groups, sparse_parameters(self.model))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlframe"] = self.checkpoint_state

@@ -3,11 +3,17 @@
 
 * ``categorical``: vocabulary of the training values seen at least ``min_count`` times, in order
   of frequency; id 0 is the out-of-vocabulary bucket, which also takes missing values (NaN / empty).
+  Ids come out as int32 (int64 only past 2^31 - 1 categories). The vocabulary of an integer
+  column is kept as an int64 array (8 bytes per entry, not one Python string each).
 * ``multi_categorical``: ``|``-separated tokens; id 0 is padding, 1 out-of-vocabulary, known
   tokens from 2; padded to the longest training row (at most ``max_multi_len``).
 * ``numeric``: standardized with the training mean and standard deviation; a missing value
   becomes 0, i.e. the training mean (a constant column gets std 1).
 * ``text``: kept raw (strings, NaN -> ``""``) for text encoders to featurize.
+* memory: :meth:`Preprocessor.fit` and :meth:`Preprocessor.transform` take ``rows`` (positions
+  into the frame) so splits need no copied frames, and work one column at a time (temporaries are
+  one column's size); :meth:`Preprocessor.transform_splits` can delete each column from the frame
+  once every split has it.
 * labels: ``binary`` must be 0/1, ``regression`` any number, missing = NaN (excluded from that
   task's loss and metrics); ``multiclass`` labels get a class vocabulary from the training split,
   and an unseen class counts as missing.
@@ -56,8 +62,10 @@ def _as_int(series: pd.Series) -> np.ndarray | None:
     return None
 
 
-def _int_vocab(vocab: Sequence[str]) -> np.ndarray | None:
+def _int_vocab(vocab: Sequence[str] | np.ndarray) -> np.ndarray | None:
     """The vocabulary as int64 when every entry is a canonical integer string, else ``None``."""
+    if isinstance(vocab, np.ndarray):
+        return vocab
     try:
         ints = np.array([int(v) for v in vocab], dtype=np.int64)
     except (ValueError, OverflowError):
@@ -65,6 +73,23 @@ def _int_vocab(vocab: Sequence[str]) -> np.ndarray | None:
     if any(str(i) != v for i, v in zip(ints.tolist(), vocab)):
         return None
     return ints
+
+
+def _str_vocab(vocab: Sequence[str] | np.ndarray) -> list[str]:
+    return [str(v) for v in vocab.tolist()] if isinstance(vocab, np.ndarray) else list(vocab)
+
+
+def _rows(series: pd.Series, rows: np.ndarray | None) -> pd.Series:
+    """``series`` at positions ``rows`` (all rows when ``None``), index reset; copies one column at most."""
+    if rows is None:
+        return series
+    return pd.Series(series.to_numpy()[rows], name=series.name, copy=False) if not isinstance(
+        series.dtype, pd.api.extensions.ExtensionDtype) else series.iloc[rows].reset_index(drop=True)
+
+
+def id_dtype(cardinality: int) -> torch.dtype:
+    """int32 for ids below 2^31 - 1, else int64."""
+    return torch.int32 if cardinality < 2**31 - 1 else torch.int64
 
 
 class Preprocessor:
@@ -75,6 +100,10 @@ class Preprocessor:
         labels: one :class:`LabelSpec` per task.
         min_count: categories seen fewer times in train map to the out-of-vocabulary id.
         max_multi_len: cap on the padded length of multi-categorical features.
+
+    Attributes (after :meth:`fit`):
+        vocab: ``column -> vocabulary`` in frequency order, id ``i + 1`` for entry ``i``: a list of
+            strings, or an int64 numpy array for an integer column.
     """
 
     def __init__(self, features: Mapping[str, str], labels: Sequence[LabelSpec], min_count: int = 1,
@@ -83,38 +112,44 @@ class Preprocessor:
         self.labels = list(labels)
         self.min_count = min_count
         self.max_multi_len = max_multi_len
-        self.vocab: dict[str, list[str]] = {}
+        self.vocab: dict[str, list[str] | np.ndarray] = {}
         self.stats: dict[str, tuple[float, float]] = {}
         self.multi_len: dict[str, int] = {}
         self.classes: dict[str, list[str]] = {}
         self.fitted = False
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit(self, frame: pd.DataFrame, source: str = "data") -> "Preprocessor":
-        """Fit on the training rows. Raises :class:`DataError` on a bad numeric column."""
+    def fit(self, frame: pd.DataFrame, source: str = "data", rows: np.ndarray | None = None) -> Preprocessor:
+        """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
+
+        Raises:
+            DataError: a numeric column holds a non-numeric value; a multiclass label has < 2 classes.
+        """
         for col, typ in self.features.items():
+            series = _rows(frame[col], rows)
             if typ == "categorical":
-                ints = _as_int(frame[col])
-                values = pd.Series(ints, copy=False) if ints is not None else _as_str(frame[col])
+                ints = _as_int(series)
+                values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
                 counts = values.value_counts(dropna=True)
                 counts = counts[counts >= self.min_count]
-                self.vocab[col] = [str(v) for v in counts.index]
+                self.vocab[col] = (np.array(counts.index, dtype=np.int64) if ints is not None
+                                   else [str(v) for v in counts.index])
             elif typ == "multi_categorical":
-                tokens = _as_str(frame[col]).dropna().str.split("|")
+                tokens = _as_str(series).dropna().str.split("|")
                 lengths = tokens.map(len)
                 counts = tokens.explode().str.strip().value_counts()
                 counts = counts[(counts >= self.min_count) & (counts.index != "")]
                 self.vocab[col] = [str(v) for v in counts.index]
                 self.multi_len[col] = int(min(max(int(lengths.max()) if len(lengths) else 1, 1), self.max_multi_len))
             elif typ == "numeric":
-                values = self._numeric(frame, col, source)
+                values = self._numeric(series, col, source)
                 finite = values[np.isfinite(values)]
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size > 1 else 1.0
                 self.stats[col] = (mean, std if std > 1e-12 else 1.0)
         for lab in self.labels:
             if lab.type == "multiclass":
-                vals = _as_str(frame[lab.column]).dropna()
+                vals = _as_str(_rows(frame[lab.column], rows)).dropna()
                 self.classes[lab.task] = sorted(vals.unique().tolist())
                 if len(self.classes[lab.task]) < 2:
                     raise DataError(f"{source}: multiclass label column '{lab.column}' (task '{lab.task}') has "
@@ -123,8 +158,7 @@ class Preprocessor:
         return self
 
     @staticmethod
-    def _numeric(frame: pd.DataFrame, col: str, source: str) -> np.ndarray:
-        series = frame[col]
+    def _numeric(series: pd.Series, col: str, source: str) -> np.ndarray:
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             return series.to_numpy(dtype=np.float64, na_value=np.nan)
         coerced = pd.to_numeric(series.replace("", np.nan), errors="coerce")
@@ -149,15 +183,27 @@ class Preprocessor:
         return info
 
     # -- transforming ------------------------------------------------------------------------
-    def transform(self, frame: pd.DataFrame, source: str = "data", with_labels: bool = True) -> dict[str, Any]:
+    def transform(self, frame: pd.DataFrame, source: str = "data", with_labels: bool = True,
+                  rows: np.ndarray | None = None) -> dict[str, Any]:
         """Turn a table into columns: ``name -> [N]`` / ``[N, L]`` tensors (text: numpy strings).
 
-        Labels come as ``label/<task>`` float32 ``[N]`` (multiclass: int64, -1 = missing) and
-        ``mask/<task>`` bool ``[N]``.
+        Categorical ids are int32 ``[N]`` (int64 past 2^31 - 1 categories), multi-categorical
+        int64 ``[N, L]``, numeric float32 ``[N]``. Labels come as ``label/<task>`` float32 ``[N]``
+        (multiclass: int64, -1 = missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
+        (positions into ``frame``) only those rows are transformed, without copying the frame.
 
         Raises:
             DataError: a required column is missing (named), or a value cannot be parsed.
         """
+        self._check_columns(frame, source, with_labels)
+        out: dict[str, Any] = {}
+        for col in self.features:
+            out.update(self.transform_column(frame, col, source, rows))
+        if with_labels:
+            out.update(self.transform_labels(frame, source, rows))
+        return out
+
+    def _check_columns(self, frame: pd.DataFrame, source: str, with_labels: bool) -> None:
         if not self.fitted:
             raise RuntimeError("Preprocessor.transform called before fit")
         needed = list(self.features) + ([lab.column for lab in self.labels] if with_labels else [])
@@ -169,29 +215,66 @@ class Preprocessor:
                             + (f" (did you mean '{near[0]}'?)" if near else "")
                             + f". Missing: {', '.join(missing)}. The model was trained with columns: "
                             f"{', '.join(self.features)}.")
+
+    def transform_column(self, frame: pd.DataFrame, col: str, source: str = "data",
+                         rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The output of one input column (see :meth:`transform`): ``{col: values}``, or the
+        ``label/`` and ``mask/`` entries of every task whose label is ``col``."""
         out: dict[str, Any] = {}
-        for col, typ in self.features.items():
-            if typ == "categorical":
-                ints = _as_int(frame[col])
-                int_vocab = _int_vocab(self.vocab[col]) if ints is not None else None
-                if int_vocab is not None:  # id columns: one hash lookup, no strings
-                    codes = pd.Index(int_vocab).get_indexer(ints)
-                else:
-                    codes = pd.Categorical(_as_str(frame[col]), categories=self.vocab[col]).codes
-                out[col] = torch.from_numpy((codes.astype(np.int64) + 1))
-            elif typ == "multi_categorical":
-                out[col] = self._multi(frame[col], col)
-            elif typ == "numeric":
-                values = self._numeric(frame, col, source)
-                mean, std = self.stats[col]
-                z = (values - mean) / std
-                z[~np.isfinite(z)] = 0.0
-                out[col] = torch.from_numpy(z.astype(np.float32))
-            else:  # text
-                out[col] = frame[col].fillna("").astype(str).to_numpy(dtype=object)
-        if with_labels:
-            out.update(self.transform_labels(frame, source))
+        typ = self.features.get(col)
+        series = _rows(frame[col], rows)
+        if typ == "categorical":
+            vocab = self.vocab[col]
+            ints = _as_int(series)
+            int_vocab = _int_vocab(vocab) if ints is not None else None
+            if int_vocab is not None:  # id columns: one hash lookup, no strings
+                codes = pd.Index(int_vocab).get_indexer(ints)
+            else:
+                codes = pd.Categorical(_as_str(series), categories=_str_vocab(vocab)).codes
+            dtype = id_dtype(len(vocab) + 1)
+            ids = torch.from_numpy(codes.astype(np.int32 if dtype == torch.int32 else np.int64))
+            out[col] = ids.add_(1)
+        elif typ == "multi_categorical":
+            out[col] = self._multi(series, col)
+        elif typ == "numeric":
+            values = self._numeric(series, col, source)
+            mean, std = self.stats[col]
+            z = (values - mean) / std
+            z[~np.isfinite(z)] = 0.0
+            out[col] = torch.from_numpy(z.astype(np.float32))
+        elif typ is not None:  # text
+            out[col] = series.fillna("").astype(str).to_numpy(dtype=object)
+        for lab in self.labels:
+            if lab.column == col:
+                out.update(self._label(series, lab, source))
         return out
+
+    def transform_splits(self, frame: pd.DataFrame, index: Mapping[str, np.ndarray], source: str = "data",
+                         release: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """:meth:`transform` of several row subsets of one frame, column by column.
+
+        Args:
+            frame: the whole table.
+            index: ``split -> row positions``.
+            source: for error messages.
+            release: columns to delete from ``frame`` as soon as every split has them, so the
+                frame and the transformed columns are not both held in full (peak: the frame plus
+                one column).
+
+        Returns:
+            ``split -> columns``, as :meth:`transform` gives for ``frame`` at those rows.
+        """
+        self._check_columns(frame, source, True)
+        out: dict[str, dict[str, Any]] = {k: {} for k in index}
+        columns = list(dict.fromkeys([*self.features, *(lab.column for lab in self.labels)]))
+        drop = set(release)
+        for col in columns:
+            for k, rows in index.items():
+                out[k].update(self.transform_column(frame, col, source, rows))
+            if col in drop:
+                del frame[col]
+        order = [*self.features, *(key for lab in self.labels for key in (label_key(lab.task), mask_key(lab.task)))]
+        return {k: {c: cols[c] for c in order} for k, cols in out.items()}
 
     def _multi(self, series: pd.Series, col: str) -> torch.Tensor:
         width = self.multi_len[col]
@@ -206,33 +289,38 @@ class Preprocessor:
         out[row[keep], pos[keep]] = codes[keep]
         return torch.from_numpy(out)
 
-    def transform_labels(self, frame: pd.DataFrame, source: str = "data") -> dict[str, torch.Tensor]:
+    def transform_labels(self, frame: pd.DataFrame, source: str = "data",
+                         rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for lab in self.labels:
-            series = frame[lab.column]
-            if lab.type == "multiclass":
-                codes = pd.Categorical(_as_str(series), categories=self.classes[lab.task]).codes.astype(np.int64)
-                y = torch.from_numpy(codes)
-                mask = y >= 0
-            else:
-                values = self._numeric(frame, lab.column, source)
-                if lab.type == "binary":
-                    bad = np.isfinite(values) & (values != 0) & (values != 1)
-                    if bad.any():
-                        row = int(np.flatnonzero(bad)[0])
-                        raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has value "
-                                        f"{float(values[row]):g} at row {row + 1}; binary labels must be 0, 1 or missing. "
-                                        "Use a regression task, or derive a 0/1 column.")
-                y = torch.from_numpy(values.astype(np.float32))
-                mask = torch.isfinite(y)
-            out[label_key(lab.task)] = y
-            out[mask_key(lab.task)] = mask
+            out.update(self._label(_rows(frame[lab.column], rows), lab, source))
         return out
+
+    def _label(self, series: pd.Series, lab: LabelSpec, source: str) -> dict[str, torch.Tensor]:
+        if lab.type == "multiclass":
+            codes = pd.Categorical(_as_str(series), categories=self.classes[lab.task]).codes.astype(np.int64)
+            y = torch.from_numpy(codes)
+            mask = y >= 0
+        else:
+            values = self._numeric(series, lab.column, source)
+            if lab.type == "binary":
+                bad = np.isfinite(values) & (values != 0) & (values != 1)
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has value "
+                                    f"{float(values[row]):g} at row {row + 1}; binary labels must be 0, 1 or missing. "
+                                    "Use a regression task, or derive a 0/1 column.")
+            y = torch.from_numpy(values.astype(np.float32))
+            mask = torch.isfinite(y)
+        return {label_key(lab.task): y, mask_key(lab.task): mask}
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Plain state for checkpoints (loadable with ``torch.load(weights_only=True)``): integer
+        vocabularies as int64 tensors, the others as lists of strings."""
+        vocab = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in self.vocab.items()}
         return {"features": self.features, "labels": [vars(lab) for lab in self.labels],
-                "min_count": self.min_count, "max_multi_len": self.max_multi_len, "vocab": self.vocab,
+                "min_count": self.min_count, "max_multi_len": self.max_multi_len, "vocab": vocab,
                 "stats": {k: list(v) for k, v in self.stats.items()}, "multi_len": self.multi_len,
                 "classes": self.classes}
 
@@ -240,7 +328,8 @@ class Preprocessor:
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
                   state["max_multi_len"])
-        pre.vocab = {k: list(v) for k, v in state["vocab"].items()}
+        pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
+                     for k, v in state["vocab"].items()}
         pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}
         pre.multi_len = dict(state["multi_len"])
         pre.classes = {k: list(v) for k, v in state["classes"].items()}

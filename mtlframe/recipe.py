@@ -196,6 +196,12 @@ class OptimizerConfig(_Strict):
     momentum: float = Field(0.0, ge=0)
     #: Adam/AdamW's fused kernel (one kernel for all parameters; CPU and CUDA). None = when supported.
     fused: bool | None = None
+    #: update of sparse embedding tables (encoder ``sparse: true``): ``auto`` (SparseAdam under
+    #: Adam/AdamW, the optimizer itself under Adagrad/SGD), ``sparse_adam``, or ``rowwise_adagrad``
+    #: (one accumulator per row: the least optimizer memory). See ``mtlframe.optim``.
+    sparse_optimizer: Literal["auto", "sparse_adam", "rowwise_adagrad"] = "auto"
+    #: learning rate of the sparse tables' optimizer (None: ``lr``)
+    sparse_lr: float | None = Field(None, gt=0)
 
 
 class TrainerConfig(_Strict):

@@ -100,6 +100,34 @@ def _logger(recipe: Recipe, run_dir: Path):
     return WandbLogger(project=cfg.project or "mtlframe", save_dir=str(run_dir), offline=offline)
 
 
+def _checkpoint_io():
+    """Lightning's checkpoint I/O for local files without transient copies: saving streams tensor by
+    tensor (Lightning's default builds the whole file in memory first), loading memory-maps the file
+    (evaluating the best checkpoint then reads the weights, not the optimizer state)."""
+    from lightning_fabric.utilities.cloud_io import get_filesystem
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    class StreamingCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            fs = get_filesystem(path)
+            if storage_options is not None or type(fs).__name__ != "LocalFileSystem":
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".part")
+            torch.save(checkpoint, tmp)   # written tensor by tensor
+            os.replace(tmp, path)         # atomic, as Lightning's own writer
+            return None
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            if type(get_filesystem(path)).__name__ != "LocalFileSystem" or not Path(path).is_file():
+                return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return torch.load(path, map_location=map_location or "cpu", mmap=True,
+                              weights_only=True if weights_only is None else weights_only)
+
+    return StreamingCheckpointIO()
+
+
 def _finish_logger(logger) -> None:
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb
@@ -112,6 +140,7 @@ def build_system(recipe: Recipe):
     from mtlframe.build import Builder
     from mtlframe.datamodule import RecDataModule
     from mtlframe.module import MultiTaskModule
+    from mtlframe.optim import check_sparse_support
 
     b = Builder(recipe)
     dm = RecDataModule(recipe, b.dataset())
@@ -125,6 +154,7 @@ def build_system(recipe: Recipe):
     model = b.model(encoders, tasks)
     model.init_output_bias(dm.label_priors())
     combiner = b.combiner(tasks)
+    check_sparse_support(recipe, encoders, model, combiner)
     from mtlframe import __version__
     state = {"format": 1, "mtlframe_version": __version__, "recipe": recipe.resolved(),
              "preprocessor": dm.preprocessor.state_dict(), "providers": b.providers}
@@ -184,7 +214,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
         enable_progress_bar=t.enable_progress_bar if progress is None else progress,
-        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
+        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+        plugins=[_checkpoint_io()])
     if not has_val:
         trainer_kwargs["limit_val_batches"] = 0
     elif t.limit_val_batches is not None:

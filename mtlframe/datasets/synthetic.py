@@ -29,10 +29,13 @@ same correlation structure as the weights (``e_k = p e_1 + sqrt(1-p^2) e'_k``), 
 Columns: numeric features ``x_000 .. x_{d-1}`` (zero-padded so they sort in order), categorical
 features ``cat_*``; regression labels ``task_0 .. task_{K-1}`` and binary labels
 ``task_k_bin = 1.0 if y_k > median(y_k)``. ``Table.extra`` holds ``weights`` (``[K, d]``),
-``alpha``, ``beta`` (``[m]``) and ``categorical_effects`` (``[J, K, cardinality]``).
+``alpha``, ``beta`` (``[m]``) and ``categorical_effects`` (``[J, K, cardinality]`` float32, or
+``None`` with ``keep_effects=False``).
 
-Memory: arrays are float32 / int32 and the frame is built once without copying ``x``; 10 M rows
-of 100 features take about 4 GB.
+Memory: columns are float32 (numeric features and labels) and int32 (ids), each its own array;
+the frame wraps them without copying. 10 M rows of 100 features take about 4 GB. The effect
+tables take ``J * K * cardinality * 4`` bytes (240 MB for 20 columns, 3 tasks and 10^6 ids)
+whatever the row count; ``keep_effects=False`` builds one column's table at a time and keeps none.
 """
 from __future__ import annotations
 
@@ -66,13 +69,15 @@ class Synthetic(RecDataset):
         noise_std: standard deviation of the label noise.
         scale: ``c``, the norm of the weight vectors.
         seed: random seed; equal arguments give identical data.
+        keep_effects: keep the per-id effect tables in ``Table.extra["categorical_effects"]``
+            (the data is the same either way).
     """
 
     def __init__(self, num_rows: int = 20000, correlation: float = 0.5, num_tasks: int = 2,
                  num_features: int = 100, num_categorical: int = 0,
                  categorical_cardinality: int = 1000, zipf_exponent: float = 1.1,
                  categorical_effect: float = 0.5, sine_terms: int = 10, noise_std: float = 0.1,
-                 scale: float = 1.0, seed: int = 0) -> None:
+                 scale: float = 1.0, seed: int = 0, keep_effects: bool = True) -> None:
         problems = []
         if num_rows < 1:
             problems.append(f"num_rows must be >= 1, got {num_rows}")
@@ -105,6 +110,7 @@ class Synthetic(RecDataset):
         self.noise_std = float(noise_std)
         self.scale = float(scale)
         self.seed = int(seed)
+        self.keep_effects = bool(keep_effects)
 
     def feature_names(self) -> list[str]:
         """``x_000 .. x_{d-1}`` (width at least 3 digits)."""
@@ -170,7 +176,8 @@ class Synthetic(RecDataset):
             y += self.noise_std * rng.standard_normal((k, n), dtype=np.float32)
 
         cats: dict[str, np.ndarray] = {}
-        effects = np.zeros((self.num_categorical, k, self.categorical_cardinality), np.float32)
+        shape = (self.num_categorical, k, self.categorical_cardinality)
+        effects = np.zeros(shape, np.float32) if self.keep_effects else None
         p = self.correlation
         for j in range(self.num_categorical):
             ids = self._zipf_ids(rng, n)
@@ -179,19 +186,23 @@ class Synthetic(RecDataset):
             table = np.empty((k, self.categorical_cardinality))
             table[0] = base
             table[1:] = p * base + np.sqrt(1.0 - p * p) * own[1:]
-            effects[j] = self.categorical_effect * table
+            effect = (self.categorical_effect * table).astype(np.float32)
+            del base, own, table
+            if effects is not None:
+                effects[j] = effect
             if self.categorical_effect > 0:
-                y += effects[j][:, ids]
+                for lo in range(0, n, _CHUNK):
+                    y[:, lo:lo + _CHUNK] += effect[:, ids[lo:lo + _CHUNK]]
             cats[f"cat_{j}"] = ids
 
         names = self.feature_names()
-        frame = pd.DataFrame(x.T, columns=names, copy=False)
-        extra_cols: dict[str, np.ndarray] = dict(cats)
+        columns: dict[str, np.ndarray] = dict(zip(names, x))  # rows of x [d, n]: contiguous views
+        columns.update(cats)
         for t in range(k):
-            extra_cols[f"task_{t}"] = y[t]
+            columns[f"task_{t}"] = y[t]
         for t in range(k):
-            extra_cols[f"task_{t}_bin"] = (y[t] > np.median(y[t])).astype(np.float32)
-        frame = pd.concat([frame, pd.DataFrame(extra_cols, copy=False)], axis=1)
+            columns[f"task_{t}_bin"] = (y[t] > np.median(y[t])).astype(np.float32)
+        frame = pd.DataFrame(columns, copy=False)
 
         features = {c: "numeric" for c in names}
         features.update({c: "categorical" for c in cats})

@@ -22,6 +22,11 @@ class EmbeddingEncoder(Encoder):
     Args:
         features: categorical / multi-categorical columns to embed.
         dim: embedding width ``d`` per feature.
+        sparse: sparse gradients for the tables: a step reads and updates only the rows of the
+            batch instead of every row (the optimizer pairs Adam/AdamW with ``SparseAdam`` for
+            them; see :mod:`mtlframe.optim`). Worth it for tables of 10^5 rows and more. The tables
+            then get no weight decay; gradient clipping and gradient-level combiners that balance
+            the encoders (``model.shared`` other than ``backbone``) are refused.
         feature_info: injected (vocabulary sizes).
 
     Shape: batch -> ``[B, F * d]`` with ``F = len(features)``.
@@ -37,16 +42,17 @@ class EmbeddingEncoder(Encoder):
 
     accepts = frozenset({"categorical", "multi_categorical"})
 
-    def __init__(self, features: list[str], dim: int = 16, *,
+    def __init__(self, features: list[str], dim: int = 16, sparse: bool = False, *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
         self.features = list(features)
         self.single = [f for f in self.features if feature_info[f].type == "categorical"]
         self.multi = [f for f in self.features if feature_info[f].type == "multi_categorical"]
         self.key = "cat:" + ",".join(self.single)
-        self.fused = FusedEmbedding([feature_info[f].cardinality for f in self.single], dim) if self.single else None
+        self.fused = (FusedEmbedding([feature_info[f].cardinality for f in self.single], dim, sparse=sparse)
+                      if self.single else None)
         self.bags = nn.ModuleDict({
-            f: nn.EmbeddingBag(feature_info[f].cardinality, dim, mode="mean", padding_idx=0)
+            f: nn.EmbeddingBag(feature_info[f].cardinality, dim, mode="mean", padding_idx=0, sparse=sparse)
             for f in self.multi})
         for bag in self.bags.values():
             nn.init.normal_(bag.weight, std=0.01)
@@ -54,13 +60,20 @@ class EmbeddingEncoder(Encoder):
         self.input_keys = ([self.key] if self.single else []) + self.multi
 
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Stack the categorical id columns into one ``[N, F]`` tensor with table offsets added."""
+        """Stack the categorical id columns into one ``[N, F]`` tensor with table offsets added.
+
+        int32 while the fused table has fewer than 2^31 - 1 rows (else int64); filled column by
+        column, so the only allocation is the output.
+        """
         if not self.single:
             return {}
-        ids = torch.stack([torch.as_tensor(columns[f]).long() for f in self.single], dim=1)
-        ids = ids + self.fused.offsets.cpu()
-        dtype = torch.int32 if sum(self.fused.cardinalities) < 2**31 - 1 else torch.int64
-        return {self.key: ids.to(dtype)}
+        total = sum(self.fused.cardinalities)
+        dtype = torch.int32 if total < 2**31 - 1 else torch.int64
+        n = len(columns[self.single[0]])
+        ids = torch.empty((n, len(self.single)), dtype=dtype)
+        for j, (f, off) in enumerate(zip(self.single, self.fused.offsets.tolist())):
+            torch.add(torch.as_tensor(columns[f]), off, out=ids[:, j])
+        return {self.key: ids}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []
