@@ -19,13 +19,17 @@ SPLITS = ("train", "val", "test")
 
 
 def release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+    """Collect unreachable objects, then return freed heap pages to the OS (glibc ``malloc_trim``;
+    the collection only elsewhere).
 
-    Called after setup steps that free large temporaries (the loaded frame, preprocessed columns),
-    so the process's resident size follows what it holds rather than its high-water mark.
+    Called after setup steps that free large temporaries (the loaded frame, preprocessed columns;
+    pandas objects can keep them in reference cycles until a collection), so the process's
+    resident size follows what it holds rather than its high-water mark.
     """
     import ctypes
+    import gc
     import sys
+    gc.collect()
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -214,10 +218,12 @@ class RecDataModule(pl.LightningDataModule):
         # with a resampling sampler, masks stay so that sampled rows (partly unlabelled) concatenate
         keep_masks = sampler is not None and sampler.resamples
         self.columns = {}
-        for k, cols in self.splits.items():
+        for k in list(self.splits):
+            cols = self.splits[k]
             self.columns[k] = materialize(encoders, tasks, cols, keep_masks=keep_masks and k == "train")
             if not keep_masks:  # the encoders' outputs replace the preprocessed feature columns
                 self.splits[k] = {c: v for c, v in cols.items() if c.startswith(("label/", "mask/", "__"))}
+            del cols
         release_freed_memory()
 
     # -- dataloaders -------------------------------------------------------------------------
