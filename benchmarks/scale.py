@@ -4,10 +4,17 @@
 3 binary tasks (correlation 0.5); the same MMoE as the Adult benchmark. Each size runs in its own
 process (``python -m benchmarks.scale --rows N --output FILE``) so its peak RSS is its own.
 
+The embedding tables are sparse (``sparse: true``: sparse gradients; row-wise Adagrad with
+learning rate 0.05 on the tables, Adam 1e-3 on the rest); ``--sparse-optimizer sparse_adam``
+uses SparseAdam (1e-3) on the tables, ``--dense`` dense gradients and one Adam.
+
 Reported per size: setup time (generate + split + preprocess + materialize), training samples/s
 over a fixed number of steps, the data-only pass rate (rows/s of one shuffled epoch of
 ``ColumnBatches`` at batch 4096, no model), peak RSS (``ru_maxrss``) and the raw columnar size of
-the used columns (int32 ids, float32 numerics and labels).
+the used columns (int32 ids, float32 numerics and labels: 20 * 4 + 10 * 4 + 3 * 4 = 132 bytes a
+row). Peak RSS is split into what is not data: the process after importing torch, Lightning and
+mtlframe (``baseline``) and the model (parameters, gradients, optimizer state: ``model``);
+``data_rss_over_raw`` is ``(peak - baseline - model) / raw``.
 """
 from __future__ import annotations
 
@@ -25,26 +32,32 @@ TASKS = {f"t{k}": f"task_{k}_bin" for k in range(3)}
 MB = 1 << 20
 
 
-def recipe_dict(rows: int, steps: int, seed: int = 2026) -> dict:
+def recipe_dict(rows: int, steps: int, seed: int = 2026, sparse: bool = True,
+                sparse_optimizer: str = "rowwise_adagrad", sparse_lr: float = 0.05) -> dict:
     return {
         "seed": seed,
         "data": {"dataset": {"name": "synthetic", "num_rows": rows, "num_tasks": 3, "num_features": 10,
                              "num_categorical": 20, "categorical_cardinality": 1_000_000,
-                             "zipf_exponent": 1.1, "correlation": 0.5, "seed": seed},
+                             "zipf_exponent": 1.1, "correlation": 0.5, "seed": seed, "keep_effects": False},
                  "split": {"name": "random", "val": 0.1, "test": 0.1}, "batch_size": 1024},
         "tasks": {t: {"type": "binary", "label": col, "metrics": ["auc"]} for t, col in TASKS.items()},
-        "model": {"encoders": [{"name": "embedding", "features": CATS, "dim": 8},
+        "model": {"encoders": [{"name": "embedding", "features": CATS, "dim": 8, "sparse": sparse},
                                {"name": "numeric", "features": NUMS}],
                   "backbone": {"name": "mmoe", "num_experts": 4, "expert_hidden": [64]},
                   "tower": {"name": "mlp", "hidden": [32]}},
-        "optimizer": {"name": "adam", "lr": 1e-3},
+        "optimizer": {"name": "adam", "lr": 1e-3, "sparse_optimizer": sparse_optimizer, "sparse_lr": sparse_lr},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "limit_train_batches": steps,
                     "limit_val_batches": 5, "enable_progress_bar": False},
         "logger": {"name": "none"},
     }
 
 
-def run_size(rows: int, steps: int) -> dict:
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+def run_size(rows: int, steps: int, sparse: bool = True, sparse_optimizer: str = "rowwise_adagrad",
+             sparse_lr: float = 0.05) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -57,20 +70,31 @@ def run_size(rows: int, steps: int) -> dict:
 
     class Grab(pl.Callback):
         dm = None
+        fit_start_peak = 0
+        model_bytes = 0
 
         def on_fit_start(self, trainer, pl_module) -> None:
             Grab.dm = trainer.datamodule
+            Grab.fit_start_peak = max_rss_bytes()
 
+        def on_train_end(self, trainer, pl_module) -> None:
+            params = list(pl_module.parameters())
+            state = [v for opt in trainer.optimizers for st in opt.state.values() for v in st.values()]
+            Grab.model_bytes = _tensor_bytes(params) + _tensor_bytes(p.grad for p in params) + _tensor_bytes(state)
+
+    baseline = max_rss_bytes()
     timing = _timing_callback()
     t0 = time.perf_counter()
-    recipe = recipe_from_dict(recipe_dict(rows, steps), f"benchmarks.scale(rows={rows})")
+    recipe = recipe_from_dict(recipe_dict(rows, steps, sparse=sparse, sparse_optimizer=sparse_optimizer,
+                                          sparse_lr=sparse_lr), f"benchmarks.scale(rows={rows})")
     with tempfile.TemporaryDirectory(prefix="mtlframe-scale-") as tmp:
         result = train(recipe, Path(tmp) / "run", progress=False, callbacks=[timing, Grab()])
     setup_s = timing.fit_start - t0
     dm = Grab.dm
     train_cols = dm.columns["train"]
     n_train = num_rows(train_cols)
-    raw = sum(dm.table.frame[c].to_numpy().nbytes for c in CATS + NUMS + list(TASKS.values()))
+    n_all = sum(len(v) for v in dm.split_index.values())
+    raw = n_all * 4 * (len(CATS) + len(NUMS) + len(TASKS))
     vocab = {c: len(dm.preprocessor.vocab[c]) for c in CATS}
     batches = ColumnBatches(train_cols, 4096, shuffle=True, seed=1)
     passes = []
@@ -81,10 +105,15 @@ def run_size(rows: int, steps: int) -> dict:
             seen += next(iter(b.values())).shape[0]
         passes.append(seen / (time.perf_counter() - start))
     trained = min(steps, (n_train + 1023) // 1024) * 1024
-    return {"rows": rows, "train_rows": n_train, "setup_s": setup_s, "train_steps": min(steps, (n_train + 1023) // 1024),
+    peak = max_rss_bytes()
+    return {"rows": rows, "train_rows": n_train, "sparse": sparse,
+            "sparse_optimizer": sparse_optimizer if sparse else None, "setup_s": setup_s,
+            "train_steps": min(steps, (n_train + 1023) // 1024),
             "samples_per_s": trained / timing.train_s, "data_pass_rows_per_s": max(passes),
-            "peak_rss_mb": max_rss_bytes() / MB, "raw_columnar_mb": raw / MB,
-            "rss_over_raw": max_rss_bytes() / raw, "embedding_rows": sum(vocab.values()) + len(vocab),
+            "peak_rss_mb": peak / MB, "peak_rss_setup_mb": Grab.fit_start_peak / MB,
+            "baseline_rss_mb": baseline / MB, "model_mb": Grab.model_bytes / MB, "raw_columnar_mb": raw / MB,
+            "rss_over_raw": peak / raw, "data_rss_over_raw": (peak - baseline - Grab.model_bytes) / raw,
+            "embedding_rows": sum(vocab.values()) + len(vocab),
             "auc": {t: v["auc"] for t, v in result.metrics.get("test", {}).items()}}
 
 
@@ -93,12 +122,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--steps", type=int, default=100, help="training steps to time (batch 1024)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dense", action="store_true", help="dense embedding gradients and one Adam")
+    p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "sparse_adam"])
+    p.add_argument("--sparse-lr", type=float, default=0.05, help="learning rate of the sparse tables")
     p.add_argument("--output", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    import pytorch_lightning  # noqa: F401  (the baseline RSS counts the libraries)
+
+    import mtlframe.builtins  # noqa: F401
     from mtlframe.run import _quiet_lightning
     _quiet_lightning()
-    out = run_size(a.rows, a.steps)
+    out = run_size(a.rows, a.steps, sparse=not a.dense, sparse_optimizer=a.sparse_optimizer, sparse_lr=a.sparse_lr)
     with open(a.output, "w") as fh:
         json.dump(out, fh, indent=2)
 
