@@ -5,8 +5,13 @@ Layout of one entry, ``<root>/<key>/``::
     meta.json     the key fields (model fingerprint, pooling, max_length, dtype, format), d, and
                   the model name that created the entry (for people; not part of the key)
     vectors.f16   raw float16 rows, [R, d], row-major (read through numpy.memmap)
-    keys.bin      R x 16-byte BLAKE2b digests of the texts, row i <-> vector row i
+    keys.bin      16-byte BLAKE2b digests of the texts, one per text
+    lengths.i32   ragged entries only: int32 rows per text (token states: one row per token)
     lock          fcntl lock file: one writer at a time (DDP ranks, parallel runs)
+
+A pooled entry holds one vector per text (text i <-> vector row i). A *ragged* entry
+(``ragged=True``, used for token states) holds a variable number of rows per text, stored
+back to back: text i owns rows ``offsets[i] : offsets[i] + lengths[i]``.
 
 ``key`` hashes the key fields, so a different model file, pooling or ``max_length`` lands in
 another entry (a cache miss), while the same weights under another path or name share one.
@@ -66,14 +71,19 @@ class EmbeddingCache:
         label: the model's name, recorded in ``meta.json`` for people (not part of the key).
     """
 
-    def __init__(self, root: str | Path, key: dict[str, Any], dim: int, label: str = "model") -> None:
-        self.key = {"format": FORMAT, **key}
+    def __init__(self, root: str | Path, key: dict[str, Any], dim: int, label: str = "model",
+                 ragged: bool = False) -> None:
+        self.key = {"format": FORMAT, **key, **({"ragged": True} if ragged else {})}
         self.dim = int(dim)
         self.label = label
+        self.ragged = bool(ragged)
         blob = json.dumps(self.key, sort_keys=True).encode()
         self.path = Path(root).expanduser() / hashlib.sha256(blob).hexdigest()[:24]
         self._index: dict[bytes, int] = {}
-        self._rows = 0
+        self._rows = 0          # texts
+        self._vrows = 0         # vector rows (== texts unless ragged)
+        self._lengths = np.zeros(0, dtype=np.int64)
+        self._offsets = np.zeros(1, dtype=np.int64)   # [texts + 1] cumulative rows (ragged)
         self._mmap: np.memmap | None = None
 
     # -- files -----------------------------------------------------------------------------------
@@ -84,6 +94,17 @@ class EmbeddingCache:
     @property
     def keys_file(self) -> Path:
         return self.path / "keys.bin"
+
+    @property
+    def lengths_file(self) -> Path:
+        return self.path / "lengths.i32"
+
+    def _read_lengths(self, start: int = 0) -> np.ndarray:
+        if not self.lengths_file.exists():
+            return np.zeros(0, dtype=np.int64)
+        with open(self.lengths_file, "rb") as fh:
+            fh.seek(4 * start)
+            return np.frombuffer(fh.read(), dtype=np.int32).astype(np.int64)
 
     def __len__(self) -> int:
         return self._rows
@@ -110,30 +131,50 @@ class EmbeddingCache:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _repair(self) -> None:
-        """Cut both files to the rows complete in both (after an interrupted append)."""
+        """Cut the files to the texts complete in all of them (after an interrupted append)."""
         row_bytes = 2 * self.dim
         nv = self.vectors_file.stat().st_size // row_bytes if self.vectors_file.exists() else 0
         nk = self.keys_file.stat().st_size // DIGEST if self.keys_file.exists() else 0
-        n = min(nv, nk)
-        for f, size in ((self.vectors_file, n * row_bytes), (self.keys_file, n * DIGEST)):
+        if self.ragged:
+            lengths = self._read_lengths()
+            ends = np.cumsum(lengths[:nk])
+            n = int(np.searchsorted(ends, nv, side="right"))      # texts whose rows are all written
+            n_vec = int(ends[n - 1]) if n else 0
+            files = ((self.vectors_file, n_vec * row_bytes), (self.keys_file, n * DIGEST),
+                     (self.lengths_file, n * 4))
+        else:
+            n = min(nv, nk)
+            files = ((self.vectors_file, n * row_bytes), (self.keys_file, n * DIGEST))
+        for f, size in files:
             if f.exists() and f.stat().st_size != size:
                 os.truncate(f, size)
 
     def refresh(self) -> None:
         """Re-read the digests appended since the last read (by this or another process)."""
         if not self.keys_file.exists():
-            self._index, self._rows, self._mmap = {}, 0, None
+            self._index, self._rows, self._vrows, self._mmap = {}, 0, 0, None
+            self._lengths, self._offsets = np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
             return
         row_bytes = 2 * self.dim
         nv = self.vectors_file.stat().st_size // row_bytes if self.vectors_file.exists() else 0
         with open(self.keys_file, "rb") as fh:
             fh.seek(self._rows * DIGEST)
             blob = fh.read()
-        new = min(len(blob) // DIGEST, nv - self._rows)
+        if self.ragged:
+            lengths = self._read_lengths(self._rows)
+            ends = self._vrows + np.cumsum(lengths)
+            new = min(len(blob) // DIGEST, int(np.searchsorted(ends, nv, side="right")))
+            lengths = lengths[:new]
+        else:
+            new = min(len(blob) // DIGEST, nv - self._rows)
+            lengths = np.ones(max(new, 0), dtype=np.int64)
         for i in range(max(new, 0)):
             self._index.setdefault(blob[i * DIGEST:(i + 1) * DIGEST], self._rows + i)
         if new > 0:
             self._rows += new
+            self._vrows += int(lengths.sum())
+            self._lengths = np.concatenate([self._lengths, lengths])
+            self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(lengths)])
             self._mmap = None
 
     # -- reading and writing ---------------------------------------------------------------------------
@@ -143,21 +184,46 @@ class EmbeddingCache:
         return np.fromiter((get(text_digest(t), -1) for t in texts), dtype=np.int64, count=len(texts))
 
     def vectors(self) -> np.ndarray:
-        """The cached embeddings as a read-only memory map, ``[R, d]`` float16."""
-        if self._rows == 0:
+        """The cached rows as a read-only memory map, ``[R, d]`` float16 (ragged: every text's
+        rows back to back; see :meth:`spans`)."""
+        if self._vrows == 0:
             return np.zeros((0, self.dim), dtype=np.float16)
-        if self._mmap is None or self._mmap.shape[0] != self._rows:
-            self._mmap = np.memmap(self.vectors_file, dtype=np.float16, mode="r", shape=(self._rows, self.dim))
+        if self._mmap is None or self._mmap.shape[0] != self._vrows:
+            self._mmap = np.memmap(self.vectors_file, dtype=np.float16, mode="r", shape=(self._vrows, self.dim))
         return self._mmap
 
-    def append(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Append ``[n, d]`` embeddings of ``texts`` (call inside :meth:`locked`).
+    def spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, lengths)`` ``[n]`` int64 of texts ``rows`` (from :meth:`lookup`) in :meth:`vectors`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._offsets[rows], self._lengths[rows]
+
+    def append(self, texts: Sequence[str], vectors: np.ndarray, lengths: Sequence[int] | None = None) -> None:
+        """Append the embeddings of ``texts`` (call inside :meth:`locked`).
+
+        Args:
+            texts: ``n`` texts.
+            vectors: ``[n, d]``; ragged entries: ``[sum(lengths), d]``, each text's rows in turn.
+            lengths: ragged entries only: ``[n]`` rows per text (each >= 1).
 
         Values are clipped to the float16 range; texts already cached are skipped.
+
+        Raises:
+            ValueError: shapes that do not match ``texts`` / ``lengths`` / ``d``.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(texts), self.dim):
-            raise ValueError(f"expected [{len(texts)}, {self.dim}] embeddings, got {list(vectors.shape)}")
+        if self.ragged:
+            if lengths is None or len(lengths) != len(texts):
+                raise ValueError(f"a ragged cache needs one length per text ({len(texts)})")
+            lens = np.asarray(lengths, dtype=np.int64)
+            if (lens < 1).any() or vectors.shape != (int(lens.sum()), self.dim):
+                raise ValueError(f"expected [{int(lens.sum())}, {self.dim}] rows for lengths summing to "
+                                 f"{int(lens.sum())} (each >= 1), got {list(vectors.shape)}")
+        else:
+            if lengths is not None:
+                raise ValueError("lengths are only for ragged caches")
+            lens = np.ones(len(texts), dtype=np.int64)
+            if vectors.shape != (len(texts), self.dim):
+                raise ValueError(f"expected [{len(texts)}, {self.dim}] embeddings, got {list(vectors.shape)}")
         digests = [text_digest(t) for t in texts]
         keep = [i for i, d in enumerate(digests) if d not in self._index]
         # the same text twice in one call: keep the first
@@ -165,14 +231,23 @@ class EmbeddingCache:
         keep = [i for i in keep if not (digests[i] in seen or seen.add(digests[i]))]
         if not keep:
             return
-        block = np.clip(np.nan_to_num(vectors[keep]), -_F16_MAX, _F16_MAX).astype(np.float16)
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        sel = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in keep])
+        block = np.clip(np.nan_to_num(vectors[sel]), -_F16_MAX, _F16_MAX).astype(np.float16)
         with open(self.vectors_file, "ab") as fh:
             fh.write(block.tobytes())
             fh.flush()
             os.fsync(fh.fileno())
+        if self.ragged:
+            with open(self.lengths_file, "ab") as fh:
+                fh.write(lens[keep].astype(np.int32).tobytes())
         with open(self.keys_file, "ab") as fh:
             fh.write(b"".join(digests[i] for i in keep))
         for j, i in enumerate(keep):
             self._index[digests[i]] = self._rows + j
+        kept = lens[keep]
         self._rows += len(keep)
+        self._vrows += int(kept.sum())
+        self._lengths = np.concatenate([self._lengths, kept])
+        self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(kept)])
         self._mmap = None

@@ -1,8 +1,9 @@
 """``text``: a pretrained transformer encoder (BERT, MiniLM, E5, BGE...) over text columns.
 
-Sentence embeddings by mean (or ``[CLS]``) pooling of a pretrained encoder's last hidden states
+Sentence embeddings by mean (or ``[CLS]``) pooling of a pretrained encoder's hidden states
 (Reimers & Gurevych, "Sentence-BERT", EMNLP 2019; the MiniLM backbone: Wang et al., "MiniLM",
-NeurIPS 2020), projected to the recipe's width. Two modes:
+NeurIPS 2020), or a learned attention pooling over its token states (``pooling: attention``,
+any ``layer``), projected to the recipe's width. Two modes:
 
 * ``frozen`` — :meth:`TextEncoder.featurize` embeds every *unique* text once, before training,
   and keeps the vectors in an on-disk, memory-mapped float16 cache
@@ -90,6 +91,36 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)       # (B, d)
 
 
+class AttentionPooling(nn.Module):
+    """Learned multi-head attention pooling of token states.
+
+    Each head ``h`` scores every token with a linear map, ``a = softmax_t(w_h . x_t + b_h)``
+    over the row's real tokens, and returns ``sum_t a_t x_t``; the heads are concatenated. The
+    model learns which tokens matter ("runs small", "returned it") instead of averaging them
+    all (the attention pooling of Lin et al., "A Structured Self-Attentive Sentence Embedding",
+    ICLR 2017, with a single linear scoring layer).
+
+    Args:
+        dim: token state width ``d``.
+        heads: number of heads ``H``.
+
+    Shapes: ``x [B, L, d]``, ``mask [B, L]`` (bool, True = token) -> ``[B, H * d]``. A row
+    without tokens gives zeros.
+    """
+
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"attention_heads must be >= 1, got {heads}")
+        self.heads = int(heads)
+        self.score = nn.Linear(dim, self.heads)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(x).masked_fill(~mask.unsqueeze(-1), float("-inf"))     # (B, L, H)
+        weights = scores.softmax(dim=1).nan_to_num(0.0)                            # (B, L, H)
+        return torch.einsum("blh,bld->bhd", weights, x).flatten(1)                 # (B, H * d)
+
+
 def _layer_list(model: nn.Module) -> nn.ModuleList:
     """The transformer's stack of layers: its largest ``ModuleList`` (``encoder.layer`` in BERT)."""
     best, size = None, -1
@@ -116,7 +147,18 @@ class TextEncoder(Encoder):
             ``None`` joins the non-empty columns with ``". "``. A row whose text has no letter or
             digit is embedded as the empty string.
         max_length: tokens kept per text (longer texts are truncated).
-        pooling: ``mean`` (masked mean of the last hidden states) or ``cls`` (first token).
+        pooling: ``mean`` (masked mean of the token states), ``cls`` (first token) or
+            ``attention`` (:class:`AttentionPooling`, learned with the model: ``frozen`` mode
+            caches every token's state — about ``2 * d_lm`` bytes per token on disk and in
+            memory — instead of one vector per text).
+        layer: which hidden states to pool: ``-1`` the last layer's output (sentence
+            embeddings), ``k >= 1`` the output of layer ``k``, ``0`` the token embeddings,
+            ``-2`` the layer before the last... Lower layers keep more of the words themselves,
+            which helps for sentiment-like tasks (on clothing reviews, layer 4 of MiniLM's 6 with
+            attention pooling beats the last layer). ``frozen`` encoding runs only the layers
+            up to ``layer``.
+        attention_heads: ``pooling: attention``: number of heads ``H`` (output width ``H * d_lm``
+            before the projection).
         dim: output width ``d`` (a linear projection); ``None`` outputs the LM width ``d_lm``.
         mode: ``frozen`` (cached embeddings, no transformer in the model) or ``finetune``.
         trainable_layers: ``finetune``: train the last N transformer layers (0 = none, only the
@@ -152,7 +194,8 @@ class TextEncoder(Encoder):
         feature_info: injected.
 
     Shapes: ``frozen`` batch ``{key: [B] int64}`` (``sentences``: ``[B, S]``, 0 = padding)
-    -> ``[B, d]``; ``finetune`` batch
+    -> ``[B, d]`` (``pooling: attention`` gathers the rows' cached token states, ``[B, L, d_lm]``,
+    in ``forward``); ``finetune`` batch
     ``{key:input_ids, key:attention_mask: [B, L]}`` -> ``[B, d]``.
 
     Example::
@@ -165,7 +208,8 @@ class TextEncoder(Encoder):
     accepts = frozenset({"text"})
 
     def __init__(self, features: list[str], model: str = "all-MiniLM-L6-v2", template: str | None = None,
-                 max_length: int = 128, pooling: Literal["mean", "cls"] = "mean", dim: int | None = None,
+                 max_length: int = 128, pooling: Literal["mean", "cls", "attention"] = "mean",
+                 layer: int = -1, attention_heads: int = 4, dim: int | None = None,
                  mode: Literal["frozen", "finetune"] = "frozen", trainable_layers: int | None = 2,
                  lr: float | None = 5.0e-5, lora: int | None = None, lora_alpha: float | None = None,
                  lora_dropout: float = 0.0, lora_targets: list[str] | None = None, normalize: bool = False,
@@ -198,6 +242,10 @@ class TextEncoder(Encoder):
             raise ValueError(f"lora (the LoRA rank) must be >= 1, got {lora}")
         if segments != "text" and mode != "frozen":
             raise ValueError("segments: sentences needs mode: frozen")
+        if pooling == "attention" and segments != "text":
+            raise ValueError("pooling: attention pools the tokens of a whole text; use segments: text")
+        if pooling == "attention" and normalize:
+            raise ValueError("normalize applies to mean/cls pooled vectors, not to pooling: attention")
         if max_segments < 1:
             raise ValueError(f"max_segments must be >= 1, got {max_segments}")
         if not 0.0 <= dropout < 1.0:
@@ -205,6 +253,7 @@ class TextEncoder(Encoder):
         self.template = template
         self.max_length = int(max_length)
         self.pooling = pooling
+        self.layer = int(layer)
         self.mode = mode
         self.trainable_layers = trainable_layers
         self.lr = lr
@@ -222,13 +271,20 @@ class TextEncoder(Encoder):
         self.resolved = models.resolve_model(model, revision)
         d_lm = self.resolved.hidden_size
         self.lm_dim = d_lm
+        n_layers = self.resolved.num_layers
+        if n_layers is not None and not -(n_layers + 1) <= self.layer <= n_layers:
+            raise ValueError(f"layer={layer}, but {self.resolved.name} has {n_layers} layers "
+                             f"(use 0..{n_layers}, or -1 for the last)")
+        self.attention = AttentionPooling(d_lm, attention_heads) if pooling == "attention" else None
         d_in = 2 * d_lm if segments == "sentences" and segment_pooling == "mean+max" else d_lm
+        if self.attention is not None:
+            d_in = self.attention.heads * d_lm
         self.output_dim = int(dim) if dim else d_in
         self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.proj: nn.Module = nn.Linear(d_in, int(dim)) if dim else nn.Identity()
 
-        tag = hashlib.sha1(repr((model, template, max_length, pooling, mode, segments, max_segments))
-                           .encode()).hexdigest()[:8]
+        tag = hashlib.sha1(repr((model, template, max_length, pooling, mode, segments, max_segments)
+                                + ((self.layer,) if self.layer != -1 else ())).encode()).hexdigest()[:8]
         self.key = f"text:{'+'.join(self.features)}:{tag}"
         #: statistics of the last :meth:`featurize` (``texts``, ``cache_hits``, ``encoded``, ``seconds``)
         self.last_stats: dict[str, float] = {}
@@ -240,9 +296,14 @@ class TextEncoder(Encoder):
             self.table = torch.zeros(1, d_lm)  # row 0: padding (sentences mode)
             self._table_dev: torch.Tensor | None = None
             self._rows: dict[str, int] = {}
+            # pooling: attention: every unique text's token states back to back (float16), and
+            # each text's (start, length) in them; row r of the unique-text table <-> span r
+            self._token_chunks: list[torch.Tensor] = []
+            self._spans = torch.zeros((0, 2), dtype=torch.int64)
+            self._tokens_dev: tuple[torch.Tensor, torch.Tensor] | None = None
         else:
             self.input_keys = [f"{self.key}:input_ids", f"{self.key}:attention_mask"]
-            self.lm = models.load_model(self.resolved).train()  # dropout on, as in fine-tuning
+            self.lm = self._truncated(models.load_model(self.resolved)).train()  # dropout on, as in fine-tuning
             self._setup_trainable(lora, lora_alpha, lora_dropout, lora_targets)
         self.__dict__["_tokenizer"] = None
         self.__dict__["_frozen_lm"] = None
@@ -347,7 +408,18 @@ class TextEncoder(Encoder):
     def _add_texts(self, texts: list[str]) -> None:
         """Make sure every text has a row in the unique-text table (cache hits, then encoding)."""
         new = [t for t in dict.fromkeys(texts) if t not in self._rows]
-        if new:
+        if new and self.attention is not None:
+            tokens, lengths = self._embed(new)               # (sum(lengths), d_lm) float16, (U_new,)
+            start = len(self._spans)
+            first = int(self._spans[-1].sum()) if start else 0
+            offsets = first + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            spans = torch.from_numpy(np.stack([offsets, lengths], axis=1).astype(np.int64))
+            self._spans = torch.cat([self._spans, spans])
+            self._token_chunks.append(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float16)))
+            self._tokens_dev = None
+            for j, t in enumerate(new):
+                self._rows[t] = start + j
+        elif new:
             vectors = self._embed(new)                                 # (U_new, d_lm) float16
             start = self.table.shape[0]
             self.table = torch.cat([self.table, torch.from_numpy(np.asarray(vectors, dtype=np.float32))])
@@ -369,12 +441,26 @@ class TextEncoder(Encoder):
 
     def cache(self) -> EmbeddingCache:
         """The on-disk cache entry of this encoder's setting."""
-        key = {"model": models.fingerprint(self.resolved.path), "pooling": self.pooling,
-               "max_length": self.max_length, "dtype": self.encode_dtype}
-        return EmbeddingCache(self.cache_dir or default_cache_dir(), key, self.lm_dim, label=self.resolved.name)
+        tokens = self.attention is not None
+        key = {"model": models.fingerprint(self.resolved.path), "max_length": self.max_length,
+               "dtype": self.encode_dtype, "pooling": "tokens" if tokens else self.pooling}
+        if self.layer != -1 and self._layer_index() != self.resolved.num_layers:
+            key["layer"] = self._layer_index()
+        return EmbeddingCache(self.cache_dir or default_cache_dir(), key, self.lm_dim, label=self.resolved.name,
+                              ragged=tokens)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        """Embeddings ``[n, d_lm]`` (float16) of ``texts``: cache hits, then encode the misses."""
+    def _layer_index(self) -> int:
+        """``layer`` as a non-negative index into the hidden states (0 = token embeddings)."""
+        n = self.resolved.num_layers
+        if self.layer >= 0 or n is None:
+            return self.layer
+        return n + 1 + self.layer
+
+    def _embed(self, texts: list[str]) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``[n, d_lm]`` (float16) of ``texts``: cache hits, then encode the misses.
+
+        ``pooling: attention``: ``(token states [sum(lengths), d_lm] float16, lengths [n] int64)``.
+        """
         start = time.perf_counter()
         cache = self.cache()
         with cache.locked():
@@ -383,16 +469,29 @@ class TextEncoder(Encoder):
             if miss:
                 pending_t: list[str] = []
                 pending_v: list[np.ndarray] = []
-                for chunk_t, chunk_v in self.encode(miss):
+                pending_n: list[np.ndarray] = []
+
+                def flush() -> None:
+                    lengths = np.concatenate(pending_n) if cache.ragged else None
+                    cache.append(pending_t, np.concatenate(pending_v), lengths)
+                    pending_t.clear(), pending_v.clear(), pending_n.clear()
+
+                for chunk_t, chunk_v, chunk_n in self.encode(miss):
                     pending_t.extend(chunk_t)
                     pending_v.append(chunk_v)
+                    pending_n.append(chunk_n)
                     if len(pending_t) >= 2048:  # persist progress as we go
-                        cache.append(pending_t, np.concatenate(pending_v))
-                        pending_t, pending_v = [], []
+                        flush()
                 if pending_t:
-                    cache.append(pending_t, np.concatenate(pending_v))
+                    flush()
                 rows = cache.lookup(texts)
-            out = np.asarray(cache.vectors()[rows])
+            if cache.ragged:
+                offsets, lengths = cache.spans(rows)
+                index = np.repeat(offsets - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+                index += np.arange(int(lengths.sum()))
+                out = (np.asarray(cache.vectors()[index]), lengths)
+            else:
+                out = np.asarray(cache.vectors()[rows])
         self.__dict__["_frozen_lm"] = None  # free the transformer (GPU memory) until the next miss
         seconds = time.perf_counter() - start
         self.last_stats = {"texts": len(texts), "cache_hits": len(texts) - len(miss), "encoded": len(miss),
@@ -414,17 +513,38 @@ class TextEncoder(Encoder):
         return torch.device("cpu")
 
     def _encoder_lm(self) -> nn.Module:
-        """The transformer used by ``frozen`` encoding (loaded on first need, kept off the module)."""
+        """The transformer used by ``frozen`` encoding (loaded on first need, kept off the module).
+
+        With ``layer: k``, the layers after ``k`` are dropped: they would not change the states.
+        """
         if self.__dict__["_frozen_lm"] is None:
-            self.__dict__["_frozen_lm"] = models.load_model(self.resolved).to(self._device())
+            self.__dict__["_frozen_lm"] = self._truncated(models.load_model(self.resolved)).to(self._device())
         return self.__dict__["_frozen_lm"]
+
+    def _truncated(self, lm: nn.Module) -> nn.Module:
+        """``lm`` without the layers after ``layer`` (they cannot change its states)."""
+        if self.layer != -1:
+            layers = _layer_list(lm)
+            del layers[self._layer_index():]
+        return lm
+
+    def _hidden(self, lm: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The token states ``[B, L, d_lm]`` of ``layer`` (``mask [B, L]``, 1 = token)."""
+        if self.layer == -1:
+            return lm(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        out = lm(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=True)
+        states = out.hidden_states                                   # layer outputs, index 0 = embeddings
+        k = self._layer_index()
+        return states[min(k, len(states) - 1)]
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray]]:
         """Run the transformer over ``texts`` in length-sorted batches.
 
-        Yields ``(texts_of_batch, pooled [b, d_lm] float32)``, longest texts first (a batch that
-        does not fit in memory fails at once). Shows a progress bar when ``progress`` is set.
+        Yields ``(texts_of_batch, pooled [b, d_lm] float32, lengths [b] int64)``, longest texts
+        first (a batch that does not fit in memory fails at once); ``pooling: attention`` yields
+        every text's token states instead, ``[sum(lengths), d_lm]``, text by text (lengths =
+        tokens per text, special tokens included). Shows a progress bar when ``progress`` is set.
         """
         from tqdm.auto import tqdm
 
@@ -441,15 +561,22 @@ class TextEncoder(Encoder):
                 input_ids, mask = self._pad([ids[i] for i in idx], pad)
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 with autocast:
-                    hidden = lm(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state  # (b, L, d_lm)
-                pooled = pool(hidden.float(), mask, self.pooling)                                   # (b, d_lm)
-                yield [texts[i] for i in idx], pooled.cpu().numpy()
+                    hidden = self._hidden(lm, input_ids, mask).float()                         # (b, L, d_lm)
+                if self.attention is not None:
+                    lengths = mask.sum(1)
+                    yield [texts[i] for i in idx], hidden[mask.bool()].cpu().numpy(), lengths.cpu().numpy()
+                else:
+                    pooled = pool(hidden, mask, self.pooling)                                   # (b, d_lm)
+                    yield [texts[i] for i in idx], pooled.cpu().numpy(), np.ones(len(idx), dtype=np.int64)
                 bar.update(len(idx))
         finally:
             bar.close()
 
     # -- model side ------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "frozen" and self.attention is not None:
+            tokens, mask = self._gather_tokens(batch[self.key])          # (B, L, d_lm), (B, L)
+            return self.proj(self.drop(self.attention(tokens, mask)))    # (B, d)
         if self.mode == "frozen":
             idx = batch[self.key]                                        # (B,) or (B, S)
             if self._table_dev is None or self._table_dev.device != idx.device:
@@ -461,11 +588,29 @@ class TextEncoder(Encoder):
             ids, mask = batch[self.input_keys[0]], batch[self.input_keys[1]]   # (B, L)
             width = max(int(mask.sum(1).max()), 1)                       # drop all-padding columns
             ids, mask = ids[:, :width].long(), mask[:, :width].long()
-            hidden = self.lm(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, L', d_lm)
+            hidden = self._hidden(self.lm, ids, mask)                    # (B, L', d_lm)
+            if self.attention is not None:
+                return self.proj(self.drop(self.attention(hidden, mask.bool())))
             x = pool(hidden, mask, self.pooling)                         # (B, d_lm)
         if self.normalize:
             x = nn.functional.normalize(x, dim=-1)
         return self.proj(self.drop(x))                                   # (B, d)
+
+    def _gather_tokens(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached token states of unique-text rows ``idx [B]`` -> ``([B, L, d_lm] float, [B, L] bool)``,
+        ``L`` = the longest row in the batch."""
+        if self._tokens_dev is None or self._tokens_dev[0].device != idx.device:
+            if len(self._token_chunks) > 1:      # one table (featurize appends a chunk per split)
+                self._token_chunks = [torch.cat(self._token_chunks)]
+            table = self._token_chunks[0] if self._token_chunks else torch.zeros((1, self.lm_dim), dtype=torch.float16)
+            self._tokens_dev = (table.to(idx.device), self._spans.to(idx.device))
+        table, spans = self._tokens_dev
+        start, length = spans[idx, 0], spans[idx, 1]                            # (B,), (B,)
+        width = max(int(length.max()), 1) if len(idx) else 1
+        steps = torch.arange(width, device=idx.device)
+        mask = steps < length.unsqueeze(1)                                      # (B, L)
+        pos = torch.where(mask, start.unsqueeze(1) + steps, 0)                  # (B, L)
+        return table[pos].float(), mask
 
     def _pool_segments(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pool sentence embeddings ``x [B, S, d]`` where ``mask [B, S]`` -> ``[B, d]`` or ``[B, 2d]``."""

@@ -75,6 +75,15 @@ class ResolvedModel:
         raise ModelNotFoundError(f"{self.path / 'config.json'} names no hidden size (hidden_size / d_model / dim); "
                                  "is it a transformer encoder checkpoint?")
 
+    @property
+    def num_layers(self) -> int | None:
+        """Number of transformer layers (from ``config.json``), ``None`` when it does not say."""
+        cfg = self.config
+        for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
+            if isinstance(cfg.get(key), int):
+                return int(cfg[key])
+        return None
+
 
 def offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
