@@ -40,10 +40,12 @@ def _recipe(path, text: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+@pytest.mark.parametrize("mode", ["frozen", "finetune", "frozen-attention"])
 def test_train_and_predict(reviews_csv, tiny_model_dir, tmp_path, mode):
     path, frame = reviews_csv
     text = {"model": str(tiny_model_dir), "mode": mode, "dim": 8, "max_length": 16}
+    if mode == "frozen-attention":
+        text.update(mode="frozen", pooling="attention", layer=2, attention_heads=2)
     if mode == "finetune":
         text.update(trainable_layers=1, lr=1.0e-3)
     recipe = recipe_from_dict(_recipe(path, text), "test")
@@ -54,5 +56,5 @@ def test_train_and_predict(reviews_csv, tiny_model_dir, tmp_path, mode):
     loaded = load_checkpoint(result.best_checkpoint)
     pred = predict_frame(loaded, frame.drop(columns=["liked"]).head(12))
     assert pred["liked"].between(0, 1).all() and len(pred) == 12
-    if mode == "frozen":  # the transformer is not part of the model or its checkpoint
-        assert result.num_parameters < 1000
+    if mode.startswith("frozen"):  # the transformer is not part of the model or its checkpoint
+        assert result.num_parameters < (1600 if "attention" in mode else 1000)
