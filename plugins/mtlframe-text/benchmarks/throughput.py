@@ -6,6 +6,9 @@ loaded no transformer and ran no forward pass. Prints one JSON line per measurem
 
     HF_HUB_OFFLINE=1 python plugins/mtlframe-text/benchmarks/throughput.py --n 2000
     HF_HUB_OFFLINE=1 python plugins/mtlframe-text/benchmarks/throughput.py --n 2000 --encode-dtype bfloat16
+    # token states of layer 4 (pooling: attention), as recipes/clothing_text_minilm.yaml:
+    HF_HUB_OFFLINE=1 python plugins/mtlframe-text/benchmarks/throughput.py --n 2000 --encode-dtype bfloat16 \
+        --pooling attention --layer 4
     # the second-run cost over the whole dataset, from the cache a training run filled:
     HF_HUB_OFFLINE=1 python plugins/mtlframe-text/benchmarks/throughput.py --n 0 --cache-dir default
 """
@@ -27,6 +30,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--encode-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--segments", default="text", choices=["text", "sentences"])
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "attention"])
+    parser.add_argument("--layer", type=int, default=-1)
     parser.add_argument("--cache-dir", default=None,
                         help="'default' = the user cache ($MTLFRAME_CACHE/text); else a fresh temp dir")
     args = parser.parse_args()
@@ -44,9 +49,11 @@ def main() -> None:
     def encoder() -> TextEncoder:
         return TextEncoder(["title", "review_text"], model=args.model, segments=args.segments,
                            max_length=args.max_length, batch_size=args.batch_size, dim=None,
+                           pooling=args.pooling, layer=args.layer,
                            encode_dtype=args.encode_dtype, cache_dir=cache_dir, progress=False)
 
     common = {"model": args.model, "rows": len(cols["title"]), "segments": args.segments,
+              "pooling": args.pooling, "layer": args.layer,
               "max_length": args.max_length,
               "batch_size": args.batch_size, "encode_dtype": args.encode_dtype, "threads": torch.get_num_threads()}
     start = time.perf_counter()
@@ -68,7 +75,10 @@ def main() -> None:
     total = time.perf_counter() - start
     models.load_model = real
     s = second.last_stats
-    same = bool(torch.equal(second.table[out2[second.key]], first.table[out1[first.key]]))
+    if args.pooling == "attention":   # every row's token states, as the model gathers them
+        same = bool(torch.equal(second._gather_tokens(out2[second.key])[0], first._gather_tokens(out1[first.key])[0]))
+    else:
+        same = bool(torch.equal(second.table[out2[second.key]], first.table[out1[first.key]]))
     print(json.dumps({**common, "pass": "second", "unique_texts": s["texts"], "encoded": s["encoded"],
                       "cache_hits": s["cache_hits"], "transformer_loads": loads[0],
                       "seconds_total": round(total, 3), "identical_embeddings": same}), flush=True)
