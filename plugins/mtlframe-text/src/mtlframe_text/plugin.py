@@ -14,6 +14,7 @@ DISTRIBUTION = "mtlframe-text"
 def mtlframe_encoders():
     return [
         ComponentSpec("text", "mtlframe_text.encoder:TextEncoder",
-                      "pretrained transformer (BERT, MiniLM, E5, BGE...) sentence embeddings of text; "
+                      "pretrained transformer (BERT, MiniLM, E5, BGE...) embeddings of text, pooled (mean, cls) "
+                      "or by learned attention over token states of any layer; "
                       "frozen with an on-disk cache, or fine-tuned (last N layers / LoRA)"),
     ]
