@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtlframe.backbones.base import Backbone
-from mtlframe.layers import ExpertBank, Gate, mix_experts
+from mtlframe.layers import ExpertBank, Gate, gated_mixtures, mix_experts
 
 
 class MMoE(Backbone):
@@ -51,9 +51,15 @@ class MMoE(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         experts = self.experts(x)                                  # (B, E, H)
+        gates = [self.gates[t] for t in self.task_names]
+        if all(type(g) is Gate for g in gates):                   # softmax gates: all tasks at once
+            w, h = gated_mixtures(gates, x, experts)               # (B, T, E), (B, T, H)
+            for i, t in enumerate(self.task_names):
+                self.gate_weights[t] = w[:, i].detach()
+            return {t: h[:, i] for i, t in enumerate(self.task_names)}
         out = {}
-        for t in self.task_names:
-            w = self.gates[t](x)                                   # (B, E)
+        for t, gate in zip(self.task_names, gates):               # other gates (DSelect-K): one by one
+            w = gate(x)                                            # (B, E)
             self.gate_weights[t] = w.detach()
             out[t] = mix_experts(w, experts)                       # (B, H)
         return out

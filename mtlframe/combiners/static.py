@@ -25,7 +25,11 @@ class StaticCombiner(LossCombiner):
         self.normalize = normalize
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(self.static_weights[t] * loss for t, loss in losses.items())
+        # weights of 1 multiply nothing and the sum starts at the first term: every operation
+        # here is one more node for autograd on each step
+        terms = [loss if self.static_weights[t] == 1.0 else self.static_weights[t] * loss
+                 for t, loss in losses.items()]
+        total = sum(terms[1:], terms[0]) if terms else 0
         if self.normalize and losses:
             total = total / sum(self.static_weights[t] for t in losses)
         return total
