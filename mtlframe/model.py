@@ -58,6 +58,17 @@ class MultiTaskModel(nn.Module):
             out[name] = y.squeeze(-1) if self._squeeze[name] else y
         return self.backbone.couple(out)
 
+    def compile_parts(self, **options) -> None:
+        """``torch.compile`` every encoder, the backbone and every tower in place
+        (``nn.Module.compile``; ``options`` go to ``torch.compile``).
+
+        Training calls these parts directly (:meth:`encode`, :meth:`forward_from`), so they are
+        what is compiled rather than this module's own ``forward``; compiling in place keeps the
+        parameter names, so checkpoints load into an uncompiled model.
+        """
+        for part in (*self.encoders, self.backbone, *self.towers.values()):
+            part.compile(**options)
+
     def init_output_bias(self, values: Mapping[str, float]) -> None:
         """Set each named task's final output bias (regression: the training label mean;
         binary: its log-odds), so training starts from the base rate rather than 0. A backbone

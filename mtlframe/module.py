@@ -62,6 +62,22 @@ class MultiTaskModule(pl.LightningModule):
         self._epoch_loss_n: dict[str, int] = {}
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
 
+    # -- device transfer -------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches are flat ``{key: tensor}`` dicts (:class:`~mtlframe.batching.ColumnBatches`).
+
+        On CPU they are already in place and pass through untouched (no walk over the
+        collection); on CUDA each tensor is copied with ``non_blocking=True``, asynchronous from the
+        pinned blocks the data module hands out on that accelerator. Any other batch goes through
+        Lightning's default.
+        """
+        if isinstance(batch, dict) and all(torch.is_tensor(v) for v in batch.values()):
+            if all(v.device == device for v in batch.values()):
+                return batch
+            non_blocking = device.type == "cuda"
+            return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     # -- forward and losses ----------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)

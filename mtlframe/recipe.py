@@ -204,6 +204,15 @@ class OptimizerConfig(_Strict):
     sparse_lr: float | None = Field(None, gt=0)
 
 
+class CompileConfig(_Strict):
+    """``torch.compile`` options for ``trainer.compile`` (see ``torch.compile``)."""
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    dynamic: bool | None = None
+    fullgraph: bool = False
+    backend: str = "inductor"
+
+
 class TrainerConfig(_Strict):
     max_epochs: int = Field(10, ge=1)
     max_steps: int = -1
@@ -220,6 +229,21 @@ class TrainerConfig(_Strict):
     limit_val_batches: Union[int, float, None] = None
     val_check_interval: Union[int, float, None] = None
     enable_progress_bar: bool = True
+    #: compile the model's encoders, backbone and towers for training: ``true`` or ``{mode: ...}``
+    compile: CompileConfig | None = None
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_flag(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False or v is None:
+            return None
+        if not isinstance(v, (dict, CompileConfig)):  # pydantic reports a ValueError, not a TypeError
+            raise ValueError(  # noqa: TRY004
+                f"compile is true, false or a mapping of {', '.join(CompileConfig.model_fields)} "
+                "(`trainer.compile: true` or `trainer.compile: {mode: max-autotune}`)")
+        return v
 
 
 class CheckpointConfig(_Strict):

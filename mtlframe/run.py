@@ -61,6 +61,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*isinstance.*treespec.*")
+    # MultiTaskModule moves its own batches (flat dicts of tensors), whichever data module feeds them
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device` in `LightningModule`.*")
 
 
 def _monitor(recipe: Recipe, module, monitor: str, mode: str) -> tuple[str, str]:
@@ -189,6 +191,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, module, builder = build_system(recipe)
+    if cfg.trainer.compile is not None:
+        module.model.compile_parts(**cfg.trainer.compile.model_dump())
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
     has_val = len(dm.split_index["val"]) > 0

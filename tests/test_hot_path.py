@@ -1,12 +1,18 @@
-"""The training hot path: fused gates, the embedding lookup, the static sum. Values, not timings."""
+"""The training hot path: fused gates, the embedding lookup, the static sum, device transfer and
+``trainer.compile``. Values, not timings."""
 from __future__ import annotations
+
+import types
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mtlframe.combiners.static import StaticCombiner
+from mtlframe.datamodule import RecDataModule
 from mtlframe.layers import FusedEmbedding, Gate, gated_mixtures, mix_experts
+from mtlframe.recipe import CompileConfig, load_recipe
 
 
 def _reference_gate(gate: Gate, x: torch.Tensor) -> torch.Tensor:
@@ -97,3 +103,92 @@ def test_static_sum():
     assert [v.grad.item() for v in losses.values()] == [0.5, 1.0, 2.0]
     normalized = StaticCombiner(True, task_names=list(losses), weights={"a": 0.5, "c": 2.0})
     assert normalized(losses).item() == 14.0 / 3.5
+
+
+# -- device transfer ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def module():
+    from mtlframe.run import build_system
+
+    recipe = load_recipe("recipes/adult_mmoe.yaml", ["trainer.max_epochs=1"])
+    return build_system(recipe)[1]
+
+
+def test_cpu_batches_pass_through_untouched(module):
+    batch = {"x": torch.zeros(3), "y": torch.ones(3, 2)}
+    assert module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+
+
+def test_cuda_transfer_is_non_blocking(module):
+    batch = {"x": torch.zeros(3), "y": torch.ones(3, 2)}
+    calls = []
+
+    def fake_to(self, device, non_blocking=False):
+        calls.append((device, non_blocking))
+        return self
+
+    with mock.patch.object(torch.Tensor, "to", fake_to):
+        out = module.transfer_batch_to_device(batch, torch.device("cuda", 0), 0)
+    assert set(out) == {"x", "y"}
+    assert calls == [(torch.device("cuda", 0), True)] * 2
+    # other batch types take Lightning's default
+    moved = module.transfer_batch_to_device([torch.zeros(2)], torch.device("cpu"), 0)
+    assert isinstance(moved, list) and moved[0].device.type == "cpu"
+
+
+def test_pinned_blocks_only_on_cuda():
+    dm = RecDataModule(load_recipe("recipes/adult_mmoe.yaml"), dataset=None)
+    assert dm._pin() is False  # no trainer yet
+
+    def accelerator(name):
+        return type(name, (), {})()
+
+    dm.trainer = types.SimpleNamespace(accelerator=accelerator("CUDAAccelerator"))
+    assert dm._pin() is True
+    dm.trainer = types.SimpleNamespace(accelerator=accelerator("CPUAccelerator"))
+    assert dm._pin() is False
+
+
+# -- trainer.compile ----------------------------------------------------------------------------
+
+
+def test_compile_option_validation():
+    assert load_recipe("recipes/adult_mmoe.yaml").config.trainer.compile is None
+    assert load_recipe("recipes/adult_mmoe.yaml", ["trainer.compile=false"]).config.trainer.compile is None
+    assert load_recipe("recipes/adult_mmoe.yaml", ["trainer.compile=true"]).config.trainer.compile == CompileConfig()
+    cfg = load_recipe("recipes/adult_mmoe.yaml", ["trainer.compile={mode: max-autotune, dynamic: false}"]).config
+    assert (cfg.trainer.compile.mode, cfg.trainer.compile.dynamic) == ("max-autotune", False)
+    from mtlframe.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"trainer\.compile\.modes.*Did you mean 'mode'"):
+        load_recipe("recipes/adult_mmoe.yaml", ["trainer.compile={modes: default}"])
+    with pytest.raises(RecipeError, match=r"trainer\.compile.*true, false or a mapping"):
+        load_recipe("recipes/adult_mmoe.yaml", ["trainer.compile=3"])
+
+
+def test_compile_parts_compiles_in_place(module):
+    from mtlframe.build import Builder
+
+    recipe = load_recipe("recipes/adult_mmoe.yaml")
+    b = Builder(recipe)
+    model = b.model(list(module.model.encoders), module.tasks)  # a fresh model on the same encoders
+    keys = list(model.state_dict())
+    model.compile_parts(dynamic=False)
+    parts = [*model.encoders, model.backbone, *model.towers.values()]
+    assert all(p._compiled_call_impl is not None for p in parts)
+    assert list(model.state_dict()) == keys  # checkpoints keep their parameter names
+
+
+@pytest.mark.slow
+def test_training_with_compile(tmp_path):
+    from mtlframe.run import load_checkpoint, train
+
+    recipe = load_recipe("recipes/adult_mmoe.yaml", ["trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                                                      "trainer.limit_val_batches=1", "trainer.compile=true",
+                                                      "trainer.accelerator=cpu", "logger.name=none"])
+    result = train(recipe, tmp_path / "run", progress=False)
+    assert 0.5 < result.metrics["test"]["income"]["auc"] <= 1.0
+    loaded = load_checkpoint(result.best_checkpoint)  # an uncompiled model takes the weights
+    assert loaded.recipe.config.trainer.compile == CompileConfig()
