@@ -1,6 +1,7 @@
 """The ``mtlframe`` command line.
 
-``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``compare``, ``recipe validate``, ``plugins``.
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``compare``, ``recipe validate``, ``plugins``,
+``benchmark`` (the harness of a source checkout).
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
 """
@@ -118,6 +119,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _checkout_root() -> Path | None:
+    """The source checkout holding ``benchmarks/run.py``: the one this mtlframe was imported from
+    (an editable install or a run from the tree), else the working directory."""
+    import mtlframe
+
+    for root in (Path(mtlframe.__file__).resolve().parents[1], Path.cwd()):
+        if (root / "benchmarks" / "run.py").is_file() and (root / "mtlframe").is_dir():
+            return root
+    return None
+
+
+def cmd_benchmark(argv: list[str]) -> int:
+    """Run the benchmark harness (``benchmarks/`` of a source checkout; not shipped in the wheel)."""
+    root = _checkout_root()
+    if root is None:
+        raise MTLFrameError("`mtlframe benchmark` runs the harness in benchmarks/ of a source checkout, which the "
+                            "installed package does not include. Clone the repository, install it with "
+                            "`pip install -e '.[bench]'` and run `mtlframe benchmark --quick` (or "
+                            "`python -m benchmarks.run --quick`) inside it.")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as bench_main
+
+    return bench_main(argv, prog="mtlframe benchmark")
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -212,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-resume", action="store_true", help="retrain runs that already have metrics.json")
     c.set_defaults(func=cmd_compare)
 
+    # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
+    sub.add_parser("benchmark", add_help=False,
+                   help="run the benchmark harness of a source checkout (options: mtlframe benchmark --help)")
+
     pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
     pl.add_argument("--kind", default=None, choices=["dataset", "encoder", "backbone", "tower", "combiner",
                                                      "sampler", "metric"], help="only this component kind")
@@ -221,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["benchmark"]:  # every later argument belongs to the harness
+        try:
+            return int(cmd_benchmark(args_list[1:]) or 0)
+        except MTLFrameError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`train r.yaml --run-dir d a.b=1`)

@@ -10,11 +10,13 @@ import subprocess
 import sys
 
 
-def test_harness_tiny_mode(repo, tmp_path):
+def test_harness_tiny_mode(tmp_path):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--rows", "5000", "--systems", "reference,mtlframe",
-           "--repeats", "1", "--epochs", "1", "--scale", "none", "--output", str(out), "--no-docs"]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    # through `mtlframe benchmark`, from outside the checkout (the command finds the harness)
+    cmd = [sys.executable, "-m", "mtlframe.cli", "benchmark", "--quick", "--rows", "5000", "--systems",
+           "reference,mtlframe", "--repeats", "1", "--epochs", "1", "--scale", "none", "--output", str(out),
+           "--no-docs"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert (out / "performance.png").stat().st_size > 0
@@ -27,5 +29,8 @@ def test_harness_tiny_mode(repo, tmp_path):
         assert set(v["auc"]) == {"income", "never_married"}
         assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in v["auc"].values()), v["auc"]
     assert summary["reference"]["ratio_to_reference"] == 1.0
+    assert summary["reference"]["ratio_to_reference_per_repeat"] == [1.0]
     assert summary["mtlframe"]["ratio_to"]["reference"] > 0
+    assert summary["mtlframe"]["ratio_to_reference_per_repeat"] == [summary["mtlframe"]["ratio_to_reference"]]
+    assert results["environment"]["command"].startswith("mtlframe benchmark --quick")
     assert len(results["adult"]["runs"]["mtlframe"]) == 1

@@ -1,5 +1,5 @@
-"""The training hot path: fused gates, the embedding lookup, the static sum, device transfer and
-``trainer.compile``. Values, not timings."""
+"""The training hot path: fused gates, the embedding lookup, the static sum, device transfer,
+``trainer.compile`` and the ``mtlframe benchmark`` command. Values, not timings."""
 from __future__ import annotations
 
 import types
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtlframe import cli
 from mtlframe.combiners.static import StaticCombiner
 from mtlframe.datamodule import RecDataModule
 from mtlframe.layers import FusedEmbedding, Gate, gated_mixtures, mix_experts
@@ -192,3 +193,23 @@ def test_training_with_compile(tmp_path):
     assert 0.5 < result.metrics["test"]["income"]["auc"] <= 1.0
     loaded = load_checkpoint(result.best_checkpoint)  # an uncompiled model takes the weights
     assert loaded.recipe.config.trainer.compile == CompileConfig()
+
+
+# -- mtlframe benchmark -------------------------------------------------------------------------
+
+
+def test_benchmark_command_runs_the_harness(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["benchmark", "--help"])
+    assert exc.value.code == 0
+    assert "usage: mtlframe benchmark" in capsys.readouterr().out
+
+
+def test_benchmark_command_outside_a_checkout(tmp_path, monkeypatch, capsys):
+    import mtlframe
+
+    monkeypatch.setattr(mtlframe, "__file__", str(tmp_path / "site-packages" / "mtlframe" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["benchmark", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "pip install -e" in err
