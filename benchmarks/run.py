@@ -197,6 +197,8 @@ def plot(results: dict, path: Path) -> None:
     axes[1].set_ylabel("test AUC (median)")
     axes[1].set_title("Adult MMoE: test AUC")
     axes[1].legend()
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
