@@ -18,18 +18,20 @@ from mtlframe.recipe import Recipe
 SPLITS = ("train", "val", "test")
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(collect: bool = True) -> None:
     """Collect unreachable objects, then return freed heap pages to the OS (glibc ``malloc_trim``;
     the collection only elsewhere).
 
     Called after setup steps that free large temporaries (the loaded frame, preprocessed columns;
     pandas objects can keep them in reference cycles until a collection), so the process's
-    resident size follows what it holds rather than its high-water mark.
+    resident size follows what it holds rather than its high-water mark. ``collect=False`` skips
+    the collection (for frees that need none, one column at a time).
     """
     import ctypes
     import gc
     import sys
-    gc.collect()
+    if collect:
+        gc.collect()
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -94,7 +96,8 @@ class RecDataModule(pl.LightningDataModule):
     user, item, timestamp and unused columns), and once the encoders have featurized a split its
     preprocessed feature columns are dropped from ``splits`` (labels and masks stay), unless a
     resampling sampler needs them every epoch. So the data is held about once, in model-ready
-    form (``columns``).
+    form (``columns``): each encoder input column is freed as soon as the encoder has copied it
+    into its output, so setup holds the data plus about one column.
 
     Args:
         recipe: the validated recipe.
@@ -201,14 +204,20 @@ class RecDataModule(pl.LightningDataModule):
             if t.type == "multiclass":
                 continue
             y = self.splits["train"][label_key(t.name)]
-            y = y[torch.isfinite(y)].double()
-            if y.numel() == 0:
+            total, count = 0.0, 0
+            for lo in range(0, len(y), 1 << 20):  # masked sums of row blocks: small temporaries
+                part = y[lo:lo + (1 << 20)]
+                finite = torch.isfinite(part)
+                count += int(finite.sum())
+                total += float(torch.where(finite, part, 0).sum(dtype=torch.float64))
+            if count == 0:
                 continue
-            m = float(y.mean())
+            m = total / count
             if t.type == "binary":
                 m = min(max(m, 1e-4), 1 - 1e-4)
                 m = float(np.log(m / (1 - m)))
             out[t.name] = m
+        release_freed_memory(collect=False)
         return out
 
     def attach_encoders(self, encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec], sampler=None) -> None:
@@ -219,11 +228,11 @@ class RecDataModule(pl.LightningDataModule):
         keep_masks = sampler is not None and sampler.resamples
         self.columns = {}
         for k in list(self.splits):
-            cols = self.splits[k]
-            self.columns[k] = materialize(encoders, tasks, cols, keep_masks=keep_masks and k == "train")
-            if not keep_masks:  # the encoders' outputs replace the preprocessed feature columns
-                self.splits[k] = {c: v for c, v in cols.items() if c.startswith(("label/", "mask/", "__"))}
-            del cols
+            if keep_masks:  # the sampler reads the preprocessed columns every epoch: keep them
+                self.columns[k] = materialize(encoders, tasks, self.splits[k], keep_masks=k == "train")
+            else:  # the encoders' outputs replace the preprocessed feature columns, freed as read
+                self.columns[k] = materialize(encoders, tasks, self.splits[k], consume=True)
+                self.splits[k] = {c: v for c, v in self.splits[k].items() if c.startswith(("label/", "mask/", "__"))}
         release_freed_memory()
 
     # -- dataloaders -------------------------------------------------------------------------
@@ -268,26 +277,79 @@ class RecDataModule(pl.LightningDataModule):
         return self._eval("test")
 
 
+class _ConsumedColumns(Mapping):
+    """The columns of one split while :func:`materialize` consumes them: ``release(key)`` (see
+    :func:`mtlframe.encoders.base.release_column`) deletes a column from the underlying dict when
+    no later encoder reads it, and returns its memory to the OS."""
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+        self.releasable: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.columns[key]
+
+    def __iter__(self):
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def release(self, key: str) -> None:
+        if key in self.releasable and key in self.columns:
+            self.releasable.discard(key)
+            value = self.columns.pop(key)
+            big = getattr(value, "nbytes", 0) >= 1 << 20
+            del value
+            if big:
+                release_freed_memory(collect=False)
+
+
 def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],
-                columns: Mapping[str, Any], keep_masks: bool = False) -> Columns:
+                columns: Mapping[str, Any], keep_masks: bool = False, consume: bool = False) -> Columns:
     """Featurize preprocessed columns with each encoder; return only the tensors the model reads.
 
     A task's mask is dropped when every label of the split is present (the module then skips
     masking for it, saving work on the hot path), unless ``keep_masks``.
+
+    With ``consume`` (``columns`` is then a dict the caller gives up), each encoder's input
+    feature columns are deleted from ``columns`` once no later encoder reads them: as the encoder
+    releases them (:func:`~mtlframe.encoders.base.release_column`), else when it returns. The
+    encoders' outputs are returned as they made them (the built-in stacking encoders give
+    feature-major ``[N, F]`` views, which batches gather row by row); without ``consume`` every
+    output is made contiguous.
     """
     out: Columns = {}
-    for enc in encoders:
-        out.update(enc.featurize(columns))
+    src = _ConsumedColumns(columns) if consume else columns
+    later: list[set[str] | None] = [None] * len(encoders)  # features some later encoder reads
+    reads: set[str] | None = set()
+    for i in range(len(encoders) - 1, -1, -1):
+        later[i] = None if reads is None else set(reads)
+        enc = encoders[i]
+        feats = getattr(enc, "features", None)
+        reads = None if reads is None or feats is None else reads | set(feats) | set(getattr(enc, "input_keys", []))
+    for i, enc in enumerate(encoders):
+        own = set(getattr(enc, "features", None) or []) - set(getattr(enc, "input_keys", []))
+        mine = set() if later[i] is None else own - later[i]
+        if consume:
+            src.releasable = mine
+        out.update(enc.featurize(src))
         for key in getattr(enc, "input_keys", []):
             if key not in out:
                 value = columns[key]
                 out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        if consume:
+            for key in list(src.releasable):
+                src.release(key)
+            src.releasable = set()
     for t in tasks:
         if label_key(t.name) in columns:
             out[label_key(t.name)] = columns[label_key(t.name)]
             mask = columns[mask_key(t.name)]
             if keep_masks or not bool(mask.all()):
                 out[mask_key(t.name)] = mask
+    if consume:
+        return out
     return {k: v.contiguous() for k, v in out.items()}
 
 

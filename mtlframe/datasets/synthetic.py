@@ -32,8 +32,8 @@ features ``cat_*``; regression labels ``task_0 .. task_{K-1}`` and binary labels
 ``alpha``, ``beta`` (``[m]``) and ``categorical_effects`` (``[J, K, cardinality]`` float32, or
 ``None`` with ``keep_effects=False``).
 
-Memory: columns are float32 (numeric features and labels) and int32 (ids), each its own array;
-the frame wraps them without copying. 10 M rows of 100 features take about 4 GB. The effect
+Memory: columns are float32 (numeric features and labels) and int32 (ids), each its own array
+(so deleting a column from the frame frees it); the frame wraps them without copying. 10 M rows of 100 features take about 4 GB. The effect
 tables take ``J * K * cardinality * 4`` bytes (240 MB for 20 columns, 3 tasks and 10^6 ids)
 whatever the row count; ``keep_effects=False`` builds one column's table at a time and keeps none.
 """
@@ -135,13 +135,14 @@ class Synthetic(RecDataset):
         ids = np.searchsorted(cdf, rng.random(n, dtype=np.float64), side="right")
         return np.minimum(ids, self.categorical_cardinality - 1).astype(np.int32)
 
-    def _inputs(self, n: int, d: int) -> np.ndarray:
-        """``x`` as a ``[d, n]`` float32 array (feature-major, so each frame column is contiguous).
+    def _inputs(self, n: int, d: int) -> list[np.ndarray]:
+        """``x`` as ``d`` float32 ``[n]`` arrays, one allocation each (the data module frees each
+        column as soon as it is preprocessed, which a view of one ``[d, n]`` block would prevent).
 
-        Each feature row has its own generator spawned from ``seed``, filled on a thread pool
+        Each feature has its own generator spawned from ``seed``, filled on a thread pool
         (numpy releases the GIL while filling), so the result does not depend on the thread count.
         """
-        x = np.empty((d, n), dtype=np.float32)
+        x = [np.empty(n, dtype=np.float32) for _ in range(d)]
         children = np.random.SeedSequence([self.seed, 1]).spawn(d)
 
         def fill(j: int) -> None:
@@ -167,7 +168,7 @@ class Synthetic(RecDataset):
         y = np.empty((k, n), dtype=np.float32)
         for lo in range(0, n, _CHUNK):
             hi = min(n, lo + _CHUNK)
-            lin = w32 @ x[:, lo:hi]  # [K, chunk]
+            lin = w32 @ np.stack([col[lo:hi] for col in x])  # [K, chunk]
             out = lin.copy()
             for a, b in zip(alpha.astype(np.float32), beta.astype(np.float32)):
                 out += np.sin(a * lin + b)
@@ -196,7 +197,7 @@ class Synthetic(RecDataset):
             cats[f"cat_{j}"] = ids
 
         names = self.feature_names()
-        columns: dict[str, np.ndarray] = dict(zip(names, x))  # rows of x [d, n]: contiguous views
+        columns: dict[str, np.ndarray] = dict(zip(names, x))
         columns.update(cats)
         for t in range(k):
             columns[f"task_{t}"] = y[t]

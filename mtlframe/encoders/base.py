@@ -9,6 +9,18 @@ import torch
 from torch import nn
 
 
+def release_column(columns: Mapping[str, object], key: str) -> None:
+    """Tell the data module that ``featurize`` has finished reading ``columns[key]``.
+
+    When the data module owns the columns and no later encoder reads ``key``, the column is
+    dropped (and its memory returned) at once, so an encoder that copies its inputs one column at
+    a time never holds all of them beside its output. Otherwise (plain dicts, the column is still
+    needed) this does nothing; ``columns[key]`` must not be read afterwards either way.
+    """
+    release = getattr(columns, "release", None)
+    if release is not None:
+        release(key)
+
 
 class Encoder(nn.Module):
     """Base class of feature encoders.
@@ -25,7 +37,9 @@ class Encoder(nn.Module):
 
     Data-side preparation: an encoder that needs columns the preprocessor does not produce (raw
     text, say) overrides :meth:`featurize`, which the data module calls once per split, off the
-    training hot path; the tensors it returns join the batch under the keys it chooses.
+    training hot path; the tensors it returns join the batch under the keys it chooses. The data
+    module may hand it columns it can free: calling :func:`release_column` on each input column
+    once it is no longer read keeps setup memory at the data's size plus one column.
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlframe.encoders.base import Encoder
+from mtlframe.encoders.base import Encoder, release_column
 from mtlframe.features import FeatureInfo
 from mtlframe.layers import FusedEmbedding
 
@@ -62,18 +62,21 @@ class EmbeddingEncoder(Encoder):
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Stack the categorical id columns into one ``[N, F]`` tensor with table offsets added.
 
-        int32 while the fused table has fewer than 2^31 - 1 rows (else int64); filled column by
-        column, so the only allocation is the output.
+        int32 while the fused table has fewer than 2^31 - 1 rows (else int64). Stored feature-major
+        (an ``[F, N]`` block seen as ``[N, F]``), filled and released (:func:`release_column`) one
+        column at a time, so the inputs and the output are never both held in full; batches
+        gathered from it are row-major (:mod:`mtlframe.batching`).
         """
         if not self.single:
             return {}
         total = sum(self.fused.cardinalities)
         dtype = torch.int32 if total < 2**31 - 1 else torch.int64
         n = len(columns[self.single[0]])
-        ids = torch.empty((n, len(self.single)), dtype=dtype)
+        ids = torch.empty((len(self.single), n), dtype=dtype)
         for j, (f, off) in enumerate(zip(self.single, self.fused.offsets.tolist())):
-            torch.add(torch.as_tensor(columns[f]), off, out=ids[:, j])
-        return {self.key: ids}
+            torch.add(torch.as_tensor(columns[f]), off, out=ids[j])
+            release_column(columns, f)
+        return {self.key: ids.t()}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlframe.encoders.base import Encoder
+from mtlframe.encoders.base import Encoder, release_column
 from mtlframe.features import FeatureInfo
 
 
@@ -37,8 +37,14 @@ class NumericEncoder(Encoder):
         self.input_keys = [self.key]
 
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Stack the columns into one ``[N, F]`` float32 tensor."""
-        return {self.key: torch.stack([torch.as_tensor(columns[f]).float() for f in self.features], dim=1)}
+        """Stack the columns into one ``[N, F]`` float32 tensor: feature-major (an ``[F, N]`` block
+        seen as ``[N, F]``), filled and released (:func:`release_column`) one column at a time."""
+        n = len(columns[self.features[0]])
+        x = torch.empty((len(self.features), n), dtype=torch.float32)
+        for j, f in enumerate(self.features):
+            x[j].copy_(torch.as_tensor(columns[f]))
+            release_column(columns, f)
+        return {self.key: x.t()}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         x = batch[self.key]                                        # (B, F)
