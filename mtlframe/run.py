@@ -130,6 +130,19 @@ def _checkpoint_io():
     return StreamingCheckpointIO()
 
 
+def _saved_step_callback():
+    """A callback that remembers the global step of the last checkpoint written (``.step``)."""
+    import pytorch_lightning as pl
+
+    class SavedStep(pl.Callback):
+        step: int | None = None
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            self.step = int(checkpoint.get("global_step", -1))
+
+    return SavedStep()
+
+
 def _finish_logger(logger) -> None:
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb
@@ -204,7 +217,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
                            monitor=monitor if has_val else None, mode=mode,
                            save_top_k=cfg.checkpoint.save_top_k if has_val else 1, enable_version_counter=False)
-    callbacks.append(ckpt)
+    saved = _saved_step_callback()
+    callbacks += [ckpt, saved]
     if cfg.early_stopping is not None and has_val:
         es_monitor, es_mode = _monitor(recipe, module, cfg.early_stopping.monitor, cfg.early_stopping.mode)
         callbacks.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=cfg.early_stopping.patience,
@@ -237,11 +251,18 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             best = str(run_dir / "checkpoints" / "best.ckpt")
             trainer.save_checkpoint(best)
         metrics: dict[str, dict[str, dict[str, float]]] = {}
+        # the weights in memory are the best checkpoint's when it was the last one written, at the
+        # last step (one file kept): evaluate them as they are instead of reading the file back
+        if (ckpt.save_top_k == 1 and ckpt.best_model_path and saved.step == trainer.global_step
+                and Path(best) == Path(ckpt.best_model_path)):
+            best_or_current = None
+        else:
+            best_or_current = best
         if has_val:
-            trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)
+            trainer.validate(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["val"] = module.last_scores.get("val", {})
         if len(dm.split_index["test"]) > 0:
-            trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+            trainer.test(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["test"] = module.last_scores.get("test", {})
     finally:
         _finish_logger(logger)

@@ -138,3 +138,30 @@ def test_loggers(logger, tmp_path, monkeypatch):
     else:
         runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert runs and runs[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("mode, reloads", [("auto", 0), ("max", 2)], ids=["best-is-last", "best-is-earlier"])
+def test_best_checkpoint_is_read_back_only_when_it_is_not_the_weights_in_memory(tmp_path, monkeypatch, mode,
+                                                                                 reloads):
+    """Validation logloss falls every epoch on the tiny recipe: with ``mode: auto`` (min) the last
+    epoch is the best and its weights are evaluated in place; ``mode: max`` keeps epoch 1, which
+    validate and test read back from the file. Metrics equal those of the checkpoint either way."""
+    from mtlframe import run as run_mod
+    from mtlframe.testing import tiny_recipe, train_tiny
+
+    loads = []
+    real = run_mod._checkpoint_io
+
+    def counting():
+        io = real()
+        orig = io.load_checkpoint
+        io.load_checkpoint = lambda *a, **k: (loads.append(a[0]), orig(*a, **k))[1]
+        return io
+
+    monkeypatch.setattr(run_mod, "_checkpoint_io", counting)
+    rec = tiny_recipe(**{"trainer.max_epochs": 3, "checkpoint": {"monitor": "val/task_1_bin/logloss", "mode": mode}})
+    result = train_tiny(tmp_path, rec)
+    assert len(loads) == reloads
+    again = run_mod.evaluate(result.best_checkpoint, split="test")
+    for metric, value in result.metrics["test"]["task_1_bin"].items():
+        assert again["task_1_bin"][metric] == pytest.approx(value, abs=1e-6)
