@@ -135,6 +135,10 @@ class RecDataModule(pl.LightningDataModule):
             raise DataError(f"{table.source}: the training split is empty ({len(table.frame)} rows); "
                             "lower data.split.val / data.split.test.")
         self.split_index = idx
+        # columns that no encoder or task reads (other labels, unused features) go first
+        needed = {*features, *(lab.column for lab in labels), table.user, table.item, table.timestamp}
+        for col in [c for c in table.frame.columns if c not in needed]:
+            del table.frame[col]
         if table.user and table.user in table.frame.columns:
             user = table.frame[table.user].to_numpy()
             users = {k: user[v] for k, v in idx.items()}

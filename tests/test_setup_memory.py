@@ -87,3 +87,24 @@ def test_synthetic_numeric_columns_are_separate_arrays():
     assert not any(np.shares_memory(xs[i], xs[j]) for i in range(4) for j in range(i + 1, 4))
     assert abs(float(xs[0][:3].sum()) - float(np.random.default_rng(
         np.random.SeedSequence([1, 1]).spawn(4)[0]).standard_normal(3, dtype=np.float32).sum())) < 1e-6
+
+
+def test_setup_drops_columns_no_encoder_or_task_reads(monkeypatch):
+    """The tiny recipe reads x_000..x_007, cat_0, task_0 and task_1_bin; the generator also makes
+    task_1 and task_0_bin, which are dropped before preprocessing (used columns are released as
+    they are transformed, so the frame ends empty)."""
+    from mtlframe import preprocess
+
+    seen = {}
+    real = preprocess.Preprocessor.transform_splits
+
+    def spy(self, frame, *a, **k):
+        seen["columns"] = sorted(frame.columns)
+        return real(self, frame, *a, **k)
+
+    monkeypatch.setattr(preprocess.Preprocessor, "transform_splits", spy)
+    dm = tiny_datamodule()
+    assert seen["columns"] == ["cat_0", "task_0", "task_1_bin", *(f"x_{i:03d}" for i in range(8))]
+    assert list(dm.table.frame.columns) == []
+    generated = Synthetic(num_rows=10, num_features=8, num_tasks=2, num_categorical=1).load().frame.columns
+    assert {"task_1", "task_0_bin"} <= set(generated)
