@@ -108,3 +108,20 @@ def test_setup_drops_columns_no_encoder_or_task_reads(monkeypatch):
     assert list(dm.table.frame.columns) == []
     generated = Synthetic(num_rows=10, num_features=8, num_tasks=2, num_categorical=1).load().frame.columns
     assert {"task_1", "task_0_bin"} <= set(generated)
+
+
+def test_mmap_threshold_is_pinned_on_glibc_unless_the_environment_sets_it(monkeypatch):
+    import sys
+
+    from mtlframe.datamodule import pin_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert pin_mmap_threshold() is False                       # the user's setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    expected = sys.platform.startswith("linux") and sys.implementation.name == "cpython"
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        expected = False
+    assert pin_mmap_threshold() is expected
