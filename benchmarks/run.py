@@ -7,8 +7,9 @@
 2. Scale: mtlframe on ``synthetic`` at each ``--scale`` size, one subprocess per size (10M rows
    run only when enough memory is available).
 
-Writes ``results.json`` and ``performance.png`` to ``--output`` and regenerates
-``docs/performance.md`` (unless ``--no-docs``).
+Writes ``results.json`` and ``performance.png`` to ``--output``. A full run (no ``--quick`` or
+``--rows``) also regenerates ``docs/performance.md`` and its plot; ``--docs`` forces that,
+``--no-docs`` prevents it.
 """
 from __future__ import annotations
 
@@ -149,6 +150,7 @@ def headers(adult: dict) -> list[str]:
 
 def print_tables(results: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape as rich_escape
     from rich.table import Table
 
     console = Console(stderr=False, width=max(160, Console().width))
@@ -160,7 +162,7 @@ def print_tables(results: dict) -> None:
         t.add_row(*row)
     console.print(t)
     for s, why in adult["skipped"].items():
-        console.print(f"[yellow]skipped {s}[/]: {why}")
+        console.print(f"[yellow]skipped {s}[/]: {rich_escape(why)}")
     if results.get("scale"):
         t = Table(title="synthetic scale (mtlframe)")
         for h in ("rows", "setup s", "train samples/s", "data pass rows/s", "peak RSS MB", "raw MB", "status"):
@@ -373,7 +375,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
     p.add_argument("--scale", default="1e6", help="synthetic sizes, e.g. 1e6,1e7; 'none' to skip")
     p.add_argument("--scale-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    p.add_argument("--docs", action="store_true",
+                   help="rewrite docs/performance.md even after a --quick or --rows run")
+    p.add_argument("--no-docs", action="store_true",
+                   help="do not rewrite docs/performance.md (the default after --quick or --rows)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from mtlframe.run import _quiet_lightning
@@ -396,11 +401,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
     png = out / "performance.png"
     plot(results, png)
     print_tables(results)
-    if not a.no_docs:
+    write_docs = not a.no_docs and (a.docs or not (a.quick or a.rows))
+    if write_docs:
         docs = REPO / "docs"
         (docs / "performance.png").write_bytes(png.read_bytes())
         (docs / "performance.md").write_text(markdown(results, Path("performance.png")), encoding="utf-8")
-    print(f"wrote {out / 'results.json'}, {png}" + ("" if a.no_docs else ", docs/performance.md"))
+    print(f"wrote {out / 'results.json'}, {png}" + (", docs/performance.md" if write_docs else
+                                                     " (docs/performance.md unchanged: a partial run; --docs to write it)"))
     return 0
 
 
