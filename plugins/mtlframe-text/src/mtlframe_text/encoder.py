@@ -500,9 +500,11 @@ class TextEncoder(Encoder):
             msg = (f"text encoder: embedded {len(miss):,} new texts with {self.resolved.name} in {seconds:.1f} s "
                    f"({len(miss) / max(seconds, 1e-9):.1f} texts/s), {len(texts) - len(miss):,} from the cache "
                    f"{cache.path}")
-            log.info(msg)
-            if self.progress:
-                print(msg, file=sys.stderr, flush=True)
+        else:
+            msg = f"text encoder: all {len(texts):,} texts from the cache {cache.path} ({seconds:.1f} s)"
+        log.info(msg)
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
         return out
 
     def _device(self) -> torch.device:
