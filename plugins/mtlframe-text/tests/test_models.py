@@ -80,3 +80,20 @@ def test_plugin_registers_text_encoder():
     assert comp.provider.distribution == "mtlframe-text"
     assert comp.spec.factory == "mtlframe_text.encoder:TextEncoder"
     assert reg.get("encoder", "mtlframe-text:text") is not None
+
+
+def test_half_precision_checkpoint_loads_as_float32(tiny_model_copy, no_network):
+    """A checkpoint saved in float16 is trained and encoded in float32 (encode_dtype decides autocast)."""
+    import torch
+    from transformers import BertModel
+
+    from mtlframe_text.models import load_model, resolve_model
+
+    path = tiny_model_copy
+    BertModel.from_pretrained(str(path)).half().save_pretrained(str(path))
+    ref = BertModel.from_pretrained(str(path)).float()
+    model = load_model(resolve_model(str(path)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.tensor([[2, 10, 11, 3]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    torch.testing.assert_close(out, ref(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state)

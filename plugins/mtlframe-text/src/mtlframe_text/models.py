@@ -209,7 +209,14 @@ def load_tokenizer(resolved: ResolvedModel):
 
 
 def load_model(resolved: ResolvedModel):
-    """The bare transformer encoder (``AutoModel``), from its local folder only, in eval mode."""
+    """The bare transformer encoder (``AutoModel``), from its local folder only, in eval mode.
+
+    The weights are always float32, whatever precision the checkpoint was saved in: recent
+    transformers releases keep a float16/bfloat16 checkpoint in its saved dtype, which on CPU runs
+    slowly or not at all and cannot be fine-tuned with Adam. Reduced-precision encoding is
+    ``encode_dtype``'s job (autocast), not the checkpoint's.
+    """
+    import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -225,4 +232,6 @@ def load_model(resolved: ResolvedModel):
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()
     return model.eval()
