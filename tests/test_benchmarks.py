@@ -8,15 +8,23 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def test_harness_tiny_mode(tmp_path):
     out = tmp_path / "bench"
-    # through `mtlframe benchmark`, from outside the checkout (the command finds the harness)
+    # through `mtlframe benchmark`, from outside the checkout when the command's mtlframe is imported
+    # from it (an editable install: the command finds the harness); with a wheel install it finds the
+    # harness in the working directory, so it runs from the checkout
+    where = subprocess.run([sys.executable, "-c", "import mtlframe; print(mtlframe.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    editable = Path(where).resolve().parents[1] == CHECKOUT
     cmd = [sys.executable, "-m", "mtlframe.cli", "benchmark", "--quick", "--rows", "5000", "--systems",
            "reference,mtlframe", "--repeats", "1", "--epochs", "1", "--scale", "none", "--output", str(out),
            "--no-docs"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=tmp_path if editable else CHECKOUT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert (out / "performance.png").stat().st_size > 0
