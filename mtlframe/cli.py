@@ -251,7 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _line_buffered_output() -> None:
+    """Flush each printed line when output goes to a file or a pipe (``| tee run.log``), so messages
+    appear as they happen and in order with stderr, not in blocks or at the end."""
+    for stream in (sys.stdout, sys.stderr):
+        if not stream.isatty() and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # a replaced stream that cannot be reconfigured
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _line_buffered_output()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["benchmark"]:  # every later argument belongs to the harness
         try:

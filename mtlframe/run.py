@@ -143,6 +143,38 @@ def _saved_step_callback():
     return SavedStep()
 
 
+def _interactive_output() -> bool:
+    """Whether stdout is a terminal or a notebook, where a live progress bar renders."""
+    from rich.console import Console
+
+    console = Console()
+    return console.is_terminal or console.is_jupyter
+
+
+def _epoch_lines_callback():
+    """One line per epoch (steps, seconds, ``train/loss``, every ``val/`` metric), flushed as it is
+    printed: the progress display when output goes to a file or a pipe, where a live bar would show
+    only its last state, at the end of the run."""
+    import pytorch_lightning as pl
+
+    class EpochLines(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._start, self._step = time.perf_counter(), trainer.global_step
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if not trainer.is_global_zero:
+                return
+            m = trainer.callback_metrics
+            keys = [k for k in ("train/loss", "val/score") if k in m]
+            keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
+            values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
+            total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+            print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
+                  f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)
+
+    return EpochLines()
+
+
 def _finish_logger(logger) -> None:
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb
@@ -224,6 +256,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         callbacks.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=cfg.early_stopping.patience,
                                        min_delta=cfg.early_stopping.min_delta))
     t = cfg.trainer
+    show_progress = t.enable_progress_bar if progress is None else progress
+    if show_progress and not _interactive_output():  # a file or a pipe: plain epoch lines, not a live bar
+        callbacks.append(_epoch_lines_callback())
+        show_progress = False
     logger = _logger(recipe, run_dir)
     trainer_kwargs = dict(
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
@@ -231,7 +267,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         gradient_clip_val=None if module.gradient_clip_val else t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-        enable_progress_bar=t.enable_progress_bar if progress is None else progress,
+        enable_progress_bar=show_progress,
         enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
         plugins=[_checkpoint_io()])
     if not has_val:

@@ -165,3 +165,27 @@ def test_best_checkpoint_is_read_back_only_when_it_is_not_the_weights_in_memory(
     again = run_mod.evaluate(result.best_checkpoint, split="test")
     for metric, value in result.metrics["test"]["task_1_bin"].items():
         assert again["task_1_bin"][metric] == pytest.approx(value, abs=1e-6)
+
+
+def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
+    """Output to a file or pipe (capsys: not a terminal) gets plain epoch lines instead of a live bar,
+    each with that epoch's validation metrics; progress=False prints none."""
+    import re
+
+    import torch
+
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+    from mtlframe.testing import tiny_recipe
+
+    torch.set_num_threads(1)
+    rec = recipe_from_dict(tiny_recipe(**{"trainer.max_epochs": 2, "trainer.enable_progress_bar": True}), "<tiny>")
+    result = train(rec, tmp_path / "a")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
+    # the last epoch's line carries the numbers the run logged for that epoch
+    logged = float(re.search(r"val/task_1_bin/auc ([\d.]+)", lines[-1]).group(1))
+    assert 0.5 < logged <= 1.0 and result.metrics["val"]["task_1_bin"]["auc"] > 0.5
+    train(rec, tmp_path / "b", progress=False)
+    assert "epoch " not in capsys.readouterr().out
