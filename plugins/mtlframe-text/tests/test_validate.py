@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from mtlframe_text import models
+
 from mtlframe.errors import RecipeError
 from mtlframe.recipe import recipe_from_dict
-
-from mtlframe_text import models
 
 
 def _recipe(text: dict) -> dict:
@@ -72,9 +72,9 @@ def test_unknown_parameter_suggests_the_closest(tiny_model_dir):
 
 
 def test_constructor_raises_the_same_message_with_the_parameter(tiny_model_dir):
-    from mtlframe.errors import ArgumentError
-
     from mtlframe_text.encoder import TextEncoder
+
+    from mtlframe.errors import ArgumentError
 
     with pytest.raises(ArgumentError, match=r"has 3 layers \(use 0..3") as err:
         TextEncoder(["body"], model=str(tiny_model_dir), layer=9)

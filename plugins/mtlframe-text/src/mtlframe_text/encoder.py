@@ -299,8 +299,8 @@ class TextEncoder(Encoder):
         """
         problems = cls._check(args)[0]
         if args["lora"] is not None and args["mode"] == "finetune" and importlib.util.find_spec("peft") is None:
-            problems.append(("lora", "lora needs the peft package: pip install 'mtlframe-text[lora]' "
-                                     "(or pip install peft)"))
+            problems.append(("lora", ("lora needs the peft package: pip install 'mtlframe-text[lora]' "
+                                      "(or pip install peft)")))
         return problems
 
     @classmethod
@@ -314,9 +314,9 @@ class TextEncoder(Encoder):
         if a["template"] is not None:
             unknown = [f for f in template_fields(a["template"]) if f not in features]
             if unknown:
-                problems.append(("template", f"template names {', '.join(repr(u) for u in unknown)}, which "
-                                 f"{'is' if len(unknown) == 1 else 'are'} not in features "
-                                 f"({', '.join(features)}); add them to features or fix the template"))
+                problems.append(("template", (f"template names {', '.join(repr(u) for u in unknown)}, which "
+                                              f"{'is' if len(unknown) == 1 else 'are'} not in features "
+                                              f"({', '.join(features)}); add them to features or fix the template")))
         for name in ("max_length", "batch_size", "max_segments", "attention_heads"):
             if a[name] < 1:
                 problems.append((name, f"{name} must be >= 1, got {a[name]}"))
@@ -348,14 +348,14 @@ class TextEncoder(Encoder):
             return problems, None
         n_layers, layer = resolved.num_layers, a["layer"]
         if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
-            problems.append(("layer", f"layer={layer}, but {resolved.name} has {n_layers} layers "
-                                      f"(use 0..{n_layers}, or -1 for the last)"))
+            problems.append(("layer", (f"layer={layer}, but {resolved.name} has {n_layers} layers "
+                                       f"(use 0..{n_layers}, or -1 for the last)")))
         elif n_layers is not None and mode == "finetune" and a["trainable_layers"] is not None:
             kept = n_layers if layer == -1 else (layer if layer >= 0 else n_layers + 1 + layer)
             if a["trainable_layers"] > kept:
-                problems.append(("trainable_layers", f"trainable_layers={a['trainable_layers']}, but "
-                                 f"{resolved.name} has only {kept} layers"
-                                 + (f" up to layer {layer}" if layer != -1 else "")))
+                problems.append(("trainable_layers", (f"trainable_layers={a['trainable_layers']}, but "
+                                                      f"{resolved.name} has only {kept} layers"
+                                                      + (f" up to layer {layer}" if layer != -1 else ""))))
         return problems, resolved
 
     # -- fine-tuning set-up ------------------------------------------------------------------------
