@@ -13,6 +13,7 @@ from mtlframe.errors import MTLFrameError, RecipeError
 from mtlframe.features import FeatureInfo, TaskSpec
 from mtlframe.recipe import Recipe
 from mtlframe.registry import get_registry
+from mtlframe.validation import argument_problem, parameters
 
 
 class Builder:
@@ -43,8 +44,10 @@ class Builder:
         except MTLFrameError:
             raise
         except (ValueError, TypeError, KeyError) as exc:
-            raise RecipeError([(path, f"{kind} '{spec['name']}' rejected its arguments: {exc}")],
-                              self.recipe.source) from None
+            # the same key and message as `recipe validate` gives (ArgumentError's param, or the
+            # parameter the message names)
+            raise RecipeError([argument_problem(exc, kind, spec["name"], path, parameters(factory))],
+                              self.recipe.source, self.recipe.lines) from None
 
     def dataset(self):
         return self.make("dataset", self.recipe.config.data.dataset, "data.dataset")
@@ -60,7 +63,8 @@ class Builder:
                 raise RecipeError([(f"model.encoders[{i}].features[{j}]",
                                     f"'{f}' is a {feature_info[f].type} feature; encoder '{spec['name']}' accepts "
                                     f"{', '.join(sorted(accepts))}. Move it to an encoder that takes "
-                                    f"{feature_info[f].type} features.") for j, f in bad], self.recipe.source)
+                                    f"{feature_info[f].type} features.") for j, f in bad], self.recipe.source,
+                                   self.recipe.lines)
             out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info))
         return out
 

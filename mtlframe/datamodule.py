@@ -212,7 +212,7 @@ class RecDataModule(pl.LightningDataModule):
                 continue
             labels.append(LabelSpec(tname, task.label, task.type))
         if problems:
-            raise RecipeError(problems, self.recipe.source)
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
         return used, labels
 
     def feature_info(self) -> dict[str, FeatureInfo]:

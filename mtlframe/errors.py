@@ -52,6 +52,29 @@ class RecipeError(MTLFrameError):
         return "\n".join([head, *rows, tail])
 
 
+class ArgumentError(ValueError):
+    """A component's constructor rejects the value of one of its parameters.
+
+    Raise it (instead of a plain ``ValueError``) from a component's constructor or its
+    ``validate_args`` classmethod to name the parameter: mtlframe reports the problem at that
+    recipe key (``model.encoders[2].layer``), at ``recipe validate`` and at ``train``.
+
+    Args:
+        param: the constructor parameter at fault (``"layer"``), or a dotted path below it
+            (``"funnel[1]"``).
+        message: what is wrong and what to write instead; name the value given.
+
+    Example::
+
+        if not 0.0 <= dropout < 1.0:
+            raise ArgumentError("dropout", f"dropout must be in [0, 1), got {dropout}")
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        super().__init__(message)
+
+
 class UnknownComponentError(MTLFrameError):
     """A recipe names a component that no installed plugin provides."""
 

@@ -20,6 +20,13 @@ and in the plugin's ``pyproject.toml``::
     my-plugin = "my_pkg.plugin"
 
 Built-in components are registered through these very hooks by :mod:`mtlframe.builtins`.
+
+Argument checks: a component's constructor raises :class:`~mtlframe.errors.ArgumentError`
+(``ArgumentError("dim", "dim must be >= 1, got 0")``) for a bad value; ``mtlframe recipe
+validate`` finds it without data by building the component with stand-ins for the injected
+values, or, when the component defines the classmethod ``validate_args(args, context)``, by
+calling that instead (see :mod:`mtlframe.validation` and the plugin tutorial,
+``plugins/mtlframe-example/README.md``).
 """
 from __future__ import annotations
 

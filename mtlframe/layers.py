@@ -48,6 +48,8 @@ class MLP(nn.Module):
         bad = [h for h in hidden if int(h) < 1]
         if bad or (output_dim is not None and output_dim < 1):
             raise ValueError(f"layer widths must be positive integers, got hidden={list(hidden)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = []
         width = input_dim
         for h in hidden:

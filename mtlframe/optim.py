@@ -32,7 +32,8 @@ from torch import nn
 
 from mtlframe.errors import RecipeError
 
-__all__ = ["HybridOptimizer", "RowWiseAdagrad", "build_optimizer", "check_sparse_support", "sparse_parameters"]
+__all__ = ["HybridOptimizer", "RowWiseAdagrad", "build_optimizer", "check_sparse_support", "sparse_conflicts",
+           "sparse_parameters"]
 
 
 def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -217,14 +218,39 @@ def build_optimizer(cfg, groups: Sequence[Mapping[str, Any]],
     return HybridOptimizer(groups, dense, sparse_opt)
 
 
-def check_sparse_support(recipe, encoders: Sequence[nn.Module], model: nn.Module, combiner) -> None:
-    """Reject recipe settings that cannot train sparse embedding tables.
+def sparse_conflicts(keys: Sequence[str], *, combiner: str, manual_backward: bool, shared: str,
+                     gradient_clip_val: Any) -> list[tuple[str, str]]:
+    """Recipe settings that cannot train the sparse embedding tables of the encoders at ``keys``.
 
-    * a gradient-level combiner (``requires_manual_backward``) whose shared parameters include a
-      sparse table: it would densify one full-table gradient per task each step (fix:
-      ``model.shared: backbone``, or drop ``sparse``);
+    * a gradient-level combiner (``manual_backward``) whose shared parameters include the
+      encoders (``shared`` other than ``backbone``): it would densify one full-table gradient per
+      task each step (fix: ``model.shared: backbone``, or drop ``sparse``);
     * gradient-norm clipping (``trainer.gradient_clip_val``): torch cannot take the norm of a
       sparse gradient.
+
+    Returns:
+        ``(recipe key, message)`` problems; empty when there is none. Used by recipe validation
+        (on probe-built encoders) and by :func:`check_sparse_support` (on the real ones).
+    """
+    if not keys:
+        return []
+    where = ", ".join(f"{k} (sparse)" for k in keys)
+    problems = []
+    if manual_backward and shared != "backbone":
+        problems.append(("combiner.name", (
+            f"combiner '{combiner}' works on per-task gradients of the shared parameters (model.shared: "
+            f"{shared}), which include the sparse embedding tables of {where}; it would "
+            "build a dense full-table gradient per task every step. Set model.shared: backbone (the combiner "
+            "then balances the backbone and the tables get ordinary sparse gradients), or drop sparse: true.")))
+    if gradient_clip_val:
+        problems.append(("trainer.gradient_clip_val", (
+            f"gradient-norm clipping does not support the sparse gradients of {where}; remove "
+            "trainer.gradient_clip_val or drop sparse: true.")))
+    return problems
+
+
+def check_sparse_support(recipe, encoders: Sequence[nn.Module], model: nn.Module, combiner) -> None:
+    """Reject recipe settings that cannot train sparse embedding tables (see :func:`sparse_conflicts`).
 
     Raises:
         RecipeError: naming the encoder keys with sparse tables and the conflicting key.
@@ -233,18 +259,10 @@ def check_sparse_support(recipe, encoders: Sequence[nn.Module], model: nn.Module
     if not keys:
         return
     sparse_ids = {id(p) for p in sparse_parameters(model)}
-    where = ", ".join(f"{k} (sparse)" for k in keys)
-    problems = []
-    if combiner.requires_manual_backward and any(id(p) in sparse_ids for p in model.shared_parameters()):
-        name = recipe.config.combiner["name"]
-        problems.append(("combiner.name", (
-            f"combiner '{name}' works on per-task gradients of the shared parameters (model.shared: "
-            f"{recipe.config.model.shared}), which include the sparse embedding tables of {where}; it would "
-            "build a dense full-table gradient per task every step. Set model.shared: backbone (the combiner "
-            "then balances the backbone and the tables get ordinary sparse gradients), or drop sparse: true.")))
-    if recipe.config.trainer.gradient_clip_val:
-        problems.append(("trainer.gradient_clip_val", (
-            f"gradient-norm clipping does not support the sparse gradients of {where}; remove "
-            "trainer.gradient_clip_val or drop sparse: true.")))
+    shares_sparse = any(id(p) in sparse_ids for p in model.shared_parameters())
+    problems = sparse_conflicts(keys, combiner=recipe.config.combiner["name"],
+                                manual_backward=combiner.requires_manual_backward and shares_sparse,
+                                shared=recipe.config.model.shared,
+                                gradient_clip_val=recipe.config.trainer.gradient_clip_val)
     if problems:
-        raise RecipeError(problems, recipe.source)
+        raise RecipeError(problems, recipe.source, recipe.lines)

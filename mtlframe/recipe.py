@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -336,7 +336,8 @@ def _model_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
-                       valid: list[str] | None = None, prefix: str = "") -> list[tuple[str, str]]:
+                       valid: list[str] | None = None, prefix: str = "",
+                       component: str = "") -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -346,7 +347,8 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
             keys = valid if valid is not None else (_model_fields(root, loc[:-1]) if root else [])
             near = closest(str(loc[-1]), keys, n=1)
             hint = f" Did you mean '{near[0]}'?" if near else ""
-            problems.append((path, f"unknown key '{loc[-1]}'.{hint} Valid keys: {', '.join(keys) or 'none'}."))
+            of = f" for {component}" if component else ""
+            problems.append((path, f"unknown key '{loc[-1]}'{of}.{hint} Valid keys: {', '.join(keys) or 'none'}."))
         elif err["type"] == "missing":
             problems.append((path, "required key is missing."))
         else:
@@ -378,8 +380,12 @@ def _signature_model(factory: Any, injected: tuple[str, ...]) -> tuple[type[Base
 
 
 def check_component(kind: str, spec: Any, path: str, source: str | None,
-                    problems: list[tuple[str, str]]) -> None:
-    """Check one ``{name: ..., **args}`` entry against the registry and the constructor signature."""
+                    problems: list[tuple[str, str]], checked: list | None = None) -> None:
+    """Check one ``{name: ..., **args}`` entry against the registry and the constructor signature.
+
+    When it passes and ``checked`` is given, a :class:`mtlframe.validation.Checked` record is
+    appended for the component's own value checks (:func:`mtlframe.validation.check_arguments`).
+    """
     from mtlframe.registry import get_registry
 
     if not isinstance(spec, dict):
@@ -405,9 +411,14 @@ def check_component(kind: str, spec: Any, path: str, source: str | None,
         problems.append((f"{path}.{k}", f"'{k}' is filled in by mtlframe and must not be written in a recipe."))
         args.pop(k)
     try:
-        model.model_validate(args)
+        parsed = model.model_validate(args)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, None, valid=valid, prefix=path))
+        problems.extend(_pydantic_problems(exc, None, valid=valid, prefix=path, component=f"{kind} '{name}'"))
+        return
+    if checked is not None and not bad_injected:
+        from mtlframe.validation import Checked
+
+        checked.append(Checked(kind, path, spec, factory, {k: getattr(parsed, k) for k in valid}))
 
 
 def validate(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> RecipeConfig:
@@ -416,7 +427,10 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int] | None
     Raises:
         RecipeError: listing every problem found.
     """
+    from mtlframe.validation import check_arguments
+
     problems: list[tuple[str, str]] = []
+    checked: list = []
     cfg: RecipeConfig | None = None
     try:
         cfg = RecipeConfig.model_validate(data)
@@ -426,14 +440,14 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int] | None
     data_d = data.get("data") if isinstance(data.get("data"), dict) else {}
     model_d = data.get("model") if isinstance(data.get("model"), dict) else {}
     if "dataset" in data_d:
-        check_component("dataset", data_d["dataset"], "data.dataset", source, problems)
+        check_component("dataset", data_d["dataset"], "data.dataset", source, problems, checked)
     if "sampler" in data_d:
-        check_component("sampler", data_d["sampler"], "data.sampler", source, problems)
+        check_component("sampler", data_d["sampler"], "data.sampler", source, problems, checked)
     for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
-        check_component("encoder", enc, f"model.encoders[{i}]", source, problems)
+        check_component("encoder", enc, f"model.encoders[{i}]", source, problems, checked)
     if "backbone" in model_d:
-        check_component("backbone", model_d["backbone"], "model.backbone", source, problems)
-    check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems)
+        check_component("backbone", model_d["backbone"], "model.backbone", source, problems, checked)
+    check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems, checked)
     towers = model_d.get("towers") or {}
     if isinstance(towers, dict):
         tasks_d = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
@@ -442,9 +456,11 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int] | None
                 near = closest(str(t), tasks_d)
                 problems.append((f"model.towers.{t}", f"no task named '{t}'"
                                  + (f"; did you mean '{near[0]}'?" if near else "") + f" Tasks: {', '.join(tasks_d)}."))
-            check_component("tower", spec, f"model.towers.{t}", source, problems)
-    check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems)
+            check_component("tower", spec, f"model.towers.{t}", source, problems, checked)
+    check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems, checked)
     _check_metrics(data, source, problems)
+    # the components' own value checks (constructors, validate_args) on the entries that passed
+    check_arguments(data, checked, problems)
     if problems:
         raise RecipeError(problems, source, lines)
     return cfg  # type: ignore[return-value]
@@ -524,6 +540,8 @@ class Recipe:
     data: dict
     config: RecipeConfig
     source: str | None = None
+    #: ``dotted key -> line`` in ``source``, for errors found after validation (build time)
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def resolved(self) -> dict:
         """The recipe with every default filled in and a relative ``data.dataset.path`` made
@@ -562,4 +580,4 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> Recipe:
     """Validate an in-memory recipe mapping (a checkpoint's, or one built in Python)."""
     cfg = validate(data, source, lines)
-    return Recipe(copy.deepcopy(data), cfg, source)
+    return Recipe(copy.deepcopy(data), cfg, source, dict(lines or {}))

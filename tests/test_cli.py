@@ -70,3 +70,14 @@ def test_override_after_options_and_validate_show():
     proc = _run(["recipe", "validate", "recipes/adult_mmoe.yaml", "--show", "model.backbone.num_experts=2"])
     assert proc.returncode == 0, proc.stderr
     assert "num_experts: 2" in proc.stdout
+
+
+def test_value_errors_found_by_validate_and_by_train_before_data(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text((REPO / "recipes" / "adult_mmoe.yaml").read_text().replace("num_experts: 4", "num_experts: 0"))
+    for argv in (["recipe", "validate", str(p)], ["train", str(p), "--run-dir", str(tmp_path / "run")]):
+        proc = _run(argv)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert "model.backbone.num_experts" in proc.stderr and "num_experts must be >= 1, got 0" in proc.stderr
+        assert f"{p}:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # train stopped before reading data or making the run

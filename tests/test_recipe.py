@@ -109,3 +109,119 @@ def test_overrides():
         apply_overrides(data, ["trainer.max_epochs"])
     with pytest.raises(RecipeError, match="does not address"):
         apply_overrides(data, ["model.encoders[5].dim=3"])
+
+
+# -- the components' own value checks, without data ------------------------------------------------
+
+@pytest.mark.parametrize("override, key, phrase", [
+    ("model.backbone.num_experts=0", "model.backbone.num_experts", "num_experts must be >= 1, got 0"),
+    ("model.backbone.dropout=1.5", "model.backbone.dropout", "got 1.5"),
+    ("model.backbone={name: dselect-k, num_experts: 4, k: 9}", "model.backbone.k", "between 1 and num_experts=4"),
+    ("model.backbone={name: esmm, funnel: [income, clicks]}", "model.backbone.funnel", "every task exactly once"),
+    ("model.backbone={name: shared-bottom, activation: relux}", "model.backbone.activation", "choose one of relu"),
+    ("model.tower={name: mlp, hidden: [0]}", "model.tower.hidden", "positive integers"),
+    ("model.encoders[0]={name: embedding, features: [workclass], dim: 0}", "model.encoders[0].dim",
+     "dim must be >= 1, got 0"),
+    ("model.encoders[0]={name: bag-of-words, features: [workclass], num_buckets: 1}",
+     "model.encoders[0].num_buckets", "num_buckets must be >= 2"),
+    ("combiner={name: dwa, temperature: 0}", "combiner.temperature", "temperature must be > 0"),
+    ("combiner={name: cagrad, c: -1}", "combiner.c", "c must be >= 0"),
+    ("data.sampler={name: uniform-negatives, task: income, item_features: [age], ratio: 0}", "data.sampler.ratio",
+     "ratio must be >= 1"),
+    ("data.sampler={name: uniform-negatives, task: nope, item_features: [age]}", "data.sampler.task",
+     "must be a binary task of the recipe"),
+    ("data.dataset={name: synthetic, num_rows: 0}", "data.dataset.num_rows", "num_rows must be >= 1"),
+])
+def test_component_value_checks_name_the_key(tmp_path, override, key, phrase):
+    p = _write(tmp_path, BASE)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, [override])
+    problems = dict(exc.value.problems)
+    assert key in problems, problems
+    assert phrase in problems[key]
+    assert str(p) in str(exc.value)  # the file of the recipe
+
+
+def test_value_checks_point_at_the_line_of_the_key(tmp_path):
+    p = _write(tmp_path, BASE.replace("num_experts: 2", "num_experts: 0"))
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p)
+    assert f"model.backbone.num_experts ({p}:8): backbone 'mmoe': num_experts must be >= 1, got 0." in str(exc.value)
+
+
+def test_sparse_tables_with_a_gradient_level_combiner(tmp_path):
+    sparse = "model.encoders[0]={name: embedding, features: [workclass], sparse: true}"
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, BASE), [sparse, "combiner.name=pcgrad", "trainer.gradient_clip_val=1.0"])
+    problems = dict(exc.value.problems)
+    assert "model.shared: backbone" in problems["combiner.name"]
+    assert "model.encoders[0] (sparse)" in problems["trainer.gradient_clip_val"]
+    load_recipe(_write(tmp_path, BASE), [sparse, "combiner.name=pcgrad", "model.shared=backbone"])
+
+
+def test_validation_builds_nothing_real(tmp_path):
+    # a 10^8-row hashed table would take 12 GB; validation builds it on the meta device
+    import time
+
+    big = "model.encoders[0]={name: bag-of-words, features: [workclass], num_buckets: 100000000, dim: 32}"
+    start = time.perf_counter()
+    load_recipe(_write(tmp_path, BASE), [big])
+    assert time.perf_counter() - start < 5
+
+
+def _plugin(cls):
+    import types
+
+    from mtlframe import ComponentSpec, hookimpl
+
+    mod = types.ModuleType("probe_plugin")
+
+    @hookimpl
+    def mtlframe_backbones():
+        return [ComponentSpec("probe", cls, "test")]
+
+    mod.mtlframe_backbones = mtlframe_backbones
+    return mod
+
+
+def test_argument_error_and_validate_args_of_a_plugin(tmp_path):
+    from mtlframe.backbones.mmoe import MMoE
+    from mtlframe.errors import ArgumentError
+    from mtlframe.testing import use_plugins
+
+    class Named(MMoE):
+        def __init__(self, width: int = 4, *, input_dim: int, task_names: list[str]) -> None:
+            if width % 2:
+                raise ArgumentError("width", f"width must be even, got {width}")
+            super().__init__(2, [width], input_dim=input_dim, task_names=task_names)
+
+    class Expensive(MMoE):
+        def __init__(self, width: int = 4, *, input_dim: int, task_names: list[str]) -> None:
+            raise AssertionError("validation must not build a component that has validate_args")
+
+        @classmethod
+        def validate_args(cls, args, context):
+            assert context.path == "model.backbone" and [t.name for t in context.tasks] == ["income"]
+            return [("width", f"width={args['width']} is too wide")] if args["width"] > 8 else []
+
+    recipe = BASE.replace("{name: mmoe, num_experts: 2}", "{name: probe, width: 3}")
+    with use_plugins(_plugin(Named)), pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, recipe))
+    assert "width must be even, got 3" in dict(exc.value.problems)["model.backbone.width"]
+    with use_plugins(_plugin(Expensive)):
+        load_recipe(_write(tmp_path, recipe))
+        with pytest.raises(RecipeError) as exc:
+            load_recipe(_write(tmp_path, recipe), ["model.backbone.width=16"])
+    assert "width=16 is too wide" in dict(exc.value.problems)["model.backbone.width"]
+
+
+def test_builder_reports_the_same_key_as_validation(tmp_path):
+    # what validation cannot see (a stand-in was fine) still reaches the builder; it names the key too
+    from mtlframe.build import Builder
+
+    recipe = load_recipe(_write(tmp_path, BASE))
+    with pytest.raises(RecipeError) as exc:
+        Builder(recipe).make("backbone", {"name": "mmoe", "num_experts": 0}, "model.backbone",
+                             input_dim=4, task_names=["income"])
+    assert "num_experts must be >= 1" in dict(exc.value.problems)["model.backbone.num_experts"]
+    assert f"{tmp_path / 'r.yaml'}:8" in str(exc.value)

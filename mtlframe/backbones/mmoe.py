@@ -38,7 +38,7 @@ class MMoE(Backbone):
                  task_names: list[str]) -> None:
         super().__init__()
         if num_experts < 1:
-            raise ValueError("num_experts must be >= 1")
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if not expert_hidden:
             raise ValueError("expert_hidden must list at least one width")
         self.task_names = list(task_names)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder
+from mtlframe.errors import ArgumentError
 from mtlframe.features import FeatureInfo
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -53,7 +54,10 @@ class BagOfWordsEncoder(Encoder):
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
         if num_buckets < 2:
-            raise ValueError("num_buckets must be >= 2")
+            raise ArgumentError("num_buckets", f"num_buckets must be >= 2, got {num_buckets}")
+        for pname, value in (("dim", dim), ("ngrams", ngrams), ("max_tokens", max_tokens)):
+            if value < 1:
+                raise ArgumentError(pname, f"{pname} must be >= 1, got {value}")
         self.features = list(features)
         self.num_buckets = num_buckets
         self.ngrams = ngrams

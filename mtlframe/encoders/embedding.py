@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder, release_column
+from mtlframe.errors import ArgumentError
 from mtlframe.features import FeatureInfo
 from mtlframe.layers import FusedEmbedding
 
@@ -45,6 +46,8 @@ class EmbeddingEncoder(Encoder):
     def __init__(self, features: list[str], dim: int = 16, sparse: bool = False, *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
+        if dim < 1:
+            raise ArgumentError("dim", f"dim must be >= 1, got {dim}")
         self.features = list(features)
         self.single = [f for f in self.features if feature_info[f].type == "categorical"]
         self.multi = [f for f in self.features if feature_info[f].type == "multi_categorical"]

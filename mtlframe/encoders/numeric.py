@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder, release_column
+from mtlframe.errors import ArgumentError
 from mtlframe.features import FeatureInfo
 
 
@@ -30,6 +31,8 @@ class NumericEncoder(Encoder):
     def __init__(self, features: list[str], dim: int | None = None, *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
+        if dim is not None and dim < 1:
+            raise ArgumentError("dim", f"dim must be >= 1 or null, got {dim}")
         self.features = list(features)
         self.key = "num:" + ",".join(self.features)
         self.proj = nn.Linear(len(self.features), dim) if dim else None

@@ -90,6 +90,18 @@ def test_recipe_validation_catches_a_typo():
         recipe_from_dict(recipe)
 
 
+def test_recipe_validation_runs_the_constructor_checks_and_names_the_key():
+    # no data is read: the encoder is built with stand-in feature_info, and its ArgumentError
+    # becomes a problem at the parameter's recipe key
+    recipe = tiny_recipe(**{"model.encoders[0]": {"name": "log-numeric", "features": SYNTHETIC_NUMERIC,
+                                                   "dim": 0}})
+    with use_plugins(plugin), pytest.raises(RecipeError) as err:
+        recipe_from_dict(recipe, "r.yaml")
+    problems = dict(err.value.problems)
+    assert "dim must be >= 1 or null, got 0" in problems["model.encoders[0].dim"]
+    assert "encoder 'log-numeric'" in problems["model.encoders[0].dim"]
+
+
 # -- one epoch on the tiny synthetic recipe ----------------------------------------------------------
 
 def test_trains_one_epoch(tmp_path):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder
+from mtlframe.errors import ArgumentError
 from mtlframe.features import FeatureInfo
 
 
@@ -47,7 +48,8 @@ class LogNumericEncoder(Encoder):
     with ``keep_linear``.
 
     Raises:
-        ValueError: no features, a repeated feature, a non-numeric feature, or ``dim < 1``.
+        ArgumentError: (a ``ValueError``) no features, a repeated feature, a non-numeric feature,
+            or ``dim < 1``; ``recipe validate`` finds these without data (see the README).
 
     Example::
 
@@ -64,15 +66,18 @@ class LogNumericEncoder(Encoder):
     def __init__(self, features: list[str], dim: int | None = None, keep_linear: bool = False, *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
+        # ArgumentError (a ValueError) names the parameter: mtlframe reports the problem at its recipe
+        # key, `model.encoders[1].dim`, both at `mtlframe recipe validate` and at `train`.
         if not features:
-            raise ValueError("log-numeric needs at least one feature")
+            raise ArgumentError("features", "log-numeric needs at least one feature")
         if len(set(features)) != len(features):
-            raise ValueError(f"log-numeric features must be distinct, got {list(features)}")
+            raise ArgumentError("features", f"log-numeric features must be distinct, got {list(features)}")
         wrong = [f for f in features if feature_info[f].type != "numeric"]
         if wrong:
-            raise ValueError(f"log-numeric encodes numeric features; {', '.join(wrong)} are not numeric")
+            raise ArgumentError("features", f"log-numeric encodes numeric features; {', '.join(wrong)} "
+                                            "are not numeric")
         if dim is not None and dim < 1:
-            raise ValueError(f"dim must be >= 1 or null, got {dim}")
+            raise ArgumentError("dim", f"dim must be >= 1 or null, got {dim}")
         self.features = list(features)
         self.keep_linear = keep_linear
         # one batch key per setting, so two log-numeric encoders (or a numeric one) never collide

@@ -26,6 +26,7 @@ Example recipe entry::
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder
-from mtlframe.errors import MTLFrameError
+from mtlframe.errors import ArgumentError, MTLFrameError
 from mtlframe.features import FeatureInfo
 
 from mtlframe_text import models
@@ -219,37 +220,14 @@ class TextEncoder(Encoder):
                  revision: str | None = None, device: str = "auto",
                  encode_dtype: Literal["float32", "bfloat16"] = "float32", progress: bool = True, *,
                  feature_info: Mapping[str, FeatureInfo] | None = None) -> None:
+        params = {k: v for k, v in locals().items() if k not in ("self", "__class__", "feature_info")}
         super().__init__()
+        problems, resolved = self._check(params)
+        if problems:
+            param, msg = problems[0]
+            raise models.ModelNotFoundError(msg) if param == "model" else ArgumentError(param, msg)
+        self.resolved: models.ResolvedModel = resolved
         self.features = list(features)
-        if not self.features:
-            raise ValueError("features: list at least one text column")
-        if template is not None:
-            unknown = [f for f in template_fields(template) if f not in self.features]
-            if unknown:
-                raise ValueError(f"template names {', '.join(repr(u) for u in unknown)}, which "
-                                 f"{'is' if len(unknown) == 1 else 'are'} not in features "
-                                 f"({', '.join(self.features)}); add them to features or fix the template")
-        for name, value, low in (("max_length", max_length, 1), ("batch_size", batch_size, 1)):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if dim is not None and dim < 1:
-            raise ValueError(f"dim must be >= 1 or null, got {dim}")
-        if trainable_layers is not None and trainable_layers < 0:
-            raise ValueError(f"trainable_layers must be >= 0 or null, got {trainable_layers}")
-        if lora is not None and mode != "finetune":
-            raise ValueError("lora needs mode: finetune")
-        if lora is not None and lora < 1:
-            raise ValueError(f"lora (the LoRA rank) must be >= 1, got {lora}")
-        if segments != "text" and mode != "frozen":
-            raise ValueError("segments: sentences needs mode: frozen")
-        if pooling == "attention" and segments != "text":
-            raise ValueError("pooling: attention pools the tokens of a whole text; use segments: text")
-        if pooling == "attention" and normalize:
-            raise ValueError("normalize applies to mean/cls pooled vectors, not to pooling: attention")
-        if max_segments < 1:
-            raise ValueError(f"max_segments must be >= 1, got {max_segments}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.template = template
         self.max_length = int(max_length)
         self.pooling = pooling
@@ -268,13 +246,8 @@ class TextEncoder(Encoder):
         self.encode_dtype = encode_dtype
         self.progress = progress
 
-        self.resolved = models.resolve_model(model, revision)
         d_lm = self.resolved.hidden_size
         self.lm_dim = d_lm
-        n_layers = self.resolved.num_layers
-        if n_layers is not None and not -(n_layers + 1) <= self.layer <= n_layers:
-            raise ValueError(f"layer={layer}, but {self.resolved.name} has {n_layers} layers "
-                             f"(use 0..{n_layers}, or -1 for the last)")
         self.attention = AttentionPooling(d_lm, attention_heads) if pooling == "attention" else None
         d_in = 2 * d_lm if segments == "sentences" and segment_pooling == "mean+max" else d_lm
         if self.attention is not None:
@@ -308,6 +281,83 @@ class TextEncoder(Encoder):
         self.__dict__["_tokenizer"] = None
         self.__dict__["_frozen_lm"] = None
 
+    # -- argument checks ---------------------------------------------------------------------------
+    @classmethod
+    def validate_args(cls, args: Mapping[str, Any], context: Any = None) -> list[tuple[str, str]]:
+        """Recipe validation (``mtlframe recipe validate``, and ``train`` before it reads data):
+        every argument check of the constructor, without building the encoder.
+
+        Reads the model's ``config.json`` (for its width and number of layers) but loads no
+        weights and no tokenizer, so it is as fast in ``finetune`` mode as in ``frozen`` mode.
+
+        Args:
+            args: every constructor parameter (the recipe's values over the defaults).
+            context: mtlframe's :class:`~mtlframe.validation.ValidationContext` (unused).
+
+        Returns:
+            ``(parameter, message)`` for each problem found; empty when the arguments are valid.
+        """
+        problems = cls._check(args)[0]
+        if args["lora"] is not None and args["mode"] == "finetune" and importlib.util.find_spec("peft") is None:
+            problems.append(("lora", ("lora needs the peft package: pip install 'mtlframe-text[lora]' "
+                                      "(or pip install peft)")))
+        return problems
+
+    @classmethod
+    def _check(cls, a: Mapping[str, Any]) -> tuple[list[tuple[str, str]], models.ResolvedModel | None]:
+        """Problems of the arguments ``a`` (all constructor parameters) and the resolved model."""
+        problems: list[tuple[str, str]] = []
+        features = list(a["features"])
+        mode, pooling, segments, lora = a["mode"], a["pooling"], a["segments"], a["lora"]
+        if not features:
+            problems.append(("features", "features: list at least one text column"))
+        if a["template"] is not None:
+            unknown = [f for f in template_fields(a["template"]) if f not in features]
+            if unknown:
+                problems.append(("template", (f"template names {', '.join(repr(u) for u in unknown)}, which "
+                                              f"{'is' if len(unknown) == 1 else 'are'} not in features "
+                                              f"({', '.join(features)}); add them to features or fix the template")))
+        for name in ("max_length", "batch_size", "max_segments", "attention_heads"):
+            if a[name] < 1:
+                problems.append((name, f"{name} must be >= 1, got {a[name]}"))
+        if a["dim"] is not None and a["dim"] < 1:
+            problems.append(("dim", f"dim must be >= 1 or null, got {a['dim']}"))
+        if a["trainable_layers"] is not None and a["trainable_layers"] < 0:
+            problems.append(("trainable_layers", f"trainable_layers must be >= 0 or null, got {a['trainable_layers']}"))
+        if lora is not None and mode != "finetune":
+            problems.append(("lora", "lora needs mode: finetune"))
+        if lora is not None and lora < 1:
+            problems.append(("lora", f"lora (the LoRA rank) must be >= 1, got {lora}"))
+        if lora is not None and mode == "finetune" and a["trainable_layers"] == 0:
+            problems.append(("lora", "lora with trainable_layers: 0 adapts nothing; use trainable_layers >= 1 or null"))
+        if segments != "text" and mode != "frozen":
+            problems.append(("segments", "segments: sentences needs mode: frozen"))
+        if pooling == "attention" and segments != "text":
+            problems.append(("pooling", "pooling: attention pools the tokens of a whole text; use segments: text"))
+        if pooling == "attention" and a["normalize"]:
+            problems.append(("normalize", "normalize applies to mean/cls pooled vectors, not to pooling: attention"))
+        if not 0.0 <= a["dropout"] < 1.0:
+            problems.append(("dropout", f"dropout must be in [0, 1), got {a['dropout']}"))
+        if not 0.0 <= a["lora_dropout"] < 1.0:
+            problems.append(("lora_dropout", f"lora_dropout must be in [0, 1), got {a['lora_dropout']}"))
+        try:
+            resolved = models.resolve_model(a["model"], a["revision"])
+            resolved.hidden_size  # noqa: B018 - config.json must name the width
+        except models.ModelNotFoundError as exc:
+            problems.append(("model", str(exc)))
+            return problems, None
+        n_layers, layer = resolved.num_layers, a["layer"]
+        if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
+            problems.append(("layer", (f"layer={layer}, but {resolved.name} has {n_layers} layers "
+                                       f"(use 0..{n_layers}, or -1 for the last)")))
+        elif n_layers is not None and mode == "finetune" and a["trainable_layers"] is not None:
+            kept = n_layers if layer == -1 else (layer if layer >= 0 else n_layers + 1 + layer)
+            if a["trainable_layers"] > kept:
+                problems.append(("trainable_layers", (f"trainable_layers={a['trainable_layers']}, but "
+                                                      f"{resolved.name} has only {kept} layers"
+                                                      + (f" up to layer {layer}" if layer != -1 else ""))))
+        return problems, resolved
+
     # -- fine-tuning set-up ------------------------------------------------------------------------
     def _setup_trainable(self, lora: int | None, alpha: float | None, lora_dropout: float,
                          targets: list[str] | None) -> None:
@@ -322,8 +372,6 @@ class TextEncoder(Encoder):
             except ImportError:
                 raise TextEncoderError("text encoder: lora needs the peft package: "
                                        "pip install 'mtlframe-text[lora]' (or pip install peft)") from None
-            if chosen == []:
-                raise ValueError("lora with trainable_layers: 0 adapts nothing; use trainable_layers >= 1 or null")
             cfg = peft.LoraConfig(r=lora, lora_alpha=alpha if alpha is not None else 2 * lora,
                                   lora_dropout=lora_dropout, target_modules=targets, bias="none",
                                   layers_to_transform=chosen)
