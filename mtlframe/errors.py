@@ -20,17 +20,18 @@ class RecipeError(MTLFrameError):
     Args:
         problems: one ``(dotted_path, message)`` pair per problem.
         source: the recipe file, or ``None`` for an in-memory recipe.
-        lines: optional ``dotted_path -> line number`` map used to point into the file.
+        lines: optional ``dotted_path -> line number`` map used to point into the file (a string
+            instead of a number, e.g. ``"command-line override"``, is shown as it is).
     """
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None,
-                 lines: dict[str, int] | None = None) -> None:
+                 lines: dict[str, int | str] | None = None) -> None:
         self.problems = list(problems)
         self.source = source
         self.lines = dict(lines or {})
         super().__init__(self._format())
 
-    def _line_of(self, path: str) -> int | None:
+    def _line_of(self, path: str) -> int | str | None:
         parts = path.split(".") if path else []
         while parts:
             key = ".".join(parts)
@@ -46,7 +47,7 @@ class RecipeError(MTLFrameError):
         rows = []
         for path, msg in self.problems:
             line = self._line_of(path)
-            loc = f"{where}:{line}" if line else where
+            loc = line if isinstance(line, str) else f"{where}:{line}" if line else where
             rows.append(f"  - {path or '<top>'} ({loc}): {msg}")
         tail = "Fix the recipe and run `mtlframe recipe validate RECIPE` to check it."
         return "\n".join([head, *rows, tail])

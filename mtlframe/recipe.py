@@ -421,7 +421,7 @@ def check_component(kind: str, spec: Any, path: str, source: str | None,
         checked.append(Checked(kind, path, spec, factory, {k: getattr(parsed, k) for k in valid}))
 
 
-def validate(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> RecipeConfig:
+def validate(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None) -> RecipeConfig:
     """Validate a recipe mapping; return the typed config.
 
     Raises:
@@ -541,7 +541,7 @@ class Recipe:
     config: RecipeConfig
     source: str | None = None
     #: ``dotted key -> line`` in ``source``, for errors found after validation (build time)
-    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    lines: dict[str, int | str] = field(default_factory=dict, repr=False, compare=False)
 
     def resolved(self) -> dict:
         """The recipe with every default filled in and a relative ``data.dataset.path`` made
@@ -574,10 +574,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data, lines = parse_yaml(p.read_text(encoding="utf-8"), str(p))
     if overrides:
         data = apply_overrides(data, overrides)
+        lines = _override_lines(lines, overrides)
     return recipe_from_dict(data, str(p), lines)
 
 
-def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int] | None = None) -> Recipe:
+def _override_lines(lines: dict[str, int | str], overrides: list[str]) -> dict[str, int | str]:
+    """Point errors under an overridden key at the command line, not at the file's old value."""
+    out = dict(lines)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not key:
+            continue
+        canon = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _split_path(key)).lstrip(".")
+        for k in [k for k in out if k == canon or k.startswith((canon + ".", canon + "["))]:
+            del out[k]
+        out[canon] = "command-line override"
+    return out
+
+
+def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None) -> Recipe:
     """Validate an in-memory recipe mapping (a checkpoint's, or one built in Python)."""
     cfg = validate(data, source, lines)
     return Recipe(copy.deepcopy(data), cfg, source, dict(lines or {}))

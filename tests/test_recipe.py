@@ -149,6 +149,20 @@ def test_value_checks_point_at_the_line_of_the_key(tmp_path):
     assert f"model.backbone.num_experts ({p}:8): backbone 'mmoe': num_experts must be >= 1, got 0." in str(exc.value)
 
 
+def test_overridden_keys_point_at_the_command_line(tmp_path):
+    """A bad value given as an override is not blamed on the file line that held the old one."""
+    p = _write(tmp_path, BASE)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["model.backbone.num_experts=0"])
+    assert "model.backbone.num_experts (command-line override): backbone 'mmoe'" in str(exc.value)
+    with pytest.raises(RecipeError) as exc:  # a whole mapping replaced: its keys are the override's too
+        load_recipe(p, ["model.backbone={name: mmoe, num_experts: 0}"])
+    assert "model.backbone.num_experts (command-line override)" in str(exc.value)
+    with pytest.raises(RecipeError) as exc:  # keys not overridden keep their file line
+        load_recipe(_write(tmp_path, BASE.replace("num_experts: 2", "num_experts: 0")), ["trainer.max_epochs=1"])
+    assert f"model.backbone.num_experts ({p}:8)" in str(exc.value)
+
+
 def test_sparse_tables_with_a_gradient_level_combiner(tmp_path):
     sparse = "model.encoders[0]={name: embedding, features: [workclass], sparse: true}"
     with pytest.raises(RecipeError) as exc:
