@@ -129,9 +129,17 @@ class RecDataModule(pl.LightningDataModule):
     form (``columns``): each encoder input column is freed as soon as the encoder has copied it
     into its output, so setup holds the data plus about one column.
 
+    Grouped metrics: when a task lists one (``gauc``, ``ndcg@K``, ...), ``setup`` maps the recipe's
+    ``metrics_group`` column to int64 ids per evaluation split (``groups``) and
+    :meth:`attach_encoders` adds them to the validation and test columns under
+    :data:`~mtlframe.features.GROUP_KEY`; the training columns never hold them.
+
     Args:
         recipe: the validated recipe.
         dataset: the dataset loader built from ``recipe.data.dataset``.
+
+    Raises:
+        RecipeError: (in ``setup``) a feature, label or ``metrics_group`` column the dataset lacks.
     """
 
     def __init__(self, recipe: Recipe, dataset: RecDataset) -> None:

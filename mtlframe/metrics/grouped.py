@@ -137,18 +137,20 @@ class GroupedMetric(torchmetrics.Metric):
         if preds.ndim != 1 or preds.shape != target.shape or preds.shape != indexes.shape:
             raise ValueError(f"{type(self).__name__}.update takes 1-D preds, target and indexes of one shape, "
                              f"got {tuple(preds.shape)}, {tuple(target.shape)}, {tuple(indexes.shape)}")
-        keep = indexes >= 0
-        self.preds.append(preds[keep].double())
-        self.target.append(target[keep].double())
-        self.indexes.append(indexes[keep].long())
+        # kept as given (float32 scores: 16 bytes a row with the labels and ids); rows of a
+        # missing group are dropped at compute, so evaluation steps never wait on the device
+        self.preds.append(preds.detach())
+        self.target.append(target.detach().float())
+        self.indexes.append(indexes.long())
 
     def compute(self) -> torch.Tensor:
         if isinstance(self.preds, list) and not self.preds:
             return torch.tensor(float("nan"))
         preds, target, indexes = (dim_zero_cat(x) for x in (self.preds, self.target, self.indexes))
-        if preds.numel() == 0:
+        keep = indexes >= 0
+        if not bool(keep.any()):
             return torch.tensor(float("nan"))
-        return self._value(_Ranked(preds, target, indexes))
+        return self._value(_Ranked(preds[keep].double(), target[keep], indexes[keep]))
 
     def _value(self, r: _Ranked) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
