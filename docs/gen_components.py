@@ -36,7 +36,8 @@ KIND_INTRO = {
     "sampler": "Data-side transformation of the training split once per epoch (`data.sampler`). "
                "Injected: `feature_info`, `tasks`.",
     "metric": "Per-task evaluation metrics (torchmetrics objects, synced across processes), named in "
-              "`tasks.<task>.metrics`; the first is the task's primary metric.",
+              "`tasks.<task>.metrics`; the first is the task's primary metric. Metrics with a cutoff are "
+              "written `name@K` (`ndcg@10`).",
 }
 
 
@@ -168,6 +169,15 @@ def render() -> str:
                 out += [f"Applies to {', '.join(factory.task_types)} tasks; "
                         f"{'higher' if factory.higher_is_better else 'lower'} is better. "
                         f"{factory.summary[:1].upper() + factory.summary[1:]}.", ""]
+                if getattr(factory, "cutoff", False):
+                    out += [(f"Written `{comp.name}@K` (K a positive integer: the top K rows of each group), "
+                             f"e.g. `{comp.name}@10`."), ""]
+                if getattr(factory, "grouped", False):
+                    out += [("Grouped: computed per value of the recipe's `metrics_group` column (per user), "
+                             "then averaged over the groups; see "
+                             "[recipes.md](recipes.md#grouped-metrics-gauc-ndcgk-recallk-hitratek)."), ""]
+                if getattr(factory, "paper", ""):
+                    out += [f"Paper / source: {factory.paper}", ""]
                 continue
             out += [f"Paper / source: {paper or 'none (a standard building block)'}", ""]
             qual = f"{factory.__module__}.{factory.__qualname__}"

@@ -92,11 +92,18 @@ class Builder:
                          tasks=list(tasks), table=table)
 
     def metrics(self, tasks: Sequence[TaskSpec]) -> dict[str, dict[str, Any]]:
+        """``{task: {metric name as written: MetricDef}}``, each with its options bound: the ``K``
+        of ``name@K`` and, for grouped metrics, the recipe's ``metrics_group``."""
+        from mtlframe.metrics.base import resolve_metric
+
         out = {}
         for t in tasks:
             out[t.name] = {}
             for m in t.metrics:
-                comp = get_registry().get("metric", m)
+                comp, mdef, k = resolve_metric(m)
                 self.providers[f"metric:{comp.name}"] = str(comp.provider)
-                out[t.name][m] = comp.load()
+                options: dict[str, Any] = {} if k is None else {"k": k}
+                if getattr(mdef, "grouped", False):
+                    options["group"] = self.recipe.config.metrics_group
+                out[t.name][m] = mdef.bind(**options) if options else mdef
         return out

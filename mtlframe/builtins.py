@@ -111,4 +111,11 @@ def mtlframe_metrics():
         C("accuracy", "mtlframe.metrics.standard:accuracy", "accuracy (binary, multiclass)"),
         C("rmse", "mtlframe.metrics.standard:rmse", "root mean squared error (regression)"),
         C("mae", "mtlframe.metrics.standard:mae", "mean absolute error (regression)"),
+        C("gauc", "mtlframe.metrics.grouped:gauc", "group AUC, per user (binary; needs metrics_group)"),
+        C("ndcg", "mtlframe.metrics.grouped:ndcg", "NDCG@K per user, written ndcg@K (binary, regression; "
+                                                   "needs metrics_group)"),
+        C("recall", "mtlframe.metrics.grouped:recall", "Recall@K per user, written recall@K (binary; needs "
+                                                       "metrics_group)"),
+        C("hitrate", "mtlframe.metrics.grouped:hitrate", "HitRate@K per user, written hitrate@K (binary; "
+                                                         "needs metrics_group)"),
     ]

@@ -329,14 +329,13 @@ def _baseline_overrides(baseline: Sequence[str], axes: Sequence[GridAxis]) -> li
 
 
 def _primary(recipe: Recipe) -> tuple[dict[str, list[str]], dict[str, tuple[str, bool]]]:
-    from mtlframe.registry import get_registry
+    from mtlframe.metrics.base import resolve_metric
 
-    reg = get_registry()
     tasks, primary = {}, {}
     for t in recipe.config.tasks:
         names = recipe.task_metrics(t)
         tasks[t] = names
-        mdef = reg.get("metric", names[0]).load()
+        mdef = resolve_metric(names[0])[1]
         primary[t] = (names[0], bool(mdef.higher_is_better))
     return tasks, primary
 

@@ -5,13 +5,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 
 from mtlframe.batching import ColumnBatches, Columns, take
 from mtlframe.datasets.base import RecDataset, Table
 from mtlframe.errors import DataError, RecipeError, closest
-from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
+from mtlframe.features import GROUP_KEY, FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.preprocess import LabelSpec, Preprocessor
 from mtlframe.recipe import Recipe
 
@@ -128,9 +129,17 @@ class RecDataModule(pl.LightningDataModule):
     form (``columns``): each encoder input column is freed as soon as the encoder has copied it
     into its output, so setup holds the data plus about one column.
 
+    Grouped metrics: when a task lists one (``gauc``, ``ndcg@K``, ...), ``setup`` maps the recipe's
+    ``metrics_group`` column to int64 ids per evaluation split (``groups``) and
+    :meth:`attach_encoders` adds them to the validation and test columns under
+    :data:`~mtlframe.features.GROUP_KEY`; the training columns never hold them.
+
     Args:
         recipe: the validated recipe.
         dataset: the dataset loader built from ``recipe.data.dataset``.
+
+    Raises:
+        RecipeError: (in ``setup``) a feature, label or ``metrics_group`` column the dataset lacks.
     """
 
     def __init__(self, recipe: Recipe, dataset: RecDataset) -> None:
@@ -146,6 +155,8 @@ class RecDataModule(pl.LightningDataModule):
         self.encoders: list[torch.nn.Module] = []
         self.tasks: list[TaskSpec] = []
         self._sampled: tuple[int, Columns] | None = None
+        #: ``metrics_group`` ids ``[N]`` of the evaluation splits (see :data:`~mtlframe.features.GROUP_KEY`)
+        self.groups: dict[str, torch.Tensor] = {}
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -165,6 +176,12 @@ class RecDataModule(pl.LightningDataModule):
             raise DataError(f"{table.source}: the training split is empty ({len(table.frame)} rows); "
                             "lower data.split.val / data.split.test.")
         self.split_index = idx
+        group_col = self.recipe.metrics_group_column()
+        if group_col is not None:  # evaluation splits only: training batches do not carry it
+            values = table.frame[group_col].to_numpy()
+            self.groups = {k: torch.from_numpy(pd.factorize(values[idx[k]])[0].astype(np.int64))
+                           for k in ("val", "test")}
+            del values
         # columns that no encoder or task reads (other labels, unused features) go first
         needed = {*features, *(lab.column for lab in labels), table.user, table.item, table.timestamp}
         for col in [c for c in table.frame.columns if c not in needed]:
@@ -211,6 +228,14 @@ class RecDataModule(pl.LightningDataModule):
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
             labels.append(LabelSpec(tname, task.label, task.type))
+        group_col = self.recipe.metrics_group_column()
+        if group_col is not None and group_col not in table.frame.columns:
+            near = closest(group_col, table.frame.columns)
+            problems.append(("metrics_group",
+                             f"dataset '{self.cfg.dataset['name']}' has no column '{group_col}' to group the "
+                             "grouped metrics (gauc, ndcg@K, ...) by" + (f"; did you mean '{near[0]}'?" if near else ".")
+                             + f" Columns: {', '.join(map(str, table.frame.columns))}. Set metrics_group to the "
+                             "column that identifies a user (or session)."))
         if problems:
             raise RecipeError(problems, self.recipe.source, self.recipe.lines)
         return used, labels
@@ -267,6 +292,8 @@ class RecDataModule(pl.LightningDataModule):
             else:  # the encoders' outputs replace the preprocessed feature columns, freed as read
                 self.columns[k] = materialize(encoders, tasks, self.splits[k], consume=True)
                 self.splits[k] = {c: v for c, v in self.splits[k].items() if c.startswith(("label/", "mask/", "__"))}
+            if k in self.groups:
+                self.columns[k][GROUP_KEY] = self.groups[k]
         release_freed_memory()
 
     # -- dataloaders -------------------------------------------------------------------------

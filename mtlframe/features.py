@@ -76,3 +76,9 @@ def label_key(task: str) -> str:
 def mask_key(task: str) -> str:
     """Batch key of a task's label mask ``[B]`` (bool, True where the label is present)."""
     return f"mask/{task}"
+
+
+#: batch key of the ``metrics_group`` ids ``[B]`` (int64, dense per split; -1 where the value is
+#: missing). Present in validation and test batches only, and only when a task lists a grouped
+#: metric (``gauc``, ``ndcg@K``, ...).
+GROUP_KEY = "group/metrics"

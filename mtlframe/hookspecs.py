@@ -126,7 +126,10 @@ def mtlframe_samplers():
 def mtlframe_metrics():
     """Register evaluation metrics (factories returning a :class:`torchmetrics.Metric`).
 
-    See :class:`mtlframe.metrics.base.MetricFactory`. Returns ``list[ComponentSpec]``.
+    Each spec points at a :class:`mtlframe.metrics.base.MetricDef`. A definition with
+    ``cutoff=True`` is written ``name@K`` in recipes and built with ``k=K``; one with
+    ``grouped=True`` is updated with the rows' group ids (the recipe's ``metrics_group``), like
+    the built-in ``gauc`` and ``ndcg@K``. Returns ``list[ComponentSpec]``.
 
     Example::
 

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from mtlframe.combiners.base import LossCombiner
-from mtlframe.features import TaskSpec, label_key, mask_key
+from mtlframe.errors import MTLFrameError
+from mtlframe.features import GROUP_KEY, TaskSpec, label_key, mask_key
 from mtlframe.metrics.base import MetricDef
 from mtlframe.model import MultiTaskModel
 from mtlframe.optim import build_optimizer, sparse_parameters
@@ -37,6 +38,8 @@ class MultiTaskModule(pl.LightningModule):
         combiner: how task losses become one update.
         tasks: task specs in recipe order.
         metrics: ``{task: {metric_name: MetricDef}}``; the first metric of a task is its primary.
+            Grouped metrics (``MetricDef.grouped``) are updated with the batch's group ids
+            (:data:`~mtlframe.features.GROUP_KEY`, in evaluation batches).
         optimizer: optimizer settings.
         gradient_clip_val: gradient-norm clipping (applied by the module under manual optimization).
         checkpoint_state: extra state saved into every checkpoint under ``"mtlframe"`` (the resolved
@@ -168,18 +171,30 @@ class MultiTaskModule(pl.LightningModule):
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         outputs = self.model(batch)
+        groups = batch.get(GROUP_KEY)
         for t in self.tasks:
             target = batch[label_key(t.name)]
             pred = to_prediction(t.type, outputs[t.name])
             mask = batch.get(mask_key(t.name))
+            group = groups
             if mask is not None:
                 target, pred = target[mask], pred[mask]
+                group = None if groups is None else groups[mask]
             if target.numel() == 0:
                 continue
             if t.type == "binary":
                 target = target.long()
-            for metric in self.metrics[f"{stage}__{t.name}"].values():
-                metric.update(pred.float(), target)
+            pred = pred.float()
+            for name, metric in self.metrics[f"{stage}__{t.name}"].items():
+                if getattr(self.metric_defs[t.name][name], "grouped", False):
+                    if group is None:
+                        raise MTLFrameError(
+                            f"metric '{name}' of task '{t.name}' is computed per group, and the {stage} batches "
+                            f"carry no group ids ('{GROUP_KEY}'); set metrics_group in the recipe and build "
+                            "the data with mtlframe's RecDataModule.")
+                    metric.update(pred, target, group)
+                else:
+                    metric.update(pred, target)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -265,6 +265,18 @@ class LoggerConfig(_Strict):
     offline: bool | None = None
 
 
+class MetricsGroupConfig(_Strict):
+    """The groups of the grouped metrics (``gauc``, ``ndcg@K``, ``recall@K``, ``hitrate@K``).
+
+    Written ``metrics_group: user_id`` or ``metrics_group: {column: user_id, gauc_weight: clicks}``.
+    ``column``: a column of the dataset (any column, feature or not); its values travel with the
+    validation and test batches only. ``gauc_weight``: a group's weight in the GAUC average,
+    ``impressions`` (its rows) or ``clicks`` (its positive rows)."""
+
+    column: str = Field(min_length=1)
+    gauc_weight: Literal["impressions", "clicks"] = "impressions"
+
+
 class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
@@ -279,6 +291,19 @@ class RecipeConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig | None = None
     logger: LoggerConfig = LoggerConfig()
+    #: the column whose values define the groups of the grouped metrics (gauc, ndcg@K, ...)
+    metrics_group: MetricsGroupConfig | None = None
+
+    @field_validator("metrics_group", mode="before")
+    @classmethod
+    def _group_column(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"column": v}
+        if v is not None and not isinstance(v, (dict, MetricsGroupConfig)):  # pydantic reports a ValueError
+            raise ValueError(
+                "metrics_group is a column name or a mapping {column, gauc_weight} "
+                "(`metrics_group: user_id` or `metrics_group: {column: user_id, gauc_weight: clicks}`)")
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -467,6 +492,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
 
 
 def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
+    from mtlframe.metrics.base import resolve_metric
     from mtlframe.registry import get_registry
 
     reg = get_registry()
@@ -480,7 +506,7 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
                 continue
             path = f"tasks.{tname}.metrics[{i}]"
             try:
-                mdef = reg.get("metric", m, where=f"recipe {source or '<recipe>'}, key {path}").load()
+                _, mdef, _ = resolve_metric(m, where=f"recipe {source or '<recipe>'}, key {path}")
             except MTLFrameError as exc:
                 problems.append((path, str(exc)))
                 continue
@@ -488,7 +514,15 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
             if task["type"] not in types:
                 problems.append((path, f"metric '{m}' does not apply to {task['type']} tasks (it applies to "
                                        f"{', '.join(types)}); {task['type']} defaults: "
-                                       f"{', '.join(DEFAULT_METRICS[task['type']])}."))
+                                       f"{', '.join(DEFAULT_METRICS[task['type']])}"
+                                       + ("; grouped metrics other than ndcg@K need 0/1 labels, ndcg@K takes a regression "
+                                          "label as graded relevance."
+                                          if getattr(mdef, "grouped", False) and task["type"] == "regression"
+                                          else ".")))
+            elif getattr(mdef, "grouped", False) and not data.get("metrics_group"):
+                problems.append((path, f"metric '{m}' is computed per group (per user) and no group column is "
+                                       "set: add `metrics_group: <column>` at the top level of the recipe, e.g. "
+                                       "`metrics_group: user_id`."))
     _check_monitors(data, tasks, problems)
     trainer = data.get("trainer") if isinstance(data.get("trainer"), dict) else {}
     accumulate = trainer.get("accumulate_grad_batches", 1)
@@ -559,6 +593,19 @@ class Recipe:
     def task_metrics(self, task: str) -> list[str]:
         t = self.config.tasks[task]
         return list(t.metrics) if t.metrics else list(DEFAULT_METRICS[t.type])
+
+    def metrics_group_column(self) -> str | None:
+        """The ``metrics_group`` column when some task lists a grouped metric (else ``None``:
+        the column is then not carried with the evaluation batches)."""
+        from mtlframe.metrics.base import resolve_metric
+
+        group = self.config.metrics_group
+        if group is None:
+            return None
+        for tname in self.config.tasks:
+            if any(getattr(resolve_metric(m)[1], "grouped", False) for m in self.task_metrics(tname)):
+                return group.column
+        return None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -822,7 +822,9 @@ def check_metric(metric: Any) -> Any:
 
     For every task type it applies to, builds the torchmetrics object, updates it twice with
     predictions in the form the module passes (probabilities ``[B]`` or ``[B, C]``, regression
-    values ``[B]``), computes, resets.
+    values ``[B]``; non-negative for a grouped metric, plus group ids ``[B]``), computes, resets.
+    A cutoff metric is built with ``k=3``, a grouped one with ``group=None`` (the defaults of
+    ``metrics_group``).
 
     Checks: ``task_types`` is a non-empty subset of the task types; ``higher_is_better`` is a
     bool; ``compute()`` is a finite scalar.
@@ -847,7 +849,10 @@ def check_metric(metric: Any) -> Any:
     for ttype in metric.task_types:
         task = TaskSpec("t", ttype, "t", num_classes=3 if ttype == "multiclass" else 1,
                         classes=("x", "y", "z") if ttype == "multiclass" else ())
-        m = metric(task)
+        options: dict[str, Any] = {"k": 3} if metric.cutoff else {}
+        if metric.grouped:
+            options["group"] = None
+        m = metric(task, **options)
         for _ in range(2):
             if ttype == "binary":
                 preds, target = torch.rand(ROWS, generator=g), torch.arange(ROWS) % 2
@@ -856,7 +861,10 @@ def check_metric(metric: Any) -> Any:
                 target = torch.arange(ROWS) % 3
             else:
                 preds, target = torch.randn(ROWS, generator=g), torch.randn(ROWS, generator=g)
-            m.update(preds, target)
+            if metric.grouped:  # four groups, each with both labels; relevance >= 0
+                m.update(preds, target.abs(), torch.arange(ROWS) // 2 % 4)
+            else:
+                m.update(preds, target)
         value = torch.as_tensor(m.compute())
         if value.numel() != 1 or not bool(torch.isfinite(value).all()):
             _fail(metric, f"compute() for a {ttype} task must be a finite scalar, got {value}")

@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP, gloo): evaluation shards are not padded and metrics sync exactly."""
+"""Two CPU processes (DDP, gloo): evaluation shards are not padded and metrics (grouped ones
+included) sync exactly."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path):
         [sys.executable, "-m", "mtlframe.cli", "train", "recipes/adult_mmoe.yaml", "--run-dir", str(run),
          "--no-progress", "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
          "trainer.max_epochs=1", "trainer.limit_train_batches=6",
-         "data.split.test=0.1001"],  # 4,889 test rows: odd, so the two shards differ in size
+         "data.split.test=0.1001",  # 4,889 test rows: odd, so the two shards differ in size
+         # grouped metrics: each group's rows are spread over both processes
+         "tasks.income.metrics=[auc, logloss, gauc, ndcg@5]", "metrics_group=occupation"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("test metrics") == 1          # only rank zero reports
@@ -32,3 +35,6 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path):
     for task in ("income", "never_married"):
         assert ddp[task]["auc"] == pytest.approx(single[task]["auc"], abs=1e-6)
         assert ddp[task]["logloss"] == pytest.approx(single[task]["logloss"], abs=1e-5)
+    for name in ("gauc", "ndcg@5"):
+        assert 0.5 < ddp["income"][name] < 1.0
+        assert ddp["income"][name] == pytest.approx(single["income"][name], abs=1e-6)
