@@ -61,7 +61,8 @@ class Builder:
                                     f"'{f}' is a {feature_info[f].type} feature; encoder '{spec['name']}' accepts "
                                     f"{', '.join(sorted(accepts))}. Move it to an encoder that takes "
                                     f"{feature_info[f].type} features.") for j, f in bad], self.recipe.source)
-            out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info))
+            out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info,
+                                 task_names=list(self.recipe.config.tasks)))
         return out
 
     def model(self, encoders: Sequence, tasks: Sequence[TaskSpec]):
@@ -70,13 +71,30 @@ class Builder:
         cfg = self.recipe.config.model
         names = [t.name for t in tasks]
         input_dim = sum(int(e.output_dim) for e in encoders)
-        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names)
+        task_inputs = self._check_task_inputs(encoders)
+        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,
+                             task_inputs=task_inputs)
         towers = {}
         for t in tasks:
             spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")
             towers[t.name] = self.make("tower", spec, path, input_dim=backbone.output_dims[t.name],
                                        output_dim=t.output_dim)
         return MultiTaskModel(encoders, backbone, towers, tasks, shared=cfg.shared)
+
+    def _check_task_inputs(self, encoders: Sequence) -> bool:
+        """Whether encoders have per-task tables; a recipe error if the backbone cannot read them."""
+        keys = [f"model.encoders[{i}].task_specific" for i, e in enumerate(encoders) if getattr(e, "per_task", ())]
+        if not keys:
+            return False
+        reg = get_registry()
+        name = self.recipe.config.model.backbone["name"]
+        if getattr(reg.get("backbone", name).load(), "accepts_task_inputs", False):
+            return True
+        able = [c.name for c in reg.all("backbone") if getattr(c.load(), "accepts_task_inputs", False)]
+        msg = (f"per-task embedding tables need a backbone that reads per-task inputs "
+               f"({', '.join(able) or 'none is registered'}); backbone '{name}' reads only the shared input. "
+               "Remove task_specific, or change model.backbone.name.")
+        raise RecipeError([(k, msg) for k in keys], self.recipe.source)
 
     def combiner(self, tasks: Sequence[TaskSpec]):
         return self.make("combiner", self.recipe.config.combiner, "combiner",
