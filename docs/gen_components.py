@@ -25,9 +25,11 @@ OUT = REPO / "docs" / "components.md"
 KIND_INTRO = {
     "dataset": "Loaders that return one table plus its column schema (`data.dataset`).",
     "encoder": "Batch columns -> one `[B, d]` tensor; the outputs of all encoders are concatenated "
-               "into `x [B, D]` (`model.encoders`). Injected: `feature_info`.",
+               "into `x [B, D]` (`model.encoders`). Injected: `feature_info` (`embedding`: also "
+               "`task_names`, for its per-task tables).",
     "backbone": "`x [B, D]` -> one representation `[B, H_t]` per task: how the tasks share "
-                "(`model.backbone`). Injected: `input_dim`, `task_names`.",
+                "(`model.backbone`). Injected: `input_dim`, `task_names` (`stem`: also `task_inputs`, "
+                "whether the encoders give per-task inputs `{task: [B, D]}`).",
     "tower": "A task's representation `[B, H_t]` -> its output `[B, out]` (`model.tower`, or per "
              "task `model.towers.<task>`). Injected: `input_dim`, `output_dim`.",
     "combiner": "Per-task losses -> one update: how the tasks are balanced (`combiner`). "

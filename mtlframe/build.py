@@ -16,6 +16,24 @@ from mtlframe.registry import get_registry
 from mtlframe.validation import argument_problem, parameters
 
 
+def task_input_conflicts(keys: Sequence[str], backbone: str) -> list[tuple[str, str]]:
+    """``(key, message)`` for each encoder key with per-task tables when ``backbone`` reads only the
+    shared input (no ``accepts_task_inputs``); empty when it can read them or no key is given."""
+    if not keys:
+        return []
+    reg = get_registry()
+    try:
+        if getattr(reg.get("backbone", backbone).load(), "accepts_task_inputs", False):
+            return []
+    except Exception:  # noqa: BLE001  an unknown backbone is reported at model.backbone.name
+        return []
+    able = [c.name for c in reg.all("backbone") if getattr(c.load(), "accepts_task_inputs", False)]
+    msg = (f"per-task embedding tables need a backbone that reads per-task inputs "
+           f"({', '.join(able) or 'none is registered'}); backbone '{backbone}' reads only the shared input. "
+           "Remove task_specific, or change model.backbone.name.")
+    return [(k, msg) for k in keys]
+
+
 class Builder:
     """Instantiates the components a recipe names.
 
@@ -65,7 +83,8 @@ class Builder:
                                     f"{', '.join(sorted(accepts))}. Move it to an encoder that takes "
                                     f"{feature_info[f].type} features.") for j, f in bad], self.recipe.source,
                                    self.recipe.lines)
-            out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info))
+            out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info,
+                                 task_names=list(self.recipe.config.tasks)))
         return out
 
     def model(self, encoders: Sequence, tasks: Sequence[TaskSpec]):
@@ -74,13 +93,23 @@ class Builder:
         cfg = self.recipe.config.model
         names = [t.name for t in tasks]
         input_dim = sum(int(e.output_dim) for e in encoders)
-        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names)
+        task_inputs = self._check_task_inputs(encoders)
+        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,
+                             task_inputs=task_inputs)
         towers = {}
         for t in tasks:
             spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")
             towers[t.name] = self.make("tower", spec, path, input_dim=backbone.output_dims[t.name],
                                        output_dim=t.output_dim)
         return MultiTaskModel(encoders, backbone, towers, tasks, shared=cfg.shared)
+
+    def _check_task_inputs(self, encoders: Sequence) -> bool:
+        """Whether encoders have per-task tables; a recipe error if the backbone cannot read them."""
+        keys = [f"model.encoders[{i}].task_specific" for i, e in enumerate(encoders) if getattr(e, "per_task", ())]
+        problems = task_input_conflicts(keys, self.recipe.config.model.backbone["name"])
+        if problems:
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
+        return bool(keys)
 
     def combiner(self, tasks: Sequence[TaskSpec]):
         return self.make("combiner", self.recipe.config.combiner, "combiner",

@@ -56,7 +56,8 @@ def mtlframe_backbones():
         C("aitm", "mtlframe.backbones.aitm:AITM",
           "adaptive information transfer + calibrator (Xi et al., KDD 2021; auxiliary loss)"),
         C("stem", "mtlframe.backbones.stem:STEM",
-          "shared/task-specific embeddings, all-forward gates (Su et al., AAAI 2024; simplified)"),
+          "shared/task-specific embeddings (embedding's task_specific tables), all-forward gates "
+          "(Su et al., AAAI 2024)"),
     ]
 
 

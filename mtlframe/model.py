@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtlframe.backbones.base import TaskInputs
 from mtlframe.features import TaskSpec
 
 
@@ -16,8 +17,11 @@ class MultiTaskModel(nn.Module):
     """The composed multi-task network.
 
     Args:
-        encoders: feature encoders; their outputs are concatenated into ``x [B, D]``.
-        backbone: maps ``x`` to ``{task: h_t [B, H_t]}``.
+        encoders: feature encoders; their outputs are concatenated into ``x [B, D]``. Encoders
+            with per-task parameters (``per_task``, e.g. ``embedding`` with ``task_specific``)
+            also give each task its own input ``[B, D]`` (:class:`~mtlframe.backbones.base.TaskInputs`).
+        backbone: maps ``x`` to ``{task: h_t [B, H_t]}``; with per-task inputs it must accept them
+            (``accepts_task_inputs``) and is called ``backbone(x, {task: [B, D]})``.
         towers: one tower per task, ``h_t -> [B, out_dim]``.
         tasks: the task specs, in recipe order.
         shared: which parameters count as shared by the tasks (what gradient-level combiners
@@ -28,6 +32,10 @@ class MultiTaskModel(nn.Module):
 
     ``forward(batch)`` returns ``{task: output}`` with output ``[B]`` (binary logits, regression
     values) or ``[B, C]`` (multiclass logits).
+
+    Raises:
+        ValueError: bad ``shared``; an encoder has per-task parameters for a task the model does
+            not have, or the backbone does not read per-task inputs.
     """
 
     def __init__(self, encoders: Sequence[nn.Module], backbone: nn.Module, towers: Mapping[str, nn.Module],
@@ -41,17 +49,40 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"shared must be 'encoders+backbone', 'backbone' or 'encoders', got {shared!r}")
         self.shared = shared
         self._squeeze = {t.name: t.output_dim == 1 for t in self.tasks}
+        names = [t.name for t in self.tasks]
+        per_task = {t for enc in self.encoders for t in getattr(enc, "per_task", ())}
+        if per_task - set(names):
+            raise ValueError(f"encoders have per-task parameters for {sorted(per_task - set(names))}, "
+                             f"which are not tasks of the model ({', '.join(names)})")
+        if per_task and not getattr(backbone, "accepts_task_inputs", False):
+            raise ValueError(f"encoders have per-task parameters (for {', '.join(sorted(per_task))}) but the "
+                             f"backbone {type(backbone).__name__} reads only the shared input")
+        self.task_inputs = bool(per_task)
+        self._task_names = names
 
-    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | TaskInputs:
+        """The shared input ``x [B, D]``; with per-task encoders, :class:`TaskInputs` (``x`` and
+        ``{task: [B, D]}``)."""
         parts = [enc(batch) for enc in self.encoders]             # each (B, d_i)
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, D)
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, D)
+        if not self.task_inputs:
+            return x
+        own = [enc.forward_tasks(batch) if getattr(enc, "per_task", ()) else {} for enc in self.encoders]
+        tasks = {}
+        for t in self._task_names:
+            tparts = [o.get(t, p) for o, p in zip(own, parts)]     # each (B, d_i)
+            tasks[t] = torch.cat(tparts, dim=1) if len(tparts) > 1 else tparts[0]  # (B, D)
+        return TaskInputs(x, tasks)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.forward_from(self.encode(batch))
 
-    def forward_from(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run backbone, towers and output coupling on the shared representation ``x [B, D]``."""
-        hidden = self.backbone(x)                                  # {task: (B, H_t)}
+    def forward_from(self, x: torch.Tensor | TaskInputs) -> dict[str, torch.Tensor]:
+        """Run backbone, towers and output coupling on :meth:`encode`'s output."""
+        if isinstance(x, TaskInputs):
+            hidden = self.backbone(x.shared, x.tasks)              # {task: (B, H_t)}
+        else:
+            hidden = self.backbone(x)                              # {task: (B, H_t)}
         out = {}
         for name, tower in self.towers.items():
             y = tower(hidden[name])                                # (B, out_dim)
@@ -86,9 +117,11 @@ class MultiTaskModel(nn.Module):
                     last.bias.fill_(float(value))
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters shared by the tasks, as chosen by ``shared`` (recipe key ``model.shared``)."""
+        """Parameters shared by the tasks, as chosen by ``shared`` (recipe key ``model.shared``).
+
+        An encoder's per-task parameters (``task_specific`` tables) are never listed."""
         if self.shared != "backbone":
             for enc in self.encoders:
-                yield from enc.parameters()
+                yield from getattr(enc, "shared_parameters", enc.parameters)()
         if self.shared != "encoders":
             yield from self.backbone.shared_parameters()

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from mtlframe.backbones.base import TaskInputs
 from mtlframe.combiners.base import LossCombiner
 from mtlframe.errors import MTLFrameError
 from mtlframe.features import GROUP_KEY, TaskSpec, label_key, mask_key
@@ -102,7 +103,7 @@ class MultiTaskModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        x = self.model.encode(batch)                               # (B, D)
+        x = self.model.encode(batch)                               # (B, D), or TaskInputs
         outputs = self.model.forward_from(x)
         losses = self.task_losses(batch, outputs)
         if not losses:
@@ -127,7 +128,9 @@ class MultiTaskModule(pl.LightningModule):
             backward = self.manual_backward if aux_total is None else (
                 lambda loss: self.manual_backward(loss + aux_total))
             if self.combiner.requires_representation:
-                self.combiner.backward(losses, shared, backward, representation=x)
+                # the shared input: with per-task tables, what every task's loss reads (TaskInputs.shared)
+                rep = x.shared if isinstance(x, TaskInputs) else x
+                self.combiner.backward(losses, shared, backward, representation=rep)
             else:
                 self.combiner.backward(losses, shared, backward)
             if self.gradient_clip_val:

@@ -63,6 +63,7 @@ class ValidationContext:
             first one the encoder ``accepts`` (the dataset's real types are checked at ``train``).
         input_dim: stand-in (or, when every encoder could be probed, the real) width of the
             encoders' output, as a backbone receives it.
+        task_inputs: whether the probed encoders give per-task inputs (``task_specific`` tables).
     """
 
     kind: str
@@ -72,6 +73,7 @@ class ValidationContext:
     feature_types: dict[str, str] = field(default_factory=dict)
     input_dim: int = PLACEHOLDER_WIDTH
     tower_input_dims: dict[str, int] = field(default_factory=dict)
+    task_inputs: bool = False
 
     def feature_info(self, names: Iterable[str] | None = None) -> dict[str, FeatureInfo]:
         """Stand-in fitted features (``FeatureInfo`` with small vocabularies) for ``names``
@@ -99,6 +101,7 @@ class ValidationContext:
             "input_dim": lambda: (self.tower_input_dims.get(first.name, PLACEHOLDER_WIDTH)
                                   if self.kind == "tower" and first else self.input_dim),
             "output_dim": lambda: first.output_dim if first else 1,
+            "task_inputs": lambda: self.task_inputs,
         }
         if any(n not in known for n in names):
             return None
@@ -240,7 +243,7 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
 
     def ctx(c: Checked) -> ValidationContext:
         return ValidationContext(c.kind, c.path, recipe, base.tasks, base.feature_types,
-                                 base.input_dim, base.tower_input_dims)
+                                 base.input_dim, base.tower_input_dims, base.task_inputs)
 
     for c in by_kind.get("dataset", []) + encoders:
         _run(c, ctx(c), problems)
@@ -252,6 +255,14 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
             pass
     if tasks is None:  # the tasks themselves are invalid (reported already): nothing more to go on
         return
+    per_task = [f"{c.path}.task_specific" for c in encoders
+                if c.instance is not None and getattr(c.instance, "per_task", ())]
+    base.task_inputs = bool(per_task)
+    backbone_spec = (recipe.get("model") or {}).get("backbone")
+    if per_task and isinstance(backbone_spec, Mapping) and by_kind.get("backbone"):
+        from mtlframe.build import task_input_conflicts
+
+        problems.extend(task_input_conflicts(per_task, str(backbone_spec.get("name"))))
     for c in by_kind.get("backbone", []):
         _run(c, ctx(c), problems)
         dims = getattr(c.instance, "output_dims", None)

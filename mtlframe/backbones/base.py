@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+
+class TaskInputs(NamedTuple):
+    """The encoders' output when some encoder has per-task parameters (``task_specific`` tables).
+
+    Attributes:
+        shared: ``[B, D]`` the concatenated shared encodings (what every backbone reads as ``x``).
+        tasks: ``{task: [B, D]}`` for every task: the same concatenation with each encoder's
+            task encoding in place of its shared one where the encoder has one for the task.
+    """
+
+    shared: torch.Tensor
+    tasks: dict[str, torch.Tensor]
 
 
 class Backbone(nn.Module):
@@ -17,9 +30,18 @@ class Backbone(nn.Module):
 
     ``forward(x)`` maps ``x: [B, D]`` to ``{task: h_t [B, H_t]}``. A gated backbone stores the
     gate weights of its last forward in :attr:`gate_weights` (``{name: [B, E]}``) for inspection.
+
+    Per-task inputs: a backbone that sets :attr:`accepts_task_inputs` can also read each task's
+    own input (see :class:`TaskInputs`; from encoders with per-task tables, e.g. ``embedding``
+    with ``task_specific``). It declares the injected keyword ``task_inputs: bool`` (True when the
+    recipe's encoders produce them) and is then called ``forward(x, task_inputs)`` with
+    ``task_inputs: {task: [B, D]}``. Every other backbone is called ``forward(x)`` with the shared
+    ``x`` only, and a recipe that gives it per-task tables is rejected.
     """
 
     injected: ClassVar[tuple[str, ...]] = ("input_dim", "task_names")
+    #: reads per-task inputs ``forward(x, task_inputs)`` when the encoders produce them.
+    accepts_task_inputs: ClassVar[bool] = False
     output_dims: dict[str, int]
 
     def __init__(self) -> None:

@@ -1,7 +1,7 @@
-"""The encoder contract: batch columns -> one ``[B, d]`` tensor."""
+"""The encoder contract: batch columns -> one ``[B, d]`` tensor (plus, optionally, one per task)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -40,11 +40,33 @@ class Encoder(nn.Module):
     training hot path; the tensors it returns join the batch under the keys it chooses. The data
     module may hand it columns it can free: calling :func:`release_column` on each input column
     once it is no longer read keeps setup memory at the data's size plus one column.
+
+    Per-task encodings: an encoder may keep a separate copy of its parameters for some tasks
+    (the ``embedding`` encoder's ``task_specific`` tables, for STEM). It then lists those tasks
+    in :attr:`per_task`, returns their encodings from :meth:`forward_tasks` and leaves their
+    parameters out of :meth:`shared_parameters`. The model concatenates, for each task, the
+    encoders' task encodings (the shared one where an encoder has none for the task) into the
+    task's input ``[B, D]`` and hands it to backbones that read per-task inputs
+    (:attr:`~mtlframe.backbones.base.Backbone.accepts_task_inputs`). Encoders without per-task
+    parameters (the default) are shared: their output is part of every task's input.
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset()
     injected: ClassVar[tuple[str, ...]] = ("feature_info",)
     output_dim: int
+    #: tasks with their own encoding (their own parameters); empty: the encoder is shared by all.
+    per_task: tuple[str, ...] = ()
+
+    def forward_tasks(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task of :attr:`per_task` encoded with its own parameters: ``{task: [B, output_dim]}``.
+
+        The default (a shared encoder) returns ``{}``.
+        """
+        return {}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters used by more than one task: all of them unless the encoder has per-task ones."""
+        return self.parameters()
 
     def featurize(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Turn raw columns (``name -> [N]`` numpy arrays, strings for text) into tensors.

@@ -2,10 +2,12 @@
 
 All single-valued categorical features share one fused table (one lookup per batch);
 multi-categorical features (``"Action|Comedy"``) are mean-pooled with ``EmbeddingBag``.
+With ``task_specific`` the encoder also keeps one set of tables per task beside the shared set
+(STEM's task-specific embeddings; see the ``stem`` backbone).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +30,23 @@ class EmbeddingEncoder(Encoder):
             them; see :mod:`mtlframe.optim`). Worth it for tables of 10^5 rows and more. The tables
             then get no weight decay; gradient clipping and gradient-level combiners that balance
             the encoders (``model.shared`` other than ``backbone``) are refused.
+        task_specific: also give tasks their own embedding tables (of the same features and
+            width): ``true`` for every task, or a list of task names. The shared tables stay and
+            give :meth:`forward`'s output; each listed task's tables give its own encoding
+            (:meth:`forward_tasks`), which only a backbone that reads per-task inputs consumes
+            (``stem``; any other backbone is a recipe error). A task's tables are trained by that
+            task's loss alone, so tasks' gradients never meet in them; the shared tables are
+            :meth:`shared_parameters`, the task tables are not. Memory: ``1 + len(tasks)`` copies
+            of the tables (and of their optimizer state); list only some tasks to save it (the
+            others read the shared tables). ``sparse`` applies to every copy.
         feature_info: injected (vocabulary sizes).
+        task_names: injected (the recipe's tasks, for ``task_specific``).
 
-    Shape: batch -> ``[B, F * d]`` with ``F = len(features)``.
+    Shape: batch -> ``[B, F * d]`` with ``F = len(features)``; :meth:`forward_tasks`:
+    ``{task: [B, F * d]}`` for the ``task_specific`` tasks (``{}`` without them).
+
+    Raises:
+        ValueError: ``task_specific`` names a task the recipe does not have, or repeats one.
 
     Id 0 of a categorical feature is its out-of-vocabulary / missing row (learned). For a
     multi-categorical feature id 0 is padding (ignored) and id 1 out-of-vocabulary.
@@ -42,9 +58,11 @@ class EmbeddingEncoder(Encoder):
     """
 
     accepts = frozenset({"categorical", "multi_categorical"})
+    injected = ("feature_info", "task_names")
 
-    def __init__(self, features: list[str], dim: int = 16, sparse: bool = False, *,
-                 feature_info: Mapping[str, FeatureInfo]) -> None:
+    def __init__(self, features: list[str], dim: int = 16, sparse: bool = False,
+                 task_specific: bool | list[str] = False, *, feature_info: Mapping[str, FeatureInfo],
+                 task_names: Sequence[str] = ()) -> None:
         super().__init__()
         if dim < 1:
             raise ArgumentError("dim", f"dim must be >= 1, got {dim}")
@@ -52,13 +70,23 @@ class EmbeddingEncoder(Encoder):
         self.single = [f for f in self.features if feature_info[f].type == "categorical"]
         self.multi = [f for f in self.features if feature_info[f].type == "multi_categorical"]
         self.key = "cat:" + ",".join(self.single)
-        self.fused = (FusedEmbedding([feature_info[f].cardinality for f in self.single], dim, sparse=sparse)
-                      if self.single else None)
-        self.bags = nn.ModuleDict({
-            f: nn.EmbeddingBag(feature_info[f].cardinality, dim, mode="mean", padding_idx=0, sparse=sparse)
-            for f in self.multi})
-        for bag in self.bags.values():
-            nn.init.normal_(bag.weight, std=0.01)
+        self.per_task = _task_specific(task_specific, task_names)
+
+        def tables() -> tuple[FusedEmbedding | None, nn.ModuleDict]:
+            fused = (FusedEmbedding([feature_info[f].cardinality for f in self.single], dim, sparse=sparse)
+                     if self.single else None)
+            bags = nn.ModuleDict({
+                f: nn.EmbeddingBag(feature_info[f].cardinality, dim, mode="mean", padding_idx=0, sparse=sparse)
+                for f in self.multi})
+            for bag in bags.values():
+                nn.init.normal_(bag.weight, std=0.01)
+            return fused, bags
+
+        self.fused, self.bags = tables()                           # the shared tables
+        self.task_tables = nn.ModuleDict()                         # {task: {"fused": ..., "bags": ...}}
+        for t in self.per_task:
+            fused, bags = tables()
+            self.task_tables[t] = nn.ModuleDict({"bags": bags, **({"fused": fused} if fused is not None else {})})
         self.output_dim = dim * len(self.features)
         self.input_keys = ([self.key] if self.single else []) + self.multi
 
@@ -81,11 +109,47 @@ class EmbeddingEncoder(Encoder):
             release_column(columns, f)
         return {self.key: ids.t()}
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _embed(self, fused: FusedEmbedding | None, bags: nn.ModuleDict,
+               batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []
-        if self.fused is not None:
-            emb = self.fused(batch[self.key])                      # (B, F, d)
+        if fused is not None:
+            emb = fused(batch[self.key])                           # (B, F, d)
             parts.append(emb.flatten(1))                           # (B, F*d)
-        for f, bag in self.bags.items():
+        for f, bag in bags.items():
             parts.append(bag(batch[f]))                            # (B, d)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self._embed(self.fused, self.bags, batch)
+
+    def forward_tasks(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{task: [B, F * d]}`` from each ``task_specific`` task's own tables."""
+        return {t: self._embed(tables["fused"] if "fused" in tables else None,  # noqa: SIM401 (a ModuleDict)
+                               tables["bags"], batch)
+                for t, tables in self.task_tables.items()}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The shared tables (the task tables are each trained by one task)."""
+        own = {id(p) for p in self.task_tables.parameters()}
+        return (p for p in self.parameters() if id(p) not in own)
+
+
+def _task_specific(value: bool | Sequence[str], task_names: Sequence[str]) -> tuple[str, ...]:
+    """The tasks ``task_specific`` gives their own tables (``true``: all, in ``task_names`` order)."""
+    if value is False:
+        return ()
+    if value is True:
+        if not task_names:
+            raise ValueError("task_specific: true needs the task names (injected by the builder)")
+        return tuple(task_names)
+    names = list(value)
+    unknown = [t for t in names if t not in task_names]
+    if unknown:
+        raise ValueError(f"task_specific names {', '.join(map(repr, unknown))}, not a task of the recipe "
+                         f"(tasks: {', '.join(task_names)})")
+    dupes = sorted({t for t in names if names.count(t) > 1})
+    if dupes:
+        raise ValueError(f"task_specific lists {', '.join(map(repr, dupes))} more than once")
+    if not names:
+        raise ValueError("task_specific is an empty list; use false for shared tables only")
+    return tuple(names)
