@@ -7,6 +7,7 @@ column or row at fault and say what to do.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -32,12 +33,12 @@ class RecipeError(MTLFrameError):
         super().__init__(self._format())
 
     def _line_of(self, path: str) -> int | str | None:
-        parts = path.split(".") if path else []
-        while parts:
-            key = ".".join(parts)
+        key = path
+        while key:  # the key itself, then each parent: a.b[1].c -> a.b[1] -> a.b -> a
             if key in self.lines:
                 return self.lines[key]
-            parts.pop()
+            m = re.match(r"^(.*?)(\[[^\]]*\]|\.[^.\[]*)$", key)
+            key = m.group(1) if m else ""
         return None
 
     def _format(self) -> str:

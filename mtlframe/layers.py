@@ -239,6 +239,8 @@ class ExtractionLayer(nn.Module):
                              "num_task_experts + num_shared_experts must be >= 1")
         if not expert_hidden:
             raise ValueError("expert_hidden must list at least one width")
+        if any(int(h) < 1 for h in expert_hidden):
+            raise ValueError(f"expert_hidden widths must be positive integers, got {list(expert_hidden)}")
         self.task_names = list(task_names)
         self.all_forward = all_forward
 
@@ -303,6 +305,8 @@ class ExpertBank(nn.Module):
         super().__init__()
         if num_experts < 1 or not hidden:
             raise ValueError("ExpertBank needs num_experts >= 1 and at least one hidden width")
+        if any(int(h) < 1 for h in hidden):
+            raise ValueError(f"expert_hidden widths must be positive integers, got {list(hidden)}")
         self.num_experts = num_experts
         self.widths = [int(h) for h in hidden]
         e = num_experts

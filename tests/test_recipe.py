@@ -158,6 +158,13 @@ def test_overridden_keys_point_at_the_command_line(tmp_path):
     with pytest.raises(RecipeError) as exc:  # a whole mapping replaced: its keys are the override's too
         load_recipe(p, ["model.backbone={name: mmoe, num_experts: 0}"])
     assert "model.backbone.num_experts (command-line override)" in str(exc.value)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["model.backbone.expert_hidden=[8, -1]"])
+    assert "model.backbone.expert_hidden (command-line override): backbone 'mmoe': expert_hidden widths must be " \
+        "positive integers, got [8, -1]" in str(exc.value)
+    with pytest.raises(RecipeError) as exc:  # an item of an overridden list
+        load_recipe(p, ["tasks.income.metrics=[auc, ndcg@0]"])
+    assert "tasks.income.metrics[1] (command-line override)" in str(exc.value)
     with pytest.raises(RecipeError) as exc:  # keys not overridden keep their file line
         load_recipe(_write(tmp_path, BASE.replace("num_experts: 2", "num_experts: 0")), ["trainer.max_epochs=1"])
     assert f"model.backbone.num_experts ({p}:8)" in str(exc.value)
