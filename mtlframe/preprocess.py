@@ -280,7 +280,7 @@ class Preprocessor:
         width = self.multi_len[col]
         tokens = _as_str(series).fillna("").str.split("|")
         flat = tokens.explode().str.strip()
-        row = np.repeat(np.arange(len(tokens)), tokens.map(len).to_numpy())
+        row = np.repeat(np.arange(len(tokens)), tokens.map(len).to_numpy(dtype=np.int64))
         codes = pd.Categorical(flat, categories=self.vocab[col]).codes.astype(np.int64) + 2  # unknown -> 1
         codes[(flat == "").to_numpy() | flat.isna().to_numpy()] = 0
         pos = pd.Series(row).groupby(row).cumcount().to_numpy()

@@ -74,3 +74,12 @@ def test_state_round_trip():
     a, b = pre.transform(_train()), again.transform(_train())
     for k in ("city", "age", "tags"):
         assert torch.equal(a[k], b[k])
+
+
+def test_zero_rows_transform_to_empty_columns():
+    """An empty split (data.split.val: 0) or a header-only file gives empty columns, not a crash."""
+    pre = Preprocessor(FEATURES, LABELS).fit(_train())
+    out = pre.transform(_train().iloc[:0])
+    assert out["tags"].shape == (0, 3) and out["tags"].dtype == torch.int64
+    assert out["city"].shape == (0,) and out["age"].shape == (0,)
+    assert out[mask_key("click")].shape == (0,)
