@@ -108,6 +108,14 @@ def test_layer_changes_the_cache_entry_and_is_validated(tiny_model_dir):
     torch.testing.assert_close(lower.table[b[lower.key]][1], want, atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="has 3 layers"):
         TextEncoder(["body"], model=str(tiny_model_dir), layer=4)
+    with pytest.raises(ValueError, match="has 3 layers"):
+        TextEncoder(["body"], model=str(tiny_model_dir), layer=-5)
+    # layer 0 (= -4) is the token embeddings; -2 is layer 2
+    for layer, index in ((0, 0), (-4, 0), (-2, 2)):
+        enc = TextEncoder(["body"], model=str(tiny_model_dir), layer=layer, progress=False)
+        out = enc.featurize({"body": TEXTS})
+        want = reference_states(tiny_model_dir, "love the fabric", index).mean(0)
+        torch.testing.assert_close(enc.table[out[enc.key]][1], want, atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="use segments: text"):
         TextEncoder(["body"], model=str(tiny_model_dir), pooling="attention", segments="sentences")
 

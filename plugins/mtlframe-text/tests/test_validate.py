@@ -1,7 +1,9 @@
 """`mtlframe recipe validate` runs the text encoder's argument checks: exact keys, no weights loaded."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from mtlframe_text import models
 
 from mtlframe.errors import RecipeError
@@ -38,7 +40,15 @@ def test_layer_beyond_the_model_names_the_key_and_the_range(tiny_model_dir, no_w
     problems = _problems({"model": str(tiny_model_dir), "layer": 9})
     assert list(problems) == ["model.encoders[1].layer"]
     assert "layer=9, but" in problems["model.encoders[1].layer"]
-    assert "has 3 layers (use 0..3, or -1 for the last)" in problems["model.encoders[1].layer"]
+    assert "has 3 layers (use 0..3, 0 = the token embeddings; or count back from -1 = the last to -4)" \
+        in problems["model.encoders[1].layer"]
+
+
+def test_max_length_beyond_the_model(tiny_model_dir, no_weights):
+    """The tiny BERT has 64 positions: a longer max_length would crash in the position embeddings."""
+    problems = _problems({"model": str(tiny_model_dir), "max_length": 100000})
+    assert problems["model.encoders[1].max_length"].endswith("reads at most 64 tokens; use max_length <= 64.")
+    assert list(_problems({"model": str(tiny_model_dir), "max_length": 64, "layer": 9})) == ["model.encoders[1].layer"]
 
 
 def test_every_problem_of_the_entry_at_once(tiny_model_dir, no_weights):
@@ -79,3 +89,16 @@ def test_constructor_raises_the_same_message_with_the_parameter(tiny_model_dir):
     with pytest.raises(ArgumentError, match=r"has 3 layers \(use 0..3") as err:
         TextEncoder(["body"], model=str(tiny_model_dir), layer=9)
     assert err.value.param == "layer"
+
+
+def test_constructor_cuts_max_length_at_the_model_limit(tiny_model_dir):
+    """Built directly (no recipe validation), a max_length past the model's positions is cut to them,
+    with a warning; the default max_length is cut silently (a short-context model still works)."""
+    from mtlframe_text.encoder import TextEncoder
+
+    with pytest.warns(UserWarning, match="reads at most 64 tokens; texts are cut at 64"):
+        enc = TextEncoder(["body"], model=str(tiny_model_dir), max_length=1000, progress=False)
+    assert enc.max_length == 64
+    assert TextEncoder(["body"], model=str(tiny_model_dir), progress=False).max_length == 64
+    out = enc.featurize({"body": np.array([" ".join(["soft"] * 200)], dtype=object)})
+    assert torch.isfinite(enc(out)).all()

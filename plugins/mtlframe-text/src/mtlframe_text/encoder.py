@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ import re
 import string
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -230,6 +232,12 @@ class TextEncoder(Encoder):
         self.features = list(features)
         self.template = template
         self.max_length = int(max_length)
+        limit = resolved.max_tokens
+        if limit is not None and self.max_length > limit:  # positions past the limit do not exist
+            if max_length != inspect.signature(type(self).__init__).parameters["max_length"].default:
+                warnings.warn(f"text encoder: max_length={max_length}, but {resolved.name} reads at most {limit} "
+                              f"tokens; texts are cut at {limit}", UserWarning, stacklevel=2)
+            self.max_length = limit
         self.pooling = pooling
         self.layer = int(layer)
         self.mode = mode
@@ -297,7 +305,12 @@ class TextEncoder(Encoder):
         Returns:
             ``(parameter, message)`` for each problem found; empty when the arguments are valid.
         """
-        problems = cls._check(args)[0]
+        problems, resolved = cls._check(args)
+        limit = resolved.max_tokens if resolved is not None else None
+        default = inspect.signature(cls.__init__).parameters["max_length"].default
+        if limit is not None and args["max_length"] > limit and args["max_length"] != default:
+            problems.append(("max_length", (f"max_length={args['max_length']}, but {resolved.name} reads at most "
+                                            f"{limit} tokens; use max_length <= {limit}")))
         if args["lora"] is not None and args["mode"] == "finetune" and importlib.util.find_spec("peft") is None:
             problems.append(("lora", ("lora needs the peft package: pip install 'mtlframe-text[lora]' "
                                       "(or pip install peft)")))
@@ -349,7 +362,8 @@ class TextEncoder(Encoder):
         n_layers, layer = resolved.num_layers, a["layer"]
         if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
             problems.append(("layer", (f"layer={layer}, but {resolved.name} has {n_layers} layers "
-                                       f"(use 0..{n_layers}, or -1 for the last)")))
+                                       f"(use 0..{n_layers}, 0 = the token embeddings; or count back from "
+                                       f"-1 = the last to -{n_layers + 1})")))
         elif n_layers is not None and mode == "finetune" and a["trainable_layers"] is not None:
             kept = n_layers if layer == -1 else (layer if layer >= 0 else n_layers + 1 + layer)
             if a["trainable_layers"] > kept:
@@ -572,10 +586,11 @@ class TextEncoder(Encoder):
         return self.__dict__["_frozen_lm"]
 
     def _truncated(self, lm: nn.Module) -> nn.Module:
-        """``lm`` without the layers after ``layer`` (they cannot change its states)."""
+        """``lm`` without the layers after ``layer`` (they cannot change its states). One layer is
+        kept for ``layer: 0`` (the token embeddings): the hidden states are collected per layer."""
         if self.layer != -1:
             layers = _layer_list(lm)
-            del layers[self._layer_index():]
+            del layers[max(self._layer_index(), 1):]
         return lm
 
     def _hidden(self, lm: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

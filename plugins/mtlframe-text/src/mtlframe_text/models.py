@@ -85,6 +85,28 @@ class ResolvedModel:
         return None
 
 
+    @property
+    def max_tokens(self) -> int | None:
+        """Longest input in tokens the model reads (special tokens included), ``None`` when
+        neither ``config.json`` (``max_position_embeddings``; RoBERTa-style models reserve 2
+        positions) nor ``tokenizer_config.json`` (``model_max_length``) says."""
+        limits = []
+        cfg = self.config
+        pos = cfg.get("max_position_embeddings")
+        if isinstance(pos, int) and pos > 0:
+            roberta = str(cfg.get("model_type", "")) in ("roberta", "xlm-roberta", "camembert", "longformer")
+            limits.append(pos - 2 if roberta else pos)
+        tok = self.path / "tokenizer_config.json"
+        if tok.is_file():
+            try:
+                value = json.loads(tok.read_text(encoding="utf-8")).get("model_max_length")
+            except (ValueError, OSError):
+                value = None
+            if isinstance(value, int) and 0 < value < 1_000_000:  # "no limit" is written as ~1e30
+                limits.append(value)
+        return min(limits) if limits else None
+
+
 def offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
     return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
