@@ -9,6 +9,7 @@ value) and raises one :class:`~mtlframe.errors.RecipeError` listing them with do
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -213,6 +214,11 @@ class CompileConfig(_Strict):
     backend: str = "inductor"
 
 
+#: ``trainer.precision`` values PyTorch Lightning 2 accepts (numbers may be written bare: ``16``)
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
+
+
 class TrainerConfig(_Strict):
     max_epochs: int = Field(10, ge=1)
     max_steps: int = -1
@@ -231,6 +237,16 @@ class TrainerConfig(_Strict):
     enable_progress_bar: bool = True
     #: compile the model's encoders, backbone and towers for training: ``true`` or ``{mode: ...}``
     compile: CompileConfig | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: Union[int, str]) -> Union[int, str]:
+        if str(v) not in PRECISIONS:
+            close = difflib.get_close_matches(str(v), PRECISIONS, n=1)
+            raise ValueError(f"precision {v!r} is not one Lightning knows"
+                             + (f"; did you mean {close[0]!r}?" if close else ".")
+                             + f" Use one of: {', '.join(PRECISIONS)}.")
+        return v
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -376,6 +392,8 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
             problems.append((path, f"unknown key '{loc[-1]}'{of}.{hint} Valid keys: {', '.join(keys) or 'none'}."))
         elif err["type"] == "missing":
             problems.append((path, "required key is missing."))
+        elif err["type"] == "value_error" and err.get("ctx", {}).get("error") is not None:
+            problems.append((path, str(err["ctx"]["error"])))  # our own validator's message, as written
         else:
             got = err.get("input")
             got_s = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__

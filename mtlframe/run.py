@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlframe.errors import CheckpointError, DataError, MTLFrameError
+from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError
 from mtlframe.recipe import Recipe, recipe_from_dict
 
 
@@ -175,6 +176,32 @@ def _epoch_lines_callback():
     return EpochLines()
 
 
+def _make_trainer(recipe: Recipe, kwargs: dict[str, Any]):
+    """``pl.Trainer(**kwargs)``; Lightning's refusals of the recipe's ``trainer`` settings (no GPU for
+    ``accelerator: gpu``, too many ``devices``, an unknown ``strategy``) become recipe errors."""
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError) as exc:
+        raise _trainer_error(recipe, exc) from exc
+
+
+def _trainer_error(recipe: Recipe, exc: Exception) -> RecipeError:
+    text = str(exc)
+    low = text.lower()
+    t = recipe.config.trainer
+    key = next((k for k in ("accelerator", "devices", "strategy", "precision", "num_nodes") if k in low),
+               "accelerator" if "backend" in low or "gpu" in low or "cuda" in low else "")
+    where = f"trainer.{key}" if key else "trainer"
+    settings = (f"accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
+                f"precision={t.precision!r}")
+    return RecipeError([(where, f"Lightning cannot set up this machine with {settings}: {text.strip()} "
+                                "(`accelerator: auto` and `devices: auto` pick what the machine has)")],
+                       recipe.source, recipe.lines)
+
+
 def _finish_logger(logger) -> None:
     if logger and type(logger).__name__ == "WandbLogger":
         import wandb
@@ -233,51 +260,57 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     if (run_dir / "metrics.json").exists() and not overwrite:
         raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
                             "or --overwrite to replace it.")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm, module, builder = build_system(recipe)
-    if cfg.trainer.compile is not None:
-        module.model.compile_parts(**cfg.trainer.compile.model_dump())
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
+    try:  # a recipe or data error before training leaves no half-made run directory behind
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        dm, module, builder = build_system(recipe)
+        if cfg.trainer.compile is not None:
+            module.model.compile_parts(**cfg.trainer.compile.model_dump())
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
-    has_val = len(dm.split_index["val"]) > 0
-    if not has_val:
-        warnings.warn("data.split.val is 0: there is no validation split, so the saved checkpoint is the last "
-                      "epoch's and early stopping is off.", UserWarning, stacklevel=2)
-    callbacks = list(callbacks or [])
-    monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
-    ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
-                           monitor=monitor if has_val else None, mode=mode,
-                           save_top_k=cfg.checkpoint.save_top_k if has_val else 1, enable_version_counter=False)
-    saved = _saved_step_callback()
-    callbacks += [ckpt, saved]
-    if cfg.early_stopping is not None and has_val:
-        es_monitor, es_mode = _monitor(recipe, module, cfg.early_stopping.monitor, cfg.early_stopping.mode)
-        callbacks.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=cfg.early_stopping.patience,
-                                       min_delta=cfg.early_stopping.min_delta))
-    t = cfg.trainer
-    show_progress = t.enable_progress_bar if progress is None else progress
-    if show_progress and not _interactive_output():  # a file or a pipe: plain epoch lines, not a live bar
-        callbacks.append(_epoch_lines_callback())
-        show_progress = False
-    logger = _logger(recipe, run_dir)
-    trainer_kwargs = dict(
-        max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
-        gradient_clip_val=None if module.gradient_clip_val else t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-        enable_progress_bar=show_progress,
-        enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
-        plugins=[_checkpoint_io()])
-    if not has_val:
-        trainer_kwargs["limit_val_batches"] = 0
-    elif t.limit_val_batches is not None:
-        trainer_kwargs["limit_val_batches"] = t.limit_val_batches
-    for key in ("limit_train_batches", "val_check_interval"):
-        if getattr(t, key) is not None:
-            trainer_kwargs[key] = getattr(t, key)
-    trainer = pl.Trainer(**trainer_kwargs)
+        has_val = len(dm.split_index["val"]) > 0
+        if not has_val:
+            warnings.warn("data.split.val is 0: there is no validation split, so the saved checkpoint is the last "
+                          "epoch's and early stopping is off.", UserWarning, stacklevel=2)
+        callbacks = list(callbacks or [])
+        monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
+        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
+                               monitor=monitor if has_val else None, mode=mode,
+                               save_top_k=cfg.checkpoint.save_top_k if has_val else 1, enable_version_counter=False)
+        saved = _saved_step_callback()
+        callbacks += [ckpt, saved]
+        if cfg.early_stopping is not None and has_val:
+            es_monitor, es_mode = _monitor(recipe, module, cfg.early_stopping.monitor, cfg.early_stopping.mode)
+            callbacks.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=cfg.early_stopping.patience,
+                                           min_delta=cfg.early_stopping.min_delta))
+        t = cfg.trainer
+        show_progress = t.enable_progress_bar if progress is None else progress
+        if show_progress and not _interactive_output():  # a file or a pipe: plain epoch lines, not a live bar
+            callbacks.append(_epoch_lines_callback())
+            show_progress = False
+        logger = _logger(recipe, run_dir)
+        trainer_kwargs = dict(
+            max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
+            strategy=t.strategy, num_nodes=t.num_nodes, precision=t.precision,
+            gradient_clip_val=None if module.gradient_clip_val else t.gradient_clip_val,
+            accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
+            deterministic=t.deterministic, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
+            enable_progress_bar=show_progress,
+            enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+            plugins=[_checkpoint_io()])
+        if not has_val:
+            trainer_kwargs["limit_val_batches"] = 0
+        elif t.limit_val_batches is not None:
+            trainer_kwargs["limit_val_batches"] = t.limit_val_batches
+        for key in ("limit_train_batches", "val_check_interval"):
+            if getattr(t, key) is not None:
+                trainer_kwargs[key] = getattr(t, key)
+        trainer = _make_trainer(recipe, trainer_kwargs)
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm)

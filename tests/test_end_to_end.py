@@ -218,3 +218,24 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     assert 0.5 < logged <= 1.0 and result.metrics["val"]["task_1_bin"]["auc"] > 0.5
     train(rec, tmp_path / "b", progress=False)
     assert "epoch " not in capsys.readouterr().out
+
+
+def test_trainer_settings_lightning_refuses_are_recipe_errors(tmp_path):
+    """An accelerator the machine lacks (or an unknown strategy) is a recipe error at its key, and
+    the failed run leaves no run directory; an unknown precision is caught at validation."""
+    import torch
+
+    from mtlframe.errors import RecipeError
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+    from mtlframe.testing import tiny_recipe
+
+    bad = {"trainer.strategy": "no-such-strategy"} if torch.cuda.is_available() else {"trainer.accelerator": "gpu"}
+    key = next(iter(bad))
+    with pytest.raises(RecipeError) as exc:
+        train(recipe_from_dict(tiny_recipe(**bad), "<tiny>"), tmp_path / "run")
+    assert [k for k, _ in exc.value.problems] == [key]
+    assert "Lightning cannot set up this machine" in str(exc.value)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RecipeError, match="precision 'fp13' is not one Lightning knows"):
+        recipe_from_dict(tiny_recipe(**{"trainer.precision": "fp13"}), "<tiny>")
