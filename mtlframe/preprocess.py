@@ -87,6 +87,11 @@ def _rows(series: pd.Series, rows: np.ndarray | None) -> pd.Series:
         series.dtype, pd.api.extensions.ExtensionDtype) else series.iloc[rows].reset_index(drop=True)
 
 
+def _row_number(pos: int, rows: np.ndarray | None) -> int:
+    """1-based row of the whole frame for position ``pos`` of the subset ``rows``."""
+    return int(rows[pos] if rows is not None else pos) + 1
+
+
 def id_dtype(cardinality: int) -> torch.dtype:
     """int32 for ids below 2^31 - 1, else int64."""
     return torch.int32 if cardinality < 2**31 - 1 else torch.int64
@@ -158,15 +163,15 @@ class Preprocessor:
         return self
 
     @staticmethod
-    def _numeric(series: pd.Series, col: str, source: str) -> np.ndarray:
+    def _numeric(series: pd.Series, col: str, source: str, rows: np.ndarray | None = None) -> np.ndarray:
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             return series.to_numpy(dtype=np.float64, na_value=np.nan)
         coerced = pd.to_numeric(series.replace("", np.nan), errors="coerce")
         bad = coerced.isna() & series.notna() & (series.astype("string").str.strip() != "")
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{source}: numeric column '{col}' has a non-numeric value {series.iloc[row]!r} at "
-                            f"row {row + 1}; clean the column or declare it categorical.")
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{source}: numeric column '{col}' has a non-numeric value {series.iloc[pos]!r} at "
+                            f"row {_row_number(pos, rows)}; clean the column or declare it categorical.")
         return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
     # -- information -------------------------------------------------------------------------
@@ -237,7 +242,7 @@ class Preprocessor:
         elif typ == "multi_categorical":
             out[col] = self._multi(series, col)
         elif typ == "numeric":
-            values = self._numeric(series, col, source)
+            values = self._numeric(series, col, source, rows)
             mean, std = self.stats[col]
             z = (values - mean) / std
             z[~np.isfinite(z)] = 0.0
@@ -246,7 +251,7 @@ class Preprocessor:
             out[col] = series.fillna("").astype(str).to_numpy(dtype=object)
         for lab in self.labels:
             if lab.column == col:
-                out.update(self._label(series, lab, source))
+                out.update(self._label(series, lab, source, rows))
         return out
 
     def transform_splits(self, frame: pd.DataFrame, index: Mapping[str, np.ndarray], source: str = "data",
@@ -293,22 +298,26 @@ class Preprocessor:
                          rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for lab in self.labels:
-            out.update(self._label(_rows(frame[lab.column], rows), lab, source))
+            out.update(self._label(_rows(frame[lab.column], rows), lab, source, rows))
         return out
 
-    def _label(self, series: pd.Series, lab: LabelSpec, source: str) -> dict[str, torch.Tensor]:
+    def _label(self, series: pd.Series, lab: LabelSpec, source: str,
+               rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Label and mask of one task; ``series`` holds the frame's rows ``rows`` (all when ``None``),
+        which error messages translate back to the frame's row numbers."""
         if lab.type == "multiclass":
             codes = pd.Categorical(_as_str(series), categories=self.classes[lab.task]).codes.astype(np.int64)
             y = torch.from_numpy(codes)
             mask = y >= 0
         else:
-            values = self._numeric(series, lab.column, source)
+            values = self._numeric(series, lab.column, source, rows)
             if lab.type == "binary":
                 bad = np.isfinite(values) & (values != 0) & (values != 1)
                 if bad.any():
-                    row = int(np.flatnonzero(bad)[0])
+                    pos = int(np.flatnonzero(bad)[0])
                     raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has value "
-                                    f"{float(values[row]):g} at row {row + 1}; binary labels must be 0, 1 or missing. "
+                                    f"{float(values[pos]):g} at row {_row_number(pos, rows)}; binary labels must be "
+                                    "0, 1 or missing. "
                                     "Use a regression task, or derive a 0/1 column.")
             y = torch.from_numpy(values.astype(np.float32))
             mask = torch.isfinite(y)

@@ -66,6 +66,14 @@ def test_errors_name_column_and_row():
     bad["click"] = [1, 2, 0, 1]
     with pytest.raises(DataError, match=r"binary label column 'click'.*row 2"):
         pre.transform(bad, "in.csv")
+    # in a split (a subset of the rows), the row named is the file's, not the position in the split
+    split = {"train": np.array([0, 2]), "test": np.array([3, 1])}
+    with pytest.raises(DataError, match=r"binary label column 'click'.* 2 at row 2;"):
+        pre.transform_splits(bad, split, "in.csv")
+    bad = _train()
+    bad["age"] = ["1", "2", "3", "old"]
+    with pytest.raises(DataError, match=r"'age'.*'old' at row 4;"):
+        pre.transform_splits(bad, split, "in.csv")
 
 
 def test_state_round_trip():
