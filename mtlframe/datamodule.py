@@ -172,6 +172,9 @@ class RecDataModule(pl.LightningDataModule):
         seed = self.recipe.config.seed
         s = self.cfg.split
         idx = split_indices(table, s.name, s.val, s.test, seed, s.cold_items)
+        if len(table.frame) == 0:
+            raise DataError(f"{table.source}: the dataset has no data rows (a header only, or every row "
+                            "filtered out); point data.dataset at a file with rows.")
         if len(idx["train"]) == 0:
             raise DataError(f"{table.source}: the training split is empty ({len(table.frame)} rows); "
                             "lower data.split.val / data.split.test.")

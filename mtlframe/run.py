@@ -173,6 +173,18 @@ def _epoch_lines_callback():
             print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
                   f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)
 
+        def on_train_end(self, trainer, pl_module) -> None:
+            from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+            if not trainer.is_global_zero:
+                return
+            for cb in trainer.callbacks:
+                if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+                    print(f"early stopping after epoch {cb.stopped_epoch + 1}: {cb.monitor} did not improve for "
+                          f"{cb.patience} epoch(s)", flush=True)
+                if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_score is not None:
+                    print(f"best checkpoint: {cb.monitor} {float(cb.best_model_score):.4f}", flush=True)
+
     return EpochLines()
 
 

@@ -210,7 +210,9 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     torch.set_num_threads(1)
     rec = recipe_from_dict(tiny_recipe(**{"trainer.max_epochs": 2, "trainer.enable_progress_bar": True}), "<tiny>")
     result = train(rec, tmp_path / "a")
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert re.search(r"^best checkpoint: val/score [\d.]+$", out, re.M)
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
     assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
     # the last epoch's line carries the numbers the run logged for that epoch
@@ -239,3 +241,20 @@ def test_trainer_settings_lightning_refuses_are_recipe_errors(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(RecipeError, match="precision 'fp13' is not one Lightning knows"):
         recipe_from_dict(tiny_recipe(**{"trainer.precision": "fp13"}), "<tiny>")
+
+
+def test_header_only_csv_says_the_file_has_no_rows(tmp_path):
+    from mtlframe.errors import DataError
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+
+    (tmp_path / "e.csv").write_text("u,x,click\n")
+    rec = recipe_from_dict({
+        "data": {"dataset": {"name": "csv", "path": str(tmp_path / "e.csv"),
+                             "features": {"u": "categorical", "x": "numeric"}, "labels": ["click"]}},
+        "tasks": {"click": {"type": "binary", "label": "click"}},
+        "model": {"encoders": [{"name": "embedding", "features": ["u"]}, {"name": "numeric", "features": ["x"]}],
+                  "backbone": {"name": "mmoe"}}}, "<csv>")
+    with pytest.raises(DataError, match=r"e\.csv: the dataset has no data rows"):
+        train(rec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
