@@ -212,7 +212,7 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     result = train(rec, tmp_path / "a")
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
-    assert re.search(r"^best checkpoint: val/score [\d.]+$", out, re.M)
+    assert re.search(r"^best checkpoint: val/score -?[\d.]+$", out, re.M)
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
     assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
     # the last epoch's line carries the numbers the run logged for that epoch
