@@ -262,8 +262,16 @@ def _line_buffered_output() -> None:
                 pass
 
 
+def _plain_warnings() -> None:
+    """Warnings print as one ``warning: ...`` line, not with the source line that raised them."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     _line_buffered_output()
+    _plain_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["benchmark"]:  # every later argument belongs to the harness
         try:

@@ -34,12 +34,13 @@ class RecipeError(MTLFrameError):
 
     def _line_of(self, path: str) -> int | str | None:
         key = path
-        while key:  # the key itself, then each parent: a.b[1].c -> a.b[1] -> a.b -> a
+        while True:  # the key itself, then each parent: a.b[1].c -> a.b[1] -> a.b -> a -> "" (the file)
             if key in self.lines:
                 return self.lines[key]
+            if not key:
+                return None
             m = re.match(r"^(.*?)(\[[^\]]*\]|\.[^.\[]*)$", key)
             key = m.group(1) if m else ""
-        return None
 
     def _format(self) -> str:
         where = self.source or "<recipe>"
