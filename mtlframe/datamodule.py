@@ -166,6 +166,10 @@ class RecDataModule(pl.LightningDataModule):
         if self.preprocessor is not None:
             return
         pin_mmap_threshold()
+        group_col = self.recipe.metrics_group_column()
+        extra = getattr(self.dataset, "extra_columns", None)  # datasets that load only declared columns
+        if group_col is not None and isinstance(extra, list) and group_col not in extra:
+            extra.append(group_col)
         table = self.dataset.load()
         self.table = table
         features, labels = self._resolve_columns(table)

@@ -101,6 +101,8 @@ class _UserTable(RecDataset):
         self.timestamp = timestamp
         self.user = user
         self.item = item
+        #: further columns to load as they are (the data module adds ``metrics_group``'s column)
+        self.extra_columns: list[str] = []
         for col, typ in self.features.items():
             if typ not in FEATURE_TYPES:
                 near = closest(typ, FEATURE_TYPES, n=1)
@@ -111,7 +113,7 @@ class _UserTable(RecDataset):
             raise DataError(f"{self.path}: no label columns declared; list at least one in `labels`")
 
     def _columns(self) -> list[str]:
-        extra = [c for c in (self.timestamp, self.user, self.item) if c]
+        extra = [c for c in (self.timestamp, self.user, self.item, *self.extra_columns) if c]
         return list(dict.fromkeys([*self.features, *self.labels, *extra]))
 
     def _check_present(self, present: list[str]) -> None:
