@@ -16,6 +16,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +162,22 @@ def _epoch_lines_callback():
     class EpochLines(pl.Callback):
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._start, self._step = time.perf_counter(), trainer.global_step
+            self._loss, self._batches = None, 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            if isinstance(loss, torch.Tensor):  # summed on the device: no synchronization per step
+                self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
+                self._batches += 1
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             if not trainer.is_global_zero:
                 return
             m = trainer.callback_metrics
-            keys = [k for k in ("train/loss", "val/score") if k in m]
+            values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
+            keys = [k for k in ("val/score",) if k in m]
             keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
-            values = "  ".join(f"{k} {float(m[k]):.4f}" for k in keys)
+            values = "  ".join(values + [f"{k} {float(m[k]):.4f}" for k in keys])
             total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
             print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
                   f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)
@@ -196,7 +205,7 @@ def _make_trainer(recipe: Recipe, kwargs: dict[str, Any]):
 
     try:
         return pl.Trainer(**kwargs)
-    except (MisconfigurationException, ValueError) as exc:
+    except (MisconfigurationException, ValueError, TypeError) as exc:
         raise _trainer_error(recipe, exc) from exc
 
 
@@ -204,8 +213,12 @@ def _trainer_error(recipe: Recipe, exc: Exception) -> RecipeError:
     text = str(exc)
     low = text.lower()
     t = recipe.config.trainer
-    key = next((k for k in ("accelerator", "devices", "strategy", "precision", "num_nodes") if k in low),
-               "accelerator" if "backend" in low or "gpu" in low or "cuda" in low else "")
+    names = ("accelerator", "devices", "strategy", "precision", "num_nodes")
+    # the argument Lightning quotes (devices=0, `devices`), else one it names
+    key = next((k for k in names if f"{k}=" in low or f"`{k}`" in low), None)
+    if key is None:
+        key = next((k for k in names if k in low),
+                   "accelerator" if "backend" in low or "gpu" in low or "cuda" in low else "")
     where = f"trainer.{key}" if key else "trainer"
     settings = (f"accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
                 f"precision={t.precision!r}")

@@ -208,13 +208,19 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     from mtlframe.testing import tiny_recipe
 
     torch.set_num_threads(1)
-    rec = recipe_from_dict(tiny_recipe(**{"trainer.max_epochs": 2, "trainer.enable_progress_bar": True}), "<tiny>")
+    rec = recipe_from_dict(tiny_recipe(**{"trainer.max_epochs": 2, "trainer.enable_progress_bar": True,
+                                          "logger": {"name": "csv"}}), "<tiny>")
     result = train(rec, tmp_path / "a")
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
     assert re.search(r"^best checkpoint: val/score -?[\d.]+$", out, re.M)
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
     assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
+    # train/loss is the epoch's mean loss, as the run logged it (train/loss_epoch)
+    import pandas as pd
+    logged_loss = pd.read_csv(tmp_path / "a" / "logs" / "metrics.csv")["train/loss_epoch"].dropna().tolist()
+    printed = [float(re.search(r"train/loss ([\d.]+)", ln).group(1)) for ln in lines]
+    assert printed == pytest.approx(logged_loss, abs=1e-4)
     # the last epoch's line carries the numbers the run logged for that epoch
     logged = float(re.search(r"val/task_1_bin/auc ([\d.]+)", lines[-1]).group(1))
     assert 0.5 < logged <= 1.0 and result.metrics["val"]["task_1_bin"]["auc"] > 0.5
@@ -239,6 +245,10 @@ def test_trainer_settings_lightning_refuses_are_recipe_errors(tmp_path):
     assert [k for k, _ in exc.value.problems] == [key]
     assert "Lightning cannot set up this machine" in str(exc.value)
     assert not (tmp_path / "run").exists()
+    for devices in (0, "x"):  # the key is the argument Lightning quotes, not the first setting it names
+        with pytest.raises(RecipeError) as exc:
+            train(recipe_from_dict(tiny_recipe(**{"trainer.devices": devices}), "<tiny>"), tmp_path / "run")
+        assert [k for k, _ in exc.value.problems] == ["trainer.devices"]
     with pytest.raises(RecipeError, match="precision 'fp13' is not one Lightning knows"):
         recipe_from_dict(tiny_recipe(**{"trainer.precision": "fp13"}), "<tiny>")
 
