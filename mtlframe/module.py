@@ -128,8 +128,10 @@ class MultiTaskModule(pl.LightningModule):
             backward = self.manual_backward if aux_total is None else (
                 lambda loss: self.manual_backward(loss + aux_total))
             if self.combiner.requires_representation:
-                # the shared input: with per-task tables, what every task's loss reads (TaskInputs.shared)
-                rep = x.shared if isinstance(x, TaskInputs) else x
+                # the encoders' output; with per-task tables the shared input and every task's input
+                # together: each task input also carries the shared encoders' outputs, so only all of
+                # them cut every path from the shared parameters to the losses
+                rep = [x.shared, *x.tasks.values()] if isinstance(x, TaskInputs) else x
                 self.combiner.backward(losses, shared, backward, representation=rep)
             else:
                 self.combiner.backward(losses, shared, backward)

@@ -199,6 +199,28 @@ def test_gradient_level_combiners_train_with_task_tables(tmp_path, combiner):
     assert result.metrics["test"]["task_1_bin"]["auc"] > 0.5
 
 
+def test_mgda_upper_bound_representation_covers_every_task_input(tmp_path, monkeypatch):
+    """With per-task tables MGDA-UB differentiates w.r.t. the shared input and every task's input:
+    the numeric encoder's output reaches the task experts only through the task inputs."""
+    from mtlframe.combiners.mgda import MGDA
+
+    seen = []
+    real = MGDA.backward
+
+    def spy(self, losses, shared, manual_backward, representation=None):
+        seen.append(representation)
+        return real(self, losses, shared, manual_backward, representation=representation)
+
+    monkeypatch.setattr(MGDA, "backward", spy)
+    recipe = tiny_recipe(**{"model.backbone": {"name": "stem", "expert_hidden": [16]},
+                            "model.encoders[1].task_specific": True, "trainer.limit_train_batches": 2},
+                         combiner={"name": "mgda", "upper_bound": True})
+    train_tiny(tmp_path, recipe)
+    assert seen and all(isinstance(r, list) and len(r) == 1 + len(recipe["tasks"]) for r in seen)
+    shared, *tasks = seen[0]
+    assert all(t.shape == shared.shape for t in tasks)
+
+
 def test_sparse_task_tables(tmp_path):
     """sparse: true makes every copy sparse; the task tables are not shared, so only the shared
     table counts against gradient-level combiners (model.shared: backbone lifts that, as before)."""
