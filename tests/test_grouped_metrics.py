@@ -278,3 +278,15 @@ def test_csv_loads_a_grouping_column_that_is_no_feature(tmp_path):
         "logger": {"name": "none"}}, "<csv>")
     result = train(rec, tmp_path / "run", progress=False)
     assert 0.8 < result.metrics["test"]["y"]["gauc"] <= 1.0  # x decides y: ~0.9 within each session
+
+
+def test_validating_a_recipe_with_grouped_metrics_does_not_import_torchmetrics():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mtlframe.recipe import load_recipe; "
+            "load_recipe(sys.argv[1]); print('torchmetrics' in sys.modules)")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "movielens_mmoe.yaml"
+    assert "gauc" in recipe.read_text()
+    out = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
