@@ -453,15 +453,23 @@ def check_component(kind: str, spec: Any, path: str, source: str | None,
     for k in bad_injected:
         problems.append((f"{path}.{k}", f"'{k}' is filled in by mtlframe and must not be written in a recipe."))
         args.pop(k)
+    probe_spec = spec
     try:
         parsed = model.model_validate(args)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, None, valid=valid, prefix=path, component=f"{kind} '{name}'"))
-        return
+        # the keys that passed still get the component's own checks (the others at their defaults),
+        # so a recipe's problems are reported at once rather than one round of fixes at a time
+        bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        try:
+            parsed = model.model_validate({k: v for k, v in args.items() if k not in bad})
+        except ValidationError:
+            return
+        probe_spec = {k: v for k, v in spec.items() if k not in bad}
     if checked is not None and not bad_injected:
         from mtlframe.validation import Checked
 
-        checked.append(Checked(kind, path, spec, factory, {k: getattr(parsed, k) for k in valid}))
+        checked.append(Checked(kind, path, probe_spec, factory, {k: getattr(parsed, k) for k in valid}))
 
 
 def validate(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None) -> RecipeConfig:

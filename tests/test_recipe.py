@@ -170,6 +170,13 @@ def test_overridden_keys_point_at_the_command_line(tmp_path):
     assert f"model.backbone.num_experts ({p}:8)" in str(exc.value)
 
 
+def test_unknown_keys_and_value_checks_are_reported_together(tmp_path):
+    """A component with a misspelled key still gets its own checks on the keys that are right."""
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, BASE), ["model.backbone.num_expert=3", "model.backbone.expert_hidden=[8, -1]"])
+    assert [k for k, _ in exc.value.problems] == ["model.backbone.num_expert", "model.backbone.expert_hidden"]
+
+
 def test_sparse_tables_with_a_gradient_level_combiner(tmp_path):
     sparse = "model.encoders[0]={name: embedding, features: [workclass], sparse: true}"
     with pytest.raises(RecipeError) as exc:
