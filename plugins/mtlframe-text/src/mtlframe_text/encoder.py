@@ -306,6 +306,8 @@ class TextEncoder(Encoder):
             ``(parameter, message)`` for each problem found; empty when the arguments are valid.
         """
         problems, resolved = cls._check(args)
+        # reported as "encoder 'text': ..." at the key: the standalone error's own prefix would repeat it
+        problems = [(p, m.removeprefix("text encoder: ")) for p, m in problems]
         limit = resolved.max_tokens if resolved is not None else None
         default = inspect.signature(cls.__init__).parameters["max_length"].default
         if limit is not None and args["max_length"] > limit and args["max_length"] != default:
