@@ -402,21 +402,17 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
 
 
 def _signature_model(factory: Any, injected: tuple[str, ...]) -> tuple[type[BaseModel], list[str]]:
+    from mtlframe.validation import settable_parameters
+
     target = factory.__init__ if inspect.isclass(factory) else factory
-    sig = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - unresolvable annotations: accept any value
         hints = {}
     fields: dict[str, Any] = {}
-    for pname, param in sig.parameters.items():
-        if pname in ("self", "name") or pname in injected:
-            continue
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        ann = hints.get(pname, Any)
+    for param in settable_parameters(factory, injected):
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (ann, default)
+        fields[param.name] = (hints.get(param.name, Any), default)
     model = create_model(f"{getattr(factory, '__name__', 'Component')}Args",
                          __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
     return model, list(fields)

@@ -28,6 +28,7 @@ combiner or gradient clipping) are checked on the probes as well.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -136,19 +137,25 @@ def argument_problem(exc: BaseException, kind: str, name: str, path: str,
     return (f"{path}.{param}" if param else path), f"{kind} '{name}': {msg}"
 
 
-def parameters(factory: Any) -> list[str]:
-    """Recipe-settable parameter names of a component (its signature less the injected ones)."""
-    import inspect
+def settable_parameters(factory: Any, injected: Iterable[str] | None = None) -> list[inspect.Parameter]:
+    """The constructor parameters a recipe may set: the signature less ``self``, ``name``,
+    ``*args``/``**kwargs`` and the injected ones (default: the factory's ``injected``).
 
+    Raises:
+        TypeError, ValueError: the factory has no inspectable signature.
+    """
     target = factory.__init__ if inspect.isclass(factory) else factory
+    skip = {"self", "name", *(getattr(factory, "injected", ()) if injected is None else injected)}
+    return [p for n, p in inspect.signature(target).parameters.items()
+            if n not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def parameters(factory: Any) -> list[str]:
+    """Recipe-settable parameter names of a component (see :func:`settable_parameters`)."""
     try:
-        sig = inspect.signature(target)
+        return [p.name for p in settable_parameters(factory)]
     except (TypeError, ValueError):
         return []
-    injected = set(getattr(factory, "injected", ()))
-    return [p for p, v in sig.parameters.items()
-            if p not in ("self", "name") and p not in injected
-            and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
 
 
 @dataclass

@@ -130,6 +130,8 @@ class EmbeddingEncoder(Encoder):
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The shared tables (the task tables are each trained by one task)."""
+        if not self.per_task:  # no task tables: every parameter is shared
+            return self.parameters()
         own = {id(p) for p in self.task_tables.parameters()}
         return (p for p in self.parameters() if id(p) not in own)
 
