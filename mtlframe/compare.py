@@ -51,7 +51,8 @@ from typing import Any
 import yaml
 
 from mtlframe.errors import MTLFrameError, RecipeError
-from mtlframe.recipe import Recipe, _split_path, apply_overrides, load_recipe, parse_yaml, recipe_from_dict
+from mtlframe.recipe import (Recipe, _split_path, apply_overrides, key_path_problem, load_recipe, override_lines,
+                             parse_yaml, recipe_from_dict)
 
 __all__ = ["CompareResult", "GridAxis", "aggregate", "delta_m", "markdown_table", "mean_std", "parse_grid",
            "parse_seeds", "relative_gain", "rich_table", "run_compare"]
@@ -107,6 +108,9 @@ def parse_grid(spec: str) -> GridAxis:
     if not sep or not key or not raw.strip():
         raise RecipeError([(key or spec, (f"--grid '{spec}' must look like KEY=v1,v2 or KEY=v1|v2 "
                                          "(e.g. model.backbone.name=shared-bottom,mmoe)"))], "--grid")
+    bad = key_path_problem(key)
+    if bad:
+        raise RecipeError([(key, f"--grid '{spec}': {bad}.")], "--grid")
     pieces = raw.split("|") if "|" in raw else _split_top_level(raw, ",")
     values = []
     for piece in pieces:
@@ -431,7 +435,8 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         ov = [_override(a.key, v) for a, v in zip(axes, combo)]
         label = {a.header: value_label(v) for a, v in zip(axes, combo)}
         try:
-            r = recipe_from_dict(apply_overrides(base.data, ov), str(recipe_path))
+            r = recipe_from_dict(apply_overrides(base.data, ov, via="--grid"), str(recipe_path),
+                                 override_lines(base.lines, ov, via="--grid"))
         except RecipeError as exc:
             problems.append(f"{' '.join(ov)}:\n{exc}")
             continue
@@ -445,7 +450,10 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         for c in list(configs):
             ov = c.overrides + base_ov
             try:
-                r = recipe_from_dict(apply_overrides(base.data, ov), str(recipe_path))
+                r = recipe_from_dict(
+                    apply_overrides(apply_overrides(base.data, c.overrides, via="--grid"), base_ov, via="--baseline"),
+                    str(recipe_path),
+                    override_lines(override_lines(base.lines, c.overrides, via="--grid"), base_ov, via="--baseline"))
             except RecipeError as exc:
                 problems.append(f"baseline of {' '.join(c.overrides)} ({' '.join(base_ov)}):\n{exc}")
                 continue

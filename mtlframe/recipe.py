@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,31 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
 # --------------------------------------------------------------------------------------------
 
 
+def key_path_problem(key: str) -> str | None:
+    """Why a dotted key (``model.encoders[0].dim``) is malformed, or ``None`` when it is well formed.
+
+    Refused: an empty part (``trainer..max_epochs``, a leading or trailing dot), an empty or
+    non-integer index (``encoders[]``, ``encoders[x]``) and unbalanced brackets.
+    """
+    if not key:
+        return "the key is empty"
+    for part in key.split("."):
+        name, _, rest = part.partition("[")
+        if part == "" or (name == "" and not rest):
+            where = "leading" if key.startswith(".") else "trailing" if key.endswith(".") else "empty"
+            what = {"leading": "starts with a dot", "trailing": "ends with a dot",
+                    "empty": "has an empty part between two dots"}[where]
+            fixed = ".".join(p for p in key.split(".") if p)
+            return f"the key '{key}' {what}; write it as {fixed or 'a.b'}"
+        if rest:
+            if name == "":
+                return f"the key '{key}' has an index with no key before it; write it like model.encoders[0].dim"
+            if not re.fullmatch(r"(\[-?\d+\])+", "[" + rest):
+                return (f"the key '{key}' has a malformed index '[{rest}'; list items are written "
+                        "model.encoders[0].dim or model.encoders.0.dim")
+    return None
+
+
 def _split_path(path: str) -> list[str | int]:
     parts: list[str | int] = []
     for chunk in path.replace("]", "").split("."):
@@ -96,20 +122,28 @@ def _split_path(path: str) -> list[str | int]:
     return parts
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], via: str = "command-line override") -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML: ``3``, ``[64, 32]``, ``null``).
 
     List items are addressed as ``model.encoders[0].dim`` or ``model.encoders.0.dim``.
 
+    Args:
+        via: what the overrides are, for messages (``"command-line override"``, ``"--grid"``).
+
     Raises:
-        RecipeError: an override without ``=``, or a path through a non-mapping.
+        RecipeError: an override without ``=``, a malformed key (``trainer..max_epochs``: see
+            :func:`key_path_problem`), or a path through a non-mapping; each problem names the override.
     """
     data = copy.deepcopy(data)
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            problems.append((key or item, f"override '{item}' must look like key.sub=value"))
+            problems.append((key or item, f"{via} '{item}' must look like key.sub=value"))
+            continue
+        bad = key_path_problem(key.strip())
+        if bad:
+            problems.append((key.strip(), f"{via} '{item}': {bad}."))
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
@@ -131,9 +165,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             else:
                 raise TypeError
         except (IndexError, KeyError, TypeError):
-            problems.append((key, f"override '{item}' does not address a recipe key"))
+            problems.append((key, f"{via} '{item}' does not address a recipe key"))
     if problems:
-        raise RecipeError(problems, "command-line overrides")
+        raise RecipeError(problems, f"{via}s" if via == "command-line override" else via)
     return data
 
 
@@ -376,6 +410,118 @@ def _model_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return []
 
 
+#: names other frameworks (RecBole, FuxiCTR, torch-rechub, Keras, Lightning) give to a setting ->
+#: where mtlframe keeps it. ``<task>`` stands for any task name; ``*.x`` is parameter ``x`` of the
+#: component at hand (suggested only where that component has it).
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("learning_rate", "lr_rate", "learningrate", "base_lr", "init_lr"), ("optimizer.lr",)),
+    **dict.fromkeys(("l2", "l2_reg", "l2_weight", "reg_weight", "embedding_regularizer", "net_regularizer",
+                     "weight_decay_rate"), ("optimizer.weight_decay",)),
+    **dict.fromkeys(("optim", "optimizer_name", "optimizer_type", "learner"), ("optimizer.name",)),
+    **dict.fromkeys(("epochs", "epoch", "num_epochs", "n_epochs", "n_epoch", "max_epoch", "max_epochs",
+                     "num_epoch", "train_epochs"), ("trainer.max_epochs",)),
+    **dict.fromkeys(("batch", "bs", "batchsize", "batch_size", "train_batch_size", "training_batch_size"),
+                    ("data.batch_size",)),
+    **dict.fromkeys(("eval_batch_size", "valid_batch_size", "test_batch_size", "val_batch_size"),
+                    ("data.eval_batch_size",)),
+    **dict.fromkeys(("loss_weight", "loss_weights", "task_weight", "task_weights", "weight"),
+                    ("tasks.<task>.weight",)),
+    **dict.fromkeys(("label_col", "label_column", "label_name", "target", "target_column", "label"),
+                    ("tasks.<task>.label",)),
+    **dict.fromkeys(("task_type",), ("tasks.<task>.type",)),
+    **dict.fromkeys(("metric", "eval_metric", "eval_metrics", "valid_metric", "metrics"), ("tasks.<task>.metrics",)),
+    **dict.fromkeys(("gpus", "gpu", "gpu_id", "gpu_ids", "n_gpu", "num_gpus", "device", "device_ids"),
+                    ("trainer.devices",)),
+    **dict.fromkeys(("use_gpu", "accelerator"), ("trainer.accelerator",)),
+    **dict.fromkeys(("patience", "stopping_step", "early_stop_patience", "earlystop_patience",
+                     "early_stopping_patience"), ("early_stopping.patience",)),
+    **dict.fromkeys(("grad_clip", "clip_grad_norm", "max_grad_norm", "gradient_clip", "clip_norm",
+                     "gradient_clip_val"), ("trainer.gradient_clip_val",)),
+    **dict.fromkeys(("fp16", "amp", "mixed_precision", "precision"), ("trainer.precision",)),
+    **dict.fromkeys(("random_seed", "random_state", "rand_seed", "seed"), ("seed",)),
+    **dict.fromkeys(("val_ratio", "valid_ratio", "val_size", "valid_size"), ("data.split.val",)),
+    **dict.fromkeys(("test_ratio", "test_size"), ("data.split.test",)),
+    **dict.fromkeys(("embed_dim", "embedding_dim", "embedding_size", "emb_dim", "emb_size", "embed_size"), ("*.dim",)),
+    **dict.fromkeys(("n_experts", "n_expert", "expert_num", "num_expert", "experts", "nb_experts"), ("*.num_experts",)),
+    **dict.fromkeys(("dropout_prob", "dropout_rate", "net_dropout", "drop_rate", "hidden_dropout"), ("*.dropout",)),
+    **dict.fromkeys(("hidden_units", "hidden_size", "hidden_layers", "hidden_dims", "mlp_hidden_size",
+                     "dnn_hidden_units", "mlp_dims", "dims"), ("*.hidden",)),
+    **dict.fromkeys(("expert_hidden_units", "expert_dims", "expert_params"), ("*.expert_hidden",)),
+    **dict.fromkeys(("tower_hidden_units", "tower_dims", "tower_params"), ("*.tower_hidden",)),
+    **dict.fromkeys(("activation_fn", "act", "hidden_activations", "net_activation"), ("*.activation",)),
+    **dict.fromkeys(("use_bn", "batch_norm", "batchnorm", "bn"), ("*.batch_norm",)),
+    **dict.fromkeys(("monitor", "monitor_metric"), ("checkpoint.monitor", "early_stopping.monitor")),
+}
+
+
+def _schema_homes(model: type[BaseModel] = None, prefix: str = "",  # type: ignore[assignment]
+                  out: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """``key -> [dotted path of every place the fixed schema has it]`` (``tasks.<task>.weight``)."""
+    model = RecipeConfig if model is None else model
+    out = {} if out is None else out
+    for name, fld in model.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        out.setdefault(name, []).append(path)
+        ann = fld.annotation
+        subs = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if subs:
+            _schema_homes(subs[-1], f"{path}.<task>" if typing.get_origin(ann) is dict else path, out)
+    return out
+
+
+def _same_place(home_parent: str, where: str) -> bool:
+    """Whether a schema parent (``tasks.<task>``) is the recipe location ``where`` (``tasks.ctr``)."""
+    pattern = re.escape(home_parent).replace(re.escape("<task>"), r"[^.\[]+")
+    return re.fullmatch(pattern, where) is not None
+
+
+def key_hint(key: str, where: str, valid: list[str]) -> str:
+    """The hint for an unknown ``key`` written at ``where`` (the dotted parent, ``""`` for the top),
+    where ``valid`` are the keys allowed there.
+
+    In order: another framework's name for a setting (:data:`KEY_ALIASES`: ``learning_rate`` ->
+    ``optimizer.lr``), a key of the fixed schema written at the wrong level (``lr`` at the top ->
+    ``optimizer.lr``), else the closest valid key (``num_expert`` -> ``num_experts``).
+
+    Returns:
+        ``" Did you mean 'x'?"``, ``" 'lr' belongs under optimizer: optimizer.lr."`` or ``""``.
+    """
+    norm = str(key).strip().lower().replace("-", "_")
+    here = [v for v in valid if v != key]
+
+    def placed(targets: list[str]) -> str:
+        local = [t.rpartition(".")[2] for t in targets
+                 if t.rpartition(".")[2] in here and _same_place(t.rpartition(".")[0], where)]
+        if local:
+            return f" Did you mean '{local[0]}'?"
+        away = [t for t in targets if not _same_place(t.rpartition(".")[0], where)]
+        if not away:
+            return ""
+        parents = " or ".join(sorted({t.rpartition(".")[0] or "the top level" for t in away}))
+        per_task = " (one per task)" if any("<task>" in t for t in away) else ""
+        leaf = away[0].rpartition(".")[2]
+        if leaf != key:
+            return f" mtlframe calls '{key}' {' or '.join(away)}{per_task}: write {leaf} under {parents}."
+        return f" '{key}' belongs under {parents}: write {' or '.join(away)}{per_task}."
+
+    aliases = KEY_ALIASES.get(norm, ())
+    params = [a[2:] for a in aliases if a.startswith("*.")]
+    if any(p in here for p in params):
+        return f" Did you mean '{next(p for p in params if p in here)}'?"
+    hint = placed([a for a in aliases if not a.startswith("*.")])
+    if hint:
+        return hint
+    hint = placed(_schema_homes().get(key, []) if key != "name" else [])
+    if hint:
+        return hint
+    near = closest(str(key), here, n=1)
+    if near:
+        return f" Did you mean '{near[0]}'?"
+    if params:
+        return f" mtlframe components call it '{params[0]}' (set it on a component that has it)."
+    return ""
+
+
 def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
                        valid: list[str] | None = None, prefix: str = "",
                        component: str = "") -> list[tuple[str, str]]:
@@ -386,8 +532,7 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
         path = f"{prefix}.{path}" if prefix and path else (prefix or path)
         if err["type"] == "extra_forbidden":
             keys = valid if valid is not None else (_model_fields(root, loc[:-1]) if root else [])
-            near = closest(str(loc[-1]), keys, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            hint = key_hint(str(loc[-1]), path.rpartition(".")[0] if "." in path else "", keys)
             of = f" for {component}" if component else ""
             problems.append((path, f"unknown key '{loc[-1]}'{of}.{hint} Valid keys: {', '.join(keys) or 'none'}."))
         elif err["type"] == "missing":
@@ -492,6 +637,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
         check_component("sampler", data_d["sampler"], "data.sampler", source, problems, checked)
     for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
         check_component("encoder", enc, f"model.encoders[{i}]", source, problems, checked)
+    _check_repeated_features(model_d.get("encoders"), problems)
     if "backbone" in model_d:
         check_component("backbone", model_d["backbone"], "model.backbone", source, problems, checked)
     check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems, checked)
@@ -511,6 +657,23 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     if problems:
         raise RecipeError(problems, source, lines)
     return cfg  # type: ignore[return-value]
+
+
+def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> None:
+    """A feature column is encoded once: a column listed twice (in one encoder's ``features`` or in
+    two encoders) is a problem at the second place, naming the first."""
+    first: dict[str, str] = {}
+    for i, enc in enumerate(encoders if isinstance(encoders, list) else []):
+        feats = enc.get("features") if isinstance(enc, dict) else None
+        for j, col in enumerate(feats if isinstance(feats, list) else []):
+            if not isinstance(col, str):
+                continue
+            path = f"model.encoders[{i}].features[{j}]"
+            if col in first:
+                problems.append((path, f"feature '{col}' is listed twice: here and at {first[col]}. Each column is "
+                                       "encoded once; remove one of the two entries."))
+            else:
+                first[col] = path
 
 
 def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
@@ -643,12 +806,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data, lines = parse_yaml(p.read_text(encoding="utf-8"), str(p))
     if overrides:
         data = apply_overrides(data, overrides)
-        lines = _override_lines(lines, overrides)
+        lines = override_lines(lines, overrides)
     return recipe_from_dict(data, str(p), lines)
 
 
-def _override_lines(lines: dict[str, int | str], overrides: list[str]) -> dict[str, int | str]:
-    """Point errors under an overridden key at the command line, not at the file's old value."""
+def override_lines(lines: dict[str, int | str], overrides: list[str],
+                   via: str = "command-line override") -> dict[str, int | str]:
+    """Point errors under an overridden key at the override (``command-line override
+    model.backbone.num_experts=8``, ``--grid combiner.name=pcgrad``), not at the file's old value."""
     out = dict(lines)
     for item in overrides:
         key = item.partition("=")[0].strip()
@@ -657,7 +822,7 @@ def _override_lines(lines: dict[str, int | str], overrides: list[str]) -> dict[s
         canon = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _split_path(key)).lstrip(".")
         for k in [k for k in out if k == canon or k.startswith((canon + ".", canon + "["))]:
             del out[k]
-        out[canon] = "command-line override"
+        out[canon] = f"{via} {item.strip()}"
     return out
 
 

@@ -132,6 +132,21 @@ def test_compare_rejects_an_invalid_grid_before_training(repo, tmp_path):
     assert calls == []
 
 
+def test_grid_value_errors_name_the_grid_value(repo, tmp_path):
+    """A problem caused by a --grid value is reported at that value, not at the recipe file."""
+    calls = []
+    with pytest.raises(MTLFrameError) as exc:
+        run_compare(repo / "recipes/synthetic_mmoe.yaml", ["model.backbone.num_expert=2,3"], seeds=1,
+                    overrides=SYN, output=tmp_path, train_fn=lambda r, d: calls.append(r), progress=None)
+    msg = str(exc.value)
+    assert "model.backbone.num_expert (--grid model.backbone.num_expert=2): unknown key 'num_expert'" in msg
+    assert "model.backbone.num_expert (--grid model.backbone.num_expert=3)" in msg
+    assert "Did you mean 'num_experts'?" in msg
+    assert calls == []
+    with pytest.raises(RecipeError, match="has an empty part between two dots; write it as trainer.max_epochs"):
+        parse_grid("trainer..max_epochs=1,2")
+
+
 # ------------------------------------------------------------------ end to end, real training
 
 
