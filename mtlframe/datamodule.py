@@ -204,11 +204,28 @@ class RecDataModule(pl.LightningDataModule):
         keep = {table.user, table.item, table.timestamp}
         release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
         self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
+        self._funnel_targets(table.source)
         if table.user and table.user in table.frame.columns:
             for k in self.splits:
                 if "user" not in self.splits[k]:
                     self.splits[k]["__user__"] = users[k]
         release_freed_memory()
+
+    def _funnel_targets(self, source: str) -> None:
+        """Under a funnel backbone (ESMM, ESCM2, AITM), each stage's labels become its entire-space
+        target, the AND of the stages up to it (:mod:`mtlframe.backbones.funnel`)."""
+        from mtlframe.backbones.funnel import FunnelBackbone, apply_funnel_labels
+        from mtlframe.registry import get_registry
+
+        spec = self.recipe.config.model.backbone
+        factory = get_registry().get("backbone", spec["name"]).load()
+        if not (isinstance(factory, type) and issubclass(factory, FunnelBackbone)):
+            return
+        tasks = self.recipe.config.tasks
+        stages, strict = factory.label_funnel(spec, list(tasks), {t: c.type for t, c in tasks.items()})
+        #: ``{split: [rows with a funnel stage 1 and an earlier stage 0, per stage]}``
+        self.funnel_violations = apply_funnel_labels(self.splits, stages, {t: c.label for t, c in tasks.items()},
+                                                     strict, spec["name"], source)
 
     # -- model-facing information ------------------------------------------------------------------
     def _resolve_columns(self, table: Table) -> tuple[dict[str, str], list[LabelSpec]]:

@@ -15,6 +15,7 @@ from mtlframe.backbones.cross_stitch import CrossStitch
 from mtlframe.backbones.dselect_k import DSelectK, DSelectKGate, smooth_step
 from mtlframe.backbones.escm2 import ESCM2
 from mtlframe.backbones.esmm import ESMM
+from mtlframe.backbones.funnel import FunnelBackbone
 from mtlframe.backbones.omoe import OMoE
 from mtlframe.backbones.ple import PLE
 from mtlframe.backbones.single_task import SingleTask
@@ -29,7 +30,10 @@ IDS = [c.name for c in BACKBONES]
 
 def _build(component, **kwargs) -> Backbone:
     torch.manual_seed(0)
-    return component.load()(input_dim=D, task_names=TASKS, **kwargs)
+    cls = component.load()
+    if issubclass(cls, FunnelBackbone) and not {"click", "conversion", "funnel"} & set(kwargs):
+        kwargs["funnel"] = TASKS  # a funnel names its stages
+    return cls(input_dim=D, task_names=TASKS, **kwargs)
 
 
 def _task_outputs(model: Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -112,8 +116,9 @@ def test_shared_parameters_are_exactly_those_used_by_several_tasks(component, kw
     (CrossStitch, {"alpha_off": 0.6}), (CrossStitch, {"alpha_off": -0.1}), (CrossStitch, {"hidden": []}),
     (DSelectK, {"num_experts": 4, "k": 5}), (DSelectK, {"k": 0}), (DSelectK, {"gamma": 0.0}),
     (SingleTask, {"hidden": []}), (ESMM, {"funnel": ["a", "b"]}), (ESMM, {"funnel": ["a", "a", "b"]}),
-    (ESCM2, {"counterfactual": "snips"}), (ESCM2, {"propensity_min": 0.0}),
-    (AITM, {"calibration_weight": -1.0}), (STEM, {"embedding_dim": 0}),
+    (ESMM, {}), (ESMM, {"click": "a"}), (ESMM, {"click": "a", "conversion": "x"}),
+    (ESCM2, {"counterfactual": "snips", "funnel": TASKS}), (ESCM2, {"propensity_min": 0.0, "funnel": TASKS}),
+    (AITM, {"calibration_weight": -1.0, "funnel": TASKS}), (AITM, {}), (STEM, {"embedding_dim": 0}),
 ])
 def test_bad_hyper_parameters_raise_value_error(cls, kwargs):
     with pytest.raises(ValueError):
@@ -122,7 +127,7 @@ def test_bad_hyper_parameters_raise_value_error(cls, kwargs):
 
 def test_funnel_models_need_two_tasks():
     with pytest.raises(ValueError, match="at least two"):
-        ESMM(input_dim=D, task_names=["ctr"])
+        ESMM(funnel=["ctr"], input_dim=D, task_names=["ctr"])
 
 
 # -- worked examples ----------------------------------------------------------------------------
@@ -248,7 +253,7 @@ def test_omoe_one_gate_for_all_tasks():
 
 
 def test_esmm_ctcvr_is_ctr_times_cvr():
-    model = ESMM(input_dim=D, task_names=["ctr", "ctcvr"])
+    model = ESMM(click="ctr", conversion="ctcvr", input_dim=D, task_names=["ctr", "ctcvr"])
     o = {"ctr": torch.randn(B, 1) * 3, "ctcvr": torch.randn(B, 1) * 3}
     p = model.probabilities(o)
     p_ctr, p_cvr = torch.sigmoid(o["ctr"]), torch.sigmoid(o["ctcvr"])
@@ -274,7 +279,7 @@ def test_esmm_through_the_multitask_model():
             return batch["x"]
 
     tasks = [TaskSpec("ctr", "binary", "click"), TaskSpec("ctcvr", "binary", "buy")]
-    backbone = ESMM(input_dim=D, task_names=["ctr", "ctcvr"])
+    backbone = ESMM(click="ctr", conversion="ctcvr", input_dim=D, task_names=["ctr", "ctcvr"])
     towers = {t.name: MLPTower(input_dim=D, output_dim=1) for t in tasks}
     model = MultiTaskModel([Identity()], backbone, towers, tasks)
     x = torch.randn(B, D)
@@ -303,7 +308,8 @@ def test_esmm_funnel_order_and_extreme_logits():
 
 
 def test_escm2_ips_hand_computed():
-    model = ESCM2(counterfactual="ips", counterfactual_weight=1.0, input_dim=D, task_names=["ctr", "ctcvr"])
+    model = ESCM2(counterfactual="ips", counterfactual_weight=1.0, click="ctr", conversion="ctcvr", input_dim=D,
+                  task_names=["ctr", "ctcvr"])
     q = torch.zeros(3, requires_grad=True)
     coupled = model.couple({"ctr": torch.zeros(3), "ctcvr": q})   # pCTR = 0.5, pCVR = 0.5
     batch = {"label/ctr": torch.tensor([1.0, 0.0, 1.0]), "label/ctcvr": torch.tensor([1.0, 0.0, float("nan")]),
@@ -318,8 +324,8 @@ def test_escm2_ips_hand_computed():
 
 
 def test_escm2_dr_hand_computed():
-    model = ESCM2(counterfactual="dr", counterfactual_weight=0.5, imputation_hidden=[], input_dim=2,
-                  task_names=["ctr", "ctcvr"])
+    model = ESCM2(counterfactual="dr", counterfactual_weight=0.5, imputation_hidden=[], click="ctr",
+                  conversion="ctcvr", input_dim=2, task_names=["ctr", "ctcvr"])
     with pytest.raises(RuntimeError, match="forward"):
         model.auxiliary_loss({}, {})
     _set_linear(model.imputation["ctcvr"].net[0], [[0.0, 0.0]], [0.0])  # pseudo-label 0.5 everywhere
@@ -340,7 +346,8 @@ def test_escm2_dr_hand_computed():
 
 
 def test_aitm_calibrator_hand_computed():
-    model = AITM(tower_hidden=[4], calibration_weight=0.6, input_dim=D, task_names=["click", "buy"])
+    model = AITM(tower_hidden=[4], calibration_weight=0.6, click="click", conversion="buy", input_dim=D,
+                 task_names=["click", "buy"])
     outputs = {"click": torch.zeros(2), "buy": torch.tensor([math.log(3), -math.log(3)])}
     # row 1: p_buy 0.75 > p_click 0.5 -> 0.25; row 2: 0.25 < 0.5 -> 0.  mean 0.125, times 0.6
     aux = model.auxiliary_loss({}, outputs)
@@ -362,7 +369,7 @@ def test_aitm_information_transfer_hand_computed():
 
 
 def test_aitm_first_step_ignores_later_steps():
-    model = AITM(tower_hidden=[4], input_dim=D, task_names=["click", "buy"])
+    model = AITM(tower_hidden=[4], click="click", conversion="buy", input_dim=D, task_names=["click", "buy"])
     x = torch.randn(B, D)
     out = model(x)
     torch.testing.assert_close(out["click"], model.towers["click"](x))  # z_1 = q_1
