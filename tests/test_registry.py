@@ -247,6 +247,8 @@ CONTRACT_ARGS = {
     ("encoder", "embedding"): {"dim": 4},
     ("encoder", "numeric"): {"dim": 4},
     ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"]},   # check_sampler's data
+    # funnels name their stages (check_backbone's tasks are a, b)
+    **{("backbone", n): {"click": "a", "conversion": "b"} for n in ("esmm", "escm2", "aitm")},
 }
 
 
