@@ -252,6 +252,7 @@ class RecDataModule(pl.LightningDataModule):
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
             labels.append(LabelSpec(tname, task.label, task.type))
+        problems += self._leakage(table, labels)
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)
@@ -263,6 +264,35 @@ class RecDataModule(pl.LightningDataModule):
         if problems:
             raise RecipeError(problems, self.recipe.source, self.recipe.lines)
         return used, labels
+
+    def _leakage(self, table: Table, labels: Sequence[LabelSpec]) -> list[tuple[str, str]]:
+        """Features that are a task's label column, or hold exactly its values under another name
+        (label leakage), as ``(recipe key of the feature, message)`` problems.
+
+        Only pairs that can be equal are compared (both numeric, or both non-numeric), first on
+        the first rows, then in full (vectorized; missing values equal missing values).
+        """
+        problems: list[tuple[str, str]] = []
+        frame = table.frame
+        by_column: dict[str, list[str]] = {}
+        for lab in labels:
+            by_column.setdefault(lab.column, []).append(lab.task)
+        for i, enc in enumerate(self.recipe.data["model"]["encoders"]):
+            for j, col in enumerate(enc.get("features") or []):
+                if col not in frame.columns:
+                    continue
+                for label_col, tasks in by_column.items():
+                    if col == label_col:
+                        why = "is the label column"
+                    elif _same_values(frame[col], frame[label_col]):
+                        why = f"holds exactly the values of the label column '{label_col}'"
+                    else:
+                        continue
+                    problems.append((f"model.encoders[{i}].features[{j}]", (
+                        f"feature '{col}' {why} of task{'s' if len(tasks) > 1 else ''} "
+                        f"{', '.join(repr(t) for t in tasks)} (label leakage: the model would read the answer). "
+                        f"Remove '{col}' from the encoder's features, or drop that column from the data.")))
+        return problems
 
     def feature_info(self) -> dict[str, FeatureInfo]:
         if self.preprocessor is None:
@@ -388,6 +418,28 @@ class _ConsumedColumns(Mapping):
             del value
             if big:
                 release_freed_memory(collect=False)
+
+
+def _same_values(a: pd.Series, b: pd.Series, head: int = 256) -> bool:
+    """Whether two columns of one frame hold the same values row by row (missing = missing), for a
+    label column ``b`` with at least two distinct values. Numbers compare as numbers (``1`` equals
+    ``1.0``); a number never equals a string. Cheap for unequal columns: dtypes, then the first
+    ``head`` rows, before the full comparison."""
+    numeric = pd.api.types.is_numeric_dtype(a) or pd.api.types.is_bool_dtype(a)
+    if numeric != (pd.api.types.is_numeric_dtype(b) or pd.api.types.is_bool_dtype(b)):
+        return False
+
+    def equal(x: pd.Series, y: pd.Series) -> bool:
+        if numeric:
+            return np.array_equal(x.to_numpy(np.float64, na_value=np.nan), y.to_numpy(np.float64, na_value=np.nan),
+                                  equal_nan=True)
+        xs, ys = x.astype(object).to_numpy(), y.astype(object).to_numpy()
+        missing_x, missing_y = pd.isna(xs), pd.isna(ys)
+        return bool(np.array_equal(missing_x, missing_y) and (xs[~missing_x] == ys[~missing_y]).all())
+
+    if not equal(a.iloc[:head], b.iloc[:head]) or not equal(a, b):
+        return False
+    return b.nunique(dropna=True) >= 2  # a constant label: a constant feature is no leak worth naming
 
 
 def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],

@@ -11,6 +11,7 @@ where lower is better; the default checkpoint monitor).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -227,6 +228,25 @@ class MultiTaskModule(pl.LightningModule):
         score = sum(finite) / len(finite) if finite else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")
         self.last_scores[stage] = scores
+        self._warn_perfect_auc(stage, scores)
+
+    def _warn_perfect_auc(self, stage: str, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """An AUC of exactly 1.0 on held-out rows is a sign of label leakage (a feature that encodes
+        the label): warned once per task and split, on the first process, not in the sanity check."""
+        trainer = self._trainer
+        if trainer is not None and (trainer.sanity_checking or not trainer.is_global_zero):
+            return
+        warned = self.__dict__.setdefault("_perfect_auc_warned", set())
+        split = {"val": "validation", "test": "test"}.get(stage, stage)
+        for task, values in scores.items():
+            for name in ("auc", "gauc"):
+                if values.get(name) == 1.0 and (stage, task, name) not in warned:
+                    warned.add((stage, task, name))
+                    warnings.warn(
+                        f"task '{task}' has a {split} {name} of exactly 1.0 ({stage}/{task}/{name}): every positive "
+                        "row is ranked above every negative one, which real data almost never allows. Check for "
+                        "label leakage: a feature that is the label, a copy of it, or computed from it "
+                        f"(tasks.{task}.label names the label column).", stacklevel=2)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

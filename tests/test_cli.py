@@ -81,3 +81,20 @@ def test_value_errors_found_by_validate_and_by_train_before_data(tmp_path):
         assert "model.backbone.num_experts" in proc.stderr and "num_experts must be >= 1, got 0" in proc.stderr
         assert f"{p}:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # train stopped before reading data or making the run
+
+
+def test_validate_names_overrides_wrong_levels_and_repeated_features():
+    cases = [
+        (["trainer..max_epochs=3"], "trainer..max_epochs", "has an empty part between two dots; write it as "
+                                                          "trainer.max_epochs"),
+        (["learning_rate=0.1"], "learning_rate (command-line override learning_rate=0.1)",
+         "mtlframe calls 'learning_rate' optimizer.lr: write lr under optimizer."),
+        (["model.encoders[1].features=[age, age]"],
+         "model.encoders[1].features[1] (command-line override model.encoders[1].features=[age, age])",
+         "feature 'age' is listed twice: here and at model.encoders[1].features[0]"),
+    ]
+    for overrides, where, what in cases:
+        proc = _run(["recipe", "validate", "recipes/adult_mmoe.yaml", *overrides])
+        assert proc.returncode == 2, (overrides, proc.stderr)
+        assert where in proc.stderr and what in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
