@@ -416,7 +416,8 @@ def _model_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 KEY_ALIASES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("learning_rate", "lr_rate", "learningrate", "base_lr", "init_lr"), ("optimizer.lr",)),
     **dict.fromkeys(("l2", "l2_reg", "l2_weight", "reg_weight", "embedding_regularizer", "net_regularizer",
-                     "weight_decay_rate"), ("optimizer.weight_decay",)),
+                     "weight_decay_rate", "embedding_reg", "l2_reg_embedding", "l2_reg_dnn"),
+                    ("optimizer.weight_decay",)),
     **dict.fromkeys(("optim", "optimizer_name", "optimizer_type", "learner"), ("optimizer.name",)),
     **dict.fromkeys(("epochs", "epoch", "num_epochs", "n_epochs", "n_epoch", "max_epoch", "max_epochs",
                      "num_epoch", "train_epochs"), ("trainer.max_epochs",)),
@@ -537,6 +538,11 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
             problems.append((path, f"unknown key '{loc[-1]}'{of}.{hint} Valid keys: {', '.join(keys) or 'none'}."))
         elif err["type"] == "missing":
             problems.append((path, "required key is missing."))
+        elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            near = closest(err["input"], choices, n=1)
+            problems.append((path, f"{err['msg']} (got {err['input']!r})."
+                             + (f" Did you mean '{near[0]}'?" if near else "")))
         elif err["type"] == "value_error" and err.get("ctx", {}).get("error") is not None:
             problems.append((path, str(err["ctx"]["error"])))  # our own validator's message, as written
         else:

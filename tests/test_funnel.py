@@ -142,3 +142,10 @@ def test_non_binary_task_in_a_funnel_is_a_recipe_error(tmp_path, name, typ):
     problems = dict(exc.value.problems)
     assert f"conversion 'cvr' is a {typ} task; a funnel's stages are binary tasks" in \
         problems["model.backbone.conversion"]
+
+
+def test_a_misspelled_stage_says_which_task_was_meant(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        recipe_from_dict(_recipe(_csv(tmp_path), {"name": "esmm", "click": "ctrr", "conversion": "cvr"}), "r.yaml")
+    assert "click 'ctrr' is not a task of the recipe; did you mean 'ctr'? Tasks: ctr, cvr" in \
+        dict(exc.value.problems)["model.backbone.click"]

@@ -330,6 +330,9 @@ def test_malformed_override_keys_are_refused(override, phrase):
     ("sed: 1\n", "sed", "Did you mean 'seed'?"),
     ("checkpoint: {save_topk: 2}\n", "checkpoint.save_topk", "Did you mean 'save_top_k'?"),
     ("optimizer: {weight_decy: 0.1}\n", "optimizer.weight_decy", "Did you mean 'weight_decay'?"),
+    # misspelled choices of the fixed keys
+    ("optimizer: {name: adamm}\n", "optimizer.name", "(got 'adamm'). Did you mean 'adam'?"),
+    ("logger: {name: tensorbord}\n", "logger.name", "Did you mean 'tensorboard'?"),
 ])
 def test_unknown_keys_say_what_was_meant(tmp_path, extra, path, hint):
     with pytest.raises(RecipeError) as exc:

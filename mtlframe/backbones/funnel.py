@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from mtlframe.backbones.base import Backbone
-from mtlframe.errors import ArgumentError, DataError
+from mtlframe.errors import ArgumentError, DataError, closest
 from mtlframe.features import label_key, mask_key
 
 
@@ -56,7 +56,9 @@ def resolve_stages(click: str | None, conversion: str | None, funnel: Sequence[s
         order, params = list(funnel), [f"funnel[{i}]" for i in range(len(funnel))]
     for p, t in zip(params, order):
         if t not in tasks:
-            raise ArgumentError(p, f"{model}: {p} '{t}' is not a task of the recipe; tasks: {', '.join(tasks)}")
+            raise ArgumentError(p, f"{model}: {p} '{t}' is not a task of the recipe"
+                                + (f"; did you mean '{closest(str(t), tasks, n=1)[0]}'?" if closest(str(t), tasks) else "")
+                                + f" Tasks: {', '.join(tasks)}")
     for i, (p, t) in enumerate(zip(params, order)):
         if t in order[:i]:
             raise ArgumentError(p, f"{model}: task '{t}' is named twice in the funnel ({', '.join(order)})")
