@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
 import re
 import typing
@@ -470,6 +471,11 @@ def _schema_homes(model: type[BaseModel] = None, prefix: str = "",  # type: igno
     return out
 
 
+@functools.cache
+def _schema_index() -> dict[str, list[str]]:
+    return _schema_homes()
+
+
 def _same_place(home_parent: str, where: str) -> bool:
     """Whether a schema parent (``tasks.<task>``) is the recipe location ``where`` (``tasks.ctr``)."""
     pattern = re.escape(home_parent).replace(re.escape("<task>"), r"[^.\[]+")
@@ -512,7 +518,7 @@ def key_hint(key: str, where: str, valid: list[str]) -> str:
     hint = placed([a for a in aliases if not a.startswith("*.")])
     if hint:
         return hint
-    hint = placed(_schema_homes().get(key, []) if key != "name" else [])
+    hint = placed(_schema_index().get(key, []) if key != "name" else [])
     if hint:
         return hint
     near = closest(str(key), here, n=1)

@@ -317,7 +317,8 @@ def test_malformed_override_keys_are_refused(override, phrase):
     ("trainer: {lr: 0.01}\n", "trainer.lr", "'lr' belongs under optimizer: write optimizer.lr."),
     ("optimizer: {max_epochs: 3}\n", "optimizer.max_epochs", "belongs under trainer: write trainer.max_epochs."),
     # other frameworks' names, at the top and at their own level
-    ("learning_rate: 0.01\n", "learning_rate", "mtlframe calls 'learning_rate' optimizer.lr: write lr under optimizer."),
+    ("learning_rate: 0.01\n", "learning_rate",
+     "mtlframe calls 'learning_rate' optimizer.lr: write lr under optimizer."),
     ("optimizer: {learning_rate: 0.01}\n", "optimizer.learning_rate", "Did you mean 'lr'?"),
     ("optimizer: {lr_rate: 0.01}\n", "optimizer.lr_rate", "Did you mean 'lr'?"),
     ("epochs: 3\n", "epochs", "mtlframe calls 'epochs' trainer.max_epochs: write max_epochs under trainer."),
@@ -345,7 +346,8 @@ def test_unknown_keys_say_what_was_meant(tmp_path, extra, path, hint):
 @pytest.mark.parametrize("old, new, path, hint", [
     ("label: income}", "label: income, loss_weight: 2}", "tasks.income.loss_weight", "Did you mean 'weight'?"),
     ("label: income}", "label: income, wieght: 2}", "tasks.income.wieght", "Did you mean 'weight'?"),
-    ("dataset: {name: adult}", "dataset: {name: adult}\n  batchsize: 8", "data.batchsize", "Did you mean 'batch_size'?"),
+    ("dataset: {name: adult}", "dataset: {name: adult}\n  batchsize: 8", "data.batchsize",
+     "Did you mean 'batch_size'?"),
     ("dataset: {name: adult}", "dataset: {name: adult}\n  spilt: {val: 0.2}", "data.spilt", "Did you mean 'split'?"),
     ("num_experts: 2", "n_experts: 2", "model.backbone.n_experts", "Did you mean 'num_experts'?"),
     ("num_experts: 2", "expert_num: 2", "model.backbone.expert_num", "Did you mean 'num_experts'?"),

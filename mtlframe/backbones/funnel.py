@@ -56,9 +56,9 @@ def resolve_stages(click: str | None, conversion: str | None, funnel: Sequence[s
         order, params = list(funnel), [f"funnel[{i}]" for i in range(len(funnel))]
     for p, t in zip(params, order):
         if t not in tasks:
+            near = closest(str(t), tasks, n=1)
             raise ArgumentError(p, f"{model}: {p} '{t}' is not a task of the recipe"
-                                + (f"; did you mean '{closest(str(t), tasks, n=1)[0]}'?" if closest(str(t), tasks) else "")
-                                + f" Tasks: {', '.join(tasks)}")
+                                + (f"; did you mean '{near[0]}'?" if near else "") + f" Tasks: {', '.join(tasks)}")
     for i, (p, t) in enumerate(zip(params, order)):
         if t in order[:i]:
             raise ArgumentError(p, f"{model}: task '{t}' is named twice in the funnel ({', '.join(order)})")
