@@ -586,6 +586,12 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     try:
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - start
+        # evaluating a checkpoint file restores the callbacks' state saved in it: keep what fit ended with
+        top_k_scores = {p: float(v) for p, v in ckpt.best_k_models.items()}
+        best_train_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
+        per_task_best = {tname: {"checkpoint": cb.best_model_path or None, "monitor": cb.monitor,
+                                 "best": None if cb.best_model_score is None else float(cb.best_model_score)}
+                         for tname, cb in per_task.items()}
         if report and stopper is not None and stopper.message():
             print(stopper.message(), flush=True)
         best = ckpt.best_model_path or ckpt.last_model_path
@@ -608,7 +614,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         if has_val:
             trainer.validate(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["val"] = module.last_scores.get("val", {})
-            value = trainer.callback_metrics.get(monitor) if monitor.startswith("val/") else ckpt.best_model_score
+            value = trainer.callback_metrics.get(monitor) if monitor.startswith("val/") else best_train_score
             best_value = None if value is None else float(value)
             if best_value is None or not math.isfinite(best_value):
                 raise _no_finite_score(run_dir, monitor, metrics["val"], stopper)
@@ -643,13 +649,10 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         if has_val:
             payload["monitor"] = {"name": monitor, "mode": mode, "best": best_value}
             if top_k != 1:
-                payload["top_k_checkpoints"] = {p: float(v) for p, v in sorted(
-                    ckpt.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=mode == "max")}
+                payload["top_k_checkpoints"] = dict(sorted(top_k_scores.items(), key=lambda kv: kv[1],
+                                                           reverse=mode == "max"))
         if per_task:
-            payload["per_task_checkpoints"] = {
-                tname: {"checkpoint": cb.best_model_path or None, "monitor": cb.monitor,
-                        "best": None if cb.best_model_score is None else float(cb.best_model_score)}
-                for tname, cb in per_task.items()}
+            payload["per_task_checkpoints"] = per_task_best
         if stopper is not None:
             payload["early_stopping"] = stopper.stopped
         (run_dir / "metrics.json").write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
@@ -685,7 +688,7 @@ def _restore_sigint() -> None:
 def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
     where = f"epoch {info.get('epoch')}" + (f"/{info['max_epochs']}" if info.get("max_epochs") else "")
     saved = [f"{k.replace('_', ' ')}: {info[k]}" for k in ("last_checkpoint", "best_checkpoint") if info.get(k)]
-    return (f"interrupted during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
+    return (f"interrupted (Ctrl-C) during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
             f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
             + ". Resuming is not supported yet: rerun with --overwrite (or another --run-dir) to start over.")
 
@@ -790,11 +793,14 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     cols = loaded.preprocessor.transform(frame, source, with_labels=False)
     batch_cols = materialize(loaded.encoders, [], cols)
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in loaded.tasks}
+    device = next(loaded.model.parameters(), torch.empty(0)).device  # where the caller put the model
     with torch.inference_mode():
         for batch in ColumnBatches(batch_cols, batch_size):
+            if device.type != "cpu":
+                batch = {k: v.to(device) for k, v in batch.items()}
             out = loaded.model(batch)
             for t in loaded.tasks:
-                outs[t.name].append(to_prediction(t.type, out[t.name]).float())
+                outs[t.name].append(to_prediction(t.type, out[t.name]).float().cpu())
     result = pd.DataFrame(index=frame.index)
     for t in loaded.tasks:
         values = torch.cat(outs[t.name]).numpy() if outs[t.name] else np.zeros((0,))
@@ -843,20 +849,81 @@ def write_table(frame, path: str | Path) -> None:
         frame.to_csv(p, index=False)
 
 
-def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+#: what ``--accelerator`` accepts (``gpu`` and ``cuda`` are the same)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def resolve_device(accelerator: str = "auto") -> torch.device:
+    """The torch device for an ``--accelerator`` choice: ``auto`` picks a CUDA GPU, else Apple's
+    MPS, else the CPU; ``gpu``/``cuda`` and ``mps`` must be present.
+
+    Raises:
+        MTLFrameError: an unknown choice, or an accelerator this machine does not have (one line).
+    """
+    if accelerator not in ACCELERATORS:
+        raise MTLFrameError(f"--accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}.")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise MTLFrameError(f"--accelerator {accelerator}: torch sees no CUDA GPU on this machine "
+                            "(torch.cuda.is_available() is False); use --accelerator cpu, or auto.")
+    if accelerator == "mps" and not has_mps:
+        raise MTLFrameError("--accelerator mps: Apple's MPS backend is not available on this machine; "
+                            "use --accelerator cpu, or auto.")
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
+
+
+def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = "auto",
+             data_path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Re-create the recipe's data split and evaluate a checkpoint on it.
 
+    Args:
+        checkpoint: an mtlframe checkpoint (``runs/<run>/checkpoints/best.ckpt``).
+        split: ``test`` or ``val``.
+        accelerator: ``auto`` (a GPU when there is one), ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        data_path: where the data is now (replaces the saved ``data.dataset.path``: data moved
+            since training).
+        overrides: ``data.*`` overrides of the saved recipe (``data.dataset.path=...``,
+            ``data.eval_batch_size=...``); the model settings are the checkpoint's.
+
     Returns ``{task: {metric: value}}``.
+
+    Raises:
+        MTLFrameError: an override outside ``data.``, or an accelerator this machine lacks.
+        DataError: the saved data path does not exist (moved: pass ``data_path``); an empty split.
     """
     _quiet_lightning()
-    import pytorch_lightning as pl
+    import copy
 
+    from mtlframe.recipe import _override_lines, apply_overrides
+
+    device = resolve_device(accelerator)
     loaded = load_checkpoint(checkpoint)
     recipe = loaded.recipe
+    overrides = list(overrides or [])
+    outside = [o for o in overrides if not o.partition("=")[0].strip().startswith("data.")]
+    if outside:
+        raise MTLFrameError(f"evaluate takes overrides of data.* only (the model is the checkpoint's): "
+                            f"{', '.join(outside)}")
+    if data_path is not None:
+        overrides.append(f"data.dataset.path={Path(data_path).resolve()}")
+    if overrides:
+        data = copy.deepcopy(recipe.data)
+        if data_path is not None:  # a path is not YAML-parsed (':' or '#' in it)
+            data = apply_overrides(data, overrides[:-1])
+            data.setdefault("data", {}).setdefault("dataset", {})["path"] = str(Path(data_path).resolve())
+        else:
+            data = apply_overrides(data, overrides)
+        recipe = recipe_from_dict(data, recipe.source, _override_lines({}, overrides))
+    saved_path = recipe.config.data.dataset.get("path")
+    if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
+        raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
+                        f"deleted?); point evaluate at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)
     module.model.load_state_dict(loaded.model.state_dict())
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer = _make_eval_trainer(device)
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
                         f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")
@@ -866,3 +933,11 @@ def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, dict[str,
     else:
         trainer.test(module, dataloaders=loader, verbose=False)
     return module.last_scores[split]
+
+
+def _make_eval_trainer(device: torch.device):
+    """A one-device Lightning trainer for evaluation on ``device``."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(accelerator=device.type, devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, use_distributed_sampler=False)
