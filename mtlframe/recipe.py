@@ -269,6 +269,14 @@ class CheckpointConfig(_Strict):
     #: also keep ``best-<task>.ckpt``, the best by each task's primary validation metric
     per_task: bool = False
 
+    @field_validator("save_top_k")
+    @classmethod
+    def _keeps_one(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("save_top_k 0 would keep no checkpoint, and evaluate and predict need "
+                             "checkpoints/best.ckpt: write 1 (the default), k > 1 to keep the k best, or -1 to keep all")
+        return v
+
 
 class EarlyStoppingConfig(_Strict):
     monitor: str = "auto"

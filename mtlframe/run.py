@@ -928,10 +928,16 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
                         f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
-    if split == "val":
-        trainer.validate(module, dataloaders=loader, verbose=False)
-    else:
-        trainer.test(module, dataloaders=loader, verbose=False)
+    try:
+        if split == "val":
+            trainer.validate(module, dataloaders=loader, verbose=False)
+        else:
+            trainer.test(module, dataloaders=loader, verbose=False)
+    except SystemExit:  # Lightning turns Ctrl-C into exit status 1
+        if trainer.state.status.value != "interrupted":
+            raise
+        _restore_sigint()
+        raise KeyboardInterrupt(f"interrupted (Ctrl-C) while evaluating {checkpoint} on the {split} split") from None
     return module.last_scores[split]
 
 

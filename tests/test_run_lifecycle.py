@@ -274,6 +274,20 @@ def test_early_stopping_reason_is_printed_and_saved_and_per_task_checkpoints_kep
     assert status["status"] == "finished" and status["epochs"] == 2
 
 
+@pytest.mark.parametrize("policy", ["any", "all"])
+def test_all_and_any_watch_every_tasks_primary_metric_in_a_run(tmp_path, policy):
+    """With a learning rate of 1e-12 nothing improves by min_delta 0.01 after epoch 1: both tasks
+    are exhausted at epoch 2 (patience 1), so `any` and `all` both stop there, naming each task's
+    primary metric (task_0's rmse, lower is better; task_1_bin's auc) and its best at epoch 1."""
+    _train(tmp_path / "run", **{"trainer.max_epochs": 4, "optimizer.lr": 1e-12,
+                                "early_stopping": {"monitor": policy, "patience": 1, "min_delta": 0.01}})
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    es = saved["early_stopping"]
+    assert es["epoch"] == 2 and es["policy"] == policy
+    assert [(m["monitor"], m["best_epoch"], m["cause"]) for m in es["monitors"]] == [
+        ("val/task_0/rmse", 1, "patience"), ("val/task_1_bin/auc", 1, "patience")]
+
+
 def test_early_stopping_recipe_keys_are_validated():
     ok = recipe_from_dict(tiny_recipe(early_stopping={"monitor": "any"}), "<tiny>")
     assert ok.config.early_stopping.monitor == "any"
@@ -287,6 +301,9 @@ def test_early_stopping_recipe_keys_are_validated():
     with pytest.raises(RecipeError) as exc:
         recipe_from_dict(tiny_recipe(checkpoint={"monitor": "any"}), "<tiny>")
     assert exc.value.problems[0][0] == "checkpoint.monitor"
+    with pytest.raises(RecipeError, match="save_top_k 0 would keep no checkpoint") as exc:
+        recipe_from_dict(tiny_recipe(checkpoint={"save_top_k": 0}), "<tiny>")
+    assert exc.value.problems[0][0] == "checkpoint.save_top_k"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -426,3 +443,19 @@ def test_progress_bar_counts_epochs_like_the_epoch_lines(monkeypatch, rich):
         bar.on_train_epoch_start(trainer)
         assert bar.train_progress_bar.desc.rstrip(": ") == "Epoch 3/15"
         bar.train_progress_bar.close()
+
+
+def test_ctrl_c_during_evaluate_exits_130_and_gives_ctrl_c_back(csv_run, monkeypatch, capsys):
+    """Lightning turns a KeyboardInterrupt into exit status 1 and then ignores Ctrl-C; evaluate
+    says what was interrupted, exits with 130, and Python's Ctrl-C handler is back."""
+    root, result = csv_run
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module_mod.MultiTaskModule, "test_step", interrupted)
+    rc = cli.main(["evaluate", "--checkpoint", result.best_checkpoint, "--accelerator", "cpu"])
+    assert rc == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted (Ctrl-C) while evaluating {result.best_checkpoint} "
+                                               "on the test split")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
