@@ -311,6 +311,40 @@ def test_early_stopping_recipe_keys_are_validated():
 # ------------------------------------------------------------------------------------------------
 
 
+def test_keyboard_interrupt_in_training_marks_the_run_and_cli_exits_130(tmp_path, monkeypatch, capsys):
+    """In-process and fast: a KeyboardInterrupt at the third step of epoch 2 goes through Lightning's
+    own handling (which would exit with status 1 and ignore Ctrl-C from then on)."""
+    real = module_mod.MultiTaskModule.training_step
+
+    def step(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod.MultiTaskModule, "training_step", step)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(**{"trainer.max_epochs": 5})))
+    run_dir = tmp_path / "run"
+    rc = cli.main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 130
+    last, best = run_dir / "checkpoints" / "interrupted.ckpt", run_dir / "checkpoints" / "best.ckpt"
+    assert err.strip() == (f"interrupted (Ctrl-C) during training at epoch 2/5, step 9. {run_dir} is marked "
+                           f"interrupted (status.json); last checkpoint: {last}; best checkpoint: {best}. Resuming "
+                           "is not supported yet: rerun with --overwrite (or another --run-dir) to start over.")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["status"], status["epoch"], status["step"]) == ("interrupted", 2, 9)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(module_mod.MultiTaskModule, "training_step", real)
+    assert cli.main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress"]) == 2
+    assert "holds a run interrupted during training at epoch 2/5, step 9" in capsys.readouterr().err
+    assert cli.main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress", "--overwrite"]) == 0
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert not last.exists()
+
+
+@pytest.mark.slow
 def test_ctrl_c_marks_the_run_interrupted_exits_130_and_a_rerun_says_so(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(**{"trainer.max_epochs": 200, "trainer.enable_progress_bar": True})))
