@@ -617,7 +617,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             value = trainer.callback_metrics.get(monitor) if monitor.startswith("val/") else best_train_score
             best_value = None if value is None else float(value)
             if best_value is None or not math.isfinite(best_value):
-                raise _no_finite_score(run_dir, monitor, metrics["val"], stopper)
+                raise _no_finite_score(run_dir, monitor, metrics["val"], stopper, trainer.is_global_zero)
         if len(dm.split_index["test"]) > 0:
             trainer.test(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["test"] = module.last_scores.get("test", {})
@@ -694,7 +694,7 @@ def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
 
 
 def _no_finite_score(run_dir: Path, monitor: str, val: Mapping[str, Mapping[str, float]],
-                     stopper: Any) -> NoFiniteScoreError:
+                     stopper: Any, write: bool) -> NoFiniteScoreError:
     """The error (and ``status.json``) of a run whose best monitored value is NaN."""
     nan = [f"val/{t}/{m}" for t, per in val.items() for m, v in per.items() if v != v]
     msg = (f"no validation of this run gave a finite {monitor}, so there is no best checkpoint: "
@@ -705,7 +705,8 @@ def _no_finite_score(run_dir: Path, monitor: str, val: Mapping[str, Mapping[str,
            f"metrics.json is not written; {run_dir / 'status.json'} says so.")
     if stopper is not None and stopper.message():
         msg += f" ({stopper.message()})"
-    _write_status(run_dir, {"status": "failed", "reason": msg, "val": dict(val)})
+    if write:
+        _write_status(run_dir, {"status": "failed", "reason": msg, "val": dict(val)})
     return NoFiniteScoreError(msg)
 
 
