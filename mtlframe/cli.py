@@ -14,6 +14,9 @@ from pathlib import Path
 
 from mtlframe.errors import MTLFrameError
 
+#: ``--accelerator`` choices of evaluate and predict (mtlframe.run.ACCELERATORS, without importing torch)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
 
 def _console():
     from rich.console import Console
@@ -58,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtlframe.run import evaluate
 
-    scores = evaluate(args.checkpoint, args.split)
+    scores = evaluate(args.checkpoint, args.split, accelerator=args.accelerator, data_path=args.data_path,
+                      overrides=args.overrides)
     con = _console()
     con.print(_metrics_table(scores, f"{args.split} metrics"))
     if args.output:
@@ -67,9 +71,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtlframe.run import load_checkpoint, predict_frame, read_table, write_table
+    from mtlframe.run import load_checkpoint, predict_frame, read_table, resolve_device, write_table
 
+    device = resolve_device(args.accelerator)
     loaded = load_checkpoint(args.checkpoint)
+    loaded.model.to(device)
     frame = read_table(args.input)
     out = predict_frame(loaded, frame, source=str(args.input))
     if args.keep:
@@ -202,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--output", default=None, help="write the metrics as JSON here")
+    e.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="device to evaluate on (default auto: a GPU when there is one)")
+    e.add_argument("--data-path", default=None,
+                   help="where the data is now, when it moved since training (replaces data.dataset.path)")
+    e.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe, e.g. data.eval_batch_size=512")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every task for the rows of a CSV / Parquet file")
@@ -209,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
     pr.add_argument("--output", required=True, help="CSV or Parquet to write (one column per task)")
     pr.add_argument("--keep", nargs="*", default=None, help="input columns to copy into the output (ids)")
+    pr.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                    help="device to predict on (default auto: a GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("recipe", help="recipe tools")
@@ -296,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     except MTLFrameError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # train's RunInterrupted says where, and what the run folder keeps
+        print(str(exc) or "interrupted", file=sys.stderr)
         return 130
 
 

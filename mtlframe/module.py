@@ -8,12 +8,22 @@ Logged keys: ``train/loss`` (every ``log_every_n_steps``), ``train/loss_epoch``,
 ``train/aux/<name>`` (epoch means), ``train/weight/<task>``,
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
+
+Undefined metrics are NaN, never a number that looks valid: every metric of a task whose
+predictions in the split hold a NaN or an infinity (a diverged model), AUC on a split whose labels
+are one class, and any metric of a task without a labelled row in the split. Each case warns once,
+naming the task, the split and the reason. ``val/score`` is NaN when any task's primary metric is
+NaN, so a diverged or degenerate epoch never beats a healthy one; a task without a labelled row in
+the split is left out of the score (the same tasks are left out at every epoch, so scores stay
+comparable), and the score is NaN when no task has one.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -66,6 +76,12 @@ class MultiTaskModule(pl.LightningModule):
         self._epoch_loss_sum: dict[str, torch.Tensor] = {}
         self._epoch_loss_n: dict[str, int] = {}
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
+        # per stage, per task: [labelled rows, positive rows (binary), non-finite predictions],
+        # accumulated on the device during an evaluation epoch and summed across processes at its end
+        self._eval_stats: dict[str, torch.Tensor] = {}
+        #: ``{stage: {task: labelled rows}}`` of the last evaluation epoch (all processes together)
+        self.last_rows: dict[str, dict[str, int]] = {}
+        self._warned: set[tuple[str, ...]] = set()
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -178,7 +194,11 @@ class MultiTaskModule(pl.LightningModule):
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         outputs = self.model(batch)
         groups = batch.get(GROUP_KEY)
-        for t in self.tasks:
+        stats = self._eval_stats.get(stage)
+        if stats is None:
+            stats = self._eval_stats[stage] = torch.zeros(len(self.tasks), 3, dtype=torch.long,
+                                                          device=next(iter(outputs.values())).device)
+        for i, t in enumerate(self.tasks):
             target = batch[label_key(t.name)]
             pred = to_prediction(t.type, outputs[t.name])
             mask = batch.get(mask_key(t.name))
@@ -191,6 +211,10 @@ class MultiTaskModule(pl.LightningModule):
             if t.type == "binary":
                 target = target.long()
             pred = pred.float()
+            stats[i, 0] += target.numel()
+            if t.type == "binary":
+                stats[i, 1] += target.sum()
+            stats[i, 2] += (~torch.isfinite(pred)).sum()
             for name, metric in self.metrics[f"{stage}__{t.name}"].items():
                 if getattr(self.metric_defs[t.name][name], "grouped", False):
                     if group is None:
@@ -209,23 +233,35 @@ class MultiTaskModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def _epoch_end(self, stage: str) -> None:
+        stats = self._eval_stats.pop(stage, None)
+        if stats is None:
+            stats = torch.zeros(len(self.tasks), 3, dtype=torch.long, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:  # one fixed-size reduction per epoch
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        stats = stats.tolist()
+        self.last_rows[stage] = {t.name: int(row[0]) for t, row in zip(self.tasks, stats)}
         scores: dict[str, dict[str, float]] = {}
         score_terms = []
-        for t in self.tasks:
+        for t, (rows, positives, nonfinite) in zip(self.tasks, stats):
             scores[t.name] = {}
             for name, metric in self.metrics[f"{stage}__{t.name}"].items():
-                if metric.update_count == 0:
+                if rows == 0:  # decided on the global count: every process skips, or every one computes
                     value = float("nan")
                 else:
                     value = float(metric.compute())  # synced across processes by torchmetrics
+                    if nonfinite:  # a metric over NaN / inf predictions is undefined, whatever it returns
+                        value = float("nan")
                 metric.reset()
                 scores[t.name][name] = value
                 self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
+            self._warn_undefined(stage, t, scores[t.name], int(rows), int(positives), int(nonfinite))
+            if rows == 0:  # no labelled row in this split at all: left out of the score (at every epoch)
+                continue
             primary = t.metrics[0]
             v = scores[t.name].get(primary, float("nan"))
             score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
-        finite = [s for s in score_terms if s == s]
-        score = sum(finite) / len(finite) if finite else float("nan")
+        # a NaN term makes the score NaN: a mean over fewer tasks is not comparable with a full one
+        score = sum(score_terms) / len(score_terms) if score_terms else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")
         self.last_scores[stage] = scores
         self._warn_perfect_auc(stage, scores)
@@ -247,6 +283,37 @@ class MultiTaskModule(pl.LightningModule):
                         "row is ranked above every negative one, which real data almost never allows. Check for "
                         "label leakage: a feature that is the label, a copy of it, or computed from it "
                         f"(tasks.{task}.label names the label column).", stacklevel=2)
+
+    def _warn_undefined(self, stage: str, task: TaskSpec, scores: Mapping[str, float], rows: int,
+                        positives: int, nonfinite: int) -> None:
+        """Warn (once per split, task and cause) why a task's metrics are NaN."""
+        nan = [m for m, v in scores.items() if v != v]
+        if not nan or (self._trainer is not None and not self.trainer.is_global_zero):
+            return
+        split = f"the {stage} split"
+        if rows == 0:
+            key, msg = ("rows",), (f"task '{task.name}' has no labelled row in {split}: its {stage} metrics are NaN"
+                                   + (" and it is left out of val/score." if stage == "val" else "."))
+        elif nonfinite:
+            key, msg = ("nonfinite",), (f"task '{task.name}': {nonfinite} of its {rows} predictions on {split} are "
+                                        f"NaN or infinite (the model diverged; try a lower optimizer.lr): its "
+                                        f"{stage} metrics are NaN.")
+        elif task.type == "binary" and positives in (0, rows):
+            key, msg = ("one-class",), (f"task '{task.name}': every labelled row of {split} ({rows}) has label "
+                                        f"{int(positives == rows)}, so {', '.join(nan)} "
+                                        f"{'is' if len(nan) == 1 else 'are'} undefined (NaN) on a single class"
+                                        + (f"{' and val/score is NaN' if task.metrics[0] in nan else ''}; "
+                                           "make the split hold both classes (another seed or a larger "
+                                           "data.split.val), or monitor a metric defined on one class "
+                                           f"(checkpoint.monitor: val/{task.name}/logloss)." if stage == "val"
+                                           else "."))
+        else:
+            key, msg = ("undefined", *nan), (f"task '{task.name}': {', '.join(nan)} "
+                                             f"{'is' if len(nan) == 1 else 'are'} undefined (NaN) on {split} "
+                                             f"({rows} labelled rows).")
+        if (stage, task.name, *key) not in self._warned:
+            self._warned.add((stage, task.name, *key))
+            warnings.warn(msg, UserWarning, stacklevel=2)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -301,6 +301,16 @@ class CheckpointConfig(_Strict):
     monitor: str = "auto"
     mode: Literal["auto", "min", "max"] = "auto"
     save_top_k: int = Field(1, ge=-1)
+    #: also keep ``best-<task>.ckpt``, the best by each task's primary validation metric
+    per_task: bool = False
+
+    @field_validator("save_top_k")
+    @classmethod
+    def _keeps_one(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("save_top_k 0 would keep no checkpoint, and evaluate and predict need "
+                             "checkpoints/best.ckpt: write 1 (the default), k > 1 to keep the k best, or -1 to keep all")
+        return v
 
 
 class EarlyStoppingConfig(_Strict):
@@ -736,21 +746,32 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
 
 
 def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) -> None:
-    """``checkpoint.monitor`` / ``early_stopping.monitor`` must name a logged value."""
+    """``checkpoint.monitor`` / ``early_stopping.monitor`` must name a logged value or a task
+    (its primary validation metric); ``early_stopping.monitor`` may also be ``all`` or ``any``
+    (every task's primary metric, each with its own patience), which take ``mode: auto``."""
     valid = ["auto", "val/score", "train/loss_epoch"]
+    names = []
     for tname, task in tasks.items():
         if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
+        names.append(tname)
         metrics = task.get("metrics") if isinstance(task.get("metrics"), list) else DEFAULT_METRICS[task["type"]]
         valid += [f"val/{tname}/{m}" for m in metrics] + [f"train/loss/{tname}"]
     for section in ("checkpoint", "early_stopping"):
         block = data.get(section)
         monitor = block.get("monitor") if isinstance(block, dict) else None
-        if isinstance(monitor, str) and monitor not in valid:
-            near = closest(monitor, valid, n=1)
+        choices = valid + names + (["all", "any"] if section == "early_stopping" else [])
+        if isinstance(monitor, str) and monitor not in choices:
+            near = closest(monitor, choices, n=1)
+            hint = (" (a task name monitors its primary validation metric"
+                    + ("; all / any: every task's, stopping when all / any of them stopped improving)."
+                       if section == "early_stopping" else ")."))
             problems.append((f"{section}.monitor", f"'{monitor}' is not a logged value"
                              + (f"; did you mean '{near[0]}'?" if near else ".")
-                             + f" Choose one of: {', '.join(valid)}."))
+                             + f" Choose one of: {', '.join(choices)}{hint}"))
+        elif monitor in ("all", "any") and block.get("mode", "auto") != "auto":
+            problems.append((f"{section}.mode", f"monitor '{monitor}' watches each task's primary metric in its own "
+                                                "direction; remove mode (or write mode: auto)."))
 
 
 # --------------------------------------------------------------------------------------------

@@ -213,8 +213,11 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     result = train(rec, tmp_path / "a")
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
-    assert re.search(r"^best checkpoint: val/score -?[\d.]+$", out, re.M)
+    best = re.search(r"^best checkpoint: val/score (-?[\d.]+) \(.*best\.ckpt\)$", out, re.M)
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    # the best checkpoint's value is the highest val/score an epoch line printed
+    epoch_scores = [float(re.search(r"val/score (-?[\d.]+)", ln).group(1)) for ln in lines]
+    assert best and float(best.group(1)) == pytest.approx(max(epoch_scores), abs=1e-4)
     assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
     # train/loss is the epoch's mean loss, as the run logged it (train/loss_epoch)
     import pandas as pd
