@@ -73,7 +73,9 @@ class BagOfWordsEncoder(Encoder):
         buckets = self.num_buckets
         rows: list[list[int]] = []
         for text in texts:
-            if not isinstance(text, str) or not text:
+            if not isinstance(text, str):  # a number or other value: its text; missing: empty
+                text = "" if text is None or (isinstance(text, float) and text != text) else str(text)
+            if not text:
                 rows.append([])
                 continue
             ids = []

@@ -38,7 +38,7 @@ def forbid_model(monkeypatch) -> None:
 
 
 def frozen(path, **kw) -> TextEncoder:
-    return TextEncoder(["body"], model=str(path), dim=4, progress=False, **kw)
+    return TextEncoder(["body"], model=str(path), dim=4, progress=False, **{"fill_empty": "", **kw})
 
 
 def test_second_run_is_a_cache_hit_without_forward_pass(tiny_model_dir, monkeypatch):

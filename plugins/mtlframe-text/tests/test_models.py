@@ -26,10 +26,10 @@ def no_network(monkeypatch):
 def test_local_path_offline_never_touches_the_network(tiny_model_dir, no_network):
     resolved = models.resolve_model(str(tiny_model_dir))
     assert resolved.source == "local directory" and resolved.hidden_size == 32
-    enc = TextEncoder(["body"], model=str(tiny_model_dir), dim=2, progress=False)
+    enc = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", dim=2, progress=False)
     out = enc(enc.featurize({"body": np.array(["the dress", ""], dtype=object)}))
     assert out.shape == (2, 2)
-    ft = TextEncoder(["body"], model=str(tiny_model_dir), mode="finetune")
+    ft = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", mode="finetune")
     assert ft(ft.featurize({"body": np.array(["the dress"], dtype=object)})).shape == (1, 32)
 
 
