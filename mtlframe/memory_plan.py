@@ -13,8 +13,10 @@ elements of ``b`` bytes (4 for float32):
   sparse table under ``sparse_adam`` (``auto`` under Adam/AdamW) 2, under ``rowwise_adagrad``
   ``1 / d`` (one float per row), under ``auto`` with Adagrad/SGD as the dense optimizer.
 
-It leaves out activations (they scale with the batch size), the frozen text encoder's table of
-cached embeddings (a plain tensor, not a parameter) and per-step scalars.
+Tensors an encoder keeps outside its parameters (the frozen text encoder's table of cached
+embeddings or token states) are counted when the encoder has a ``memory_tables()`` method
+returning ``{name: (shape, bytes, fix)}`` (``fix``: what shrinks it, or ``None``): weights only.
+Activations (they scale with the batch size) and per-step scalars are left out.
 
 The device memory is the CUDA device's total memory when training will run on a GPU
 (``trainer.accelerator`` ``auto``/``gpu``/``cuda`` and CUDA available), else the system's
@@ -63,6 +65,7 @@ class MemoryRow:
     kind: str
     encoder: int | None = None
     params: frozenset[str] = frozenset()
+    fix: str | None = None
 
     @property
     def total(self) -> int:
@@ -115,6 +118,14 @@ def estimate(model: nn.Module, optimizer) -> MemoryPlan:
         label = f"model.encoders[{enc}] {m.group(2)}" if m else (mod_name or "embedding")
         params = frozenset(inspect.signature(type(model.encoders[enc]).__init__).parameters) if m else frozenset()
         rows.append(MemoryRow(label, tuple(mod.weight.shape), mod.weight.numel(), w, g, s, how, enc, params))
+    for i, enc in enumerate(getattr(model, "encoders", [])):
+        extra = getattr(enc, "memory_tables", None)
+        for name, (shape, nbytes, fix) in (extra() if callable(extra) else {}).items():
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+            rows.append(MemoryRow(f"model.encoders[{i}] {name}", tuple(int(d) for d in shape), numel, int(nbytes),
+                                  0, 0, "cached, not trained", i, frozenset(), fix))
     rows.sort(key=lambda r: -r.total)
     rest = [p for p in model.parameters() if id(p) not in seen]
     if rest:
@@ -149,7 +160,7 @@ def format_bytes(n: float) -> str:
 
 def _fix(row: MemoryRow) -> str:
     key = f"model.encoders[{row.encoder}]" if row.encoder is not None else "its encoder"
-    fixes = []
+    fixes = [row.fix] if row.fix else []
     if row.kind.startswith("dense") and "sparse" in row.params:
         fixes.append(f"sparse: true on {key} (no full-table gradient; with optimizer.sparse_optimizer: "
                      "rowwise_adagrad the optimizer keeps one float per row)")

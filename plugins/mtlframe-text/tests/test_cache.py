@@ -220,3 +220,23 @@ def test_old_entries_without_the_new_fields_still_hit(tmp_path):
         warnings.simplefilter("error")
         with EmbeddingCache(tmp_path, KEY, dim=3).locked() as again:
             assert again.lookup(["y"]).tolist() == [1]
+
+
+def test_encoder_recomputes_an_entry_written_for_another_model(tiny_model_dir, monkeypatch):
+    """An entry whose meta.json names another model (e.g. copied over) is re-encoded, never read."""
+    import json
+
+    calls = count_forwards(monkeypatch)
+    first = frozen(tiny_model_dir)
+    first.featurize({"body": TEXTS})
+    entry = first.cache()
+    meta = json.loads(entry.meta_file.read_text())
+    meta["model"] = "0" * 64
+    entry.meta_file.write_text(json.dumps(meta))
+    with open(entry.vectors_file, "r+b") as fh:       # and its vectors are not this model's
+        fh.write(np.full(4 * 32, 7, dtype=np.float16).tobytes())
+    second = frozen(tiny_model_dir)
+    with pytest.warns(CacheMismatchWarning, match=r"model '0{64}' \(expected '[0-9a-f]{64}'\)"):
+        out = second.featurize({"body": TEXTS})
+    assert calls[0] == 8 and second.last_stats["encoded"] == 4
+    torch.testing.assert_close(second.table[out[second.key]], first.table[first.featurize({"body": TEXTS})[first.key]])

@@ -131,3 +131,27 @@ def test_shipped_clothing_recipes_declare_the_fill_their_data_needs():
         recipe = load_recipe(str(REPO / "recipes" / name))
         text = [e for e in recipe.config.model.encoders if e["name"] == "text"]
         assert [e.get("fill_empty") for e in text] == [""], name
+
+
+def test_memory_plan_counts_the_frozen_tables_outside_the_parameters(tiny_model_dir):
+    """mtlframe's memory plan sees the unique-text table / the cached token states (weights only)."""
+    from torch import nn
+
+    from mtlframe import memory_plan
+    from mtlframe.recipe import OptimizerConfig
+
+    texts = np.array(["the dress", "a", "the dress", "love it"], dtype=object)
+    pooled = TextEncoder(["body"], model=str(tiny_model_dir), progress=False)                 # no projection
+    tokens = TextEncoder(["body"], model=str(tiny_model_dir), progress=False, pooling="attention", layer=1,
+                         attention_heads=1)
+    for e in (pooled, tokens):
+        e.featurize({"body": texts})
+    model = nn.Module()
+    model.encoders = nn.ModuleList([pooled, tokens])
+    rows = {r.name: r for r in memory_plan.estimate(model, OptimizerConfig()).rows}
+    table = rows["model.encoders[0] text table"]
+    assert (table.shape, table.total, table.kind) == ((4, 32), 4 * 32 * 4, "cached, not trained")  # pad + 3 texts
+    states = rows["model.encoders[1] token states"]
+    # [CLS] the dress [SEP] = 4, [CLS] a [SEP] = 3, [CLS] love [UNK] [SEP] = 4 tokens, float16
+    assert (states.shape, states.total) == ((11, 32), 11 * 32 * 2)
+    assert states.fix.startswith("pooling: mean")

@@ -754,6 +754,17 @@ class TextEncoder(Encoder):
             x = nn.functional.normalize(x, dim=-1)
         return self.proj(self.drop(x))                                   # (B, d)
 
+    def memory_tables(self) -> dict[str, tuple[tuple[int, ...], int, str | None]]:
+        """``frozen`` mode's tensors outside the parameters, for mtlframe's memory plan:
+        ``{name: (shape, bytes, fix)}`` (the unique-text table, or the cached token states)."""
+        if self.mode != "frozen":
+            return {}
+        if self.attention is not None:
+            rows = sum(int(c.shape[0]) for c in self._token_chunks)
+            return {"token states": ((rows, self.lm_dim), 2 * rows * self.lm_dim,
+                                     "pooling: mean (one cached vector per text instead of every token's)")}
+        return {"text table": (tuple(self.table.shape), self.table.numel() * self.table.element_size(), None)}
+
     def _gather_tokens(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached token states of unique-text rows ``idx [B]`` -> ``([B, L, d_lm] float, [B, L] bool)``,
         ``L`` = the longest row in the batch."""
