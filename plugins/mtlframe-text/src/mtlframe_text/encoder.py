@@ -496,8 +496,9 @@ class TextEncoder(Encoder):
                                                           in self._reported):
             return
         tok = self.tokenizer()
-        lengths = np.fromiter((len(x) for x in tok(list(texts), truncation=False, verbose=False)["input_ids"]),
-                              dtype=np.int64, count=len(texts))
+        lengths = np.concatenate([   # in chunks: only the lengths are kept, not every text's ids
+            np.fromiter((len(x) for x in tok(list(texts[i:i + 8192]), truncation=False, verbose=False)["input_ids"]),
+                        dtype=np.int64) for i in range(0, len(texts), 8192)])
         cut = int((lengths > self.max_length).sum())
         if not cut:
             return
