@@ -113,7 +113,7 @@ def estimate(model: nn.Module, optimizer) -> MemoryPlan:
             continue
         seen.add(id(mod.weight))
         w, g, s, how = account(mod.weight)
-        m = re.match(r"^encoders\.(\d+)\.(.*)$", f"{mod_name}.weight".removesuffix(".weight"))
+        m = re.match(r"^encoders\.(\d+)\.(.*)$", mod_name)
         enc = int(m.group(1)) if m else None
         label = f"model.encoders[{enc}] {m.group(2)}" if m else (mod_name or "embedding")
         params = frozenset(inspect.signature(type(model.encoders[enc]).__init__).parameters) if m else frozenset()
@@ -131,7 +131,8 @@ def estimate(model: nn.Module, optimizer) -> MemoryPlan:
     if rest:
         parts = [account(p) for p in rest]
         rows.append(MemoryRow("other parameters", (), sum(p.numel() for p in rest), sum(x[0] for x in parts),
-                              sum(x[1] for x in parts), sum(x[2] for x in parts), f"dense {optimizer.name}"))
+                              sum(x[1] for x in parts), sum(x[2] for x in parts),
+                              " + ".join(sorted({x[3] for x in parts}))))
     return MemoryPlan(tuple(rows))
 
 
