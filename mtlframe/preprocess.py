@@ -9,7 +9,8 @@
   tokens from 2; padded to the longest training row (at most ``max_multi_len``).
 * ``numeric``: standardized with the training mean and standard deviation; a missing value
   becomes 0, i.e. the training mean (a constant column gets std 1).
-* ``text``: kept raw (strings, NaN -> ``""``) for text encoders to featurize.
+* ``text``: kept raw (missing -> ``""``; other cells as they are, so a text encoder can count
+  non-string cells) for text encoders to featurize.
 * memory: :meth:`Preprocessor.fit` and :meth:`Preprocessor.transform` take ``rows`` (positions
   into the frame) so splits need no copied frames, and work one column at a time (temporaries are
   one column's size); :meth:`Preprocessor.transform_splits` can delete each column from the frame
@@ -248,7 +249,9 @@ class Preprocessor:
             z[~np.isfinite(z)] = 0.0
             out[col] = torch.from_numpy(z.astype(np.float32))
         elif typ is not None:  # text
-            out[col] = series.fillna("").astype(str).to_numpy(dtype=object)
+            values = series.to_numpy(dtype=object, copy=True)  # cells as they are: text encoders count non-strings
+            values[pd.isna(values)] = ""
+            out[col] = values
         for lab in self.labels:
             if lab.column == col:
                 out.update(self._label(series, lab, source, rows))

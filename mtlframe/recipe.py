@@ -272,6 +272,9 @@ class TrainerConfig(_Strict):
     enable_progress_bar: bool = True
     #: compile the model's encoders, backbone and towers for training: ``true`` or ``{mode: ...}``
     compile: CompileConfig | None = None
+    #: warn when the memory plan (weights + gradients + optimizer state) exceeds this fraction of
+    #: the device's memory (GPU memory, or system RAM on CPU); see ``mtlframe.memory_plan``
+    memory_warn_fraction: float = Field(0.5, gt=0)
 
     @field_validator("precision")
     @classmethod

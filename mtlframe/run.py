@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtlframe import memory_plan
 from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError
 from mtlframe.recipe import Recipe, recipe_from_dict
 
@@ -511,6 +512,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     try:  # a recipe or data error before training leaves no half-made run directory behind
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
+        memory_plan.report(module.model, cfg, quiet=progress is False)
         if cfg.trainer.compile is not None:
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
