@@ -113,6 +113,41 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
     raise DataError(f"unknown split '{name}'")
 
 
+def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per numeric column filled or clipped and per task with ``missing_label`` rows,
+    with the counts per split (``reports``: :attr:`Preprocessor.reports`)."""
+    lines = []
+
+    def counts(kind: str, key: str) -> tuple[int, str]:
+        per = {split: rep.get(kind, {}).get(key, 0) for split, rep in reports.items()}
+        per = {k: v for k, v in per.items() if v}
+        return sum(per.values()), ", ".join(f"{k} {v}" for k, v in per.items())
+
+    for col, value in pre.fill.items():
+        n, where = counts("filled", col)
+        if n:
+            policy = pre.fill_missing.get(col)
+            lines.append(f"numeric feature '{col}': {n} missing value(s) ({where}) filled with {value:g} "
+                         f"(data.fill_missing: {policy})")
+    for col, (low, high) in pre.clip.items():
+        n, where = counts("clipped", col)
+        if n:
+            lines.append(f"numeric feature '{col}': {n} value(s) ({where}) clipped to [{low:g}, {high:g}] (data.clip)")
+    for lab in pre.labels:
+        n, where = counts("masked_labels", lab.task)
+        if n:
+            lines.append(f"task '{lab.task}': {n} row(s) ({where}) with label {lab.missing_text} "
+                         "(missing_label) masked")
+    return lines
+
+
+def _print_rank_zero(line: str) -> None:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(line, flush=True)
+
+
 class RecDataModule(pl.LightningDataModule):
     """Lightning data module of a recipe.
 
@@ -196,7 +231,10 @@ class RecDataModule(pl.LightningDataModule):
         if table.user and table.user in table.frame.columns:
             user = table.frame[table.user].to_numpy()
             users = {k: user[v] for k, v in idx.items()}
-        pre = Preprocessor(features, labels, min_count=self.cfg.min_count)
+        numeric = [c for c, t in features.items() if t == "numeric"]
+        pre = Preprocessor(features, labels, min_count=self.cfg.min_count,
+                           fill_missing={c: self.cfg.fill_policy(c) for c in numeric},
+                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric})
         pre.fit(table.frame, table.source, rows=idx["train"])
         self.preprocessor = pre
         # column by column, each deleted from the frame once transformed (the frame and the
@@ -204,6 +242,8 @@ class RecDataModule(pl.LightningDataModule):
         keep = {table.user, table.item, table.timestamp}
         release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
         self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
+        for line in preprocess_summary(pre, pre.reports):
+            _print_rank_zero(line)
         if table.user and table.user in table.frame.columns:
             for k in self.splits:
                 if "user" not in self.splits[k]:
@@ -234,7 +274,17 @@ class RecDataModule(pl.LightningDataModule):
                                  + (f"; did you mean '{near[0]}'?" if near else ".")
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
-            labels.append(LabelSpec(tname, task.label, task.type))
+            labels.append(LabelSpec(tname, task.label, task.type, task.missing_label))
+        numeric = [c for c, t in used.items() if t == "numeric"]
+        named = {**({f"data.fill_missing.{c}": c for c in self.cfg.fill_missing}
+                    if isinstance(self.cfg.fill_missing, dict) else {}),
+                 **{f"data.clip.{c}": c for c in self.cfg.clip}}
+        for path, col in named.items():
+            if col not in numeric:
+                near = closest(col, numeric)
+                problems.append((path, f"'{col}' is not a numeric feature of the model's encoders"
+                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + f" Numeric features: {', '.join(numeric) or 'none'}."))
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)

@@ -165,6 +165,10 @@ class SplitConfig(_Strict):
         return self
 
 
+#: a ``data.fill_missing`` policy: a keyword, or the number that replaces a missing value
+FillPolicy = Union[Literal["error", "mean", "median", "zero"], float]
+
+
 class DataConfig(_Strict):
     dataset: Component
     split: SplitConfig = SplitConfig()
@@ -172,6 +176,25 @@ class DataConfig(_Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     sampler: Component = {"name": "none"}
     min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
+    #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
+    #: ``zero`` or a number, for every numeric feature or per column ``{age: mean, income: 0}``
+    fill_missing: Union[FillPolicy, dict[str, FillPolicy]] = "error"
+    #: ``{column: [low, high]}``: numeric values clipped to this range (raw units) before standardizing
+    clip: dict[str, tuple[float, float]] = {}
+
+    @field_validator("clip")
+    @classmethod
+    def _clip_ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for col, (low, high) in v.items():
+            if not low < high:
+                raise ValueError(f"clip range of '{col}' must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return v
+
+    def fill_policy(self, column: str) -> "FillPolicy":
+        """The ``fill_missing`` policy of one numeric column (``error`` when unlisted)."""
+        if isinstance(self.fill_missing, dict):
+            return self.fill_missing.get(column, "error")
+        return self.fill_missing
 
 
 class TaskConfig(_Strict):
@@ -179,6 +202,15 @@ class TaskConfig(_Strict):
     label: str
     weight: float = Field(1.0, ge=0.0)
     metrics: list[str] | None = None
+    #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
+    missing_label: Union[float, str, None] = None
+
+    @model_validator(mode="after")
+    def _missing_marker(self) -> "TaskConfig":
+        if self.type == "binary" and self.missing_label is not None and self.missing_label in (0, 1):
+            raise ValueError(f"missing_label {self.missing_label:g} is a binary label value; pick a value other "
+                             "than 0 and 1 (e.g. -1)")
+        return self
 
 
 class ModelConfig(_Strict):
