@@ -222,11 +222,9 @@ def checkpoint(tmp_path_factory):
     from mtlframe.run import train
 
     root = tmp_path_factory.mktemp("guards")
-    frame = _frame(60)
-    frame.loc[4, "x"] = np.nan
-    path = _csv(root, frame)
+    path = _csv(root, _frame(60))
     torch.set_num_threads(1)
-    result = train(recipe_from_dict(_recipe(path, fill_missing={"x": "zero"}), "<r>"), root / "run", progress=False)
+    result = train(recipe_from_dict(_recipe(path), "<r>"), root / "run", progress=False)
     return result.best_checkpoint
 
 
@@ -276,6 +274,12 @@ def test_predict_applies_the_checkpoint_numeric_policy(tmp_path, checkpoint, cap
     loaded = load_checkpoint(checkpoint)
     frame = _frame(6, seed=3)
     frame.loc[2, "x"] = np.nan
+    with pytest.raises(DataError, match=r"numeric column 'x' has 1 missing value\(s\) of 6 .* at row 3\."):
+        predict_frame(loaded, frame)  # trained without a fill: refused
+    # a checkpoint trained with data.fill_missing: {x: zero} (the state a fit leaves)
+    state = loaded.preprocessor.state_dict()
+    state["fill_missing"], state["fill"] = {"x": "zero"}, {"x": 0.0}
+    loaded.preprocessor = Preprocessor.from_state_dict(state)
     report: dict = {}
     pred = predict_frame(loaded, frame, report=report)
     assert report["filled"] == {"x": 1} and pred.notna().all().all()
@@ -306,9 +310,12 @@ def test_predict_never_writes_an_empty_cell_for_a_non_finite_prediction(checkpoi
         predict_frame(loaded, _frame(5), source="f.csv")
 
 
-def test_old_checkpoint_state_keeps_the_mean_fill():
+def test_fill_policy_is_saved_and_old_checkpoint_state_keeps_the_mean_fill():
     pre = Preprocessor({"x": "numeric"}, [], fill_missing={"x": "zero"}).fit(pd.DataFrame({"x": [1.0, 2.0, 6.0]}))
     state = pre.state_dict()
+    again = Preprocessor.from_state_dict(state)
+    assert (again.fill, again.fill_missing) == ({"x": 0.0}, {"x": "zero"})
+    assert again.transform(pd.DataFrame({"x": [np.nan]}), with_labels=False)["x"].tolist() == [pytest.approx(-3.0 / np.std([1, 2, 6]))]
     for key in ("fill", "fill_missing", "clip"):
         del state[key]
     old = Preprocessor.from_state_dict(state)
