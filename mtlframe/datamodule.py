@@ -119,7 +119,8 @@ def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any
     lines = []
 
     def counts(kind: str, key: str) -> tuple[int, str]:
-        per = {split: rep.get(kind, {}).get(key, 0) for split, rep in reports.items()}
+        order = [*(k for k in SPLITS if k in reports), *(k for k in reports if k not in SPLITS)]
+        per = {split: reports[split].get(kind, {}).get(key, 0) for split in order}
         per = {k: v for k, v in per.items() if v}
         return sum(per.values()), ", ".join(f"{k} {v}" for k, v in per.items())
 
