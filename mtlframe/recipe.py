@@ -182,6 +182,25 @@ class DataConfig(_Strict):
     #: ``{column: [low, high]}``: numeric values clipped to this range (raw units) before standardizing
     clip: dict[str, tuple[float, float]] = {}
 
+    @field_validator("fill_missing", mode="before")
+    @classmethod
+    def _fill_policies(cls, v: Any) -> Any:
+        def check(policy: Any, where: str) -> None:
+            if isinstance(policy, bool) or not (policy in ("error", "mean", "median", "zero")
+                                                or isinstance(policy, (int, float))):
+                near = difflib.get_close_matches(str(policy), ["error", "mean", "median", "zero"], n=1)
+                raise ValueError(f"{where}{policy!r} is not a fill policy"
+                                 + (f"; did you mean {near[0]!r}?" if near else ".")
+                                 + " Use error, mean, median, zero or a number, for every numeric feature "
+                                 "(`fill_missing: mean`) or per column (`fill_missing: {age: mean}`).")
+
+        if isinstance(v, dict):
+            for col, policy in v.items():
+                check(policy, f"'{col}': ")
+        else:
+            check(v, "")
+        return v
+
     @field_validator("clip")
     @classmethod
     def _clip_ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -205,12 +224,12 @@ class TaskConfig(_Strict):
     #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
     missing_label: Union[float, str, None] = None
 
-    @model_validator(mode="after")
-    def _missing_marker(self) -> "TaskConfig":
-        if self.type == "binary" and self.missing_label is not None and self.missing_label in (0, 1):
-            raise ValueError(f"missing_label {self.missing_label:g} is a binary label value; pick a value other "
-                             "than 0 and 1 (e.g. -1)")
-        return self
+    @field_validator("missing_label")
+    @classmethod
+    def _missing_marker(cls, v: Union[float, str, None], info: Any) -> Union[float, str, None]:
+        if info.data.get("type") == "binary" and v is not None and v in (0, 1):
+            raise ValueError(f"missing_label {v:g} is a binary label value; pick a value other than 0 and 1 (e.g. -1)")
+        return v
 
 
 class ModelConfig(_Strict):

@@ -117,8 +117,8 @@ def test_fill_missing_per_column_must_name_a_numeric_feature(tmp_path):
     msg = str(err.value)
     assert "data.fill_missing.xx" in msg and "did you mean 'x'" in msg
     assert "data.clip.city" in msg and "Numeric features: x" in msg
-    with pytest.raises(RecipeError, match="data.fill_missing"):
-        recipe_from_dict(_recipe(path, fill_missing="avg"), "<r>")
+    with pytest.raises(RecipeError, match=r"data.fill_missing \(<r>\): 'x': 'mena' is not a fill policy; did you mean 'mean'\?"):
+        recipe_from_dict(_recipe(path, fill_missing={"x": "mena"}), "<r>")
     with pytest.raises(RecipeError, match=r"data.clip.*low < high"):
         recipe_from_dict(_recipe(path, clip={"x": [5, 1]}), "<r>")
 
