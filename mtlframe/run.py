@@ -516,7 +516,7 @@ def predict_warnings(report: Mapping[str, Any]) -> list[str]:
     for col, n in report.get("clipped", {}).items():
         lines.append(f"numeric feature '{col}': {n} value(s) clipped (data.clip of the checkpoint)")
     for task, unseen in report.get("unseen_classes", {}).items():
-        shown = ", ".join(f"{c!r} ({n} rows)" for c, n in unseen.items())
+        shown = ", ".join(f"{c!r} ({n} row{'s' if n != 1 else ''})" for c, n in unseen.items())
         lines.append(f"task '{task}': the input's label column holds classes unseen in training: {shown}")
     return lines
 

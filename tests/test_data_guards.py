@@ -222,9 +222,14 @@ def checkpoint(tmp_path_factory):
     from mtlframe.run import train
 
     root = tmp_path_factory.mktemp("guards")
-    path = _csv(root, _frame(60))
+    frame = _frame(60)
+    frame["kind"] = np.arange(60) % 3  # a multiclass task too
+    path = _csv(root, frame)
+    recipe = _recipe(path)
+    recipe["data"]["dataset"]["labels"].append("kind")
+    recipe["tasks"]["kind"] = {"type": "multiclass", "label": "kind"}
     torch.set_num_threads(1)
-    result = train(recipe_from_dict(_recipe(path), "<r>"), root / "run", progress=False)
+    result = train(recipe_from_dict(recipe, "<r>"), root / "run", progress=False)
     return result.best_checkpoint
 
 
@@ -240,7 +245,8 @@ def test_predict_keep_order_and_task_name_clash(tmp_path, checkpoint, capsys):
     code, out = _predict(tmp_path, checkpoint, frame, "--keep", "rating", "user", "city")
     assert code == 0
     written = pd.read_csv(out)
-    assert list(written.columns) == ["rating", "user", "city", "click", "rating_pred"]
+    assert list(written.columns) == ["rating", "user", "city", "click", "rating_pred", "kind", "kind_p_0", "kind_p_1",
+                                     "kind_p_2"]
     assert written["rating"].tolist() == frame["rating"].tolist()
     assert written["user"].tolist() == frame["user"].tolist()
     assert written.notna().all().all()
@@ -321,3 +327,12 @@ def test_fill_policy_is_saved_and_old_checkpoint_state_keeps_the_mean_fill():
     old = Preprocessor.from_state_dict(state)
     assert old.fill == {"x": 3.0}
     assert old.transform(pd.DataFrame({"x": [np.nan]}), with_labels=False)["x"].tolist() == [0.0]
+
+
+def test_predict_reports_multiclass_classes_unseen_in_training(tmp_path, checkpoint, capsys):
+    frame = _frame(6, seed=3)
+    frame["kind"] = [0, 1, 7, 7, 9, np.nan]
+    code, out = _predict(tmp_path, checkpoint, frame)
+    assert code == 0 and pd.read_csv(out).notna().all().all()
+    assert "warning: task 'kind': the input's label column holds classes unseen in training: '7' (2 rows), " \
+           "'9' (1 row)" in capsys.readouterr().err
