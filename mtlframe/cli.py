@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
     pr.add_argument("--output", required=True, help="CSV or Parquet to write (one column per task)")
-    pr.add_argument("--keep", nargs="*", default=None, help="input columns to copy into the output (ids)")
+    pr.add_argument("--keep", nargs="*", default=None,
+                    help="input columns to copy into the output (ids), in this order, before the predictions; "
+                         "a prediction named like a kept column gets '_pred' (rating -> rating_pred)")
     pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("recipe", help="recipe tools")

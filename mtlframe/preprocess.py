@@ -192,18 +192,17 @@ class Preprocessor:
         """
         for col, typ in self.features.items():
             series = _rows(frame[col], rows)
-            if typ != "numeric":
-                present = series.notna() if pd.api.types.is_numeric_dtype(series) else _as_str(series).notna()
-                self._check_not_empty(frame, int(present.sum()), len(series), col, typ, source)
             if typ == "categorical":
                 ints = _as_int(series)
                 values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
                 counts = values.value_counts(dropna=True)
+                self._check_not_empty(frame, int(counts.sum()), len(series), col, typ, source)
                 counts = counts[counts >= self.min_count]
                 self.vocab[col] = (np.array(counts.index, dtype=np.int64) if ints is not None
                                    else [str(v) for v in counts.index])
             elif typ == "multi_categorical":
                 tokens = _as_str(series).dropna().str.split("|")
+                self._check_not_empty(frame, len(tokens), len(series), col, typ, source)
                 lengths = tokens.map(len)
                 counts = tokens.explode().str.strip().value_counts()
                 counts = counts[(counts >= self.min_count) & (counts.index != "")]
@@ -222,6 +221,9 @@ class Preprocessor:
                 if policy != "error":
                     self.fill[col] = (mean if policy == "mean" else float(np.median(finite)) if policy == "median"
                                       else 0.0 if policy == "zero" else float(policy))
+            else:  # text
+                present = series.notna() & (series.astype("string").str.strip() != "")
+                self._check_not_empty(frame, int(present.sum()), len(series), col, typ, source)
         for lab in self.labels:
             series = _rows(frame[lab.column], rows)
             if lab.type == "multiclass":

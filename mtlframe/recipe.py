@@ -227,7 +227,11 @@ class TaskConfig(_Strict):
     @field_validator("missing_label")
     @classmethod
     def _missing_marker(cls, v: Union[float, str, None], info: Any) -> Union[float, str, None]:
-        if info.data.get("type") == "binary" and v is not None and v in (0, 1):
+        kind = info.data.get("type")
+        if kind in ("binary", "regression") and isinstance(v, str):
+            raise ValueError(f"missing_label {v!r} is not a number; {kind} labels are numbers, so the marker is one "
+                             "too (e.g. -1)")
+        if kind == "binary" and v is not None and v in (0, 1):
             raise ValueError(f"missing_label {v:g} is a binary label value; pick a value other than 0 and 1 (e.g. -1)")
         return v
 

@@ -336,3 +336,23 @@ def test_predict_reports_multiclass_classes_unseen_in_training(tmp_path, checkpo
     assert code == 0 and pd.read_csv(out).notna().all().all()
     assert "warning: task 'kind': the input's label column holds classes unseen in training: '7' (2 rows), " \
            "'9' (1 row)" in capsys.readouterr().err
+
+
+def test_multiclass_missing_label_marker_is_neither_a_class_nor_unseen():
+    frame = pd.DataFrame({"x": np.arange(8.0), "k": ["a", "b", "none", "a", "b", "none", "a", "c"]})
+    split = {"train": np.arange(6), "val": np.arange(6, 8)}
+    lab = LabelSpec("k", "k", "multiclass", missing="none")
+    pre = Preprocessor({"x": "numeric"}, [lab]).fit(frame, "f.csv", split["train"])
+    assert pre.classes["k"] == ["a", "b"]
+    with pytest.warns(UserWarning, match=r"'c' \(1 row\)"):
+        out = pre.transform_splits(frame, split, "f.csv")
+    assert out["train"][mask_key("k")].tolist() == [True, True, False, True, True, False]
+    assert pre.reports["train"]["masked_labels"] == {"k": 2}
+    assert pre.unseen_classes(frame["k"], lab) == {"c": 1}
+
+
+def test_missing_label_of_a_numeric_task_must_be_a_number(tmp_path):
+    recipe = _recipe(tmp_path / "d.csv")
+    recipe["tasks"]["rating"]["missing_label"] = "none"
+    with pytest.raises(RecipeError, match=r"tasks.rating.missing_label .*'none' is not a number"):
+        recipe_from_dict(recipe, "<r>")
