@@ -283,7 +283,7 @@ class Preprocessor:
         return values
 
     def _missing_error(self, values: np.ndarray, col: str, source: str, rows: np.ndarray | None,
-                       where: str) -> None:
+                       where: str, retrain: bool = False) -> None:
         nan = np.isnan(values)
         inf = np.isinf(values)
         kinds = ", ".join(t for t in (f"{int(nan.sum())} empty/NaN" if nan.any() else "",
@@ -292,7 +292,9 @@ class Preprocessor:
                         f"{len(values)} in {where} ({kinds}; infinities count as missing) at "
                         f"{_row_list(nan | inf, rows)}. Fill them in the data, or declare a fill in the recipe: "
                         f"data.fill_missing: {{{col}: mean}} (or median, zero, a number; "
-                        "`data.fill_missing: mean` for every numeric feature).")
+                        "`data.fill_missing: mean` for every numeric feature)"
+                        + (" and retrain: the model was trained without a fill for this column."
+                           if retrain else "."))
 
     @staticmethod
     def _numeric(series: pd.Series, col: str, source: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -394,7 +396,7 @@ class Preprocessor:
             missing = ~np.isfinite(values)
             if missing.any():
                 if col not in self.fill:
-                    self._missing_error(values, col, source, rows, where)
+                    self._missing_error(values, col, source, rows, where, retrain=split is None)
                 values = values.copy()  # may be a view of the caller's frame
                 values[missing] = self.fill[col]
                 if report is not None:

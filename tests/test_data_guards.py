@@ -280,7 +280,7 @@ def test_predict_applies_the_checkpoint_numeric_policy(tmp_path, checkpoint, cap
     loaded = load_checkpoint(checkpoint)
     frame = _frame(6, seed=3)
     frame.loc[2, "x"] = np.nan
-    with pytest.raises(DataError, match=r"numeric column 'x' has 1 missing value\(s\) of 6 .* at row 3\."):
+    with pytest.raises(DataError, match=r"numeric column 'x' has 1 missing value\(s\) of 6 .* at row 3\. .*and retrain"):
         predict_frame(loaded, frame)  # trained without a fill: refused
     # a checkpoint trained with data.fill_missing: {x: zero} (the state a fit leaves)
     state = loaded.preprocessor.state_dict()
