@@ -81,7 +81,8 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
       rows form the test split; validation is a random ``val`` fraction of the remaining rows.
 
     Raises:
-        DataError: ``time`` without a timestamp column, ``cold-start`` without an item column.
+        DataError: ``time`` without a timestamp column or with missing timestamps (rows named),
+            ``cold-start`` without an item column.
     """
     n = len(table.frame)
     rng = np.random.default_rng(seed)
@@ -94,7 +95,14 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         if not table.timestamp:
             raise DataError(f"{table.source}: data.split.name 'time' needs a timestamp column, and this dataset "
                             "has none; use data.split.name: random.")
-        order = np.argsort(table.frame[table.timestamp].to_numpy(), kind="stable")
+        stamps = table.frame[table.timestamp]
+        if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
+            bad = stamps.isna().to_numpy()
+            pos = np.flatnonzero(bad)
+            raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
+                            f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                            "the time split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+        order = np.argsort(stamps.to_numpy(), kind="stable")
         n_test, n_val = int(round(n * test)), int(round(n * val))
         n_train = n - n_test - n_val
         return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}

@@ -356,3 +356,14 @@ def test_missing_label_of_a_numeric_task_must_be_a_number(tmp_path):
     recipe["tasks"]["rating"]["missing_label"] = "none"
     with pytest.raises(RecipeError, match=r"tasks.rating.missing_label .*'none' is not a number"):
         recipe_from_dict(recipe, "<r>")
+
+
+def test_time_split_refuses_missing_timestamps(tmp_path):
+    frame = _frame()
+    frame["ts"] = np.arange(40.0)
+    frame.loc[[5, 30], "ts"] = np.nan
+    path = _csv(tmp_path, frame)
+    recipe = _recipe(path, split={"name": "time", "val": 0.2, "test": 0.2})
+    recipe["data"]["dataset"]["timestamp"] = "ts"
+    with pytest.raises(DataError, match=rf"{path}: timestamp column 'ts' has 2 missing value\(s\) \(rows 6, 31\)"):
+        _setup(recipe)
