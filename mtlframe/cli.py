@@ -71,20 +71,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtlframe.run import load_checkpoint, predict_frame, read_table, resolve_device, write_table
+    from mtlframe.run import (keep_columns, load_checkpoint, predict_frame, predict_warnings, read_table,
+                              resolve_device, write_table)
 
     device = resolve_device(args.accelerator)
     loaded = load_checkpoint(args.checkpoint)
     loaded.model.to(device)
     frame = read_table(args.input)
-    out = predict_frame(loaded, frame, source=str(args.input))
+    report: dict = {}
+    out = predict_frame(loaded, frame, source=str(args.input), report=report)
+    predicted = list(out.columns)
     if args.keep:
-        for col in args.keep:
-            if col not in frame.columns:
-                raise MTLFrameError(f"--keep column '{col}' is not in {args.input}")
-            out.insert(0, col, frame[col].to_numpy())
+        out = keep_columns(out, frame, args.keep, str(args.input))
     write_table(out, args.output)
-    print(f"wrote {len(out)} predictions for tasks {', '.join(t.name for t in loaded.tasks)} to {args.output}")
+    tasks = [t.name for t in loaded.tasks]
+    renamed = [f"'{a}' -> '{b}'" for a, b in zip(predicted, out.columns[len(out.columns) - len(predicted):]) if a != b]
+    print(f"wrote {len(out)} predictions for tasks {', '.join(tasks)} to {args.output}"
+          + (f" (prediction columns renamed beside the kept input columns: {', '.join(renamed)})" if renamed else ""))
+    oov = report.get("oov", {})
+    if any(r["oov"] for r in oov.values()):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="warning: out-of-vocabulary values per feature (unseen in training)")
+        for col in ("feature", "rows", "out-of-vocabulary", "share", "empty"):
+            table.add_column(col, justify="left" if col == "feature" else "right")
+        for col, r in oov.items():
+            table.add_row(col, f"{r['rows']:,}", f"{r['oov']:,}", f"{r['oov'] / max(r['rows'], 1):.1%}",
+                          f"{r['missing']:,}")
+        Console(stderr=True, highlight=False).print(table)
+    for line in predict_warnings({k: v for k, v in report.items() if k != "oov"}):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -219,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
     pr.add_argument("--output", required=True, help="CSV or Parquet to write (one column per task)")
-    pr.add_argument("--keep", nargs="*", default=None, help="input columns to copy into the output (ids)")
+    pr.add_argument("--keep", nargs="*", default=None,
+                    help="input columns to copy into the output (ids), in this order, before the predictions; "
+                         "a prediction named like a kept column gets '_pred' (rating -> rating_pred)")
     pr.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
                     help="device to predict on (default auto: a GPU when there is one)")
     pr.set_defaults(func=cmd_predict)

@@ -81,7 +81,8 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
       rows form the test split; validation is a random ``val`` fraction of the remaining rows.
 
     Raises:
-        DataError: ``time`` without a timestamp column, ``cold-start`` without an item column.
+        DataError: ``time`` without a timestamp column or with missing timestamps (rows named),
+            ``cold-start`` without an item column.
     """
     n = len(table.frame)
     rng = np.random.default_rng(seed)
@@ -94,7 +95,14 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         if not table.timestamp:
             raise DataError(f"{table.source}: data.split.name 'time' needs a timestamp column, and this dataset "
                             "has none; use data.split.name: random.")
-        order = np.argsort(table.frame[table.timestamp].to_numpy(), kind="stable")
+        stamps = table.frame[table.timestamp]
+        if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
+            bad = stamps.isna().to_numpy()
+            pos = np.flatnonzero(bad)
+            raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
+                            f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                            "the time split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+        order = np.argsort(stamps.to_numpy(), kind="stable")
         n_test, n_val = int(round(n * test)), int(round(n * val))
         n_train = n - n_test - n_val
         return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
@@ -111,6 +119,42 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         n_val = int(round(len(rest) * val))
         return {"test": np.flatnonzero(is_cold), "val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
     raise DataError(f"unknown split '{name}'")
+
+
+def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per numeric column filled or clipped and per task with ``missing_label`` rows,
+    with the counts per split (``reports``: :attr:`Preprocessor.reports`)."""
+    lines = []
+
+    def counts(kind: str, key: str) -> tuple[int, str]:
+        order = [*(k for k in SPLITS if k in reports), *(k for k in reports if k not in SPLITS)]
+        per = {split: reports[split].get(kind, {}).get(key, 0) for split in order}
+        per = {k: v for k, v in per.items() if v}
+        return sum(per.values()), ", ".join(f"{k} {v}" for k, v in per.items())
+
+    for col, value in pre.fill.items():
+        n, where = counts("filled", col)
+        if n:
+            policy = pre.fill_missing.get(col)
+            lines.append(f"numeric feature '{col}': {n} missing value(s) ({where}) filled with {value:g} "
+                         f"(data.fill_missing: {policy})")
+    for col, (low, high) in pre.clip.items():
+        n, where = counts("clipped", col)
+        if n:
+            lines.append(f"numeric feature '{col}': {n} value(s) ({where}) clipped to [{low:g}, {high:g}] (data.clip)")
+    for lab in pre.labels:
+        n, where = counts("masked_labels", lab.task)
+        if n:
+            lines.append(f"task '{lab.task}': {n} row(s) ({where}) with label {lab.missing_text} "
+                         "(missing_label) masked")
+    return lines
+
+
+def _print_rank_zero(line: str) -> None:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(line, flush=True)
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -196,7 +240,10 @@ class RecDataModule(pl.LightningDataModule):
         if table.user and table.user in table.frame.columns:
             user = table.frame[table.user].to_numpy()
             users = {k: user[v] for k, v in idx.items()}
-        pre = Preprocessor(features, labels, min_count=self.cfg.min_count)
+        numeric = [c for c, t in features.items() if t == "numeric"]
+        pre = Preprocessor(features, labels, min_count=self.cfg.min_count,
+                           fill_missing={c: self.cfg.fill_policy(c) for c in numeric},
+                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric})
         pre.fit(table.frame, table.source, rows=idx["train"])
         self.preprocessor = pre
         # column by column, each deleted from the frame once transformed (the frame and the
@@ -205,6 +252,8 @@ class RecDataModule(pl.LightningDataModule):
         release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
         self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
         self._funnel_targets(table.source)
+        for line in preprocess_summary(pre, pre.reports):
+            _print_rank_zero(line)
         if table.user and table.user in table.frame.columns:
             for k in self.splits:
                 if "user" not in self.splits[k]:
@@ -251,8 +300,18 @@ class RecDataModule(pl.LightningDataModule):
                                  + (f"; did you mean '{near[0]}'?" if near else ".")
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
-            labels.append(LabelSpec(tname, task.label, task.type))
+            labels.append(LabelSpec(tname, task.label, task.type, task.missing_label))
         problems += self._leakage(table, labels)
+        numeric = [c for c, t in used.items() if t == "numeric"]
+        named = {**({f"data.fill_missing.{c}": c for c in self.cfg.fill_missing}
+                    if isinstance(self.cfg.fill_missing, dict) else {}),
+                 **{f"data.clip.{c}": c for c in self.cfg.clip}}
+        for path, col in named.items():
+            if col not in numeric:
+                near = closest(col, numeric)
+                problems.append((path, f"'{col}' is not a numeric feature of the model's encoders"
+                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + f" Numeric features: {', '.join(numeric) or 'none'}."))
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)

@@ -200,6 +200,10 @@ class SplitConfig(_Strict):
         return self
 
 
+#: a ``data.fill_missing`` policy: a keyword, or the number that replaces a missing value
+FillPolicy = Union[Literal["error", "mean", "median", "zero"], float]
+
+
 class DataConfig(_Strict):
     dataset: Component
     split: SplitConfig = SplitConfig()
@@ -207,6 +211,44 @@ class DataConfig(_Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     sampler: Component = {"name": "none"}
     min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
+    #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
+    #: ``zero`` or a number, for every numeric feature or per column ``{age: mean, income: 0}``
+    fill_missing: Union[FillPolicy, dict[str, FillPolicy]] = "error"
+    #: ``{column: [low, high]}``: numeric values clipped to this range (raw units) before standardizing
+    clip: dict[str, tuple[float, float]] = {}
+
+    @field_validator("fill_missing", mode="before")
+    @classmethod
+    def _fill_policies(cls, v: Any) -> Any:
+        def check(policy: Any, where: str) -> None:
+            if isinstance(policy, bool) or not (policy in ("error", "mean", "median", "zero")
+                                                or isinstance(policy, (int, float))):
+                near = difflib.get_close_matches(str(policy), ["error", "mean", "median", "zero"], n=1)
+                raise ValueError(f"{where}{policy!r} is not a fill policy"
+                                 + (f"; did you mean {near[0]!r}?" if near else ".")
+                                 + " Use error, mean, median, zero or a number, for every numeric feature "
+                                 "(`fill_missing: mean`) or per column (`fill_missing: {age: mean}`).")
+
+        if isinstance(v, dict):
+            for col, policy in v.items():
+                check(policy, f"'{col}': ")
+        else:
+            check(v, "")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip_ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for col, (low, high) in v.items():
+            if not low < high:
+                raise ValueError(f"clip range of '{col}' must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return v
+
+    def fill_policy(self, column: str) -> "FillPolicy":
+        """The ``fill_missing`` policy of one numeric column (``error`` when unlisted)."""
+        if isinstance(self.fill_missing, dict):
+            return self.fill_missing.get(column, "error")
+        return self.fill_missing
 
 
 class TaskConfig(_Strict):
@@ -214,6 +256,19 @@ class TaskConfig(_Strict):
     label: str
     weight: float = Field(1.0, ge=0.0)
     metrics: list[str] | None = None
+    #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
+    missing_label: Union[float, str, None] = None
+
+    @field_validator("missing_label")
+    @classmethod
+    def _missing_marker(cls, v: Union[float, str, None], info: Any) -> Union[float, str, None]:
+        kind = info.data.get("type")
+        if kind in ("binary", "regression") and isinstance(v, str):
+            raise ValueError(f"missing_label {v!r} is not a number; {kind} labels are numbers, so the marker is one "
+                             "too (e.g. -1)")
+        if kind == "binary" and v is not None and v in (0, 1):
+            raise ValueError(f"missing_label {v:g} is a binary label value; pick a value other than 0 and 1 (e.g. -1)")
+        return v
 
 
 class ModelConfig(_Strict):

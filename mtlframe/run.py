@@ -778,14 +778,27 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(recipe, pre, model, tasks, encoders, state)
 
 
-def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, source: str = "input"):
+def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, source: str = "input",
+                  report: dict | None = None):
     """Predict every task for the rows of ``frame`` (a pandas DataFrame).
 
     Returns a DataFrame with one column per task: probability (binary), value (regression) or
-    the predicted class plus one ``<task>_p_<class>`` probability column per class (multiclass).
+    the predicted class plus one ``<task>_p_<class>`` probability column per class (multiclass),
+    one row per input row (same index), never an empty cell.
+
+    The inputs go through the checkpoint's preprocessor: a missing numeric value is an error
+    unless the recipe declared a fill (``data.fill_missing``), a value beyond float32 an error
+    unless it declared a ``data.clip`` range; categorical values unseen in training take the
+    out-of-vocabulary id. ``report`` (a dict, when given) receives what happened, per feature:
+    ``{"oov": {col: {"rows", "oov", "missing"}}, "filled": {col: n}, "clipped": {col: n},
+    "unseen_classes": {task: {class: n}}}`` (see :func:`predict_warnings`); without it, the same
+    is issued as warnings.
 
     Raises:
-        DataError: a column the model needs is missing (named), or cannot be parsed.
+        DataError: a column the model needs is missing (named), cannot be parsed, or holds a value
+            the checkpoint's preprocessor refuses (column and rows named).
+        CheckpointError: the model gives a non-finite prediction (its weights are not finite);
+            the task and rows are named.
     """
     import pandas as pd
 
@@ -793,7 +806,14 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     from mtlframe.datamodule import materialize
     from mtlframe.tasks import to_prediction
 
-    cols = loaded.preprocessor.transform(frame, source, with_labels=False)
+    pre = loaded.preprocessor
+    cols = pre.transform(frame, source, with_labels=False)
+    rep = dict(pre.reports.get("data", {}))
+    for lab in pre.labels:  # labels in the input: classes the model never saw
+        if lab.type == "multiclass" and lab.column in frame.columns:
+            unseen = pre.unseen_classes(frame[lab.column], lab)
+            if unseen:
+                rep.setdefault("unseen_classes", {})[lab.task] = unseen
     batch_cols = materialize(loaded.encoders, [], cols)
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in loaded.tasks}
     device = next(loaded.model.parameters(), torch.empty(0)).device  # where the caller put the model
@@ -807,13 +827,76 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     result = pd.DataFrame(index=frame.index)
     for t in loaded.tasks:
         values = torch.cat(outs[t.name]).numpy() if outs[t.name] else np.zeros((0,))
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            rows = ", ".join(str(int(i) + 1) for i in np.flatnonzero(bad)[:5])
+            raise CheckpointError(f"{source}: task '{t.name}' gives no finite prediction for {int(bad.sum())} of "
+                                  f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
+                                  "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
         if t.type == "multiclass":
             result[t.name] = [t.classes[i] for i in values.argmax(1)] if len(values) else []
             for i, c in enumerate(t.classes):
                 result[f"{t.name}_p_{c}"] = values[:, i] if len(values) else []
         else:
             result[t.name] = values
+    if report is not None:
+        report.update(rep)
+    else:
+        for line in predict_warnings(rep):
+            warnings.warn(line, UserWarning, stacklevel=2)
     return result
+
+
+def predict_warnings(report: Mapping[str, Any]) -> list[str]:
+    """One line per feature with out-of-vocabulary or filled values, per clipped feature and per
+    task with classes unseen in training, from a :func:`predict_frame` report."""
+    lines = []
+    for col, r in report.get("oov", {}).items():
+        if r["oov"]:
+            lines.append(f"feature '{col}': {r['oov']} of {r['rows']} rows ({r['oov'] / max(r['rows'], 1):.1%}) hold "
+                         f"values unseen in training (out-of-vocabulary)"
+                         + (f", {r['missing']} are empty" if r["missing"] else ""))
+    for col, n in report.get("filled", {}).items():
+        lines.append(f"numeric feature '{col}': {n} missing value(s) filled (data.fill_missing of the checkpoint)")
+    for col, n in report.get("clipped", {}).items():
+        lines.append(f"numeric feature '{col}': {n} value(s) clipped (data.clip of the checkpoint)")
+    for task, unseen in report.get("unseen_classes", {}).items():
+        shown = ", ".join(f"{c!r} ({n} row{'s' if n != 1 else ''})" for c, n in unseen.items())
+        lines.append(f"task '{task}': the input's label column holds classes unseen in training: {shown}")
+    return lines
+
+
+def keep_columns(predictions, frame, keep: list[str], source: str = "input"):
+    """``predictions`` with the input columns ``keep`` in front, in the order given.
+
+    A kept column keeps its name; a prediction column of the same name (a kept ``rating`` beside
+    the task ``rating``) is renamed ``<name>_pred`` (``rating_pred``).
+
+    Raises:
+        DataError: a ``keep`` column is not in ``frame`` (closest names given), or is listed twice.
+    """
+    import pandas as pd
+
+    from mtlframe.errors import closest
+
+    twice = sorted({c for c in keep if keep.count(c) > 1})
+    if twice:
+        raise DataError(f"--keep lists {', '.join(map(repr, twice))} more than once; list each column once.")
+    for col in keep:
+        if col not in frame.columns:
+            near = closest(col, frame.columns)
+            raise DataError(f"--keep column '{col}' is not in {source}"
+                            + (f"; did you mean '{near[0]}'?" if near else "")
+                            + f" Columns: {', '.join(map(str, frame.columns))}.")
+    renamed = {}
+    for c in predictions.columns:
+        if c in keep:
+            new = f"{c}_pred"
+            while new in keep or new in predictions.columns:
+                new += "_pred"
+            renamed[c] = new
+    kept = pd.DataFrame({c: frame[c].to_numpy() for c in keep}, index=predictions.index)
+    return pd.concat([kept, predictions.rename(columns=renamed)], axis=1)
 
 
 def read_table(path: str | Path):

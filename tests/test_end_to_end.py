@@ -117,6 +117,9 @@ def test_predict_handles_unseen_missing_and_empty(quickstart_run, tmp_path):
     out = tmp_path / "out.csv"
     proc = _cli("predict", "--checkpoint", quickstart_run.best_checkpoint, "--input", str(src), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
+    # the recipe declares data.fill_missing: {age: mean}; unseen and empty categories are counted
+    assert "warning: numeric feature 'age': 1 missing value(s) filled" in proc.stderr
+    assert "out-of-vocabulary values per feature" in proc.stderr
     pred = pd.read_csv(out)
     assert list(pred.columns) == ["rating", "recommended", "helpful"]
     assert len(pred) == 3 and pred.notna().all().all()
