@@ -983,7 +983,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
     _quiet_lightning()
     import copy
 
-    from mtlframe.recipe import _override_lines, apply_overrides
+    from mtlframe.recipe import apply_overrides, override_lines
 
     device = resolve_device(accelerator)
     loaded = load_checkpoint(checkpoint)
@@ -1002,7 +1002,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
             data.setdefault("data", {}).setdefault("dataset", {})["path"] = str(Path(data_path).resolve())
         else:
             data = apply_overrides(data, overrides)
-        recipe = recipe_from_dict(data, recipe.source, _override_lines({}, overrides))
+        recipe = recipe_from_dict(data, recipe.source, override_lines({}, overrides))
     saved_path = recipe.config.data.dataset.get("path")
     if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "

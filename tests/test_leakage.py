@@ -93,11 +93,14 @@ def test_perfect_validation_auc_warns_of_leakage(tmp_path):
     _, module, _ = build_system(recipe_from_dict(_recipe(path, ["f"], numeric=["f"]), "r.yaml"))
     auc = module.metrics["val__ctr"]["auc"]
     auc.update(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([1, 1, 0, 0]))
+    # the labelled-row counts the evaluation steps keep (rows, positives, non-finite predictions)
+    module._eval_stats["val"] = torch.tensor([[4, 2, 0] if t.name == "ctr" else [0, 0, 0] for t in module.tasks])
     with pytest.warns(UserWarning, match=r"task 'ctr' has a validation auc of exactly 1\.0 \(val/ctr/auc\).*label "
                                          r"leakage"):
         module._epoch_end("val")
     assert module.last_scores["val"]["ctr"]["auc"] == 1.0
     auc.update(torch.tensor([0.9, 0.2, 0.8, 0.1]), torch.tensor([1, 1, 0, 0]))  # 0.75: no warning
+    module._eval_stats["val"] = torch.tensor([[4, 2, 0] if t.name == "ctr" else [0, 0, 0] for t in module.tasks])
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         module._epoch_end("val")
