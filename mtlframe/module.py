@@ -65,6 +65,8 @@ class MultiTaskModule(pl.LightningModule):
         self._epoch_loss_sum: dict[str, torch.Tensor] = {}
         self._epoch_loss_n: dict[str, int] = {}
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
+        #: ``{stage: {task: {metric: {"groups": G, "skipped": S}}}}`` for grouped metrics (gauc, ndcg@K, ...)
+        self.last_group_counts: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -209,6 +211,7 @@ class MultiTaskModule(pl.LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         scores: dict[str, dict[str, float]] = {}
+        group_counts: dict[str, dict[str, dict[str, int]]] = {}
         score_terms = []
         for t in self.tasks:
             scores[t.name] = {}
@@ -217,9 +220,14 @@ class MultiTaskModule(pl.LightningModule):
                     value = float("nan")
                 else:
                     value = float(metric.compute())  # synced across processes by torchmetrics
+                counts = getattr(metric, "group_counts", None)  # grouped metrics: groups seen / skipped
                 metric.reset()
                 scores[t.name][name] = value
                 self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
+                if counts is not None:
+                    group_counts.setdefault(t.name, {})[name] = {"groups": counts.groups, "skipped": counts.skipped}
+                    self.log(f"{stage}/{t.name}/{name}_groups", float(counts.groups), rank_zero_only=False)
+                    self.log(f"{stage}/{t.name}/{name}_skipped_groups", float(counts.skipped), rank_zero_only=False)
             primary = t.metrics[0]
             v = scores[t.name].get(primary, float("nan"))
             score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
@@ -227,6 +235,7 @@ class MultiTaskModule(pl.LightningModule):
         score = sum(finite) / len(finite) if finite else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")
         self.last_scores[stage] = scores
+        self.last_group_counts[stage] = group_counts
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -366,6 +366,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         payload = {"test": metrics.get("test", {}), "val": metrics.get("val", {}),
                    "best_checkpoint": best, "num_parameters": n_params, "train_seconds": round(seconds, 3),
                    "providers": builder.providers}
+        if any(module.last_group_counts.get(s) for s in metrics):  # grouped metrics: groups seen / skipped
+            payload["groups"] = {s: module.last_group_counts.get(s, {}) for s in metrics}
         (run_dir / "metrics.json").write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
     return result
 
