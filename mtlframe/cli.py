@@ -152,23 +152,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     reg = get_registry()
     con = _console()
+    kinds = [args.kind] if args.kind else list(KINDS)   # --kind X: only components of that kind
     if args.json:
         payload = {"plugins": {n: {"distribution": p.distribution, "version": p.version} for n, p in reg.plugins.items()},
                    "components": {k: [{"name": c.name, "provider": c.provider.distribution,
                                        "version": c.provider.version, "summary": c.spec.summary}
-                                      for c in reg.all(k)] for k in KINDS},
+                                      for c in reg.all(k)] for k in kinds},
                    "failures": [vars(f) for f in reg.failures]}
         print(json.dumps(payload, indent=2))
         return 0
-    plugins = Table(title="installed plugins")
+    plugins = Table(title="installed plugins" if not args.kind else f"installed plugins with {args.kind} components")
     for col in ("plugin", "distribution", "version", "components"):
         plugins.add_column(col)
     for name, prov in reg.plugins.items():
-        comps = [f"{c.kind}:{c.name}" for k in KINDS for c in reg.all(k) if c.provider.plugin == name]
-        plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
+        comps = [f"{c.kind}:{c.name}" for k in kinds for c in reg.all(k) if c.provider.plugin == name]
+        if comps or not args.kind:
+            plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
     con.print(plugins)
-    kinds = [args.kind] if args.kind else list(KINDS)
-    comps = Table(title="components")
+    comps = Table(title="components" if not args.kind else f"{args.kind} components")
     for col in ("kind", "name", "provider", "summary"):
         comps.add_column(col)
     for k in kinds:

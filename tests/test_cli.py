@@ -40,6 +40,19 @@ def test_plugins_lists_builtins():
     assert "mmoe" in proc.stdout and "mtlframe" in proc.stdout
 
 
+def test_plugins_kind_shows_only_that_kind():
+    import json
+
+    proc = _run(["plugins", "--kind", "tower"])
+    assert proc.returncode == 0, proc.stderr
+    assert "tower:mlp" in proc.stdout and "MLP task tower" in proc.stdout
+    for other in ("mmoe", "backbone", "encoder:", "embedding", "auc", "static", "synthetic"):
+        assert other not in proc.stdout, other
+    proc = _run(["plugins", "--kind", "tower", "--json"])
+    data = json.loads(proc.stdout)
+    assert list(data["components"]) == ["tower"] and [c["name"] for c in data["components"]["tower"]] == ["mlp"]
+
+
 def test_bad_recipes_exit_2_with_one_paragraph(tmp_path):
     base = (REPO / "recipes" / "adult_mmoe.yaml").read_text()
     cases = {
