@@ -69,8 +69,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mtlframe.run import load_checkpoint, predict_frame, read_table, write_table
 
+    frame = read_table(args.input)  # the user's file first: its mistakes show before the model loads
     loaded = load_checkpoint(args.checkpoint)
-    frame = read_table(args.input)
     out = predict_frame(loaded, frame, source=str(args.input))
     if args.keep:
         for col in args.keep:
@@ -300,6 +300,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_output()
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:  # an output path given by the user
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _closed_output() -> int:
+    """The reader of our output went away (``mtlframe plugins --json | head -1``): stop quietly, as
+    Unix tools do. Later writes (and the flush at exit) go to /dev/null instead of raising again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (tests' captured output)
+        pass
+    return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError
+from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError, file_problem
 from mtlframe.recipe import Recipe, recipe_from_dict
 
 
@@ -411,9 +411,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     from mtlframe.preprocess import Preprocessor
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist; pass the best.ckpt of a run "
-                              "(runs/<name>/checkpoints/best.ckpt).")
+    problem = file_problem(p)
+    if problem:
+        inside = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]
+        hint = f"pass {inside[0]}" if inside else "pass the best.ckpt of a run (runs/<name>/checkpoints/best.ckpt)"
+        raise CheckpointError(f"checkpoint {p} {problem}; {hint}.")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -482,8 +484,9 @@ def read_table(path: str | Path):
     import pandas as pd
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file {p} does not exist.")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"input file {p} {problem}; pass a .csv or .parquet file.")
     if p.suffix.lower() in (".parquet", ".pq"):
         try:
             return pd.read_parquet(p)
@@ -501,7 +504,14 @@ def read_table(path: str | Path):
 
 
 def write_table(frame, path: str | Path) -> None:
+    """Write ``frame`` as Parquet (``.parquet``, ``.pq``) or CSV (any other name).
+
+    Raises:
+        DataError: ``path`` is a folder.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"output {p} is a folder, not a file; pass a file name such as {p / 'predictions.csv'}.")
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(p, index=False)
