@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         except MTLFrameError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            return _closed_output()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`train r.yaml --run-dir d a.b=1`)

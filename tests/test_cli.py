@@ -122,7 +122,7 @@ def test_a_folder_binary_or_non_utf8_file_given_as_a_recipe_is_a_one_line_error(
         _one_line_error(_run(argv), *expected)
 
 
-def test_a_folder_as_checkpoint_input_or_output_is_a_one_line_error(tmp_path):
+def test_a_folder_as_checkpoint_input_or_output_is_a_one_line_error(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "best.ckpt").write_bytes(b"")
@@ -133,10 +133,16 @@ def test_a_folder_as_checkpoint_input_or_output_is_a_one_line_error(tmp_path):
                     f"checkpoint {run} is a folder, not a file; pass {run / 'checkpoints' / 'best.ckpt'}")
     rows = tmp_path / "rows.csv"
     rows.write_text("x\n1\n")
-    _one_line_error(_run(["predict", "--checkpoint", str(folder), "--input", str(rows), "--output", "y.csv"]),
-                    "is a folder, not a file", "runs/<name>/checkpoints/best.ckpt")
-    _one_line_error(_run(["predict", "--checkpoint", str(run), "--input", str(folder), "--output", "y.csv"]),
-                    f"input file {folder} is a folder, not a file")
+    # the same checks in-process (a subprocess each would import torch again)
+    from mtlframe.cli import main
+
+    for argv, expected in [
+            (["predict", "--checkpoint", str(folder), "--input", str(rows), "--output", "y.csv"],
+             ("is a folder, not a file", "runs/<name>/checkpoints/best.ckpt")),
+            (["predict", "--checkpoint", str(run), "--input", str(folder), "--output", "y.csv"],
+             (f"input file {folder} is a folder, not a file",))]:
+        assert main(argv) == 2
+        _one_line_error(subprocess.CompletedProcess(argv, 2, "", capsys.readouterr().err), *expected)
 
 
 def test_a_folder_as_a_dataset_file_or_an_output_file_names_it():
