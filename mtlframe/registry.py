@@ -125,7 +125,8 @@ class LoadFailure:
     components: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.distribution} {self.version} (entry point '{self.entry_point}'): {self.error}"
+        provides = f" (it provides {', '.join(self.components)})" if self.components else ""
+        return f"{self.distribution} {self.version} (entry point '{self.entry_point}'): {self.error}{provides}"
 
 
 @dataclass

@@ -200,8 +200,9 @@ def test_every_command_shown_parses(doc, command, monkeypatch, capsys):
 # -- logged keys ------------------------------------------------------------------------------------
 
 def _logged_key_templates() -> list[tuple[str, str]]:
-    """Every key passed to ``self.log`` / ``pl_module.log`` in mtlframe: string literals and f-strings,
-    including those assigned to a variable that is then logged. ``{expr}`` parts become ``{}``."""
+    """Every key passed to ``self.log`` / ``pl_module.log`` / ``log_dict`` / ``logger.log_metrics`` in
+    mtlframe: string literals and f-strings, including those assigned to a variable that is then
+    logged. ``{expr}`` parts become ``{}``."""
 
     def template(node: ast.AST) -> str | None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -230,7 +231,7 @@ def _logged_key_templates() -> list[tuple[str, str]]:
                             assigned.setdefault(tgt.id, []).append(n.value)
             for n in ast.walk(func):
                 if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                        and n.func.attr in ("log", "log_dict") and n.args):
+                        and n.func.attr in ("log", "log_dict", "log_metrics") and n.args):
                     continue
                 arg = n.args[0]
                 if isinstance(arg, ast.Name):

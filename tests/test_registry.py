@@ -283,6 +283,7 @@ def test_a_bare_name_of_a_failed_plugins_component_says_which_plugin_and_why(tmp
         reg = build_registry()
     missing = "missing_dep_of_init" if fails_in == "package" else "missing_dep_of_plugin"
     assert reg.failures[0].components == ("tower:fancy-tower", "tower:plain-tower", "combiner:fancy-combiner")
+    assert str(reg.failures[0]).endswith("(it provides tower:fancy-tower, tower:plain-tower, combiner:fancy-combiner)")
     with pytest.raises(PluginLoadError) as info:
         reg.get("tower", "plain-tower")
     msg = str(info.value)
