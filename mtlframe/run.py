@@ -177,7 +177,8 @@ def _epoch_lines_callback():
             values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
             keys = [k for k in ("val/score",) if k in m]
             keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
-            values = "  ".join(values + [f"{k} {float(m[k]):.4f}" for k in keys])
+            values = "  ".join(values + [f"{k} {float(m[k]):.0f}" if k.endswith("_groups") else  # counts
+                                         f"{k} {float(m[k]):.4f}" for k in keys])
             total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
             print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
                   f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)

@@ -274,11 +274,17 @@ def test_module_without_group_ids_says_what_to_set():
         module.validation_step(batch, 0)
 
 
-def test_grouped_metrics_in_a_tiny_training_run(tmp_path):
-    result = testing.train_tiny(tmp_path, metrics_group={"column": "cat_0", "gauc_weight": "clicks"},
-                                logger={"name": "csv"},
-                                checkpoint={"monitor": "val/task_1_bin/ndcg@5"}, **{
-        "tasks.task_1_bin.metrics": ["auc", "gauc", "ndcg@5", "recall@3", "hitrate@3"]})
+def test_grouped_metrics_in_a_tiny_training_run(tmp_path, capsys):
+    from mtlframe.run import train
+
+    torch.set_num_threads(1)
+    recipe = testing.tiny_recipe(metrics_group={"column": "cat_0", "gauc_weight": "clicks"}, logger={"name": "csv"},
+                                 checkpoint={"monitor": "val/task_1_bin/ndcg@5"}, **{
+        "tasks.task_1_bin.metrics": ["auc", "gauc", "ndcg@5", "recall@3", "hitrate@3"],
+        "trainer.enable_progress_bar": True})
+    result = train(recipe_from_dict(recipe, "<tiny>"), tmp_path)   # output is not a terminal: epoch lines
+    epoch_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch "))
+    assert re.search(r"val/task_1_bin/gauc 0\.\d{4} .*val/task_1_bin/gauc_skipped_groups \d+  ", epoch_line)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for split in ("val", "test"):
         binary = saved[split]["task_1_bin"]
