@@ -8,7 +8,6 @@ import importlib.util
 import re
 import shlex
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "plugins").glob("*/README.md")])
 COMMANDS = ("train", "evaluate", "predict", "recipe", "compare", "plugins", "benchmark")
 PACKAGE_DIRS = ("mtlframe/", "recipes/", "docs/", "benchmarks/", "plugins/", "tests/")
+
+
+def _toml(text: str) -> dict:
+    try:
+        import tomllib                       # Python >= 3.11
+    except ModuleNotFoundError:              # pragma: no cover - Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads(text)
 
 
 def _rel(path: Path) -> str:
@@ -125,7 +132,7 @@ def test_every_module_the_docs_name_exists():
 def test_readme_plugin_snippet_names_real_modules():
     text = _text(REPO / "README.md")
     toml_block = next(b for lang, b in _code_blocks(text) if lang == "toml" and "entry-points.mtlframe" in b)
-    entry = tomllib.loads(toml_block)["project"]["entry-points"]["mtlframe"]
+    entry = _toml(toml_block)["project"]["entry-points"]["mtlframe"]
     py_block = next(b for lang, b in _code_blocks(text) if lang == "python" and "hookimpl" in b)
     factories = re.findall(r'"(\w+(?:\.\w+)+:\w+)"', py_block)
     assert entry and factories
@@ -289,7 +296,7 @@ def _dist_name(requirement: str) -> str:
 
 
 def test_the_bench_extra_installs_what_the_harness_imports():
-    project = tomllib.loads(_text(REPO / "pyproject.toml"))["project"]
+    project = _toml(_text(REPO / "pyproject.toml"))["project"]
     available = {_dist_name(r) for r in project["dependencies"] + project["optional-dependencies"]["bench"]}
     local = {"benchmarks", "mtlframe", "mtlframe_text", "mtlframe_example"}
     missing = []
