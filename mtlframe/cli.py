@@ -74,10 +74,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mtlframe.run import (keep_columns, load_checkpoint, predict_frame, predict_warnings, read_table,
                               resolve_device, write_table)
 
+    frame = read_table(args.input)  # the user's file first: its mistakes show before the model loads
     device = resolve_device(args.accelerator)
     loaded = load_checkpoint(args.checkpoint)
     loaded.model.to(device)
-    frame = read_table(args.input)
     report: dict = {}
     out = predict_frame(loaded, frame, source=str(args.input), report=report)
     predicted = list(out.columns)
@@ -175,23 +175,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     reg = get_registry()
     con = _console()
+    kinds = [args.kind] if args.kind else list(KINDS)   # --kind X: only components of that kind
     if args.json:
         payload = {"plugins": {n: {"distribution": p.distribution, "version": p.version} for n, p in reg.plugins.items()},
                    "components": {k: [{"name": c.name, "provider": c.provider.distribution,
                                        "version": c.provider.version, "summary": c.spec.summary}
-                                      for c in reg.all(k)] for k in KINDS},
+                                      for c in reg.all(k)] for k in kinds},
                    "failures": [vars(f) for f in reg.failures]}
         print(json.dumps(payload, indent=2))
         return 0
-    plugins = Table(title="installed plugins")
+    plugins = Table(title="installed plugins" if not args.kind else f"installed plugins with {args.kind} components")
     for col in ("plugin", "distribution", "version", "components"):
         plugins.add_column(col)
     for name, prov in reg.plugins.items():
-        comps = [f"{c.kind}:{c.name}" for k in KINDS for c in reg.all(k) if c.provider.plugin == name]
-        plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
+        comps = [f"{c.kind}:{c.name}" for k in kinds for c in reg.all(k) if c.provider.plugin == name]
+        if comps or not args.kind:
+            plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
     con.print(plugins)
-    kinds = [args.kind] if args.kind else list(KINDS)
-    comps = Table(title="components")
+    comps = Table(title="components" if not args.kind else f"{args.kind} components")
     for col in ("kind", "name", "provider", "summary"):
         comps.add_column(col)
     for k in kinds:
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         except MTLFrameError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            return _closed_output()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`train r.yaml --run-dir d a.b=1`)
@@ -331,6 +334,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # train's RunInterrupted says where, and what the run folder keeps
         print(str(exc) or "interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_output()
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:  # an output path given by the user
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _closed_output() -> int:
+    """The reader of our output went away (``mtlframe plugins --json | head -1``): stop quietly, as
+    Unix tools do. Later writes (and the flush at exit) go to /dev/null instead of raising again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (tests' captured output)
+        pass
+    return 1
 
 
 if __name__ == "__main__":

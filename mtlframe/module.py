@@ -82,6 +82,8 @@ class MultiTaskModule(pl.LightningModule):
         #: ``{stage: {task: labelled rows}}`` of the last evaluation epoch (all processes together)
         self.last_rows: dict[str, dict[str, int]] = {}
         self._warned: set[tuple[str, ...]] = set()
+        #: ``{stage: {task: {metric: {"groups": G, "skipped": S}}}}`` for grouped metrics (gauc, ndcg@K, ...)
+        self.last_group_counts: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -241,6 +243,7 @@ class MultiTaskModule(pl.LightningModule):
         stats = stats.tolist()
         self.last_rows[stage] = {t.name: int(row[0]) for t, row in zip(self.tasks, stats)}
         scores: dict[str, dict[str, float]] = {}
+        group_counts: dict[str, dict[str, dict[str, int]]] = {}
         score_terms = []
         for t, (rows, positives, nonfinite) in zip(self.tasks, stats):
             scores[t.name] = {}
@@ -251,9 +254,14 @@ class MultiTaskModule(pl.LightningModule):
                     value = float(metric.compute())  # synced across processes by torchmetrics
                     if nonfinite:  # a metric over NaN / inf predictions is undefined, whatever it returns
                         value = float("nan")
+                counts = getattr(metric, "group_counts", None) if rows else None  # grouped: groups seen / skipped
                 metric.reset()
                 scores[t.name][name] = value
                 self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
+                if counts is not None:
+                    group_counts.setdefault(t.name, {})[name] = {"groups": counts.groups, "skipped": counts.skipped}
+                    self.log(f"{stage}/{t.name}/{name}_groups", float(counts.groups), rank_zero_only=False)
+                    self.log(f"{stage}/{t.name}/{name}_skipped_groups", float(counts.skipped), rank_zero_only=False)
             self._warn_undefined(stage, t, scores[t.name], int(rows), int(positives), int(nonfinite))
             if rows == 0:  # no labelled row in this split at all: left out of the score (at every epoch)
                 continue
@@ -264,6 +272,7 @@ class MultiTaskModule(pl.LightningModule):
         score = sum(score_terms) / len(score_terms) if score_terms else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")
         self.last_scores[stage] = scores
+        self.last_group_counts[stage] = group_counts
         self._warn_perfect_auc(stage, scores)
 
     def _warn_perfect_auc(self, stage: str, scores: Mapping[str, Mapping[str, float]]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from mtlframe.errors import MTLFrameError, RecipeError, closest
+from mtlframe.errors import MTLFrameError, RecipeError, closest, file_problem, read_text_file
 from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
 
 # --------------------------------------------------------------------------------------------
@@ -891,10 +891,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         RecipeError: the file is missing, not YAML, or invalid (all problems listed at once).
     """
     p = Path(path)
-    if not p.is_file():
+    if file_problem(p) == "does not exist":
         raise RecipeError([("", f"file not found ({p.resolve()}); pass the path of a YAML recipe, "
                                 "e.g. recipes/quickstart.yaml")], str(p))
-    data, lines = parse_yaml(p.read_text(encoding="utf-8"), str(p))
+    text, problem = read_text_file(p)   # a folder, a binary file (a checkpoint?), not UTF-8
+    if problem:
+        raise RecipeError([("", f"{problem}; pass the path of a YAML recipe, e.g. recipes/quickstart.yaml")],
+                          str(p))
+    data, lines = parse_yaml(text, str(p))
     if overrides:
         data = apply_overrides(data, overrides)
         lines = override_lines(lines, overrides)

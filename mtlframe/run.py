@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mtlframe import memory_plan
-from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError
+from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError, file_problem
 from mtlframe.recipe import Recipe, recipe_from_dict
 
 
@@ -182,7 +182,8 @@ def _epoch_lines_callback():
             values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
             keys = [k for k in ("val/score",) if k in m]
             keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
-            values = "  ".join(values + [f"{k} {float(m[k]):.4f}" for k in keys])
+            values = "  ".join(values + [f"{k} {float(m[k]):.0f}" if k.endswith("_groups") else  # counts
+                                         f"{k} {float(m[k]):.4f}" for k in keys])
             total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
             print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
                   f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)
@@ -657,6 +658,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             payload["per_task_checkpoints"] = per_task_best
         if stopper is not None:
             payload["early_stopping"] = stopper.stopped
+        if any(module.last_group_counts.get(s) for s in metrics):  # grouped metrics: groups seen / skipped
+            payload["groups"] = {s: module.last_group_counts.get(s, {}) for s in metrics}
         (run_dir / "metrics.json").write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
         _write_status(run_dir, {"status": "finished", "best_checkpoint": best, "epochs": trainer.current_epoch + 1
                                 if stopper is None or stopper.stopped is None else stopper.stopped["epoch"],
@@ -751,9 +754,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     from mtlframe.preprocess import Preprocessor
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist; pass the best.ckpt of a run "
-                              "(runs/<name>/checkpoints/best.ckpt).")
+    problem = file_problem(p)
+    if problem:
+        inside = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]
+        hint = f"pass {inside[0]}" if inside else "pass the best.ckpt of a run (runs/<name>/checkpoints/best.ckpt)"
+        raise CheckpointError(f"checkpoint {p} {problem}; {hint}.")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -908,8 +913,9 @@ def read_table(path: str | Path):
     import pandas as pd
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file {p} does not exist.")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"input file {p} {problem}; pass a .csv or .parquet file.")
     if p.suffix.lower() in (".parquet", ".pq"):
         try:
             return pd.read_parquet(p)
@@ -927,7 +933,14 @@ def read_table(path: str | Path):
 
 
 def write_table(frame, path: str | Path) -> None:
+    """Write ``frame`` as Parquet (``.parquet``, ``.pq``) or CSV (any other name).
+
+    Raises:
+        DataError: ``path`` is a folder.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"output {p} is a folder, not a file; pass a file name such as {p / 'predictions.csv'}.")
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(p, index=False)

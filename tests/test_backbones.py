@@ -391,3 +391,124 @@ def test_stem_all_forward_gate_stops_other_tasks_gradient():
     with torch.no_grad():
         model.task_embeddings["b"].bias.add_(1.0)
     assert not torch.allclose(model(x)["a"], out["a"])
+
+
+# -- experts and gates are built independently ----------------------------------------------------
+
+def _units(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Every expert and every gate of ``model`` with its parameters: ``{"<where>[i]": [tensors]}``.
+
+    An :class:`~mtlframe.layers.ExpertBank` holds its experts as slices of shared tensors (one
+    ``Linear(D, E*H)``): expert ``i``'s parameters are its rows / its entry of each batched weight.
+    """
+    from mtlframe.layers import MLP, ExpertBank
+
+    units: dict[str, list[torch.Tensor]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):   # a module reused twice is seen twice
+        if isinstance(m, ExpertBank):
+            h1 = m.widths[0]
+            for i in range(m.num_experts):
+                units[f"{name}[{i}]"] = [m.first.weight[i * h1:(i + 1) * h1], m.first.bias[i * h1:(i + 1) * h1],
+                                         *(w[i] for w in m.weights), *(b[i] for b in m.biases)]
+        elif isinstance(m, nn.ModuleList) and "experts" in name and len(m) and all(isinstance(e, MLP) for e in m):
+            for i, expert in enumerate(m):
+                units[f"{name}[{i}]"] = list(expert.parameters())
+        elif type(m).__name__.endswith("Gate"):
+            units[name] = list(m.parameters())
+    return units
+
+
+def _independence_problems(model: nn.Module) -> list[str]:
+    """What ties two experts or two gates together: a shared module or tensor, identical initial
+    values, or a change to one that shows up in another (or in another expert's output)."""
+    from mtlframe.layers import ExpertBank
+
+    units = _units(model)
+    problems = []
+    # 1. no parameter tensor is shared between two units (bank slices share their bank's tensor but
+    #    not a single element: checked by 3.)
+    owners: dict[int, str] = {}
+    for where, params in units.items():
+        for p in params:
+            if p._base is not None:           # a slice of an expert bank
+                continue
+            other = owners.setdefault(p.untyped_storage().data_ptr(), where)
+            if other != where:
+                problems.append(f"{where} and {other} share a parameter tensor")
+    # 2. different initial values (units of one shape)
+    names = list(units)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pa, pb = units[a], units[b]
+            if [p.shape for p in pa] == [p.shape for p in pb] and all(torch.equal(x, y) for x, y in zip(pa, pb)):
+                problems.append(f"{a} and {b} start with identical parameters")
+    # 3. changing one unit changes no other (elements, and other experts' outputs of a bank)
+    banks = {n: m for n, m in model.named_modules() if isinstance(m, ExpertBank)}
+    x = torch.randn(5, next(iter(banks.values())).first.in_features) if banks else None
+    with torch.no_grad():
+        for where, params in units.items():
+            before = {w: [p.clone() for p in ps] for w, ps in units.items()}
+            outputs = {n: bank(x).clone() for n, bank in banks.items()}
+            for p in params:
+                p.add_(1.0)
+            for other, ps in units.items():
+                if other != where and any(not torch.equal(p, q) for p, q in zip(ps, before[other])):
+                    problems.append(f"changing {where} changes {other}")
+            for n, bank in banks.items():
+                changed = (bank(x) - outputs[n]).abs().amax(dim=(0, 2)) > 0        # per expert
+                mine = {int(where.rsplit("[", 1)[1][:-1])} if where.startswith(n + "[") else set()
+                if set(torch.nonzero(changed).flatten().tolist()) - mine:
+                    problems.append(f"changing {where} changes the outputs of other experts of {n}")
+            for p in params:
+                p.sub_(1.0)
+    return problems
+
+
+def _gated_build(component) -> nn.Module:
+    params = inspect.signature(component.load().__init__).parameters
+    kwargs = {k: v for k, v in {"expert_hidden": [6, 5], "num_experts": 4, "num_task_experts": 2,
+                                "num_shared_experts": 2, "k": 2}.items() if k in params}
+    return _build(component, **kwargs)
+
+
+GATED = [c for c in BACKBONES if any(type(m).__name__.endswith("Gate") for m in _gated_build(c).modules())]
+
+
+def test_the_gated_backbones_are_found():
+    assert {"mmoe", "omoe", "cgc", "ple", "dselect-k", "stem"} <= {c.name for c in GATED}
+
+
+@pytest.mark.parametrize("component", GATED, ids=[c.name for c in GATED])
+def test_experts_and_gates_are_built_independently(component):
+    model = _gated_build(component)
+    units = _units(model)
+    assert sum("expert" in u for u in units) >= 4 and any("gate" in u for u in units), list(units)
+    assert _independence_problems(model) == []
+
+
+def test_the_independence_check_catches_shared_experts_and_gates():
+    """The check above is not vacuous: experts or gates that are one object, or that start alike, fail it."""
+    from mtlframe.backbones.mmoe import MMoE
+    from mtlframe.layers import Gate
+
+    torch.manual_seed(0)
+    shared_gate = MMoE(num_experts=3, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    one = Gate(D, 3)
+    shared_gate.gates = nn.ModuleDict({t: one for t in TASKS})           # one gate object for every task
+    assert "gates.b and gates.a share a parameter tensor" in _independence_problems(shared_gate)
+    aliased = CGC(num_shared_experts=2, num_task_experts=1, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    aliased.layer.shared_experts[1] = aliased.layer.shared_experts[0]   # [expert()] * n
+    problems = _independence_problems(aliased)
+    assert "layer.shared_experts[1] and layer.shared_experts[0] share a parameter tensor" in problems
+    assert "changing layer.shared_experts[0] changes layer.shared_experts[1]" in problems
+    cloned = CGC(num_shared_experts=2, num_task_experts=1, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    cloned.layer.shared_experts[1].load_state_dict(cloned.layer.shared_experts[0].state_dict())  # deepcopy'd
+    assert "layer.shared_experts[0] and layer.shared_experts[1] start with identical parameters" in \
+        _independence_problems(cloned)
+    bank = MMoE(num_experts=3, expert_hidden=[4, 3], input_dim=D, task_names=TASKS)
+    with torch.no_grad():                                               # expert 1 initialized as expert 0
+        bank.experts.first.weight[4:8] = bank.experts.first.weight[0:4]
+        bank.experts.first.bias[4:8] = bank.experts.first.bias[0:4]
+        bank.experts.weights[0][1] = bank.experts.weights[0][0]
+        bank.experts.biases[0][1] = bank.experts.biases[0][0]
+    assert _independence_problems(bank) == ["experts[0] and experts[1] start with identical parameters"]

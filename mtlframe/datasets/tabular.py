@@ -184,9 +184,16 @@ class CsvDataset(_UserTable):
 
 
 class ParquetDataset(_UserTable):
-    """A Parquet file (needs ``pyarrow``: ``pip install pyarrow``).
+    """A Parquet file (needs ``pyarrow``: ``pip install pyarrow``); only the declared columns are read.
 
-    Args: as :class:`CsvDataset`, without ``sep``.
+    Args:
+        path: the ``.parquet`` file.
+        features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
+            ``text``, ``multi_categorical`` (``|``-separated tokens).
+        labels: columns usable as task labels (numeric; nulls are missing labels).
+        timestamp: event-time column (numbers, dates or date/time strings), enables the ``time`` split.
+        user: user-id column.
+        item: item-id column (negative sampling, cold-start split).
     """
 
     def __init__(self, path: str, features: dict[str, str], labels: list[str],
