@@ -2,7 +2,7 @@
 ``Trainer``, on one process or on two (``strategy="ddp"``, gloo on CPU); rank zero saves the final
 weights, the logged epoch values and the validation scores. Used by ``tests/test_ddp_sparse.py``::
 
-    python tests/ddp_sparse_run.py OUT.pt COMBINER DEVICES [NAN_LOSS LR]
+    python tests/ddp_sparse_run.py OUT COMBINER[,COMBINER...] DEVICES      # writes OUT.<combiner>.pt
 
 Each global batch has ``2 * B`` rows; with two processes rank ``r`` gets rows ``[r B, (r+1) B)``
 of it, with one process the whole batch is one step. Labels are masked per step so that a task is
@@ -62,24 +62,29 @@ class Batches:
                 yield {k: v[rank * B:(rank + 1) * B] for k, v in b.items()}
 
 
-def main(out: str, combiner: str, devices: int, nan_loss: str = "stop", lr: float = 0.05) -> None:
+def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr: float = 0.05,
+         plan: list | None = None, inf_label: tuple[int, str] | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
     from mtlframe.batching import take
+    from mtlframe.features import label_key
     from mtlframe.recipe import recipe_from_dict
     from mtlframe.run import build_system
     from mtlframe.testing import tiny_recipe
 
     torch.set_num_threads(1)
-    recipe = recipe_from_dict(tiny_recipe(combiner={"name": combiner},
-                                          optimizer={"name": "sgd", "lr": lr},
-                                          **{"trainer.nan_loss": nan_loss}), "<ddp sparse>")
+    overrides = {} if nan_loss is None else {"trainer.nan_loss": nan_loss}
+    recipe = recipe_from_dict(tiny_recipe(combiner={"name": combiner}, optimizer={"name": "sgd", "lr": lr},
+                                          **overrides), "<ddp sparse>")
     pl.seed_everything(7, verbose=False)
     dm, module, _ = build_system(recipe)
     train_cols, val_cols = dm.columns["train"], dm.columns["val"]
-    batches = [_masked(take(train_cols, torch.arange(k * 2 * B, (k + 1) * 2 * B)), plan)
-               for k, plan in enumerate(PLAN)]
+    batches = [_masked(take(train_cols, torch.arange(k * 2 * B, (k + 1) * 2 * B)), step_plan)
+               for k, step_plan in enumerate(plan or PLAN)]
+    if inf_label is not None:  # a label of +inf: that step's loss is infinite
+        step, task = inf_label
+        batches[step][label_key(task)][0] = float("inf")
     val = [_masked(take(val_cols, torch.arange(0, 2 * B)), VAL_PLAN)]
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     box = []
@@ -89,13 +94,17 @@ def main(out: str, combiner: str, devices: int, nan_loss: str = "stop", lr: floa
                          use_distributed_sampler=False, logger=CSVLogger(os.path.dirname(out), name="logs"))
     box.append(trainer)
     trainer.fit(module, train_dataloaders=Batches(batches, box), val_dataloaders=Batches(val, box))
+    result = {"weights": {k: v.detach().clone() for k, v in module.state_dict().items()}, "init": init,
+              "logged": {k: float(v) for k, v in trainer.logged_metrics.items()},
+              "val": module.last_scores.get("val", {}), "skipped": getattr(module, "skipped_steps", None)}
     if trainer.is_global_zero:
-        logged = {k: float(v) for k, v in trainer.logged_metrics.items()}
-        torch.save({"weights": {k: v.detach().clone() for k, v in module.state_dict().items()},
-                    "init": init, "logged": logged, "val": module.last_scores.get("val", {}),
-                    "skipped": module.skipped_steps}, out)
+        torch.save(result, out)
+    return {**result, "module": module, "batches": batches}
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(args[0], args[1], int(args[2]), *(args[3:4]), *([float(a) for a in args[4:5]]))
+    # COMBINERS is comma-separated: one launch of the processes trains each in turn (later
+    # Trainers reuse the processes and the process group), saving OUT.<combiner>.pt
+    out, combiners, devices = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+    for name in combiners:
+        main(f"{out}.{name}.pt", name, devices)

@@ -1,0 +1,117 @@
+"""Sparse task labels: two DDP processes (gloo, Lightning's Trainer) equal one process on the same
+global batches; a non-finite training loss stops the run or skips the step; labelled-row counts and
+uncertainty's log-variances are logged.
+
+The batches (``tests/ddp_sparse_run.py``) put a task's labels on both processes with different
+counts, on one process only, on neither, and a step with no label at all. Before the fix, two
+processes hung in the first step where a task had labels on one process only (one process left the
+tower out of its backward); the timeout turns that into a failure.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlframe.errors import MTLFrameError
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import ddp_sparse_run  # noqa: E402
+
+#: labelled rows per task over the epoch, summed over both halves of every step of PLAN
+LABELLED = {"task_0": 16 + 10 + 10 + 6 + 0 + 0, "task_1_bin": 10 + 5 + 0 + 2 + 0 + 9}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DDP on CPU tested on Linux")
+def test_two_processes_with_sparse_labels_equal_one_process(tmp_path):
+    combiners = ["uncertainty", "pcgrad"]                          # loss-level, gradient-level
+    out = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_run.py"), str(out), ",".join(combiners), "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own group: a hung rank is killed with it
+    try:
+        log, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"two processes hung (killed after 180 s):\n{log[-3000:]}")
+    assert proc.returncode == 0, log[-3000:]
+    for combiner in combiners:
+        two = torch.load(f"{out}.{combiner}.pt")
+        one = ddp_sparse_run.main(str(tmp_path / f"one.{combiner}.pt"), combiner, 1)
+        moved = max(float((one["weights"][k] - one["init"][k]).abs().max()) for k in one["init"])
+        assert moved > 1e-2                                         # it trained
+        for k, w in one["weights"].items():
+            torch.testing.assert_close(two["weights"][k], w, rtol=0, atol=1e-5, msg=f"{combiner}: {k}")
+        for r in (one, two):
+            for task, n in LABELLED.items():
+                assert r["logged"][f"train/labelled/{task}"] == n  # summed over processes
+            assert math.isnan(r["val"]["task_0"]["rmse"])         # labelled on no process
+        for key in ("train/loss/task_0", "train/loss/task_1_bin", "train/loss_epoch"):
+            assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-6), key
+        assert two["val"]["task_1_bin"]["logloss"] == pytest.approx(one["val"]["task_1_bin"]["logloss"], rel=1e-6)
+
+
+# -- one process: fast checks of the same machinery ------------------------------------------------
+
+def test_labelled_counts_and_uncertainty_log_variances_are_logged(tmp_path):
+    with pytest.warns(UserWarning, match="task 'task_0' has no labelled row in the val split"):
+        r = ddp_sparse_run.main(str(tmp_path / "o.pt"), "uncertainty", 1)
+    logged = r["logged"]
+    assert {k: logged[f"train/labelled/{k}"] for k in LABELLED} == LABELLED
+    # the last step labels task_1_bin only: its weight is e^{-s} (binary), task_0's is 0
+    assert logged["train/weight/task_1_bin"] == pytest.approx(math.exp(-logged["train/log_var/task_1_bin"]))
+    assert logged["train/weight/task_0"] == 0.0
+    assert math.isnan(r["val"]["task_0"]["rmse"]) and math.isnan(r["val"]["task_0"]["mae"])
+    assert math.isfinite(r["val"]["task_1_bin"]["logloss"])
+
+
+def test_epoch_loss_is_the_mean_over_labelled_rows(tmp_path):
+    from mtlframe.features import label_key, mask_key
+    from mtlframe.tasks import task_loss
+
+    plan = [{"task_0": (8, 8), "task_1_bin": (1, 0)}, {"task_0": (8, 8), "task_1_bin": (8, 8)}]
+    r = ddp_sparse_run.main(str(tmp_path / "o.pt"), "static", 1, plan=plan, lr=1e-12)  # weights ~fixed
+    assert r["logged"]["train/labelled/task_1_bin"] == 17
+    model = r["module"].model.eval()
+    rows = []
+    with torch.no_grad():
+        for b in r["batches"]:
+            m = b[mask_key("task_1_bin")]
+            rows.append(task_loss("binary", model(b)["task_1_bin"][m], b[label_key("task_1_bin")][m]))
+    per_row = float(torch.cat(rows).mean())                       # 17 rows, each counted once
+    batch_means = (float(rows[0].mean()) + float(rows[1].mean())) / 2
+    assert abs(per_row - batch_means) > 1e-3                       # the two definitions differ here
+    assert r["logged"]["train/loss/task_1_bin"] == pytest.approx(per_row, rel=1e-5)
+
+
+@pytest.mark.parametrize("combiner", ["static", "pcgrad"])
+def test_non_finite_loss_stops_the_run_naming_task_and_step(tmp_path, combiner):
+    with pytest.raises(MTLFrameError, match=r"not finite at global step 3 .*'task_0' \(inf\).*nan_loss: skip"):
+        ddp_sparse_run.main(str(tmp_path / "o.pt"), combiner, 1, inf_label=(3, "task_0"))
+
+
+@pytest.mark.parametrize("combiner", ["static", "pcgrad"])
+def test_non_finite_loss_skips_the_step_when_asked(tmp_path, combiner):
+    with pytest.warns(UserWarning, match=r"1 training step\(s\) of epoch 0 were skipped .*3 \(task_0\)"):
+        r = ddp_sparse_run.main(str(tmp_path / "o.pt"), combiner, 1, nan_loss="skip", inf_label=(3, "task_0"))
+    assert r["skipped"] == 1
+    assert r["logged"]["train/skipped_steps"] == 1
+    assert all(bool(torch.isfinite(w).all()) for w in r["weights"].values() if w.is_floating_point())
+    # the skipped step's rows are not counted: step 3 labels task_0 on 6 rows
+    assert r["logged"]["train/labelled/task_0"] == LABELLED["task_0"] - 6
+
+
+def test_diverging_sgd_stops_with_the_task_named(tmp_path):
+    from mtlframe.testing import train_tiny
+
+    with pytest.raises(MTLFrameError, match=r"not finite at global step \d+ .*'task_0'"):
+        train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 50.0})
