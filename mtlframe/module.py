@@ -4,10 +4,24 @@ It receives built components and holds no model code of its own. Loss-level comb
 automatic optimization; a combiner with ``requires_manual_backward = True`` switches the module
 to manual optimization and computes the update itself.
 
-Logged keys: ``train/loss`` (every ``log_every_n_steps``), ``train/loss_epoch``, ``train/loss/<task>``,
-``train/aux/<name>`` (epoch means), ``train/weight/<task>``,
+Logged keys: ``train/loss`` (every ``log_every_n_steps``; under DDP this process's share),
+``train/weight/<task>`` and the combiner's :meth:`~mtlframe.combiners.base.LossCombiner.logged_values`
+as ``train/<key>`` (e.g. ``train/log_var/<task>`` of ``uncertainty``) with it; per epoch
+``train/loss_epoch``, ``train/loss/<task>`` (mean over every labelled row of the epoch, all
+processes), ``train/labelled/<task>`` (labelled rows of the epoch, summed over processes),
+``train/aux/<name>``, ``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
+
+**Sparse labels and DDP.** Each task's loss is the mean over its labelled rows of the step's
+*global* batch: the processes add up their ``[T]`` labelled-row counts and loss sums in one
+fixed-size all-reduce per step (the same collective on every process whatever labels its batch
+holds), and each process's term is ``its sum / global count * world size``, so DDP's gradient
+average is exactly the global masked mean (and one process on the same global batches trains the
+same weights). A task labelled on no process in a step is left out of the combiner; its
+zero-weighted term still runs through its tower, so DDP sees a gradient for every parameter. A
+step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
+every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 """
 from __future__ import annotations
 
@@ -53,6 +67,10 @@ class MultiTaskModule(pl.LightningModule):
             (:data:`~mtlframe.features.GROUP_KEY`, in evaluation batches).
         optimizer: optimizer settings.
         gradient_clip_val: gradient-norm clipping (applied by the module under manual optimization).
+        nan_loss: ``"stop"``: a NaN or infinite task (or auxiliary) loss raises
+            :class:`~mtlframe.errors.MTLFrameError` naming the task(s) and the global step;
+            ``"skip"``: the step is skipped (counted in :attr:`skipped_steps`, warned about at the
+            end of the epoch). The recipe's ``trainer.nan_loss``.
         checkpoint_state: extra state saved into every checkpoint under ``"mtlframe"`` (the resolved
             recipe, the preprocessor, component providers) so ``predict`` needs nothing else.
     """
