@@ -103,7 +103,7 @@ class MultiTaskModule(pl.LightningModule):
         self._skipped: list[tuple[int, list[str]]] = []
         self._pending: list[tuple[int, torch.Tensor, list[str]]] = []
         self._eval_seen: dict[str, torch.Tensor] = {}   # stage -> (T,) labelled rows seen
-        self._skip_step = False
+        self._contributed = False   # a micro-batch of the current optimizer step was not skipped
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
 
     # -- device transfer -------------------------------------------------------------------------
@@ -165,9 +165,7 @@ class MultiTaskModule(pl.LightningModule):
             parts.append(torch.stack([v.detach().double().reshape(()) for v in aux.values()]))
         stats = torch.cat(parts)
         if self.trainer.world_size > 1:
-            import torch.distributed as dist
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         return stats
 
     def _non_finite(self, stats: list[float], aux_names: Sequence[str]) -> list[str]:
@@ -203,34 +201,37 @@ class MultiTaskModule(pl.LightningModule):
             if bad:
                 self._bad_loss(bad, row, step)
 
-    def _skip(self, sums: Sequence[torch.Tensor]) -> torch.Tensor | None:
-        """End a step that every process skips. Under automatic optimization the step returns a
-        zero-weighted loss on every tower (Lightning refuses ``None`` under DDP, and DDP needs the
-        backward) and :meth:`optimizer_step` drops the gradients instead of stepping."""
+    def _skip(self) -> torch.Tensor | None:
+        """End a step that every process skips. Under automatic optimization the step returns
+        ``0 * sum of every parameter`` (Lightning refuses ``None`` under DDP, and DDP wants every
+        parameter in the backward): exactly zero gradients even when the loss is NaN, so nothing
+        is added to gradients accumulated over micro-batches; :meth:`optimizer_step` then drops
+        the gradients of a window in which no micro-batch counted."""
         if not self.automatic_optimization:
             return None
-        self._skip_step = True
-        return sum(t * 0.0 for t in [*sums, *(p.sum() for p in self.combiner.parameters() if p.requires_grad)])
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Lightning's step, except for a skipped step (:meth:`_skip`): its gradients are dropped
-        (set to ``None``) after the backward, so the optimizer leaves every parameter and its
-        state as they were (no momentum or weight-decay update)."""
+        """Lightning's step, except after skipped steps only (:meth:`_skip`): their gradients are
+        dropped (set to ``None``) after the backward, so the optimizer leaves every parameter and
+        its state as they were (no momentum or weight-decay update)."""
         if optimizer_closure is None:
             optimizer.step()
             return
 
         def closure() -> Any:
             result = optimizer_closure()
-            if self._skip_step:
+            if not self._contributed:
                 optimizer.zero_grad(set_to_none=True)
                 return None
             return result
 
-        optimizer.step(closure=closure)
+        try:
+            optimizer.step(closure=closure)
+        finally:
+            self._contributed = False
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        self._skip_step = False
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
         outputs = self.model.forward_from(x)
         sums, counts = self.task_losses(batch, outputs)
@@ -247,7 +248,7 @@ class MultiTaskModule(pl.LightningModule):
             global_counts = host[:n]
             bad = self._non_finite(host, list(aux))
             if bad and self._bad_loss(bad, host, step):
-                return self._skip(sums)
+                return self._skip()
         else:
             # one process, every label present, on an accelerator: check for a non-finite loss with
             # the next logging step's sync instead of stalling every step
@@ -261,7 +262,8 @@ class MultiTaskModule(pl.LightningModule):
         absent = [s * 0.0 for s, c in zip(sums, global_counts) if c <= 0]
         self._epoch_stats = stats.detach() if self._epoch_stats is None else self._epoch_stats + stats.detach()
         if not losses:  # no task labelled on any process: every process skips the step
-            return self._skip(sums)
+            return self._skip()
+        self._contributed = True
         extra = sum(aux.values()) if aux else None
         for term in absent:
             extra = term if extra is None else extra + term

@@ -63,7 +63,8 @@ class Batches:
 
 
 def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr: float = 0.05,
-         plan: list | None = None, inf_label: tuple[int, str] | None = None) -> dict:
+         plan: list | None = None, inf_label: tuple[int, str] | None = None, accumulate: int = 1,
+         optimizer: dict | None = None, drop: int | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -75,13 +76,15 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
 
     torch.set_num_threads(1)
     overrides = {} if nan_loss is None else {"trainer.nan_loss": nan_loss}
-    recipe = recipe_from_dict(tiny_recipe(combiner={"name": combiner}, optimizer={"name": "sgd", "lr": lr},
+    recipe = recipe_from_dict(tiny_recipe(combiner={"name": combiner}, optimizer=optimizer or {"name": "sgd", "lr": lr},
                                           **overrides), "<ddp sparse>")
     pl.seed_everything(7, verbose=False)
     dm, module, _ = build_system(recipe)
     train_cols, val_cols = dm.columns["train"], dm.columns["val"]
     batches = [_masked(take(train_cols, torch.arange(k * 2 * B, (k + 1) * 2 * B)), step_plan)
                for k, step_plan in enumerate(plan or PLAN)]
+    if drop is not None:
+        del batches[drop]
     if inf_label is not None:  # a label of +inf: that step's loss is infinite
         step, task = inf_label
         batches[step][label_key(task)][0] = float("inf")
@@ -89,7 +92,7 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     box = []
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                         max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0,
+                         max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0, accumulate_grad_batches=accumulate,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, logger=CSVLogger(os.path.dirname(out), name="logs"))
     box.append(trainer)

@@ -110,6 +110,26 @@ def test_non_finite_loss_skips_the_step_when_asked(tmp_path, combiner):
     assert r["logged"]["train/labelled/task_0"] == LABELLED["task_0"] - 6
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_skipped_step_changes_nothing(tmp_path, accumulate):
+    """A skipped non-finite step changes nothing: without accumulation the run equals one without
+    that batch (Adam's moments did not move); with accumulation, one where the batch has no label
+    (the other micro-batch of the window still counts, the inf does not leak into it)."""
+    adam = {"name": "adam", "lr": 0.01}
+    with pytest.warns(UserWarning, match="skipped"):
+        bad = ddp_sparse_run.main(str(tmp_path / "a.pt"), "static", 1, nan_loss="skip", inf_label=(1, "task_0"),
+                                  accumulate=accumulate, optimizer=adam)
+    if accumulate == 1:
+        empty = ddp_sparse_run.main(str(tmp_path / "b.pt"), "static", 1, drop=1, optimizer=adam)
+    else:
+        plan = list(ddp_sparse_run.PLAN)
+        plan[1] = {"task_0": (0, 0), "task_1_bin": (0, 0)}
+        empty = ddp_sparse_run.main(str(tmp_path / "b.pt"), "static", 1, plan=plan, accumulate=2, optimizer=adam)
+    for k, w in empty["weights"].items():
+        torch.testing.assert_close(bad["weights"][k], w, rtol=0, atol=0, msg=k)
+    assert max(float((w - empty["init"][k]).abs().max()) for k, w in empty["weights"].items()) > 1e-3
+
+
 def test_diverging_sgd_stops_with_the_task_named(tmp_path):
     from mtlframe.testing import train_tiny
 
