@@ -135,3 +135,27 @@ def test_diverging_sgd_stops_with_the_task_named(tmp_path):
 
     with pytest.raises(MTLFrameError, match=r"not finite at global step \d+ .*'task_0'"):
         train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 50.0})
+
+
+def test_representation_gram_over_processes_is_the_global_batch_gram(monkeypatch):
+    """MGDA-UB's Gram matrix of representation gradients: the process mean divided by the number
+    of processes equals the global batch's (checked with two identical halves, so each process's
+    Gram is the same and the collective is the identity)."""
+    from mtlframe.combiners import _grad
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 2)
+    x = torch.randn(4, 3)
+
+    def losses(z, world):                      # each process's share: sum over its rows * world / 8
+        out = z @ w
+        return {"a": out[:, 0].square().sum() * world / 8, "b": (out[:, 1] - 1).abs().sum() * world / 8}
+
+    z_global = torch.cat([x, x]).requires_grad_(True)
+    one = _grad.task_gradients(losses(z_global, 1), ["a", "b"], [z_global], gram_only=True)
+    monkeypatch.setattr(_grad, "world_size", lambda: 2)
+    monkeypatch.setattr(_grad, "all_reduce_mean", lambda t: t)
+    z_half = x.clone().requires_grad_(True)
+    two = _grad.task_gradients(losses(z_half, 2), ["a", "b"], [z_half], gram_only=True)
+    torch.testing.assert_close(two.grads, one.grads)
+    torch.testing.assert_close(two.losses, one.losses.to(two.losses.dtype))
