@@ -361,7 +361,7 @@ class MultiTaskModule(pl.LightningModule):
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         outputs = self.model(batch)
         groups = batch.get(GROUP_KEY)
-        distributed = self.trainer.world_size > 1
+        distributed = self._trainer is not None and self.trainer.world_size > 1
         seen = []
         for t in self.tasks:
             target = batch[label_key(t.name)]
