@@ -201,6 +201,14 @@ class MultiTaskModule(pl.LightningModule):
             if bad:
                 self._bad_loss(bad, row, step)
 
+    def _sync_every_step(self, batch: Mapping[str, torch.Tensor], stats: torch.Tensor) -> bool:
+        """Whether the step reads its statistics on the host now: under DDP, with missing labels
+        (which tasks are labelled somewhere), with ``nan_loss="skip"``, or on the CPU (free there).
+        Otherwise (one accelerator, every label present) the non-finite check is deferred to the
+        next logging step, so the device is not stalled every step."""
+        return (self.trainer.world_size > 1 or self.nan_loss == "skip" or stats.device.type == "cpu"
+                or any(mask_key(t.name) in batch for t in self.tasks))
+
     def _skip(self) -> torch.Tensor | None:
         """End a step that every process skips. Under automatic optimization the step returns
         ``0 * sum of every parameter`` (Lightning refuses ``None`` under DDP, and DDP wants every
@@ -241,8 +249,7 @@ class MultiTaskModule(pl.LightningModule):
         stats = self._step_stats(sums, counts, aux)                # (2T + A,) summed over processes
         n = len(self.tasks)
         step = self.global_step
-        masked = any(mask_key(t.name) in batch for t in self.tasks)
-        if world > 1 or masked or self.nan_loss == "skip" or stats.device.type == "cpu":
+        if self._sync_every_step(batch, stats):
             # one host sync: which tasks are labelled somewhere (and whether the loss is finite)
             host = stats.tolist()
             global_counts = host[:n]
