@@ -29,7 +29,8 @@ KIND_INTRO = {
                "`task_names`, for its per-task tables).",
     "backbone": "`x [B, D]` -> one representation `[B, H_t]` per task: how the tasks share "
                 "(`model.backbone`). Injected: `input_dim`, `task_names` (`stem`: also `task_inputs`, "
-                "whether the encoders give per-task inputs `{task: [B, D]}`).",
+                "whether the encoders give per-task inputs `{task: [B, D]}`; `esmm`, `escm2`, `aitm`: "
+                "also `task_types`, to refuse a funnel stage that is not a binary task).",
     "tower": "A task's representation `[B, H_t]` -> its output `[B, out]` (`model.tower`, or per "
              "task `model.towers.<task>`). Injected: `input_dim`, `output_dim`.",
     "combiner": "Per-task losses -> one update: how the tasks are balanced (`combiner`). "

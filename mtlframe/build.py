@@ -95,7 +95,7 @@ class Builder:
         input_dim = sum(int(e.output_dim) for e in encoders)
         task_inputs = self._check_task_inputs(encoders)
         backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,
-                             task_inputs=task_inputs)
+                             task_inputs=task_inputs, task_types={t.name: t.type for t in tasks})
         towers = {}
         for t in tasks:
             spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")

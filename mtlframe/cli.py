@@ -14,6 +14,9 @@ from pathlib import Path
 
 from mtlframe.errors import MTLFrameError
 
+#: ``--accelerator`` choices of evaluate and predict (mtlframe.run.ACCELERATORS, without importing torch)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
 
 def _console():
     from rich.console import Console
@@ -58,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtlframe.run import evaluate
 
-    scores = evaluate(args.checkpoint, args.split)
+    scores = evaluate(args.checkpoint, args.split, accelerator=args.accelerator, data_path=args.data_path,
+                      overrides=args.overrides)
     con = _console()
     con.print(_metrics_table(scores, f"{args.split} metrics"))
     if args.output:
@@ -67,18 +71,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtlframe.run import load_checkpoint, predict_frame, read_table, write_table
+    from mtlframe.run import (keep_columns, load_checkpoint, predict_frame, predict_warnings, read_table,
+                              resolve_device, write_table)
 
+    frame = read_table(args.input)  # the user's file first: its mistakes show before the model loads
+    device = resolve_device(args.accelerator)
     loaded = load_checkpoint(args.checkpoint)
-    frame = read_table(args.input)
-    out = predict_frame(loaded, frame, source=str(args.input))
+    loaded.model.to(device)
+    report: dict = {}
+    out = predict_frame(loaded, frame, source=str(args.input), report=report)
+    predicted = list(out.columns)
     if args.keep:
-        for col in args.keep:
-            if col not in frame.columns:
-                raise MTLFrameError(f"--keep column '{col}' is not in {args.input}")
-            out.insert(0, col, frame[col].to_numpy())
+        out = keep_columns(out, frame, args.keep, str(args.input))
     write_table(out, args.output)
-    print(f"wrote {len(out)} predictions for tasks {', '.join(t.name for t in loaded.tasks)} to {args.output}")
+    tasks = [t.name for t in loaded.tasks]
+    renamed = [f"'{a}' -> '{b}'" for a, b in zip(predicted, out.columns[len(out.columns) - len(predicted):]) if a != b]
+    print(f"wrote {len(out)} predictions for tasks {', '.join(tasks)} to {args.output}"
+          + (f" (prediction columns renamed beside the kept input columns: {', '.join(renamed)})" if renamed else ""))
+    oov = report.get("oov", {})
+    if any(r["oov"] for r in oov.values()):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="warning: out-of-vocabulary values per feature (unseen in training)")
+        for col in ("feature", "rows", "out-of-vocabulary", "share", "empty"):
+            table.add_column(col, justify="left" if col == "feature" else "right")
+        for col, r in oov.items():
+            table.add_row(col, f"{r['rows']:,}", f"{r['oov']:,}", f"{r['oov'] / max(r['rows'], 1):.1%}",
+                          f"{r['missing']:,}")
+        Console(stderr=True, highlight=False).print(table)
+    for line in predict_warnings({k: v for k, v in report.items() if k != "oov"}):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -152,23 +175,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     reg = get_registry()
     con = _console()
+    kinds = [args.kind] if args.kind else list(KINDS)   # --kind X: only components of that kind
     if args.json:
         payload = {"plugins": {n: {"distribution": p.distribution, "version": p.version} for n, p in reg.plugins.items()},
                    "components": {k: [{"name": c.name, "provider": c.provider.distribution,
                                        "version": c.provider.version, "summary": c.spec.summary}
-                                      for c in reg.all(k)] for k in KINDS},
+                                      for c in reg.all(k)] for k in kinds},
                    "failures": [vars(f) for f in reg.failures]}
         print(json.dumps(payload, indent=2))
         return 0
-    plugins = Table(title="installed plugins")
+    plugins = Table(title="installed plugins" if not args.kind else f"installed plugins with {args.kind} components")
     for col in ("plugin", "distribution", "version", "components"):
         plugins.add_column(col)
     for name, prov in reg.plugins.items():
-        comps = [f"{c.kind}:{c.name}" for k in KINDS for c in reg.all(k) if c.provider.plugin == name]
-        plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
+        comps = [f"{c.kind}:{c.name}" for k in kinds for c in reg.all(k) if c.provider.plugin == name]
+        if comps or not args.kind:
+            plugins.add_row(name, prov.distribution, prov.version, ", ".join(comps))
     con.print(plugins)
-    kinds = [args.kind] if args.kind else list(KINDS)
-    comps = Table(title="components")
+    comps = Table(title="components" if not args.kind else f"{args.kind} components")
     for col in ("kind", "name", "provider", "summary"):
         comps.add_column(col)
     for k in kinds:
@@ -202,13 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--output", default=None, help="write the metrics as JSON here")
+    e.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="device to evaluate on (default auto: a GPU when there is one)")
+    e.add_argument("--data-path", default=None,
+                   help="where the data is now, when it moved since training (replaces data.dataset.path)")
+    e.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe, e.g. data.eval_batch_size=512")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every task for the rows of a CSV / Parquet file")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
     pr.add_argument("--output", required=True, help="CSV or Parquet to write (one column per task)")
-    pr.add_argument("--keep", nargs="*", default=None, help="input columns to copy into the output (ids)")
+    pr.add_argument("--keep", nargs="*", default=None,
+                    help="input columns to copy into the output (ids), in this order, before the predictions; "
+                         "a prediction named like a kept column gets '_pred' (rating -> rating_pred)")
+    pr.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                    help="device to predict on (default auto: a GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
 
     r = sub.add_parser("recipe", help="recipe tools")
@@ -279,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         except MTLFrameError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            return _closed_output()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`train r.yaml --run-dir d a.b=1`)
@@ -296,9 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     except MTLFrameError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # train's RunInterrupted says where, and what the run folder keeps
+        print(str(exc) or "interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_output()
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:  # an output path given by the user
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _closed_output() -> int:
+    """The reader of our output went away (``mtlframe plugins --json | head -1``): stop quietly, as
+    Unix tools do. Later writes (and the flush at exit) go to /dev/null instead of raising again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (tests' captured output)
+        pass
+    return 1
 
 
 if __name__ == "__main__":

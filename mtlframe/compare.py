@@ -8,7 +8,8 @@ One command answers "which architecture / balancing method wins on my data, and 
 
 Every grid point (the cartesian product of the ``--grid`` axes) is trained once per seed (the
 override ``seed=<s>``, which also reseeds the data split). The table shows, per configuration,
-each task's test metrics as mean ± std over seeds (sample standard deviation, ``ddof=1``), the
+each task's test metrics as mean ± std over seeds (sample standard deviation, ``ddof=1``; with
+one seed, or one successful seed, the value alone: the spread of one value is undefined), the
 trainable parameters, the mean training time, and the gain of multi-task learning over a
 baseline (by default the ``single-task`` backbone with every other setting equal):
 
@@ -51,7 +52,8 @@ from typing import Any
 import yaml
 
 from mtlframe.errors import MTLFrameError, RecipeError
-from mtlframe.recipe import Recipe, _split_path, apply_overrides, load_recipe, parse_yaml, recipe_from_dict
+from mtlframe.recipe import (Recipe, _split_path, apply_overrides, key_path_problem, load_recipe, override_lines,
+                             parse_yaml, recipe_from_dict)
 
 __all__ = ["CompareResult", "GridAxis", "aggregate", "delta_m", "markdown_table", "mean_std", "parse_grid",
            "parse_seeds", "relative_gain", "rich_table", "run_compare"]
@@ -107,6 +109,9 @@ def parse_grid(spec: str) -> GridAxis:
     if not sep or not key or not raw.strip():
         raise RecipeError([(key or spec, (f"--grid '{spec}' must look like KEY=v1,v2 or KEY=v1|v2 "
                                          "(e.g. model.backbone.name=shared-bottom,mmoe)"))], "--grid")
+    bad = key_path_problem(key)
+    if bad:
+        raise RecipeError([(key, f"--grid '{spec}': {bad}.")], "--grid")
     pieces = raw.split("|") if "|" in raw else _split_top_level(raw, ",")
     values = []
     for piece in pieces:
@@ -160,14 +165,15 @@ def _override(key: str, value: Any) -> str:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0.0 for one value). NaNs are dropped;
-    no finite value gives ``(nan, nan)``."""
+    """Mean and sample standard deviation (``ddof=1``). NaNs are dropped; one finite value gives
+    ``(value, nan)`` (the spread of one value is undefined, not 0: tables show the value alone and
+    ``results.json`` a null ``std``); no finite value gives ``(nan, nan)``."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return float("nan"), float("nan")
     m = sum(vals) / len(vals)
     if len(vals) == 1:
-        return m, 0.0
+        return m, float("nan")
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
@@ -431,7 +437,8 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         ov = [_override(a.key, v) for a, v in zip(axes, combo)]
         label = {a.header: value_label(v) for a, v in zip(axes, combo)}
         try:
-            r = recipe_from_dict(apply_overrides(base.data, ov), str(recipe_path))
+            r = recipe_from_dict(apply_overrides(base.data, ov, via="--grid"), str(recipe_path),
+                                 override_lines(base.lines, ov, via="--grid"))
         except RecipeError as exc:
             problems.append(f"{' '.join(ov)}:\n{exc}")
             continue
@@ -445,7 +452,10 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         for c in list(configs):
             ov = c.overrides + base_ov
             try:
-                r = recipe_from_dict(apply_overrides(base.data, ov), str(recipe_path))
+                r = recipe_from_dict(
+                    apply_overrides(apply_overrides(base.data, c.overrides, via="--grid"), base_ov, via="--baseline"),
+                    str(recipe_path),
+                    override_lines(override_lines(base.lines, c.overrides, via="--grid"), base_ov, via="--baseline"))
             except RecipeError as exc:
                 problems.append(f"baseline of {' '.join(c.overrides)} ({' '.join(base_ov)}):\n{exc}")
                 continue
@@ -588,8 +598,7 @@ def _cells(result: CompareResult, metrics: Sequence[str] | None = None) -> tuple
         cells = []
         for t, m in cols:
             st = s["metrics"].get(t, {}).get(m)
-            cells.append("-" if not st or not math.isfinite(st["mean"])
-                         else f"{st['mean']:.4f} ± {st['std']:.4f}")
+            cells.append("-" if not st or not math.isfinite(st["mean"]) else _mean_pm_std(st["mean"], st["std"]))
         params = f"{s['num_parameters']:,}" if s["num_parameters"] is not None else "-"
         secs = f"{s['train_seconds']:.1f}" if s["train_seconds"] is not None else "-"
         if failed or len(ok) < n:
@@ -599,6 +608,20 @@ def _cells(result: CompareResult, metrics: Sequence[str] | None = None) -> tuple
             row += [_pct(c.gains.get(t)) for t in result.tasks] + [_pct(c.delta_m)]
         rows.append(row)
     return header, rows
+
+
+def _mean_pm_std(mean: float, std: float | None) -> str:
+    """``0.8123 ± 0.0042``; the mean alone when the spread is undefined (one seed)."""
+    if std is None or not math.isfinite(std):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _spread_words(seeds: Sequence[int]) -> str:
+    """How the table's cells read: mean ± sample std over several seeds, a single value for one."""
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]}): single values, no spread"
+    return f"mean ± sample std over seeds {', '.join(map(str, seeds))}"
 
 
 def _pct(v: float | None) -> str:
@@ -613,8 +636,7 @@ def rich_table(result: CompareResult, metrics: Sequence[str] | None = None):
 
     header, rows = _cells(result, metrics)
     n_axes = len(result.label_headers or result.axes)
-    title = (f"{result.recipe}: test metrics, mean ± std over {len(result.seeds)} seed(s) "
-             f"{', '.join(map(str, result.seeds))}")
+    title = f"{result.recipe}: test metrics, {_spread_words(result.seeds)}"
     table = Table(title=title)
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i < n_axes else "right")
@@ -638,8 +660,8 @@ def describe(result: CompareResult) -> str:
     """The notes under a table: seeds, baseline, Δm definition."""
     prim = ", ".join(f"{t}: {m} ({'higher' if hib else 'lower'} is better)"
                      for t, (m, hib) in result.primary.items())
-    lines = [(f"Test split; mean ± sample std over seeds {', '.join(map(str, result.seeds))} "
-             "(the seed also reseeds the data split). `params`: trainable parameters; "
+    lines = [(f"Test split; {_spread_words(result.seeds)} "
+             "(the seed also reseeds the data split); a configuration with one successful seed shows its value alone. `params`: trainable parameters; "
              "`train s`: mean wall time of `fit` on the machine that ran it.")]
     if result.baseline:
         lines.append(f"Gains are relative to the baseline row ({' '.join(result.baseline)}, other settings "

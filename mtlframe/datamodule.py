@@ -81,7 +81,8 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
       rows form the test split; validation is a random ``val`` fraction of the remaining rows.
 
     Raises:
-        DataError: ``time`` without a timestamp column, ``cold-start`` without an item column.
+        DataError: ``time`` without a timestamp column or with missing timestamps (rows named),
+            ``cold-start`` without an item column.
     """
     n = len(table.frame)
     rng = np.random.default_rng(seed)
@@ -94,7 +95,14 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         if not table.timestamp:
             raise DataError(f"{table.source}: data.split.name 'time' needs a timestamp column, and this dataset "
                             "has none; use data.split.name: random.")
-        order = np.argsort(table.frame[table.timestamp].to_numpy(), kind="stable")
+        stamps = table.frame[table.timestamp]
+        if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
+            bad = stamps.isna().to_numpy()
+            pos = np.flatnonzero(bad)
+            raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
+                            f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                            "the time split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+        order = np.argsort(stamps.to_numpy(), kind="stable")
         n_test, n_val = int(round(n * test)), int(round(n * val))
         n_train = n - n_test - n_val
         return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
@@ -111,6 +119,42 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         n_val = int(round(len(rest) * val))
         return {"test": np.flatnonzero(is_cold), "val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
     raise DataError(f"unknown split '{name}'")
+
+
+def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per numeric column filled or clipped and per task with ``missing_label`` rows,
+    with the counts per split (``reports``: :attr:`Preprocessor.reports`)."""
+    lines = []
+
+    def counts(kind: str, key: str) -> tuple[int, str]:
+        order = [*(k for k in SPLITS if k in reports), *(k for k in reports if k not in SPLITS)]
+        per = {split: reports[split].get(kind, {}).get(key, 0) for split in order}
+        per = {k: v for k, v in per.items() if v}
+        return sum(per.values()), ", ".join(f"{k} {v}" for k, v in per.items())
+
+    for col, value in pre.fill.items():
+        n, where = counts("filled", col)
+        if n:
+            policy = pre.fill_missing.get(col)
+            lines.append(f"numeric feature '{col}': {n} missing value(s) ({where}) filled with {value:g} "
+                         f"(data.fill_missing: {policy})")
+    for col, (low, high) in pre.clip.items():
+        n, where = counts("clipped", col)
+        if n:
+            lines.append(f"numeric feature '{col}': {n} value(s) ({where}) clipped to [{low:g}, {high:g}] (data.clip)")
+    for lab in pre.labels:
+        n, where = counts("masked_labels", lab.task)
+        if n:
+            lines.append(f"task '{lab.task}': {n} row(s) ({where}) with label {lab.missing_text} "
+                         "(missing_label) masked")
+    return lines
+
+
+def _print_rank_zero(line: str) -> None:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(line, flush=True)
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -196,7 +240,10 @@ class RecDataModule(pl.LightningDataModule):
         if table.user and table.user in table.frame.columns:
             user = table.frame[table.user].to_numpy()
             users = {k: user[v] for k, v in idx.items()}
-        pre = Preprocessor(features, labels, min_count=self.cfg.min_count)
+        numeric = [c for c, t in features.items() if t == "numeric"]
+        pre = Preprocessor(features, labels, min_count=self.cfg.min_count,
+                           fill_missing={c: self.cfg.fill_policy(c) for c in numeric},
+                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric})
         pre.fit(table.frame, table.source, rows=idx["train"])
         self.preprocessor = pre
         # column by column, each deleted from the frame once transformed (the frame and the
@@ -204,11 +251,30 @@ class RecDataModule(pl.LightningDataModule):
         keep = {table.user, table.item, table.timestamp}
         release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
         self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
+        self._funnel_targets(table.source)
+        for line in preprocess_summary(pre, pre.reports):
+            _print_rank_zero(line)
         if table.user and table.user in table.frame.columns:
             for k in self.splits:
                 if "user" not in self.splits[k]:
                     self.splits[k]["__user__"] = users[k]
         release_freed_memory()
+
+    def _funnel_targets(self, source: str) -> None:
+        """Under a funnel backbone (ESMM, ESCM2, AITM), each stage's labels become its entire-space
+        target, the AND of the stages up to it (:mod:`mtlframe.backbones.funnel`)."""
+        from mtlframe.backbones.funnel import FunnelBackbone, apply_funnel_labels
+        from mtlframe.registry import get_registry
+
+        spec = self.recipe.config.model.backbone
+        factory = get_registry().get("backbone", spec["name"]).load()
+        if not (isinstance(factory, type) and issubclass(factory, FunnelBackbone)):
+            return
+        tasks = self.recipe.config.tasks
+        stages, strict = factory.label_funnel(spec, list(tasks), {t: c.type for t, c in tasks.items()})
+        #: ``{split: [rows with a funnel stage 1 and an earlier stage 0, per stage]}``
+        self.funnel_violations = apply_funnel_labels(self.splits, stages, {t: c.label for t, c in tasks.items()},
+                                                     strict, spec["name"], source)
 
     # -- model-facing information ------------------------------------------------------------------
     def _resolve_columns(self, table: Table) -> tuple[dict[str, str], list[LabelSpec]]:
@@ -234,7 +300,18 @@ class RecDataModule(pl.LightningDataModule):
                                  + (f"; did you mean '{near[0]}'?" if near else ".")
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
-            labels.append(LabelSpec(tname, task.label, task.type))
+            labels.append(LabelSpec(tname, task.label, task.type, task.missing_label))
+        problems += self._leakage(table, labels)
+        numeric = [c for c, t in used.items() if t == "numeric"]
+        named = {**({f"data.fill_missing.{c}": c for c in self.cfg.fill_missing}
+                    if isinstance(self.cfg.fill_missing, dict) else {}),
+                 **{f"data.clip.{c}": c for c in self.cfg.clip}}
+        for path, col in named.items():
+            if col not in numeric:
+                near = closest(col, numeric)
+                problems.append((path, f"'{col}' is not a numeric feature of the model's encoders"
+                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + f" Numeric features: {', '.join(numeric) or 'none'}."))
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)
@@ -246,6 +323,35 @@ class RecDataModule(pl.LightningDataModule):
         if problems:
             raise RecipeError(problems, self.recipe.source, self.recipe.lines)
         return used, labels
+
+    def _leakage(self, table: Table, labels: Sequence[LabelSpec]) -> list[tuple[str, str]]:
+        """Features that are a task's label column, or hold exactly its values under another name
+        (label leakage), as ``(recipe key of the feature, message)`` problems.
+
+        Only pairs that can be equal are compared (both numeric, or both non-numeric), first on
+        the first rows, then in full (vectorized; missing values equal missing values).
+        """
+        problems: list[tuple[str, str]] = []
+        frame = table.frame
+        by_column: dict[str, list[str]] = {}
+        for lab in labels:
+            by_column.setdefault(lab.column, []).append(lab.task)
+        for i, enc in enumerate(self.recipe.data["model"]["encoders"]):
+            for j, col in enumerate(enc.get("features") or []):
+                if col not in frame.columns:
+                    continue
+                for label_col, tasks in by_column.items():
+                    if col == label_col:
+                        why = "is the label column"
+                    elif _same_values(frame[col], frame[label_col]):
+                        why = f"holds exactly the values of the label column '{label_col}'"
+                    else:
+                        continue
+                    problems.append((f"model.encoders[{i}].features[{j}]", (
+                        f"feature '{col}' {why} of task{'s' if len(tasks) > 1 else ''} "
+                        f"{', '.join(repr(t) for t in tasks)} (label leakage: the model would read the answer). "
+                        f"Remove '{col}' from the encoder's features, or drop that column from the data.")))
+        return problems
 
     def feature_info(self) -> dict[str, FeatureInfo]:
         if self.preprocessor is None:
@@ -371,6 +477,28 @@ class _ConsumedColumns(Mapping):
             del value
             if big:
                 release_freed_memory(collect=False)
+
+
+def _same_values(a: pd.Series, b: pd.Series, head: int = 256) -> bool:
+    """Whether two columns of one frame hold the same values row by row (missing = missing), for a
+    label column ``b`` with at least two distinct values. Numbers compare as numbers (``1`` equals
+    ``1.0``); a number never equals a string. Cheap for unequal columns: dtypes, then the first
+    ``head`` rows, before the full comparison."""
+    numeric = pd.api.types.is_numeric_dtype(a) or pd.api.types.is_bool_dtype(a)
+    if numeric != (pd.api.types.is_numeric_dtype(b) or pd.api.types.is_bool_dtype(b)):
+        return False
+
+    def equal(x: pd.Series, y: pd.Series) -> bool:
+        if numeric:
+            return np.array_equal(x.to_numpy(np.float64, na_value=np.nan), y.to_numpy(np.float64, na_value=np.nan),
+                                  equal_nan=True)
+        xs, ys = x.astype(object).to_numpy(), y.astype(object).to_numpy()
+        missing_x, missing_y = pd.isna(xs), pd.isna(ys)
+        return bool(np.array_equal(missing_x, missing_y) and (xs[~missing_x] == ys[~missing_y]).all())
+
+    if not equal(a.iloc[:head], b.iloc[:head]) or not equal(a, b):
+        return False
+    return b.nunique(dropna=True) >= 2  # a constant label: a constant feature is no leak worth naming
 
 
 def materialize(encoders: Sequence[torch.nn.Module], tasks: Sequence[TaskSpec],

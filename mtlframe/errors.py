@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class MTLFrameError(Exception):
@@ -45,6 +46,10 @@ class RecipeError(MTLFrameError):
     def _format(self) -> str:
         where = self.source or "<recipe>"
         n = len(self.problems)
+        if n == 1 and not self.problems[0][0]:  # the file itself (missing, a folder, binary, not YAML): one line
+            line = self._line_of("")
+            loc = f"{where}:{line}" if isinstance(line, int) else where
+            return f"recipe {loc}: {self.problems[0][1]}"
         head = f"recipe {where} has {n} problem{'s' if n != 1 else ''}:"
         rows = []
         for path, msg in self.problems:
@@ -96,6 +101,36 @@ class DataError(MTLFrameError):
 
 class CheckpointError(MTLFrameError):
     """A checkpoint cannot be used (not written by mtlframe, or missing state)."""
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be opened as a file, as words that follow its name: ``"does not exist"``
+    or ``"is a folder, not a file"`` (``None`` when it is a file). For errors about a path the
+    user gave where a file is expected (a recipe, ``--checkpoint``, ``--input``, a dataset path)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return "is a folder, not a file"
+    if not p.exists():
+        return "does not exist"
+    return None
+
+
+def read_text_file(path: str | Path) -> tuple[str, str | None]:
+    """``(text, None)`` for a UTF-8 text file, else ``("", problem)`` with the problem as words that
+    follow the path's name: missing, a folder, binary (a checkpoint?) or not UTF-8 (where)."""
+    p = Path(path)
+    problem = file_problem(p)
+    if problem:
+        return "", problem
+    data = p.read_bytes()
+    if b"\x00" in data[:8192]:
+        return "", "is a binary file, not text (a checkpoint or an archive?)"
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        return "", (f"is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} cannot be decoded "
+                    "(a binary file, or text saved in another encoding: save it as UTF-8)")
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -22,6 +22,14 @@ same weights). A task labelled on no process in a step is left out of the combin
 zero-weighted term still runs through its tower, so DDP sees a gradient for every parameter. A
 step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
 every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
+
+Undefined metrics are NaN, never a number that looks valid: every metric of a task whose
+predictions in the split hold a NaN or an infinity (a diverged model), AUC on a split whose labels
+are one class, and any metric of a task without a labelled row in the split. Each case warns once,
+naming the task, the split and the reason. ``val/score`` is NaN when any task's primary metric is
+NaN, so a diverged or degenerate epoch never beats a healthy one; a task without a labelled row in
+the split is left out of the score (the same tasks are left out at every epoch, so scores stay
+comparable), and the score is NaN when no task has one.
 """
 from __future__ import annotations
 
@@ -102,9 +110,16 @@ class MultiTaskModule(pl.LightningModule):
         self._aux_names: list[str] = []
         self._skipped: list[tuple[int, list[str]]] = []
         self._pending: list[tuple[int, torch.Tensor, list[str]]] = []
-        self._eval_seen: dict[str, torch.Tensor] = {}   # stage -> (T,) labelled rows seen
         self._contributed = False   # a micro-batch of the current optimizer step was not skipped
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
+        # per stage, per task: [labelled rows, positive rows (binary), non-finite predictions],
+        # accumulated on the device during an evaluation epoch and summed across processes at its end
+        self._eval_stats: dict[str, torch.Tensor] = {}
+        #: ``{stage: {task: labelled rows}}`` of the last evaluation epoch (all processes together)
+        self.last_rows: dict[str, dict[str, int]] = {}
+        self._warned: set[tuple[str, ...]] = set()
+        #: ``{stage: {task: {metric: {"groups": G, "skipped": S}}}}`` for grouped metrics (gauc, ndcg@K, ...)
+        self.last_group_counts: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -369,8 +384,11 @@ class MultiTaskModule(pl.LightningModule):
         outputs = self.model(batch)
         groups = batch.get(GROUP_KEY)
         distributed = self._trainer is not None and self.trainer.world_size > 1
-        seen = []
-        for t in self.tasks:
+        stats = self._eval_stats.get(stage)
+        if stats is None:
+            stats = self._eval_stats[stage] = torch.zeros(len(self.tasks), 3, dtype=torch.long,
+                                                          device=next(iter(outputs.values())).device)
+        for i, t in enumerate(self.tasks):
             target = batch[label_key(t.name)]
             pred = to_prediction(t.type, outputs[t.name])
             mask = batch.get(mask_key(t.name))
@@ -378,10 +396,13 @@ class MultiTaskModule(pl.LightningModule):
             if mask is not None:
                 target, pred = target[mask], pred[mask]
                 group = None if groups is None else groups[mask]
-            seen.append(target.shape[0])
             if t.type == "binary":
                 target = target.long()
             pred = pred.float()
+            stats[i, 0] += target.numel()
+            if t.type == "binary":
+                stats[i, 1] += target.sum()
+            stats[i, 2] += (~torch.isfinite(pred)).sum()
             for name, metric in self.metrics[f"{stage}__{t.name}"].items():
                 if target.numel() == 0 and not (distributed and _has_list_state(metric)):
                     # nothing to add; under DDP a metric that gathers rows still takes the empty
@@ -396,14 +417,6 @@ class MultiTaskModule(pl.LightningModule):
                     metric.update(pred, target, group)
                 else:
                     metric.update(pred, target)
-        counts = torch.tensor(seen, dtype=torch.float64, device=self.device)
-        self._eval_seen[stage] = counts if stage not in self._eval_seen else self._eval_seen[stage] + counts
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_seen.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_seen.pop("test", None)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -412,38 +425,96 @@ class MultiTaskModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def _epoch_end(self, stage: str) -> None:
+        stats = self._eval_stats.pop(stage, None)
+        if stats is None:
+            stats = torch.zeros(len(self.tasks), 3, dtype=torch.long, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:  # one fixed-size reduction per epoch
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        stats = stats.tolist()
+        self.last_rows[stage] = {t.name: int(row[0]) for t, row in zip(self.tasks, stats)}
         scores: dict[str, dict[str, float]] = {}
+        group_counts: dict[str, dict[str, dict[str, int]]] = {}
         score_terms = []
-        # whether each task saw a labelled row on any process: one fixed-size reduction, so every
-        # process computes (and syncs) the same metrics, in the same order
-        seen = self._eval_seen.pop(stage, None)
-        if seen is None:
-            seen = torch.zeros(len(self.tasks), dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1:
-            seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
-        seen_any = [c > 0 for c in seen.tolist()]
-        for t, labelled in zip(self.tasks, seen_any):
+        for t, (rows, positives, nonfinite) in zip(self.tasks, stats):
             scores[t.name] = {}
-            if not labelled and self.metrics[f"{stage}__{t.name}"]:
-                rank_zero_warn(f"task '{t.name}' has no labelled row in the {stage} split (on any process): "
-                               f"its {stage} metrics are NaN.", category=UserWarning)
             for name, metric in self.metrics[f"{stage}__{t.name}"].items():
-                if not labelled:
+                if rows == 0:  # decided on the global count: every process skips, or every one computes
                     value = float("nan")
                 else:
                     with warnings.catch_warnings():  # a process without rows of its own still syncs
                         warnings.filterwarnings("ignore", message=".*was called before the ``update``")
                         value = float(metric.compute())  # synced across processes by torchmetrics
+                    if nonfinite:  # a metric over NaN / inf predictions is undefined, whatever it returns
+                        value = float("nan")
+                counts = getattr(metric, "group_counts", None) if rows else None  # grouped: groups seen / skipped
                 metric.reset()
                 scores[t.name][name] = value
                 self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
+                if counts is not None:
+                    group_counts.setdefault(t.name, {})[name] = {"groups": counts.groups, "skipped": counts.skipped}
+                    self.log(f"{stage}/{t.name}/{name}_groups", float(counts.groups), rank_zero_only=False)
+                    self.log(f"{stage}/{t.name}/{name}_skipped_groups", float(counts.skipped), rank_zero_only=False)
+            self._warn_undefined(stage, t, scores[t.name], int(rows), int(positives), int(nonfinite))
+            if rows == 0:  # no labelled row in this split at all: left out of the score (at every epoch)
+                continue
             primary = t.metrics[0]
             v = scores[t.name].get(primary, float("nan"))
             score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
-        finite = [s for s in score_terms if s == s]
-        score = sum(finite) / len(finite) if finite else float("nan")
+        # a NaN term makes the score NaN: a mean over fewer tasks is not comparable with a full one
+        score = sum(score_terms) / len(score_terms) if score_terms else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")
         self.last_scores[stage] = scores
+        self.last_group_counts[stage] = group_counts
+        self._warn_perfect_auc(stage, scores)
+
+    def _warn_perfect_auc(self, stage: str, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """An AUC of exactly 1.0 on held-out rows is a sign of label leakage (a feature that encodes
+        the label): warned once per task and split, on the first process, not in the sanity check."""
+        trainer = self._trainer
+        if trainer is not None and (trainer.sanity_checking or not trainer.is_global_zero):
+            return
+        warned = self.__dict__.setdefault("_perfect_auc_warned", set())
+        split = {"val": "validation", "test": "test"}.get(stage, stage)
+        for task, values in scores.items():
+            for name in ("auc", "gauc"):
+                if values.get(name) == 1.0 and (stage, task, name) not in warned:
+                    warned.add((stage, task, name))
+                    warnings.warn(
+                        f"task '{task}' has a {split} {name} of exactly 1.0 ({stage}/{task}/{name}): every positive "
+                        "row is ranked above every negative one, which real data almost never allows. Check for "
+                        "label leakage: a feature that is the label, a copy of it, or computed from it "
+                        f"(tasks.{task}.label names the label column).", stacklevel=2)
+
+    def _warn_undefined(self, stage: str, task: TaskSpec, scores: Mapping[str, float], rows: int,
+                        positives: int, nonfinite: int) -> None:
+        """Warn (once per split, task and cause) why a task's metrics are NaN."""
+        nan = [m for m, v in scores.items() if v != v]
+        if not nan or (self._trainer is not None and not self.trainer.is_global_zero):
+            return
+        split = f"the {stage} split"
+        if rows == 0:
+            key, msg = ("rows",), (f"task '{task.name}' has no labelled row in {split}: its {stage} metrics are NaN"
+                                   + (" and it is left out of val/score." if stage == "val" else "."))
+        elif nonfinite:
+            key, msg = ("nonfinite",), (f"task '{task.name}': {nonfinite} of its {rows} predictions on {split} are "
+                                        f"NaN or infinite (the model diverged; try a lower optimizer.lr): its "
+                                        f"{stage} metrics are NaN.")
+        elif task.type == "binary" and positives in (0, rows):
+            key, msg = ("one-class",), (f"task '{task.name}': every labelled row of {split} ({rows}) has label "
+                                        f"{int(positives == rows)}, so {', '.join(nan)} "
+                                        f"{'is' if len(nan) == 1 else 'are'} undefined (NaN) on a single class"
+                                        + (f"{' and val/score is NaN' if task.metrics[0] in nan else ''}; "
+                                           "make the split hold both classes (another seed or a larger "
+                                           "data.split.val), or monitor a metric defined on one class "
+                                           f"(checkpoint.monitor: val/{task.name}/logloss)." if stage == "val"
+                                           else "."))
+        else:
+            key, msg = ("undefined", *nan), (f"task '{task.name}': {', '.join(nan)} "
+                                             f"{'is' if len(nan) == 1 else 'are'} undefined (NaN) on {split} "
+                                             f"({rows} labelled rows).")
+        if (stage, task.name, *key) not in self._warned:
+            self._warned.add((stage, task.name, *key))
+            warnings.warn(msg, UserWarning, stacklevel=2)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

@@ -7,20 +7,31 @@
   column is kept as an int64 array (8 bytes per entry, not one Python string each).
 * ``multi_categorical``: ``|``-separated tokens; id 0 is padding, 1 out-of-vocabulary, known
   tokens from 2; padded to the longest training row (at most ``max_multi_len``).
-* ``numeric``: standardized with the training mean and standard deviation; a missing value
-  becomes 0, i.e. the training mean (a constant column gets std 1).
-* ``text``: kept raw (strings, NaN -> ``""``) for text encoders to featurize.
+* ``numeric``: standardized with the training mean and standard deviation (a constant column gets
+  std 1). A missing value (NaN, empty, ``inf`` or ``-inf``: infinities are missing values) is an
+  error naming the column, the count and the rows, unless the column has a declared fill
+  (``fill_missing``: ``mean``, ``median``, ``zero`` or a number; the value is fitted on the
+  training split and saved). A value beyond the float32 range (|x| > 3.4e38, e.g. ``1e300``) is
+  an error naming the row, unless the column has a declared ``clip`` range ``[low, high]``, which
+  then bounds every value of the column. Fills and clips are counted in :attr:`Preprocessor.reports`.
+* ``text``: kept raw (missing -> ``""``; other cells as they are, so a text encoder can count
+  non-string cells) for text encoders to featurize.
 * memory: :meth:`Preprocessor.fit` and :meth:`Preprocessor.transform` take ``rows`` (positions
   into the frame) so splits need no copied frames, and work one column at a time (temporaries are
   one column's size); :meth:`Preprocessor.transform_splits` can delete each column from the frame
   once every split has it.
-* labels: ``binary`` must be 0/1, ``regression`` any number, missing = NaN (excluded from that
-  task's loss and metrics); ``multiclass`` labels get a class vocabulary from the training split,
-  and an unseen class counts as missing.
+* labels: ``binary`` must be 0/1 (the error lists every other value with its count),
+  ``regression`` any finite number (``inf`` or a value beyond float32 is an error), missing = NaN or
+  the task's declared ``missing_label`` marker (excluded from that task's loss and metrics);
+  ``multiclass`` labels get a class vocabulary from the training split, and a class of another
+  split unseen in training is masked with a warning naming the task, split, classes and counts.
+* a task without any labelled row in the training split, and a feature column without any value
+  in it, are errors naming them.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +43,44 @@ from mtlframe.errors import DataError, closest
 from mtlframe.features import FeatureInfo, label_key, mask_key
 
 
+#: largest finite float32: numeric values beyond it cannot be represented in the model's inputs
+F32_MAX = float(np.finfo(np.float32).max)
+#: ``fill_missing`` policies besides a number
+FILL_POLICIES = ("error", "mean", "median", "zero")
+
+
 @dataclass(frozen=True)
 class LabelSpec:
+    """A task's label: its column, type and the optional marker of a missing label.
+
+    ``missing``: label value meaning "no label" (the recipe's ``tasks.<name>.missing_label``,
+    e.g. ``-1``); those rows are masked like NaN.
+    """
+
     task: str
     column: str
     type: str
+    missing: float | str | None = None
+
+    @property
+    def missing_text(self) -> str:
+        """The marker as written in messages (``-1``, ``'none'``)."""
+        return f"{self.missing:g}" if isinstance(self.missing, float) else repr(self.missing)
+
+
+def _row_list(bad: np.ndarray, rows: np.ndarray | None, limit: int = 5) -> str:
+    """``"row 3"`` / ``"rows 3, 7, 9 (and 12 more)"``: 1-based frame rows where ``bad`` is True."""
+    pos = np.flatnonzero(bad)
+    shown = ", ".join(str(_row_number(int(p), rows)) for p in pos[:limit])
+    more = f" (and {len(pos) - limit} more)" if len(pos) > limit else ""
+    return f"row{'s' if len(pos) > 1 else ''} {shown}{more}"
+
+
+def _value_counts_text(values: np.ndarray) -> str:
+    """``"2 (37 rows), -1 (5 rows), inf (1 row)"``: every distinct value with its count, most frequent first."""
+    counts = pd.Series(values).value_counts(dropna=False)
+    return ", ".join(f"{v:g} ({n} row{'s' if n != 1 else ''})" if isinstance(v, float) else f"{v} ({n} row{'s' if n != 1 else ''})"
+                     for v, n in counts.items())
 
 
 def _as_str(series: pd.Series) -> pd.Series:
@@ -105,22 +149,36 @@ class Preprocessor:
         labels: one :class:`LabelSpec` per task.
         min_count: categories seen fewer times in train map to the out-of-vocabulary id.
         max_multi_len: cap on the padded length of multi-categorical features.
+        fill_missing: ``numeric column -> policy`` for missing values: ``"error"`` (the default of
+            an unlisted column), ``"mean"``, ``"median"``, ``"zero"`` or a number (raw units).
+        clip: ``numeric column -> (low, high)``: values are clipped to this range (raw units)
+            before standardization; without it a value beyond float32 is an error.
 
     Attributes (after :meth:`fit`):
         vocab: ``column -> vocabulary`` in frequency order, id ``i + 1`` for entry ``i``: a list of
             strings, or an int64 numpy array for an integer column.
+        fill: ``numeric column -> raw fill value`` of the columns with a declared fill.
+        reports: what the last :meth:`transform` / :meth:`transform_splits` did, per split
+            (``"data"`` for :meth:`transform`): ``{"oov": {col: {"rows", "oov", "missing"}},
+            "filled": {col: n}, "clipped": {col: n}, "masked_labels": {task: n},
+            "unseen_classes": {task: {class: n}}}``.
     """
 
     def __init__(self, features: Mapping[str, str], labels: Sequence[LabelSpec], min_count: int = 1,
-                 max_multi_len: int = 64) -> None:
+                 max_multi_len: int = 64, fill_missing: Mapping[str, str | float] | None = None,
+                 clip: Mapping[str, Sequence[float]] | None = None) -> None:
         self.features = dict(features)
         self.labels = list(labels)
         self.min_count = min_count
         self.max_multi_len = max_multi_len
+        self.fill_missing: dict[str, str | float] = dict(fill_missing or {})
+        self.clip: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1])) for k, v in (clip or {}).items()}
         self.vocab: dict[str, list[str] | np.ndarray] = {}
         self.stats: dict[str, tuple[float, float]] = {}
+        self.fill: dict[str, float] = {}
         self.multi_len: dict[str, int] = {}
         self.classes: dict[str, list[str]] = {}
+        self.reports: dict[str, dict[str, dict]] = {}
         self.fitted = False
 
     # -- fitting -------------------------------------------------------------------------------
@@ -128,7 +186,10 @@ class Preprocessor:
         """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
 
         Raises:
-            DataError: a numeric column holds a non-numeric value; a multiclass label has < 2 classes.
+            DataError: a numeric column holds a non-numeric value, a value beyond float32 without a
+                ``clip`` range, or missing values without a declared fill; a feature column has no
+                value in the training split; a task has no labelled row in it; a binary label is not
+                0/1; a multiclass label has < 2 classes. Each names the column (and task) and rows.
         """
         for col, typ in self.features.items():
             series = _rows(frame[col], rows)
@@ -136,31 +197,105 @@ class Preprocessor:
                 ints = _as_int(series)
                 values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
                 counts = values.value_counts(dropna=True)
+                self._check_not_empty(frame, int(counts.sum()), len(series), col, typ, source)
                 counts = counts[counts >= self.min_count]
                 self.vocab[col] = (np.array(counts.index, dtype=np.int64) if ints is not None
                                    else [str(v) for v in counts.index])
             elif typ == "multi_categorical":
                 tokens = _as_str(series).dropna().str.split("|")
+                self._check_not_empty(frame, len(tokens), len(series), col, typ, source)
                 lengths = tokens.map(len)
                 counts = tokens.explode().str.strip().value_counts()
                 counts = counts[(counts >= self.min_count) & (counts.index != "")]
                 self.vocab[col] = [str(v) for v in counts.index]
                 self.multi_len[col] = int(min(max(int(lengths.max()) if len(lengths) else 1, 1), self.max_multi_len))
             elif typ == "numeric":
-                values = self._numeric(series, col, source)
+                values = self._bounded(self._numeric(series, col, source, rows), col, source, rows, None)
                 finite = values[np.isfinite(values)]
-                mean = float(finite.mean()) if finite.size else 0.0
+                self._check_not_empty(frame, finite.size, len(values), col, typ, source)
+                policy = self.fill_missing.get(col, "error")
+                if finite.size < values.size and policy == "error":
+                    self._missing_error(values, col, source, rows, "the training split")
+                mean = float(finite.mean())
                 std = float(finite.std()) if finite.size > 1 else 1.0
                 self.stats[col] = (mean, std if std > 1e-12 else 1.0)
+                if policy != "error":
+                    self.fill[col] = (mean if policy == "mean" else float(np.median(finite)) if policy == "median"
+                                      else 0.0 if policy == "zero" else float(policy))
+            else:  # text
+                present = series.notna() & (series.astype("string").str.strip() != "")
+                self._check_not_empty(frame, int(present.sum()), len(series), col, typ, source)
         for lab in self.labels:
+            series = _rows(frame[lab.column], rows)
             if lab.type == "multiclass":
-                vals = _as_str(_rows(frame[lab.column], rows)).dropna()
+                vals = self._class_values(series, lab)
+                labelled = len(vals)
+            else:
+                values = self._label_values(series, lab, source, rows)
+                labelled = int(np.isfinite(values).sum())
+            if labelled == 0:
+                where = (f"{len(series)} rows; " if rows is not None else "")
+                raise DataError(f"{source}: task '{lab.task}' has no labelled row in the training split ({where}"
+                                f"label column '{lab.column}' is empty"
+                                + (f" or {lab.missing_text} (missing_label) in every one" if lab.missing is not None
+                                   else " in every one")
+                                + "); check tasks." + lab.task + ".label, the split, or drop the task.")
+            if lab.type == "multiclass":
                 self.classes[lab.task] = sorted(vals.unique().tolist())
                 if len(self.classes[lab.task]) < 2:
                     raise DataError(f"{source}: multiclass label column '{lab.column}' (task '{lab.task}') has "
                                     f"{len(self.classes[lab.task])} class(es) in the training split; it needs two or more.")
         self.fitted = True
         return self
+
+    @staticmethod
+    def _check_not_empty(frame: pd.DataFrame, n_present: int, n_rows: int, col: str, typ: str, source: str) -> None:
+        """Raise when a feature column has no value (NaN, empty string; numeric: +-inf too) in the
+        ``n_rows`` training rows."""
+        if n_rows and not n_present:
+            whole = n_rows != len(frame)
+            in_file = int(frame[col].notna().sum()) if whole else 0
+            raise DataError(f"{source}: feature column '{col}' ({typ}) is empty: no value in any of the "
+                            f"{n_rows} rows of the training split"
+                            + (f" ({in_file} non-empty cells in the whole table)" if whole else "")
+                            + f". Remove '{col}' from the recipe's model.encoders, or fill the column.")
+
+    def _bounded(self, values: np.ndarray, col: str, source: str, rows: np.ndarray | None,
+                 report: dict | None) -> np.ndarray:
+        """``values`` (float64, raw units) clipped to the column's ``clip`` range, or checked to fit
+        float32. Infinities are missing values and left as they are."""
+        finite = np.isfinite(values)
+        if col in self.clip:
+            low, high = self.clip[col]
+            out = values.copy()
+            out[finite] = np.clip(values[finite], low, high)
+            if report is not None:
+                n = int((finite & (out != values)).sum())
+                if n:
+                    report.setdefault("clipped", {})[col] = report.get("clipped", {}).get(col, 0) + n
+            return out
+        big = finite & (np.abs(values) > F32_MAX)
+        if big.any():
+            pos = int(np.flatnonzero(big)[0])
+            raise DataError(f"{source}: numeric column '{col}' has {int(big.sum())} value(s) beyond the float32 "
+                            f"range (|x| > {F32_MAX:.4g}), e.g. {values[pos]:g} at {_row_list(big, rows)}; "
+                            f"fix the data, or declare a range to clip the column to (recipe key "
+                            f"data.clip.{col}: [low, high]).")
+        return values
+
+    def _missing_error(self, values: np.ndarray, col: str, source: str, rows: np.ndarray | None,
+                       where: str, retrain: bool = False) -> None:
+        nan = np.isnan(values)
+        inf = np.isinf(values)
+        kinds = ", ".join(t for t in (f"{int(nan.sum())} empty/NaN" if nan.any() else "",
+                                      f"{int(inf.sum())} inf/-inf" if inf.any() else "") if t)
+        raise DataError(f"{source}: numeric column '{col}' has {int((nan | inf).sum())} missing value(s) of "
+                        f"{len(values)} in {where} ({kinds}; infinities count as missing) at "
+                        f"{_row_list(nan | inf, rows)}. Fill them in the data, or declare a fill in the recipe: "
+                        f"data.fill_missing: {{{col}: mean}} (or median, zero, a number; "
+                        "`data.fill_missing: mean` for every numeric feature)"
+                        + (" and retrain: the model was trained without a fill for this column."
+                           if retrain else "."))
 
     @staticmethod
     def _numeric(series: pd.Series, col: str, source: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -197,15 +332,22 @@ class Preprocessor:
         (multiclass: int64, -1 = missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
         (positions into ``frame``) only those rows are transformed, without copying the frame.
 
+        :attr:`reports` ``["data"]`` then counts what was filled, clipped, out of vocabulary or
+        masked (see the class docstring).
+
         Raises:
-            DataError: a required column is missing (named), or a value cannot be parsed.
+            DataError: a required column is missing (named), a value cannot be parsed, a numeric
+                value is missing without a declared fill or beyond float32 without a ``clip``
+                range, a label is invalid (each names the column and rows).
         """
         self._check_columns(frame, source, with_labels)
+        report: dict[str, dict] = {}
+        self.reports = {"data": report}
         out: dict[str, Any] = {}
         for col in self.features:
-            out.update(self.transform_column(frame, col, source, rows))
+            out.update(self.transform_column(frame, col, source, rows, report=report))
         if with_labels:
-            out.update(self.transform_labels(frame, source, rows))
+            out.update(self.transform_labels(frame, source, rows, report=report))
         return out
 
     def _check_columns(self, frame: pd.DataFrame, source: str, with_labels: bool) -> None:
@@ -222,36 +364,59 @@ class Preprocessor:
                             f"{', '.join(self.features)}.")
 
     def transform_column(self, frame: pd.DataFrame, col: str, source: str = "data",
-                         rows: np.ndarray | None = None) -> dict[str, Any]:
+                         rows: np.ndarray | None = None, split: str | None = None,
+                         report: dict | None = None) -> dict[str, Any]:
         """The output of one input column (see :meth:`transform`): ``{col: values}``, or the
-        ``label/`` and ``mask/`` entries of every task whose label is ``col``."""
+        ``label/`` and ``mask/`` entries of every task whose label is ``col``. ``split`` names the
+        rows in warnings; ``report`` (a dict) receives the counts described in :attr:`reports`."""
         out: dict[str, Any] = {}
         typ = self.features.get(col)
         series = _rows(frame[col], rows)
+        where = f"the {split} split" if split else source
         if typ == "categorical":
             vocab = self.vocab[col]
             ints = _as_int(series)
             int_vocab = _int_vocab(vocab) if ints is not None else None
             if int_vocab is not None:  # id columns: one hash lookup, no strings
                 codes = pd.Index(int_vocab).get_indexer(ints)
+                n_missing = 0
             else:
-                codes = pd.Categorical(_as_str(series), categories=_str_vocab(vocab)).codes
+                strs = _as_str(series)
+                codes = pd.Categorical(strs, categories=_str_vocab(vocab)).codes
+                n_missing = int(strs.isna().sum())
+            if report is not None:
+                report.setdefault("oov", {})[col] = {"rows": len(codes), "oov": int((codes < 0).sum()) - n_missing,
+                                                     "missing": n_missing}
             dtype = id_dtype(len(vocab) + 1)
             ids = torch.from_numpy(codes.astype(np.int32 if dtype == torch.int32 else np.int64))
             out[col] = ids.add_(1)
         elif typ == "multi_categorical":
-            out[col] = self._multi(series, col)
+            out[col] = self._multi(series, col, report)
         elif typ == "numeric":
-            values = self._numeric(series, col, source, rows)
+            values = self._bounded(self._numeric(series, col, source, rows), col, source, rows, report)
+            missing = ~np.isfinite(values)
+            if missing.any():
+                if col not in self.fill:
+                    self._missing_error(values, col, source, rows, where, retrain=split is None)
+                values = values.copy()  # may be a view of the caller's frame
+                values[missing] = self.fill[col]
+                if report is not None:
+                    report.setdefault("filled", {})[col] = int(missing.sum())
             mean, std = self.stats[col]
-            z = (values - mean) / std
-            z[~np.isfinite(z)] = 0.0
-            out[col] = torch.from_numpy(z.astype(np.float32))
+            z = ((values - mean) / std).astype(np.float32)
+            big = ~np.isfinite(z)
+            if big.any():  # a value within float32 whose standardized value is not (a near-constant column)
+                raise DataError(f"{source}: numeric column '{col}' has {int(big.sum())} value(s) whose standardized "
+                                f"value (x - {mean:g}) / {std:g} overflows float32, at {_row_list(big, rows)}; "
+                                f"fix the data, or declare a range to clip the column to (data.clip.{col}).")
+            out[col] = torch.from_numpy(z)
         elif typ is not None:  # text
-            out[col] = series.fillna("").astype(str).to_numpy(dtype=object)
+            values = series.to_numpy(dtype=object, copy=True)  # cells as they are: text encoders count non-strings
+            values[pd.isna(values)] = ""
+            out[col] = values
         for lab in self.labels:
             if lab.column == col:
-                out.update(self._label(series, lab, source, rows))
+                out.update(self._label(series, lab, source, rows, split, report))
         return out
 
     def transform_splits(self, frame: pd.DataFrame, index: Mapping[str, np.ndarray], source: str = "data",
@@ -267,60 +432,127 @@ class Preprocessor:
                 one column).
 
         Returns:
-            ``split -> columns``, as :meth:`transform` gives for ``frame`` at those rows.
+            ``split -> columns``, as :meth:`transform` gives for ``frame`` at those rows;
+            :attr:`reports` holds one report per split.
         """
         self._check_columns(frame, source, True)
         out: dict[str, dict[str, Any]] = {k: {} for k in index}
+        self.reports = {k: {} for k in index}
         columns = list(dict.fromkeys([*self.features, *(lab.column for lab in self.labels)]))
         drop = set(release)
         for col in columns:
             for k, rows in index.items():
-                out[k].update(self.transform_column(frame, col, source, rows))
+                out[k].update(self.transform_column(frame, col, source, rows, split=k, report=self.reports[k]))
             if col in drop:
                 del frame[col]
         order = [*self.features, *(key for lab in self.labels for key in (label_key(lab.task), mask_key(lab.task)))]
         return {k: {c: cols[c] for c in order} for k, cols in out.items()}
 
-    def _multi(self, series: pd.Series, col: str) -> torch.Tensor:
+    def _multi(self, series: pd.Series, col: str, report: dict | None = None) -> torch.Tensor:
         width = self.multi_len[col]
         tokens = _as_str(series).fillna("").str.split("|")
         flat = tokens.explode().str.strip()
         row = np.repeat(np.arange(len(tokens)), tokens.map(len).to_numpy(dtype=np.int64))
         codes = pd.Categorical(flat, categories=self.vocab[col]).codes.astype(np.int64) + 2  # unknown -> 1
         codes[(flat == "").to_numpy() | flat.isna().to_numpy()] = 0
+        if report is not None:  # rows with an unknown token; rows without any token
+            unknown = np.zeros(len(tokens), dtype=bool)
+            unknown[row[codes == 1]] = True
+            empty = np.ones(len(tokens), dtype=bool)
+            empty[row[codes > 0]] = False
+            report.setdefault("oov", {})[col] = {"rows": len(tokens), "oov": int(unknown.sum()),
+                                                 "missing": int((empty & ~unknown).sum())}
         pos = pd.Series(row).groupby(row).cumcount().to_numpy()
         keep = (pos < width) & (codes > 0)
         out = np.zeros((len(tokens), width), dtype=np.int64)
         out[row[keep], pos[keep]] = codes[keep]
         return torch.from_numpy(out)
 
-    def transform_labels(self, frame: pd.DataFrame, source: str = "data",
-                         rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    def transform_labels(self, frame: pd.DataFrame, source: str = "data", rows: np.ndarray | None = None,
+                         split: str | None = None, report: dict | None = None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for lab in self.labels:
-            out.update(self._label(_rows(frame[lab.column], rows), lab, source, rows))
+            out.update(self._label(_rows(frame[lab.column], rows), lab, source, rows, split, report))
         return out
 
-    def _label(self, series: pd.Series, lab: LabelSpec, source: str,
-               rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _marker(lab: LabelSpec) -> str | None:
+        """The ``missing_label`` marker as the string a multiclass label is compared in (``-1`` -> ``"-1"``)."""
+        return None if lab.missing is None else str(_as_str(pd.Series([lab.missing]))[0])
+
+    def _class_values(self, series: pd.Series, lab: LabelSpec) -> pd.Series:
+        """The present labels of a multiclass task as strings (missing and the marker dropped)."""
+        vals = _as_str(series).dropna()
+        return vals if lab.missing is None else vals[(vals != self._marker(lab)).to_numpy(dtype=bool)]
+
+    def _label_values(self, series: pd.Series, lab: LabelSpec, source: str,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+        """A binary / regression label as float64, NaN where missing (NaN or the ``missing_label``
+        marker).
+
+        Raises:
+            DataError: a binary label other than 0/1 (every offending value with its count), a
+                regression label that is infinite or beyond float32 (rows named).
+        """
+        values = self._numeric(series, lab.column, source, rows)
+        if lab.missing is not None:
+            marked = values == float(lab.missing)
+            if marked.any():
+                values = values.copy()  # may be a view of the caller's frame
+                values[marked] = np.nan
+        if lab.type == "binary":
+            bad = ~np.isnan(values) & (values != 0) & (values != 1)
+            if bad.any():
+                marker = min(values[bad]) if (values[bad] < 0).any() else values[bad][0]
+                hint = (f" If a value marks an unlabelled row, declare it: tasks.{lab.task}.missing_label: "
+                        f"{marker:g}." if lab.missing is None and np.isfinite(marker) else "")
+                first = _row_number(int(np.flatnonzero(bad)[0]), rows)
+                raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has "
+                                f"{int(bad.sum())} value(s) other than 0 and 1: {_value_counts_text(values[bad])} "
+                                f"(first at row {first}); binary labels must be 0, 1 or "
+                                f"missing (empty). Use a regression task, or derive a 0/1 column.{hint}")
+        else:
+            bad = np.isinf(values) | (np.abs(np.nan_to_num(values)) > F32_MAX)
+            if bad.any():
+                raise DataError(f"{source}: regression label column '{lab.column}' (task '{lab.task}') has "
+                                f"{int(bad.sum())} infinite or float32-overflowing value(s) "
+                                f"({_value_counts_text(values[bad])}) at {_row_list(bad, rows)}; a label must be "
+                                "a finite number, or empty for a missing label.")
+        return values
+
+    def unseen_classes(self, series: pd.Series, lab: LabelSpec) -> dict[str, int]:
+        """``class -> rows`` of the labels of multiclass task ``lab`` that are not classes of the
+        training split (missing values and the ``missing_label`` marker excluded)."""
+        vals = self._class_values(series, lab)
+        vals = vals[~vals.isin(self.classes[lab.task])]
+        return {str(k): int(v) for k, v in vals.value_counts().items()}
+
+    def _label(self, series: pd.Series, lab: LabelSpec, source: str, rows: np.ndarray | None = None,
+               split: str | None = None, report: dict | None = None) -> dict[str, torch.Tensor]:
         """Label and mask of one task; ``series`` holds the frame's rows ``rows`` (all when ``None``),
-        which error messages translate back to the frame's row numbers."""
+        which error messages translate back to the frame's row numbers. A multiclass class unseen in
+        training is masked with a warning naming the task, ``split``, the classes and counts."""
         if lab.type == "multiclass":
             codes = pd.Categorical(_as_str(series), categories=self.classes[lab.task]).codes.astype(np.int64)
+            unseen = self.unseen_classes(series, lab)
+            if unseen:
+                n = sum(unseen.values())
+                shown = ", ".join(f"{c!r} ({k} row{'s' if k != 1 else ''})" for c, k in list(unseen.items())[:20])
+                warnings.warn(f"{source}: multiclass task '{lab.task}' (label column '{lab.column}'): {n} row(s) of "
+                              f"{'the ' + split + ' split' if split else 'the data'} have a class the training split "
+                              f"does not have: {shown}{' ...' if len(unseen) > 20 else ''}; the model cannot predict "
+                              f"these classes (trained on {', '.join(map(repr, self.classes[lab.task]))}), so those "
+                              "rows are left out of the task's loss and metrics.", UserWarning, stacklevel=2)
+                if report is not None:
+                    report.setdefault("unseen_classes", {})[lab.task] = unseen
             y = torch.from_numpy(codes)
             mask = y >= 0
         else:
-            values = self._numeric(series, lab.column, source, rows)
-            if lab.type == "binary":
-                bad = np.isfinite(values) & (values != 0) & (values != 1)
-                if bad.any():
-                    pos = int(np.flatnonzero(bad)[0])
-                    raise DataError(f"{source}: binary label column '{lab.column}' (task '{lab.task}') has value "
-                                    f"{float(values[pos]):g} at row {_row_number(pos, rows)}; binary labels must be "
-                                    "0, 1 or missing. "
-                                    "Use a regression task, or derive a 0/1 column.")
-            y = torch.from_numpy(values.astype(np.float32))
+            y = torch.from_numpy(self._label_values(series, lab, source, rows).astype(np.float32))
             mask = torch.isfinite(y)
+        if report is not None and lab.missing is not None:
+            strs = _as_str(series)
+            report.setdefault("masked_labels", {})[lab.task] = int((strs == self._marker(lab)).fillna(False).sum())
         return {label_key(lab.task): y, mask_key(lab.task): mask}
 
     # -- persistence -------------------------------------------------------------------------
@@ -331,16 +563,20 @@ class Preprocessor:
         return {"features": self.features, "labels": [vars(lab) for lab in self.labels],
                 "min_count": self.min_count, "max_multi_len": self.max_multi_len, "vocab": vocab,
                 "stats": {k: list(v) for k, v in self.stats.items()}, "multi_len": self.multi_len,
-                "classes": self.classes}
+                "classes": self.classes, "fill_missing": self.fill_missing,
+                "clip": {k: list(v) for k, v in self.clip.items()}, "fill": self.fill}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
-                  state["max_multi_len"])
+                  state["max_multi_len"], state.get("fill_missing"), state.get("clip"))
         pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
                      for k, v in state["vocab"].items()}
         pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}
         pre.multi_len = dict(state["multi_len"])
         pre.classes = {k: list(v) for k, v in state["classes"].items()}
+        # checkpoints from before the missing-value policy filled every numeric column with the mean
+        pre.fill = ({k: float(v) for k, v in state["fill"].items()} if "fill" in state
+                    else {k: mean for k, (mean, _) in pre.stats.items()})
         pre.fitted = True
         return pre

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from mtlframe.errors import MTLFrameError, RecipeError, closest
+from mtlframe.errors import MTLFrameError, RecipeError, closest, file_problem, read_text_file
 from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +88,31 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int]]:
 # --------------------------------------------------------------------------------------------
 
 
+def key_path_problem(key: str) -> str | None:
+    """Why a dotted key (``model.encoders[0].dim``) is malformed, or ``None`` when it is well formed.
+
+    Refused: an empty part (``trainer..max_epochs``, a leading or trailing dot), an empty or
+    non-integer index (``encoders[]``, ``encoders[x]``) and unbalanced brackets.
+    """
+    if not key:
+        return "the key is empty"
+    for part in key.split("."):
+        name, _, rest = part.partition("[")
+        if part == "" or (name == "" and not rest):
+            where = "leading" if key.startswith(".") else "trailing" if key.endswith(".") else "empty"
+            what = {"leading": "starts with a dot", "trailing": "ends with a dot",
+                    "empty": "has an empty part between two dots"}[where]
+            fixed = ".".join(p for p in key.split(".") if p)
+            return f"the key '{key}' {what}; write it as {fixed or 'a.b'}"
+        if rest:
+            if name == "":
+                return f"the key '{key}' has an index with no key before it; write it like model.encoders[0].dim"
+            if not re.fullmatch(r"(\[-?\d+\])+", "[" + rest):
+                return (f"the key '{key}' has a malformed index '[{rest}'; list items are written "
+                        "model.encoders[0].dim or model.encoders.0.dim")
+    return None
+
+
 def _split_path(path: str) -> list[str | int]:
     parts: list[str | int] = []
     for chunk in path.replace("]", "").split("."):
@@ -96,20 +123,28 @@ def _split_path(path: str) -> list[str | int]:
     return parts
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], via: str = "command-line override") -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML: ``3``, ``[64, 32]``, ``null``).
 
     List items are addressed as ``model.encoders[0].dim`` or ``model.encoders.0.dim``.
 
+    Args:
+        via: what the overrides are, for messages (``"command-line override"``, ``"--grid"``).
+
     Raises:
-        RecipeError: an override without ``=``, or a path through a non-mapping.
+        RecipeError: an override without ``=``, a malformed key (``trainer..max_epochs``: see
+            :func:`key_path_problem`), or a path through a non-mapping; each problem names the override.
     """
     data = copy.deepcopy(data)
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            problems.append((key or item, f"override '{item}' must look like key.sub=value"))
+            problems.append((key or item, f"{via} '{item}' must look like key.sub=value"))
+            continue
+        bad = key_path_problem(key.strip())
+        if bad:
+            problems.append((key.strip(), f"{via} '{item}': {bad}."))
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
@@ -131,9 +166,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             else:
                 raise TypeError
         except (IndexError, KeyError, TypeError):
-            problems.append((key, f"override '{item}' does not address a recipe key"))
+            problems.append((key, f"{via} '{item}' does not address a recipe key"))
     if problems:
-        raise RecipeError(problems, "command-line overrides")
+        raise RecipeError(problems, f"{via}s" if via == "command-line override" else via)
     return data
 
 
@@ -165,6 +200,10 @@ class SplitConfig(_Strict):
         return self
 
 
+#: a ``data.fill_missing`` policy: a keyword, or the number that replaces a missing value
+FillPolicy = Union[Literal["error", "mean", "median", "zero"], float]
+
+
 class DataConfig(_Strict):
     dataset: Component
     split: SplitConfig = SplitConfig()
@@ -172,6 +211,44 @@ class DataConfig(_Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     sampler: Component = {"name": "none"}
     min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
+    #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
+    #: ``zero`` or a number, for every numeric feature or per column ``{age: mean, income: 0}``
+    fill_missing: Union[FillPolicy, dict[str, FillPolicy]] = "error"
+    #: ``{column: [low, high]}``: numeric values clipped to this range (raw units) before standardizing
+    clip: dict[str, tuple[float, float]] = {}
+
+    @field_validator("fill_missing", mode="before")
+    @classmethod
+    def _fill_policies(cls, v: Any) -> Any:
+        def check(policy: Any, where: str) -> None:
+            if isinstance(policy, bool) or not (policy in ("error", "mean", "median", "zero")
+                                                or isinstance(policy, (int, float))):
+                near = difflib.get_close_matches(str(policy), ["error", "mean", "median", "zero"], n=1)
+                raise ValueError(f"{where}{policy!r} is not a fill policy"
+                                 + (f"; did you mean {near[0]!r}?" if near else ".")
+                                 + " Use error, mean, median, zero or a number, for every numeric feature "
+                                 "(`fill_missing: mean`) or per column (`fill_missing: {age: mean}`).")
+
+        if isinstance(v, dict):
+            for col, policy in v.items():
+                check(policy, f"'{col}': ")
+        else:
+            check(v, "")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip_ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for col, (low, high) in v.items():
+            if not low < high:
+                raise ValueError(f"clip range of '{col}' must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return v
+
+    def fill_policy(self, column: str) -> "FillPolicy":
+        """The ``fill_missing`` policy of one numeric column (``error`` when unlisted)."""
+        if isinstance(self.fill_missing, dict):
+            return self.fill_missing.get(column, "error")
+        return self.fill_missing
 
 
 class TaskConfig(_Strict):
@@ -179,6 +256,19 @@ class TaskConfig(_Strict):
     label: str
     weight: float = Field(1.0, ge=0.0)
     metrics: list[str] | None = None
+    #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
+    missing_label: Union[float, str, None] = None
+
+    @field_validator("missing_label")
+    @classmethod
+    def _missing_marker(cls, v: Union[float, str, None], info: Any) -> Union[float, str, None]:
+        kind = info.data.get("type")
+        if kind in ("binary", "regression") and isinstance(v, str):
+            raise ValueError(f"missing_label {v!r} is not a number; {kind} labels are numbers, so the marker is one "
+                             "too (e.g. -1)")
+        if kind == "binary" and v is not None and v in (0, 1):
+            raise ValueError(f"missing_label {v:g} is a binary label value; pick a value other than 0 and 1 (e.g. -1)")
+        return v
 
 
 class ModelConfig(_Strict):
@@ -240,6 +330,9 @@ class TrainerConfig(_Strict):
     nan_loss: Literal["stop", "skip"] = "stop"
     #: compile the model's encoders, backbone and towers for training: ``true`` or ``{mode: ...}``
     compile: CompileConfig | None = None
+    #: warn when the memory plan (weights + gradients + optimizer state) exceeds this fraction of
+    #: the device's memory (GPU memory, or system RAM on CPU); see ``mtlframe.memory_plan``
+    memory_warn_fraction: float = Field(0.5, gt=0)
 
     @field_validator("precision")
     @classmethod
@@ -269,6 +362,16 @@ class CheckpointConfig(_Strict):
     monitor: str = "auto"
     mode: Literal["auto", "min", "max"] = "auto"
     save_top_k: int = Field(1, ge=-1)
+    #: also keep ``best-<task>.ckpt``, the best by each task's primary validation metric
+    per_task: bool = False
+
+    @field_validator("save_top_k")
+    @classmethod
+    def _keeps_one(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("save_top_k 0 would keep no checkpoint, and evaluate and predict need "
+                             "checkpoints/best.ckpt: write 1 (the default), k > 1 to keep the k best, or -1 to keep all")
+        return v
 
 
 class EarlyStoppingConfig(_Strict):
@@ -379,6 +482,124 @@ def _model_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return []
 
 
+#: names other frameworks (RecBole, FuxiCTR, torch-rechub, Keras, Lightning) give to a setting ->
+#: where mtlframe keeps it. ``<task>`` stands for any task name; ``*.x`` is parameter ``x`` of the
+#: component at hand (suggested only where that component has it).
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("learning_rate", "lr_rate", "learningrate", "base_lr", "init_lr"), ("optimizer.lr",)),
+    **dict.fromkeys(("l2", "l2_reg", "l2_weight", "reg_weight", "embedding_regularizer", "net_regularizer",
+                     "weight_decay_rate", "embedding_reg", "l2_reg_embedding", "l2_reg_dnn"),
+                    ("optimizer.weight_decay",)),
+    **dict.fromkeys(("optim", "optimizer_name", "optimizer_type", "learner"), ("optimizer.name",)),
+    **dict.fromkeys(("epochs", "epoch", "num_epochs", "n_epochs", "n_epoch", "max_epoch", "max_epochs",
+                     "num_epoch", "train_epochs"), ("trainer.max_epochs",)),
+    **dict.fromkeys(("batch", "bs", "batchsize", "batch_size", "train_batch_size", "training_batch_size"),
+                    ("data.batch_size",)),
+    **dict.fromkeys(("eval_batch_size", "valid_batch_size", "test_batch_size", "val_batch_size"),
+                    ("data.eval_batch_size",)),
+    **dict.fromkeys(("loss_weight", "loss_weights", "task_weight", "task_weights", "weight"),
+                    ("tasks.<task>.weight",)),
+    **dict.fromkeys(("label_col", "label_column", "label_name", "target", "target_column", "label"),
+                    ("tasks.<task>.label",)),
+    **dict.fromkeys(("task_type",), ("tasks.<task>.type",)),
+    **dict.fromkeys(("metric", "eval_metric", "eval_metrics", "valid_metric", "metrics"), ("tasks.<task>.metrics",)),
+    **dict.fromkeys(("gpus", "gpu", "gpu_id", "gpu_ids", "n_gpu", "num_gpus", "device", "device_ids"),
+                    ("trainer.devices",)),
+    **dict.fromkeys(("use_gpu", "accelerator"), ("trainer.accelerator",)),
+    **dict.fromkeys(("patience", "stopping_step", "early_stop_patience", "earlystop_patience",
+                     "early_stopping_patience"), ("early_stopping.patience",)),
+    **dict.fromkeys(("grad_clip", "clip_grad_norm", "max_grad_norm", "gradient_clip", "clip_norm",
+                     "gradient_clip_val"), ("trainer.gradient_clip_val",)),
+    **dict.fromkeys(("fp16", "amp", "mixed_precision", "precision"), ("trainer.precision",)),
+    **dict.fromkeys(("random_seed", "random_state", "rand_seed", "seed"), ("seed",)),
+    **dict.fromkeys(("val_ratio", "valid_ratio", "val_size", "valid_size"), ("data.split.val",)),
+    **dict.fromkeys(("test_ratio", "test_size"), ("data.split.test",)),
+    **dict.fromkeys(("embed_dim", "embedding_dim", "embedding_size", "emb_dim", "emb_size", "embed_size"), ("*.dim",)),
+    **dict.fromkeys(("n_experts", "n_expert", "expert_num", "num_expert", "experts", "nb_experts"), ("*.num_experts",)),
+    **dict.fromkeys(("dropout_prob", "dropout_rate", "net_dropout", "drop_rate", "hidden_dropout"), ("*.dropout",)),
+    **dict.fromkeys(("hidden_units", "hidden_size", "hidden_layers", "hidden_dims", "mlp_hidden_size",
+                     "dnn_hidden_units", "mlp_dims", "dims"), ("*.hidden",)),
+    **dict.fromkeys(("expert_hidden_units", "expert_dims", "expert_params"), ("*.expert_hidden",)),
+    **dict.fromkeys(("tower_hidden_units", "tower_dims", "tower_params"), ("*.tower_hidden",)),
+    **dict.fromkeys(("activation_fn", "act", "hidden_activations", "net_activation"), ("*.activation",)),
+    **dict.fromkeys(("use_bn", "batch_norm", "batchnorm", "bn"), ("*.batch_norm",)),
+    **dict.fromkeys(("monitor", "monitor_metric"), ("checkpoint.monitor", "early_stopping.monitor")),
+}
+
+
+def _schema_homes(model: type[BaseModel] = None, prefix: str = "",  # type: ignore[assignment]
+                  out: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """``key -> [dotted path of every place the fixed schema has it]`` (``tasks.<task>.weight``)."""
+    model = RecipeConfig if model is None else model
+    out = {} if out is None else out
+    for name, fld in model.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        out.setdefault(name, []).append(path)
+        ann = fld.annotation
+        subs = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if subs:
+            _schema_homes(subs[-1], f"{path}.<task>" if typing.get_origin(ann) is dict else path, out)
+    return out
+
+
+@functools.cache
+def _schema_index() -> dict[str, list[str]]:
+    return _schema_homes()
+
+
+def _same_place(home_parent: str, where: str) -> bool:
+    """Whether a schema parent (``tasks.<task>``) is the recipe location ``where`` (``tasks.ctr``)."""
+    pattern = re.escape(home_parent).replace(re.escape("<task>"), r"[^.\[]+")
+    return re.fullmatch(pattern, where) is not None
+
+
+def key_hint(key: str, where: str, valid: list[str]) -> str:
+    """The hint for an unknown ``key`` written at ``where`` (the dotted parent, ``""`` for the top),
+    where ``valid`` are the keys allowed there.
+
+    In order: another framework's name for a setting (:data:`KEY_ALIASES`: ``learning_rate`` ->
+    ``optimizer.lr``), a key of the fixed schema written at the wrong level (``lr`` at the top ->
+    ``optimizer.lr``), else the closest valid key (``num_expert`` -> ``num_experts``).
+
+    Returns:
+        ``" Did you mean 'x'?"``, ``" 'lr' belongs under optimizer: optimizer.lr."`` or ``""``.
+    """
+    norm = str(key).strip().lower().replace("-", "_")
+    here = [v for v in valid if v != key]
+
+    def placed(targets: list[str]) -> str:
+        local = [t.rpartition(".")[2] for t in targets
+                 if t.rpartition(".")[2] in here and _same_place(t.rpartition(".")[0], where)]
+        if local:
+            return f" Did you mean '{local[0]}'?"
+        away = [t for t in targets if not _same_place(t.rpartition(".")[0], where)]
+        if not away:
+            return ""
+        parents = " or ".join(sorted({t.rpartition(".")[0] or "the top level" for t in away}))
+        per_task = " (one per task)" if any("<task>" in t for t in away) else ""
+        leaf = away[0].rpartition(".")[2]
+        if leaf != key:
+            return f" mtlframe calls '{key}' {' or '.join(away)}{per_task}: write {leaf} under {parents}."
+        return f" '{key}' belongs under {parents}: write {' or '.join(away)}{per_task}."
+
+    aliases = KEY_ALIASES.get(norm, ())
+    params = [a[2:] for a in aliases if a.startswith("*.")]
+    if any(p in here for p in params):
+        return f" Did you mean '{next(p for p in params if p in here)}'?"
+    hint = placed([a for a in aliases if not a.startswith("*.")])
+    if hint:
+        return hint
+    hint = placed(_schema_index().get(key, []) if key != "name" else [])
+    if hint:
+        return hint
+    near = closest(str(key), here, n=1)
+    if near:
+        return f" Did you mean '{near[0]}'?"
+    if params:
+        return f" mtlframe components call it '{params[0]}' (set it on a component that has it)."
+    return ""
+
+
 def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
                        valid: list[str] | None = None, prefix: str = "",
                        component: str = "") -> list[tuple[str, str]]:
@@ -389,12 +610,16 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel] | None,
         path = f"{prefix}.{path}" if prefix and path else (prefix or path)
         if err["type"] == "extra_forbidden":
             keys = valid if valid is not None else (_model_fields(root, loc[:-1]) if root else [])
-            near = closest(str(loc[-1]), keys, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            hint = key_hint(str(loc[-1]), path.rpartition(".")[0] if "." in path else "", keys)
             of = f" for {component}" if component else ""
             problems.append((path, f"unknown key '{loc[-1]}'{of}.{hint} Valid keys: {', '.join(keys) or 'none'}."))
         elif err["type"] == "missing":
             problems.append((path, "required key is missing."))
+        elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            near = closest(err["input"], choices, n=1)
+            problems.append((path, f"{err['msg']} (got {err['input']!r})."
+                             + (f" Did you mean '{near[0]}'?" if near else "")))
         elif err["type"] == "value_error" and err.get("ctx", {}).get("error") is not None:
             problems.append((path, str(err["ctx"]["error"])))  # our own validator's message, as written
         else:
@@ -495,6 +720,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
         check_component("sampler", data_d["sampler"], "data.sampler", source, problems, checked)
     for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
         check_component("encoder", enc, f"model.encoders[{i}]", source, problems, checked)
+    _check_repeated_features(model_d.get("encoders"), problems)
     if "backbone" in model_d:
         check_component("backbone", model_d["backbone"], "model.backbone", source, problems, checked)
     check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems, checked)
@@ -514,6 +740,23 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     if problems:
         raise RecipeError(problems, source, lines)
     return cfg  # type: ignore[return-value]
+
+
+def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> None:
+    """A feature column is encoded once: a column listed twice (in one encoder's ``features`` or in
+    two encoders) is a problem at the second place, naming the first."""
+    first: dict[str, str] = {}
+    for i, enc in enumerate(encoders if isinstance(encoders, list) else []):
+        feats = enc.get("features") if isinstance(enc, dict) else None
+        for j, col in enumerate(feats if isinstance(feats, list) else []):
+            if not isinstance(col, str):
+                continue
+            path = f"model.encoders[{i}].features[{j}]"
+            if col in first:
+                problems.append((path, f"feature '{col}' is listed twice: here and at {first[col]}. Each column is "
+                                       "encoded once; remove one of the two entries."))
+            else:
+                first[col] = path
 
 
 def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
@@ -564,21 +807,32 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
 
 
 def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) -> None:
-    """``checkpoint.monitor`` / ``early_stopping.monitor`` must name a logged value."""
+    """``checkpoint.monitor`` / ``early_stopping.monitor`` must name a logged value or a task
+    (its primary validation metric); ``early_stopping.monitor`` may also be ``all`` or ``any``
+    (every task's primary metric, each with its own patience), which take ``mode: auto``."""
     valid = ["auto", "val/score", "train/loss_epoch"]
+    names = []
     for tname, task in tasks.items():
         if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
+        names.append(tname)
         metrics = task.get("metrics") if isinstance(task.get("metrics"), list) else DEFAULT_METRICS[task["type"]]
         valid += [f"val/{tname}/{m}" for m in metrics] + [f"train/loss/{tname}"]
     for section in ("checkpoint", "early_stopping"):
         block = data.get(section)
         monitor = block.get("monitor") if isinstance(block, dict) else None
-        if isinstance(monitor, str) and monitor not in valid:
-            near = closest(monitor, valid, n=1)
+        choices = valid + names + (["all", "any"] if section == "early_stopping" else [])
+        if isinstance(monitor, str) and monitor not in choices:
+            near = closest(monitor, choices, n=1)
+            hint = (" (a task name monitors its primary validation metric"
+                    + ("; all / any: every task's, stopping when all / any of them stopped improving)."
+                       if section == "early_stopping" else ")."))
             problems.append((f"{section}.monitor", f"'{monitor}' is not a logged value"
                              + (f"; did you mean '{near[0]}'?" if near else ".")
-                             + f" Choose one of: {', '.join(valid)}."))
+                             + f" Choose one of: {', '.join(choices)}{hint}"))
+        elif monitor in ("all", "any") and block.get("mode", "auto") != "auto":
+            problems.append((f"{section}.mode", f"monitor '{monitor}' watches each task's primary metric in its own "
+                                                "direction; remove mode (or write mode: auto)."))
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,18 +894,24 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         RecipeError: the file is missing, not YAML, or invalid (all problems listed at once).
     """
     p = Path(path)
-    if not p.is_file():
+    if file_problem(p) == "does not exist":
         raise RecipeError([("", f"file not found ({p.resolve()}); pass the path of a YAML recipe, "
                                 "e.g. recipes/quickstart.yaml")], str(p))
-    data, lines = parse_yaml(p.read_text(encoding="utf-8"), str(p))
+    text, problem = read_text_file(p)   # a folder, a binary file (a checkpoint?), not UTF-8
+    if problem:
+        raise RecipeError([("", f"{problem}; pass the path of a YAML recipe, e.g. recipes/quickstart.yaml")],
+                          str(p))
+    data, lines = parse_yaml(text, str(p))
     if overrides:
         data = apply_overrides(data, overrides)
-        lines = _override_lines(lines, overrides)
+        lines = override_lines(lines, overrides)
     return recipe_from_dict(data, str(p), lines)
 
 
-def _override_lines(lines: dict[str, int | str], overrides: list[str]) -> dict[str, int | str]:
-    """Point errors under an overridden key at the command line, not at the file's old value."""
+def override_lines(lines: dict[str, int | str], overrides: list[str],
+                   via: str = "command-line override") -> dict[str, int | str]:
+    """Point errors under an overridden key at the override (``command-line override
+    model.backbone.num_experts=8``, ``--grid combiner.name=pcgrad``), not at the file's old value."""
     out = dict(lines)
     for item in overrides:
         key = item.partition("=")[0].strip()
@@ -660,7 +920,7 @@ def _override_lines(lines: dict[str, int | str], overrides: list[str]) -> dict[s
         canon = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in _split_path(key)).lstrip(".")
         for k in [k for k in out if k == canon or k.startswith((canon + ".", canon + "["))]:
             del out[k]
-        out[canon] = "command-line override"
+        out[canon] = f"{via} {item.strip()}"
     return out
 
 

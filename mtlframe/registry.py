@@ -10,12 +10,16 @@ Environment variables:
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import inspect
 import os
 import traceback
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
@@ -107,15 +111,22 @@ class Component:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A plugin entry point that failed to import."""
+    """A plugin entry point that failed to import (or whose hook failed).
+
+    ``components`` lists the ``kind:name`` components the plugin's source declares (literal
+    ``ComponentSpec("name", ...)`` records inside its hook functions, read without running it), so
+    a recipe that needs one of them is told it comes from this plugin and why it failed.
+    """
 
     entry_point: str
     distribution: str
     version: str
     error: str
+    components: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.distribution} {self.version} (entry point '{self.entry_point}'): {self.error}"
+        provides = f" (it provides {', '.join(self.components)})" if self.components else ""
+        return f"{self.distribution} {self.version} (entry point '{self.entry_point}'): {self.error}{provides}"
 
 
 @dataclass
@@ -153,7 +164,7 @@ class Registry:
         if ":" in name:
             dist, _, bare = name.partition(":")
             found = [c for c in candidates if c.name == bare and
-                     dist in (c.provider.distribution, c.provider.plugin)]
+                     dist in (c.provider.distribution, c.provider.plugin, c.provider.plugin.rpartition(":")[2])]
             if not found:
                 for failure in self.failures:
                     if dist in (failure.distribution, failure.entry_point):
@@ -163,6 +174,13 @@ class Registry:
                             f"{failure.distribution}).")
         else:
             found = [c for c in candidates if c.name == name]
+            for failure in self.failures if not found else []:
+                if f"{kind}:{name}" in failure.components:
+                    raise PluginLoadError(
+                        f"{kind} '{name}'{self._where(where)} comes from plugin '{failure.entry_point}' "
+                        f"({failure.distribution} {failure.version}), which failed to load: {failure.error}. "
+                        f"Fix or reinstall it (pip install -U {failure.distribution}); `mtlframe plugins` "
+                        f"lists the failure.")
         if len(found) > 1:
             providers = ", ".join(f"{c.qualified_name} ({c.provider})" for c in found)
             raise ComponentConflictError(
@@ -207,6 +225,52 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or ep.name, dist.version or "?"
 
 
+def _declared_components(source: str) -> tuple[str, ...]:
+    """``kind:name`` of each literal ``ComponentSpec("name", ...)`` inside a hook function of
+    ``source`` (a plugin module's text); parsed, never run."""
+    hooks = {hook: kind for kind, hook in KINDS.items()}
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    out: list[str] = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name not in hooks:
+            continue
+        for call in ast.walk(fn):
+            if not isinstance(call, ast.Call):
+                continue
+            callee = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            name = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "name"), None)
+            if callee == "ComponentSpec" and isinstance(name, ast.Constant) and isinstance(name.value, str):
+                out.append(f"{hooks[fn.name]}:{name.value}")
+    return tuple(dict.fromkeys(out))
+
+
+def _module_source(module: str) -> str:
+    """The source text of ``module`` (``pkg.sub.mod``) found on ``sys.path`` without importing it
+    (nor its parent packages, which may be what fails); ``""`` when it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):
+        return ""
+    if spec is None:
+        return ""
+    parts = module.split(".")[1:]
+    roots = list(spec.submodule_search_locations or [])
+    if not parts:
+        files = [spec.origin] if spec.origin else []
+    else:
+        files = [str(Path(r, *parts[:-1], parts[-1] + ".py")) for r in roots]
+        files += [str(Path(r, *parts, "__init__.py")) for r in roots]
+    for f in files:
+        try:
+            return Path(f).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+    return ""
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -239,9 +303,9 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: list[Any] |
     pm.register(builtins, name=BUILTIN_PROVIDER)
     providers[BUILTIN_PROVIDER] = Provider(BUILTIN_PROVIDER, "mtlframe", __version__)
 
-    def fail(ep_name: str, dist: str, version: str, exc: BaseException) -> None:
+    def fail(ep_name: str, dist: str, version: str, exc: BaseException, source: str = "") -> None:
         err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        failure = LoadFailure(ep_name, dist, version, err)
+        failure = LoadFailure(ep_name, dist, version, err, _declared_components(source))
         registry.failures.append(failure)
         if strict:
             raise PluginLoadError(f"plugin failed to load: {failure}") from exc
@@ -249,19 +313,27 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: list[Any] |
                       "Run `mtlframe plugins` for details.", RuntimeWarning, stacklevel=3)
 
     if load_entry_points:
-        seen: set[str] = set()
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist, version = _dist_of(ep)
-            if ep.name in seen or ep.name in disabled or dist in disabled:
+        eps = [(ep, *_dist_of(ep)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+        dists_of_name: dict[str, set[str]] = {}
+        for ep, dist, _ in eps:
+            dists_of_name.setdefault(ep.name, set()).add(dist)
+        seen: set[tuple[str, str]] = set()
+        for ep, dist, version in eps:
+            if (ep.name, dist) in seen or ep.name in disabled or dist in disabled:
                 continue
-            seen.add(ep.name)
+            seen.add((ep.name, dist))
+            # two distributions may name their entry points alike: both load, each under
+            # "distribution:name" (a clash between their components is reported when one is used)
+            key = ep.name
+            if len(dists_of_name[ep.name]) > 1 or key in providers:
+                key = f"{dist}:{ep.name}"
             try:
                 plugin = ep.load()
-                pm.register(plugin, name=ep.name)
+                pm.register(plugin, name=key)
             except Exception as exc:  # noqa: BLE001 - isolate one broken plugin
-                fail(ep.name, dist, version, exc)
+                fail(ep.name, dist, version, exc, _module_source(getattr(ep, "value", "").partition(":")[0]))
                 continue
-            providers[ep.name] = Provider(ep.name, dist, version)
+            providers[key] = Provider(key, dist, version)
 
     for i, plugin in enumerate(extra_plugins or []):
         name = getattr(plugin, "__name__", f"extra-{i}")
@@ -279,7 +351,11 @@ def build_registry(*, load_entry_points: bool = True, extra_plugins: list[Any] |
                     if not isinstance(spec, ComponentSpec):
                         raise TypeError(f"{hook_name} must return ComponentSpec records, got {spec!r}")
             except Exception as exc:  # noqa: BLE001
-                fail(provider.plugin, provider.distribution, provider.version, exc)
+                try:
+                    source = inspect.getsource(inspect.getmodule(impl.function) or impl.function)
+                except (OSError, TypeError):
+                    source = ""
+                fail(provider.plugin, provider.distribution, provider.version, exc, source)
                 continue
             for spec in specs:
                 registry.components.setdefault(kind, []).append(Component(kind, spec, provider))

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError
+from mtlframe import memory_plan
+from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError, file_problem
 from mtlframe.recipe import Recipe, recipe_from_dict
 
 
@@ -68,8 +69,12 @@ def _quiet_lightning() -> None:
 
 
 def _monitor(recipe: Recipe, module, monitor: str, mode: str) -> tuple[str, str]:
+    """``(logged key, "min" | "max")`` of a recipe monitor: ``auto`` is ``val/score``; a task name is
+    that task's primary validation metric; ``mode: auto`` follows the metric's direction."""
     if monitor == "auto":
         return "val/score", "max"
+    if monitor in recipe.config.tasks:
+        monitor = f"val/{monitor}/{recipe.task_metrics(monitor)[0]}"
     if mode != "auto":
         return monitor, mode
     parts = monitor.split("/")
@@ -177,24 +182,234 @@ def _epoch_lines_callback():
             values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
             keys = [k for k in ("val/score",) if k in m]
             keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
-            values = "  ".join(values + [f"{k} {float(m[k]):.4f}" for k in keys])
+            values = "  ".join(values + [f"{k} {float(m[k]):.0f}" if k.endswith("_groups") else  # counts
+                                         f"{k} {float(m[k]):.4f}" for k in keys])
             total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
             print(f"epoch {trainer.current_epoch + 1}{total}  {trainer.global_step - self._step} steps  "
                   f"{time.perf_counter() - self._start:.1f} s  {values}", flush=True)
 
-        def on_train_end(self, trainer, pl_module) -> None:
-            from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-
-            if not trainer.is_global_zero:
-                return
-            for cb in trainer.callbacks:
-                if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
-                    print(f"early stopping after epoch {cb.stopped_epoch + 1}: {cb.monitor} did not improve for "
-                          f"{cb.patience} epoch(s)", flush=True)
-                if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_score is not None:
-                    print(f"best checkpoint: {cb.monitor} {float(cb.best_model_score):.4f}", flush=True)
-
     return EpochLines()
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """``train`` was interrupted (Ctrl-C). ``str()`` says where; the run folder's ``status.json``
+    says ``"interrupted"`` and names the checkpoints it holds. The command line exits with 130."""
+
+
+class NoFiniteScoreError(MTLFrameError):
+    """Every validation of a run gave a NaN (or infinite) monitored value: there is no best
+    checkpoint to report. ``metrics.json`` is not written; ``status.json`` says ``"failed"``."""
+
+
+def _fmt(value: float | None) -> str:
+    return "NaN" if value is None or value != value else f"{value:.4f}"
+
+
+def _checkpoint_callback(**kwargs: Any):
+    """Lightning's ``ModelCheckpoint`` whose file names count epochs from 1, as every line mtlframe
+    prints does (``epoch=3-step=120.ckpt`` holds the weights after the third epoch)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class OneBasedCheckpoint(ModelCheckpoint):
+        def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+            if "epoch" in metrics:
+                metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+            return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+    return OneBasedCheckpoint(**kwargs)
+
+
+@dataclass
+class _Watched:
+    """One value an early-stopping policy watches (``task``/``metric`` set for a task's metric)."""
+
+    key: str
+    mode: str
+    task: str | None = None
+    metric: str | None = None
+    best: float = float("nan")
+    best_epoch: int = 0
+    wait: int = 0
+    current: float = float("nan")
+
+    def exhausted(self, patience: int) -> bool:
+        return self.current != self.current or self.wait >= patience
+
+    def describe(self, patience: int) -> dict[str, Any]:
+        nan = self.current != self.current
+        best = None if self.best != self.best else self.best
+        reason = (f"{self.key} is NaN" if nan else f"{self.key} did not improve for {self.wait} validation(s)")
+        reason += f" (best {_fmt(best)}" + (f" at epoch {self.best_epoch})" if best is not None else ")")
+        return {"monitor": self.key, "task": self.task, "metric": self.metric, "best": best,
+                "best_epoch": self.best_epoch or None, "cause": "nan" if nan else "patience", "reason": reason}
+
+
+def _early_stopping_callback(watched: list[_Watched], policy: str, patience: int, min_delta: float):
+    """Stop training by a recipe's ``early_stopping`` policy, checked after every validation.
+
+    ``policy``: ``"one"`` (a single monitored value), ``"all"`` (stop when every task's primary
+    metric has gone ``patience`` validations without improving by more than ``min_delta``, all at
+    the same time) or ``"any"`` (stop when one of them has). A NaN (or infinite) value counts as
+    exhausted at once: it stops ``one`` and ``any``, and counts as stopped for ``all``. A task
+    with no labelled validation row is not watched. ``.stopped`` holds the reason (epoch, policy,
+    patience, and per watched value its task, metric, best value and epoch) once it stops.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    class PolicyEarlyStopping(pl.Callback):
+        def __init__(self) -> None:
+            self.watched, self.policy, self.patience, self.min_delta = watched, policy, patience, min_delta
+            self.stopped: dict[str, Any] | None = None
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+                return
+            m = trainer.callback_metrics
+            rows = getattr(pl_module, "last_rows", {}).get("val", {})
+            epoch = trainer.current_epoch + 1
+            active = []
+            for w in self.watched:
+                if w.key not in m or (w.task is not None and rows.get(w.task, 1) == 0):
+                    continue
+                active.append(w)
+                v = float(m[w.key])
+                w.current = v if math.isfinite(v) else float("nan")
+                if w.current != w.current:
+                    w.wait += 1
+                    continue
+                better = (w.best != w.best or (v > w.best + self.min_delta if w.mode == "max"
+                                               else v < w.best - self.min_delta))
+                if better:
+                    w.best, w.best_epoch, w.wait = v, epoch, 0
+                else:
+                    w.wait += 1
+            done = [w for w in active if w.exhausted(self.patience)]
+            stop = bool(active) and (len(done) == len(active) if self.policy == "all" else bool(done))
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop and self.stopped is None:
+                trainer.should_stop = True
+                self.stopped = {"epoch": epoch, "policy": self.policy, "patience": self.patience,
+                                "min_delta": self.min_delta, "monitors": [w.describe(self.patience) for w in done]}
+
+        def message(self) -> str | None:
+            if self.stopped is None:
+                return None
+            what = {"one": "", "all": "every monitored task stopped improving: ",
+                    "any": "a monitored task stopped improving: "}[self.policy]
+            reasons = "; ".join(d["reason"] for d in self.stopped["monitors"])
+            return (f"early stopping after epoch {self.stopped['epoch']}: {what}{reasons} "
+                    f"(patience {self.patience}, min_delta {self.min_delta:g})")
+
+    return PolicyEarlyStopping()
+
+
+def _status_callback(run_dir: Path):
+    """Writes ``status.json`` when training is interrupted (Ctrl-C): the epoch and step reached, the
+    checkpoint saved at that point (``checkpoints/interrupted.ckpt``) and the best one so far.
+    ``.interrupted`` holds the same mapping."""
+    import pytorch_lightning as pl
+
+    class RunStatus(pl.Callback):
+        interrupted: dict[str, Any] | None = None
+
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            if not isinstance(exception, KeyboardInterrupt):
+                return
+            fitting = trainer.state.fn is not None and trainer.state.fn.value == "fit"
+            info: dict[str, Any] = {
+                "status": "interrupted", "during": "training" if fitting else "the evaluation of the best checkpoint",
+                "epoch": trainer.current_epoch + 1, "max_epochs": trainer.max_epochs, "step": trainer.global_step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            last = run_dir / "checkpoints" / "interrupted.ckpt"
+            if fitting and trainer.global_step > 0:
+                try:
+                    trainer.save_checkpoint(str(last))
+                    info["last_checkpoint"] = str(last)
+                except Exception as exc:  # noqa: BLE001 - the marker matters more than this file
+                    info["last_checkpoint_error"] = f"{type(exc).__name__}: {exc}"
+            best = [cb.best_model_path for cb in trainer.checkpoint_callbacks
+                    if getattr(cb, "best_model_path", "") and Path(cb.best_model_path).is_file()]
+            if best:
+                info["best_checkpoint"] = best[0]
+            self.interrupted = info
+            if trainer.is_global_zero:
+                _write_status(run_dir, info)
+
+    return RunStatus()
+
+
+def _write_status(run_dir: Path, info: Mapping[str, Any]) -> None:
+    """``run_dir/status.json``: ``running``, ``finished``, ``failed`` or ``interrupted``, with details."""
+    (run_dir / "status.json").write_text(json.dumps(_finite(dict(info)), indent=2), encoding="utf-8")
+
+
+def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a run folder that holds a run (finished, failed, interrupted or unfinished) unless
+    ``overwrite``; with ``overwrite``, remove that run's checkpoints, metrics and status first.
+
+    Raises:
+        MTLFrameError: ``run_dir`` is a file, or holds a run and ``overwrite`` is False.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MTLFrameError(f"--run-dir {run_dir} is a file; pass a folder (it is created if missing).")
+    status: dict[str, Any] = {}
+    try:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    if overwrite:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.json", "status.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    choice = "pass --overwrite to start over in it (its checkpoints are deleted), or another --run-dir"
+    if (run_dir / "metrics.json").exists():
+        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
+                            "or --overwrite to replace it.")
+    state = status.get("status")
+    if state == "interrupted":
+        where = f"epoch {status.get('epoch')}" + (f"/{status['max_epochs']}" if status.get("max_epochs") else "")
+        saved = [f"{k.replace('_', ' ')} {status[k]}" for k in ("last_checkpoint", "best_checkpoint") if status.get(k)]
+        raise MTLFrameError(f"{run_dir} holds a run interrupted during {status.get('during', 'training')} at {where}, "
+                            f"step {status.get('step')}" + (f" ({'; '.join(saved)})" if saved else "")
+                            + f". Resuming is not supported yet: {choice}.")
+    if state == "failed":
+        raise MTLFrameError(f"{run_dir} holds a failed run ({str(status.get('reason', '')).splitlines()[0][:200]}); "
+                            f"{choice}.")
+    if state == "running":
+        raise MTLFrameError(f"{run_dir} holds a run started at {status.get('started')} that never finished (still "
+                            f"running in another process (pid {status.get('pid')}), or killed); {choice}.")
+    if ckpts:
+        raise MTLFrameError(f"{run_dir} holds checkpoints of an earlier run ({', '.join(c.name for c in ckpts[:3])}); "
+                            f"{choice}.")
+
+
+def _progress_bar():
+    """Lightning's progress bar (rich when installed, else tqdm) with epochs counted from 1 and the
+    total shown, ``Epoch 3/15``, as the per-epoch lines print them."""
+    from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+    from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
+
+    def describe(trainer) -> str:
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return f"Epoch {trainer.current_epoch + 1}{total}"
+
+    if _RICH_AVAILABLE:
+        class OneBasedRichBar(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                text = describe(self.trainer)
+                return f"{text:{len(self.validation_description)}}"
+
+        return OneBasedRichBar()
+
+    class OneBasedTQDMBar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer, *args: Any) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            self.train_progress_bar.set_description(describe(trainer))
+
+    return OneBasedTQDMBar()
 
 
 def _make_trainer(recipe: Recipe, kwargs: dict[str, Any]):
@@ -268,28 +483,37 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
           callbacks: list[Any] | None = None, overwrite: bool = False) -> TrainResult:
     """Train a recipe; evaluate the best checkpoint on the validation and test splits.
 
-    Writes ``recipe.yaml``, ``metrics.json``, ``checkpoints/best.ckpt`` and logs into ``run_dir``.
-    ``callbacks`` are extra Lightning callbacks (the benchmark harness times training steps with one).
+    Writes ``recipe.yaml``, ``status.json``, ``metrics.json``, ``checkpoints/best.ckpt`` (the best
+    by ``checkpoint.monitor``; with ``checkpoint.save_top_k: k > 1`` a copy of the best of the k
+    ``epoch=E-step=S.ckpt`` files kept) and logs into ``run_dir``. The metrics returned and saved
+    are the best checkpoint's. ``callbacks`` are extra Lightning callbacks (the benchmark harness
+    times training steps with one). Unless ``progress`` is False, the reason early stopping
+    stopped and the best checkpoint's monitored value are printed.
 
     Raises:
-        MTLFrameError: ``run_dir`` is a file, or holds a finished run and ``overwrite`` is False.
+        MTLFrameError: ``run_dir`` is a file, or holds a run (finished, failed, interrupted or never
+            finished) and ``overwrite`` is False.
+        NoFiniteScoreError: every validation gave a NaN monitored value (a diverged model, or a
+            metric undefined on the validation split); ``status.json`` says ``failed``.
+        RunInterrupted: Ctrl-C; ``status.json`` says ``interrupted`` with the epoch, the step
+            and the checkpoints saved.
     """
     _quiet_lightning()
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning_fabric.utilities.rank_zero import _get_rank
 
     cfg = recipe.config
     run_dir = Path(run_dir or default_run_dir(recipe))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise MTLFrameError(f"--run-dir {run_dir} is a file; pass a folder (it is created if missing).")
-    if (run_dir / "metrics.json").exists() and not overwrite:
-        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
-                            "or --overwrite to replace it.")
+    # DDP launches the other processes into this same function: only the first checks and cleans
+    is_zero = (_get_rank() or 0) == 0
+    if is_zero:
+        _check_run_dir(run_dir, overwrite)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:  # a recipe or data error before training leaves no half-made run directory behind
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
+        memory_plan.report(module.model, cfg, quiet=progress is False)
         if cfg.trainer.compile is not None:
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
@@ -300,20 +524,41 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
                           "epoch's and early stopping is off.", UserWarning, stacklevel=2)
         callbacks = list(callbacks or [])
         monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
-        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
-                               monitor=monitor if has_val else None, mode=mode,
-                               save_top_k=cfg.checkpoint.save_top_k if has_val else 1, enable_version_counter=False)
+        top_k = cfg.checkpoint.save_top_k if has_val else 1
+        ckpt_dir = run_dir / "checkpoints"
+        ckpt = _checkpoint_callback(dirpath=str(ckpt_dir), filename="best" if top_k == 1 else "epoch={epoch}-step={step}",
+                                    auto_insert_metric_name=False, monitor=monitor if has_val else None, mode=mode,
+                                    save_top_k=top_k, enable_version_counter=False)
         saved = _saved_step_callback()
-        callbacks += [ckpt, saved]
+        status = _status_callback(run_dir)
+        callbacks += [ckpt, saved, status]
+        per_task: dict[str, Any] = {}
+        if cfg.checkpoint.per_task and has_val:
+            for tname in cfg.tasks:
+                key, tmode = _monitor(recipe, module, tname, "auto")
+                per_task[tname] = _checkpoint_callback(dirpath=str(ckpt_dir), filename=f"best-{tname}", monitor=key,
+                                                       mode=tmode, save_top_k=1, enable_version_counter=False)
+                callbacks.append(per_task[tname])
+        stopper = None
         if cfg.early_stopping is not None and has_val:
-            es_monitor, es_mode = _monitor(recipe, module, cfg.early_stopping.monitor, cfg.early_stopping.mode)
-            callbacks.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=cfg.early_stopping.patience,
-                                           min_delta=cfg.early_stopping.min_delta))
+            es = cfg.early_stopping
+            if es.monitor in ("all", "any"):
+                watched = [_Watched(*_monitor(recipe, module, t, "auto"), task=t, metric=recipe.task_metrics(t)[0])
+                           for t in cfg.tasks]
+            else:
+                key, es_mode = _monitor(recipe, module, es.monitor, es.mode)
+                parts = key.split("/")
+                watched = [_Watched(key, es_mode, *(parts[1:] if len(parts) == 3 and parts[0] == "val" else ()))]
+            policy = es.monitor if es.monitor in ("all", "any") else "one"
+            stopper = _early_stopping_callback(watched, policy, es.patience, es.min_delta)
+            callbacks.append(stopper)
         t = cfg.trainer
         show_progress = t.enable_progress_bar if progress is None else progress
         if show_progress and not _interactive_output():  # a file or a pipe: plain epoch lines, not a live bar
             callbacks.append(_epoch_lines_callback())
             show_progress = False
+        elif show_progress:
+            callbacks.append(_progress_bar())
         logger = _logger(recipe, run_dir)
         trainer_kwargs = dict(
             max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
@@ -336,13 +581,25 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if is_zero:
+        _write_status(run_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "pid": os.getpid()})
+    report = progress is not False and trainer.is_global_zero
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - start
+        # evaluating a checkpoint file restores the callbacks' state saved in it: keep what fit ended with
+        top_k_scores = {p: float(v) for p, v in ckpt.best_k_models.items()}
+        best_train_score = None if ckpt.best_model_score is None else float(ckpt.best_model_score)
+        per_task_best = {tname: {"checkpoint": cb.best_model_path or None, "monitor": cb.monitor,
+                                 "best": None if cb.best_model_score is None else float(cb.best_model_score)}
+                         for tname, cb in per_task.items()}
+        if report and stopper is not None and stopper.message():
+            print(stopper.message(), flush=True)
         best = ckpt.best_model_path or ckpt.last_model_path
         if not best:
-            best = str(run_dir / "checkpoints" / "best.ckpt")
+            best = str(ckpt_dir / "best.ckpt")
             trainer.save_checkpoint(best)
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         # the weights in memory are the best checkpoint's when it was the last one written, at the
@@ -352,22 +609,110 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             best_or_current = None
         else:
             best_or_current = best
+        if Path(best).name != "best.ckpt":  # one of the top k: best.ckpt is a copy of it
+            if trainer.is_global_zero:
+                _copy_file(Path(best), ckpt_dir / "best.ckpt")
+            best = str(ckpt_dir / "best.ckpt")
+        best_value = None
         if has_val:
             trainer.validate(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["val"] = module.last_scores.get("val", {})
+            value = trainer.callback_metrics.get(monitor) if monitor.startswith("val/") else best_train_score
+            best_value = None if value is None else float(value)
+            if best_value is None or not math.isfinite(best_value):
+                raise _no_finite_score(run_dir, monitor, metrics["val"], stopper, trainer.is_global_zero)
         if len(dm.split_index["test"]) > 0:
             trainer.test(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["test"] = module.last_scores.get("test", {})
+    except SystemExit:
+        if status.interrupted is None:
+            raise
+        _restore_sigint()
+        raise RunInterrupted(_interrupted_message(run_dir, status.interrupted)) from None
+    except KeyboardInterrupt as exc:  # outside Lightning's own handling (between its calls)
+        if isinstance(exc, RunInterrupted):
+            raise
+        info = {"status": "interrupted", "during": "the end of the run", "epoch": trainer.current_epoch + 1,
+                "max_epochs": trainer.max_epochs, "step": trainer.global_step}
+        if trainer.is_global_zero:
+            _write_status(run_dir, info)
+        raise RunInterrupted(_interrupted_message(run_dir, info)) from None
+    except BaseException as exc:
+        if trainer.is_global_zero and not isinstance(exc, NoFiniteScoreError):
+            _write_status(run_dir, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+        raise
     finally:
         _finish_logger(logger)
     n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     result = TrainResult(run_dir, metrics, best, n_params, seconds, builder.providers, trainer.is_global_zero)
     if trainer.is_global_zero:
-        payload = {"test": metrics.get("test", {}), "val": metrics.get("val", {}),
-                   "best_checkpoint": best, "num_parameters": n_params, "train_seconds": round(seconds, 3),
-                   "providers": builder.providers}
+        payload: dict[str, Any] = {
+            "test": metrics.get("test", {}), "val": metrics.get("val", {}), "best_checkpoint": best,
+            "num_parameters": n_params, "train_seconds": round(seconds, 3), "providers": builder.providers}
+        if has_val:
+            payload["monitor"] = {"name": monitor, "mode": mode, "best": best_value}
+            if top_k != 1:
+                payload["top_k_checkpoints"] = dict(sorted(top_k_scores.items(), key=lambda kv: kv[1],
+                                                           reverse=mode == "max"))
+        if per_task:
+            payload["per_task_checkpoints"] = per_task_best
+        if stopper is not None:
+            payload["early_stopping"] = stopper.stopped
+        if any(module.last_group_counts.get(s) for s in metrics):  # grouped metrics: groups seen / skipped
+            payload["groups"] = {s: module.last_group_counts.get(s, {}) for s in metrics}
         (run_dir / "metrics.json").write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
+        _write_status(run_dir, {"status": "finished", "best_checkpoint": best, "epochs": trainer.current_epoch + 1
+                                if stopper is None or stopper.stopped is None else stopper.stopped["epoch"],
+                                "step": trainer.global_step,
+                                "early_stopping": None if stopper is None else stopper.stopped})
+        if report and has_val:
+            print(f"best checkpoint: {monitor} {_fmt(best_value)} ({best})", flush=True)
     return result
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of ``src`` (a hard link where the file system allows)."""
+    tmp = dst.with_name(dst.name + ".part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _restore_sigint() -> None:
+    """Lightning ignores Ctrl-C after catching one; give Python's handler back (notebooks, compare)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
+    where = f"epoch {info.get('epoch')}" + (f"/{info['max_epochs']}" if info.get("max_epochs") else "")
+    saved = [f"{k.replace('_', ' ')}: {info[k]}" for k in ("last_checkpoint", "best_checkpoint") if info.get(k)]
+    return (f"interrupted (Ctrl-C) during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
+            f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
+            + ". Resuming is not supported yet: rerun with --overwrite (or another --run-dir) to start over.")
+
+
+def _no_finite_score(run_dir: Path, monitor: str, val: Mapping[str, Mapping[str, float]],
+                     stopper: Any, write: bool) -> NoFiniteScoreError:
+    """The error (and ``status.json``) of a run whose best monitored value is NaN."""
+    nan = [f"val/{t}/{m}" for t, per in val.items() for m, v in per.items() if v != v]
+    msg = (f"no validation of this run gave a finite {monitor}, so there is no best checkpoint: "
+           f"the one kept has {monitor} NaN"
+           + (f" (NaN: {', '.join(nan)})" if nan else "") + ". A diverged model (a NaN or infinite loss: "
+           "lower optimizer.lr, set trainer.gradient_clip_val) or a metric undefined on the validation split "
+           "(one class, no labelled row: see the warnings above) causes it. "
+           f"metrics.json is not written; {run_dir / 'status.json'} says so.")
+    if stopper is not None and stopper.message():
+        msg += f" ({stopper.message()})"
+    if write:
+        _write_status(run_dir, {"status": "failed", "reason": msg, "val": dict(val)})
+    return NoFiniteScoreError(msg)
 
 
 def _finite(obj: Any) -> Any:
@@ -409,9 +754,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     from mtlframe.preprocess import Preprocessor
 
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist; pass the best.ckpt of a run "
-                              "(runs/<name>/checkpoints/best.ckpt).")
+    problem = file_problem(p)
+    if problem:
+        inside = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]
+        hint = f"pass {inside[0]}" if inside else "pass the best.ckpt of a run (runs/<name>/checkpoints/best.ckpt)"
+        raise CheckpointError(f"checkpoint {p} {problem}; {hint}.")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -436,14 +783,27 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(recipe, pre, model, tasks, encoders, state)
 
 
-def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, source: str = "input"):
+def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, source: str = "input",
+                  report: dict | None = None):
     """Predict every task for the rows of ``frame`` (a pandas DataFrame).
 
     Returns a DataFrame with one column per task: probability (binary), value (regression) or
-    the predicted class plus one ``<task>_p_<class>`` probability column per class (multiclass).
+    the predicted class plus one ``<task>_p_<class>`` probability column per class (multiclass),
+    one row per input row (same index), never an empty cell.
+
+    The inputs go through the checkpoint's preprocessor: a missing numeric value is an error
+    unless the recipe declared a fill (``data.fill_missing``), a value beyond float32 an error
+    unless it declared a ``data.clip`` range; categorical values unseen in training take the
+    out-of-vocabulary id. ``report`` (a dict, when given) receives what happened, per feature:
+    ``{"oov": {col: {"rows", "oov", "missing"}}, "filled": {col: n}, "clipped": {col: n},
+    "unseen_classes": {task: {class: n}}}`` (see :func:`predict_warnings`); without it, the same
+    is issued as warnings.
 
     Raises:
-        DataError: a column the model needs is missing (named), or cannot be parsed.
+        DataError: a column the model needs is missing (named), cannot be parsed, or holds a value
+            the checkpoint's preprocessor refuses (column and rows named).
+        CheckpointError: the model gives a non-finite prediction (its weights are not finite);
+            the task and rows are named.
     """
     import pandas as pd
 
@@ -451,24 +811,97 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     from mtlframe.datamodule import materialize
     from mtlframe.tasks import to_prediction
 
-    cols = loaded.preprocessor.transform(frame, source, with_labels=False)
+    pre = loaded.preprocessor
+    cols = pre.transform(frame, source, with_labels=False)
+    rep = dict(pre.reports.get("data", {}))
+    for lab in pre.labels:  # labels in the input: classes the model never saw
+        if lab.type == "multiclass" and lab.column in frame.columns:
+            unseen = pre.unseen_classes(frame[lab.column], lab)
+            if unseen:
+                rep.setdefault("unseen_classes", {})[lab.task] = unseen
     batch_cols = materialize(loaded.encoders, [], cols)
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in loaded.tasks}
+    device = next(loaded.model.parameters(), torch.empty(0)).device  # where the caller put the model
     with torch.inference_mode():
         for batch in ColumnBatches(batch_cols, batch_size):
+            if device.type != "cpu":
+                batch = {k: v.to(device) for k, v in batch.items()}
             out = loaded.model(batch)
             for t in loaded.tasks:
-                outs[t.name].append(to_prediction(t.type, out[t.name]).float())
+                outs[t.name].append(to_prediction(t.type, out[t.name]).float().cpu())
     result = pd.DataFrame(index=frame.index)
     for t in loaded.tasks:
         values = torch.cat(outs[t.name]).numpy() if outs[t.name] else np.zeros((0,))
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            rows = ", ".join(str(int(i) + 1) for i in np.flatnonzero(bad)[:5])
+            raise CheckpointError(f"{source}: task '{t.name}' gives no finite prediction for {int(bad.sum())} of "
+                                  f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
+                                  "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
         if t.type == "multiclass":
             result[t.name] = [t.classes[i] for i in values.argmax(1)] if len(values) else []
             for i, c in enumerate(t.classes):
                 result[f"{t.name}_p_{c}"] = values[:, i] if len(values) else []
         else:
             result[t.name] = values
+    if report is not None:
+        report.update(rep)
+    else:
+        for line in predict_warnings(rep):
+            warnings.warn(line, UserWarning, stacklevel=2)
     return result
+
+
+def predict_warnings(report: Mapping[str, Any]) -> list[str]:
+    """One line per feature with out-of-vocabulary or filled values, per clipped feature and per
+    task with classes unseen in training, from a :func:`predict_frame` report."""
+    lines = []
+    for col, r in report.get("oov", {}).items():
+        if r["oov"]:
+            lines.append(f"feature '{col}': {r['oov']} of {r['rows']} rows ({r['oov'] / max(r['rows'], 1):.1%}) hold "
+                         f"values unseen in training (out-of-vocabulary)"
+                         + (f", {r['missing']} are empty" if r["missing"] else ""))
+    for col, n in report.get("filled", {}).items():
+        lines.append(f"numeric feature '{col}': {n} missing value(s) filled (data.fill_missing of the checkpoint)")
+    for col, n in report.get("clipped", {}).items():
+        lines.append(f"numeric feature '{col}': {n} value(s) clipped (data.clip of the checkpoint)")
+    for task, unseen in report.get("unseen_classes", {}).items():
+        shown = ", ".join(f"{c!r} ({n} row{'s' if n != 1 else ''})" for c, n in unseen.items())
+        lines.append(f"task '{task}': the input's label column holds classes unseen in training: {shown}")
+    return lines
+
+
+def keep_columns(predictions, frame, keep: list[str], source: str = "input"):
+    """``predictions`` with the input columns ``keep`` in front, in the order given.
+
+    A kept column keeps its name; a prediction column of the same name (a kept ``rating`` beside
+    the task ``rating``) is renamed ``<name>_pred`` (``rating_pred``).
+
+    Raises:
+        DataError: a ``keep`` column is not in ``frame`` (closest names given), or is listed twice.
+    """
+    import pandas as pd
+
+    from mtlframe.errors import closest
+
+    twice = sorted({c for c in keep if keep.count(c) > 1})
+    if twice:
+        raise DataError(f"--keep lists {', '.join(map(repr, twice))} more than once; list each column once.")
+    for col in keep:
+        if col not in frame.columns:
+            near = closest(col, frame.columns)
+            raise DataError(f"--keep column '{col}' is not in {source}"
+                            + (f"; did you mean '{near[0]}'?" if near else "")
+                            + f" Columns: {', '.join(map(str, frame.columns))}.")
+    renamed = {}
+    for c in predictions.columns:
+        if c in keep:
+            new = f"{c}_pred"
+            while new in keep or new in predictions.columns:
+                new += "_pred"
+            renamed[c] = new
+    kept = pd.DataFrame({c: frame[c].to_numpy() for c in keep}, index=predictions.index)
+    return pd.concat([kept, predictions.rename(columns=renamed)], axis=1)
 
 
 def read_table(path: str | Path):
@@ -480,8 +913,9 @@ def read_table(path: str | Path):
     import pandas as pd
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file {p} does not exist.")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"input file {p} {problem}; pass a .csv or .parquet file.")
     if p.suffix.lower() in (".parquet", ".pq"):
         try:
             return pd.read_parquet(p)
@@ -499,7 +933,14 @@ def read_table(path: str | Path):
 
 
 def write_table(frame, path: str | Path) -> None:
+    """Write ``frame`` as Parquet (``.parquet``, ``.pq``) or CSV (any other name).
+
+    Raises:
+        DataError: ``path`` is a folder.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"output {p} is a folder, not a file; pass a file name such as {p / 'predictions.csv'}.")
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(p, index=False)
@@ -507,26 +948,101 @@ def write_table(frame, path: str | Path) -> None:
         frame.to_csv(p, index=False)
 
 
-def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+#: what ``--accelerator`` accepts (``gpu`` and ``cuda`` are the same)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def resolve_device(accelerator: str = "auto") -> torch.device:
+    """The torch device for an ``--accelerator`` choice: ``auto`` picks a CUDA GPU, else Apple's
+    MPS, else the CPU; ``gpu``/``cuda`` and ``mps`` must be present.
+
+    Raises:
+        MTLFrameError: an unknown choice, or an accelerator this machine does not have (one line).
+    """
+    if accelerator not in ACCELERATORS:
+        raise MTLFrameError(f"--accelerator {accelerator!r} is not one of {', '.join(ACCELERATORS)}.")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise MTLFrameError(f"--accelerator {accelerator}: torch sees no CUDA GPU on this machine "
+                            "(torch.cuda.is_available() is False); use --accelerator cpu, or auto.")
+    if accelerator == "mps" and not has_mps:
+        raise MTLFrameError("--accelerator mps: Apple's MPS backend is not available on this machine; "
+                            "use --accelerator cpu, or auto.")
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
+
+
+def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = "auto",
+             data_path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Re-create the recipe's data split and evaluate a checkpoint on it.
 
+    Args:
+        checkpoint: an mtlframe checkpoint (``runs/<run>/checkpoints/best.ckpt``).
+        split: ``test`` or ``val``.
+        accelerator: ``auto`` (a GPU when there is one), ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        data_path: where the data is now (replaces the saved ``data.dataset.path``: data moved
+            since training).
+        overrides: ``data.*`` overrides of the saved recipe (``data.dataset.path=...``,
+            ``data.eval_batch_size=...``); the model settings are the checkpoint's.
+
     Returns ``{task: {metric: value}}``.
+
+    Raises:
+        MTLFrameError: an override outside ``data.``, or an accelerator this machine lacks.
+        DataError: the saved data path does not exist (moved: pass ``data_path``); an empty split.
     """
     _quiet_lightning()
-    import pytorch_lightning as pl
+    import copy
 
+    from mtlframe.recipe import apply_overrides, override_lines
+
+    device = resolve_device(accelerator)
     loaded = load_checkpoint(checkpoint)
     recipe = loaded.recipe
+    overrides = list(overrides or [])
+    outside = [o for o in overrides if not o.partition("=")[0].strip().startswith("data.")]
+    if outside:
+        raise MTLFrameError(f"evaluate takes overrides of data.* only (the model is the checkpoint's): "
+                            f"{', '.join(outside)}")
+    if data_path is not None:
+        overrides.append(f"data.dataset.path={Path(data_path).resolve()}")
+    if overrides:
+        data = copy.deepcopy(recipe.data)
+        if data_path is not None:  # a path is not YAML-parsed (':' or '#' in it)
+            data = apply_overrides(data, overrides[:-1])
+            data.setdefault("data", {}).setdefault("dataset", {})["path"] = str(Path(data_path).resolve())
+        else:
+            data = apply_overrides(data, overrides)
+        recipe = recipe_from_dict(data, recipe.source, override_lines({}, overrides))
+    saved_path = recipe.config.data.dataset.get("path")
+    if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
+        raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
+                        f"deleted?); point evaluate at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)
     module.model.load_state_dict(loaded.model.state_dict())
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False)
+    trainer = _make_eval_trainer(device)
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
                         f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
-    if split == "val":
-        trainer.validate(module, dataloaders=loader, verbose=False)
-    else:
-        trainer.test(module, dataloaders=loader, verbose=False)
+    try:
+        if split == "val":
+            trainer.validate(module, dataloaders=loader, verbose=False)
+        else:
+            trainer.test(module, dataloaders=loader, verbose=False)
+    except SystemExit:  # Lightning turns Ctrl-C into exit status 1
+        if trainer.state.status.value != "interrupted":
+            raise
+        _restore_sigint()
+        raise KeyboardInterrupt(f"interrupted (Ctrl-C) while evaluating {checkpoint} on the {split} split") from None
     return module.last_scores[split]
+
+
+def _make_eval_trainer(device: torch.device):
+    """A one-device Lightning trainer for evaluation on ``device``."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(accelerator=device.type, devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, use_distributed_sampler=False)

@@ -15,6 +15,7 @@ from mtlframe.backbones.cross_stitch import CrossStitch
 from mtlframe.backbones.dselect_k import DSelectK, DSelectKGate, smooth_step
 from mtlframe.backbones.escm2 import ESCM2
 from mtlframe.backbones.esmm import ESMM
+from mtlframe.backbones.funnel import FunnelBackbone
 from mtlframe.backbones.omoe import OMoE
 from mtlframe.backbones.ple import PLE
 from mtlframe.backbones.single_task import SingleTask
@@ -29,7 +30,10 @@ IDS = [c.name for c in BACKBONES]
 
 def _build(component, **kwargs) -> Backbone:
     torch.manual_seed(0)
-    return component.load()(input_dim=D, task_names=TASKS, **kwargs)
+    cls = component.load()
+    if issubclass(cls, FunnelBackbone) and not {"click", "conversion", "funnel"} & set(kwargs):
+        kwargs["funnel"] = TASKS  # a funnel names its stages
+    return cls(input_dim=D, task_names=TASKS, **kwargs)
 
 
 def _task_outputs(model: Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -112,8 +116,9 @@ def test_shared_parameters_are_exactly_those_used_by_several_tasks(component, kw
     (CrossStitch, {"alpha_off": 0.6}), (CrossStitch, {"alpha_off": -0.1}), (CrossStitch, {"hidden": []}),
     (DSelectK, {"num_experts": 4, "k": 5}), (DSelectK, {"k": 0}), (DSelectK, {"gamma": 0.0}),
     (SingleTask, {"hidden": []}), (ESMM, {"funnel": ["a", "b"]}), (ESMM, {"funnel": ["a", "a", "b"]}),
-    (ESCM2, {"counterfactual": "snips"}), (ESCM2, {"propensity_min": 0.0}),
-    (AITM, {"calibration_weight": -1.0}), (STEM, {"embedding_dim": 0}),
+    (ESMM, {}), (ESMM, {"click": "a"}), (ESMM, {"click": "a", "conversion": "x"}),
+    (ESCM2, {"counterfactual": "snips", "funnel": TASKS}), (ESCM2, {"propensity_min": 0.0, "funnel": TASKS}),
+    (AITM, {"calibration_weight": -1.0, "funnel": TASKS}), (AITM, {}), (STEM, {"embedding_dim": 0}),
 ])
 def test_bad_hyper_parameters_raise_value_error(cls, kwargs):
     with pytest.raises(ValueError):
@@ -122,7 +127,7 @@ def test_bad_hyper_parameters_raise_value_error(cls, kwargs):
 
 def test_funnel_models_need_two_tasks():
     with pytest.raises(ValueError, match="at least two"):
-        ESMM(input_dim=D, task_names=["ctr"])
+        ESMM(funnel=["ctr"], input_dim=D, task_names=["ctr"])
 
 
 # -- worked examples ----------------------------------------------------------------------------
@@ -248,7 +253,7 @@ def test_omoe_one_gate_for_all_tasks():
 
 
 def test_esmm_ctcvr_is_ctr_times_cvr():
-    model = ESMM(input_dim=D, task_names=["ctr", "ctcvr"])
+    model = ESMM(click="ctr", conversion="ctcvr", input_dim=D, task_names=["ctr", "ctcvr"])
     o = {"ctr": torch.randn(B, 1) * 3, "ctcvr": torch.randn(B, 1) * 3}
     p = model.probabilities(o)
     p_ctr, p_cvr = torch.sigmoid(o["ctr"]), torch.sigmoid(o["ctcvr"])
@@ -274,7 +279,7 @@ def test_esmm_through_the_multitask_model():
             return batch["x"]
 
     tasks = [TaskSpec("ctr", "binary", "click"), TaskSpec("ctcvr", "binary", "buy")]
-    backbone = ESMM(input_dim=D, task_names=["ctr", "ctcvr"])
+    backbone = ESMM(click="ctr", conversion="ctcvr", input_dim=D, task_names=["ctr", "ctcvr"])
     towers = {t.name: MLPTower(input_dim=D, output_dim=1) for t in tasks}
     model = MultiTaskModel([Identity()], backbone, towers, tasks)
     x = torch.randn(B, D)
@@ -303,7 +308,8 @@ def test_esmm_funnel_order_and_extreme_logits():
 
 
 def test_escm2_ips_hand_computed():
-    model = ESCM2(counterfactual="ips", counterfactual_weight=1.0, input_dim=D, task_names=["ctr", "ctcvr"])
+    model = ESCM2(counterfactual="ips", counterfactual_weight=1.0, click="ctr", conversion="ctcvr", input_dim=D,
+                  task_names=["ctr", "ctcvr"])
     q = torch.zeros(3, requires_grad=True)
     coupled = model.couple({"ctr": torch.zeros(3), "ctcvr": q})   # pCTR = 0.5, pCVR = 0.5
     batch = {"label/ctr": torch.tensor([1.0, 0.0, 1.0]), "label/ctcvr": torch.tensor([1.0, 0.0, float("nan")]),
@@ -318,8 +324,8 @@ def test_escm2_ips_hand_computed():
 
 
 def test_escm2_dr_hand_computed():
-    model = ESCM2(counterfactual="dr", counterfactual_weight=0.5, imputation_hidden=[], input_dim=2,
-                  task_names=["ctr", "ctcvr"])
+    model = ESCM2(counterfactual="dr", counterfactual_weight=0.5, imputation_hidden=[], click="ctr",
+                  conversion="ctcvr", input_dim=2, task_names=["ctr", "ctcvr"])
     with pytest.raises(RuntimeError, match="forward"):
         model.auxiliary_loss({}, {})
     _set_linear(model.imputation["ctcvr"].net[0], [[0.0, 0.0]], [0.0])  # pseudo-label 0.5 everywhere
@@ -340,7 +346,8 @@ def test_escm2_dr_hand_computed():
 
 
 def test_aitm_calibrator_hand_computed():
-    model = AITM(tower_hidden=[4], calibration_weight=0.6, input_dim=D, task_names=["click", "buy"])
+    model = AITM(tower_hidden=[4], calibration_weight=0.6, click="click", conversion="buy", input_dim=D,
+                 task_names=["click", "buy"])
     outputs = {"click": torch.zeros(2), "buy": torch.tensor([math.log(3), -math.log(3)])}
     # row 1: p_buy 0.75 > p_click 0.5 -> 0.25; row 2: 0.25 < 0.5 -> 0.  mean 0.125, times 0.6
     aux = model.auxiliary_loss({}, outputs)
@@ -362,7 +369,7 @@ def test_aitm_information_transfer_hand_computed():
 
 
 def test_aitm_first_step_ignores_later_steps():
-    model = AITM(tower_hidden=[4], input_dim=D, task_names=["click", "buy"])
+    model = AITM(tower_hidden=[4], click="click", conversion="buy", input_dim=D, task_names=["click", "buy"])
     x = torch.randn(B, D)
     out = model(x)
     torch.testing.assert_close(out["click"], model.towers["click"](x))  # z_1 = q_1
@@ -384,3 +391,124 @@ def test_stem_all_forward_gate_stops_other_tasks_gradient():
     with torch.no_grad():
         model.task_embeddings["b"].bias.add_(1.0)
     assert not torch.allclose(model(x)["a"], out["a"])
+
+
+# -- experts and gates are built independently ----------------------------------------------------
+
+def _units(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Every expert and every gate of ``model`` with its parameters: ``{"<where>[i]": [tensors]}``.
+
+    An :class:`~mtlframe.layers.ExpertBank` holds its experts as slices of shared tensors (one
+    ``Linear(D, E*H)``): expert ``i``'s parameters are its rows / its entry of each batched weight.
+    """
+    from mtlframe.layers import MLP, ExpertBank
+
+    units: dict[str, list[torch.Tensor]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):   # a module reused twice is seen twice
+        if isinstance(m, ExpertBank):
+            h1 = m.widths[0]
+            for i in range(m.num_experts):
+                units[f"{name}[{i}]"] = [m.first.weight[i * h1:(i + 1) * h1], m.first.bias[i * h1:(i + 1) * h1],
+                                         *(w[i] for w in m.weights), *(b[i] for b in m.biases)]
+        elif isinstance(m, nn.ModuleList) and "experts" in name and len(m) and all(isinstance(e, MLP) for e in m):
+            for i, expert in enumerate(m):
+                units[f"{name}[{i}]"] = list(expert.parameters())
+        elif type(m).__name__.endswith("Gate"):
+            units[name] = list(m.parameters())
+    return units
+
+
+def _independence_problems(model: nn.Module) -> list[str]:
+    """What ties two experts or two gates together: a shared module or tensor, identical initial
+    values, or a change to one that shows up in another (or in another expert's output)."""
+    from mtlframe.layers import ExpertBank
+
+    units = _units(model)
+    problems = []
+    # 1. no parameter tensor is shared between two units (bank slices share their bank's tensor but
+    #    not a single element: checked by 3.)
+    owners: dict[int, str] = {}
+    for where, params in units.items():
+        for p in params:
+            if p._base is not None:           # a slice of an expert bank
+                continue
+            other = owners.setdefault(p.untyped_storage().data_ptr(), where)
+            if other != where:
+                problems.append(f"{where} and {other} share a parameter tensor")
+    # 2. different initial values (units of one shape)
+    names = list(units)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pa, pb = units[a], units[b]
+            if [p.shape for p in pa] == [p.shape for p in pb] and all(torch.equal(x, y) for x, y in zip(pa, pb)):
+                problems.append(f"{a} and {b} start with identical parameters")
+    # 3. changing one unit changes no other (elements, and other experts' outputs of a bank)
+    banks = {n: m for n, m in model.named_modules() if isinstance(m, ExpertBank)}
+    x = torch.randn(5, next(iter(banks.values())).first.in_features) if banks else None
+    with torch.no_grad():
+        for where, params in units.items():
+            before = {w: [p.clone() for p in ps] for w, ps in units.items()}
+            outputs = {n: bank(x).clone() for n, bank in banks.items()}
+            for p in params:
+                p.add_(1.0)
+            for other, ps in units.items():
+                if other != where and any(not torch.equal(p, q) for p, q in zip(ps, before[other])):
+                    problems.append(f"changing {where} changes {other}")
+            for n, bank in banks.items():
+                changed = (bank(x) - outputs[n]).abs().amax(dim=(0, 2)) > 0        # per expert
+                mine = {int(where.rsplit("[", 1)[1][:-1])} if where.startswith(n + "[") else set()
+                if set(torch.nonzero(changed).flatten().tolist()) - mine:
+                    problems.append(f"changing {where} changes the outputs of other experts of {n}")
+            for p in params:
+                p.sub_(1.0)
+    return problems
+
+
+def _gated_build(component) -> nn.Module:
+    params = inspect.signature(component.load().__init__).parameters
+    kwargs = {k: v for k, v in {"expert_hidden": [6, 5], "num_experts": 4, "num_task_experts": 2,
+                                "num_shared_experts": 2, "k": 2}.items() if k in params}
+    return _build(component, **kwargs)
+
+
+GATED = [c for c in BACKBONES if any(type(m).__name__.endswith("Gate") for m in _gated_build(c).modules())]
+
+
+def test_the_gated_backbones_are_found():
+    assert {"mmoe", "omoe", "cgc", "ple", "dselect-k", "stem"} <= {c.name for c in GATED}
+
+
+@pytest.mark.parametrize("component", GATED, ids=[c.name for c in GATED])
+def test_experts_and_gates_are_built_independently(component):
+    model = _gated_build(component)
+    units = _units(model)
+    assert sum("expert" in u for u in units) >= 4 and any("gate" in u for u in units), list(units)
+    assert _independence_problems(model) == []
+
+
+def test_the_independence_check_catches_shared_experts_and_gates():
+    """The check above is not vacuous: experts or gates that are one object, or that start alike, fail it."""
+    from mtlframe.backbones.mmoe import MMoE
+    from mtlframe.layers import Gate
+
+    torch.manual_seed(0)
+    shared_gate = MMoE(num_experts=3, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    one = Gate(D, 3)
+    shared_gate.gates = nn.ModuleDict({t: one for t in TASKS})           # one gate object for every task
+    assert "gates.b and gates.a share a parameter tensor" in _independence_problems(shared_gate)
+    aliased = CGC(num_shared_experts=2, num_task_experts=1, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    aliased.layer.shared_experts[1] = aliased.layer.shared_experts[0]   # [expert()] * n
+    problems = _independence_problems(aliased)
+    assert "layer.shared_experts[1] and layer.shared_experts[0] share a parameter tensor" in problems
+    assert "changing layer.shared_experts[0] changes layer.shared_experts[1]" in problems
+    cloned = CGC(num_shared_experts=2, num_task_experts=1, expert_hidden=[4], input_dim=D, task_names=TASKS)
+    cloned.layer.shared_experts[1].load_state_dict(cloned.layer.shared_experts[0].state_dict())  # deepcopy'd
+    assert "layer.shared_experts[0] and layer.shared_experts[1] start with identical parameters" in \
+        _independence_problems(cloned)
+    bank = MMoE(num_experts=3, expert_hidden=[4, 3], input_dim=D, task_names=TASKS)
+    with torch.no_grad():                                               # expert 1 initialized as expert 0
+        bank.experts.first.weight[4:8] = bank.experts.first.weight[0:4]
+        bank.experts.first.bias[4:8] = bank.experts.first.bias[0:4]
+        bank.experts.weights[0][1] = bank.experts.weights[0][0]
+        bank.experts.biases[0][1] = bank.experts.biases[0][0]
+    assert _independence_problems(bank) == ["experts[0] and experts[1] start with identical parameters"]

@@ -9,7 +9,7 @@ import pytest
 
 from mtlframe.cli import main
 from mtlframe.compare import (aggregate, delta_m, gains_over, markdown_table, mean_std, parse_grid,
-                              parse_seeds, relative_gain, run_compare)
+                              parse_seeds, relative_gain, rich_table, run_compare, write_outputs)
 from mtlframe.errors import MTLFrameError, RecipeError
 
 # ------------------------------------------------------------------ aggregation, by hand
@@ -19,8 +19,10 @@ def test_mean_std_is_sample_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)          # sqrt(((1-2)^2 + 0 + (3-2)^2) / 2)
     m, s = mean_std([0.80, 0.84])
     assert m == pytest.approx(0.82) and s == pytest.approx(0.02 * math.sqrt(2))
-    assert mean_std([0.7]) == (0.7, 0.0)
-    assert mean_std([0.7, float("nan")]) == (0.7, 0.0)      # a missing value is dropped
+    m, s = mean_std([0.7])                                   # one value: the spread is undefined, not 0
+    assert m == 0.7 and math.isnan(s)
+    m, s = mean_std([0.7, float("nan")])                     # a missing value is dropped
+    assert m == 0.7 and math.isnan(s)
     assert all(math.isnan(v) for v in mean_std([]))
 
 
@@ -98,6 +100,25 @@ def _fake_train(recipe, run_dir):
     return out
 
 
+def test_compare_with_one_seed_shows_values_without_a_spread(repo, tmp_path):
+    from rich.console import Console
+
+    res = run_compare(repo / "recipes/synthetic_mmoe.yaml", ["model.backbone={name: single-task}|{name: mmoe}"], seeds=1,
+                      overrides=SYN, output=tmp_path, train_fn=_fake_train, progress=None)
+    md = markdown_table(res)
+    assert "±" not in md and "0.0000" not in md
+    assert "| 1.0000 |" in md and "| 0.9000 |" in md          # the recipe's seed 2026
+    con = Console(width=300, record=True)
+    con.print(rich_table(res))
+    shown = con.export_text()
+    assert "±" not in shown and "one seed (2026): single values, no spread" in shown
+    write_outputs(res)
+    data = json.loads((tmp_path / "results.json").read_text())
+    st = data["configs"][0]["summary"]["metrics"]["task_0"]["rmse"]
+    assert st == {"mean": 1.0, "std": None, "n": 1}
+    assert "±" not in (tmp_path / "results.md").read_text()
+
+
 def test_compare_baseline_failures_and_outputs(repo, tmp_path):
     lines: list[str] = []
     res = run_compare(repo / "recipes/synthetic_mmoe.yaml",
@@ -130,6 +151,21 @@ def test_compare_rejects_an_invalid_grid_before_training(repo, tmp_path):
         run_compare(repo / "recipes/synthetic_mmoe.yaml", ["model.backbone.name=single-task,mmoe"], seeds=1,
                     overrides=SYN, output=tmp_path, train_fn=lambda r, d: calls.append(r), progress=None)
     assert calls == []
+
+
+def test_grid_value_errors_name_the_grid_value(repo, tmp_path):
+    """A problem caused by a --grid value is reported at that value, not at the recipe file."""
+    calls = []
+    with pytest.raises(MTLFrameError) as exc:
+        run_compare(repo / "recipes/synthetic_mmoe.yaml", ["model.backbone.num_expert=2,3"], seeds=1,
+                    overrides=SYN, output=tmp_path, train_fn=lambda r, d: calls.append(r), progress=None)
+    msg = str(exc.value)
+    assert "model.backbone.num_expert (--grid model.backbone.num_expert=2): unknown key 'num_expert'" in msg
+    assert "model.backbone.num_expert (--grid model.backbone.num_expert=3)" in msg
+    assert "Did you mean 'num_experts'?" in msg
+    assert calls == []
+    with pytest.raises(RecipeError, match="has an empty part between two dots; write it as trainer.max_epochs"):
+        parse_grid("trainer..max_epochs=1,2")
 
 
 # ------------------------------------------------------------------ end to end, real training

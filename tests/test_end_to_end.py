@@ -117,6 +117,9 @@ def test_predict_handles_unseen_missing_and_empty(quickstart_run, tmp_path):
     out = tmp_path / "out.csv"
     proc = _cli("predict", "--checkpoint", quickstart_run.best_checkpoint, "--input", str(src), "--output", str(out))
     assert proc.returncode == 0, proc.stderr
+    # the recipe declares data.fill_missing: {age: mean}; unseen and empty categories are counted
+    assert "warning: numeric feature 'age': 1 missing value(s) filled" in proc.stderr
+    assert "out-of-vocabulary values per feature" in proc.stderr
     pred = pd.read_csv(out)
     assert list(pred.columns) == ["rating", "recommended", "helpful"]
     assert len(pred) == 3 and pred.notna().all().all()
@@ -213,8 +216,11 @@ def test_piped_output_gets_one_line_per_epoch(tmp_path, capsys):
     result = train(rec, tmp_path / "a")
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
-    assert re.search(r"^best checkpoint: val/score -?[\d.]+$", out, re.M)
+    best = re.search(r"^best checkpoint: val/score (-?[\d.]+) \(.*best\.ckpt\)$", out, re.M)
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]
+    # the best checkpoint's value is the highest val/score an epoch line printed
+    epoch_scores = [float(re.search(r"val/score (-?[\d.]+)", ln).group(1)) for ln in lines]
+    assert best and float(best.group(1)) == pytest.approx(max(epoch_scores), abs=1e-4)
     assert all(re.search(r"\d+ steps  [\d.]+ s  train/loss [\d.]+  val/score ", ln) for ln in lines)
     # train/loss is the epoch's mean loss, as the run logged it (train/loss_epoch)
     import pandas as pd

@@ -62,6 +62,34 @@ def test_gauc_is_nan_when_every_user_has_one_class_and_missing_groups_are_left_o
         GroupAUC("views")
 
 
+def test_grouped_metrics_count_the_groups_they_skip():
+    from mtlframe.metrics.base import GroupCounts
+
+    # USERS: user 2 has two positives and no negative -> one class, skipped by GAUC only
+    gauc_ = GroupAUC()
+    assert gauc_.group_counts is None
+    _value(gauc_, USERS)
+    assert gauc_.group_counts == GroupCounts(groups=3, skipped=1)
+    gauc_.reset()
+    assert gauc_.group_counts is None
+    for metric in (GroupNDCG(3), GroupRecall(2), GroupHitRate(2)):
+        _value(metric, USERS)
+        assert metric.group_counts == GroupCounts(3, 0), type(metric).__name__
+    # groups 0 and 3 hold one row each, group 1 only negatives, group 2 both classes; group id -1
+    # (missing) is no group at all
+    rows = ([0.9, 0.2, 0.3, 0.8, 0.1, 0.5, 0.4], [1, 0, 0, 1, 0, 0, 1], [0, 1, 1, 2, 2, 3, -1])
+    expected = {GroupAUC: GroupCounts(4, 3), GroupNDCG: GroupCounts(4, 2), GroupRecall: GroupCounts(4, 2),
+                GroupHitRate: GroupCounts(4, 2)}
+    for cls, counts in expected.items():
+        metric = cls() if cls is GroupAUC else cls(1)
+        value = _value(metric, rows)
+        assert metric.group_counts == counts, cls.__name__
+        assert value == pytest.approx(1.0)       # the groups kept rank their positive first
+    every_group_skipped = GroupAUC()
+    assert math.isnan(_value(every_group_skipped, ([0.1, 0.2], [1, 0], [0, 1])))
+    assert every_group_skipped.group_counts == GroupCounts(2, 2)
+
+
 def test_ndcg_graded_relevance_ties_and_cutoff():
     d = [1 / math.log2(r + 1) for r in range(1, 6)]     # discount of ranks 1..5
     # user 0: scores 0.9, 0.5, 0.5, 0.1 with relevance 0, 2, 1, 3: ranks 2 and 3 are tied, each
@@ -246,10 +274,17 @@ def test_module_without_group_ids_says_what_to_set():
         module.validation_step(batch, 0)
 
 
-def test_grouped_metrics_in_a_tiny_training_run(tmp_path):
-    result = testing.train_tiny(tmp_path, metrics_group={"column": "cat_0", "gauc_weight": "clicks"},
-                                checkpoint={"monitor": "val/task_1_bin/ndcg@5"}, **{
-        "tasks.task_1_bin.metrics": ["auc", "gauc", "ndcg@5", "recall@3", "hitrate@3"]})
+def test_grouped_metrics_in_a_tiny_training_run(tmp_path, capsys):
+    from mtlframe.run import train
+
+    torch.set_num_threads(1)
+    recipe = testing.tiny_recipe(metrics_group={"column": "cat_0", "gauc_weight": "clicks"}, logger={"name": "csv"},
+                                 checkpoint={"monitor": "val/task_1_bin/ndcg@5"}, **{
+        "tasks.task_1_bin.metrics": ["auc", "gauc", "ndcg@5", "recall@3", "hitrate@3"],
+        "trainer.enable_progress_bar": True})
+    result = train(recipe_from_dict(recipe, "<tiny>"), tmp_path)   # output is not a terminal: epoch lines
+    epoch_line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch "))
+    assert re.search(r"val/task_1_bin/gauc 0\.\d{4} .*val/task_1_bin/gauc_skipped_groups \d+  ", epoch_line)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for split in ("val", "test"):
         binary = saved[split]["task_1_bin"]
@@ -257,6 +292,18 @@ def test_grouped_metrics_in_a_tiny_training_run(tmp_path):
         assert all(0.0 < v <= 1.0 for v in binary.values()), binary
     assert result.metrics["test"]["task_1_bin"]["gauc"] == saved["test"]["task_1_bin"]["gauc"]
     assert Path(result.best_checkpoint).is_file()
+    # groups seen and skipped, next to each grouped metric: in metrics.json and in the logs
+    for split in ("val", "test"):
+        counts = saved["groups"][split]["task_1_bin"]
+        assert set(counts) == {"gauc", "ndcg@5", "recall@3", "hitrate@3"}
+        groups = {c["groups"] for c in counts.values()}
+        assert len(groups) == 1 and 0 < groups.pop() <= 20          # cat_0 has 20 ids
+        # a group without a positive has a single class: GAUC skips at least what recall skips
+        assert counts["recall@3"]["skipped"] == counts["hitrate@3"]["skipped"] <= counts["gauc"]["skipped"]
+    logged = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("val/task_1_bin/gauc_groups", "val/task_1_bin/gauc_skipped_groups",
+                "test/task_1_bin/ndcg@5_skipped_groups", "val/task_1_bin/hitrate@3_groups"):
+        assert key in logged, key
 
 
 def test_csv_loads_a_grouping_column_that_is_no_feature(tmp_path):
@@ -289,4 +336,15 @@ def test_validating_a_recipe_with_grouped_metrics_does_not_import_torchmetrics()
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "movielens_mmoe.yaml"
     assert "gauc" in recipe.read_text()
     out = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_metric_classes_do_not_import_the_registered_definitions():
+    """``grouped`` imports ``_grouped`` lazily; ``_grouped`` takes what they share from ``base``
+    (no import circle)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mtlframe.metrics._grouped; print('mtlframe.metrics.grouped' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,6 +1,7 @@
 """Metrics against values computed by hand."""
 import math
 
+import pytest
 import torch
 
 from mtlframe.features import TaskSpec
@@ -46,3 +47,27 @@ def test_auc_is_nan_for_a_single_class():
     m = standard.auc(_task())
     m.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 0]))
     assert math.isnan(float(m.compute()))
+
+
+def test_binary_accuracy_counts_exactly_one_half_as_positive_as_documented():
+    acc = standard.accuracy(_task())
+    # 0.5 -> class 1 (right for label 1, wrong for label 0); just below -> class 0
+    acc.update(torch.tensor([0.5, 0.5, 0.49999, 0.0, 1.0]), torch.tensor([1, 0, 0, 0, 1]))
+    assert math.isclose(float(acc.compute()), 4 / 5, rel_tol=1e-6)
+    assert "p >= 0.5" in standard.accuracy.summary
+    assert "p >= 0.5" in standard.accuracy.build.__globals__["__doc__"]
+
+
+def test_logloss_clips_probabilities_as_its_docstring_says():
+    from mtlframe.metrics.logloss import _EPS, LogLoss
+
+    assert _EPS == 1e-7 and "[1e-7, 1 - 1e-7]" in LogLoss.__doc__ and "1e-7" in standard.logloss.summary
+    m = standard.logloss(_task())
+    # a confident wrong prediction costs -log(1e-7), not infinity; 1.0 on a positive costs ~1e-7
+    m.update(torch.tensor([0.0, 1.0]), torch.tensor([1, 1]))
+    assert math.isclose(float(m.compute()), (-math.log(1e-7) - math.log(1 - 1e-7)) / 2, rel_tol=1e-6)
+    mc = standard.logloss(_task("multiclass", 3))
+    mc.update(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([2]))
+    assert math.isclose(float(mc.compute()), -math.log(1e-7), rel_tol=1e-6)
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(float(LogLoss().compute()))  # no row seen: undefined, not a perfect 0

@@ -13,6 +13,7 @@ from mtlframe.preprocess import LabelSpec, Preprocessor
 FEATURES = {"city": "categorical", "age": "numeric", "tags": "multi_categorical", "text": "text"}
 LABELS = [LabelSpec("click", "click", "binary"), LabelSpec("rating", "rating", "regression"),
           LabelSpec("kind", "kind", "multiclass")]
+FILL = {"age": "mean"}  # _train() has a missing age
 
 
 def _train():
@@ -23,7 +24,7 @@ def _train():
 
 
 def test_fit_on_train_and_transform_unseen_values():
-    pre = Preprocessor(FEATURES, LABELS).fit(_train())
+    pre = Preprocessor(FEATURES, LABELS, fill_missing=FILL).fit(_train())
     info = pre.feature_info()
     assert info["city"].cardinality == 3          # OOV + a + b
     assert pre.vocab["city"] == ["a", "b"]        # by frequency
@@ -33,7 +34,8 @@ def test_fit_on_train_and_transform_unseen_values():
     test = pd.DataFrame({"city": ["b", "zzz", None], "age": [20.0, np.nan, 40.0], "tags": ["y|new", None, "x"],
                          "text": ["t", np.nan, ""], "click": [0, 1, 1], "rating": [1.0, 2.0, 3.0],
                          "kind": ["v", "w", "u"]})
-    out = pre.transform(test)
+    with pytest.warns(UserWarning, match=r"multiclass task 'kind'.*'w' \(1 row\)"):
+        out = pre.transform(test)
     assert out["city"].tolist() == [2, 0, 0]       # unseen and missing -> OOV 0
     assert out["age"][1].item() == 0.0             # missing -> train mean -> 0
     assert out["age"][2].item() == pytest.approx((40 - mean) / std)
@@ -42,12 +44,12 @@ def test_fit_on_train_and_transform_unseen_values():
     assert out["tags"][0].tolist() == [2, 1, 0]
     assert out["tags"][1].tolist() == [0, 0, 0]
     assert out["text"].tolist() == ["t", "", ""]
-    assert out[label_key("kind")].tolist() == [1, -1, 0]  # unseen class 'w' -> missing
+    assert out[label_key("kind")].tolist() == [1, -1, 0]  # unseen class 'w' -> masked, with a warning
     assert out[mask_key("kind")].tolist() == [True, False, True]
 
 
 def test_missing_labels_are_masked():
-    pre = Preprocessor(FEATURES, LABELS).fit(_train())
+    pre = Preprocessor(FEATURES, LABELS, fill_missing=FILL).fit(_train())
     out = pre.transform(_train())
     assert out[mask_key("click")].tolist() == [True, True, False, True]
     assert out[mask_key("rating")].tolist() == [True, True, True, False]
@@ -55,7 +57,7 @@ def test_missing_labels_are_masked():
 
 
 def test_errors_name_column_and_row():
-    pre = Preprocessor(FEATURES, LABELS).fit(_train())
+    pre = Preprocessor(FEATURES, LABELS, fill_missing=FILL).fit(_train())
     with pytest.raises(DataError, match="required column 'age' is missing"):
         pre.transform(_train().drop(columns=["age"]), "in.csv")
     bad = _train()
@@ -64,11 +66,11 @@ def test_errors_name_column_and_row():
         pre.transform(bad, "in.csv")
     bad = _train()
     bad["click"] = [1, 2, 0, 1]
-    with pytest.raises(DataError, match=r"binary label column 'click'.*row 2"):
+    with pytest.raises(DataError, match=r"binary label column 'click'.*2 \(1 row\) \(first at row 2\)"):
         pre.transform(bad, "in.csv")
     # in a split (a subset of the rows), the row named is the file's, not the position in the split
     split = {"train": np.array([0, 2]), "test": np.array([3, 1])}
-    with pytest.raises(DataError, match=r"binary label column 'click'.* 2 at row 2;"):
+    with pytest.raises(DataError, match=r"binary label column 'click'.* 2 \(1 row\) \(first at row 2\);"):
         pre.transform_splits(bad, split, "in.csv")
     bad = _train()
     bad["age"] = ["1", "2", "3", "old"]
@@ -77,7 +79,7 @@ def test_errors_name_column_and_row():
 
 
 def test_state_round_trip():
-    pre = Preprocessor(FEATURES, LABELS, min_count=1).fit(_train())
+    pre = Preprocessor(FEATURES, LABELS, min_count=1, fill_missing=FILL).fit(_train())
     again = Preprocessor.from_state_dict(pre.state_dict())
     a, b = pre.transform(_train()), again.transform(_train())
     for k in ("city", "age", "tags"):
@@ -86,7 +88,7 @@ def test_state_round_trip():
 
 def test_zero_rows_transform_to_empty_columns():
     """An empty split (data.split.val: 0) or a header-only file gives empty columns, not a crash."""
-    pre = Preprocessor(FEATURES, LABELS).fit(_train())
+    pre = Preprocessor(FEATURES, LABELS, fill_missing=FILL).fit(_train())
     out = pre.transform(_train().iloc[:0])
     assert out["tags"].shape == (0, 3) and out["tags"].dtype == torch.int64
     assert out["city"].shape == (0,) and out["age"].shape == (0,)

@@ -117,7 +117,8 @@ def test_overrides():
     ("model.backbone.num_experts=0", "model.backbone.num_experts", "num_experts must be >= 1, got 0"),
     ("model.backbone.dropout=1.5", "model.backbone.dropout", "got 1.5"),
     ("model.backbone={name: dselect-k, num_experts: 4, k: 9}", "model.backbone.k", "between 1 and num_experts=4"),
-    ("model.backbone={name: esmm, funnel: [income, clicks]}", "model.backbone.funnel", "every task exactly once"),
+    ("model.backbone={name: esmm, funnel: [income, clicks]}", "model.backbone.funnel[1]",
+     "'clicks' is not a task of the recipe"),
     ("model.backbone={name: shared-bottom, activation: relux}", "model.backbone.activation", "choose one of relu"),
     ("model.tower={name: mlp, hidden: [0]}", "model.tower.hidden", "positive integers"),
     ("model.encoders[0]={name: embedding, features: [workclass], dim: 0}", "model.encoders[0].dim",
@@ -154,17 +155,20 @@ def test_overridden_keys_point_at_the_command_line(tmp_path):
     p = _write(tmp_path, BASE)
     with pytest.raises(RecipeError) as exc:
         load_recipe(p, ["model.backbone.num_experts=0"])
-    assert "model.backbone.num_experts (command-line override): backbone 'mmoe'" in str(exc.value)
+    assert "model.backbone.num_experts (command-line override model.backbone.num_experts=0): backbone 'mmoe'" \
+        in str(exc.value)
     with pytest.raises(RecipeError) as exc:  # a whole mapping replaced: its keys are the override's too
         load_recipe(p, ["model.backbone={name: mmoe, num_experts: 0}"])
-    assert "model.backbone.num_experts (command-line override)" in str(exc.value)
+    assert "model.backbone.num_experts (command-line override model.backbone={name: mmoe, num_experts: 0})" \
+        in str(exc.value)
     with pytest.raises(RecipeError) as exc:
         load_recipe(p, ["model.backbone.expert_hidden=[8, -1]"])
-    assert "model.backbone.expert_hidden (command-line override): backbone 'mmoe': expert_hidden widths must be " \
+    assert "model.backbone.expert_hidden (command-line override model.backbone.expert_hidden=[8, -1]): " \
+        "backbone 'mmoe': expert_hidden widths must be " \
         "positive integers, got [8, -1]" in str(exc.value)
     with pytest.raises(RecipeError) as exc:  # an item of an overridden list
         load_recipe(p, ["tasks.income.metrics=[auc, ndcg@0]"])
-    assert "tasks.income.metrics[1] (command-line override)" in str(exc.value)
+    assert "tasks.income.metrics[1] (command-line override tasks.income.metrics=[auc, ndcg@0])" in str(exc.value)
     with pytest.raises(RecipeError) as exc:  # keys not overridden keep their file line
         load_recipe(_write(tmp_path, BASE.replace("num_experts: 2", "num_experts: 0")), ["trainer.max_epochs=1"])
     assert f"model.backbone.num_experts ({p}:8)" in str(exc.value)
@@ -253,3 +257,116 @@ def test_builder_reports_the_same_key_as_validation(tmp_path):
                              input_dim=4, task_names=["income"])
     assert "num_experts must be >= 1" in dict(exc.value.problems)["model.backbone.num_experts"]
     assert f"{tmp_path / 'r.yaml'}:8" in str(exc.value)
+
+
+# -- a feature listed twice --------------------------------------------------------------------------
+
+def test_feature_listed_twice_in_one_encoder_or_across_encoders(tmp_path):
+    """Each column is encoded once: the second place is the problem, and it names the first."""
+    twice = BASE.replace("features: [age]}", "features: [age, fnlwgt, age]}")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, twice))
+    problems = dict(exc.value.problems)
+    assert list(problems) == ["model.encoders[0].features[2]"]
+    assert "feature 'age' is listed twice: here and at model.encoders[0].features[0]" in \
+        problems["model.encoders[0].features[2]"]
+    across = BASE.replace("    - {name: numeric, features: [age]}\n",
+                          "    - {name: numeric, features: [age]}\n"
+                          "    - {name: embedding, features: [workclass, age], dim: 4}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, across))
+    problems = dict(exc.value.problems)
+    assert "model.encoders[1].features[1]" in problems
+    assert "at model.encoders[0].features[0]" in problems["model.encoders[1].features[1]"]
+
+
+# -- errors from an override name the override ---------------------------------------------------------
+
+def test_override_errors_name_the_override(tmp_path):
+    p = _write(tmp_path, BASE)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(p, ["model.backbone.num_expert=8"])
+    msg = str(exc.value)
+    assert "model.backbone.num_expert (command-line override model.backbone.num_expert=8): unknown key" in msg
+    assert f"{p}:" not in msg  # not blamed on a line of the file
+
+
+@pytest.mark.parametrize("override, phrase", [
+    ("trainer..max_epochs=3", "has an empty part between two dots; write it as trainer.max_epochs"),
+    (".trainer.max_epochs=3", "starts with a dot; write it as trainer.max_epochs"),
+    ("trainer.max_epochs.=3", "ends with a dot; write it as trainer.max_epochs"),
+    ("model.encoders[].dim=3", "malformed index '[]'"),
+])
+def test_malformed_override_keys_are_refused(override, phrase):
+    data, _ = parse_yaml(BASE, "x")
+    with pytest.raises(RecipeError) as exc:
+        apply_overrides(data, [override])
+    (path, msg), = exc.value.problems
+    assert msg == f"command-line override '{override}': the key '{override.partition('=')[0]}' {phrase}." \
+        or phrase in msg
+    assert f"command-line override '{override}'" in msg and phrase in msg
+
+
+# -- "did you mean": misspellings, other frameworks' names, keys at the wrong level -------------------
+
+@pytest.mark.parametrize("extra, path, hint", [
+    # a key at the wrong level says where it belongs
+    ("lr: 0.01\n", "lr", "'lr' belongs under optimizer: write optimizer.lr."),
+    ("max_epochs: 3\n", "max_epochs", "'max_epochs' belongs under trainer: write trainer.max_epochs."),
+    ("batch_size: 64\n", "batch_size", "'batch_size' belongs under data: write data.batch_size."),
+    ("trainer: {lr: 0.01}\n", "trainer.lr", "'lr' belongs under optimizer: write optimizer.lr."),
+    ("optimizer: {max_epochs: 3}\n", "optimizer.max_epochs", "belongs under trainer: write trainer.max_epochs."),
+    # other frameworks' names, at the top and at their own level
+    ("learning_rate: 0.01\n", "learning_rate",
+     "mtlframe calls 'learning_rate' optimizer.lr: write lr under optimizer."),
+    ("optimizer: {learning_rate: 0.01}\n", "optimizer.learning_rate", "Did you mean 'lr'?"),
+    ("optimizer: {lr_rate: 0.01}\n", "optimizer.lr_rate", "Did you mean 'lr'?"),
+    ("epochs: 3\n", "epochs", "mtlframe calls 'epochs' trainer.max_epochs: write max_epochs under trainer."),
+    ("trainer: {num_epochs: 3}\n", "trainer.num_epochs", "Did you mean 'max_epochs'?"),
+    ("trainer: {gpus: 1}\n", "trainer.gpus", "Did you mean 'devices'?"),
+    ("gpus: 1\n", "gpus", "mtlframe calls 'gpus' trainer.devices: write devices under trainer."),
+    ("bs: 64\n", "bs", "mtlframe calls 'bs' data.batch_size: write batch_size under data."),
+    ("early_stopping: {stopping_step: 3}\n", "early_stopping.stopping_step", "Did you mean 'patience'?"),
+    # misspellings at every level
+    ("sed: 1\n", "sed", "Did you mean 'seed'?"),
+    ("checkpoint: {save_topk: 2}\n", "checkpoint.save_topk", "Did you mean 'save_top_k'?"),
+    ("optimizer: {weight_decy: 0.1}\n", "optimizer.weight_decy", "Did you mean 'weight_decay'?"),
+    # misspelled choices of the fixed keys
+    ("optimizer: {name: adamm}\n", "optimizer.name", "(got 'adamm'). Did you mean 'adam'?"),
+    ("logger: {name: tensorbord}\n", "logger.name", "Did you mean 'tensorboard'?"),
+])
+def test_unknown_keys_say_what_was_meant(tmp_path, extra, path, hint):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, BASE + extra))
+    problems = dict(exc.value.problems)
+    assert path in problems, problems
+    assert hint in problems[path]
+
+
+@pytest.mark.parametrize("old, new, path, hint", [
+    ("label: income}", "label: income, loss_weight: 2}", "tasks.income.loss_weight", "Did you mean 'weight'?"),
+    ("label: income}", "label: income, wieght: 2}", "tasks.income.wieght", "Did you mean 'weight'?"),
+    ("dataset: {name: adult}", "dataset: {name: adult}\n  batchsize: 8", "data.batchsize",
+     "Did you mean 'batch_size'?"),
+    ("dataset: {name: adult}", "dataset: {name: adult}\n  spilt: {val: 0.2}", "data.spilt", "Did you mean 'split'?"),
+    ("num_experts: 2", "n_experts: 2", "model.backbone.n_experts", "Did you mean 'num_experts'?"),
+    ("num_experts: 2", "expert_num: 2", "model.backbone.expert_num", "Did you mean 'num_experts'?"),
+    ("features: [age]}", "features: [age], embedding_dim: 4}", "model.encoders[0].embedding_dim",
+     "Did you mean 'dim'?"),
+    ("data:\n", "embed_dim: 4\ndata:\n", "embed_dim", "mtlframe components call it 'dim'"),
+    ("num_experts: 2", "num_experts: 2, lr: 0.1", "model.backbone.lr", "'lr' belongs under optimizer"),
+])
+def test_unknown_keys_in_tasks_data_and_components(tmp_path, old, new, path, hint):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(_write(tmp_path, BASE.replace(old, new)))
+    problems = dict(exc.value.problems)
+    assert path in problems, problems
+    assert hint in problems[path]
+
+
+def test_embedding_dim_on_an_encoder_with_dim():
+    from mtlframe.recipe import key_hint
+
+    assert key_hint("embedding_dim", "model.encoders[0]", ["features", "dim", "sparse"]) == " Did you mean 'dim'?"
+    assert key_hint("loss_weight", "", ["seed", "tasks"]) == \
+        " mtlframe calls 'loss_weight' tasks.<task>.weight (one per task): write weight under tasks.<task>."

@@ -222,6 +222,84 @@ def test_a_recipe_naming_a_component_of_the_failed_plugin_gets_the_failure(broke
         reg.get("tower", "fancy-tower")
 
 
+def _use_entry_points(monkeypatch, eps):
+    monkeypatch.setattr(registry_mod.metadata, "entry_points", lambda group=None, **kw: eps if group == "mtlframe" else [])
+    monkeypatch.delenv("MTLFRAME_STRICT_PLUGINS", raising=False)
+    monkeypatch.delenv("MTLFRAME_DISABLE_PLUGINS", raising=False)
+
+
+def test_two_distributions_with_one_entry_point_name_are_both_loaded(monkeypatch):
+    one = _plugin("one_plugin", "pkg-one", mtlframe_towers=[ComponentSpec("tower-one", TwinA, "one"),
+                                                            ComponentSpec("twin", TwinA, "one")])
+    two = _plugin("two_plugin", "pkg-two", mtlframe_towers=[ComponentSpec("tower-two", TwinB, "two"),
+                                                            ComponentSpec("twin", TwinB, "two")])
+    _use_entry_points(monkeypatch, [FakeEntryPoint("extra", "pkg-one", "1.0", lambda: one),
+                                    FakeEntryPoint("extra", "pkg-two", "2.0", lambda: two)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # nothing fails, nothing is skipped
+        reg = build_registry()
+    assert reg.failures == []
+    assert {k: (p.distribution, p.version) for k, p in reg.plugins.items() if k != "mtlframe"} == {
+        "pkg-one:extra": ("pkg-one", "1.0"), "pkg-two:extra": ("pkg-two", "2.0")}
+    assert reg.get("tower", "tower-one").load() is TwinA and reg.get("tower", "tower-two").load() is TwinB
+    # a component both register: an error naming both distributions; qualified names pick one
+    with pytest.raises(ComponentConflictError) as info:
+        reg.get("tower", "twin", where="recipe r.yaml, key model.tower.name")
+    assert "pkg-one:twin (pkg-one 1.0)" in str(info.value) and "pkg-two:twin (pkg-two 2.0)" in str(info.value)
+    assert reg.get("tower", "pkg-two:twin").load() is TwinB
+    # disabling by distribution leaves the other one
+    monkeypatch.setenv("MTLFRAME_DISABLE_PLUGINS", "pkg-one")
+    assert build_registry().get("tower", "twin").load() is TwinB
+
+
+BROKEN_PLUGIN = textwrap.dedent("""
+    import {where}
+    from mtlframe import ComponentSpec, hookimpl
+
+    @hookimpl
+    def mtlframe_towers():
+        return [ComponentSpec("fancy-tower", "broken_src_pkg.towers:Fancy", "a tower"),
+                ComponentSpec(name="plain-tower", factory="broken_src_pkg.towers:Plain")]
+
+    @hookimpl
+    def mtlframe_combiners():
+        return [ComponentSpec("fancy-combiner", "broken_src_pkg.combiners:Fancy")]
+""")
+
+
+@pytest.mark.parametrize("fails_in", ["plugin", "package"])
+def test_a_bare_name_of_a_failed_plugins_component_says_which_plugin_and_why(tmp_path, monkeypatch, fails_in):
+    import importlib
+
+    name = f"broken_{fails_in}"          # one package per case: the import system caches packages
+    pkg = tmp_path / f"{name}_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import missing_dep_of_init\n" if fails_in == "package" else "")
+    (pkg / "plugin.py").write_text(BROKEN_PLUGIN.replace("{where}", "missing_dep_of_plugin"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = FakeEntryPoint(name, "mtlframe-fancy", "0.2", lambda: importlib.import_module(f"{name}_pkg.plugin"))
+    _use_entry_points(monkeypatch, [ep])
+    with pytest.warns(RuntimeWarning, match="mtlframe-fancy"):
+        reg = build_registry()
+    missing = "missing_dep_of_init" if fails_in == "package" else "missing_dep_of_plugin"
+    assert reg.failures[0].components == ("tower:fancy-tower", "tower:plain-tower", "combiner:fancy-combiner")
+    assert str(reg.failures[0]).endswith("(it provides tower:fancy-tower, tower:plain-tower, combiner:fancy-combiner)")
+    with pytest.raises(PluginLoadError) as info:
+        reg.get("tower", "plain-tower")
+    msg = str(info.value)
+    assert f"comes from plugin '{name}' (mtlframe-fancy 0.2), which failed to load" in msg
+    assert f"ModuleNotFoundError: No module named '{missing}'" in msg and "pip install -U mtlframe-fancy" in msg
+    # through recipe validation: the key, the plugin and the reason
+    monkeypatch.setattr(registry_mod, "_REGISTRY", reg)
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(testing.tiny_recipe(**{"model.tower": {"name": "fancy-tower"}}), "r.yaml")
+    msg = str(info.value)
+    assert "model.tower.name" in msg and "mtlframe-fancy 0.2" in msg and missing in msg
+    # a name it does not declare (or of another kind) stays unknown, with the failure as a hint
+    with pytest.raises(UnknownComponentError, match="failed to load and may provide it: mtlframe-fancy"):
+        reg.get("tower", "fancy-combiner")
+
+
 def test_plugins_command_reports_load_failures(broken_entry_point, monkeypatch, capsys):
     from mtlframe.cli import main
 
@@ -231,7 +309,7 @@ def test_plugins_command_reports_load_failures(broken_entry_point, monkeypatch, 
     assert main(["plugins", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["failures"] == [{"entry_point": "broken", "distribution": "mtlframe-broken", "version": "0.3.1",
-                                    "error": "ImportError: No module named 'heavy_dependency'"}]
+                                    "error": "ImportError: No module named 'heavy_dependency'", "components": []}]
     assert payload["plugins"]["good"] == {"distribution": "mtlframe-good", "version": "2.0"}
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
@@ -247,6 +325,8 @@ CONTRACT_ARGS = {
     ("encoder", "embedding"): {"dim": 4},
     ("encoder", "numeric"): {"dim": 4},
     ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"]},   # check_sampler's data
+    # funnels name their stages (check_backbone's tasks are a, b)
+    **{("backbone", n): {"click": "a", "conversion": "b"} for n in ("esmm", "escm2", "aitm")},
 }
 
 

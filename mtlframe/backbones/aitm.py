@@ -12,8 +12,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from mtlframe.backbones.base import Backbone
-from mtlframe.backbones.esmm import resolve_funnel
+from mtlframe.backbones.funnel import FunnelBackbone
 from mtlframe.layers import MLP
 
 
@@ -43,7 +42,7 @@ class InformationTransfer(nn.Module):
         return z, w
 
 
-class AITM(Backbone):
+class AITM(FunnelBackbone):
     """Per-step towers; each step receives what the previous step learned through an attention gate.
 
     For funnel steps ``t = 1..T`` (e.g. impression -> click -> purchase) over the shared input ``x``:
@@ -65,19 +64,27 @@ class AITM(Backbone):
         dropout: dropout in the MLPs.
         activation: activation name.
         batch_norm: batch normalization in the MLPs.
-        funnel: task names in funnel order (default: the order of the recipe's ``tasks``).
-        input_dim, task_names: injected.
+        click: the click stage's task (with ``conversion``: a two-stage funnel).
+        conversion: the conversion stage's task; trained on click AND conversion.
+        funnel: every stage's task in funnel order (instead of ``click``/``conversion``); stage
+            ``k`` is trained on the AND of the labels of stages ``1..k``.
+        strict: a row with a later stage 1 and an earlier one 0 is a data error (default: a
+            warning with the count).
+        input_dim, task_names, task_types: injected.
 
     Shape: ``x [B, D] -> {task: [B, H]}``; after a forward, ``gate_weights[task]`` for steps
     ``t >= 2`` is the AIT attention ``[B, 2]`` (transferred, own).
 
     Raises:
-        ValueError: fewer than two tasks, a bad ``funnel``, empty ``tower_hidden``,
-            ``calibration_weight < 0``; in :meth:`auxiliary_loss`, a non-binary task.
+        ArgumentError: stages not named, an unknown task, a task left out, fewer than two stages,
+            a stage that is not a binary task (:func:`~mtlframe.backbones.funnel.resolve_stages`).
+        ValueError: empty ``tower_hidden``, ``calibration_weight < 0``; in :meth:`auxiliary_loss`,
+            a tower with more than one output.
 
     Example::
 
-        aitm = AITM(tower_hidden=[64, 32], input_dim=32, task_names=["click", "purchase"])
+        aitm = AITM(tower_hidden=[64, 32], click="click", conversion="purchase", input_dim=32,
+                    task_names=["click", "purchase"])
         h = aitm(torch.randn(8, 32))                       # {"click": [8, 32], "purchase": [8, 32]}
         logits = {t: towers[t](h[t]) for t in h}
         aux = aitm.auxiliary_loss(batch, logits)           # {"aitm/calibration": scalar}
@@ -85,14 +92,15 @@ class AITM(Backbone):
 
     def __init__(self, tower_hidden: list[int] = [128, 64], calibration_weight: float = 0.6,  # noqa: B006
                  dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False,
-                 funnel: list[str] | None = None, *, input_dim: int, task_names: list[str]) -> None:
+                 click: str | None = None, conversion: str | None = None, funnel: list[str] | None = None,
+                 strict: bool = False, *, input_dim: int, task_names: list[str],
+                 task_types: dict[str, str] | None = None) -> None:
         super().__init__()
         if not tower_hidden:
             raise ValueError("tower_hidden must list at least one width")
         if calibration_weight < 0:
             raise ValueError(f"calibration_weight must be >= 0, got {calibration_weight}")
-        self.task_names = list(task_names)
-        self.funnel = resolve_funnel(funnel, self.task_names, "AITM")
+        self._init_funnel(click, conversion, funnel, strict, task_names, task_types)
         self.calibration_weight = float(calibration_weight)
         dim = tower_hidden[-1]
         self.towers = nn.ModuleDict(

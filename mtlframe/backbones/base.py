@@ -37,6 +37,10 @@ class Backbone(nn.Module):
     recipe's encoders produce them) and is then called ``forward(x, task_inputs)`` with
     ``task_inputs: {task: [B, D]}``. Every other backbone is called ``forward(x)`` with the shared
     ``x`` only, and a recipe that gives it per-task tables is rejected.
+
+    A backbone may also declare the injected keyword ``task_types: dict[str, str]`` (``task ->
+    binary | regression | multiclass``) to refuse tasks it cannot model (the funnel backbones,
+    :mod:`mtlframe.backbones.funnel`).
     """
 
     injected: ClassVar[tuple[str, ...]] = ("input_dim", "task_names")

@@ -47,8 +47,11 @@ class ESCM2(ESMM):
         propensity_min: lower clip of the propensity ``\\hat o`` (in ``(0, 1]``).
         imputation_hidden: hidden widths of each DR imputation head.
         dropout, activation, batch_norm: for the per-task MLPs.
-        funnel: task names in funnel order (default: the recipe's task order).
-        input_dim, task_names: injected.
+        click: the click stage's task (the propensity's stage).
+        conversion: the conversion stage's task; trained on click AND conversion.
+        funnel: every stage's task in funnel order (instead of ``click``/``conversion``).
+        strict: a row whose conversion is 1 and click 0 is a data error (default: a warning).
+        input_dim, task_names, task_types: injected.
 
     Shape: as :class:`ESMM`; ``auxiliary_loss`` returns named scalars.
 
@@ -58,7 +61,7 @@ class ESCM2(ESMM):
 
     Example::
 
-        m = ESCM2(counterfactual="dr", input_dim=32, task_names=["ctr", "ctcvr"])
+        m = ESCM2(counterfactual="dr", click="ctr", conversion="ctcvr", input_dim=32, task_names=["ctr", "ctcvr"])
         h = m(x)
         logits = m.couple({t: towers[t](h[t]) for t in h})   # task losses on these
         aux = m.auxiliary_loss(batch, logits)   # {"escm2/dr": ..., "escm2/imputation": ...}
@@ -67,10 +70,11 @@ class ESCM2(ESMM):
     def __init__(self, hidden: list[int] = [], counterfactual: str = "ips",  # noqa: B006
                  counterfactual_weight: float = 0.1, propensity_min: float = 0.05,
                  imputation_hidden: list[int] = [32], dropout: float = 0.0, activation: str = "relu",  # noqa: B006
-                 batch_norm: bool = False, funnel: list[str] | None = None, *, input_dim: int,
-                 task_names: list[str]) -> None:
-        super().__init__(hidden, dropout, activation, batch_norm, funnel, input_dim=input_dim,
-                         task_names=task_names)
+                 batch_norm: bool = False, click: str | None = None, conversion: str | None = None,
+                 funnel: list[str] | None = None, strict: bool = False, *, input_dim: int,
+                 task_names: list[str], task_types: dict[str, str] | None = None) -> None:
+        super().__init__(hidden, dropout, activation, batch_norm, click, conversion, funnel, strict,
+                         input_dim=input_dim, task_names=task_names, task_types=task_types)
         if counterfactual not in _MODES:
             raise ValueError(f"counterfactual must be one of {', '.join(_MODES)}, got '{counterfactual}'")
         if counterfactual_weight < 0:

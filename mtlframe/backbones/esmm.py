@@ -11,32 +11,16 @@ prediction alike) before anything reads them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlframe.backbones.base import Backbone
+from mtlframe.backbones.funnel import FunnelBackbone
 from mtlframe.layers import MLP
 
 _MAX_LOG_PROB = -1e-7  # keep logit(p) finite: p <= 1 - 1e-7
-
-
-def resolve_funnel(funnel: Sequence[str] | None, task_names: Sequence[str], model: str) -> list[str]:
-    """The tasks in funnel order (``funnel``, or ``task_names`` as listed in the recipe).
-
-    Raises:
-        ValueError: ``funnel`` is not an ordering of exactly the recipe's tasks, or fewer than
-            two tasks.
-    """
-    order = list(task_names) if funnel is None else list(funnel)
-    if funnel is not None and (len(set(order)) != len(order) or set(order) != set(task_names)):
-        raise ValueError(f"{model}: funnel must list every task exactly once, in funnel order; "
-                         f"got {order}, tasks are {list(task_names)}")
-    if len(order) < 2:
-        raise ValueError(f"{model} chains at least two tasks (e.g. click then conversion), got {order}")
-    return order
 
 
 def _binary_logit(model: str, task: str, o: torch.Tensor) -> torch.Tensor:
@@ -57,11 +41,14 @@ def logit_from_log_prob(log_p: torch.Tensor) -> torch.Tensor:
     return log_p - log1mexp(log_p)
 
 
-class ESMM(Backbone):
+class ESMM(FunnelBackbone):
     """Per-step towers whose probabilities multiply along a conversion funnel.
 
-    The recipe lists the *observable* tasks of a funnel in order, each labelled on every
-    impression, e.g. ``ctr`` (click) then ``ctcvr`` (click and purchase). The tower of step ``k``
+    The backbone names the funnel's stages (``click: ctr, conversion: ctcvr``, or ``funnel: [...]``
+    for more; never the order of ``tasks:``), each a binary task. Stage ``k`` is trained on the
+    entire space with the target "stages ``1..k`` all happened" (for the conversion stage, click
+    AND conversion, whatever the conversion column holds on un-clicked rows; see
+    :mod:`mtlframe.backbones.funnel`). The tower of step ``k``
     predicts the *conditional* probability ``q_k = P(step k | step k-1)`` (for ``ctcvr``, that is
     pCVR); :meth:`couple` turns the towers' logits into the entire-space probabilities
 
@@ -79,30 +66,35 @@ class ESMM(Backbone):
         dropout: dropout in those MLPs.
         activation: activation name.
         batch_norm: batch normalization in those MLPs.
-        funnel: task names in funnel order (default: the order of the recipe's ``tasks``).
-        input_dim, task_names: injected.
+        click: the click stage's task (with ``conversion``: a two-stage funnel).
+        conversion: the conversion stage's task; trained on click AND conversion.
+        funnel: every stage's task in funnel order (instead of ``click``/``conversion``).
+        strict: a row whose conversion is 1 and click 0 is a data error (default: a warning
+            with the count; the row's conversion target is 0).
+        input_dim, task_names, task_types: injected.
 
     Shape: ``x [B, D] -> {task: [B, H]}`` (``H = hidden[-1]`` or ``D``);
     ``couple({task: [B] or [B, 1]}) -> {task: same shape}``.
 
     Raises:
-        ValueError: fewer than two tasks, a bad ``funnel``, or (in :meth:`couple`) a
-            task whose tower does not output one logit per row.
+        ArgumentError: stages not named, an unknown task, a task left out, fewer than two stages,
+            a stage that is not a binary task (:func:`~mtlframe.backbones.funnel.resolve_stages`).
+        ValueError: (in :meth:`couple`) a task whose tower does not output one logit per row.
 
     Example::
 
-        esmm = ESMM(input_dim=32, task_names=["ctr", "ctcvr"])
+        esmm = ESMM(click="ctr", conversion="ctcvr", input_dim=32, task_names=["ctr", "ctcvr"])
         h = esmm(torch.randn(8, 32))                       # {"ctr": [8, 32], "ctcvr": [8, 32]}
         tower_logits = {t: towers[t](h[t]) for t in h}     # ctr -> logit pCTR, ctcvr -> logit pCVR
         logits = esmm.couple(tower_logits)                 # ctcvr -> logit(pCTR * pCVR)
     """
 
     def __init__(self, hidden: list[int] = [], dropout: float = 0.0, activation: str = "relu",  # noqa: B006
-                 batch_norm: bool = False, funnel: list[str] | None = None, *, input_dim: int,
-                 task_names: list[str]) -> None:
+                 batch_norm: bool = False, click: str | None = None, conversion: str | None = None,
+                 funnel: list[str] | None = None, strict: bool = False, *, input_dim: int,
+                 task_names: list[str], task_types: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.task_names = list(task_names)
-        self.funnel = resolve_funnel(funnel, self.task_names, type(self).__name__)
+        self._init_funnel(click, conversion, funnel, strict, task_names, task_types)
         self.nets = nn.ModuleDict(
             {t: MLP(input_dim, hidden, dropout, activation, batch_norm) for t in self.task_names})
         self.output_dims = {t: self.nets[t].output_dim for t in self.task_names}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtlframe.errors import DataError
+from mtlframe.errors import DataError, file_problem
 from mtlframe.features import FEATURE_TYPES
 
 
@@ -66,6 +66,7 @@ class RecDataset:
 def require_file(path: str | Path, what: str, hint: str) -> Path:
     """Return ``path`` as a Path, or raise a :class:`DataError` naming it and the fix."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{what}: file {p} does not exist. {hint}")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"{what}: {p} {problem}. {hint}")
     return p

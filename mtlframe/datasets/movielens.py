@@ -12,7 +12,8 @@ Columns:
 * features — ``user_id``, ``item_id``, ``gender``, ``occupation``, ``zip_prefix`` (first 3
   characters of the zip code; some are Canadian, e.g. ``T8H``) categorical; ``age`` and
   ``release_year`` numeric (``release_year`` is NaN for the one movie without a release date,
-  item 267 "unknown"); ``genres`` multi-categorical (``"Animation|Children's|Comedy"``, from the
+  item 267 "unknown", 9 ratings: a recipe using it declares a fill, e.g.
+  ``data.fill_missing: {release_year: mean}``); ``genres`` multi-categorical (``"Animation|Children's|Comedy"``, from the
   19 genre flags of ``u.item``); ``title`` text, without the ``" (1995)"`` year suffix (and a
   trailing ``" (V)"``).
 * labels — ``rating`` (float 1..5, regression) and ``like`` (1.0 if rating >= 4, binary; 55.4 %).

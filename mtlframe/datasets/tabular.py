@@ -9,7 +9,9 @@ task labels; the loader reads only those columns and checks them before anything
   row (1-based data row; for CSV also the file line) and its value;
 * a label column that is not numeric -> the same (encode class labels as integers ``0..C-1``).
 
-Empty cells are missing values (NaN), never errors. ``categorical``, ``text`` and
+Empty cells are missing values (NaN): a missing label masks the row for that task; a missing
+``numeric`` feature value follows the recipe's ``data.fill_missing`` (an error by default, see
+``docs/recipes.md``, "Missing values"). ``categorical``, ``text`` and
 ``multi_categorical`` columns of a CSV are read as strings, so ids such as ``"007"`` keep their
 leading zeros.
 
@@ -150,7 +152,8 @@ class CsvDataset(_UserTable):
         path: the file (may be compressed: ``.gz``, ``.zip``, ``.bz2``, ``.xz``, ``.zst``).
         features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
             ``text``, ``multi_categorical`` (``|``-separated tokens).
-        labels: columns usable as task labels (numeric; empty cells are missing labels).
+        labels: columns usable as task labels (numeric; empty cells are missing labels, as is a
+            task's ``missing_label`` value).
         timestamp: event-time column (numbers or date/time strings), enables the ``time`` split.
         user: user-id column.
         item: item-id column (negative sampling, cold-start split).
@@ -181,9 +184,16 @@ class CsvDataset(_UserTable):
 
 
 class ParquetDataset(_UserTable):
-    """A Parquet file (needs ``pyarrow``: ``pip install pyarrow``).
+    """A Parquet file (needs ``pyarrow``: ``pip install pyarrow``); only the declared columns are read.
 
-    Args: as :class:`CsvDataset`, without ``sep``.
+    Args:
+        path: the ``.parquet`` file.
+        features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
+            ``text``, ``multi_categorical`` (``|``-separated tokens).
+        labels: columns usable as task labels (numeric; nulls are missing labels).
+        timestamp: event-time column (numbers, dates or date/time strings), enables the ``time`` split.
+        user: user-id column.
+        item: item-id column (negative sampling, cold-start split).
     """
 
     def __init__(self, path: str, features: dict[str, str], labels: list[str],

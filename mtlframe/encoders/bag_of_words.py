@@ -7,6 +7,7 @@ per split on the data side (:meth:`BagOfWordsEncoder.featurize`); training only 
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from collections.abc import Mapping
 from typing import Literal
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder
-from mtlframe.errors import ArgumentError
+from mtlframe.errors import ArgumentError, DataError
 from mtlframe.features import FeatureInfo
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -42,6 +43,9 @@ class BagOfWordsEncoder(Encoder):
         max_tokens: tokens kept per text (after n-gram expansion), the padded length ``L``.
         pooling: ``mean`` of the token embeddings, ``sum``, or ``sqrt`` (sum divided by the square
             root of the token count: keeps a signal of text length, often best for reviews).
+        on_truncation: texts with more than ``max_tokens`` tokens are cut: ``warn`` (one warning
+            per column, with the share of texts cut and the limit), ``error`` (a
+            :class:`~mtlframe.errors.DataError` naming the column) or ``ignore``.
         feature_info: injected.
 
     Shape: batch -> ``[B, len(features) * d]``. An empty or missing text maps to a zero vector.
@@ -50,7 +54,8 @@ class BagOfWordsEncoder(Encoder):
     accepts = frozenset({"text"})
 
     def __init__(self, features: list[str], dim: int = 32, num_buckets: int = 2**18, ngrams: int = 2,
-                 max_tokens: int = 256, pooling: Literal["mean", "sum", "sqrt"] = "sqrt", *,
+                 max_tokens: int = 256, pooling: Literal["mean", "sum", "sqrt"] = "sqrt",
+                 on_truncation: Literal["warn", "error", "ignore"] = "warn", *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
         if num_buckets < 2:
@@ -63,26 +68,43 @@ class BagOfWordsEncoder(Encoder):
         self.ngrams = ngrams
         self.max_tokens = max_tokens
         self.pooling = pooling
+        self.on_truncation = on_truncation
+        self._warned: set[str] = set()   # columns whose truncation was reported
         self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean" if pooling == "mean" else "sum", padding_idx=0)
         nn.init.normal_(self.bag.weight, std=0.05)
         self.output_dim = dim * len(self.features)
         self.input_keys = [f"bow:{f}" for f in self.features]
 
-    def _ids(self, texts: np.ndarray, salt: str) -> torch.Tensor:
+    def _ids(self, texts: np.ndarray, salt: str, column: str = "") -> torch.Tensor:
         cache: dict[str, int] = {}
         buckets = self.num_buckets
         rows: list[list[int]] = []
+        cut, longest = 0, 0
         for text in texts:
-            if not isinstance(text, str) or not text:
+            if not isinstance(text, str):  # a number or other value: its text; missing: empty
+                text = "" if text is None or (isinstance(text, float) and text != text) else str(text)
+            if not text:
                 rows.append([])
                 continue
             ids = []
-            for tok in tokenize(text, self.ngrams)[: self.max_tokens]:
+            tokens = tokenize(text, self.ngrams)
+            if len(tokens) > self.max_tokens:
+                cut, longest = cut + 1, max(longest, len(tokens))
+            for tok in tokens[: self.max_tokens]:
                 h = cache.get(tok)
                 if h is None:
                     h = cache[tok] = zlib.crc32((salt + tok).encode()) % buckets + 1
                 ids.append(h)
             rows.append(ids)
+        if cut and self.on_truncation != "ignore" and column not in self._warned:
+            msg = (f"bag-of-words: column '{column}': {cut:,} of {len(rows):,} texts ({cut / len(rows):.1%}) have "
+                   f"more than max_tokens={self.max_tokens} tokens (n-grams included; the longest has {longest:,}) "
+                   "and are truncated")
+            if self.on_truncation == "error":
+                raise DataError(f"{msg}. Fix: raise max_tokens, or on_truncation: warn (or ignore) to accept it.")
+            self._warned.add(column)
+            warnings.warn(f"{msg}. Raise max_tokens to keep them; on_truncation: ignore silences this, error "
+                          "refuses it", UserWarning, stacklevel=3)
         width = max((len(r) for r in rows), default=0) or 1
         out = np.zeros((len(rows), width), dtype=np.int32)
         for i, r in enumerate(rows):
@@ -91,7 +113,7 @@ class BagOfWordsEncoder(Encoder):
 
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tokenize and hash each text column into a ``[N, L]`` int32 tensor (0 = padding)."""
-        return {f"bow:{f}": self._ids(np.asarray(columns[f], dtype=object), f + "\x00") for f in self.features}
+        return {f"bow:{f}": self._ids(np.asarray(columns[f], dtype=object), f + "\x00", f) for f in self.features}
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []

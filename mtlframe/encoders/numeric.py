@@ -16,7 +16,9 @@ class NumericEncoder(Encoder):
     """Passes standardized numeric features through, optionally projected.
 
     The preprocessor standardizes each column with the train split's mean and standard
-    deviation and fills missing values with 0 (the train mean).
+    deviation. Missing values (empty, NaN, ``inf``) are an error unless the recipe declares a fill
+    (``data.fill_missing``: ``mean``, ``median``, ``zero`` or a number); values beyond float32 are
+    an error unless it declares a range (``data.clip``). So the inputs are always finite.
 
     Args:
         features: numeric columns.

@@ -23,6 +23,10 @@ Shared rules:
   and hit rate are undefined), as RecBole does; torchmetrics' ``Retrieval*`` metrics count them
   as 0 by default (``empty_target_action="neg"``), which moves the value with the share of
   all-negative users rather than with the ranking. The result is NaN when no group qualifies.
+  After :meth:`GroupedMetric.compute`, ``metric.group_counts`` (a
+  :class:`~mtlframe.metrics.base.GroupCounts`) holds the groups seen and the groups skipped;
+  training logs them as ``<split>/<task>/<metric>_groups`` and ``<split>/<task>/<metric>_skipped_groups``
+  and writes them to ``metrics.json`` (``groups``).
 * Tied scores are handled exactly, as the expectation over a random order of the tied rows:
   average ranks for GAUC, the tie-averaged DCG of scikit-learn's ``ndcg_score`` (and
   torchmetrics' ``retrieval_normalized_dcg``) for NDCG, and the expected recall and hit rate when
@@ -40,7 +44,7 @@ import torchmetrics
 from torchmetrics.utilities.data import dim_zero_cat
 
 from mtlframe.errors import DataError
-from mtlframe.metrics.grouped import GAUC_WEIGHTS
+from mtlframe.metrics.base import GAUC_WEIGHTS, GroupCounts
 
 
 class _Ranked:
@@ -96,6 +100,7 @@ class _Ranked:
 
 
 def _mean(values: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the ``valid`` groups' ``values [G]`` (weighted by ``weights [G]``); NaN when none is valid."""
     if not bool(valid.any()):
         return torch.tensor(float("nan"))
     w = torch.ones_like(values) if weights is None else weights
@@ -114,7 +119,9 @@ class GroupedMetric(torchmetrics.Metric):
     ``update(preds, target, indexes)``: ``preds [B]`` scores (probabilities or regression
     predictions), ``target [B]`` labels, ``indexes [B]`` int64 group ids (rows with a negative id,
     a missing group value, are left out). :meth:`compute` sorts all rows once (:class:`_Ranked`)
-    and returns :meth:`_value`; NaN when nothing was seen.
+    and returns the (weighted) mean of the groups with a defined value (:meth:`_per_group`); NaN
+    when nothing was seen. ``group_counts`` then holds the groups seen and skipped (``None`` before
+    the first compute and after :meth:`reset`).
 
     Raises:
         ValueError: ``update`` with tensors of different shapes or not 1-D.
@@ -129,6 +136,11 @@ class GroupedMetric(torchmetrics.Metric):
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("indexes", default=[], dist_reduce_fx="cat")
+        self.group_counts: GroupCounts | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.group_counts = None
 
     def update(self, preds: torch.Tensor, target: torch.Tensor, indexes: torch.Tensor) -> None:
         if preds.ndim != 1 or preds.shape != target.shape or preds.shape != indexes.shape:
@@ -141,15 +153,20 @@ class GroupedMetric(torchmetrics.Metric):
         self.indexes.append(indexes.long())
 
     def compute(self) -> torch.Tensor:
+        self.group_counts = GroupCounts(0, 0)
         if isinstance(self.preds, list) and not self.preds:
             return torch.tensor(float("nan"))
         preds, target, indexes = (dim_zero_cat(x) for x in (self.preds, self.target, self.indexes))
         keep = indexes >= 0
         if not bool(keep.any()):
             return torch.tensor(float("nan"))
-        return self._value(_Ranked(preds[keep].double(), target[keep], indexes[keep]))
+        values, valid, weights = self._per_group(_Ranked(preds[keep].double(), target[keep], indexes[keep]))
+        self.group_counts = GroupCounts(valid.numel(), int((~valid).sum()))
+        return _mean(values, valid, weights)
 
-    def _value(self, r: _Ranked) -> torch.Tensor:  # pragma: no cover
+    def _per_group(self, r: _Ranked) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # pragma: no cover
+        """``(values [G], valid [G] bool, weights [G] or None)``: each group's value, whether it is
+        defined (the others are skipped) and its weight in the mean (``None``: equal weights)."""
         raise NotImplementedError
 
 
@@ -172,7 +189,7 @@ class GroupAUC(GroupedMetric):
             raise ValueError(f"gauc weight must be one of {', '.join(GAUC_WEIGHTS)}, got {weight!r}")
         self.weight = weight
 
-    def _value(self, r: _Ranked) -> torch.Tensor:
+    def _per_group(self, r: _Ranked) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # ascending average rank of a block: size - (mean 0-based descending position)
         mean_pos = r.block_start + (r.block_size - 1) / 2
         block_rank = r.size[r.block_group] - mean_pos
@@ -181,7 +198,7 @@ class GroupAUC(GroupedMetric):
         neg = r.size - pos
         valid = (pos > 0) & (neg > 0)
         auc = (rank_sum - pos * (pos + 1) / 2) / torch.clamp(pos * neg, min=1)
-        return _mean(auc, valid, r.size if self.weight == "impressions" else pos)
+        return auc, valid, (r.size if self.weight == "impressions" else pos)
 
 
 class _TopK(GroupedMetric):
@@ -221,7 +238,7 @@ class GroupNDCG(_TopK):
         DataError: at compute, a negative relevance label.
     """
 
-    def _value(self, r: _Ranked) -> torch.Tensor:
+    def _per_group(self, r: _Ranked) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if bool((r.target < 0).any()):
             raise DataError(f"ndcg@{self.k} of task '{self.task}' takes non-negative relevance labels (a graded "
                             f"relevance such as a rating, or 0/1); the labels go down to {float(r.target.min())}. "
@@ -236,25 +253,25 @@ class GroupNDCG(_TopK):
         idcg = torch.zeros(r.num_groups, dtype=torch.float64, device=gains.device).index_add_(
             0, r.group, gains * self._discount(r.pos))
         valid = idcg > 0
-        return _mean(dcg / torch.where(valid, idcg, torch.ones_like(idcg)), valid)
+        return dcg / torch.where(valid, idcg, torch.ones_like(idcg)), valid, None
 
 
 class GroupRecall(_TopK):
     """Recall@K per group (relevant rows in the top K / relevant rows), averaged over groups with a
     relevant row. ``update(preds [B], target [B] of 0/1, indexes [B])``; arguments as :class:`_TopK`."""
 
-    def _value(self, r: _Ranked) -> torch.Tensor:
+    def _per_group(self, r: _Ranked) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # expected relevant rows in the top K: a tie straddling K contributes pro rata
         hits = r.group_sum_blocks(r.block_relevant * r.in_top(self.k) / r.block_size)
         valid = r.relevant > 0
-        return _mean(hits / torch.clamp(r.relevant, min=1), valid)
+        return hits / torch.clamp(r.relevant, min=1), valid, None
 
 
 class GroupHitRate(_TopK):
     """HitRate@K per group (1 if a relevant row is in the top K), averaged over groups with a
     relevant row. ``update(preds [B], target [B] of 0/1, indexes [B])``; arguments as :class:`_TopK`."""
 
-    def _value(self, r: _Ranked) -> torch.Tensor:
+    def _per_group(self, r: _Ranked) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # P(no relevant row in the top K) = product over blocks of C(s - p, m) / C(s, m), where m of
         # the block's s rows (p relevant) fall in the top K, drawn at random among the tied rows
         m = r.in_top(self.k)
@@ -264,4 +281,4 @@ class GroupHitRate(_TopK):
                                - _lchoose(s, m), torch.full_like(s, float("-inf")))
         miss = torch.exp(r.group_sum_blocks(log_miss))
         valid = r.relevant > 0
-        return _mean(1.0 - miss, valid)
+        return 1.0 - miss, valid, None

@@ -16,6 +16,19 @@ from mtlframe.errors import MTLFrameError
 from mtlframe.features import TaskSpec
 
 
+#: ``metrics_group.gauc_weight`` values: a group's weight in GAUC is its rows or its positive rows.
+GAUC_WEIGHTS = ("impressions", "clicks")
+
+
+@dataclass(frozen=True)
+class GroupCounts:
+    """How many groups a grouped metric saw and how many it skipped (no defined value: a GAUC
+    group with one class, an NDCG / recall / hit-rate group without a relevant row)."""
+
+    groups: int
+    skipped: int
+
+
 @dataclass(frozen=True)
 class MetricDef:
     """A registered metric.

@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtlframe.features import TaskSpec
-from mtlframe.metrics.base import MetricDef
-
-GAUC_WEIGHTS = ("impressions", "clicks")
+from mtlframe.metrics.base import GAUC_WEIGHTS, GroupCounts, MetricDef  # noqa: F401  (re-exported)
 _CLASSES = ("GroupAUC", "GroupNDCG", "GroupRecall", "GroupHitRate", "GroupedMetric")
 
 

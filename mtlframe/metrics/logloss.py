@@ -8,7 +8,15 @@ _EPS = 1e-7
 
 
 class LogLoss(torchmetrics.Metric):
-    """Mean log loss. ``update(probs, target)`` with ``probs [B]`` (binary) or ``[B, C]``."""
+    """Mean log loss (negative log-likelihood of the true label), in nats.
+
+    ``update(probs, target)`` with ``probs [B]`` (binary: P(label = 1)) or ``[B, C]`` (multiclass),
+    ``target [B]`` (0/1, or class indices). Each probability is clipped to ``[1e-7, 1 - 1e-7]``
+    (``_EPS = 1e-7``, computed in float64) before its log, so a confident wrong prediction
+    (p = 0 for the true class) costs ``-log(1e-7) ≈ 16.12`` rather than infinity. For multiclass
+    rows only the true class's probability is clipped (the rows are not renormalized).
+    ``compute()`` is the mean over rows seen (sums and counts: exact under DDP); NaN when none.
+    """
 
     higher_is_better = False
     full_state_update = False
@@ -29,4 +37,6 @@ class LogLoss(torchmetrics.Metric):
         self.count += nll.numel()
 
     def compute(self) -> torch.Tensor:
-        return (self.total / self.count.clamp(min=1)).float()
+        if int(self.count) == 0:  # no row: undefined, never a perfect 0
+            return torch.tensor(float("nan"))
+        return (self.total / self.count).float()

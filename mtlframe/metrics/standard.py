@@ -1,8 +1,11 @@
 """Built-in metrics, as torchmetrics objects so they accumulate over an epoch and sync under DDP.
 
-``auc`` is the exact ROC AUC (all scores kept, no binning). ``logloss`` is the mean negative
-log-likelihood of the true label (binary cross-entropy or categorical cross-entropy), clipped at
-``1e-7`` like scikit-learn's ``log_loss`` (:class:`mtlframe.metrics.logloss.LogLoss`).
+``auc`` is the exact ROC AUC (all scores kept, no binning). ``accuracy`` predicts a binary row
+positive when ``p >= 0.5`` (:class:`mtlframe.metrics.accuracy.BinaryAccuracy`), a multiclass row as
+its most probable class. ``logloss`` is the mean negative
+log-likelihood of the true label (binary cross-entropy or categorical cross-entropy), each
+probability clipped to ``[1e-7, 1 - 1e-7]`` first (:class:`mtlframe.metrics.logloss.LogLoss`); it
+equals scikit-learn's ``log_loss`` except for predictions within 1e-7 of 0 or 1.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ def _auc(task: TaskSpec) -> Any:
 
 
 def _accuracy(task: TaskSpec) -> Any:
-    from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
     if task.type == "multiclass":
+        from torchmetrics.classification import MulticlassAccuracy
         return MulticlassAccuracy(num_classes=task.num_classes, average="micro")
+    from mtlframe.metrics.accuracy import BinaryAccuracy
     return BinaryAccuracy()
 
 
@@ -42,7 +46,9 @@ def _mae(task: TaskSpec) -> Any:
 
 
 auc = MetricDef(_auc, True, ("binary",), "area under the ROC curve (exact)")
-accuracy = MetricDef(_accuracy, True, ("binary", "multiclass"), "accuracy (binary at p >= 0.5)")
-logloss = MetricDef(_logloss, False, ("binary", "multiclass"), "mean negative log-likelihood")
+accuracy = MetricDef(_accuracy, True, ("binary", "multiclass"), "accuracy (binary: positive when p >= 0.5; "
+                     "multiclass: the most probable class)")
+logloss = MetricDef(_logloss, False, ("binary", "multiclass"), "mean negative log-likelihood, probabilities "
+                    "clipped to [1e-7, 1 - 1e-7]")
 rmse = MetricDef(_rmse, False, ("regression",), "root mean squared error")
 mae = MetricDef(_mae, False, ("regression",), "mean absolute error")

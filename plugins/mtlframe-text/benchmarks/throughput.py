@@ -50,7 +50,8 @@ def main() -> None:
         return TextEncoder(["title", "review_text"], model=args.model, segments=args.segments,
                            max_length=args.max_length, batch_size=args.batch_size, dim=None,
                            pooling=args.pooling, layer=args.layer,
-                           encode_dtype=args.encode_dtype, cache_dir=cache_dir, progress=False)
+                           encode_dtype=args.encode_dtype, cache_dir=cache_dir, progress=False,
+                           fill_empty="")
 
     common = {"model": args.model, "rows": len(cols["title"]), "segments": args.segments,
               "pooling": args.pooling, "layer": args.layer,

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from mtlframe_text import models
-from mtlframe_text.cache import EmbeddingCache
+from mtlframe_text.cache import CacheMismatchWarning, EmbeddingCache
 from mtlframe_text.encoder import TextEncoder
 
 TEXTS = np.array(["the dress is great", "love the fabric", "", "the dress is great", "small fit"], dtype=object)
@@ -37,7 +38,7 @@ def forbid_model(monkeypatch) -> None:
 
 
 def frozen(path, **kw) -> TextEncoder:
-    return TextEncoder(["body"], model=str(path), dim=4, progress=False, **kw)
+    return TextEncoder(["body"], model=str(path), dim=4, progress=False, **{"fill_empty": "", **kw})
 
 
 def test_second_run_is_a_cache_hit_without_forward_pass(tiny_model_dir, monkeypatch):
@@ -130,3 +131,112 @@ def test_cache_append_lookup_refresh_and_repair(tmp_path):
     with pytest.raises(ValueError, match=r"\[1, 3\]"):
         with a.locked():
             a.append(["w"], np.zeros((1, 4)))
+
+
+# -- every read checks the entry's width, dtype and key ------------------------------------------------
+KEY = {"model": "fingerprint-a", "pooling": "mean", "max_length": 8, "dtype": "float32"}
+
+
+def _write(tmp_path, dim=3, key=KEY, ragged=False) -> EmbeddingCache:
+    c = EmbeddingCache(tmp_path, key, dim=dim, ragged=ragged)
+    with c.locked():
+        if ragged:  # "x": 2 token rows, "y": 1
+            c.append(["x", "y"], np.arange(3 * dim, dtype=np.float32).reshape(3, dim), lengths=[2, 1])
+        else:
+            c.append(["x", "y"], np.arange(2 * dim, dtype=np.float32).reshape(2, dim))
+    return c
+
+
+def _edit_meta(cache: EmbeddingCache, **fields) -> None:
+    import json
+
+    meta = json.loads(cache.meta_file.read_text())
+    meta.update(fields)
+    cache.meta_file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("edit, why", [
+    ({"dim": 4}, "dim 4 (expected 3)"),                                   # another width under this key
+    ({"vector_dtype": "float32"}, "vector_dtype 'float32' (expected 'float16')"),
+    ({"model": "fingerprint-b"}, "model 'fingerprint-b' (expected 'fingerprint-a')"),   # another model's entry
+    ({"layer": 2}, "layer 2 (expected none)"),
+])
+def test_mismatching_entry_is_a_miss_never_wrong_vectors(tmp_path, ragged, edit, why):
+    first = _write(tmp_path, ragged=ragged)
+    _edit_meta(first, **edit)
+    reader = EmbeddingCache(tmp_path, KEY, dim=3, ragged=ragged)
+    with pytest.warns(CacheMismatchWarning, match=re.escape(f"does not match this encoder setting ({why}); its "
+                                                            "rows are ignored and recomputed")):
+        with reader.locked():
+            assert reader.lookup(["x", "y"]).tolist() == [-1, -1] and len(reader) == 0
+            reader.append(["x"], np.ones((2 if ragged else 1, 3)), lengths=[2] if ragged else None)
+    with reader.locked():   # the recomputed entry is read back without a warning
+        assert reader.vectors().tolist() == np.ones((2 if ragged else 1, 3)).tolist()
+
+
+def test_entry_of_another_width_copied_in_is_not_read_as_this_width(tmp_path):
+    import shutil
+
+    wide = _write(tmp_path / "a", dim=4)                 # 2 rows x 4 = 8 float16 values
+    narrow = EmbeddingCache(tmp_path / "b", KEY, dim=2)  # would read them as 4 rows x 2
+    shutil.copytree(wide.path, narrow.path)
+    with pytest.warns(UserWarning, match="dim 4 \\(expected 2\\)"):
+        with narrow.locked():
+            assert len(narrow) == 0 and narrow.vectors().shape == (0, 2)
+
+
+def test_data_without_meta_is_not_trusted(tmp_path):
+    c = _write(tmp_path)
+    c.meta_file.unlink()
+    with pytest.warns(UserWarning, match="meta.json is missing"):
+        with EmbeddingCache(tmp_path, KEY, dim=3).locked() as fresh:
+            assert len(fresh) == 0
+
+
+def test_reader_notices_an_entry_recreated_by_another_process(tmp_path):
+    reader = _write(tmp_path)                             # holds an index: x -> 0, y -> 1
+    other = EmbeddingCache(tmp_path, KEY, dim=3)
+    _edit_meta(other, dim=9)                              # a foreign entry: another process recreates it
+    with pytest.warns(UserWarning):
+        with other.locked():
+            other.append(["y", "x"], np.array([[7, 7, 7], [8, 8, 8]], dtype=np.float32))
+    with reader.locked():
+        rows = reader.lookup(["x"])
+        assert reader.vectors()[rows].tolist() == [[8, 8, 8]]   # not the stale row 0 (= y's vector now)
+
+
+def test_old_entries_without_the_new_fields_still_hit(tmp_path):
+    import json
+
+    c = _write(tmp_path)
+    meta = json.loads(c.meta_file.read_text())
+    for k in ("vector_dtype", "entry_id"):
+        del meta[k]
+    c.meta_file.write_text(json.dumps(meta))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with EmbeddingCache(tmp_path, KEY, dim=3).locked() as again:
+            assert again.lookup(["y"]).tolist() == [1]
+
+
+def test_encoder_recomputes_an_entry_written_for_another_model(tiny_model_dir, monkeypatch):
+    """An entry whose meta.json names another model (e.g. copied over) is re-encoded, never read."""
+    import json
+
+    calls = count_forwards(monkeypatch)
+    first = frozen(tiny_model_dir)
+    first.featurize({"body": TEXTS})
+    entry = first.cache()
+    meta = json.loads(entry.meta_file.read_text())
+    meta["model"] = "0" * 64
+    entry.meta_file.write_text(json.dumps(meta))
+    with open(entry.vectors_file, "r+b") as fh:       # and its vectors are not this model's
+        fh.write(np.full(4 * 32, 7, dtype=np.float16).tobytes())
+    second = frozen(tiny_model_dir)
+    with pytest.warns(CacheMismatchWarning, match=r"model '0{64}' \(expected '[0-9a-f]{64}'\)"):
+        out = second.featurize({"body": TEXTS})
+    assert calls[0] == 8 and second.last_stats["encoded"] == 4
+    torch.testing.assert_close(second.table[out[second.key]], first.table[first.featurize({"body": TEXTS})[first.key]])

@@ -53,7 +53,7 @@ def test_ragged_cache_spans_and_repair(tmp_path):
 
 
 def test_frozen_attention_caches_the_layers_token_states(tiny_model_dir, monkeypatch):
-    enc = TextEncoder(["body"], model=str(tiny_model_dir), pooling="attention", layer=1, attention_heads=2,
+    enc = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", pooling="attention", layer=1, attention_heads=2,
                       dim=4, progress=False)
     assert enc.proj.in_features == 2 * 32
     out = enc.featurize({"body": TEXTS})
@@ -74,7 +74,7 @@ def test_frozen_attention_caches_the_layers_token_states(tiny_model_dir, monkeyp
 
     # a second run reads the token states from the cache without loading the model
     monkeypatch.setattr(models, "load_model", lambda r: (_ for _ in ()).throw(AssertionError("loaded")))
-    again = TextEncoder(["body"], model=str(tiny_model_dir), pooling="attention", layer=1, attention_heads=2,
+    again = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", pooling="attention", layer=1, attention_heads=2,
                         dim=4, progress=False)
     again.load_state_dict(enc.state_dict())
     out2 = again.featurize({"body": TEXTS})
@@ -95,10 +95,10 @@ def test_attention_pooling_weights_and_masking():
 
 
 def test_layer_changes_the_cache_entry_and_is_validated(tiny_model_dir):
-    last = TextEncoder(["body"], model=str(tiny_model_dir), progress=False)
-    explicit_last = TextEncoder(["body"], model=str(tiny_model_dir), layer=3, progress=False)
-    lower = TextEncoder(["body"], model=str(tiny_model_dir), layer=1, progress=False)
-    minus = TextEncoder(["body"], model=str(tiny_model_dir), layer=-3, progress=False)
+    last = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", progress=False)
+    explicit_last = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=3, progress=False)
+    lower = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=1, progress=False)
+    minus = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=-3, progress=False)
     assert last.cache().path == explicit_last.cache().path
     assert lower.cache().path != last.cache().path and minus.cache().path == lower.cache().path
     a = last.featurize({"body": TEXTS})
@@ -107,21 +107,21 @@ def test_layer_changes_the_cache_entry_and_is_validated(tiny_model_dir):
     want = reference_states(tiny_model_dir, "love the fabric", 1).mean(0)
     torch.testing.assert_close(lower.table[b[lower.key]][1], want, atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="has 3 layers"):
-        TextEncoder(["body"], model=str(tiny_model_dir), layer=4)
+        TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=4)
     with pytest.raises(ValueError, match="has 3 layers"):
-        TextEncoder(["body"], model=str(tiny_model_dir), layer=-5)
+        TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=-5)
     # layer 0 (= -4) is the token embeddings; -2 is layer 2
     for layer, index in ((0, 0), (-4, 0), (-2, 2)):
-        enc = TextEncoder(["body"], model=str(tiny_model_dir), layer=layer, progress=False)
+        enc = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=layer, progress=False)
         out = enc.featurize({"body": TEXTS})
         want = reference_states(tiny_model_dir, "love the fabric", index).mean(0)
         torch.testing.assert_close(enc.table[out[enc.key]][1], want, atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="use segments: text"):
-        TextEncoder(["body"], model=str(tiny_model_dir), pooling="attention", segments="sentences")
+        TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", pooling="attention", segments="sentences")
 
 
 def test_finetune_attention_on_a_lower_layer_trains_only_kept_layers(tiny_model_dir):
-    enc = TextEncoder(["body"], model=str(tiny_model_dir), mode="finetune", pooling="attention", layer=2,
+    enc = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", mode="finetune", pooling="attention", layer=2,
                       trainable_layers=1, dim=4, progress=False)
     layers = next(m for m in enc.lm.modules() if isinstance(m, torch.nn.ModuleList))
     assert len(layers) == 2                                   # layer 3 is gone: it would get no gradient

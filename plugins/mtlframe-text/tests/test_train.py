@@ -32,7 +32,7 @@ def _recipe(path, text: dict) -> dict:
                  "split": {"name": "random", "val": 0.2, "test": 0.2}, "batch_size": 32},
         "tasks": {"liked": {"type": "binary", "label": "liked"}},
         "model": {"encoders": [{"name": "embedding", "features": ["item"], "dim": 4},
-                               {"name": "text", "features": ["body"], "progress": False, **text}],
+                               {"name": "text", "features": ["body"], "progress": False, "fill_empty": "", **text}],
                   "backbone": {"name": "shared-bottom", "hidden": [16]}, "tower": {"name": "mlp", "hidden": [8]}},
         "optimizer": {"name": "adam", "lr": 1.0e-2},
         "trainer": {"max_epochs": 3, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False},

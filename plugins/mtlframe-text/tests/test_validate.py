@@ -87,7 +87,7 @@ def test_constructor_raises_the_same_message_with_the_parameter(tiny_model_dir):
     from mtlframe.errors import ArgumentError
 
     with pytest.raises(ArgumentError, match=r"has 3 layers \(use 0..3") as err:
-        TextEncoder(["body"], model=str(tiny_model_dir), layer=9)
+        TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", layer=9)
     assert err.value.param == "layer"
 
 
@@ -97,8 +97,8 @@ def test_constructor_cuts_max_length_at_the_model_limit(tiny_model_dir):
     from mtlframe_text.encoder import TextEncoder
 
     with pytest.warns(UserWarning, match="reads at most 64 tokens; texts are cut at 64"):
-        enc = TextEncoder(["body"], model=str(tiny_model_dir), max_length=1000, progress=False)
+        enc = TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", max_length=1000, progress=False)
     assert enc.max_length == 64
-    assert TextEncoder(["body"], model=str(tiny_model_dir), progress=False).max_length == 64
+    assert TextEncoder(["body"], model=str(tiny_model_dir), fill_empty="", progress=False).max_length == 64
     out = enc.featurize({"body": np.array([" ".join(["soft"] * 200)], dtype=object)})
     assert torch.isfinite(enc(out)).all()

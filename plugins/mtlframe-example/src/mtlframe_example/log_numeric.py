@@ -36,8 +36,8 @@ class LogNumericEncoder(Encoder):
     """Signed ``log1p`` of standardized numeric features, optionally projected.
 
     Args:
-        features: numeric columns (the preprocessor standardizes them and fills missing values
-            with 0, the training mean).
+        features: numeric columns (the preprocessor standardizes them; missing values are an
+            error unless the recipe declares ``data.fill_missing``, so the values are finite).
         dim: width of a ``Linear(F', dim)`` projection; ``None`` outputs the transformed values
             themselves.
         keep_linear: also output the untransformed standardized values, ``[u, z]`` (``F' = 2F``),

@@ -2,8 +2,10 @@
 
 Layout of one entry, ``<root>/<key>/``::
 
-    meta.json     the key fields (model fingerprint, pooling, max_length, dtype, format), d, and
-                  the model name that created the entry (for people; not part of the key)
+    meta.json     the key fields (model fingerprint, pooling, max_length, dtype, format), d, the
+                  stored vectors' dtype (``vector_dtype``), an ``entry_id`` (a new one each time
+                  the entry is (re)created), and the model name that created the entry (for
+                  people; not part of the key)
     vectors.f16   raw float16 rows, [R, d], row-major (read through numpy.memmap)
     keys.bin      16-byte BLAKE2b digests of the texts, one per text
     lengths.i32   ragged entries only: int32 rows per text (token states: one row per token)
@@ -17,6 +19,14 @@ back to back: text i owns rows ``offsets[i] : offsets[i] + lengths[i]``.
 another entry (a cache miss), while the same weights under another path or name share one.
 Rows are only ever appended, vectors before digests; on open, both files are cut to the rows
 complete in both, so an interrupted run loses at most its last unfinished chunk.
+
+Every read (each :meth:`EmbeddingCache.locked`) first checks ``meta.json`` against what this
+cache expects: the key fields (model fingerprint, pooling, ``max_length``, dtype, layer,
+ragged), the vector width ``d`` and the stored dtype (float16). An entry that differs in any of
+them (a copied or hand-edited directory, a hash collision, another version's layout), or whose
+data files have no ``meta.json``, is never read: its rows are dropped and recomputed, with a
+one-line :class:`CacheMismatchWarning` naming what differed. A reader whose entry was recreated
+by another process in the meantime (a new ``entry_id``) re-reads its index from scratch.
 
 Example::
 
@@ -33,6 +43,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +57,12 @@ except ImportError:  # pragma: no cover - Windows
 
 FORMAT = 1
 DIGEST = 16
+VECTOR_DTYPE = "float16"
 _F16_MAX = float(np.finfo(np.float16).max)
+
+
+class CacheMismatchWarning(UserWarning):
+    """A cache entry on disk does not match the encoder setting reading it; it is recomputed."""
 
 
 def default_cache_dir() -> Path:
@@ -85,6 +101,7 @@ class EmbeddingCache:
         self._lengths = np.zeros(0, dtype=np.int64)
         self._offsets = np.zeros(1, dtype=np.int64)   # [texts + 1] cumulative rows (ragged)
         self._mmap: np.memmap | None = None
+        self._entry_id: str | None = None   # meta.json's entry_id when the index was read
 
     # -- files -----------------------------------------------------------------------------------
     @property
@@ -109,20 +126,71 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return self._rows
 
+    @property
+    def meta_file(self) -> Path:
+        return self.path / "meta.json"
+
+    def _expected_meta(self) -> dict[str, Any]:
+        """The fields ``meta.json`` must hold for this cache to read the entry."""
+        return {**self.key, "dim": self.dim, "vector_dtype": VECTOR_DTYPE}
+
+    def _write_meta(self) -> None:
+        meta_d = {**self._expected_meta(), "created_by": self.label, "entry_id": os.urandom(8).hex()}
+        tmp = self.meta_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(meta_d, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.meta_file)
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        try:
+            meta = json.loads(self.meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _mismatch(self, meta: dict[str, Any] | None) -> str | None:
+        """Why the entry on disk cannot be read by this cache, or ``None`` when it can."""
+        if meta is None:
+            return "meta.json is missing or unreadable"
+        meta = {"vector_dtype": VECTOR_DTYPE, **meta}   # entries written before the field: float16
+        if "ragged" not in meta and not self.ragged:
+            meta["ragged"] = False
+        want = {**self._expected_meta(), "ragged": self.ragged}
+        diff = [f"{k} {meta.get(k, '<missing>')!r} (expected {v!r})" for k, v in want.items()
+                if meta.get(k, "<missing>") != v]
+        diff += [f"{k} {v!r} (expected none)" for k, v in meta.items()
+                 if k not in want and k not in ("created_by", "entry_id")]
+        return ", ".join(diff) or None
+
+    def _validate_entry(self) -> None:
+        """Check ``meta.json`` against this cache (call holding the lock); a mismatching entry's
+        rows are dropped (recomputed later) with a :class:`CacheMismatchWarning`."""
+        has_data = any(f.exists() for f in (self.vectors_file, self.keys_file, self.lengths_file))
+        meta = self._read_meta()
+        why = self._mismatch(meta)
+        if why is not None:
+            if has_data:
+                warnings.warn(f"text embedding cache {self.path} does not match this encoder setting ({why}); "
+                              "its rows are ignored and recomputed", CacheMismatchWarning, stacklevel=4)
+                for f in (self.vectors_file, self.keys_file, self.lengths_file):
+                    f.unlink(missing_ok=True)
+            self._write_meta()
+            meta = self._read_meta()
+        entry_id = (meta or {}).get("entry_id")
+        if entry_id != self._entry_id:   # recreated since this object last read it: start over
+            self._index, self._rows, self._vrows, self._mmap = {}, 0, 0, None
+            self._lengths, self._offsets = np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+            self._entry_id = entry_id
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[EmbeddingCache]:
-        """Hold the entry's write lock (creating the entry) and refresh the index from disk."""
+        """Hold the entry's write lock (creating the entry), check ``meta.json`` against this
+        cache (see the module docstring) and refresh the index from disk."""
         self.path.mkdir(parents=True, exist_ok=True)
-        meta = self.path / "meta.json"
-        if not meta.exists():
-            tmp = meta.with_suffix(f".tmp{os.getpid()}")
-            meta_d = {**self.key, "dim": self.dim, "created_by": self.label}
-            tmp.write_text(json.dumps(meta_d, indent=2, sort_keys=True), encoding="utf-8")
-            tmp.replace(meta)
         with open(self.path / "lock", "a+b") as fh:
             if fcntl is not None:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
+                self._validate_entry()
                 self._repair()
                 self.refresh()
                 yield self

