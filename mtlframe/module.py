@@ -141,8 +141,18 @@ class MultiTaskModule(pl.LightningModule):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)
 
-    def task_losses(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
-                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def task_losses(self, batch: Mapping[str, torch.Tensor],
+                    outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Masked mean loss per task over ``batch`` alone; a task with no labelled row is left out.
+
+        This is one process's view (one host sync). Training uses :meth:`task_loss_sums` and
+        divides by the labelled count of the global batch instead (see the module docstring).
+        """
+        sums, counts = self.task_loss_sums(batch, outputs)
+        return {t.name: s / c for t, s, c in zip(self.tasks, sums, counts.tolist()) if c > 0}
+
+    def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-task sums of row losses and labelled-row counts over this process's batch.
 
         A row whose label is missing (``mask/<task>`` False) contributes 0 to its task's sum, but
@@ -257,7 +267,7 @@ class MultiTaskModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
         outputs = self.model.forward_from(x)
-        sums, counts = self.task_losses(batch, outputs)
+        sums, counts = self.task_loss_sums(batch, outputs)
         aux = self.model.backbone.auxiliary_loss(batch, outputs)
         self._aux_names = list(aux)
         world = self.trainer.world_size
