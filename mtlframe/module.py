@@ -4,10 +4,24 @@ It receives built components and holds no model code of its own. Loss-level comb
 automatic optimization; a combiner with ``requires_manual_backward = True`` switches the module
 to manual optimization and computes the update itself.
 
-Logged keys: ``train/loss`` (every ``log_every_n_steps``), ``train/loss_epoch``, ``train/loss/<task>``,
-``train/aux/<name>`` (epoch means), ``train/weight/<task>``,
+Logged keys: ``train/loss`` (every ``log_every_n_steps``; under DDP this process's share),
+``train/weight/<task>`` and the combiner's :meth:`~mtlframe.combiners.base.LossCombiner.logged_values`
+as ``train/<key>`` (e.g. ``train/log_var/<task>`` of ``uncertainty``) with it; per epoch
+``train/loss_epoch``, ``train/loss/<task>`` (mean over every labelled row of the epoch, all
+processes), ``train/labelled/<task>`` (labelled rows of the epoch, summed over processes),
+``train/aux/<name>``, ``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
+
+**Sparse labels and DDP.** Each task's loss is the mean over its labelled rows of the step's
+*global* batch: the processes add up their ``[T]`` labelled-row counts and loss sums in one
+fixed-size all-reduce per step (the same collective on every process whatever labels its batch
+holds), and each process's term is ``its sum / global count * world size``, so DDP's gradient
+average is exactly the global masked mean (and one process on the same global batches trains the
+same weights). A task labelled on no process in a step is left out of the combiner; its
+zero-weighted term still runs through its tower, so DDP sees a gradient for every parameter. A
+step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
+every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 
 Undefined metrics are NaN, never a number that looks valid: every metric of a task whose
 predictions in the split hold a NaN or an infinity (a diverged model), AUC on a split whose labels
@@ -19,14 +33,14 @@ comparable), and the score is NaN when no task has one.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import warnings
-
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from mtlframe.backbones.base import TaskInputs
@@ -40,6 +54,13 @@ from mtlframe.recipe import OptimizerConfig
 from mtlframe.tasks import task_loss, to_prediction
 
 STAGES = ("val", "test")
+#: what a NaN or infinite training loss does (``trainer.nan_loss``)
+NAN_LOSS_POLICIES = ("stop", "skip")
+
+
+def _has_list_state(metric: nn.Module) -> bool:
+    """Whether a torchmetrics metric keeps rows (``cat`` list states) that are gathered on sync."""
+    return any(isinstance(v, list) for v in getattr(metric, "_defaults", {}).values())
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -54,13 +75,18 @@ class MultiTaskModule(pl.LightningModule):
             (:data:`~mtlframe.features.GROUP_KEY`, in evaluation batches).
         optimizer: optimizer settings.
         gradient_clip_val: gradient-norm clipping (applied by the module under manual optimization).
+        nan_loss: ``"stop"``: a NaN or infinite task (or auxiliary) loss raises
+            :class:`~mtlframe.errors.MTLFrameError` naming the task(s) and the global step;
+            ``"skip"``: the step is skipped (counted in :attr:`skipped_steps`, warned about at the
+            end of the epoch). The recipe's ``trainer.nan_loss``.
         checkpoint_state: extra state saved into every checkpoint under ``"mtlframe"`` (the resolved
             recipe, the preprocessor, component providers) so ``predict`` needs nothing else.
     """
 
     def __init__(self, model: MultiTaskModel, combiner: LossCombiner, tasks: Sequence[TaskSpec],
                  metrics: Mapping[str, Mapping[str, MetricDef]], optimizer: OptimizerConfig,
-                 gradient_clip_val: float | None = None, checkpoint_state: Mapping[str, Any] | None = None) -> None:
+                 gradient_clip_val: float | None = None, checkpoint_state: Mapping[str, Any] | None = None,
+                 nan_loss: str = "stop") -> None:
         super().__init__()
         self.model = model
         self.combiner = combiner
@@ -73,8 +99,18 @@ class MultiTaskModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({
             f"{stage}__{t.name}": nn.ModuleDict({m: d.build(t) for m, d in self.metric_defs[t.name].items()})
             for stage in STAGES for t in self.tasks})
-        self._epoch_loss_sum: dict[str, torch.Tensor] = {}
-        self._epoch_loss_n: dict[str, int] = {}
+        if nan_loss not in NAN_LOSS_POLICIES:
+            raise ValueError(f"nan_loss must be one of {list(NAN_LOSS_POLICIES)}, got {nan_loss!r}")
+        self.nan_loss = nan_loss
+        #: training steps skipped for a non-finite loss (``nan_loss="skip"``), over the whole fit
+        self.skipped_steps = 0
+        self._epoch_stats: torch.Tensor | None = None   # (2T + A,) counts, loss sums, aux sums
+        self._epoch_total: torch.Tensor | None = None
+        self._epoch_steps = 0
+        self._aux_names: list[str] = []
+        self._skipped: list[tuple[int, list[str]]] = []
+        self._pending: list[tuple[int, torch.Tensor, list[str]]] = []
+        self._contributed = False   # a micro-batch of the current optimizer step was not skipped
         self.last_scores: dict[str, dict[str, dict[str, float]]] = {}
         # per stage, per task: [labelled rows, positive rows (binary), non-finite predictions],
         # accumulated on the device during an evaluation epoch and summed across processes at its end
@@ -107,45 +143,174 @@ class MultiTaskModule(pl.LightningModule):
 
     def task_losses(self, batch: Mapping[str, torch.Tensor],
                     outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Masked mean loss per task; a task with no labelled row in the batch is left out."""
-        losses = {}
+        """Masked mean loss per task over ``batch`` alone; a task with no labelled row is left out.
+
+        This is one process's view (one host sync). Training uses :meth:`task_loss_sums` and
+        divides by the labelled count of the global batch instead (see the module docstring).
+        """
+        sums, counts = self.task_loss_sums(batch, outputs)
+        return {t.name: s / c for t, s, c in zip(self.tasks, sums, counts.tolist()) if c > 0}
+
+    def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-task sums of row losses and labelled-row counts over this process's batch.
+
+        A row whose label is missing (``mask/<task>`` False) contributes 0 to its task's sum, but
+        the sum is still computed from the tower's output, so a task with no labelled row in the
+        batch keeps its tower in the graph (with a zero gradient): under DDP every process then
+        gets a gradient for every parameter, whatever labels its batch holds. No host sync.
+
+        Returns:
+            ``(sums, counts)``: ``sums`` one scalar per task in recipe order (graph attached),
+            ``counts`` the ``[T]`` labelled-row counts (float64, on the batch's device).
+        """
+        sums, counts = [], []
         for t in self.tasks:
             target = batch[label_key(t.name)]
             out = outputs[t.name]
             mask = batch.get(mask_key(t.name))
-            if mask is not None:
-                if not bool(mask.any()):
-                    continue
-                target, out = target[mask], out[mask]
-            losses[t.name] = task_loss(t.type, out, target).mean()
-        return losses
+            if mask is None:
+                sums.append(task_loss(t.type, out, target).sum())
+                counts.append(torch.full((), target.shape[0], dtype=torch.float64, device=out.device))
+            else:
+                # unlabelled rows get a harmless target (a NaN one would make 0 * NaN gradients)
+                target = torch.where(mask, target, torch.zeros((), dtype=target.dtype, device=target.device))
+                rows = task_loss(t.type, out, target)                              # (B,)
+                sums.append(torch.where(mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device)).sum())
+                counts.append(mask.sum().to(torch.float64))
+        return sums, torch.stack(counts)
 
     # -- training ----------------------------------------------------------------------------------
+    def _step_stats(self, sums: Sequence[torch.Tensor], counts: torch.Tensor,
+                    aux: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[2T + A]`` = labelled counts, loss sums and auxiliary losses of the step, summed over
+        processes (one fixed-size all-reduce under DDP: the same collective on every process)."""
+        parts = [counts, torch.stack([s.detach().double() for s in sums])]
+        if aux:
+            parts.append(torch.stack([v.detach().double().reshape(()) for v in aux.values()]))
+        stats = torch.cat(parts)
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        return stats
+
+    def _non_finite(self, stats: list[float], aux_names: Sequence[str]) -> list[str]:
+        """Names of the tasks (and auxiliary losses) whose step loss is NaN or infinite."""
+        n = len(self.tasks)
+        bad = [t.name for t, c, s in zip(self.tasks, stats[:n], stats[n:2 * n]) if c > 0 and not math.isfinite(s)]
+        bad += [f"aux/{a}" for a, v in zip(aux_names, stats[2 * n:]) if not math.isfinite(v)]
+        return bad
+
+    def _bad_loss(self, bad: Sequence[str], stats: list[float], step: int) -> bool:
+        """Apply ``nan_loss`` to a step whose loss is not finite: raise, or count it and return True
+        (skip the step; every process decides the same, from the reduced numbers)."""
+        n = len(self.tasks)
+        values = dict(zip([t.name for t in self.tasks], stats[n:2 * n]))
+        what = ", ".join(f"'{b}' ({values.get(b, 'nan')})" if b in values else f"'{b}'" for b in bad)
+        if self.nan_loss == "skip":
+            self._skipped.append((step, list(bad)))
+            return True
+        raise MTLFrameError(
+            f"the training loss is not finite at global step {step} (epoch {self.current_epoch}): task loss "
+            f"{what}. The model diverged or a label/feature holds inf: lower optimizer.lr (now "
+            f"{self.optimizer_cfg.lr:g}), set trainer.gradient_clip_val, check the data, or set "
+            "trainer.nan_loss: skip to skip such steps.")
+
+    def _check_pending(self) -> None:
+        """Check the deferred steps (see :meth:`training_step`) for a non-finite loss: one host sync."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = torch.stack([s for _, s, _ in pending]).tolist()
+        for (step, _, aux_names), row in zip(pending, rows):
+            bad = self._non_finite(row, aux_names)
+            if bad:
+                self._bad_loss(bad, row, step)
+
+    def _sync_every_step(self, batch: Mapping[str, torch.Tensor], stats: torch.Tensor) -> bool:
+        """Whether the step reads its statistics on the host now: under DDP, with missing labels
+        (which tasks are labelled somewhere), with ``nan_loss="skip"``, or on the CPU (free there).
+        Otherwise (one accelerator, every label present) the non-finite check is deferred to the
+        next logging step, so the device is not stalled every step."""
+        return (self.trainer.world_size > 1 or self.nan_loss == "skip" or stats.device.type == "cpu"
+                or any(mask_key(t.name) in batch for t in self.tasks))
+
+    def _skip(self) -> torch.Tensor | None:
+        """End a step that every process skips. Under automatic optimization the step returns
+        ``0 * sum of every parameter`` (Lightning refuses ``None`` under DDP, and DDP wants every
+        parameter in the backward): exactly zero gradients even when the loss is NaN, so nothing
+        is added to gradients accumulated over micro-batches; :meth:`optimizer_step` then drops
+        the gradients of a window in which no micro-batch counted."""
+        if not self.automatic_optimization:
+            return None
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, except after skipped steps only (:meth:`_skip`): their gradients are
+        dropped (set to ``None``) after the backward, so the optimizer leaves every parameter and
+        its state as they were (no momentum or weight-decay update)."""
+        if optimizer_closure is None:
+            optimizer.step()
+            return
+
+        def closure() -> Any:
+            result = optimizer_closure()
+            if not self._contributed:
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            return result
+
+        try:
+            optimizer.step(closure=closure)
+        finally:
+            self._contributed = False
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
         outputs = self.model.forward_from(x)
-        losses = self.task_losses(batch, outputs)
-        if not losses:
-            if not self.automatic_optimization and self.trainer.world_size > 1:
-                # every process must take part in each backward under DDP: a zero update
-                opt = self.optimizers()
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(sum(o.sum() for o in outputs.values()) * 0.0)
-                opt.step()
-            return None
+        sums, counts = self.task_loss_sums(batch, outputs)
         aux = self.model.backbone.auxiliary_loss(batch, outputs)
-        aux_total = sum(aux.values()) if aux else None
+        self._aux_names = list(aux)
+        world = self.trainer.world_size
+        stats = self._step_stats(sums, counts, aux)                # (2T + A,) summed over processes
+        n = len(self.tasks)
+        step = self.global_step
+        if self._sync_every_step(batch, stats):
+            # one host sync: which tasks are labelled somewhere (and whether the loss is finite)
+            host = stats.tolist()
+            global_counts = host[:n]
+            bad = self._non_finite(host, list(aux))
+            if bad and self._bad_loss(bad, host, step):
+                return self._skip()
+        else:
+            # one process, every label present, on an accelerator: check for a non-finite loss with
+            # the next logging step's sync instead of stalling every step
+            global_counts = [float(batch[label_key(t.name)].shape[0]) for t in self.tasks]
+            self._pending.append((step, stats, list(aux)))
+            if batch_idx % self.trainer.log_every_n_steps == 0:
+                self._check_pending()
+        # each process's term is its share of the global masked mean, sum_r term_r / world = mean
+        losses = {t.name: s * (world / c) for t, s, c in zip(self.tasks, sums, global_counts) if c > 0}
+        # a task labelled on no process: a zero-weighted term keeps its tower in the backward (DDP)
+        absent = [s * 0.0 for s, c in zip(sums, global_counts) if c <= 0]
+        self._epoch_stats = stats.detach() if self._epoch_stats is None else self._epoch_stats + stats.detach()
+        if not losses:  # no task labelled on any process: every process skips the step
+            return self._skip()
+        self._contributed = True
+        extra = sum(aux.values()) if aux else None
+        for term in absent:
+            extra = term if extra is None else extra + term
         bsz = next(iter(batch.values())).shape[0]
         if self.automatic_optimization:
             total = self.combiner(losses)
-            if aux_total is not None:
-                total = total + aux_total
+            total_d = total.detach()
+            if extra is not None:
+                total = total + extra
         else:
             opt = self.optimizers()
             opt.zero_grad(set_to_none=True)
             shared = [p for p in self.model.shared_parameters() if p.requires_grad]
-            backward = self.manual_backward if aux_total is None else (
-                lambda loss: self.manual_backward(loss + aux_total))
+            backward = self.manual_backward if extra is None else (
+                lambda loss: self.manual_backward(loss + extra))
             if self.combiner.requires_representation:
                 # the encoders' output; with per-task tables the shared input and every task's input
                 # together: each task input also carries the shared encoders' outputs, so only all of
@@ -157,45 +322,78 @@ class MultiTaskModule(pl.LightningModule):
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
-            total = sum(w * losses[t].detach() for t, w in self.combiner.current_weights().items() if t in losses)
+            total_d = sum(w * losses[t].detach() for t, w in self.combiner.current_weights().items() if t in losses)
+            if not torch.is_tensor(total_d):
+                total_d = torch.as_tensor(float(total_d))
+        if aux:
+            total_d = total_d + sum(v.detach() for v in aux.values())
         # Per-step work stays on-device: each ``self.log`` call costs about a millisecond of
         # Lightning bookkeeping, so epoch means are accumulated here and logged once per epoch
         # (``on_train_epoch_end``) and step values only every ``log_every_n_steps``.
-        for name, loss in losses.items():
-            self._accumulate(name, loss.detach())
-        for name, value in aux.items():
-            self._accumulate(f"aux/{name}", value.detach())
-        total_d = total.detach() if torch.is_tensor(total) else torch.as_tensor(float(total))
-        self._accumulate("__total__", total_d)
+        self._epoch_total = total_d.double() if self._epoch_total is None else self._epoch_total + total_d.double()
+        self._epoch_steps += 1
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", total_d, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
             for t, w in self.combiner.current_weights().items():
                 self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
+            for key, value in self.combiner.logged_values().items():
+                self.log(f"train/{key}", float(value), on_step=True, on_epoch=False, batch_size=bsz)
         return total if self.automatic_optimization else None
 
-    def _accumulate(self, name: str, value: torch.Tensor) -> None:
-        self._epoch_loss_sum[name] = self._epoch_loss_sum.get(name, 0) + value
-        self._epoch_loss_n[name] = self._epoch_loss_n.get(name, 0) + 1
+    def on_train_epoch_start(self) -> None:
+        self._epoch_stats = None
+        self._epoch_total = None
+        self._epoch_steps = 0
+        self._skipped = []
 
     def on_train_epoch_end(self) -> None:
-        means = {}
-        for t, total in self._epoch_loss_sum.items():
-            mean = torch.as_tensor(total / self._epoch_loss_n[t], dtype=torch.float32, device=self.device)
-            if self.trainer.world_size > 1:  # the same epoch means on every process (DWA)
-                mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
-            means[t] = float(mean)
-        for t, value in means.items():  # epoch means (of batch means), logged once per epoch
-            key = "train/loss_epoch" if t == "__total__" else f"train/{t}" if t.startswith("aux/") else f"train/loss/{t}"
-            self.log(key, value, on_step=False, on_epoch=True)
-        means = {t: v for t, v in means.items() if t in self.combiner.task_names}
-        self.combiner.on_train_epoch_end(means)
-        self._epoch_loss_sum.clear()
-        self._epoch_loss_n.clear()
+        """Epoch means: per task, the mean row loss over every labelled row of the epoch on every
+        process (sums and counts were reduced each step); the total and auxiliary losses as the
+        mean over steps and processes (one fixed-size reduction, the same on every process)."""
+        self._check_pending()
+        n = len(self.tasks)
+        world = self.trainer.world_size
+        steps = self._epoch_steps
+        totals = torch.zeros(1, dtype=torch.float64, device=self.device)
+        if self._epoch_total is not None:
+            totals = totals + self._epoch_total.to(self.device).reshape(1)
+        if world > 1:  # every process ran (or skipped) the same steps: same shapes, same order
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        stats = self._epoch_stats.tolist() if self._epoch_stats is not None else [0.0] * (2 * n)
+        counts, sums, aux_sums = stats[:n], stats[n:2 * n], stats[2 * n:]
+        means: dict[str, float] = {}
+        for t, c, s in zip(self.tasks, counts, sums):
+            self.log(f"train/labelled/{t.name}", float(c), on_step=False, on_epoch=True)
+            if c > 0:
+                means[t.name] = s / c
+                self.log(f"train/loss/{t.name}", means[t.name], on_step=False, on_epoch=True)
+            else:
+                rank_zero_warn(f"task '{t.name}' has no labelled row in training epoch {self.current_epoch} "
+                               "(on any process): it was not trained this epoch and train/loss/"
+                               f"{t.name} is not logged.", category=UserWarning)
+        if steps:
+            self.log("train/loss_epoch", float(totals[0]) / (steps * world), on_step=False, on_epoch=True)
+            if self._epoch_stats is not None:
+                for name, value in zip(self._aux_names, aux_sums):
+                    self.log(f"train/aux/{name}", value / (steps * world), on_step=False, on_epoch=True)
+        if self._skipped:
+            self.log("train/skipped_steps", float(len(self._skipped)), on_step=False, on_epoch=True)
+            first = ", ".join(f"{s} ({', '.join(b)})" for s, b in self._skipped[:5])
+            rank_zero_warn(f"{len(self._skipped)} training step(s) of epoch {self.current_epoch} were skipped for a "
+                           f"non-finite loss (trainer.nan_loss: skip): global step (task) {first}"
+                           + (" ..." if len(self._skipped) > 5 else ""), category=UserWarning)
+        self.skipped_steps += len(self._skipped)
+        self.combiner.on_train_epoch_end({t: v for t, v in means.items() if t in self.combiner.task_names})
+        self._epoch_stats = None
+        self._epoch_total = None
+        self._epoch_steps = 0
+        self._skipped = []
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         outputs = self.model(batch)
         groups = batch.get(GROUP_KEY)
+        distributed = self._trainer is not None and self.trainer.world_size > 1
         stats = self._eval_stats.get(stage)
         if stats is None:
             stats = self._eval_stats[stage] = torch.zeros(len(self.tasks), 3, dtype=torch.long,
@@ -208,8 +406,6 @@ class MultiTaskModule(pl.LightningModule):
             if mask is not None:
                 target, pred = target[mask], pred[mask]
                 group = None if groups is None else groups[mask]
-            if target.numel() == 0:
-                continue
             if t.type == "binary":
                 target = target.long()
             pred = pred.float()
@@ -218,6 +414,10 @@ class MultiTaskModule(pl.LightningModule):
                 stats[i, 1] += target.sum()
             stats[i, 2] += (~torch.isfinite(pred)).sum()
             for name, metric in self.metrics[f"{stage}__{t.name}"].items():
+                if target.numel() == 0 and not (distributed and _has_list_state(metric)):
+                    # nothing to add; under DDP a metric that gathers rows still takes the empty
+                    # update, so its (empty) states have the dtypes the other processes send
+                    continue
                 if getattr(self.metric_defs[t.name][name], "grouped", False):
                     if group is None:
                         raise MTLFrameError(
@@ -251,7 +451,9 @@ class MultiTaskModule(pl.LightningModule):
                 if rows == 0:  # decided on the global count: every process skips, or every one computes
                     value = float("nan")
                 else:
-                    value = float(metric.compute())  # synced across processes by torchmetrics
+                    with warnings.catch_warnings():  # a process without rows of its own still syncs
+                        warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+                        value = float(metric.compute())  # synced across processes by torchmetrics
                     if nonfinite:  # a metric over NaN / inf predictions is undefined, whatever it returns
                         value = float("nan")
                 counts = getattr(metric, "group_counts", None) if rows else None  # grouped: groups seen / skipped

@@ -325,6 +325,9 @@ class TrainerConfig(_Strict):
     limit_val_batches: Union[int, float, None] = None
     val_check_interval: Union[int, float, None] = None
     enable_progress_bar: bool = True
+    #: a NaN or infinite training loss: ``stop`` the run (an error naming the task and the step) or
+    #: ``skip`` the step on every process (counted, logged as ``train/skipped_steps``)
+    nan_loss: Literal["stop", "skip"] = "stop"
     #: compile the model's encoders, backbone and towers for training: ``true`` or ``{mode: ...}``
     compile: CompileConfig | None = None
     #: warn when the memory plan (weights + gradients + optimizer state) exceeds this fraction of

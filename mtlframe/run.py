@@ -475,7 +475,7 @@ def build_system(recipe: Recipe):
     module = MultiTaskModule(model, combiner, tasks, b.metrics(tasks), recipe.config.optimizer,
                              gradient_clip_val=recipe.config.trainer.gradient_clip_val
                              if combiner.requires_manual_backward else None,
-                             checkpoint_state=state)
+                             checkpoint_state=state, nan_loss=recipe.config.trainer.nan_loss)
     return dm, module, b
 
 

@@ -16,12 +16,16 @@ Everything a gradient-level method needs besides its own rule lives here, once:
   buffer-backed :func:`adam_step` used by methods that learn their weights internally.
 
 **Multi-process training (DDP).** Per-task ``autograd.grad`` does not trigger DDP's gradient
-all-reduce, so :func:`task_gradients` averages the per-task gradient matrix ``G [K, P]`` over the
-processes itself (a task absent on a process contributes a zero row there, exactly as it does to
-DDP's own average), together with the loss values and which tasks are present. Every process
-then derives identical weights or directions from identical numbers. The step ends with one
-ordinary ``manual_backward`` on every process, so DDP synchronizes task-specific parameters and
-precision plugins (loss scaling) apply:
+all-reduce, so :func:`task_gradients` averages the per-task gradient matrix ``G [T, P]`` (all the
+model's tasks, fixed order: the same collective on every process) over the processes itself,
+together with the loss values. The module passes every process the same tasks (those labelled on
+at least one process), each process's ``L_t`` being its share of the global masked mean
+(``sum of its labelled rows' losses / global labelled count * world size``; see
+:class:`~mtlframe.combiners.base.LossCombiner`): the process mean of ``L_t`` and of ``grad L_t``
+is then exactly the global batch's, however the labelled rows are spread over the processes
+(none at all on some). Every process derives identical weights or directions from identical
+numbers. The step ends with one ordinary ``manual_backward`` on every process, so DDP
+synchronizes task-specific parameters and precision plugins (loss scaling) apply:
 
 * weight methods backpropagate ``sum_t w_t L_t`` with detached ``w``; the shared gradient is then
   ``sum_t w_t mean_r(g_t^r)`` — the gradient one process would get on the global batch;
@@ -30,8 +34,8 @@ precision plugins (loss scaling) apply:
   wanted direction ``d``, and task-specific parameters get their own task's gradient. Nothing is
   written into ``.grad`` by hand, so loss scaling, DDP buckets and accumulation stay correct.
 
-Both match one process on the global batch when every process sees the same number of labelled
-rows per task (the assumption behind DDP's own averaging of mean losses).
+Both equal one process on the global batch (``tests/test_ddp_sparse.py`` trains two processes
+through Lightning with tasks labelled on one process, both or neither, and compares the weights).
 
 **Gradient accumulation.** The combination is computed per backward call, i.e. per micro-batch;
 resolving conflicts on micro-batches is not the same method as on the effective batch, so the
@@ -135,10 +139,10 @@ class TaskGradients:
 
     Attributes:
         tasks: tasks present on at least one process, in task-name order (``K`` of them).
-        grads: ``[K, P]`` per-task gradients, the mean over all processes (a process where the
-            task is absent contributes zeros, as in DDP's own average), or the ``[K, K]`` Gram
-            matrix averaged likewise when computed on a representation.
-        losses: ``[K]`` loss values (detached) averaged over the processes where the task is present.
+        grads: ``[K, P]`` per-task gradients, the mean over all processes (the global batch's
+            gradient), or the global batch's ``[K, K]`` Gram matrix when computed on a
+            representation.
+        losses: ``[K]`` loss values (detached), the mean over processes: the global batch's loss.
         is_gram: ``grads`` holds the ``[K, K]`` Gram matrix (``gram_only=True``).
     """
 
@@ -162,15 +166,21 @@ def task_gradients(losses: Mapping[str, torch.Tensor], task_names: Sequence[str]
     """Per-task gradients of ``losses`` w.r.t. ``inputs``, averaged over processes.
 
     Args:
-        losses: ``{task: scalar loss}`` for the tasks present in this process's batch.
+        losses: ``{task: scalar loss}``, the same tasks on every process, each this process's
+            share of the global-batch loss (the mean over processes is the global loss; see
+            :class:`~mtlframe.combiners.base.LossCombiner`). A task missing on a process counts
+            as a zero loss there.
         task_names: all tasks of the model (fixes the row order on every process).
         inputs: shared parameters, or shared representation tensors ``[B, ...]``.
         gram_only: synchronize the ``[K, K]`` Gram matrix instead of ``G`` (for representation
-            gradients, whose rows belong to different samples on different processes; the
-            averaged Gram is then proportional to the global batch's).
+            gradients, whose rows belong to different samples on different processes). With
+            ``W`` processes the global batch's Gram matrix is ``(1 / W) mean_r(G_r G_r^T)`` (the
+            global loss is ``mean_r L^r`` and each ``L^r`` depends only on its own rows), which is
+            what is returned: the same as one process on the global batch.
 
     Returns:
-        :class:`TaskGradients` with rows for the tasks present on any process.
+        :class:`TaskGradients` with rows for the tasks of ``losses`` (on any process), in
+        ``task_names`` order.
 
     Raises:
         ValueError: ``inputs`` is empty (nothing is shared, nothing to balance).
@@ -189,22 +199,24 @@ def task_gradients(losses: Mapping[str, torch.Tensor], task_names: Sequence[str]
     values = torch.stack([losses[t].detach().reshape(()).to(g.dtype) if t in losses
                           else torch.zeros((), dtype=g.dtype, device=g.device) for t in names])
     share = torch.tensor([t in losses for t in names], dtype=g.dtype, device=g.device)
-    if world_size() > 1:                                   # one collective for all three
+    n = world_size()
+    if n > 1:                                              # one collective for all three
         packed = all_reduce_mean(torch.cat([g, values[:, None], share[:, None]], dim=1))
         g, values, share = packed[:, :-2], packed[:, -2], packed[:, -1]
     keep = (share > 0).nonzero().flatten()
-    values = values / share.clamp_min(1e-12)
     if gram_only:
-        g = g[keep][:, keep]
+        g = g[keep][:, keep] / n
         return TaskGradients([names[i] for i in keep.tolist()], g, values[keep], is_gram=True)
     return TaskGradients([names[i] for i in keep.tolist()], g[keep], values[keep])
 
 
 def sync_task_values(values: Mapping[str, torch.Tensor], task_names: Sequence[str]
                      ) -> dict[str, torch.Tensor]:
-    """Average scalar per-task values (e.g. detached losses) over the processes where present.
+    """Mean over processes of scalar per-task values (e.g. detached losses).
 
-    Returns ``{task: value}`` for the tasks present on any process. One collective.
+    ``values`` holds the same tasks on every process (a task missing on a process counts as 0
+    there); with the module's per-process loss shares the result is the global batch's loss.
+    Returns ``{task: value}`` for the tasks present on any process. One fixed-size collective.
     """
     names = list(task_names)
     device = next(iter(values.values())).device
@@ -212,7 +224,7 @@ def sync_task_values(values: Mapping[str, torch.Tensor], task_names: Sequence[st
                      else torch.zeros((), dtype=torch.float64, device=device) for t in names])
     present = torch.tensor([t in values for t in names], dtype=torch.float64, device=device)
     packed = all_reduce_mean(torch.stack([v, present], dim=1))
-    return {t: packed[i, 0] / packed[i, 1] for i, t in enumerate(names) if packed[i, 1] > 0}
+    return {t: packed[i, 0] for i, t in enumerate(names) if packed[i, 1] > 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,8 +392,9 @@ class GradientCombiner(LossCombiner):
         return tasks, unique_trainable(shared_parameters)
 
     def _is_single_task(self, losses: Mapping[str, torch.Tensor]) -> bool:
-        """The model has one task, or the only process sees one task (known without a collective)."""
-        return len(self.task_names) == 1 or (world_size() == 1 and len(losses) == 1)
+        """The model has one task, or the step has one task (every process passes the same
+        tasks, so this is known without a collective and is the same on every process)."""
+        return len(self.task_names) == 1 or len(losses) == 1
 
     def _single_task(self, losses: Mapping[str, torch.Tensor],
                      manual_backward: Callable[[torch.Tensor], None]) -> bool:
@@ -393,7 +406,8 @@ class GradientCombiner(LossCombiner):
 
     def _single_after_sync(self, tg: TaskGradients, losses: Mapping[str, torch.Tensor],
                            manual_backward: Callable[[torch.Tensor], None]) -> bool:
-        """Plain backward when only one task is present on all processes together; True if done."""
+        """Plain backward when only one task is present on all processes together (a caller
+        that passes different tasks on different processes); True if done."""
         if len(tg.tasks) == 1:
             self._backward_weighted(losses, {tg.tasks[0]: 1.0}, manual_backward)
             return True

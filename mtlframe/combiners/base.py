@@ -25,8 +25,14 @@ class LossCombiner(nn.Module):
     ``weights: dict[str, float]`` (the recipe's per-task ``weight``, default 1.0).
 
     ``losses`` passed to :meth:`forward` / :meth:`backward` hold one scalar per task that has at
-    least one labelled row in the batch; a task absent from the batch is absent from the mapping
-    and must get no gradient.
+    least one labelled row in the step's *global* batch (over all processes); a task labelled
+    nowhere is absent from the mapping and must get no gradient. Under DDP every process passes
+    the same tasks, and each process's ``L_t`` is its share of the global masked mean
+    (``sum over its labelled rows / global labelled count * world size``), so the mean over
+    processes of ``L_t`` (and of its gradient, which DDP averages) is exactly the loss of one
+    process on the global batch — also when the processes hold different numbers of labelled rows.
+    A process with no labelled row of a present task passes a zero loss still attached to the
+    task's tower. Combiners therefore never need to know which process holds which labels.
     """
 
     injected: ClassVar[tuple[str, ...]] = ("task_names", "weights")
@@ -61,6 +67,11 @@ class LossCombiner(nn.Module):
     def current_weights(self) -> dict[str, float]:
         """Task weights used in the last step, logged as ``train/weight/<task>``."""
         return dict(self.static_weights)
+
+    def logged_values(self) -> dict[str, float]:
+        """Extra values of the combiner's state, logged as ``train/<key>`` with ``train/loss``
+        (every ``log_every_n_steps``); e.g. ``{"log_var/<task>": ...}``. Empty by default."""
+        return {}
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Called with each task's mean training loss of the finished epoch (for DWA-like methods)."""

@@ -38,8 +38,9 @@ class MGDA(GradientCombiner):
     ``backward(losses, shared_parameters, manual_backward, representation=Z)`` (this combiner sets
     ``requires_representation = True``). ``Z`` is any tensor (or tensors) that every task's loss
     depends on, e.g. the concatenated encoder output ``x [B, D]``, or a shared-bottom output. Over
-    processes the ``[K, K]`` Gram matrices of ``Z``-gradients are averaged (proportional to the
-    global batch's Gram matrix, which is all MGDA needs).
+    processes the ``[K, K]`` Gram matrices of ``Z``-gradients are averaged and divided by the
+    number of processes: exactly the global batch's Gram matrix (every normalization matches one
+    process).
 
     Args:
         normalization: gradient normalizer ``n_i``: ``"none"`` (1), ``"l2"`` (``|g_i|``),

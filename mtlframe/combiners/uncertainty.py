@@ -5,6 +5,7 @@ and Semantics." CVPR 2018.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -33,7 +34,13 @@ class UncertaintyWeighting(LossCombiner):
     ``s`` is an ``nn.Parameter``: the module's optimizer must include the combiner's parameters.
     A task absent from the batch contributes neither its loss nor its penalty (``s_t`` gets no
     gradient). :meth:`current_weights` reports ``c_t e^{-s_t}`` (0.0 for a task absent from the
-    last training step).
+    last training step), logged as ``train/weight/<task>``; :meth:`logged_values` reports the
+    log-variances ``s_t``, logged as ``train/log_var/<task>``.
+
+    **The total loss may be negative**: the penalty ``s_t / 2`` is negative once a task's loss is
+    below its optimum's scale (``s_t < 0`` when ``L_t < 1`` for regression, ``< 1/2`` otherwise),
+    so ``train/loss`` falling below zero is expected, not a bug; compare runs on the per-task
+    losses (``train/loss/<task>``) or the validation metrics instead.
 
     Args:
         task_names, weights, task_types: injected (``task_types``: ``{task: "binary" |
@@ -52,19 +59,25 @@ class UncertaintyWeighting(LossCombiner):
         self.factors = {t: 0.5 if types.get(t) == "regression" else 1.0 for t in self.task_names}
         self.log_vars = nn.Parameter(torch.zeros(len(self.task_names)))
         self._last_weights = dict(self.factors)
+        self._last_tasks: list[str] | None = None
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         tasks = present_tasks(losses, self.task_names)
         total = losses[tasks[0]].new_zeros(())
-        weights = {}
         for t in tasks:
             s = self.log_vars[self.task_names.index(t)]
-            w = self.factors[t] * torch.exp(-s)
-            total = total + w * losses[t] + 0.5 * s
-            weights[t] = float(w.detach())
-        if self.training:
-            self._last_weights = {t: weights.get(t, 0.0) for t in self.task_names}
+            total = total + self.factors[t] * torch.exp(-s) * losses[t] + 0.5 * s
+        if self.training:  # read (one host sync) only when the weights are logged
+            self._last_tasks = list(tasks)
         return total
 
     def current_weights(self) -> dict[str, float]:
-        return dict(self._last_weights)
+        if self._last_tasks is None:
+            return dict(self._last_weights)
+        s = self.log_vars.detach().tolist()
+        return {t: self.factors[t] * math.exp(-s[i]) if t in self._last_tasks else 0.0
+                for i, t in enumerate(self.task_names)}
+
+    def logged_values(self) -> dict[str, float]:
+        """``{"log_var/<task>": s_t}``, the learned log-variances."""
+        return {f"log_var/{t}": v for t, v in zip(self.task_names, self.log_vars.detach().tolist())}
