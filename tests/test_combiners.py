@@ -184,14 +184,67 @@ def test_nash_mtl_alpha_solves_bargaining_system():
     alpha = nash_bargaining_weights(m)
     assert bool((alpha > 0).all())
     torch.testing.assert_close(m @ alpha, 1 / alpha, rtol=1e-5, atol=1e-8)
-    # the combiner solves the Frobenius-normalized system (scale-free weights)
-    theta = nn.Parameter(torch.zeros(9))
-    comb = NashMTL(task_names=list("abcd"))
-    comb.backward(linear_losses(theta, dict(zip("abcd", g.float()))), [theta], backward)
-    a = torch.tensor(list(comb.current_weights().values()), dtype=torch.float64)
-    mn = m / torch.linalg.matrix_norm(m)
-    torch.testing.assert_close(mn @ a, 1 / a, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(theta.grad, (a @ g).float(), rtol=1e-4, atol=1e-5)
+
+
+def _nash_step(grads, **kwargs):
+    """One Nash-MTL step on losses ``g_t . theta``: (alpha [K] float64, shared update d [P])."""
+    theta = nn.Parameter(torch.zeros(grads.shape[1], dtype=torch.float64))
+    names = [f"t{i}" for i in range(grads.shape[0])]
+    comb = NashMTL(task_names=names, **kwargs)
+    comb.backward(linear_losses(theta, dict(zip(names, grads))), [theta], backward)
+    return torch.tensor([comb.current_weights()[t] for t in names], dtype=torch.float64), theta.grad
+
+
+def test_nash_mtl_worked_example_on_the_unnormalized_gram():
+    # (G G^T) alpha = 1/alpha with G G^T = diag(1, 16): alpha = (1, 1/4), d = 1*(1,0) + 1/4*(0,4)
+    g = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 0.25], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_nash_mtl_non_orthogonal_gradients_satisfy_the_bargaining_condition():
+    g = torch.tensor([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.2, 0.3, 7.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    m = g @ g.T
+    torch.testing.assert_close(m @ alpha, 1 / alpha, rtol=0, atol=1e-8)
+    torch.testing.assert_close(d, alpha @ g, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g @ d, 1 / alpha, rtol=0, atol=1e-8)       # g_i . d = 1 / alpha_i
+    assert abs(float(d @ d) - 3.0) < 1e-8                                # |d|^2 = K
+
+
+@pytest.mark.parametrize("s", [1e-3, 0.5, 20.0, 1e4])
+def test_nash_mtl_is_scale_equivariant(s):
+    # alpha(s G) = alpha(G) / s and the update d = alpha^T G does not depend on the scale
+    g = torch.tensor([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.2, 0.3, 7.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    alpha_s, d_s = _nash_step(s * g)
+    torch.testing.assert_close(alpha_s, alpha / s, rtol=1e-9, atol=0)
+    torch.testing.assert_close(d_s, d, rtol=0, atol=1e-9)
+
+
+def test_nash_mtl_max_norm_clips_only_the_shared_update():
+    g = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g, max_norm=1.0)                                # |d| = sqrt(2) > 1
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 0.25], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64) / 2 ** 0.5,
+                               rtol=0, atol=1e-10)
+    _, d = _nash_step(g, max_norm=2.0)                                    # shorter: untouched
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-10)
+    # task-specific parameters keep alpha_t times their own gradient
+    model = Toy(["a", "b"])
+    x, ys = torch.randn(8, 4), {"a": torch.randn(8), "b": 3 * torch.randn(8)}
+    comb = NashMTL(max_norm=1e-3, task_names=["a", "b"])
+    comb.backward(model.losses(x, ys), list(model.shared.parameters()), backward)
+    shared = torch.cat([p.grad.flatten() for p in model.shared.parameters()])
+    assert abs(float(shared.norm()) - 1e-3) < 1e-7
+    head_grads = {t: model.heads[t].weight.grad.clone() for t in "ab"}
+    for t in "ab":
+        model.zero_grad()
+        model.losses(x, ys)[t].backward()
+        torch.testing.assert_close(head_grads[t], comb.current_weights()[t] * model.heads[t].weight.grad)
+    with pytest.raises(ValueError, match="max_norm"):
+        NashMTL(max_norm=-1.0, task_names=["a", "b"])
 
 
 def test_db_mtl_balances_log_gradient_magnitudes():
