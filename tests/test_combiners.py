@@ -343,6 +343,8 @@ def test_nash_mtl_max_norm_clips_only_the_shared_update():
         torch.testing.assert_close(head_grads[t], comb.current_weights()[t] * model.heads[t].weight.grad)
     with pytest.raises(ValueError, match="max_norm"):
         NashMTL(max_norm=-1.0, task_names=["a", "b"])
+    with pytest.warns(RuntimeWarning, match="nash-mtl: max_iter=1 Newton iterations"):
+        nash_bargaining_weights(torch.tensor([[4.0, -1.0], [-1.0, 1.0]], dtype=torch.float64), max_iter=1)
 
 
 def test_db_mtl_balances_log_gradient_magnitudes():

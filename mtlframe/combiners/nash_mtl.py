@@ -5,6 +5,7 @@ Bargaining Game." ICML 2022.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -25,6 +26,9 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
 
     Returns:
         ``alpha [K]`` (float64).
+
+    Warns:
+        RuntimeWarning: ``max_iter`` iterations did not reach the relative residual ``tol``.
     """
     m = gram.detach().double().cpu()
     k = m.shape[0]
@@ -39,7 +43,8 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
 
     for _ in range(max_iter):
         grad = m @ alpha - 1.0 / alpha
-        if float((grad * alpha).abs().max()) < tol:                # relative residual (M a) a - 1
+        residual = float((grad * alpha).abs().max())              # relative residual (M a) a - 1
+        if residual < tol:
             break
         step = torch.linalg.solve(m + torch.diag(1.0 / alpha ** 2), grad)
         t = 1.0
@@ -49,6 +54,12 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
         while f(alpha - t * step) > f0 - 1e-4 * t * slope and t > 1e-12:
             t *= 0.5
         alpha = alpha - t * step
+    else:
+        residual = float(((m @ alpha) * alpha - 1.0).abs().max())
+        if residual >= tol:
+            warnings.warn(f"nash-mtl: max_iter={max_iter} Newton iterations left the bargaining "
+                          f"condition (G G^T alpha) alpha = 1 off by {residual:.3g} > {tol:g}; raise "
+                          f"max_iter", RuntimeWarning, stacklevel=2)
     return alpha
 
 
