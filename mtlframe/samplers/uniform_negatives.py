@@ -37,6 +37,10 @@ class UniformNegatives(Sampler):
     ``task`` in the validation and test splits are excluded too (no negative contradicts a label
     the model is evaluated on).
 
+    Users and items are compared by their encoded ids: with ``data.min_count > 1`` the rare users
+    (items) share the out-of-vocabulary id 0, so their interactions are pooled (more is excluded,
+    never less). The per-user index is built on the first epoch and reused.
+
     A user with fewer allowed items than draws gets repeated negatives (drawn with replacement);
     a user with a positive row and **no** allowed item (they interacted with every training item)
     is a :class:`~mtlframe.errors.DataError` naming the user and the counts.
