@@ -294,7 +294,9 @@ def simplex_gap(w: torch.Tensor, grad: torch.Tensor) -> float:
 def minimize_on_simplex(objective: Callable[[torch.Tensor], torch.Tensor], k: int,
                         max_iter: int = 100, tol: float = 1e-9,
                         dtype: torch.dtype = torch.float64,
-                        device: torch.device | None = None, name: str = "simplex solver") -> torch.Tensor:
+                        device: torch.device | None = None, name: str = "simplex solver",
+                        derivatives: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                        ) -> torch.Tensor:
     """Minimize a convex, twice-differentiable ``objective(w)`` over the probability simplex in ``R^k``.
 
     Log-barrier interior-point method: Newton's method (gradient and ``[k, k]`` Hessian by
@@ -312,6 +314,8 @@ def minimize_on_simplex(objective: Callable[[torch.Tensor], torch.Tensor], k: in
         max_iter: cap on the total number of Newton steps.
         tol: target duality gap, in the objective's units (> 0).
         name: what to call the solver in the warning (e.g. the combiner's name).
+        derivatives: optional closed form ``w -> (gradient [k], Hessian [k, k])`` of the
+            objective (faster than autograd); autograd is used when ``None``.
 
     Returns:
         the best ``w [k]`` found (detached), on the simplex.
@@ -330,13 +334,14 @@ def minimize_on_simplex(objective: Callable[[torch.Tensor], torch.Tensor], k: in
         with torch.no_grad():
             return float(objective(v))
 
-    def derivatives(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def by_autograd(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = v.detach()
         with torch.enable_grad():
             g = torch.autograd.functional.jacobian(objective, v, vectorize=True)
             h = torch.autograd.functional.hessian(objective, v, vectorize=True)
         return g.detach(), 0.5 * (h + h.T).detach()
 
+    derivatives = derivatives or by_autograd
     w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
     if k == 1:
         return w

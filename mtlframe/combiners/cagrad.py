@@ -94,6 +94,13 @@ class CAGrad(GradientCombiner):
         def dual(w: torch.Tensor) -> torch.Tensor:
             return w @ g_dot_g0 + sqrt_phi * (w @ m @ w + eps).sqrt()
 
-        w = minimize_on_simplex(dual, k, max_iter=self.max_iter, tol=self.tol, name="cagrad")
+        def derivatives(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mw = m @ w
+            norm = (w @ mw + eps).sqrt()                                      # |g_w|
+            return (g_dot_g0 + sqrt_phi * mw / norm,
+                    sqrt_phi * (m / norm - torch.outer(mw, mw) / norm ** 3))
+
+        w = minimize_on_simplex(dual, k, max_iter=self.max_iter, tol=self.tol, name="cagrad",
+                                derivatives=derivatives)
         lam = sqrt_phi / (w @ m @ w + eps).sqrt()
         return (uniform + lam * w) / self._divisor
