@@ -73,6 +73,7 @@ class ColumnBatches:
         self.drop_uneven = drop_uneven
         self.pin_memory = pin_memory
         self.epoch = 0
+        self._running: int | None = None          # the epoch being iterated, if any
 
     def _get(self, epoch: int) -> Columns:
         return self._columns(epoch) if callable(self._columns) else self._columns
@@ -85,7 +86,9 @@ class ColumnBatches:
         return len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        n = num_rows(self._get(self.epoch))
+        # the epoch being iterated (Lightning asks for the length after starting an epoch; asking
+        # for the next epoch's would build a resampled epoch early, and one too many at the end)
+        n = num_rows(self._get(self.epoch if self._running is None else self._running))
         share = self._share(n)
         return (share + self.batch_size - 1) // self.batch_size
 
@@ -100,13 +103,17 @@ class ColumnBatches:
             base = index if index is not None else torch.arange(n)
             stop = self._share(n) * self.world_size if self.drop_uneven else n
             index = base[self.rank:stop:self.world_size]
+        self._running = self.epoch
         self.epoch += 1
         total = len(index) if index is not None else n
         block = max(1, GATHER_ROWS // self.batch_size) * self.batch_size
-        for lo in range(0, total, block):
-            part = take(cols, index[lo:lo + block]) if index is not None else {
-                k: v[lo:lo + block].contiguous() for k, v in cols.items()}
-            if self.pin_memory and torch.cuda.is_available():
-                part = {k: v.pin_memory() for k, v in part.items()}
-            for start in range(0, num_rows(part), self.batch_size):
-                yield {k: v[start:start + self.batch_size] for k, v in part.items()}
+        try:
+            for lo in range(0, total, block):
+                part = take(cols, index[lo:lo + block]) if index is not None else {
+                    k: v[lo:lo + block].contiguous() for k, v in cols.items()}
+                if self.pin_memory and torch.cuda.is_available():
+                    part = {k: v.pin_memory() for k, v in part.items()}
+                for start in range(0, num_rows(part), self.batch_size):
+                    yield {k: v[start:start + self.batch_size] for k, v in part.items()}
+        finally:
+            self._running = None

@@ -396,6 +396,8 @@ class RecDataModule(pl.LightningDataModule):
         """Featurize every split with the encoders and keep only the keys the model reads."""
         self.sampler = sampler
         self.encoders, self.tasks = list(encoders), list(tasks)
+        if sampler is not None:
+            sampler.prepare(self.splits)
         # with a resampling sampler, masks stay so that sampled rows (partly unlabelled) concatenate
         keep_masks = sampler is not None and sampler.resamples
         self.columns = {}

@@ -753,7 +753,7 @@ def check_sampler(factory: Callable[..., Any], **args: Any) -> Any:
 
     Example::
 
-        check_sampler(UniformNegatives, task="click", item_features=["item"])
+        check_sampler(UniformNegatives, task="click", item_features=["item"], user_feature="user")
     """
     import pandas as pd
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import socket
 
@@ -106,7 +107,9 @@ def test_min_norm_solver_three_vectors_and_simplex_projection():
     assert w.min() >= 0 and w.sum() == pytest.approx(1.0)
     p = project_to_simplex(torch.tensor([0.5, 2.0, -1.0]))
     torch.testing.assert_close(p, torch.tensor([0.0, 1.0, 0.0]))
-    w = minimize_on_simplex(lambda v: ((v - torch.tensor([0.7, 0.3, 0.0], dtype=v.dtype)) ** 2).sum(), 3)
+    # strongly convex (modulus 2): |w - w*|^2 <= gap <= tol
+    w = minimize_on_simplex(lambda v: ((v - torch.tensor([0.7, 0.3, 0.0], dtype=v.dtype)) ** 2).sum(), 3,
+                            tol=1e-12)
     torch.testing.assert_close(w, torch.tensor([0.7, 0.3, 0.0], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
@@ -178,20 +181,170 @@ def test_cagrad_improves_worst_task_within_the_ball():
     assert min(float(d @ v) for v in g.values()) > min(float(g0 @ v) for v in g.values())
 
 
+def _ill_conditioned_gradients():
+    """Four task gradients whose norms span 3.5 orders of magnitude (Gram condition ~1e8)."""
+    g = torch.randn(4, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    return g * torch.tensor([[30.0], [1.0], [0.03], [0.01]], dtype=torch.float64)
+
+
+def _cagrad_dual(g, c):
+    """CAGrad's dual on the mean-diagonal-normalized Gram, with its gradient written by hand."""
+    m = g @ g.T
+    m = m / m.diagonal().mean()
+    b = m.mean(1)
+    sqrt_phi = c * float(b.mean()) ** 0.5
+
+    def f(w):
+        return float(w @ b + sqrt_phi * (w @ m @ w + 1e-12).sqrt())
+
+    def grad(w):
+        return b + sqrt_phi * (m @ w) / (w @ m @ w + 1e-12).sqrt()
+    return f, grad, sqrt_phi
+
+
+def test_cagrad_dual_converges_on_ill_conditioned_gradients():
+    # the update is d = g_0 + sqrt(phi) g_w / |g_w| (rescale none); its dual w is checked by its
+    # KKT gap (hand-written gradient) and against scipy's SLSQP run to machine tolerance
+    g, c = _ill_conditioned_gradients(), 0.5
+    f, grad, sqrt_phi = _cagrad_dual(g, c)
+    names = list("abcd")
+    theta = nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    comb = CAGrad(c=c, rescale="none", task_names=names)
+    comb.backward(linear_losses(theta, dict(zip(names, g))), [theta], backward)
+    coef = torch.tensor([comb.current_weights()[t] for t in names], dtype=torch.float64)
+    lam_w = coef - 0.25                                       # coef = 1/K + lambda w
+    w = lam_w / lam_w.sum()
+    gw = grad(w)
+    assert float(gw @ w - gw.min()) <= 1e-8                   # certified: f(w) - f* <= gap
+    torch.testing.assert_close(theta.grad, coef @ g)
+    optimize = pytest.importorskip("scipy.optimize")
+    res = optimize.minimize(lambda x: f(torch.from_numpy(x)), [0.25] * 4, method="SLSQP",
+                            jac=lambda x: grad(torch.from_numpy(x)).numpy(), bounds=[(0, 1)] * 4,
+                            constraints={"type": "eq", "fun": lambda x: 1 - x.sum()},
+                            options={"ftol": 1e-16, "maxiter": 1000})
+    w_ref = torch.from_numpy(res.x)
+    assert f(w) <= f(w_ref) + 1e-8                           # CAGrad's default tol
+    gs = g / float((g @ g.T).diagonal().mean()) ** 0.5
+    d, d_ref = (gs.mean(0) + sqrt_phi * (v @ gs) / (v @ gs).norm() for v in (w, w_ref))
+    assert float((d - d_ref).norm() / d_ref.norm()) < 1e-4     # was 0.41 with 200 PGD steps
+    torch.testing.assert_close(w, w_ref, rtol=0, atol=1e-5)
+
+
+def test_simplex_solver_reports_a_cap_hit_and_checks_tol():
+    g, c = _ill_conditioned_gradients(), 0.5
+    f, _, _ = _cagrad_dual(g, c)
+    m = g @ g.T
+    m = m / m.diagonal().mean()
+    sqrt_phi = c * float(m.mean()) ** 0.5
+    with pytest.warns(RuntimeWarning, match=r"cagrad: stopped after max_iter=2 Newton steps with duality gap"):
+        minimize_on_simplex(lambda w: w @ m.mean(1) + sqrt_phi * (w @ m @ w + 1e-12).sqrt(), 4,
+                            max_iter=2, name="cagrad")
+    with pytest.raises(ValueError, match="tol"):
+        CAGrad(tol=0.0, task_names=["a", "b"])
+    with pytest.raises(ValueError, match="max_iter"):
+        CAGrad(max_iter=0, task_names=["a", "b"])
+
+
+def _min_norm_exact(m):
+    """min w^T M w on the simplex by enumerating supports (KKT on each; an independent oracle)."""
+    k, best = m.shape[0], None
+    for r in range(1, k + 1):
+        for support in itertools.combinations(range(k), r):
+            idx = list(support)
+            kkt = torch.zeros(r + 1, r + 1, dtype=m.dtype)
+            kkt[:r, :r], kkt[:r, r], kkt[r, :r] = 2 * m[idx][:, idx], 1.0, 1.0
+            rhs = torch.zeros(r + 1, dtype=m.dtype)
+            rhs[r] = 1.0
+            sol = torch.linalg.lstsq(kkt, rhs).solution
+            w = torch.zeros(k, dtype=m.dtype)
+            w[idx] = sol[:r]
+            if bool((w >= -1e-14).all()) and (best is None or float(w @ m @ w) < float(best @ m @ best)):
+                best = w.clamp_min(0) / w.clamp_min(0).sum()
+    return best
+
+
+def test_min_norm_solver_is_accurate_when_gradient_norms_differ_by_orders_of_magnitude():
+    gen = torch.Generator().manual_seed(146)
+    g = torch.randn(6, 7, generator=gen, dtype=torch.float64)
+    g = g * torch.tensor([[40.0], [0.3], [0.25], [60.0], [0.02], [20.0]], dtype=torch.float64)
+    m = g @ g.T
+    w = min_norm_weights(m)
+    w_ref = _min_norm_exact(m)
+    d, d_ref = w @ g, w_ref @ g
+    assert float((d - d_ref).norm() / d_ref.norm()) < 1e-4
+    with pytest.warns(RuntimeWarning, match="max_iter=3 Frank-Wolfe steps"):
+        min_norm_weights(m, max_iter=3)
+
+
 def test_nash_mtl_alpha_solves_bargaining_system():
     g = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     m = g @ g.T
     alpha = nash_bargaining_weights(m)
     assert bool((alpha > 0).all())
     torch.testing.assert_close(m @ alpha, 1 / alpha, rtol=1e-5, atol=1e-8)
-    # the combiner solves the Frobenius-normalized system (scale-free weights)
-    theta = nn.Parameter(torch.zeros(9))
-    comb = NashMTL(task_names=list("abcd"))
-    comb.backward(linear_losses(theta, dict(zip("abcd", g.float()))), [theta], backward)
-    a = torch.tensor(list(comb.current_weights().values()), dtype=torch.float64)
-    mn = m / torch.linalg.matrix_norm(m)
-    torch.testing.assert_close(mn @ a, 1 / a, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(theta.grad, (a @ g).float(), rtol=1e-4, atol=1e-5)
+
+
+def _nash_step(grads, **kwargs):
+    """One Nash-MTL step on losses ``g_t . theta``: (alpha [K] float64, shared update d [P])."""
+    theta = nn.Parameter(torch.zeros(grads.shape[1], dtype=torch.float64))
+    names = [f"t{i}" for i in range(grads.shape[0])]
+    comb = NashMTL(task_names=names, **kwargs)
+    comb.backward(linear_losses(theta, dict(zip(names, grads))), [theta], backward)
+    return torch.tensor([comb.current_weights()[t] for t in names], dtype=torch.float64), theta.grad
+
+
+def test_nash_mtl_worked_example_on_the_unnormalized_gram():
+    # (G G^T) alpha = 1/alpha with G G^T = diag(1, 16): alpha = (1, 1/4), d = 1*(1,0) + 1/4*(0,4)
+    g = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 0.25], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_nash_mtl_non_orthogonal_gradients_satisfy_the_bargaining_condition():
+    g = torch.tensor([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.2, 0.3, 7.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    m = g @ g.T
+    torch.testing.assert_close(m @ alpha, 1 / alpha, rtol=0, atol=1e-8)
+    torch.testing.assert_close(d, alpha @ g, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g @ d, 1 / alpha, rtol=0, atol=1e-8)       # g_i . d = 1 / alpha_i
+    assert abs(float(d @ d) - 3.0) < 1e-8                                # |d|^2 = K
+
+
+@pytest.mark.parametrize("s", [1e-3, 0.5, 20.0, 1e4])
+def test_nash_mtl_is_scale_equivariant(s):
+    # alpha(s G) = alpha(G) / s and the update d = alpha^T G does not depend on the scale
+    g = torch.tensor([[3.0, 1.0, 0.0], [-1.0, 2.0, 0.5], [0.2, 0.3, 7.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g)
+    alpha_s, d_s = _nash_step(s * g)
+    torch.testing.assert_close(alpha_s, alpha / s, rtol=1e-9, atol=0)
+    torch.testing.assert_close(d_s, d, rtol=0, atol=1e-9)
+
+
+def test_nash_mtl_max_norm_clips_only_the_shared_update():
+    g = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    alpha, d = _nash_step(g, max_norm=1.0)                                # |d| = sqrt(2) > 1
+    torch.testing.assert_close(alpha, torch.tensor([1.0, 0.25], dtype=torch.float64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64) / 2 ** 0.5,
+                               rtol=0, atol=1e-10)
+    _, d = _nash_step(g, max_norm=2.0)                                    # shorter: untouched
+    torch.testing.assert_close(d, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-10)
+    # task-specific parameters keep alpha_t times their own gradient
+    model = Toy(["a", "b"])
+    x, ys = torch.randn(8, 4), {"a": torch.randn(8), "b": 3 * torch.randn(8)}
+    comb = NashMTL(max_norm=1e-3, task_names=["a", "b"])
+    comb.backward(model.losses(x, ys), list(model.shared.parameters()), backward)
+    shared = torch.cat([p.grad.flatten() for p in model.shared.parameters()])
+    assert abs(float(shared.norm()) - 1e-3) < 1e-7
+    head_grads = {t: model.heads[t].weight.grad.clone() for t in "ab"}
+    for t in "ab":
+        model.zero_grad()
+        model.losses(x, ys)[t].backward()
+        torch.testing.assert_close(head_grads[t], comb.current_weights()[t] * model.heads[t].weight.grad)
+    with pytest.raises(ValueError, match="max_norm"):
+        NashMTL(max_norm=-1.0, task_names=["a", "b"])
+    with pytest.warns(RuntimeWarning, match="nash-mtl: max_iter=1 Newton iterations"):
+        nash_bargaining_weights(torch.tensor([[4.0, -1.0], [-1.0, 1.0]], dtype=torch.float64), max_iter=1)
 
 
 def test_db_mtl_balances_log_gradient_magnitudes():

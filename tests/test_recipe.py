@@ -127,9 +127,9 @@ def test_overrides():
      "model.encoders[0].num_buckets", "num_buckets must be >= 2"),
     ("combiner={name: dwa, temperature: 0}", "combiner.temperature", "temperature must be > 0"),
     ("combiner={name: cagrad, c: -1}", "combiner.c", "c must be >= 0"),
-    ("data.sampler={name: uniform-negatives, task: income, item_features: [age], ratio: 0}", "data.sampler.ratio",
+    ("data.sampler={name: uniform-negatives, task: income, item_features: [age], user_feature: workclass, ratio: 0}", "data.sampler.ratio",
      "ratio must be >= 1"),
-    ("data.sampler={name: uniform-negatives, task: nope, item_features: [age]}", "data.sampler.task",
+    ("data.sampler={name: uniform-negatives, task: nope, item_features: [age], user_feature: workclass}", "data.sampler.task",
      "must be a binary task of the recipe"),
     ("data.dataset={name: synthetic, num_rows: 0}", "data.dataset.num_rows", "num_rows must be >= 1"),
 ])

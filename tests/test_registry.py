@@ -324,7 +324,8 @@ CONTRACT_ARGS = {
     ("encoder", "bag-of-words"): {"num_buckets": 1024, "dim": 8},
     ("encoder", "embedding"): {"dim": 4},
     ("encoder", "numeric"): {"dim": 4},
-    ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"]},   # check_sampler's data
+    # check_sampler's data
+    ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"], "user_feature": "user"},
     # funnels name their stages (check_backbone's tasks are a, b)
     **{("backbone", n): {"click": "a", "conversion": "b"} for n in ("esmm", "escm2", "aitm")},
 }

@@ -25,8 +25,12 @@ class CAGrad(GradientCombiner):
     ``w* = argmin_w  g_w . g_0 + sqrt(phi) |g_w|``, ``g_w = sum_i w_i g_i``, ``phi = c^2 |g_0|^2``,
     and updates with ``d = g_0 + (sqrt(phi) / |g_w*|) g_w*``, divided by ``1 + c^2`` (the
     authors' default rescaling). ``c = 0`` gives the average gradient exactly. The dual is solved
-    on the ``[K, K]`` Gram matrix (normalized by its mean diagonal) by projected gradient descent
-    on the simplex (:func:`~mtlframe.combiners._grad.minimize_on_simplex`).
+    on the ``[K, K]`` Gram matrix (normalized by its mean diagonal, so the dual is ``O(1)``) to a
+    certified duality gap ``tol`` by an interior-point Newton method
+    (:func:`~mtlframe.combiners._grad.minimize_on_simplex`); the authors' code calls scipy's
+    SLSQP with its default tolerance instead. Ill-conditioned gradients converge as well as
+    well-conditioned ones; if ``max_iter`` Newton steps do not reach ``tol`` a
+    ``RuntimeWarning`` gives the gap reached.
 
     ``d = sum_i coef_i g_i`` with ``coef_i = (1/K + lambda w_i) / rescale``; :meth:`current_weights`
     reports ``coef``. Shared parameters (encoders + the backbone's shared part) get ``d``;
@@ -36,15 +40,19 @@ class CAGrad(GradientCombiner):
     Args:
         c: radius factor ``c >= 0`` (the paper uses 0.4-0.5 on most benchmarks).
         rescale: divide ``d`` by ``"1+c^2"`` (default), ``"1+c"``, or not at all (``"none"``).
+        tol: duality gap at which the dual solver stops (``> 0``; the dual's value is certified
+            within ``tol`` of its minimum, in units of the mean squared task-gradient norm).
+        max_iter: cap on the dual solver's Newton steps (``>= 1``; 15-40 are typical).
         task_names, weights: injected; the recipe's task weights are not used.
 
     Raises:
-        ValueError: ``c < 0`` or an unknown ``rescale``.
+        ValueError: ``c < 0``, an unknown ``rescale``, ``tol <= 0`` or ``max_iter < 1``.
 
     Gradient accumulation: not supported (the dual is solved per micro-batch).
     """
 
-    def __init__(self, c: float = 0.4, rescale: Literal["1+c^2", "1+c", "none"] = "1+c^2", *,
+    def __init__(self, c: float = 0.4, rescale: Literal["1+c^2", "1+c", "none"] = "1+c^2",
+                 tol: float = 1e-8, max_iter: int = 100, *,
                  task_names: list[str], weights: dict[str, float] | None = None) -> None:
         super().__init__(task_names, weights)
         if c < 0:
@@ -52,7 +60,13 @@ class CAGrad(GradientCombiner):
         divisors = {"1+c^2": 1.0 + c * c, "1+c": 1.0 + c, "none": 1.0}
         if rescale not in divisors:
             raise ValueError(f"rescale must be one of {list(divisors)}, got {rescale!r}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
         self.c = float(c)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
         self.rescale = rescale
         self._divisor = divisors[rescale]
 
@@ -80,6 +94,13 @@ class CAGrad(GradientCombiner):
         def dual(w: torch.Tensor) -> torch.Tensor:
             return w @ g_dot_g0 + sqrt_phi * (w @ m @ w + eps).sqrt()
 
-        w = minimize_on_simplex(dual, k)
+        def derivatives(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mw = m @ w
+            norm = (w @ mw + eps).sqrt()                                      # |g_w|
+            return (g_dot_g0 + sqrt_phi * mw / norm,
+                    sqrt_phi * (m / norm - torch.outer(mw, mw) / norm ** 3))
+
+        w = minimize_on_simplex(dual, k, max_iter=self.max_iter, tol=self.tol, name="cagrad",
+                                derivatives=derivatives)
         lam = sqrt_phi / (w @ m @ w + eps).sqrt()
         return (uniform + lam * w) / self._divisor

@@ -46,28 +46,34 @@ class MGDA(GradientCombiner):
         normalization: gradient normalizer ``n_i``: ``"none"`` (1), ``"l2"`` (``|g_i|``),
             ``"loss"`` (``L_i``), ``"loss+"`` (``L_i |g_i|``), as in the authors' code.
         upper_bound: MGDA-UB (gradients w.r.t. a representation passed by the module).
-        max_iter: Frank-Wolfe iterations.
+        max_iter: cap on Frank-Wolfe steps (a ``RuntimeWarning`` says when it is hit before ``tol``).
+        tol: stop when the duality gap is at most ``tol`` times the squared norm of the
+            min-norm point (relative accuracy about ``sqrt(tol)``, whatever the gradients' scales).
         task_names, weights: injected; the recipe's task weights are not used.
 
     Raises:
-        ValueError: unknown ``normalization``; with ``upper_bound``, no ``representation`` passed
+        ValueError: unknown ``normalization``, ``max_iter < 1`` or ``tol <= 0``; with ``upper_bound``, no ``representation`` passed
             or it does not require grad.
 
     Gradient accumulation: not supported (weights are per micro-batch).
     """
 
     def __init__(self, normalization: Literal["none", "l2", "loss", "loss+"] = "none",
-                 upper_bound: bool = False, max_iter: int = 250, *, task_names: list[str],
+                 upper_bound: bool = False, max_iter: int = 20000, tol: float = 1e-10, *,
+                 task_names: list[str],
                  weights: dict[str, float] | None = None) -> None:
         super().__init__(task_names, weights)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {list(_NORMALIZATIONS)}, got {normalization!r}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
         self.normalization = normalization
         self.upper_bound = bool(upper_bound)
         self.requires_representation = self.upper_bound
         self.max_iter = int(max_iter)
+        self.tol = float(tol)
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None],
@@ -101,5 +107,5 @@ class MGDA(GradientCombiner):
         norms = m.diagonal().clamp_min(0).sqrt()
         n = {"none": torch.ones_like(norms), "l2": norms, "loss": loss_values.double(),
              "loss+": loss_values.double() * norms}[self.normalization].clamp_min(1e-12)
-        w = min_norm_weights(m / torch.outer(n, n), max_iter=self.max_iter)
+        w = min_norm_weights(m / torch.outer(n, n), max_iter=self.max_iter, tol=self.tol)
         return w / n

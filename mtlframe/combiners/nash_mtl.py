@@ -5,6 +5,7 @@ Bargaining Game." ICML 2022.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -25,6 +26,9 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
 
     Returns:
         ``alpha [K]`` (float64).
+
+    Warns:
+        RuntimeWarning: ``max_iter`` iterations did not reach the relative residual ``tol``.
     """
     m = gram.detach().double().cpu()
     k = m.shape[0]
@@ -39,7 +43,8 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
 
     for _ in range(max_iter):
         grad = m @ alpha - 1.0 / alpha
-        if float((grad * alpha).abs().max()) < tol:                # relative residual (M a) a - 1
+        residual = float((grad * alpha).abs().max())              # relative residual (M a) a - 1
+        if residual < tol:
             break
         step = torch.linalg.solve(m + torch.diag(1.0 / alpha ** 2), grad)
         t = 1.0
@@ -49,6 +54,12 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
         while f(alpha - t * step) > f0 - 1e-4 * t * slope and t > 1e-12:
             t *= 0.5
         alpha = alpha - t * step
+    else:
+        residual = float(((m @ alpha) * alpha - 1.0).abs().max())
+        if residual >= tol:
+            warnings.warn(f"nash-mtl: max_iter={max_iter} Newton iterations left the bargaining "
+                          f"condition (G G^T alpha) alpha = 1 off by {residual:.3g} > {tol:g}; raise "
+                          f"max_iter", RuntimeWarning, stacklevel=2)
     return alpha
 
 
@@ -56,37 +67,56 @@ class NashMTL(GradientCombiner):
     """Weights from the Nash bargaining solution between tasks.
 
     The update ``d = sum_i alpha_i g_i`` is the bargaining solution of the tasks' utilities
-    ``g_i . d`` in a ball; it is characterized by
+    ``g_i . d`` (Navon et al. 2022, Claim 3.1); it is characterized by
 
     .. math:: G G^T \\alpha = 1 / \\alpha, \\qquad \\alpha > 0
 
-    (so ``g_i . d = 1 / alpha_i``: every task improves, those with small gradients get more
-    weight). The system is solved by :func:`nash_bargaining_weights` (Newton's method on a convex
-    potential) instead of the paper's sequence of convex programs with cvxpy.
+    on the **unnormalized** Gram matrix ``G G^T [K, K]`` of the per-task gradients ``G [K, P]``,
+    so ``g_i . d = 1 / alpha_i``: every task improves, and a task with a small gradient gets a
+    large weight. Consequences: scaling all gradients by ``s`` scales ``alpha`` by ``1 / s`` and
+    leaves ``d`` unchanged, and ``|d|^2 = alpha^T G G^T alpha = K`` whatever the gradients' scale.
+    Worked example: ``g_a = (1, 0)``, ``g_b = (0, 4)`` give ``alpha = (1, 0.25)`` and
+    ``d = (1, 1)``.
 
-    As in the authors' code, ``G G^T`` is first divided by its Frobenius norm, so ``alpha`` is
-    scale-free (one task: ``alpha = 1``, plain training) and the update scales with the
-    gradients; the solved ``alpha`` satisfies ``(G G^T / |G G^T|_F) alpha = 1 / alpha``. The step
-    backpropagates ``sum_t alpha_t L_t`` with ``alpha`` detached (task-specific parameters get
-    their task's gradient times ``alpha_t``; DDP syncs as usual). Gradients are taken on
-    ``shared_parameters`` (encoders + the backbone's shared part), averaged over processes.
+    The system is solved by :func:`nash_bargaining_weights` (Newton's method on a convex
+    potential) instead of the paper's sequence of convex programs with cvxpy. Like the authors'
+    code, the solver works on ``G G^T / n`` with ``n = |G G^T|_F`` and the scale is put back
+    (``alpha = beta / sqrt(n)``), which solves the unnormalized system exactly.
 
-    The authors' ``update_weights_every`` and gradient-norm clipping are not part of this
-    combiner (clip in the module with ``clip_gradients`` if wanted).
+    The step backpropagates ``sum_t alpha_t L_t`` with ``alpha`` detached, so task-specific
+    parameters get their task's gradient times ``alpha_t``. With ``max_norm > 0`` the shared
+    update ``d`` is scaled to norm ``max_norm`` when it is longer, as the authors' code does with
+    ``clip_grad_norm_`` on the shared parameters after the backward (their default is
+    ``max_norm = 1.0``; ``|d| = sqrt(K)`` means it then always applies for ``K >= 2``);
+    task-specific parameters are not clipped. Gradients are taken on ``shared_parameters``
+    (encoders + the backbone's shared part), averaged over processes. :meth:`current_weights`
+    reports ``alpha`` (before any clipping).
+
+    The authors' ``update_weights_every`` (reuse ``alpha`` for several steps to save time) is not
+    implemented: ``alpha`` is solved every step.
 
     Args:
-        max_iter: Newton iterations.
+        max_iter: Newton iterations (the solver stops earlier at a relative residual of 1e-10;
+            a few iterations usually suffice).
+        max_norm: clip the shared update ``d`` to this norm (``0``: no clipping, the paper's
+            update). Use ``1.0`` to reproduce the authors' experiments.
         task_names, weights: injected; the recipe's task weights are not used.
+
+    Raises:
+        ValueError: ``max_iter < 1`` or ``max_norm < 0``.
 
     Gradient accumulation: not supported (weights are per micro-batch).
     """
 
-    def __init__(self, max_iter: int = 100, *, task_names: list[str],
+    def __init__(self, max_iter: int = 100, max_norm: float = 0.0, *, task_names: list[str],
                  weights: dict[str, float] | None = None) -> None:
         super().__init__(task_names, weights)
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be >= 0 (0 = no clipping), got {max_norm}")
         self.max_iter = int(max_iter)
+        self.max_norm = float(max_norm)
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None]) -> None:
@@ -94,13 +124,27 @@ class NashMTL(GradientCombiner):
         if got is None:
             return
         tg, params = got
-        alpha = self.task_weights(tg.gram())
-        self._backward_weighted(losses, dict(zip(tg.tasks, alpha.tolist())), manual_backward)
+        gram = tg.gram()
+        alpha = self.task_weights(gram)
+        weights = dict(zip(tg.tasks, alpha.tolist()))
+        norm = float(alpha @ gram @ alpha) ** 0.5                              # |d|
+        if self.max_norm > 0 and norm > self.max_norm:
+            d = alpha.to(tg.grads) @ tg.grads                                  # (P,)
+            self._set_weights(weights)
+            total = sum(weights[t] * loss for t, loss in losses.items())
+            self._backward_direction(total, params, d * (self.max_norm / norm), d,  # type: ignore[arg-type]
+                                     manual_backward)
+            return
+        self._backward_weighted(losses, weights, manual_backward)
 
     def task_weights(self, gram: torch.Tensor) -> torch.Tensor:
-        """``alpha [K]`` solving ``(M / |M|_F) alpha = 1 / alpha`` for ``M = G G^T``."""
+        """``alpha [K]`` (float64) solving ``M alpha = 1 / alpha`` for ``M = G G^T [K, K]``.
+
+        Solved on ``M / |M|_F`` and rescaled (``alpha = beta / sqrt(|M|_F)``). All-zero gradients
+        (``M = 0``, no solution) give ``alpha = 1``.
+        """
         m = gram.detach().double().cpu()
-        norm = torch.linalg.matrix_norm(m)
-        if norm <= 0:
+        norm = float(torch.linalg.matrix_norm(m))
+        if not norm > 0:
             return torch.ones(m.shape[0], dtype=m.dtype)
-        return nash_bargaining_weights(m / norm, max_iter=self.max_iter)
+        return nash_bargaining_weights(m / norm, max_iter=self.max_iter) / norm ** 0.5

@@ -43,6 +43,10 @@ class Sampler:
         self.feature_info = dict(feature_info)
         self.tasks = list(tasks)
 
+    def prepare(self, splits: Mapping[str, Mapping[str, Any]]) -> None:
+        """Called once before training with every split's preprocessed columns (``train``,
+        ``val``, ``test``), e.g. to remember evaluation positives. Default: nothing."""
+
     def sample(self, columns: Mapping[str, Any], generator: torch.Generator) -> EpochSample:
         """Return this epoch's changes to the training rows (``columns``: name -> ``[N, ...]``)."""
         return EpochSample()
