@@ -1021,6 +1021,11 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
                         f"deleted?); point evaluate at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)
+    changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
+    if changed:  # the split is re-created from the data: it must be the data the model was trained on
+        raise DataError(f"the data at {dm.table.source} is not the data {checkpoint} was trained on: {changed}. "
+                        "evaluate re-creates the training run's split, so it needs the same rows; to score "
+                        "new rows, use mtlframe predict (it applies the checkpoint's preprocessing).")
     module.model.load_state_dict(loaded.model.state_dict())
     trainer = _make_eval_trainer(device)
     if len(dm.split_index[split]) == 0:
@@ -1038,6 +1043,29 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
         _restore_sigint()
         raise KeyboardInterrupt(f"interrupted (Ctrl-C) while evaluating {checkpoint} on the {split} split") from None
     return module.last_scores[split]
+
+
+def preprocessor_difference(saved: Mapping[str, Any], fitted: Mapping[str, Any]) -> str | None:
+    """What differs between a checkpoint's preprocessor state and one fitted again on today's data
+    (vocabularies, numeric statistics, classes, fills), as a phrase naming the column; ``None`` if
+    they are the same."""
+    for part, what in (("vocab", "the vocabulary of"), ("stats", "the training mean / std of"),
+                       ("classes", "the classes of"), ("fill", "the fill value of"),
+                       ("multi_len", "the longest list of")):
+        a, b = saved.get(part) or {}, fitted.get(part) or {}
+        for col in sorted(set(a) | set(b)):
+            if col not in a or col not in b:
+                return f"{what} column '{col}' is {'new' if col not in a else 'gone'}"
+            x, y = a[col], b[col]
+            if torch.is_tensor(x) or torch.is_tensor(y):
+                same = torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape and bool(torch.equal(x, y))
+            else:
+                same = list(x) == list(y) if isinstance(x, (list, tuple)) else x == y
+            if not same:
+                size = (f" ({len(x):,} values when trained, {len(y):,} now)"
+                        if part == "vocab" and len(x) != len(y) else "")
+                return f"{what} column '{col}' changed{size}"
+    return None
 
 
 def _make_eval_trainer(device: torch.device):

@@ -21,7 +21,7 @@ import yaml
 from mtlframe import cli
 from mtlframe import module as module_mod
 from mtlframe import run as run_mod
-from mtlframe.errors import MTLFrameError, RecipeError
+from mtlframe.errors import DataError, MTLFrameError, RecipeError
 from mtlframe.features import label_key, mask_key
 from mtlframe.recipe import recipe_from_dict
 from mtlframe.testing import tiny_recipe
@@ -453,6 +453,27 @@ def test_evaluate_on_moved_data(csv_run, tmp_path, capsys):
             run_mod.evaluate(result.best_checkpoint, accelerator="cpu", overrides=["optimizer.lr=1"])
     finally:
         os.replace(moved, root / "data.csv")
+
+
+def test_evaluate_refuses_data_that_changed_since_training(csv_run, tmp_path):
+    """evaluate re-creates the run's split from the data: edited data would silently shift ids and
+    statistics under the trained weights (or crash in load_state_dict); it is an error naming the column."""
+    import pandas as pd
+
+    root, result = csv_run
+    frame = pd.read_csv(root / "data.csv")
+    edited = frame.copy()
+    edited.loc[edited.index[:40], "cat_0"] = 987654                      # a new value in the vocabulary
+    path = tmp_path / "edited.csv"
+    edited.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"edited\.csv is not the data .*best\.ckpt was trained on: the vocabulary "
+                                        r"of column 'cat_0' changed .*mtlframe predict"):
+        run_mod.evaluate(result.best_checkpoint, accelerator="cpu", data_path=path)
+    scaled = frame.copy()
+    scaled["x_003"] = scaled["x_003"] * 10.0                              # same ids, other statistics
+    scaled.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"the training mean / std of column 'x_003' changed"):
+        run_mod.evaluate(result.best_checkpoint, accelerator="cpu", data_path=path)
 
 
 # ------------------------------------------------------------------------------------------------
