@@ -13,25 +13,7 @@ from mtlframe.errors import MTLFrameError, RecipeError
 from mtlframe.features import FeatureInfo, TaskSpec
 from mtlframe.recipe import Recipe
 from mtlframe.registry import get_registry
-from mtlframe.validation import argument_problem, parameters
-
-
-def task_input_conflicts(keys: Sequence[str], backbone: str) -> list[tuple[str, str]]:
-    """``(key, message)`` for each encoder key with per-task tables when ``backbone`` reads only the
-    shared input (no ``accepts_task_inputs``); empty when it can read them or no key is given."""
-    if not keys:
-        return []
-    reg = get_registry()
-    try:
-        if getattr(reg.get("backbone", backbone).load(), "accepts_task_inputs", False):
-            return []
-    except Exception:  # noqa: BLE001  an unknown backbone is reported at model.backbone.name
-        return []
-    able = [c.name for c in reg.all("backbone") if getattr(c.load(), "accepts_task_inputs", False)]
-    msg = (f"per-task embedding tables need a backbone that reads per-task inputs "
-           f"({', '.join(able) or 'none is registered'}); backbone '{backbone}' reads only the shared input. "
-           "Remove task_specific, or change model.backbone.name.")
-    return [(k, msg) for k in keys]
+from mtlframe.validation import argument_problem, parameters, task_input_conflicts
 
 
 class Builder:

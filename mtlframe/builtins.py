@@ -5,8 +5,8 @@ imports nothing heavy.
 """
 from __future__ import annotations
 
+from mtlframe.hookspecs import ComponentSpec as C
 from mtlframe.hookspecs import hookimpl
-from mtlframe.registry import ComponentSpec as C
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 A plugin is a module (usually a pip-installable distribution with an entry point in the
 ``mtlframe`` group) that implements some of these hooks with :data:`hookimpl`. Each hook returns
-a list of :class:`~mtlframe.registry.ComponentSpec` records. The ``factory`` of a record may be a
+a list of :class:`ComponentSpec` records (defined here, beside the hooks that return them). The ``factory`` of a record may be a
 lazy ``"package.module:Attr"`` string, so listing plugins never imports heavy dependencies.
 
 Example plugin module::
@@ -30,12 +30,31 @@ calling that instead (see :mod:`mtlframe.validation` and the plugin tutorial,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import pluggy
 
 PROJECT = "mtlframe"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component offered by a plugin.
+
+    Args:
+        name: the bare name used in recipes (``"mmoe"``). Lower case, ``-`` between words.
+        factory: the class or function that builds it, or a lazy ``"package.module:Attr"`` string
+            imported only when the component is used.
+        summary: one line shown by ``mtlframe plugins``.
+    """
+
+    name: str
+    factory: Callable[..., Any] | str
+    summary: str = ""
 
 
 @hookspec

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pluggy
 
 from mtlframe import hookspecs
+from mtlframe.hookspecs import ComponentSpec  # noqa: F401  (re-exported: the hooks' record type)
 from mtlframe.errors import (ComponentConflictError, PluginLoadError, UnknownComponentError,
                              closest)
 
@@ -41,22 +42,6 @@ KINDS: dict[str, str] = {
 
 ENTRY_POINT_GROUP = "mtlframe"
 BUILTIN_PROVIDER = "mtlframe"
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A component offered by a plugin.
-
-    Args:
-        name: the bare name used in recipes (``"mmoe"``). Lower case, ``-`` between words.
-        factory: the class or function that builds it, or a lazy ``"package.module:Attr"`` string
-            imported only when the component is used.
-        summary: one line shown by ``mtlframe plugins``.
-    """
-
-    name: str
-    factory: Callable[..., Any] | str
-    summary: str = ""
 
 
 @dataclass(frozen=True)

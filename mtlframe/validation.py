@@ -37,6 +37,7 @@ from typing import Any
 
 from mtlframe.errors import ArgumentError, MTLFrameError
 from mtlframe.features import FEATURE_TYPES, TASK_TYPES, FeatureInfo, TaskSpec
+from mtlframe.registry import get_registry
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,6 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
     base.task_inputs = bool(per_task)
     backbone_spec = (recipe.get("model") or {}).get("backbone")
     if per_task and isinstance(backbone_spec, Mapping) and by_kind.get("backbone"):
-        from mtlframe.build import task_input_conflicts
-
         problems.extend(task_input_conflicts(per_task, str(backbone_spec.get("name"))))
     for c in by_kind.get("backbone", []):
         _run(c, ctx(c), problems)
@@ -305,3 +304,21 @@ def _sparse_rules(recipe: Mapping[str, Any], encoders: list[Checked], combiners:
         manual_backward=bool(getattr(comb, "requires_manual_backward", False)),
         shared=str(model.get("shared", "encoders+backbone")),
         gradient_clip_val=trainer.get("gradient_clip_val")))
+
+
+def task_input_conflicts(keys: Sequence[str], backbone: str) -> list[tuple[str, str]]:
+    """``(key, message)`` for each encoder key with per-task tables when ``backbone`` reads only the
+    shared input (no ``accepts_task_inputs``); empty when it can read them or no key is given."""
+    if not keys:
+        return []
+    reg = get_registry()
+    try:
+        if getattr(reg.get("backbone", backbone).load(), "accepts_task_inputs", False):
+            return []
+    except Exception:  # noqa: BLE001  an unknown backbone is reported at model.backbone.name
+        return []
+    able = [c.name for c in reg.all("backbone") if getattr(c.load(), "accepts_task_inputs", False)]
+    msg = (f"per-task embedding tables need a backbone that reads per-task inputs "
+           f"({', '.join(able) or 'none is registered'}); backbone '{backbone}' reads only the shared input. "
+           "Remove task_specific, or change model.backbone.name.")
+    return [(k, msg) for k in keys]
