@@ -113,7 +113,7 @@ def test_setup_drops_columns_no_encoder_or_task_reads(monkeypatch):
 def test_mmap_threshold_is_pinned_on_glibc_unless_the_environment_sets_it(monkeypatch):
     import sys
 
-    from mtlframe.datamodule import pin_mmap_threshold
+    from mtlframe.process_memory import pin_mmap_threshold
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert pin_mmap_threshold() is False                       # the user's setting wins
