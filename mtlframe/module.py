@@ -9,7 +9,8 @@ Logged keys: ``train/loss`` (every ``log_every_n_steps``; under DDP this process
 as ``train/<key>`` (e.g. ``train/log_var/<task>`` of ``uncertainty``) with it; per epoch
 ``train/loss_epoch``, ``train/loss/<task>`` (mean over every labelled row of the epoch, all
 processes), ``train/labelled/<task>`` (labelled rows of the epoch, summed over processes),
-``train/aux/<name>``, ``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
+``train/aux/<name>`` (the auxiliary loss over every row of the epoch, all processes),
+``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
 
@@ -18,8 +19,11 @@ where lower is better; the default checkpoint monitor).
 fixed-size all-reduce per step (the same collective on every process whatever labels its batch
 holds), and each process's term is ``its sum / global count * world size``, so DDP's gradient
 average is exactly the global masked mean (and one process on the same global batches trains the
-same weights). A task labelled on no process in a step is left out of the combiner; its
-zero-weighted term still runs through its tower, so DDP sees a gradient for every parameter. A
+same weights). The backbone's auxiliary losses likewise: they come as row sums and row counts
+(:meth:`~mtlframe.backbones.base.Backbone.auxiliary_loss_sums`), the counts ride in the same
+all-reduce, and each is its sum over the global count times world size. A task labelled on no
+process in a step is left out of the combiner; its zero-weighted term still runs through its
+tower, so DDP sees a gradient for every parameter. A
 step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
 every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 
@@ -340,11 +344,12 @@ class MultiTaskModule(pl.LightningModule):
         absent = [s * 0.0 for s, c in zip(sums, global_counts) if c <= 0]
         # the same for each auxiliary part over its global row count (a part with no row anywhere
         # has a zero sum: 0 / 1); on one process the backbone's own per-batch mean
-        aux_global = stats[2 * n:2 * n + p].to(aux_sums.dtype).clamp(min=1)
-        aux_terms = aux_sums / aux_global * world                 # (P,)
         aux: dict[str, torch.Tensor] = {}
-        for name, term in zip(aux_parts, aux_terms):
-            aux[name] = term if name not in aux else aux[name] + term
+        if p:
+            aux_global = stats[2 * n:2 * n + p].to(aux_sums.dtype).clamp(min=1)
+            aux_terms = aux_sums / aux_global * world             # (P,)
+            for name, term in zip(aux_parts, aux_terms):
+                aux[name] = term if name not in aux else aux[name] + term
         self._epoch_stats = stats.detach() if self._epoch_stats is None else self._epoch_stats + stats.detach()
         if not losses:  # no task labelled on any process: every process skips the step
             return self._skip()

@@ -449,8 +449,23 @@ def test_auxiliary_losses_that_change_between_steps_are_refused():
     assert names == ["x/a", "x/a"] and counts.dtype == torch.float64
     with pytest.raises(MTLFrameError, match=r"changed between training steps \('x/a' x2 then 'x/a'\)"):
         module._auxiliary({}, outputs)
-    with pytest.raises(MTLFrameError, match=r"auxiliary loss 'x/b' has sums of shape \(3,\) and counts of shape \(2,\)"):
+    with pytest.raises(MTLFrameError, match=r"auxiliary loss 'x/b' has sums of shape \(3,\) and counts of "
+                                            r"shape \(2,\)"):
         module._auxiliary({}, outputs)
+
+
+def test_a_non_finite_auxiliary_part_is_named_once():
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import build_system
+    from mtlframe.testing import tiny_recipe
+
+    _, module, _ = build_system(recipe_from_dict(tiny_recipe(), "<tiny>"))
+    inf = float("inf")
+    # [counts (2 tasks), sums (2), aux counts (3 parts), aux sums (3)]: parts x/a, x/a, x/b
+    stats = [4.0, 0.0, 1.0, inf, 2.0, 0.0, 3.0, inf, float("nan"), 0.5]
+    assert module._non_finite(stats, ["x/a", "x/a", "x/b"]) == ["aux/x/a"]  # task_1's inf: no row
+    stats[3], stats[9] = 1.0, inf
+    assert module._non_finite(stats, ["x/a", "x/a", "x/b"]) == ["aux/x/a", "aux/x/b"]
 
 
 def test_aitm_information_transfer_hand_computed():
