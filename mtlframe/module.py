@@ -9,7 +9,8 @@ Logged keys: ``train/loss`` (every ``log_every_n_steps``; under DDP this process
 as ``train/<key>`` (e.g. ``train/log_var/<task>`` of ``uncertainty``) with it; per epoch
 ``train/loss_epoch``, ``train/loss/<task>`` (mean over every labelled row of the epoch, all
 processes), ``train/labelled/<task>`` (labelled rows of the epoch, summed over processes),
-``train/aux/<name>``, ``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
+``train/aux/<name>`` (the auxiliary loss over every row of the epoch, all processes),
+``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
 
@@ -18,8 +19,11 @@ where lower is better; the default checkpoint monitor).
 fixed-size all-reduce per step (the same collective on every process whatever labels its batch
 holds), and each process's term is ``its sum / global count * world size``, so DDP's gradient
 average is exactly the global masked mean (and one process on the same global batches trains the
-same weights). A task labelled on no process in a step is left out of the combiner; its
-zero-weighted term still runs through its tower, so DDP sees a gradient for every parameter. A
+same weights). The backbone's auxiliary losses likewise: they come as row sums and row counts
+(:meth:`~mtlframe.backbones.base.Backbone.auxiliary_loss_sums`), the counts ride in the same
+all-reduce, and each is its sum over the global count times world size. A task labelled on no
+process in a step is left out of the combiner; its zero-weighted term still runs through its
+tower, so DDP sees a gradient for every parameter. A
 step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
 every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 
@@ -56,6 +60,15 @@ from mtlframe.tasks import task_loss, to_prediction
 STAGES = ("val", "test")
 #: what a NaN or infinite training loss does (``trainer.nan_loss``)
 NAN_LOSS_POLICIES = ("stop", "skip")
+
+
+def _parts(names: Sequence[str]) -> str:
+    """``a x2, b`` for the auxiliary parts ``[a, a, b]``, for messages."""
+    out: list[str] = []
+    for name in dict.fromkeys(names):
+        k = list(names).count(name)
+        out.append(f"'{name}'" + (f" x{k}" if k > 1 else ""))
+    return ", ".join(out) or "none"
 
 
 def _has_list_state(metric: nn.Module) -> bool:
@@ -104,10 +117,10 @@ class MultiTaskModule(pl.LightningModule):
         self.nan_loss = nan_loss
         #: training steps skipped for a non-finite loss (``nan_loss="skip"``), over the whole fit
         self.skipped_steps = 0
-        self._epoch_stats: torch.Tensor | None = None   # (2T + A,) counts, loss sums, aux sums
+        self._epoch_stats: torch.Tensor | None = None   # (2T + 2P,) counts, loss sums, aux counts, aux sums
         self._epoch_total: torch.Tensor | None = None
         self._epoch_steps = 0
-        self._aux_names: list[str] = []
+        self._aux_parts: list[str] | None = None   # the auxiliary loss of each part (P)
         self._skipped: list[tuple[int, list[str]]] = []
         self._pending: list[tuple[int, torch.Tensor, list[str]]] = []
         self._contributed = False   # a micro-batch of the current optimizer step was not skipped
@@ -182,23 +195,61 @@ class MultiTaskModule(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def _step_stats(self, sums: Sequence[torch.Tensor], counts: torch.Tensor,
-                    aux: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``[2T + A]`` = labelled counts, loss sums and auxiliary losses of the step, summed over
-        processes (one fixed-size all-reduce under DDP: the same collective on every process)."""
-        parts = [counts, torch.stack([s.detach().double() for s in sums])]
-        if aux:
-            parts.append(torch.stack([v.detach().double().reshape(()) for v in aux.values()]))
+                    aux_sums: torch.Tensor, aux_counts: torch.Tensor) -> torch.Tensor:
+        """``[2T + 2P]`` = labelled counts and loss sums of the tasks, then row counts and sums of
+        the ``P`` auxiliary-loss parts, of the step summed over processes (one fixed-size
+        all-reduce under DDP: the same collective on every process)."""
+        parts = [counts, torch.stack([s.detach().double() for s in sums]),
+                 aux_counts.double(), aux_sums.detach().double()]
         stats = torch.cat(parts)
         if self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         return stats
 
-    def _non_finite(self, stats: list[float], aux_names: Sequence[str]) -> list[str]:
-        """Names of the tasks (and auxiliary losses) whose step loss is NaN or infinite."""
-        n = len(self.tasks)
+    def _non_finite(self, stats: list[float], aux_parts: Sequence[str]) -> list[str]:
+        """Names of the tasks (and auxiliary losses) whose step loss is NaN or infinite.
+        ``aux_parts``: the auxiliary loss of each of the ``P`` parts in ``stats``."""
+        n, p = len(self.tasks), len(aux_parts)
         bad = [t.name for t, c, s in zip(self.tasks, stats[:n], stats[n:2 * n]) if c > 0 and not math.isfinite(s)]
-        bad += [f"aux/{a}" for a, v in zip(aux_names, stats[2 * n:]) if not math.isfinite(v)]
+        for a, v in zip(aux_parts, stats[2 * n + p:2 * n + 2 * p]):
+            if not math.isfinite(v) and f"aux/{a}" not in bad:
+                bad.append(f"aux/{a}")
         return bad
+
+    def _auxiliary(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+                   ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The backbone's auxiliary losses as ``P`` parts: the loss name of each part, the ``[P]``
+        sums (graph attached) and ``[P]`` row counts (float64) over this process's batch.
+
+        Raises:
+            MTLFrameError: an :class:`~mtlframe.backbones.base.AuxLoss` whose sums and counts differ
+                in shape, or names/parts that differ from the previous step's (under DDP the
+                processes must reduce a vector of the same size at every step).
+        """
+        backbone = self.model.backbone
+        aux = backbone.auxiliary_loss_sums(batch, outputs)
+        names, sums, counts = [], [], []
+        for name, a in aux.items():
+            s, c = a.sums.reshape(-1), a.counts.reshape(-1)
+            if s.shape != c.shape:
+                raise MTLFrameError(
+                    f"backbone {type(backbone).__name__}: auxiliary loss '{name}' has sums of shape "
+                    f"{tuple(a.sums.shape)} and counts of shape {tuple(a.counts.shape)}; give one count per sum "
+                    "(AuxLoss(sums [K], counts [K]), mtlframe.backbones.base).")
+            names += [name] * s.numel()
+            sums.append(s)
+            counts.append(c.to(torch.float64))
+        if self._aux_parts is not None and names != self._aux_parts:
+            raise MTLFrameError(
+                f"backbone {type(backbone).__name__}: its auxiliary losses changed between training steps "
+                f"({_parts(self._aux_parts)} then {_parts(names)}). Return the same names with the same number "
+                "of parts at every step (zero sums and zero counts where a batch has no row for one): under "
+                "DDP every process reduces one fixed-size vector per step.")
+        self._aux_parts = names
+        device = next(iter(outputs.values())).device
+        if not sums:
+            return names, torch.zeros(0, device=device), torch.zeros(0, dtype=torch.float64, device=device)
+        return names, torch.cat(sums), torch.cat(counts)
 
     def _bad_loss(self, bad: Sequence[str], stats: list[float], step: int) -> bool:
         """Apply ``nan_loss`` to a step whose loss is not finite: raise, or count it and return True
@@ -268,30 +319,37 @@ class MultiTaskModule(pl.LightningModule):
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
         outputs = self.model.forward_from(x)
         sums, counts = self.task_loss_sums(batch, outputs)
-        aux = self.model.backbone.auxiliary_loss(batch, outputs)
-        self._aux_names = list(aux)
+        aux_parts, aux_sums, aux_counts = self._auxiliary(batch, outputs)  # (P,), (P,)
         world = self.trainer.world_size
-        stats = self._step_stats(sums, counts, aux)                # (2T + A,) summed over processes
-        n = len(self.tasks)
+        stats = self._step_stats(sums, counts, aux_sums, aux_counts)  # (2T + 2P,) summed over processes
+        n, p = len(self.tasks), len(aux_parts)
         step = self.global_step
         if self._sync_every_step(batch, stats):
             # one host sync: which tasks are labelled somewhere (and whether the loss is finite)
             host = stats.tolist()
             global_counts = host[:n]
-            bad = self._non_finite(host, list(aux))
+            bad = self._non_finite(host, aux_parts)
             if bad and self._bad_loss(bad, host, step):
                 return self._skip()
         else:
             # one process, every label present, on an accelerator: check for a non-finite loss with
             # the next logging step's sync instead of stalling every step
             global_counts = [float(batch[label_key(t.name)].shape[0]) for t in self.tasks]
-            self._pending.append((step, stats, list(aux)))
+            self._pending.append((step, stats, aux_parts))
             if batch_idx % self.trainer.log_every_n_steps == 0:
                 self._check_pending()
         # each process's term is its share of the global masked mean, sum_r term_r / world = mean
         losses = {t.name: s * (world / c) for t, s, c in zip(self.tasks, sums, global_counts) if c > 0}
         # a task labelled on no process: a zero-weighted term keeps its tower in the backward (DDP)
         absent = [s * 0.0 for s, c in zip(sums, global_counts) if c <= 0]
+        # the same for each auxiliary part over its global row count (a part with no row anywhere
+        # has a zero sum: 0 / 1); on one process the backbone's own per-batch mean
+        aux: dict[str, torch.Tensor] = {}
+        if p:
+            aux_global = stats[2 * n:2 * n + p].to(aux_sums.dtype).clamp(min=1)
+            aux_terms = aux_sums / aux_global * world             # (P,)
+            for name, term in zip(aux_parts, aux_terms):
+                aux[name] = term if name not in aux else aux[name] + term
         self._epoch_stats = stats.detach() if self._epoch_stats is None else self._epoch_stats + stats.detach()
         if not losses:  # no task labelled on any process: every process skips the step
             return self._skip()
@@ -360,7 +418,7 @@ class MultiTaskModule(pl.LightningModule):
         if world > 1:  # every process ran (or skipped) the same steps: same shapes, same order
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         stats = self._epoch_stats.tolist() if self._epoch_stats is not None else [0.0] * (2 * n)
-        counts, sums, aux_sums = stats[:n], stats[n:2 * n], stats[2 * n:]
+        counts, sums, aux_stats = stats[:n], stats[n:2 * n], stats[2 * n:]
         means: dict[str, float] = {}
         for t, c, s in zip(self.tasks, counts, sums):
             self.log(f"train/labelled/{t.name}", float(c), on_step=False, on_epoch=True)
@@ -373,9 +431,14 @@ class MultiTaskModule(pl.LightningModule):
                                f"{t.name} is not logged.", category=UserWarning)
         if steps:
             self.log("train/loss_epoch", float(totals[0]) / (steps * world), on_step=False, on_epoch=True)
-            if self._epoch_stats is not None:
-                for name, value in zip(self._aux_names, aux_sums):
-                    self.log(f"train/aux/{name}", value / (steps * world), on_step=False, on_epoch=True)
+            if self._epoch_stats is not None and self._aux_parts:
+                # per part, the mean over every row of the epoch on every process; summed per loss
+                p = len(self._aux_parts)
+                aux_means: dict[str, float] = {}
+                for name, c, s in zip(self._aux_parts, aux_stats[:p], aux_stats[p:2 * p]):
+                    aux_means[name] = aux_means.get(name, 0.0) + (s / c if c > 0 else 0.0)
+                for name, value in aux_means.items():
+                    self.log(f"train/aux/{name}", value, on_step=False, on_epoch=True)
         if self._skipped:
             self.log("train/skipped_steps", float(len(self._skipped)), on_step=False, on_epoch=True)
             first = ", ".join(f"{s} ({', '.join(b)})" for s, b in self._skipped[:5])

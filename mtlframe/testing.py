@@ -473,6 +473,29 @@ def _toy_towers(output_dims: Mapping[str, int]) -> nn.ModuleDict:
     return towers
 
 
+def _check_aux_sums(factory: Any, bb: Any, batch: Mapping[str, torch.Tensor],
+                    outputs: Mapping[str, torch.Tensor]) -> list[tuple[str, int]]:
+    """Check ``auxiliary_loss_sums``: ``{name: AuxLoss(sums [K], counts [K])}``, finite sums,
+    counts ``>= 0``; returns the layout ``[(name, K)]``."""
+    from mtlframe.backbones.base import AuxLoss
+
+    sums = bb.auxiliary_loss_sums(batch, outputs)
+    if not isinstance(sums, Mapping) or not all(isinstance(a, AuxLoss) for a in sums.values()):
+        _fail(factory, "auxiliary_loss_sums must return {name: AuxLoss(sums, counts)} "
+                       f"(mtlframe.backbones.base), got {sums!r}")
+    layout = []
+    for k, a in sums.items():
+        s, c = a.sums.reshape(-1), a.counts.reshape(-1)
+        if a.sums.dim() > 1 or s.shape != c.shape:
+            _fail(factory, f"auxiliary loss '{k}': sums and counts must both be [K] (or scalars), got "
+                           f"{tuple(a.sums.shape)} and {tuple(a.counts.shape)}")
+        _finite(factory, f"auxiliary loss '{k}' sums", s)
+        if bool((c < 0).any()) or not bool(torch.isfinite(c.double()).all()):
+            _fail(factory, f"auxiliary loss '{k}': counts must be finite and >= 0, got {c.tolist()}")
+        layout.append((k, s.numel()))
+    return layout
+
+
 @_single_thread
 def check_backbone(factory: Callable[..., Any], *, input_dim: int = 12,
                    task_names: Sequence[str] = ("a", "b"), **args: Any) -> Any:
@@ -480,11 +503,13 @@ def check_backbone(factory: Callable[..., Any], *, input_dim: int = 12,
 
     Builds it with ``args`` plus the injected ``input_dim`` and ``task_names``, runs
     ``x [B, D]`` through it, through linear towers (one logit per task), its :meth:`couple`
-    and :meth:`auxiliary_loss` (with 0/1 labels, one task partly missing) as the model does.
+    and :meth:`auxiliary_loss_sums` (with 0/1 labels, one task partly missing) as the model does.
 
     Checks: ``output_dims`` maps every task to a positive int; ``forward`` returns
     ``{task: finite [B, H_t]}``; each task's output depends on ``x``; ``couple`` keeps keys and
-    shapes; auxiliary losses are finite scalars; every trainable parameter gets a gradient from
+    shapes; auxiliary losses are ``{name: AuxLoss(sums [K], counts [K])}`` with finite sums and
+    counts ``>= 0``, the same names and ``K`` on a batch without a labelled row, and finite scalar
+    means (``auxiliary_loss``); every trainable parameter gets a gradient from
     the task outputs plus auxiliary losses; ``shared_parameters()`` is a subset of the parameters;
     gate weights (if any) are ``[B, E]`` rows on the simplex; in eval mode rows do not influence
     each other; signature and recipe entry.
@@ -546,6 +571,14 @@ def check_backbone(factory: Callable[..., Any], *, input_dim: int = 12,
         (gx,) = torch.autograd.grad(coupled[t].sum(), x, retain_graph=True)
         if float(gx.abs().sum()) == 0.0:
             _fail(factory, f"task '{t}''s output does not depend on the input x")
+    layout = _check_aux_sums(factory, bb, batch, coupled)
+    # a batch without a labelled row: the same names and parts (one fixed-size reduction under DDP)
+    empty = {**batch, **{mask_key(t): torch.zeros(ROWS, dtype=torch.bool) for t in tasks},
+             **{label_key(t): torch.full((ROWS,), float("nan")) for t in tasks}}
+    if _check_aux_sums(factory, bb, empty, coupled) != layout:
+        _fail(factory, "auxiliary_loss_sums must return the same names with the same number of parts on a batch "
+                       "without a labelled row (zero sums and zero counts), got "
+                       f"{_check_aux_sums(factory, bb, empty, coupled)} instead of {layout}")
     aux = bb.auxiliary_loss(batch, coupled)
     if not isinstance(aux, Mapping):
         _fail(factory, f"auxiliary_loss must return a dict of scalars, got {type(aux).__name__}")

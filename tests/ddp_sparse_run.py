@@ -2,11 +2,14 @@
 ``Trainer``, on one process or on two (``strategy="ddp"``, gloo on CPU); rank zero saves the final
 weights, the logged epoch values and the validation scores. Used by ``tests/test_ddp_sparse.py``::
 
-    python tests/ddp_sparse_run.py OUT COMBINER[,COMBINER...] DEVICES      # writes OUT.<combiner>.pt
+    python tests/ddp_sparse_run.py OUT COMBINER[@SETUP][,...] DEVICES      # writes OUT.<combiner>[@SETUP].pt
 
 Each global batch has ``2 * B`` rows; with two processes rank ``r`` gets rows ``[r B, (r+1) B)``
 of it, with one process the whole batch is one step. Labels are masked per step so that a task is
 labelled on both processes (with different counts), on one only, or on neither.
+
+``SETUP`` ``funnel``: an ``escm2`` backbone (DR, with its auxiliary losses) over two binary tasks,
+``click -> buy``, with labelled rows uneven across the processes (:data:`FUNNEL_PLAN`).
 """
 from __future__ import annotations
 
@@ -27,6 +30,21 @@ PLAN = [
 ]
 #: validation: task_1_bin labelled on rank 0's half only, task_0 nowhere (its metrics are NaN)
 VAL_PLAN = {"task_0": (0, 0), "task_1_bin": (8, 0)}
+
+#: an ESCM2 funnel (click -> buy) whose auxiliary losses (escm2/dr, escm2/imputation) are means
+#: over rows with a known click: uneven across the processes at every step
+FUNNEL = {
+    "tasks": {"click": {"type": "binary", "label": "task_0_bin"}, "buy": {"type": "binary", "label": "task_1_bin"}},
+    "model.backbone": {"name": "escm2", "counterfactual": "dr", "counterfactual_weight": 1.0, "click": "click",
+                       "conversion": "buy", "imputation_hidden": [8], "hidden": [8]},
+}
+FUNNEL_PLAN = [
+    {"click": (8, 2), "buy": (6, 1)},
+    {"click": (3, 8), "buy": (3, 8)},
+    {"click": (8, 8), "buy": (1, 7)},
+    {"click": (0, 6), "buy": (0, 6)},   # rank 0: no row for the auxiliary losses
+]
+SETUPS = {"funnel": (FUNNEL, FUNNEL_PLAN, {"click": (8, 8), "buy": (8, 8)})}
 
 
 def _masked(columns, plan):
@@ -64,7 +82,7 @@ class Batches:
 
 def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr: float = 0.05,
          plan: list | None = None, inf_label: tuple[int, str] | None = None, accumulate: int = 1,
-         optimizer: dict | None = None, drop: int | None = None) -> dict:
+         optimizer: dict | None = None, drop: int | None = None, setup: str | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -76,6 +94,10 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
 
     torch.set_num_threads(1)
     overrides = {} if nan_loss is None else {"trainer.nan_loss": nan_loss}
+    val_plan = VAL_PLAN
+    if setup is not None:
+        extra, plan, val_plan = SETUPS[setup]
+        overrides.update(extra)
     recipe = recipe_from_dict(tiny_recipe(combiner={"name": combiner}, optimizer=optimizer or {"name": "sgd", "lr": lr},
                                           **overrides), "<ddp sparse>")
     pl.seed_everything(7, verbose=False)
@@ -88,7 +110,7 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
     if inf_label is not None:  # a label of +inf: that step's loss is infinite
         step, task = inf_label
         batches[step][label_key(task)][0] = float("inf")
-    val = [_masked(take(val_cols, torch.arange(0, 2 * B)), VAL_PLAN)]
+    val = [_masked(take(val_cols, torch.arange(0, 2 * B)), val_plan)]
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     box = []
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
@@ -109,5 +131,6 @@ if __name__ == "__main__":
     # COMBINERS is comma-separated: one launch of the processes trains each in turn (later
     # Trainers reuse the processes and the process group), saving OUT.<combiner>.pt
     out, combiners, devices = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
-    for name in combiners:
-        main(f"{out}.{name}.pt", name, devices)
+    for entry in combiners:
+        name, _, setup = entry.partition("@")
+        main(f"{out}.{entry}.pt", name, devices, setup=setup or None)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtlframe.backbones.aitm import AITM, InformationTransfer
-from mtlframe.backbones.base import Backbone
+from mtlframe.backbones.base import AuxLoss, Backbone
 from mtlframe.backbones.cgc import CGC
 from mtlframe.backbones.cross_stitch import CrossStitch
 from mtlframe.backbones.dselect_k import DSelectK, DSelectKGate, smooth_step
@@ -353,6 +353,119 @@ def test_aitm_calibrator_hand_computed():
     aux = model.auxiliary_loss({}, outputs)
     assert list(aux) == ["aitm/calibration"]
     torch.testing.assert_close(aux["aitm/calibration"], torch.tensor(0.075))
+
+
+# -- auxiliary losses as row sums and counts (the global mean under DDP) ---------------------------
+
+def test_escm2_aux_sums_and_counts_per_funnel_step_hand_computed():
+    """Three stages a -> b -> c, every logit 0 (each conditional probability 0.5): step a->b has
+    propensity 0.5 and 3 usable rows, step b->c propensity 0.25 and 2 (its click b is unknown on
+    row 3). One part per step, each over its own rows."""
+    model = ESCM2(counterfactual="ips", counterfactual_weight=1.0, funnel=["a", "b", "c"], input_dim=D,
+                  task_names=TASKS)
+    coupled = model.couple({t: torch.zeros(3, requires_grad=True) for t in TASKS})
+    nan = float("nan")
+    batch = {"label/a": torch.tensor([1.0, 1.0, 0.0]), "label/b": torch.tensor([1.0, 0.0, nan]),
+             "label/c": torch.tensor([1.0, nan, nan])}
+    sums = model.auxiliary_loss_sums(batch, coupled)
+    assert list(sums) == ["escm2/ips"]
+    ln2 = math.log(2)
+    # a->b: rows 1, 2 clicked (o e / 0.5 = 2 ln 2 each), row 3 not clicked (0; its b is not needed)
+    # b->c: row 1 (1 * ln 2 / 0.25), row 2 not clicked (0), row 3 unknown click: left out
+    torch.testing.assert_close(sums["escm2/ips"].sums, torch.tensor([4 * ln2, 4 * ln2]))
+    assert sums["escm2/ips"].counts.tolist() == [3, 2]
+    # the per-batch value is the sum of the two steps' means, not one pooled mean (8 ln 2 / 5)
+    torch.testing.assert_close(model.auxiliary_loss(batch, coupled)["escm2/ips"], torch.tensor(4 * ln2 / 3 + 2 * ln2))
+
+
+def test_escm2_dr_aux_sums_keep_their_names_on_a_batch_without_usable_rows():
+    """A process whose batch has no row with a known click still reports every name, with zero
+    sums and zero counts, and its sums stay in the graph (DDP needs every parameter's gradient)."""
+    model = ESCM2(counterfactual="dr", counterfactual_weight=0.5, imputation_hidden=[], click="ctr",
+                  conversion="ctcvr", input_dim=2, task_names=["ctr", "ctcvr"])
+    _set_linear(model.imputation["ctcvr"].net[0], [[0.0, 0.0]], [0.0])
+    model(torch.randn(2, 2))
+    q = torch.full((2,), math.log(3))
+    coupled = model.couple({"ctr": torch.zeros(2), "ctcvr": q})
+    # labelled: the hand computation of test_escm2_dr_hand_computed, as sums over its 2 rows
+    batch = {"label/ctr": torch.tensor([1.0, 0.0]), "label/ctcvr": torch.tensor([1.0, 0.0])}
+    e, e_hat = -math.log(0.75), -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    full = model.auxiliary_loss_sums(batch, coupled)
+    torch.testing.assert_close(full["escm2/dr"].sums, torch.tensor([0.5 * ((e_hat + (e - e_hat) / 0.5) + e_hat)]))
+    torch.testing.assert_close(full["escm2/imputation"].sums, torch.tensor([(e - e_hat) ** 2 / 0.5]))
+    assert full["escm2/dr"].counts.tolist() == full["escm2/imputation"].counts.tolist() == [2]
+    for empty in ({"label/ctr": torch.tensor([1.0, 0.0]), "label/ctcvr": torch.tensor([1.0, 0.0]),
+                   "mask/ctr": torch.tensor([False, False])},              # no click known
+                  {"label/ctr": torch.tensor([1.0, 0.0])}):                # conversion not in the batch
+        model(torch.randn(2, 2))
+        coupled = model.couple({"ctr": torch.zeros(2), "ctcvr": q})
+        aux = model.auxiliary_loss_sums(empty, coupled)
+        assert list(aux) == ["escm2/dr", "escm2/imputation"]
+        for a in aux.values():
+            assert a.sums.tolist() == [0.0] and a.counts.tolist() == [0]
+        sum(a.sums.sum() for a in aux.values()).backward()
+        assert model.imputation["ctcvr"].net[0].weight.grad is not None
+        assert {k: float(v.detach()) for k, v in model.auxiliary_loss(empty, coupled).items()} == \
+            {"escm2/dr": 0.0, "escm2/imputation": 0.0}
+
+
+def test_aitm_aux_sum_and_count_hand_computed():
+    model = AITM(tower_hidden=[4], calibration_weight=0.6, click="click", conversion="buy", input_dim=D,
+                 task_names=["click", "buy"])
+    outputs = {"click": torch.zeros(3), "buy": torch.tensor([math.log(3), -math.log(3), math.log(3)])}
+    aux = model.auxiliary_loss_sums({}, outputs)
+    # rows 1 and 3: p_buy 0.75 > p_click 0.5 -> 0.25 each; row 2: 0.  every row counts (label-free)
+    torch.testing.assert_close(aux["aitm/calibration"].sums, torch.tensor([0.6 * 0.5]))
+    assert aux["aitm/calibration"].counts.tolist() == [3]
+    torch.testing.assert_close(model.auxiliary_loss({}, outputs)["aitm/calibration"], torch.tensor(0.1))
+
+
+def test_a_backbone_with_only_the_mean_auxiliary_loss_still_trains_it():
+    """A backbone written against ``auxiliary_loss`` (a per-batch mean) alone: its value is one
+    part with count 1 (under DDP, the mean of the processes' means, as before)."""
+    class Legacy(Backbone):
+        def auxiliary_loss(self, batch, outputs):
+            return {"legacy/l2": torch.tensor(0.25)}
+
+    aux = Legacy().auxiliary_loss_sums({}, {})
+    assert list(aux) == ["legacy/l2"] and aux["legacy/l2"].sums.tolist() == [0.25]
+    assert aux["legacy/l2"].counts.tolist() == [1.0]
+    assert Backbone().auxiliary_loss_sums({}, {}) == {} and Backbone().auxiliary_loss({}, {}) == {}
+    assert float(AuxLoss(torch.tensor([3.0, 0.0]), torch.tensor([2, 0])).mean()) == 1.5
+
+
+def test_auxiliary_losses_that_change_between_steps_are_refused():
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import build_system
+    from mtlframe.testing import tiny_recipe
+
+    _, module, _ = build_system(recipe_from_dict(tiny_recipe(), "<tiny>"))
+    layouts = iter([{"x/a": AuxLoss(torch.zeros(2), torch.ones(2))}, {"x/a": AuxLoss(torch.zeros(1), torch.ones(1))},
+                    {"x/b": AuxLoss(torch.zeros(3), torch.ones(2))}])
+    module.model.backbone.auxiliary_loss_sums = lambda batch, outputs: next(layouts)
+    outputs = {"task_0": torch.zeros(2)}
+    names, sums, counts = module._auxiliary({}, outputs)
+    assert names == ["x/a", "x/a"] and counts.dtype == torch.float64
+    with pytest.raises(MTLFrameError, match=r"changed between training steps \('x/a' x2 then 'x/a'\)"):
+        module._auxiliary({}, outputs)
+    with pytest.raises(MTLFrameError, match=r"auxiliary loss 'x/b' has sums of shape \(3,\) and counts of "
+                                            r"shape \(2,\)"):
+        module._auxiliary({}, outputs)
+
+
+def test_a_non_finite_auxiliary_part_is_named_once():
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import build_system
+    from mtlframe.testing import tiny_recipe
+
+    _, module, _ = build_system(recipe_from_dict(tiny_recipe(), "<tiny>"))
+    inf = float("inf")
+    # [counts (2 tasks), sums (2), aux counts (3 parts), aux sums (3)]: parts x/a, x/a, x/b
+    stats = [4.0, 0.0, 1.0, inf, 2.0, 0.0, 3.0, inf, float("nan"), 0.5]
+    assert module._non_finite(stats, ["x/a", "x/a", "x/b"]) == ["aux/x/a"]  # task_1's inf: no row
+    stats[3], stats[9] = 1.0, inf
+    assert module._non_finite(stats, ["x/a", "x/a", "x/b"]) == ["aux/x/a", "aux/x/b"]
 
 
 def test_aitm_information_transfer_hand_computed():

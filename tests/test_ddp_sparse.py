@@ -29,23 +29,34 @@ import ddp_sparse_run  # noqa: E402
 LABELLED = {"task_0": 16 + 10 + 10 + 6 + 0 + 0, "task_1_bin": 10 + 5 + 0 + 2 + 0 + 9}
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="DDP on CPU tested on Linux")
-def test_two_processes_with_sparse_labels_equal_one_process(tmp_path):
-    combiners = ["uncertainty", "pcgrad"]                          # loss-level, gradient-level
-    out = tmp_path / "two"
+#: what one launch of two processes trains (``COMBINER[@SETUP]``; see ``ddp_sparse_run.py``)
+RUNS = ["uncertainty", "pcgrad", "static@funnel"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """One launch of two gloo processes training every entry of :data:`RUNS`: ``{entry: result}``."""
+    if sys.platform != "linux":
+        pytest.skip("DDP on CPU tested on Linux")
+    out = tmp_path_factory.mktemp("ddp") / "two"
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_run.py"), str(out), ",".join(combiners), "2"],
+    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_run.py"), str(out), ",".join(RUNS), "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)  # its own group: a hung rank is killed with it
     try:
-        log, _ = proc.communicate(timeout=180)
+        log, _ = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
-        pytest.fail(f"two processes hung (killed after 180 s):\n{log[-3000:]}")
+        pytest.fail(f"two processes hung (killed after 240 s):\n{log[-3000:]}")
     assert proc.returncode == 0, log[-3000:]
+    return {entry: torch.load(f"{out}.{entry}.pt") for entry in RUNS}
+
+
+def test_two_processes_with_sparse_labels_equal_one_process(tmp_path, two_processes):
+    combiners = ["uncertainty", "pcgrad"]                          # loss-level, gradient-level
     for combiner in combiners:
-        two = torch.load(f"{out}.{combiner}.pt")
+        two = two_processes[combiner]
         one = ddp_sparse_run.main(str(tmp_path / f"one.{combiner}.pt"), combiner, 1)
         moved = max(float((one["weights"][k] - one["init"][k]).abs().max()) for k in one["init"])
         assert moved > 1e-2                                         # it trained
@@ -58,6 +69,25 @@ def test_two_processes_with_sparse_labels_equal_one_process(tmp_path):
         for key in ("train/loss/task_0", "train/loss/task_1_bin", "train/loss_epoch"):
             assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-6), key
         assert two["val"]["task_1_bin"]["logloss"] == pytest.approx(one["val"]["task_1_bin"]["logloss"], rel=1e-6)
+
+
+def test_two_processes_with_funnel_auxiliary_losses_equal_one_process(tmp_path, two_processes):
+    """ESCM2's auxiliary losses (escm2/dr, escm2/imputation) are means over the rows with a known
+    click of the *global* batch: two processes with uneven such rows (one with none in a step)
+    train the weights of one process on the same global batches, and log the same epoch values.
+    Before the fix each process divided by its own row count (a mean of the processes' means)."""
+    two = two_processes["static@funnel"]
+    one = ddp_sparse_run.main(str(tmp_path / "one.pt"), "static", 1, setup="funnel")
+    aux = one["module"].model.backbone
+    assert aux.counterfactual == "dr" and set(one["logged"]) >= {"train/aux/escm2/dr", "train/aux/escm2/imputation"}
+    moved = max(float((one["weights"][k] - one["init"][k]).abs().max()) for k in one["init"])
+    assert moved > 1e-2
+    imputation = [k for k in one["weights"] if ".imputation." in k]
+    assert imputation and max(float((one["weights"][k] - one["init"][k]).abs().max()) for k in imputation) > 1e-3
+    for k, w in one["weights"].items():
+        torch.testing.assert_close(two["weights"][k], w, rtol=0, atol=1e-5, msg=f"escm2: {k}")
+    for key in ("train/aux/escm2/dr", "train/aux/escm2/imputation", "train/loss/buy", "train/loss_epoch"):
+        assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-6), key
 
 
 # -- one process: fast checks of the same machinery ------------------------------------------------

@@ -18,9 +18,10 @@ from torch import nn
 import mtlframe
 from mtlframe import builtins, hookspecs, testing
 from mtlframe import registry as registry_mod
-from mtlframe.backbones.base import Backbone
+from mtlframe.backbones.base import AuxLoss, Backbone
 from mtlframe.encoders.base import Encoder
 from mtlframe.errors import ComponentConflictError, PluginLoadError, RecipeError, UnknownComponentError
+from mtlframe.features import mask_key
 from mtlframe.hookspecs import hookimpl
 from mtlframe.recipe import recipe_from_dict
 from mtlframe.registry import KINDS, ComponentSpec, LoadFailure, build_registry
@@ -372,6 +373,25 @@ class KwargsBackbone(Backbone):
         return {t: self.lin(x) for t in self.output_dims}
 
 
+class VanishingAuxBackbone(Backbone):
+    """An auxiliary loss over labelled rows that disappears when the batch has none (under DDP the
+    processes would reduce vectors of different sizes)."""
+
+    def __init__(self, *, input_dim: int, task_names: list[str]) -> None:
+        super().__init__()
+        self.lin = nn.Linear(input_dim, 4)
+        self.output_dims = {t: 4 for t in task_names}
+
+    def forward(self, x):
+        return {t: self.lin(x) for t in self.output_dims}
+
+    def auxiliary_loss_sums(self, batch, outputs):
+        mask = batch[mask_key("b")]
+        if not bool(mask.any()):
+            return {}
+        return {"vanish/l": AuxLoss(torch.where(mask, outputs["b"], 0.0).square().sum(), mask.sum())}
+
+
 class BatchMixingEncoder(Encoder):
     """Subtracts the batch mean: a row's encoding depends on the other rows."""
 
@@ -427,7 +447,9 @@ class NoKeysEncoder(Encoder):
     (testing.check_tower, UnusedParameterTower, "no gradient.*unused"),
     (testing.check_tower, UntypedTower, "without a type annotation: hidden"),
     (testing.check_encoder, NoKeysEncoder, "input_keys"),
-], ids=["kwargs", "batch-mixing", "unused-parameter", "untyped", "undeclared-key"])
+    (testing.check_backbone, VanishingAuxBackbone, r"same names .* without a labelled row .*\[\] instead of "
+                                                   r"\[\('vanish/l', 1\)\]"),
+], ids=["kwargs", "batch-mixing", "unused-parameter", "untyped", "undeclared-key", "vanishing-aux"])
 def test_contract_checks_catch_broken_components(check, factory, match):
     with pytest.raises(testing.ContractError, match=match):
         check(factory)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from mtlframe.backbones.base import AuxLoss
 from mtlframe.backbones.funnel import FunnelBackbone
 from mtlframe.layers import MLP
 
@@ -53,10 +54,12 @@ class AITM(FunnelBackbone):
 
     and ``h_t = z_t`` goes to task ``t``'s tower (the paper's per-task prediction layer; a linear
     tower, ``tower: {name: mlp, hidden: []}``, matches it). The behavioural expectation
-    calibrator, :meth:`auxiliary_loss`, penalises a later step predicted likelier than an
+    calibrator, :meth:`auxiliary_loss_sums`, penalises a later step predicted likelier than an
     earlier one (end-to-end conversion cannot exceed the click probability):
 
     .. math:: L_{BEC} = \\alpha \\, \\frac{1}{B} \\sum_{b} \\sum_{t \\ge 2} \\max(\\hat y_t - \\hat y_{t-1}, 0)
+
+    over the ``B`` rows of the batch (under DDP, of the global batch).
 
     Args:
         tower_hidden: widths of each step's MLP ``MLP_t``; the last is ``H``.
@@ -78,7 +81,7 @@ class AITM(FunnelBackbone):
     Raises:
         ArgumentError: stages not named, an unknown task, a task left out, fewer than two stages,
             a stage that is not a binary task (:func:`~mtlframe.backbones.funnel.resolve_stages`).
-        ValueError: empty ``tower_hidden``, ``calibration_weight < 0``; in :meth:`auxiliary_loss`,
+        ValueError: empty ``tower_hidden``, ``calibration_weight < 0``; in :meth:`auxiliary_loss_sums`,
             a tower with more than one output.
 
     Example::
@@ -133,16 +136,22 @@ class AITM(FunnelBackbone):
             out[t] = z
         return {t: out[t] for t in self.task_names}
 
-    def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
-                       outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The behavioural expectation calibrator ``L_BEC`` (label-free: every row counts).
+    def auxiliary_loss_sums(self, batch: Mapping[str, torch.Tensor],
+                            outputs: Mapping[str, torch.Tensor]) -> dict[str, AuxLoss]:
+        """The behavioural expectation calibrator ``L_BEC`` (label-free: every row counts), as the
+        sum over the batch's rows and the row count (under DDP the mean is over the global batch;
+        :meth:`auxiliary_loss` gives the per-batch value).
 
         Args:
             batch: unused (the calibrator needs no labels).
             outputs: ``{task: [B] or [B, 1]}`` the towers' logits.
 
         Returns:
-            ``{"aitm/calibration": alpha * L}``, a scalar to be *added* to the combined task loss.
+            ``{"aitm/calibration": AuxLoss(sums [1], counts [1])}``: ``alpha`` times the summed
+            violations, and ``B``; the loss to be *added* to the combined task loss is their ratio.
+
+        Raises:
+            ValueError: a tower with more than one output.
         """
         probs = []
         for t in self.funnel:
@@ -153,4 +162,5 @@ class AITM(FunnelBackbone):
             probs.append(torch.sigmoid(o.reshape(-1)))             # (B,)
         p = torch.stack(probs, dim=1)                              # (B, T)
         violation = torch.relu(p[:, 1:] - p[:, :-1])               # (B, T-1)
-        return {"aitm/calibration": self.calibration_weight * violation.sum(dim=1).mean()}
+        rows = torch.full((1,), p.shape[0], dtype=torch.long, device=p.device)
+        return {"aitm/calibration": AuxLoss((self.calibration_weight * violation.sum()).reshape(1), rows)}

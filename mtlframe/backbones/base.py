@@ -21,6 +21,29 @@ class TaskInputs(NamedTuple):
     tasks: dict[str, torch.Tensor]
 
 
+class AuxLoss(NamedTuple):
+    """One auxiliary loss of one process's batch, as per-row sums and row counts.
+
+    The loss is a sum of ``K`` masked means (``K = 1`` for most; ESCM2 has one part per funnel
+    step, each over its own rows): ``sum_k sums[k] / counts[k]`` (a part with ``counts[k] == 0``
+    is 0). Reporting sums and counts instead of the mean lets the training module divide by the
+    counts of the *global* batch under DDP (see :meth:`Backbone.auxiliary_loss_sums`).
+
+    Attributes:
+        sums: ``[K]`` (or a scalar: ``K = 1``) sums of the row losses over the part's rows,
+            weights included, graph attached; 0 where the part has no row.
+        counts: ``[K]`` (or a scalar) rows in each part (``>= 0``; integer or float dtype).
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+    def mean(self) -> torch.Tensor:
+        """``sum_k sums[k] / max(counts[k], 1)``, a scalar: the loss over this batch alone."""
+        sums, counts = self.sums.reshape(-1), self.counts.reshape(-1)
+        return (sums / counts.clamp(min=1).to(sums.dtype)).sum()
+
+
 class Backbone(nn.Module):
     """Base class of multi-task backbones (shared-bottom, MMoE, PLE, ...).
 
@@ -66,11 +89,46 @@ class Backbone(nn.Module):
         """
         return outputs
 
+    def auxiliary_loss_sums(self, batch: Mapping[str, torch.Tensor],
+                            outputs: Mapping[str, torch.Tensor]) -> dict[str, AuxLoss]:
+        """Extra loss terms of the method, as row sums and counts (``{name: AuxLoss}``).
+
+        What the training module calls. Each term is added to the combined loss outside task
+        balancing; under DDP each process's term is ``sums[k] / global counts[k] * world size``
+        (the counts reduced over processes in the module's one all-reduce per step), so DDP's
+        gradient average is the term over the global batch, as for the task losses. Logged per
+        epoch as ``train/aux/<name>``: ``sum_k`` (the epoch's summed ``sums[k]`` / summed
+        ``counts[k]``, every process), the per-row mean over the epoch.
+
+        Contract: the names, their order and each ``K`` are the same at every step, whatever the
+        batch holds (a batch without a usable row gives zero sums and zero counts, never a
+        missing name): the processes reduce one fixed-size vector.
+
+        Args:
+            batch: the training batch (``label/<task>`` ``[B]``, ``mask/<task>`` ``[B]`` bool, ...).
+            outputs: the coupled outputs ``{task: [B] or [B, C]}`` (logits).
+
+        Returns:
+            ``{name: AuxLoss(sums [K], counts [K])}``; empty by default. A backbone that overrides
+            only :meth:`auxiliary_loss` (the per-batch mean) gets each value as one part with
+            count 1: under DDP, the mean of the processes' means.
+        """
+        if type(self).auxiliary_loss is Backbone.auxiliary_loss:
+            return {}
+        return {k: AuxLoss(v.reshape(1), torch.ones(1, device=v.device))
+                for k, v in self.auxiliary_loss(batch, outputs).items()}
+
     def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
                        outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Extra scalar loss terms of the method (``{name: scalar}``), added to the combined loss
-        outside task balancing and logged as ``train/aux/<name>``. Empty by default."""
-        return {}
+        """The auxiliary losses over this batch alone (``{name: scalar}``): :meth:`AuxLoss.mean`
+        of each of :meth:`auxiliary_loss_sums`. Empty by default.
+
+        Kept for inspection and for backbones written against it; training calls
+        :meth:`auxiliary_loss_sums` (override that one: an override of this one alone is averaged
+        per process under DDP)."""
+        if type(self).auxiliary_loss_sums is Backbone.auxiliary_loss_sums:
+            return {}
+        return {k: a.mean() for k, a in self.auxiliary_loss_sums(batch, outputs).items()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

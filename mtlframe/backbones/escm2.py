@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtlframe.backbones.base import AuxLoss
 from mtlframe.backbones.esmm import ESMM
 from mtlframe.features import label_key, mask_key
 from mtlframe.layers import MLP
@@ -25,9 +26,10 @@ class ESCM2(ESMM):
     """ESMM plus a counterfactual risk that debiases the conditional (CVR) tower.
 
     ESMM's product ``pCTCVR = pCTR x pCVR`` (see :class:`~mtlframe.backbones.esmm.ESMM`) is kept;
-    :meth:`auxiliary_loss` adds, for each funnel step ``k >= 2`` (``o`` = label of step ``k-1``,
+    :meth:`auxiliary_loss_sums` adds, for each funnel step ``k >= 2`` (``o`` = label of step ``k-1``,
     e.g. click; ``r`` = label of step ``k``; ``e = CE(r, q_k)``; propensity ``\\hat o = p_{k-1}``,
-    detached and clipped below at ``propensity_min``), averaged over the ``N`` impressions:
+    detached and clipped below at ``propensity_min``), averaged over the ``N`` impressions (under
+    DDP, those of the global batch):
 
     .. math::
         R_{IPS} = \\frac{1}{N} \\sum_i \\frac{o_i \\, e_i}{\\hat o_i}, \\qquad
@@ -53,7 +55,9 @@ class ESCM2(ESMM):
         strict: a row whose conversion is 1 and click 0 is a data error (default: a warning).
         input_dim, task_names, task_types: injected.
 
-    Shape: as :class:`ESMM`; ``auxiliary_loss`` returns named scalars.
+    Shape: as :class:`ESMM`; ``auxiliary_loss_sums`` returns named per-step sums and row counts
+    (``[S - 1]`` each, so under DDP the mean is over the global batch), ``auxiliary_loss`` their
+    per-batch values (named scalars).
 
     Raises:
         ValueError: unknown ``counterfactual``, ``counterfactual_weight < 0``, ``propensity_min``
@@ -93,7 +97,7 @@ class ESCM2(ESMM):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = super().forward(x)                                     # {task: (B, H)}
         if self.counterfactual == "dr":
-            # pseudo-label logits, read by auxiliary_loss of this same batch
+            # pseudo-label logits, read by auxiliary_loss_sums of this same batch
             self._imputed = {t: self.imputation[t](h[t]).squeeze(-1) for t in self.funnel[1:]}  # {task: (B,)}
         return h
 
@@ -102,20 +106,28 @@ class ESCM2(ESMM):
         self._conditional = {t: outputs[t].reshape(-1) for t in self.funnel}  # {task: (B,)}
         return super().couple(outputs)
 
-    def auxiliary_loss(self, batch: Mapping[str, torch.Tensor],
-                       outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The counterfactual risk (and DR imputation loss) of the batch of the last forward.
+    def auxiliary_loss_sums(self, batch: Mapping[str, torch.Tensor],
+                            outputs: Mapping[str, torch.Tensor]) -> dict[str, AuxLoss]:
+        """The counterfactual risk (and DR imputation loss) of the batch of the last forward, as
+        per-row sums and row counts, one part per funnel step ``k >= 2`` (its own rows ``N_k``).
+
+        :meth:`auxiliary_loss` (the per-batch value, ``sum_k sums[k] / N_k``) gives the class
+        docstring's ``lambda_c R`` and imputation loss; the training module divides by the
+        global batch's ``N_k`` under DDP instead.
 
         Args:
             batch: holds ``label/<task>`` (``[B]``, 0/1, NaN where missing) and optionally
                 ``mask/<task>`` (``[B]`` bool; absent = every label present). A funnel step whose
-                two labels are not both in the batch is skipped.
+                two labels are not both in the batch has a zero sum and a zero count.
             outputs: the coupled outputs (unused: the towers' conditional logits were kept by
                 :meth:`couple` during the same forward).
 
         Returns:
-            ``{"escm2/ips": lambda_c R}`` or ``{"escm2/dr": lambda_c R, "escm2/imputation": L_imp}``,
-            scalars, to be *added* to the combined task loss.
+            ``{"escm2/ips": AuxLoss}`` or ``{"escm2/dr": AuxLoss, "escm2/imputation": AuxLoss}``,
+            each with ``sums [S - 1]`` (``lambda_c`` times the step's summed risk terms; the
+            imputation sums unweighted) and ``counts [S - 1]`` (``N_k``: impressions with a known
+            click whose conversion label is known or not needed); ``S`` = funnel stages. The same
+            names and shapes whatever the batch holds.
 
         Raises:
             RuntimeError: no forward (with its coupling) has run yet.
@@ -124,7 +136,7 @@ class ESCM2(ESMM):
             raise RuntimeError("ESCM2.auxiliary_loss needs the forward and couple() of the same batch first")
         cond = self._conditional
         first = cond[self.funnel[0]]
-        risk, imputation = first.new_zeros(()), first.new_zeros(())
+        risks, imputations, counts = [], [], []
         log_p_prev = F.logsigmoid(first)                           # (B,)  log p_{k-1}
         for prev, cur in zip(self.funnel, self.funnel[1:]):
             q = cond[cur]                                          # (B,)  conditional logit
@@ -135,7 +147,6 @@ class ESCM2(ESMM):
                 valid = has_o & (has_r | (o == 0))                 # (B,)
                 prop = log_p_prev.detach().exp().clamp(min=self.propensity_min)  # (B,)
                 e = F.binary_cross_entropy_with_logits(q, r, reduction="none")   # (B,)
-                n = valid.sum().clamp(min=1)
                 if self.counterfactual == "ips":
                     term = o * e / prop
                 else:
@@ -144,12 +155,19 @@ class ESCM2(ESMM):
                     term = e_hat + o * (e - e_hat) / prop
                     e_hat_imp = F.binary_cross_entropy_with_logits(q.detach(), pseudo, reduction="none")
                     imp = o * (e.detach() - e_hat_imp) ** 2 / prop
-                    imputation = imputation + torch.where(valid, imp, 0.0).sum() / n
-                risk = risk + torch.where(valid, term, 0.0).sum() / n
+                    imputations.append(torch.where(valid, imp, 0.0).sum())
+                risks.append(self.counterfactual_weight * torch.where(valid, term, 0.0).sum())
+                counts.append(valid.sum())
+            else:  # a zero part: the same shapes at every step
+                risks.append(q.sum() * 0.0)
+                if self.counterfactual == "dr":
+                    imputations.append(self._imputed[cur].sum() * 0.0)
+                counts.append(torch.zeros((), dtype=torch.long, device=q.device))
             log_p_prev = log_p_prev + F.logsigmoid(q)
+        n = torch.stack(counts)                                    # (S-1,)
         if self.counterfactual == "ips":
-            return {"escm2/ips": self.counterfactual_weight * risk}
-        return {"escm2/dr": self.counterfactual_weight * risk, "escm2/imputation": imputation}
+            return {"escm2/ips": AuxLoss(torch.stack(risks), n)}
+        return {"escm2/dr": AuxLoss(torch.stack(risks), n), "escm2/imputation": AuxLoss(torch.stack(imputations), n)}
 
 
 def _label(batch: Mapping[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor]:
