@@ -231,6 +231,9 @@ class Preprocessor:
                 vals = self._class_values(series, lab)
                 labelled = len(vals)
             else:
+                if rows is not None and lab.type in ("binary", "regression"):
+                    # every split's values at once: one error listing all of them, not one per split
+                    self._label_values(frame[lab.column], lab, source, None)
                 values = self._label_values(series, lab, source, rows)
                 labelled = int(np.isfinite(values).sum())
             if labelled == 0:

@@ -179,6 +179,19 @@ def test_binary_label_error_lists_every_offending_value_with_count(tmp_path):
     assert "tasks.click.missing_label: -1" in msg
 
 
+def test_binary_label_error_lists_the_values_of_every_split_at_once(tmp_path):
+    """Offending values spread over train, val and test are listed together in one error (not one
+    split's values per run, each fix revealing the next)."""
+    frame = _frame()
+    frame.loc[[1, 2, 5], "click"] = 2.0
+    frame.loc[[7, 8], "click"] = -1.0
+    frame.loc[11, "click"] = np.inf
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError) as err:
+        _setup(_recipe(path, split={"name": "random", "val": 0.3, "test": 0.3}))
+    assert "has 6 value(s) other than 0 and 1: 2 (3 rows), -1 (2 rows), inf (1 row) (first at row 2)" in str(err.value)
+
+
 def test_missing_label_marker_masks_rows(tmp_path, capsys):
     frame = _frame()
     frame.loc[[7, 8], "click"] = -1.0
