@@ -74,6 +74,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mtlframe.run import (keep_columns, load_checkpoint, predict_frame, predict_warnings, read_table,
                               resolve_device, write_table)
 
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise MTLFrameError(f"--output {args.output} is the --input file: predicting would overwrite the rows it "
+                            "reads; write the predictions to another file.")
     frame = read_table(args.input)  # the user's file first: its mistakes show before the model loads
     device = resolve_device(args.accelerator)
     loaded = load_checkpoint(args.checkpoint)

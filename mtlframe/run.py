@@ -800,8 +800,8 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     is issued as warnings.
 
     Raises:
-        DataError: a column the model needs is missing (named), cannot be parsed, or holds a value
-            the checkpoint's preprocessor refuses (column and rows named).
+        DataError: ``frame`` has no rows; a column the model needs is missing (named), cannot be
+            parsed, or holds a value the checkpoint's preprocessor refuses (column and rows named).
         CheckpointError: the model gives a non-finite prediction (its weights are not finite);
             the task and rows are named.
     """
@@ -811,6 +811,9 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     from mtlframe.datamodule import materialize
     from mtlframe.tasks import to_prediction
 
+    if len(frame) == 0:
+        raise DataError(f"{source} has a header and no data rows: nothing to predict; pass a file with one row "
+                        "per prediction.")
     pre = loaded.preprocessor
     cols = pre.transform(frame, source, with_labels=False)
     rep = dict(pre.reports.get("data", {}))

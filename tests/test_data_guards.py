@@ -269,6 +269,23 @@ def test_predict_keep_order_and_task_name_clash(tmp_path, checkpoint, capsys):
     assert "--keep column 'usr' is not in" in capsys.readouterr().err
 
 
+def test_predict_refuses_a_header_only_input_and_writing_over_its_input(tmp_path, checkpoint, capsys):
+    header = tmp_path / "header.csv"
+    _frame(3).iloc[:0].to_csv(header, index=False)
+    assert main(["predict", "--checkpoint", checkpoint, "--input", str(header), "--output",
+                 str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "header.csv has a header and no data rows: nothing to predict" in err
+    assert "Traceback" not in err and not (tmp_path / "p.csv").exists()
+    same = tmp_path / "same.csv"
+    _frame(4, seed=3).to_csv(same, index=False)
+    before = same.read_bytes()
+    assert main(["predict", "--checkpoint", checkpoint, "--input", str(same), "--output",
+                 str(tmp_path / "." / "same.csv")]) == 2
+    assert "is the --input file: predicting would overwrite the rows it reads" in capsys.readouterr().err
+    assert same.read_bytes() == before
+
+
 def test_predict_reports_out_of_vocabulary_per_feature(tmp_path, checkpoint, capsys):
     frame = _frame(10, seed=3)
     frame.loc[[0, 1, 2], "user"] = "new-user"
