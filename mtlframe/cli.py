@@ -61,8 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtlframe.run import evaluate
 
-    scores = evaluate(args.checkpoint, args.split, accelerator=args.accelerator, data_path=args.data_path,
-                      overrides=args.overrides)
+    try:
+        scores = evaluate(args.checkpoint, args.split, accelerator=args.accelerator, data_path=args.data_path,
+                          overrides=args.overrides)
+    except KeyboardInterrupt as exc:  # also while the data loads, before Lightning's loop
+        if str(exc):
+            raise
+        raise KeyboardInterrupt(f"interrupted (Ctrl-C) while evaluating {args.checkpoint} on the {args.split} "
+                                "split") from None
     con = _console()
     con.print(_metrics_table(scores, f"{args.split} metrics"))
     if args.output:
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # train's RunInterrupted says where, and what the run folder keeps
-        print(str(exc) or "interrupted", file=sys.stderr)
+        print(str(exc) or f"interrupted (Ctrl-C) during mtlframe {args.command}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return _closed_output()

@@ -514,3 +514,16 @@ def test_ctrl_c_during_evaluate_exits_130_and_gives_ctrl_c_back(csv_run, monkeyp
     assert capsys.readouterr().err.strip() == (f"interrupted (Ctrl-C) while evaluating {result.best_checkpoint} "
                                                "on the test split")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_evaluate_loads_its_data_says_what_was_interrupted(csv_run, monkeypatch, capsys):
+    """Ctrl-C before Lightning's loop (while the data loads and is preprocessed) says the same."""
+    root, result = csv_run
+
+    def interrupted(recipe):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod, "build_system", interrupted)
+    assert cli.main(["evaluate", "--checkpoint", result.best_checkpoint, "--accelerator", "cpu"]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted (Ctrl-C) while evaluating {result.best_checkpoint} "
+                                               "on the test split")
