@@ -261,7 +261,7 @@ class MultiTaskModule(pl.LightningModule):
             self._skipped.append((step, list(bad)))
             return True
         raise MTLFrameError(
-            f"the training loss is not finite at global step {step} (epoch {self.current_epoch}): task loss "
+            f"the training loss is not finite at global step {step} (epoch {self.current_epoch + 1}): task loss "
             f"{what}. The model diverged or a label/feature holds inf: lower optimizer.lr (now "
             f"{self.optimizer_cfg.lr:g}), set trainer.gradient_clip_val, check the data, or set "
             "trainer.nan_loss: skip to skip such steps.")
@@ -425,8 +425,8 @@ class MultiTaskModule(pl.LightningModule):
             if c > 0:
                 means[t.name] = s / c
                 self.log(f"train/loss/{t.name}", means[t.name], on_step=False, on_epoch=True)
-            else:
-                rank_zero_warn(f"task '{t.name}' has no labelled row in training epoch {self.current_epoch} "
+            elif steps:  # (an epoch whose every step was skipped is reported below, not as unlabelled)
+                rank_zero_warn(f"task '{t.name}' has no labelled row in training epoch {self.current_epoch + 1} "
                                "(on any process): it was not trained this epoch and train/loss/"
                                f"{t.name} is not logged.", category=UserWarning)
         if steps:
@@ -442,8 +442,10 @@ class MultiTaskModule(pl.LightningModule):
         if self._skipped:
             self.log("train/skipped_steps", float(len(self._skipped)), on_step=False, on_epoch=True)
             first = ", ".join(f"{s} ({', '.join(b)})" for s, b in self._skipped[:5])
-            rank_zero_warn(f"{len(self._skipped)} training step(s) of epoch {self.current_epoch} were skipped for a "
-                           f"non-finite loss (trainer.nan_loss: skip): global step (task) {first}"
+            every = (" - every step of the epoch, so nothing was trained and train/loss_epoch is not logged"
+                     if not steps else "")
+            rank_zero_warn(f"{len(self._skipped)} training step(s) of epoch {self.current_epoch + 1} were skipped "
+                           f"for a non-finite loss (trainer.nan_loss: skip){every}: global step (task) {first}"
                            + (" ..." if len(self._skipped) > 5 else ""), category=UserWarning)
         self.skipped_steps += len(self._skipped)
         self.combiner.on_train_epoch_end({t: v for t, v in means.items() if t in self.combiner.task_names})

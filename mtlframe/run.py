@@ -179,7 +179,11 @@ def _epoch_lines_callback():
             if not trainer.is_global_zero:
                 return
             m = trainer.callback_metrics
-            values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
+            total, steps = getattr(pl_module, "_epoch_total", None), getattr(pl_module, "_epoch_steps", None)
+            if steps is not None:  # the module's own epoch sums: every combiner, skipped steps left out
+                values = [f"train/loss {float(total) / steps:.4f}"] if steps and total is not None else []
+            else:
+                values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
             keys = [k for k in ("val/score",) if k in m]
             keys += sorted(k for k in m if k.startswith("val/") and k != "val/score" and k.count("/") == 2)
             values = "  ".join(values + [f"{k} {float(m[k]):.0f}" if k.endswith("_groups") else  # counts
@@ -620,7 +624,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             value = trainer.callback_metrics.get(monitor) if monitor.startswith("val/") else best_train_score
             best_value = None if value is None else float(value)
             if best_value is None or not math.isfinite(best_value):
-                raise _no_finite_score(run_dir, monitor, metrics["val"], stopper, trainer.is_global_zero)
+                raise _no_finite_score(run_dir, monitor, metrics["val"], stopper, trainer.is_global_zero, best_value)
         if len(dm.split_index["test"]) > 0:
             trainer.test(module, datamodule=dm, ckpt_path=best_or_current, verbose=False)
             metrics["test"] = module.last_scores.get("test", {})
@@ -699,12 +703,13 @@ def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
 
 
 def _no_finite_score(run_dir: Path, monitor: str, val: Mapping[str, Mapping[str, float]],
-                     stopper: Any, write: bool) -> NoFiniteScoreError:
-    """The error (and ``status.json``) of a run whose best monitored value is NaN."""
-    nan = [f"val/{t}/{m}" for t, per in val.items() for m, v in per.items() if v != v]
+                     stopper: Any, write: bool, value: float | None = None) -> NoFiniteScoreError:
+    """The error (and ``status.json``) of a run whose best monitored value is NaN or infinite."""
+    bad = [f"val/{t}/{m} {v}" for t, per in val.items() for m, v in per.items() if not math.isfinite(v)]
+    shown = "missing" if value is None else "NaN" if value != value else f"{value}"
     msg = (f"no validation of this run gave a finite {monitor}, so there is no best checkpoint: "
-           f"the one kept has {monitor} NaN"
-           + (f" (NaN: {', '.join(nan)})" if nan else "") + ". A diverged model (a NaN or infinite loss: "
+           f"the one kept has {monitor} {shown}"
+           + (f" (not finite: {', '.join(bad)})" if bad else "") + ". A diverged model (a NaN or infinite loss: "
            "lower optimizer.lr, set trainer.gradient_clip_val) or a metric undefined on the validation split "
            "(one class, no labelled row: see the warnings above) causes it. "
            f"metrics.json is not written; {run_dir / 'status.json'} says so.")

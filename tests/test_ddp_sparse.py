@@ -130,13 +130,38 @@ def test_non_finite_loss_stops_the_run_naming_task_and_step(tmp_path):
 
 @pytest.mark.parametrize("combiner", ["static", "pcgrad"])
 def test_non_finite_loss_skips_the_step_when_asked(tmp_path, combiner):
-    with pytest.warns(UserWarning, match=r"1 training step\(s\) of epoch 0 were skipped .*3 \(task_0\)"):
+    with pytest.warns(UserWarning, match=r"1 training step\(s\) of epoch 1 were skipped .*3 \(task_0\)"):
         r = ddp_sparse_run.main(str(tmp_path / "o.pt"), combiner, 1, nan_loss="skip", inf_label=(3, "task_0"))
     assert r["skipped"] == 1
     assert r["logged"]["train/skipped_steps"] == 1
     assert all(bool(torch.isfinite(w).all()) for w in r["weights"].values() if w.is_floating_point())
     # the skipped step's rows are not counted: step 3 labels task_0 on 6 rows
     assert r["logged"]["train/labelled/task_0"] == LABELLED["task_0"] - 6
+
+
+def test_an_epoch_whose_every_step_is_skipped_says_so_and_nothing_else(tmp_path, capsys):
+    """Every step skipped (a model diverged at once, nan_loss: skip): the warning says nothing was
+    trained; no false "no labelled row" warning; the epoch line prints no made-up train/loss 0.0000;
+    the final error names the monitored value as it is (NaN or -inf), and epochs count from 1."""
+    import warnings
+
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import NoFiniteScoreError, train
+    from mtlframe.testing import tiny_recipe
+
+    rec = tiny_recipe(optimizer={"name": "sgd", "lr": 1e30}, **{"trainer.nan_loss": "skip", "trainer.max_epochs": 2})
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(NoFiniteScoreError) as err:
+            train(recipe_from_dict(rec, "<tiny>"), tmp_path / "run", progress=True)
+    said = [str(w.message) for w in record]
+    assert not [m for m in said if "has no labelled row in training epoch" in m], said
+    assert [m for m in said if "of epoch 2 were skipped" in m and "every step of the epoch, so nothing was trained"
+            in m], said
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert lines and lines[-1].startswith("epoch 2/2") and "train/loss" not in lines[-1], lines
+    msg = str(err.value)
+    assert "the one kept has val/score " in msg and "not finite: " in msg
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
