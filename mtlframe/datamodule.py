@@ -359,6 +359,9 @@ class RecDataModule(pl.LightningDataModule):
                 self.splits[k] = {c: v for c, v in self.splits[k].items() if c.startswith(("label/", "mask/", "__"))}
             if k in self.groups:
                 self.columns[k][GROUP_KEY] = self.groups[k]
+        for enc in encoders:  # what the encoders did to the data (e.g. empty texts), once, all splits
+            for line in getattr(enc, "data_notes", lambda: [])():
+                _print_rank_zero(line)
         release_freed_memory()
 
     # -- dataloaders -------------------------------------------------------------------------

@@ -46,3 +46,31 @@ def test_non_string_cells_are_embedded_as_their_text():
     enc = _bow()
     a = enc.featurize({"a": np.array([42, "42", None], dtype=object), "b": np.array(["", "", ""], dtype=object)})
     assert a["bow:a"][0].tolist() == a["bow:a"][1].tolist() and a["bow:a"][2].tolist() == [0]
+
+
+def test_empty_cells_are_counted_per_column_and_printed_with_the_data(tmp_path, capsys):
+    enc = _bow(on_truncation="ignore")
+    enc.featurize(COLS)
+    enc.featurize({"a": np.array(["x", None, "  "], dtype=object), "b": np.array(["y", "z", "w"], dtype=object)})
+    assert enc.data_notes() == [
+        "bag-of-words: column 'a': 2 of 7 texts (28.6%) are empty or missing; each is encoded as an empty bag "
+        "(a zero vector)",
+        "bag-of-words: column 'b': 1 of 7 texts (14.3%) are empty or missing; each is encoded as an empty bag "
+        "(a zero vector)"]
+    assert enc.data_notes() == []               # reported once
+    # through the data module: one line per column, all splits together
+    import pandas as pd
+
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import build_system
+
+    frame = pd.DataFrame({"txt": ["good fit", "", None, "too small", "love it"] * 8, "y": [0, 1] * 20})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    rec = {"data": {"dataset": {"name": "csv", "path": str(tmp_path / "t.csv"), "features": {"txt": "text"},
+                                "labels": ["y"]}, "batch_size": 8},
+           "tasks": {"y": {"type": "binary", "label": "y"}},
+           "model": {"encoders": [{"name": "bag-of-words", "features": ["txt"], "dim": 4}],
+                     "backbone": {"name": "shared-bottom", "hidden": [4]}, "tower": {"name": "mlp", "hidden": [4]}}}
+    build_system(recipe_from_dict(rec, "<r>"))
+    out = capsys.readouterr().out
+    assert "bag-of-words: column 'txt': 16 of 40 texts (40.0%) are empty or missing" in out

@@ -48,7 +48,8 @@ class BagOfWordsEncoder(Encoder):
             :class:`~mtlframe.errors.DataError` naming the column) or ``ignore``.
         feature_info: injected.
 
-    Shape: batch -> ``[B, len(features) * d]``. An empty or missing text maps to a zero vector.
+    Shape: batch -> ``[B, len(features) * d]``. An empty or missing text (or whitespace only) maps
+    to a zero vector; the count per column is printed when the data is prepared.
     """
 
     accepts = frozenset({"text"})
@@ -70,6 +71,7 @@ class BagOfWordsEncoder(Encoder):
         self.pooling = pooling
         self.on_truncation = on_truncation
         self._warned: set[str] = set()   # columns whose truncation was reported
+        self._empty: dict[str, list[int]] = {}   # column -> [empty or missing texts, texts], until reported
         self.bag = nn.EmbeddingBag(num_buckets + 1, dim, mode="mean" if pooling == "mean" else "sum", padding_idx=0)
         nn.init.normal_(self.bag.weight, std=0.05)
         self.output_dim = dim * len(self.features)
@@ -79,11 +81,12 @@ class BagOfWordsEncoder(Encoder):
         cache: dict[str, int] = {}
         buckets = self.num_buckets
         rows: list[list[int]] = []
-        cut, longest = 0, 0
+        cut, longest, empty = 0, 0, 0
         for text in texts:
             if not isinstance(text, str):  # a number or other value: its text; missing: empty
                 text = "" if text is None or (isinstance(text, float) and text != text) else str(text)
-            if not text:
+            if not text.strip():
+                empty += 1
                 rows.append([])
                 continue
             ids = []
@@ -105,11 +108,22 @@ class BagOfWordsEncoder(Encoder):
             self._warned.add(column)
             warnings.warn(f"{msg}. Raise max_tokens to keep them; on_truncation: ignore silences this, error "
                           "refuses it", UserWarning, stacklevel=3)
+        seen = self._empty.setdefault(column, [0, 0])
+        seen[0] += empty
+        seen[1] += len(rows)
         width = max((len(r) for r in rows), default=0) or 1
         out = np.zeros((len(rows), width), dtype=np.int32)
         for i, r in enumerate(rows):
             out[i, : len(r)] = r
         return torch.from_numpy(out)
+
+    def data_notes(self) -> list[str]:
+        """One line per text column with empty or missing cells featurized since the last call:
+        how many, and what they become (a zero vector). The data module prints them."""
+        notes = [f"bag-of-words: column '{c}': {e:,} of {n:,} texts ({e / n:.1%}) are empty or missing; each is "
+                 "encoded as an empty bag (a zero vector)" for c, (e, n) in self._empty.items() if e]
+        self._empty.clear()
+        return notes
 
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tokenize and hash each text column into a ``[N, L]`` int32 tensor (0 = padding)."""
