@@ -50,7 +50,13 @@ class RecipeError(MTLFrameError):
             line = self._line_of("")
             loc = f"{where}:{line}" if isinstance(line, int) else where
             return f"recipe {loc}: {self.problems[0][1]}"
-        head = f"recipe {where} has {n} problem{'s' if n != 1 else ''}:"
+        plural = f"{n} problem{'s' if n != 1 else ''}"
+        if where.startswith("command-line"):
+            head = f"the {where} have {plural}:"
+        elif where.startswith("--"):
+            head = f"the {where} values have {plural}:"
+        else:
+            head = f"recipe {where} has {plural}:"
         rows = []
         for path, msg in self.problems:
             line = self._line_of(path)

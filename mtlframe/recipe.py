@@ -152,19 +152,23 @@ def apply_overrides(data: dict, overrides: list[str], via: str = "command-line o
             value = raw
         parts = _split_path(key.strip())
         node: Any = data
+        where: list[str | int] = []
         try:
-            for p in parts[:-1]:
-                if isinstance(node, dict):
-                    node = node.setdefault(p, {})
-                else:
-                    node = node[p]
-            last = parts[-1]
-            if isinstance(node, list) and isinstance(last, int):
-                node[last] = value
-            elif isinstance(node, dict):
-                node[last] = value
-            else:
-                raise TypeError
+            for p in [*parts[:-1], None]:
+                last = parts[-1] if p is None else p
+                if isinstance(node, list) and isinstance(last, int) and not -len(node) <= last < len(node):
+                    at = "".join(f"[{q}]" if isinstance(q, int) else f".{q}" for q in where).lstrip(".")
+                    problems.append((key, f"{via} '{item}': {at} has {len(node)} item(s) "
+                                          f"(indexes 0..{len(node) - 1}), so [{last}] does not exist"))
+                    break
+                if p is None:
+                    if isinstance(node, (list, dict)) and (isinstance(node, dict) or isinstance(last, int)):
+                        node[last] = value
+                    else:
+                        raise TypeError
+                    break
+                node = node.setdefault(p, {}) if isinstance(node, dict) else node[p]
+                where.append(p)
         except (IndexError, KeyError, TypeError):
             problems.append((key, f"{via} '{item}' does not address a recipe key"))
     if problems:

@@ -107,7 +107,7 @@ def test_overrides():
     assert data["model"]["backbone"]["name"] == "mmoe"  # original untouched
     with pytest.raises(RecipeError, match="must look like key.sub=value"):
         apply_overrides(data, ["trainer.max_epochs"])
-    with pytest.raises(RecipeError, match="does not address"):
+    with pytest.raises(RecipeError, match=r"model.encoders has 1 item\(s\) \(indexes 0..0\), so \[5\] does not exist"):
         apply_overrides(data, ["model.encoders[5].dim=3"])
 
 
@@ -370,3 +370,11 @@ def test_embedding_dim_on_an_encoder_with_dim():
     assert key_hint("embedding_dim", "model.encoders[0]", ["features", "dim", "sparse"]) == " Did you mean 'dim'?"
     assert key_hint("loss_weight", "", ["seed", "tasks"]) == \
         " mtlframe calls 'loss_weight' tasks.<task>.weight (one per task): write weight under tasks.<task>."
+
+
+def test_an_override_past_the_end_of_a_list_says_how_long_the_list_is():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(REPO / "recipes" / "adult_mmoe.yaml", ["model.encoders[5].dim=3"])
+    msg = str(err.value)
+    assert msg.startswith("the command-line overrides have 1 problem:")
+    assert "model.encoders has 2 item(s) (indexes 0..1), so [5] does not exist" in msg
