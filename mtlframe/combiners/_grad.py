@@ -241,17 +241,20 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - css[rho] / (rho + 1)).clamp_min(0)
 
 
-def min_norm_weights(gram: torch.Tensor, max_iter: int = 20000, tol: float = 1e-10) -> torch.Tensor:
-    """Weights of the min-norm point of the convex hull of ``K`` vectors, by Frank-Wolfe.
+def min_norm_weights(gram: torch.Tensor, max_iter: int = 250, tol: float = 1e-10) -> torch.Tensor:
+    """Weights of the min-norm point of the convex hull of ``K`` vectors.
 
     Solves ``min_{w in simplex} w^T M w`` for the Gram matrix ``M = G G^T [K, K]``, as Sener &
     Koltun (2018, Alg. 2) do with Frank-Wolfe and exact line search. This uses the *pairwise*
     variant: move weight from the worst vertex in the support (``argmax (M w)``) to the best one
     (``argmin (M w)``) with the exact step on the quadratic,
-    ``gamma = clip(((M w)_s - (M w)_t) / (M_tt + M_ss - 2 M_ts), 0, w_s)``, which converges
-    linearly where plain Frank-Wolfe zig-zags. With two vectors the first step is exact.
+    ``gamma = clip(((M w)_s - (M w)_t) / (M_tt + M_ss - 2 M_ts), 0, w_s)``, for up to
+    ``max_iter`` steps; with two vectors the first step is exact. Where that has not converged
+    (nearly dependent gradients, norms that differ by orders of magnitude: Frank-Wolfe slows to a
+    crawl there), the interior-point Newton solver :func:`minimize_on_simplex` (gradient ``2 M w``,
+    Hessian ``2 M``) finishes the job in a few dozen ``[K, K]`` solves.
 
-    Stops when the duality gap ``w^T M w - min_t (M w)_t`` is at most
+    Converged means a duality gap ``w^T M w - min_t (M w)_t`` of at most
     ``tol * max(w^T M w, 1e-8 max diag M)``: relative to the squared norm of the min-norm point
     (``|G^T w - G^T w*|^2 <= gap``, so the point is found to a relative accuracy of about
     ``sqrt(tol)`` however different the vectors' norms are), with an absolute floor for hulls
@@ -261,25 +264,23 @@ def min_norm_weights(gram: torch.Tensor, max_iter: int = 20000, tol: float = 1e-
         ``w [K]`` on the simplex (float64).
 
     Warns:
-        RuntimeWarning: ``max_iter`` steps did not reach ``tol`` (the warning gives the gap).
+        RuntimeWarning: neither solver reached ``tol`` (once per process; the warning gives the gap).
     """
     m = gram.detach().double().cpu()
     k = m.shape[0]
     w = torch.full((k,), 1.0 / k, dtype=m.dtype)
     floor = 1e-8 * float(m.diagonal().max().clamp_min(1e-300))
-    gap = value = 0.0
     for _ in range(max_iter):
         mw = m @ w
         t = int(torch.argmin(mw))
         value = float(w @ mw)
-        gap = value - float(mw[t])
-        if gap <= tol * max(value, floor):
-            break
+        if value - float(mw[t]) <= tol * max(value, floor):
+            return w
         support = (w > 0).nonzero().flatten()
         s = int(support[torch.argmax(mw[support])])
         curvature = float(m[t, t] + m[s, s] - 2 * m[t, s])
         if s == t or curvature <= 0:
-            break
+            return w
         step = max(float(mw[s] - mw[t]) / curvature, 0.0)
         if step >= float(w[s]):                                              # vertex s leaves
             w[t] += w[s]
@@ -287,11 +288,10 @@ def min_norm_weights(gram: torch.Tensor, max_iter: int = 20000, tol: float = 1e-
         else:
             w[t] += step
             w[s] -= step
-    else:
-        warnings.warn(f"min-norm solver (MGDA): stopped after max_iter={max_iter} Frank-Wolfe "
-                      f"steps with duality gap {gap:.3g} (relative {gap / max(value, floor):.3g} > "
-                      f"tol={tol:g}); the weights may be inaccurate", RuntimeWarning, stacklevel=2)
-    return w
+    # not converged: the Newton solver, with the gap target in the objective's units
+    value = float(w @ m @ w)
+    return minimize_on_simplex(lambda v: v @ m @ v, k, tol=tol * max(value, floor) * 0.5, max_iter=200,
+                               name="min-norm solver (MGDA)", derivatives=lambda v: (2.0 * (m @ v), 2.0 * m))
 
 
 def simplex_gap(w: torch.Tensor, grad: torch.Tensor) -> float:
@@ -400,10 +400,21 @@ def minimize_on_simplex(objective: Callable[[torch.Tensor], torch.Tensor], k: in
     if best_gap > tol:
         why = (f"max_iter={max_iter} Newton steps" if steps >= max_iter
                else f"{steps} Newton steps (no more progress)")
-        warnings.warn(f"{name}: stopped after {why} with duality gap {best_gap:.3g} > tol={tol:g}: "
-                      f"the objective may be off by that much; raise tol (or max_iter)",
-                      RuntimeWarning, stacklevel=2)
+        warn_once(name, f"{name}: stopped after {why} with duality gap {best_gap:.3g} > tol={tol:g}: "
+                        f"the objective may be off by that much; raise tol (or max_iter). Later steps that "
+                        "stop short are not reported again.")
     return best_w.detach()
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """A ``RuntimeWarning`` the first time ``key`` warns in this process: solvers run every
+    training step, and a message carrying numbers would otherwise repeat every step."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,

@@ -46,7 +46,8 @@ class MGDA(GradientCombiner):
         normalization: gradient normalizer ``n_i``: ``"none"`` (1), ``"l2"`` (``|g_i|``),
             ``"loss"`` (``L_i``), ``"loss+"`` (``L_i |g_i|``), as in the authors' code.
         upper_bound: MGDA-UB (gradients w.r.t. a representation passed by the module).
-        max_iter: cap on Frank-Wolfe steps (a ``RuntimeWarning`` says when it is hit before ``tol``).
+        max_iter: Frank-Wolfe steps before the Newton solver takes over (see
+            :func:`~mtlframe.combiners._grad.min_norm_weights`; a ``RuntimeWarning`` says if neither reaches ``tol``).
         tol: stop when the duality gap is at most ``tol`` times the squared norm of the
             min-norm point (relative accuracy about ``sqrt(tol)``, whatever the gradients' scales).
         task_names, weights: injected; the recipe's task weights are not used.
@@ -59,7 +60,7 @@ class MGDA(GradientCombiner):
     """
 
     def __init__(self, normalization: Literal["none", "l2", "loss", "loss+"] = "none",
-                 upper_bound: bool = False, max_iter: int = 20000, tol: float = 1e-10, *,
+                 upper_bound: bool = False, max_iter: int = 250, tol: float = 1e-10, *,
                  task_names: list[str],
                  weights: dict[str, float] | None = None) -> None:
         super().__init__(task_names, weights)

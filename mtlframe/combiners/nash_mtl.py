@@ -5,12 +5,11 @@ Bargaining Game." ICML 2022.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from mtlframe.combiners._grad import GradientCombiner
+from mtlframe.combiners._grad import GradientCombiner, warn_once
 
 
 def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float = 1e-10,
@@ -57,9 +56,9 @@ def nash_bargaining_weights(gram: torch.Tensor, max_iter: int = 100, tol: float 
     else:
         residual = float(((m @ alpha) * alpha - 1.0).abs().max())
         if residual >= tol:
-            warnings.warn(f"nash-mtl: max_iter={max_iter} Newton iterations left the bargaining "
-                          f"condition (G G^T alpha) alpha = 1 off by {residual:.3g} > {tol:g}; raise "
-                          f"max_iter", RuntimeWarning, stacklevel=2)
+            warn_once("nash-mtl", f"nash-mtl: max_iter={max_iter} Newton iterations left the bargaining "
+                                  f"condition (G G^T alpha) alpha = 1 off by {residual:.3g} > {tol:g}; raise "
+                                  "max_iter. Later steps that stop short are not reported again.")
     return alpha
 
 
