@@ -348,9 +348,16 @@ def _write_status(run_dir: Path, info: Mapping[str, Any]) -> None:
     (run_dir / "status.json").write_text(json.dumps(_finite(dict(info)), indent=2), encoding="utf-8")
 
 
+def _clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's checkpoints, metrics and status (``--overwrite``)."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for name in ("metrics.json", "status.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse a run folder that holds a run (finished, failed, interrupted or unfinished) unless
-    ``overwrite``; with ``overwrite``, remove that run's checkpoints, metrics and status first.
+    ``overwrite`` (then :func:`_clear_run` removes it, once the new run's recipe and data are built).
 
     Raises:
         MTLFrameError: ``run_dir`` is a file, or holds a run and ``overwrite`` is False.
@@ -364,9 +371,6 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         pass
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     if overwrite:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in ("metrics.json", "status.json"):
-            (run_dir / name).unlink(missing_ok=True)
         return
     choice = "pass --overwrite to start over in it (its checkpoints are deleted), or another --run-dir"
     if (run_dir / "metrics.json").exists():
@@ -517,6 +521,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     try:  # a recipe or data error before training leaves no half-made run directory behind
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
+        if overwrite and is_zero:  # only now: a recipe or data error leaves the earlier run as it was
+            _clear_run(run_dir)
         memory_plan.report(module.model, cfg, quiet=progress is False)
         if cfg.trainer.compile is not None:
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
@@ -636,7 +642,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
     except KeyboardInterrupt as exc:  # outside Lightning's own handling (between its calls)
         if isinstance(exc, RunInterrupted):
             raise
-        info = {"status": "interrupted", "during": "the end of the run", "epoch": trainer.current_epoch + 1,
+        info = {"status": "interrupted", "during": "the end of the run", "epoch": trainer.current_epoch,
                 "max_epochs": trainer.max_epochs, "step": trainer.global_step}
         if trainer.is_global_zero:
             _write_status(run_dir, info)
@@ -665,7 +671,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         if any(module.last_group_counts.get(s) for s in metrics):  # grouped metrics: groups seen / skipped
             payload["groups"] = {s: module.last_group_counts.get(s, {}) for s in metrics}
         (run_dir / "metrics.json").write_text(json.dumps(_finite(payload), indent=2), encoding="utf-8")
-        _write_status(run_dir, {"status": "finished", "best_checkpoint": best, "epochs": trainer.current_epoch + 1
+        _write_status(run_dir, {"status": "finished", "best_checkpoint": best, "epochs": trainer.current_epoch
                                 if stopper is None or stopper.stopped is None else stopper.stopped["epoch"],
                                 "step": trainer.global_step,
                                 "early_stopping": None if stopper is None else stopper.stopped})

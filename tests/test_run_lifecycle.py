@@ -339,8 +339,15 @@ def test_keyboard_interrupt_in_training_marks_the_run_and_cli_exits_130(tmp_path
     monkeypatch.setattr(module_mod.MultiTaskModule, "training_step", real)
     assert cli.main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress"]) == 2
     assert "holds a run interrupted during training at epoch 2/5, step 9" in capsys.readouterr().err
+    # --overwrite with a recipe that fails to build leaves the earlier run as it was
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(tiny_recipe(**{"trainer.max_epochs": 5, "tasks.task_0.label": "no_such_column"})))
+    assert cli.main(["train", str(broken), "--run-dir", str(run_dir), "--no-progress", "--overwrite"]) == 2
+    assert "no_such_column" in capsys.readouterr().err                  # a data-time error, after the check
+    assert last.exists() and json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
     assert cli.main(["train", str(recipe), "--run-dir", str(run_dir), "--no-progress", "--overwrite"]) == 0
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["epochs"] == 5     # the epochs run, counted from 1
     assert not last.exists()
 
 
