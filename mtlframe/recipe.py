@@ -826,6 +826,14 @@ def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) ->
         block = data.get(section)
         monitor = block.get("monitor") if isinstance(block, dict) else None
         choices = valid + names + (["all", "any"] if section == "early_stopping" else [])
+        if section == "early_stopping":  # it decides after each validation, before train/ values are logged
+            choices = [c for c in choices if not c.startswith("train/")]
+            if isinstance(monitor, str) and monitor.startswith("train/") and monitor in valid:
+                problems.append((f"{section}.monitor", f"'{monitor}' is logged at the end of the training epoch, "
+                                 "after the validation at which early stopping decides, so it would always see "
+                                 "the previous epoch's value; monitor a validation value (val/...), a task, all "
+                                 "or any. checkpoint.monitor can take it."))
+                continue
         if isinstance(monitor, str) and monitor not in choices:
             near = closest(monitor, choices, n=1)
             hint = (" (a task name monitors its primary validation metric"

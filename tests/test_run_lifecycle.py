@@ -304,6 +304,11 @@ def test_early_stopping_recipe_keys_are_validated():
     with pytest.raises(RecipeError, match="save_top_k 0 would keep no checkpoint") as exc:
         recipe_from_dict(tiny_recipe(checkpoint={"save_top_k": 0}), "<tiny>")
     assert exc.value.problems[0][0] == "checkpoint.save_top_k"
+    # early stopping decides after validation, before the epoch's train/ values are logged
+    with pytest.raises(RecipeError, match="would always see the previous epoch's value") as exc:
+        recipe_from_dict(tiny_recipe(early_stopping={"monitor": "train/loss_epoch"}), "<tiny>")
+    assert exc.value.problems[0][0] == "early_stopping.monitor"
+    recipe_from_dict(tiny_recipe(checkpoint={"monitor": "train/loss_epoch"}), "<tiny>")   # checkpoints may
 
 
 # ------------------------------------------------------------------------------------------------
