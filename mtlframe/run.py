@@ -170,6 +170,8 @@ def _epoch_lines_callback():
             self._loss, self._batches = None, 0
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if getattr(pl_module, "_epoch_steps", None) is not None:  # the module keeps its own sums
+                return
             loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
             if isinstance(loss, torch.Tensor):  # summed on the device: no synchronization per step
                 self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
@@ -180,7 +182,15 @@ def _epoch_lines_callback():
                 return
             m = trainer.callback_metrics
             total, steps = getattr(pl_module, "_epoch_total", None), getattr(pl_module, "_epoch_steps", None)
-            if steps is not None:  # the module's own epoch sums: every combiner, skipped steps left out
+            stats = getattr(pl_module, "_epoch_stats", None)
+            if steps is not None and trainer.world_size > 1:
+                # this process's total is only its share of each step's loss; the per-task sums and
+                # counts were reduced every step, so each task's epoch loss is global here
+                n = len(pl_module.tasks)
+                row = stats.tolist() if stats is not None else []
+                values = [f"train/loss/{t.name} {row[n + i] / row[i]:.4f}" for i, t in enumerate(pl_module.tasks)
+                          if row and row[i] > 0]
+            elif steps is not None:  # the module's own epoch sums: every combiner, skipped steps left out
                 values = [f"train/loss {float(total) / steps:.4f}"] if steps and total is not None else []
             else:
                 values = [f"train/loss {float(self._loss) / self._batches:.4f}"] if self._batches else []
