@@ -336,7 +336,10 @@ def _status_callback(run_dir: Path):
                 "epoch": trainer.current_epoch + 1, "max_epochs": trainer.max_epochs, "step": trainer.global_step,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             last = run_dir / "checkpoints" / "interrupted.ckpt"
-            if fitting and trainer.global_step > 0:
+            if fitting and trainer.global_step > 0 and trainer.world_size > 1:
+                # saving goes through a barrier: processes that did not get the Ctrl-C would hang it
+                info["last_checkpoint_error"] = "not saved: an interrupted multi-process run saves no checkpoint"
+            elif fitting and trainer.global_step > 0:
                 try:
                     trainer.save_checkpoint(str(last))
                     info["last_checkpoint"] = str(last)
