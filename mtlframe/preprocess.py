@@ -46,7 +46,6 @@ from mtlframe.features import FeatureInfo, label_key, mask_key
 #: largest finite float32: numeric values beyond it cannot be represented in the model's inputs
 F32_MAX = float(np.finfo(np.float32).max)
 #: ``fill_missing`` policies besides a number
-FILL_POLICIES = ("error", "mean", "median", "zero")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
 # YAML with line numbers and no duplicate keys
 # --------------------------------------------------------------------------------------------
 
+#: the named policies of ``data.fill_missing`` (a number is a constant fill)
+FILL_POLICIES = ("error", "mean", "median", "zero")
+
 
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that rejects duplicate keys."""
@@ -225,9 +228,8 @@ class DataConfig(_Strict):
     @classmethod
     def _fill_policies(cls, v: Any) -> Any:
         def check(policy: Any, where: str) -> None:
-            if isinstance(policy, bool) or not (policy in ("error", "mean", "median", "zero")
-                                                or isinstance(policy, (int, float))):
-                near = difflib.get_close_matches(str(policy), ["error", "mean", "median", "zero"], n=1)
+            if isinstance(policy, bool) or not (policy in FILL_POLICIES or isinstance(policy, (int, float))):
+                near = difflib.get_close_matches(str(policy), list(FILL_POLICIES), n=1)
                 raise ValueError(f"{where}{policy!r} is not a fill policy"
                                  + (f"; did you mean {near[0]!r}?" if near else ".")
                                  + " Use error, mean, median, zero or a number, for every numeric feature "
