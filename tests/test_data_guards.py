@@ -165,21 +165,8 @@ def test_task_without_labelled_training_row_is_an_error(tmp_path):
 # -- labels ------------------------------------------------------------------------------------------
 
 
-def test_binary_label_error_lists_every_offending_value_with_count(tmp_path):
-    frame = _frame()
-    frame.loc[[1, 2, 5], "click"] = 2.0
-    frame.loc[[7, 8], "click"] = -1.0
-    frame.loc[11, "click"] = np.inf
-    path = _csv(tmp_path, frame)
-    with pytest.raises(DataError) as err:
-        _setup(_recipe(path, split={"name": "random", "val": 0.0, "test": 0.0}))
-    msg = str(err.value)
-    assert f"{path}: binary label column 'click' (task 'click') has 6 value(s) other than 0 and 1: " \
-           "2 (3 rows), -1 (2 rows), inf (1 row) (first at row 2)" in msg
-    assert "tasks.click.missing_label: -1" in msg
-
-
-def test_binary_label_error_lists_the_values_of_every_split_at_once(tmp_path):
+@pytest.mark.parametrize("held_out", [0.0, 0.3], ids=["train-only", "spread-over-splits"])
+def test_binary_label_error_lists_every_offending_value_with_count(tmp_path, held_out):
     """Offending values spread over train, val and test are listed together in one error (not one
     split's values per run, each fix revealing the next)."""
     frame = _frame()
@@ -188,8 +175,11 @@ def test_binary_label_error_lists_the_values_of_every_split_at_once(tmp_path):
     frame.loc[11, "click"] = np.inf
     path = _csv(tmp_path, frame)
     with pytest.raises(DataError) as err:
-        _setup(_recipe(path, split={"name": "random", "val": 0.3, "test": 0.3}))
-    assert "has 6 value(s) other than 0 and 1: 2 (3 rows), -1 (2 rows), inf (1 row) (first at row 2)" in str(err.value)
+        _setup(_recipe(path, split={"name": "random", "val": held_out, "test": held_out}))
+    msg = str(err.value)
+    assert f"{path}: binary label column 'click' (task 'click') has 6 value(s) other than 0 and 1: " \
+           "2 (3 rows), -1 (2 rows), inf (1 row) (first at row 2)" in msg
+    assert "tasks.click.missing_label: -1" in msg
 
 
 def test_missing_label_marker_masks_rows(tmp_path, capsys):
