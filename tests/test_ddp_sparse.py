@@ -104,6 +104,20 @@ def test_labelled_counts_and_uncertainty_log_variances_are_logged(tmp_path):
     assert math.isfinite(r["val"]["task_1_bin"]["logloss"])
 
 
+@pytest.mark.parametrize("combiner", ["static", "pcgrad"])
+def test_a_task_unlabelled_for_a_whole_epoch_warns_and_training_goes_on(tmp_path, combiner):
+    """task_0 has no labelled row in any step of the epoch: a warning names it and the epoch,
+    train/loss/task_0 is not logged, its validation metrics are NaN, and task_1_bin trains."""
+    plan = [{"task_0": (0, 0), "task_1_bin": step["task_1_bin"]} for step in ddp_sparse_run.PLAN]
+    with pytest.warns(UserWarning, match=r"task 'task_0' has no labelled row in training epoch 1 \(on any process\): "
+                                         r"it was not trained this epoch"):
+        r = ddp_sparse_run.main(str(tmp_path / "o.pt"), combiner, 1, plan=plan)
+    assert r["logged"]["train/labelled/task_0"] == 0 and "train/loss/task_0" not in r["logged"]
+    assert math.isfinite(r["logged"]["train/loss/task_1_bin"]) and math.isnan(r["val"]["task_0"]["rmse"])
+    moved = [k for k in r["init"] if float((r["weights"][k] - r["init"][k]).abs().max()) > 0]
+    assert any("task_1_bin" in k for k in moved) and not any("task_0" in k for k in moved)
+
+
 def test_epoch_loss_is_the_mean_over_labelled_rows(tmp_path):
     from mtlframe.features import label_key, mask_key
     from mtlframe.tasks import task_loss
