@@ -11,7 +11,7 @@ import torch
 
 from mtlframe.batching import ColumnBatches, Columns, take
 from mtlframe.datasets.base import RecDataset, Table
-from mtlframe.errors import DataError, RecipeError, closest
+from mtlframe.errors import DataError, RecipeError, closest, near_hint
 from mtlframe.features import GROUP_KEY, FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.preprocess import LabelSpec, Preprocessor
 from mtlframe.process_memory import pin_mmap_threshold, release_freed_memory
@@ -237,7 +237,7 @@ class RecDataModule(pl.LightningDataModule):
                     near = closest(col, table.features)
                     problems.append((f"model.encoders[{i}].features[{j}]",
                                      f"dataset '{self.cfg.dataset['name']}' has no feature column '{col}'"
-                                     + (f"; did you mean '{near[0]}'?" if near else ".")
+                                     + near_hint(near, ".")
                                      + f" Features: {', '.join(f'{c} ({t})' for c, t in table.features.items())}."))
                 else:
                     used[col] = table.features[col]
@@ -247,7 +247,7 @@ class RecDataModule(pl.LightningDataModule):
                 near = closest(task.label, table.labels or table.frame.columns)
                 problems.append((f"tasks.{tname}.label",
                                  f"dataset '{self.cfg.dataset['name']}' has no label column '{task.label}'"
-                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + near_hint(near, ".")
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
             labels.append(LabelSpec(tname, task.label, task.type, task.missing_label))
@@ -260,14 +260,14 @@ class RecDataModule(pl.LightningDataModule):
             if col not in numeric:
                 near = closest(col, numeric)
                 problems.append((path, f"'{col}' is not a numeric feature of the model's encoders"
-                                 + (f"; did you mean '{near[0]}'?" if near else ".")
+                                 + near_hint(near, ".")
                                  + f" Numeric features: {', '.join(numeric) or 'none'}."))
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)
             problems.append(("metrics_group",
                              f"dataset '{self.cfg.dataset['name']}' has no column '{group_col}' to group the "
-                             "grouped metrics (gauc, ndcg@K, ...) by" + (f"; did you mean '{near[0]}'?" if near else ".")
+                             "grouped metrics (gauc, ndcg@K, ...) by" + near_hint(near, ".")
                              + f" Columns: {', '.join(map(str, table.frame.columns))}. Set metrics_group to the "
                              "column that identifies a user (or session)."))
         if problems:

@@ -144,6 +144,11 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.5)
 
 
+def near_hint(near: list[str], otherwise: str = "") -> str:
+    """``"; did you mean 'x'?"`` for the first of ``near`` (from :func:`closest`), else ``otherwise``."""
+    return f"; did you mean '{near[0]}'?" if near else otherwise
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``" Did you mean 'x'?"`` or an empty string."""
     match = closest(name, choices, n=1)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from mtlframe.errors import MTLFrameError, RecipeError, closest, file_problem, read_text_file
+from mtlframe.errors import MTLFrameError, RecipeError, closest, file_problem, near_hint, read_text_file
 from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
 
 # --------------------------------------------------------------------------------------------
@@ -737,7 +737,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
             if t not in tasks_d:
                 near = closest(str(t), tasks_d)
                 problems.append((f"model.towers.{t}", f"no task named '{t}'"
-                                 + (f"; did you mean '{near[0]}'?" if near else "") + f" Tasks: {', '.join(tasks_d)}."))
+                                 + near_hint(near) + f" Tasks: {', '.join(tasks_d)}."))
             check_component("tower", spec, f"model.towers.{t}", source, problems, checked)
     check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems, checked)
     _check_metrics(data, source, problems)
@@ -842,7 +842,7 @@ def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) ->
                     + ("; all / any: every task's, stopping when all / any of them stopped improving)."
                        if section == "early_stopping" else ")."))
             problems.append((f"{section}.monitor", f"'{monitor}' is not a logged value"
-                             + (f"; did you mean '{near[0]}'?" if near else ".")
+                             + near_hint(near, ".")
                              + f" Choose one of: {', '.join(choices)}{hint}"))
         elif monitor in ("all", "any") and block.get("mode", "auto") != "auto":
             problems.append((f"{section}.mode", f"monitor '{monitor}' watches each task's primary metric in its own "

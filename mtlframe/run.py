@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mtlframe import memory_plan
-from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError, file_problem
+from mtlframe.errors import CheckpointError, DataError, MTLFrameError, RecipeError, file_problem, near_hint
 from mtlframe.recipe import Recipe, recipe_from_dict
 
 
@@ -918,7 +918,7 @@ def keep_columns(predictions, frame, keep: list[str], source: str = "input"):
         if col not in frame.columns:
             near = closest(col, frame.columns)
             raise DataError(f"--keep column '{col}' is not in {source}"
-                            + (f"; did you mean '{near[0]}'?" if near else "")
+                            + near_hint(near)
                             + f" Columns: {', '.join(map(str, frame.columns))}.")
     renamed = {}
     for c in predictions.columns:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from mtlframe.backbones.base import Backbone
-from mtlframe.errors import ArgumentError, DataError, closest
+from mtlframe.errors import ArgumentError, DataError, closest, near_hint
 from mtlframe.features import label_key, mask_key
 
 
@@ -58,7 +58,7 @@ def resolve_stages(click: str | None, conversion: str | None, funnel: Sequence[s
         if t not in tasks:
             near = closest(str(t), tasks, n=1)
             raise ArgumentError(p, f"{model}: {p} '{t}' is not a task of the recipe"
-                                + (f"; did you mean '{near[0]}'?" if near else "") + f" Tasks: {', '.join(tasks)}")
+                                + near_hint(near) + f" Tasks: {', '.join(tasks)}")
     for i, (p, t) in enumerate(zip(params, order)):
         if t in order[:i]:
             raise ArgumentError(p, f"{model}: task '{t}' is named twice in the funnel ({', '.join(order)})")
