@@ -35,7 +35,7 @@ data:
             labels: [watch, like], user: user, item: item}}
   split: {{name: user-random, val: 0.1, test: 0.1}}
   batch_size: 64
-  sampler: {{name: uniform-negatives, task: like, item_features: [item], user_feature: user, ratio: 2}}
+  sampler: {{name: uniform-negatives, task: watch, item_features: [item], user_feature: user, ratio: 2}}
 ranking: {{user_features: [user], item_features: [item], k: [5, 10]}}
 tasks:
   {tasks}
