@@ -93,7 +93,8 @@ class ModelSideSampler(Sampler):
     out of vocabulary). The *catalogue* is every code ``>= 1`` with a training row.
 
     Args:
-        item_feature: the item id column (a categorical model feature).
+        item_feature: the encoded item id column (categorical; the first of
+            ``ranking.item_features``).
         log_q_correction: return the log sampling probabilities (``True``) or zeros.
         feature_info, tasks: injected.
 

@@ -22,6 +22,10 @@ from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.samplers.base import EpochSample, Sampler
 
 
+#: task types whose label 1 marks an interaction, so that a sampled row is a 0 of that task
+IMPLICIT_TYPES: tuple[str, ...] = ("binary", "retrieval")
+
+
 def codes(column: Any) -> torch.Tensor:
     """A preprocessed id column (tensor or numpy array) as ``int64 [N]``."""
     return torch.as_tensor(np.asarray(column)).reshape(-1).long()
@@ -151,9 +155,21 @@ class ExcludingNegatives(Sampler):
     ``task`` and missing (masked) for every other task. Subclasses set the item weights
     (:meth:`item_weights`) and ``component`` (their registered name, used in errors).
 
+    Args:
+        task: the binary or retrieval task that gets negatives (e.g. ``click``, or ``watch``:
+            a retrieval task then learns pointwise, sampled rows labelled 0).
+        item_features: item-side feature columns; the first is the item id. The other features
+            of a negative row are the user side, copied from the positive row.
+        user_feature: the user id column (a model feature); its training rows define each
+            user's interacted items.
+        ratio: negatives per positive row, per epoch.
+        exclude_eval_positives: also exclude each user's positives of ``task`` in the
+            validation and test splits.
+        feature_info, tasks: injected.
+
     Raises:
-        ArgumentError: ``task`` is not a binary task, ``ratio < 1``, or an item or user feature is
-            not a model feature (or the user feature is an item feature).
+        ArgumentError: ``task`` is not a binary or retrieval task, ``ratio < 1``, or an item or
+            user feature is not a model feature (or the user feature is an item feature).
         DataError: (when sampling) a user with a positive row has no allowed item.
     """
 
@@ -164,9 +180,10 @@ class ExcludingNegatives(Sampler):
                  feature_info: Mapping[str, FeatureInfo], tasks: list[TaskSpec]) -> None:
         super().__init__(feature_info, tasks)
         by_name = {t.name: t for t in tasks}
-        if task not in by_name or by_name[task].type != "binary":
-            binary = [t.name for t in tasks if t.type == "binary"]
-            raise ArgumentError("task", f"task '{task}' must be a binary task of the recipe; binary tasks: {binary}")
+        if task not in by_name or by_name[task].type not in IMPLICIT_TYPES:
+            fit = [t.name for t in tasks if t.type in IMPLICIT_TYPES]
+            raise ArgumentError("task", f"task '{task}' must be a binary or retrieval task of the recipe (its "
+                                f"label 1 marks an interaction); binary and retrieval tasks: {fit}")
         if ratio < 1:
             raise ArgumentError("ratio", f"ratio must be >= 1, got {ratio}")
         unknown = [f for f in item_features if f not in feature_info]

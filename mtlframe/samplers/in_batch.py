@@ -28,8 +28,6 @@ class InBatch(ModelSideSampler):
     training split is known, so the counts are exact.
 
     Args:
-        item_feature: the encoded item id column (categorical; the first of
-            ``ranking.item_features``).
         log_q_correction: subtract ``log q`` (``True``, Yi et al.) or not (``False``: plain
             batch softmax, popular items over-penalized).
         feature_info, tasks: injected.

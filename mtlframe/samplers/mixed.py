@@ -44,8 +44,6 @@ class Mixed(ModelSideSampler):
     ``M = 0`` this is exactly ``in-batch``.
 
     Args:
-        item_feature: the encoded item id column (categorical; the first of
-            ``ranking.item_features``).
         num_negatives: extra items drawn per batch (``M >= 1``; shared by the batch's rows).
         alpha: exponent of the training count in ``p_s`` (finite; ``0`` uniform over the
             catalogue, as in Yang et al.).
