@@ -77,7 +77,8 @@ class Mixed(ModelSideSampler):
             raise DataError(f"mixed: every training row of '{self.item_feature}' is out of vocabulary (code 0); "
                             "there is no catalogue item to sample. Lower data.min_count.")
         w = torch.where(in_catalogue, counts.double().clamp_min(1) ** self.alpha, 0.0)
-        return {"p_data": (counts.double() / counts.sum()).float(), "p_sample": (w / w.sum()).float()}
+        return {"p_data": (counts.double() / counts.sum()).float(), "p_sample": (w / w.sum()).float(),
+                "cdf": torch.cumsum(w / w.sum(), 0)}
 
     def negatives(self, items: torch.Tensor, generator: torch.Generator | None) -> Negatives:
         """``num_negatives`` catalogue items (drawn on ``generator``'s device, or ``items``'
@@ -85,8 +86,9 @@ class Mixed(ModelSideSampler):
         self.check_items(items)
         b, m = len(items), self.num_negatives
         device = generator.device if generator is not None else items.device
-        extra = torch.multinomial(self.table("p_sample", device), m, replacement=True,
-                                  generator=generator).to(items.device)
+        cdf = self.table("cdf", device)                           # float64 [C]; inverse-CDF draw, any C
+        u = torch.rand(m, generator=generator, device=device, dtype=torch.float64) * cdf[-1]
+        extra = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1).to(items.device)
         if not self.log_q_correction:
             return Negatives(extra=extra, log_q_batch=torch.zeros(b, device=items.device),
                              log_q_extra=torch.zeros(m, device=items.device))
