@@ -106,9 +106,9 @@ model:
 
 
 def test_model_side_samplers_refuse_data_they_cannot_correct():
-    with pytest.raises(DataError, match=r"batch items \[6\] of 'item' have no training row"):
+    with pytest.raises(DataError, match=r"^in-batch: batch items \[6\] of 'item' have no training row"):
         _make(InBatch).negatives(torch.tensor([1, 6]), None)
-    with pytest.raises(DataError, match=r"codes in \[0, 9\] outside \[0, 7\)"):
+    with pytest.raises(DataError, match=r"^in-batch: 'item' holds codes in \[0, 9\] outside \[0, 7\)"):
         InBatch(item_feature="item", feature_info=INFO, tasks=TASKS).prepare({"train": {"item": torch.tensor([0, 9])}})
     with pytest.raises(DataError, match="every training row of 'item' is out of vocabulary"):
         Mixed(item_feature="item", feature_info=INFO, tasks=TASKS).prepare({"train": {"item": torch.tensor([0, 0])}})

@@ -39,6 +39,8 @@ class InBatch(ModelSideSampler):
             vocabulary; (:meth:`negatives`) a batch item without training rows.
     """
 
+    component = "in-batch"
+
     def tables(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"log_q": torch.log(counts.double() / counts.sum()).float()}
 

@@ -58,6 +58,8 @@ class Mixed(ModelSideSampler):
             (:meth:`negatives`) a batch item without training rows.
     """
 
+    component = "mixed"
+
     def __init__(self, item_feature: str, num_negatives: int = 256, alpha: float = 0.0,
                  log_q_correction: bool = True, *,
                  feature_info: Mapping[str, FeatureInfo], tasks: Sequence[TaskSpec]) -> None:
