@@ -36,7 +36,9 @@ class Mixed(ModelSideSampler):
     ``log_q_extra[m] = log Q(extra[m])``: the same item gets the same correction whichever part
     it is in. This is the sampled-softmax correction for the mixture proposal (the sum over
     columns of ``exp(s) / Q`` estimates ``(B + M)`` times the full softmax's normalizer), i.e.
-    Yi et al.'s ``s - log p_j`` with ``p_j`` the item's probability among this batch's negatives.
+    Yi et al.'s ``s - log p_j`` with ``p_j`` the item's probability among this batch's negatives,
+    and, up to the constant ``log(B + M)``, TensorFlow's sampled softmax, which subtracts the log
+    of each candidate's expected count.
     Correcting each part by its own distribution (``log p_d`` for batch columns, ``log p_s`` for
     extra columns) would also estimate that normalizer, but a tail item in the batch would get
     the weight ``1 / p_d`` although the uniform part draws it far more often; the mixture
