@@ -24,13 +24,14 @@ def _console():
 
 
 def _metrics_table(metrics: dict, title: str):
-    """Rows: tasks; columns: metrics. A metric with a cutoff (``ndcg@10``) is a column of its base
-    name with one row per task and K (``watch @10``), so a retrieval task's 7 metrics x len(K)
-    stay readable."""
+    """Rows: tasks; columns: metrics. Metrics with a cutoff (``ndcg@10``) go to a table of their
+    own: a column per base name, a row per task and K (``watch @10``), so a retrieval task's seven
+    metrics at each K stay readable beside the other tasks' few."""
+    from rich.console import Group
     from rich.table import Table
 
-    names: list[str] = []
-    rows: list[tuple[str, dict]] = []
+    plain_rows: list[tuple[str, dict]] = []
+    ranked_rows: list[tuple[str, dict]] = []
     for task, per_task in metrics.items():
         plain, by_k = {}, {}
         for m, v in per_task.items():
@@ -39,20 +40,46 @@ def _metrics_table(metrics: dict, title: str):
                 by_k.setdefault(int(k), {})[base] = v
             else:
                 plain[m] = v
-        for m in [*plain, *(b for per_k in by_k.values() for b in per_k)]:
-            if m not in names:
-                names.append(m)
-        if not by_k:
-            rows.append((task, plain))
-        for j, (k, per_k) in enumerate(by_k.items()):
-            rows.append((f"{task} @{k}", {**(plain if j == 0 else {}), **per_k}))
-    table = Table(title=title)
-    table.add_column("task")
-    for m in names:
-        table.add_column(m, justify="right")
-    for label, values in rows:
-        table.add_row(label, *[("-" if values.get(m) is None else f"{values[m]:.4f}") for m in names])
-    return table
+        if plain or not by_k:
+            plain_rows.append((task, plain))
+        ranked_rows += [(f"{task} @{k}", per_k) for k, per_k in by_k.items()]
+
+    def table(rows: list[tuple[str, dict]], caption: str) -> Table:
+        names: list[str] = []
+        for _, values in rows:
+            names += [m for m in values if m not in names]
+        out = Table(title=caption)
+        out.add_column("task")
+        for m in names:
+            out.add_column(m, justify="right")
+        for label, values in rows:
+            out.add_row(label, *[("-" if values.get(m) is None else f"{values[m]:.4f}") for m in names])
+        return out
+
+    def transposed(rows: list[tuple[str, dict]], caption: str) -> Table:
+        # a row per metric, a column per task and K: as narrow as the number of cutoffs
+        names: list[str] = []
+        for _, values in rows:
+            names += [m for m in values if m not in names]
+        out = Table(title=caption)
+        out.add_column("metric")
+        for label, _ in rows:
+            out.add_column(label, justify="right", no_wrap=True)
+        for m in names:
+            out.add_row(m, *[("-" if values.get(m) is None else _number(values[m])) for _, values in rows])
+        return out
+
+    parts = []
+    if plain_rows and any(values for _, values in plain_rows) or not ranked_rows:
+        parts.append(table([r for r in plain_rows if r[1]] or plain_rows, title))
+    if ranked_rows:
+        parts.append(transposed([(label.replace(" ", ""), v) for label, v in ranked_rows],
+                                f"{title}, full ranking" if parts else title))
+    return parts[0] if len(parts) == 1 else Group(*parts)
+
+
+def _number(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "binary": ["auc", "logloss"],
     "regression": ["rmse", "mae"],
     "multiclass": ["accuracy", "logloss"],
-    # full-ranking metrics over the whole catalogue (see docs/ranking.md)
-    "retrieval": ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10"],
 }
+# (a retrieval task's defaults are the full-ranking metrics at each K of ``ranking.k``:
+# :func:`mtlframe.recipe.default_task_metrics`)
 
 
 @dataclass(frozen=True)
