@@ -233,7 +233,7 @@ class MultiTaskModule(pl.LightningModule):
             raise MTLFrameError(f"retrieval task '{t.name}': the training batches carry no item codes ('{ITEM_KEY}') "
                                 "for in-batch negatives; build the data with mtlframe's RecDataModule and a "
                                 "model-side sampler (data.sampler: in-batch or mixed).")
-        neg = self.negative_sampler.negatives(items.cpu(), self._negative_generator)
+        neg = self.negative_sampler.negatives(items, self._negative_generator)  # draws on the CPU generator
         v_extra = extra = log_q_extra = None
         if neg.extra.numel():
             extra = neg.extra.to(u.device)
