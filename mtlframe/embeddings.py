@@ -1,0 +1,135 @@
+"""User and item vectors of retrieval tasks: export, exact top-K and an optional faiss index.
+
+What ``mtlframe embeddings`` does, callable from Python (:func:`export_embeddings`). For each
+retrieval task it writes, under ``OUTPUT/<task>/``:
+
+* ``users.npy`` ``[U, d]`` float32 and ``user_ids.csv`` (one raw id a line, row ``i`` of the
+  ``.npy``), the same for items (``items.npy``, ``item_ids.csv``);
+* ``users.parquet`` / ``items.parquet`` (columns ``user`` / ``item`` and ``vector``, a list of
+  ``d`` floats) when pyarrow is installed;
+* with ``k``: ``top_k.csv`` (``user, rank, item, score``), the exact top-K by matrix product of
+  every user against every item, seen items excluded (:func:`exact_top_k`);
+* with ``faiss``: ``items.faiss``, a faiss inner-product index of the item vectors
+  (:func:`build_faiss_index`, needs ``pip install 'mtlframe[faiss]'``).
+
+A task's logit is ``u . v / temperature`` of these vectors (``temperature`` in ``meta.json``); with
+``similarity: cosine`` the vectors are already L2-normalized, so the inner product is the cosine.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlframe.errors import MTLFrameError
+
+#: faiss index kinds :func:`build_faiss_index` builds
+FAISS_KINDS = ("flat", "hnsw")
+
+
+def exact_top_k(users: torch.Tensor, items: torch.Tensor, k: int, exclude: Any = None,
+                batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact top-K items per user by inner product, in user batches (``[Ub, d] @ [d, I]``).
+
+    Args:
+        users: ``[U, d]`` user vectors.
+        items: ``[I, d]`` item vectors.
+        k: list length.
+        exclude: ``None``, or a callable ``rows [Ub] -> bool [Ub, I]`` (True: never return), e.g.
+            the items each user has seen.
+        batch_size: users per matrix product (memory ``batch_size * I`` floats).
+
+    Returns ``(scores [U, k'], index [U, k'], valid [U, k'])`` as :func:`mtlframe.recommend.top_k`
+    (``k' = min(k, I)``, ties by the lower item row).
+    """
+    from mtlframe.recommend import top_k
+
+    outs = []
+    for start in range(0, len(users), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(users)))
+        scores = users[rows].float() @ items.float().T
+        outs.append(top_k(scores, k, None if exclude is None else exclude(rows)))
+    if not outs:
+        kk = min(k, len(items))
+        return (torch.empty(0, kk), torch.empty(0, kk, dtype=torch.long), torch.empty(0, kk, dtype=torch.bool))
+    return tuple(torch.cat(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+
+def _faiss():
+    try:
+        import faiss  # noqa: PLC0415 - optional dependency, imported only where used
+    except ImportError as exc:
+        raise MTLFrameError("the faiss index needs faiss-cpu: pip install 'mtlframe[faiss]' (or faiss-cpu); "
+                            "without it, use the exact top-K (--k), which is as fast for catalogues up to "
+                            "about a million items on a GPU.") from exc
+    return faiss
+
+
+def build_faiss_index(items: np.ndarray | torch.Tensor, kind: str = "flat", hnsw_m: int = 32):
+    """A faiss inner-product index over item vectors (row ``j`` = item ``j``).
+
+    Args:
+        items: ``[I, d]`` vectors (normalize them first for cosine similarity).
+        kind: ``flat`` (``IndexFlatIP``: exact, brute force with BLAS) or ``hnsw``
+            (``IndexHNSWFlat`` with the inner-product metric: approximate, sub-linear; Malkov &
+            Yashunin 2018).
+        hnsw_m: neighbours per node of the HNSW graph.
+
+    Raises:
+        MTLFrameError: faiss is not installed, or an unknown ``kind``.
+    """
+    faiss = _faiss()
+    x = np.ascontiguousarray(_numpy(items), dtype=np.float32)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(x.shape[1])
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(40, 2 * hnsw_m)
+    else:
+        raise MTLFrameError(f"faiss index kind {kind!r} is not one of {', '.join(FAISS_KINDS)}.")
+    index.add(x)
+    return index
+
+
+def faiss_search(index, users: np.ndarray | torch.Tensor, k: int, ef_search: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [U, k], item rows [U, k])`` of the ``k`` best items of each user in a faiss index
+    (``-1`` rows when the index holds fewer than ``k``). ``ef_search``: HNSW search breadth."""
+    if ef_search is not None and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = ef_search
+    return index.search(np.ascontiguousarray(_numpy(users), dtype=np.float32), k)
+
+
+def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def write_vectors(folder: Path, side: str, ids: Sequence[Any], vectors: torch.Tensor) -> list[Path]:
+    """Write ``<side>s.npy`` (``[N, d]`` float32), ``<side>_ids.csv`` (header ``side``, one raw id per
+    row, row ``i`` = vector ``i``) and, when pyarrow is installed, ``<side>s.parquet`` (columns
+    ``side`` and ``vector``). Returns the paths written."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = _numpy(vectors).astype(np.float32, copy=False)
+    written = [folder / f"{side}s.npy", folder / f"{side}_ids.csv"]
+    np.save(written[0], arr)
+    pd.DataFrame({side: list(ids)}).to_csv(written[1], index=False)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    frame = pd.DataFrame({side: list(ids), "vector": list(arr)})
+    written.append(folder / f"{side}s.parquet")
+    frame.to_parquet(written[-1], index=False)
+    return written
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> Path:
+    path = folder / "meta.json"
+    path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return path
