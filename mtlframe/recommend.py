@@ -222,3 +222,448 @@ def popularity_order(counts: torch.Tensor) -> torch.Tensor:
     Returns ``[I]`` int64 positions.
     """
     return torch.sort(counts.to(torch.float64), descending=True, stable=True).indices
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring users against the catalogue (the model part; pure tensors in, tensors out)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ranked:
+    """The top-K of a batch of users (catalogue positions; see :func:`rank_users`)."""
+
+    scores: torch.Tensor          # [Ub, k] float32, the rank_by score (-inf where not valid)
+    positions: torch.Tensor       # [Ub, k] int64 catalogue positions (-1 where not valid)
+    valid: torch.Tensor           # [Ub, k] bool: False past the end of a short list
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # {task: [Ub, k] or [Ub, k, C]} raw outputs
+
+
+def _pair_outputs(model, user_cols: Mapping[str, torch.Tensor], item_cols: Mapping[str, torch.Tensor],
+                  positions: torch.Tensor, pair_batch: int) -> dict[str, torch.Tensor]:
+    """Every task's raw output for the (user ``u``, item ``positions[u, j]``) pairs: ``{task: [Ub, N, ...]}``.
+
+    The user's row is repeated ``N`` times and paired with the item rows by
+    :meth:`MultiTaskModel.compose`; pairs go through the model ``pair_batch`` at a time."""
+    from mtlframe.batching import take
+
+    n_users, n = positions.shape
+    flat_items = positions.reshape(-1).clamp_min(0)
+    flat_users = torch.arange(n_users, device=positions.device).repeat_interleave(n)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(flat_items), pair_batch):
+        sl = slice(start, start + pair_batch)
+        pairs = model.compose(take(user_cols, flat_users[sl]), take(item_cols, flat_items[sl]))
+        for task, out in model(pairs).items():
+            parts.setdefault(task, []).append(out.float())
+    return {t: torch.cat(v).reshape(n_users, n, *v[0].shape[1:]) for t, v in parts.items()}
+
+
+def rank_users(model, task_types: Mapping[str, str], user_cols: Mapping[str, torch.Tensor],
+               item_cols: Mapping[str, torch.Tensor], exclude: torch.Tensor | None, k: int,
+               rank_by: Mapping[str, float], candidates: int, retrieval: str | None = None,
+               item_vectors: torch.Tensor | None = None, pair_batch: int = 65536) -> Ranked:
+    """The top ``k`` catalogue items of a batch of users, by ``rank_by`` over the full model.
+
+    Args:
+        model: a :class:`~mtlframe.model.MultiTaskModel` in eval mode (``compose``, ``retrieval``).
+        task_types: ``{task: type}`` of every task of the model.
+        user_cols: model-ready columns of one representative row per user, ``[Ub]`` rows.
+        item_cols: model-ready columns of the catalogue, ``[I]`` rows (row ``j`` = position ``j``).
+        exclude: ``[Ub, I]`` bool, True for items never to return (seen), or ``None``.
+        k: list length.
+        rank_by: ``{task: weight}`` (see :func:`fuse`).
+        candidates: how many items the retrieval task passes to the fusion (``ranking.candidates``).
+        retrieval: the retrieval task generating the candidates; ``None``: every item is scored.
+        item_vectors: ``[I, d]`` that task's item vectors (computed once per catalogue).
+        pair_batch: (user, item) pairs per forward pass.
+
+    Returns :class:`Ranked`. Every item scored by the fusion went through the same forward pass
+    as ``mtlframe predict`` would give it for that (user row, item row) pair.
+    """
+    n_items = len(next(iter(item_cols.values())))
+    n_users = len(next(iter(user_cols.values())))
+    if retrieval is not None and n_items > candidates:
+        tower = model.retrieval[retrieval]
+        user_vectors = tower.user_vectors(model.encode(user_cols))              # [Ub, d]
+        first = tower.scores(user_vectors, item_vectors)                        # [Ub, I]
+        _, cand, cvalid = top_k(first, candidates, exclude)                     # [Ub, N]
+    else:
+        cand = torch.arange(n_items).expand(n_users, n_items)
+        cvalid = torch.ones_like(cand, dtype=torch.bool) if exclude is None else ~exclude
+    outputs = _pair_outputs(model, user_cols, item_cols, cand, pair_batch)
+    fused = fuse(outputs, rank_by, task_types)
+    scores, idx, valid = top_k(fused, k, ~cvalid)
+    safe = idx.clamp_min(0)
+    positions = torch.gather(cand, 1, safe).masked_fill(~valid, -1)
+    picked = {}
+    for task, out in outputs.items():
+        index = safe if out.dim() == 2 else safe.unsqueeze(-1).expand(-1, -1, out.shape[-1])
+        picked[task] = torch.gather(out, 1, index)
+    return Ranked(scores, positions, valid, picked)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command: a checkpoint, a users file -> top-K per user
+# ------------------------------------------------------------------------------------------------
+
+#: what ``ranking.unknown_users`` accepts
+UNKNOWN_USERS = ("popularity", "error")
+
+
+@dataclass
+class RecommendResult:
+    """What :func:`recommend` returns (the CLI prints it as a summary table).
+
+    Attributes:
+        output: the file written.
+        frame: the rows written (``user, rank, item, score, source, <task>_pred...``).
+        users: distinct users asked for.
+        model_users: users ranked by the model (known: at least one row in the data).
+        empty_history: of those, users with no training row (scored from a validation / test row,
+            their id taking the out-of-vocabulary embedding).
+        popularity_users: unknown users given the most popular items (``ranking.unknown_users: popularity``).
+        short_lists: users who got fewer than ``k`` items (they have seen nearly the whole catalogue).
+        catalogue: items in the catalogue.
+        distinct_items: distinct items recommended.
+        seconds: wall time of the ranking (data loading excluded).
+        retrieval: the retrieval task that chose the candidates (``None``: every item scored).
+        candidates: candidates per user passed to the fusion.
+    """
+
+    output: Path | None
+    frame: Any
+    users: int
+    model_users: int
+    empty_history: int
+    popularity_users: int
+    short_lists: int
+    catalogue: int
+    distinct_items: int
+    seconds: float
+    retrieval: str | None
+    candidates: int
+    rank_by: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def users_per_second(self) -> float:
+        return self.users / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> list[tuple[str, str]]:
+        """``(what, value)`` rows of the summary table."""
+        first = (f"{self.retrieval} top {self.candidates}" if self.retrieval else f"all {self.catalogue} items")
+        return [("users", f"{self.users:,}"), ("ranked by the model", f"{self.model_users:,}"),
+                ("  with no training row", f"{self.empty_history:,}"),
+                ("unknown: most popular items", f"{self.popularity_users:,}"),
+                ("fewer than k items left", f"{self.short_lists:,}"),
+                ("candidates", first),
+                ("rank_by", ", ".join(f"{t}^{w:g}" for t, w in self.rank_by.items())),
+                ("rows written", f"{len(self.frame):,}"),
+                ("distinct items / catalogue", f"{self.distinct_items:,} / {self.catalogue:,}"),
+                ("time", f"{self.seconds:.2f} s ({self.users_per_second:,.0f} users/s)")]
+
+
+def _id_keys(values: Any) -> np.ndarray:
+    """Canonical string keys of raw ids (``3``, ``3.0`` and ``"3"`` are the same id), as the
+    preprocessor's vocabularies key them; missing values give ``None``."""
+    import pandas as pd
+
+    from mtlframe.preprocess import _as_str
+
+    s = _as_str(values if isinstance(values, pd.Series) else pd.Series(np.asarray(values)))
+    return s.astype(object).where(s.notna(), None).to_numpy()
+
+
+def _read_users(users: Any, column: str):
+    """``(raw ids in order, without repeats, their keys, repeats dropped)`` of a users file or frame.
+
+    Raises:
+        DataError: no rows, no ``column`` (closest names), or empty ids (rows named).
+    """
+    import pandas as pd
+
+    from mtlframe.errors import closest, near_hint
+    from mtlframe.run import read_table
+
+    source = str(users) if not isinstance(users, pd.DataFrame) else "the users frame"
+    frame = users if isinstance(users, pd.DataFrame) else read_table(users)
+    if column not in frame.columns:
+        raise DataError(f"{source} has no column '{column}' (the recipe's user id feature, the first of "
+                        f"ranking.user_features)" + near_hint(closest(column, [str(c) for c in frame.columns]))
+                        + f" Columns: {', '.join(map(str, frame.columns))}.")
+    if len(frame) == 0:
+        raise DataError(f"{source} has a header and no data rows: no users to recommend for; pass one user id a row.")
+    keys = _id_keys(frame[column].reset_index(drop=True))
+    missing = np.flatnonzero(pd.isna(keys))
+    if len(missing):
+        rows = ", ".join(str(int(i) + 2) for i in missing[:5])   # +2: 1-based, after the header
+        raise DataError(f"{source}: column '{column}' is empty on {len(missing)} row(s) (file lines {rows}"
+                        f"{' ...' if len(missing) > 5 else ''}); every row needs a user id.")
+    _, first = np.unique(keys.astype(str), return_index=True)
+    first = np.sort(first)
+    return frame[column].to_numpy()[first], keys[first], len(keys) - len(first)
+
+
+def _prediction(task_type: str, out: torch.Tensor, classes: Sequence[str]) -> np.ndarray:
+    """A task's ``<task>_pred`` values from raw outputs ``[N]`` / ``[N, C]``: the probability
+    (binary; retrieval: sigmoid of the pair logit), the value (regression) or the class (multiclass)."""
+    if task_type in FUSABLE_TYPES:
+        return torch.sigmoid(out).numpy()
+    if task_type == "multiclass":
+        return np.asarray(classes, dtype=object)[out.argmax(-1).numpy()] if len(out) else np.zeros(0, dtype=object)
+    return out.numpy()
+
+
+def _progress(total: int, enabled: bool | None):
+    """A rich progress bar over ``total`` users on stderr (shown on a terminal, or when asked)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if enabled is None:
+        enabled = console.is_terminal
+    return Progress(TextColumn("recommend"), BarColumn(), MofNCompleteColumn(), TextColumn("users"),
+                    TimeRemainingColumn(), console=console, disable=not enabled, transient=True)
+
+
+def default_rank_by(task_types: Mapping[str, str]) -> dict[str, float]:
+    """``ranking.rank_by`` when the recipe gives none: the first retrieval task, else the first
+    binary task, with weight 1 (``{}`` when the model has neither)."""
+    for typ in ("retrieval", "binary"):
+        for task, t in task_types.items():
+            if t == typ:
+                return {task: 1.0}
+    return {}
+
+
+def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Per requested user key: ``(split number or -1, row in that split, {split: row keys})``.
+
+    A user's representative row is their first training row, else their first validation row,
+    else their first test row (``-1``: not in the data). Row keys come from the raw user column
+    the data module keeps (``__user__``), else from the id feature's vocabulary (then a user absent
+    from the training vocabulary cannot be found in the other splits)."""
+    import pandas as pd
+
+    vocab = dm.preprocessor.vocab.get(user_feature)
+    row_keys: dict[str, np.ndarray] = {}
+    for split in ("train", "val", "test"):
+        raw = dm.splits.get(split, {}).get("__user__")
+        if raw is not None and getattr(dm.table, "user", None) == user_feature:
+            row_keys[split] = _id_keys(raw)
+        else:  # through the vocabulary: code 0 (out of vocabulary) has no key
+            codes = dm.ids[split]["user"].numpy().astype(np.int64)
+            names = np.concatenate([[None], _id_keys(np.asarray(vocab))]).astype(object)
+            row_keys[split] = names[codes]
+    where_split = np.full(len(keys), -1)
+    where_row = np.zeros(len(keys), dtype=np.int64)
+    index = pd.Index(keys.astype(str))
+    for s, split in reversed(list(enumerate(("train", "val", "test")))):  # train last: it wins
+        rk = row_keys[split]
+        ok = np.array([k is not None for k in rk], dtype=bool)
+        pos = index.get_indexer(rk[ok].astype(str))
+        rows = np.flatnonzero(ok)
+        hit = pos >= 0
+        # first row of each user in this split: assign in reverse so the earliest row is written last
+        where_split[pos[hit][::-1]] = s
+        where_row[pos[hit][::-1]] = rows[hit][::-1]
+    return where_split, where_row, row_keys
+
+
+def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], lookup: torch.Tensor,
+          n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR ``(indptr, catalogue positions)`` of the items each requested user has a row with, in
+    any split (training, validation, test): what a recommender in production never shows again."""
+    import pandas as pd
+
+    index = pd.Index(keys.astype(str))
+    users, cols = [], []
+    for split, rk in row_keys.items():
+        ok = np.array([k is not None for k in rk], dtype=bool)
+        pos = np.full(len(rk), -1)
+        pos[ok] = index.get_indexer(rk[ok].astype(str))
+        hit = torch.from_numpy(np.flatnonzero(pos >= 0))
+        items = dm.ids[split]["item"].long()[hit]
+        users.append(torch.from_numpy(pos[pos >= 0]).long())
+        cols.append(lookup[items])
+    return csr_from_pairs(torch.cat(users), torch.cat(cols), n_users)
+
+
+def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Path | None = None, *,
+              accelerator: str = "auto", batch_size: int = 256, data_path: str | Path | None = None,
+              overrides: list[str] | None = None, progress: bool | None = None) -> RecommendResult:
+    """Top-``k`` items per user from a checkpoint whose recipe has a ``ranking:`` section.
+
+    Args:
+        checkpoint: an mtlframe checkpoint (``runs/<run>/checkpoints/best.ckpt``).
+        users: a CSV / Parquet file (or a pandas DataFrame) with a column named like the recipe's
+            user id feature (the first of ``ranking.user_features``); repeated ids count once.
+        k: list length per user.
+        output: CSV / Parquet file to write (``None``: only returned).
+        accelerator: ``auto`` (a GPU when there is one), ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        batch_size: users scored together (memory: ``batch_size * candidates`` pairs per step,
+            in forward passes of at most 65,536 pairs).
+        data_path: where the training data is now (it is loaded again to know the catalogue, each
+            user's features and history: it must be the data the checkpoint was trained on).
+        overrides: ``data.*`` and ``ranking.*`` overrides of the saved recipe
+            (``ranking.unknown_users=error``, ``ranking.rank_by={watch: 1}``).
+        progress: show a progress bar (default: on a terminal).
+
+    Returns :class:`RecommendResult`; ``frame`` has one row per (user, rank): ``user`` (as given),
+    ``rank`` (1 = best), ``item`` (raw id), ``score`` (the ``rank_by`` score ``sum_t w_t log p_t``;
+    for popularity rows the item's training row count), ``source`` (``model`` or ``popularity``) and
+    ``<task>_pred`` per task (empty for popularity rows: the model has no features for an unknown user).
+
+    Raises:
+        MTLFrameError: ``k < 1``; an override outside ``data.`` / ``ranking.``.
+        CheckpointError: the checkpoint's recipe has no ``ranking:`` section.
+        RecipeError: ``ranking.rank_by`` names a task that is not binary / retrieval.
+        DataError: the users file lacks the id column or has empty ids; unknown users under
+            ``ranking.unknown_users: error`` (their number and the first ids named); the data is not
+            the training data.
+    """
+    from mtlframe.batching import take
+    from mtlframe.errors import RecipeError
+    from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device, write_table
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MTLFrameError(f"--k must be an integer >= 1 (items per user), got {k!r}.")
+    if batch_size < 1:
+        raise MTLFrameError(f"--batch-size must be >= 1 (users per step), got {batch_size!r}.")
+    _quiet_lightning()
+    device = resolve_device(accelerator)
+    loaded = load_checkpoint(checkpoint)
+    if getattr(loaded.recipe.config, "ranking", None) is None:
+        raise CheckpointError(f"{checkpoint} was trained from a recipe without a ranking: section, so it has no user "
+                              "and item sides to rank the catalogue with; add ranking: {user_features: [...], "
+                              "item_features: [...]} to the recipe and retrain (see docs/ranking.md).")
+    user_feature = loaded.recipe.config.ranking.user_features[0]
+    raw_ids, keys, repeats = _read_users(users, user_feature)   # the user's file before the slow data load
+    dm, module = rebuild_system(checkpoint, loaded, command="recommend", data_path=data_path, overrides=overrides,
+                                sections=("data", "ranking"))
+    recipe = dm.recipe
+    ranking = recipe.config.ranking
+    model = module.model.to(device).eval()
+    task_types = {t.name: t.type for t in loaded.tasks}
+    classes = {t.name: t.classes for t in loaded.tasks}
+    rank_by = dict(ranking.rank_by or default_rank_by(task_types))
+    problems = rank_by_problems(rank_by, task_types) or ([] if rank_by else [(
+        "ranking.rank_by", "the model has no binary or retrieval task to rank by; add one (rank_by fuses "
+                           "probabilities)")])
+    if problems:
+        raise RecipeError(problems, recipe.source, recipe.lines)
+    unknown_policy = ranking.unknown_users
+    cat = dm.catalogue
+    n_items = len(cat.items)
+    lookup = torch.full((len(cat.counts),), -1, dtype=torch.long)
+    lookup[cat.items.long()] = torch.arange(n_items)
+    item_vocab = np.asarray(dm.preprocessor.vocab[cat.item_feature], dtype=object)
+    item_raw = item_vocab[(cat.items.long() - 1).numpy()]
+    start = time.perf_counter()
+
+    where_split, where_row, row_keys = _user_rows(dm, keys, user_feature)
+    known = np.flatnonzero(where_split >= 0)
+    unknown = np.flatnonzero(where_split < 0)
+    if len(unknown) and unknown_policy == "error":
+        shown = ", ".join(map(str, raw_ids[unknown][:10]))
+        raise DataError(f"{len(unknown)} of {len(keys)} users in {users if not hasattr(users, 'columns') else 'the users frame'} "
+                        f"are not in the data {checkpoint} was trained on (no row in any split): {shown}"
+                        f"{' ...' if len(unknown) > 10 else ''}. ranking.unknown_users is 'error'; pass "
+                        "ranking.unknown_users=popularity to give them the most popular items, or drop them.")
+    # the representative row of each known user, from the split it comes from
+    split_names = ("train", "val", "test")
+    keys_needed = list(cat.columns)
+    parts, order = [], []
+    for s, split in enumerate(split_names):
+        mine = known[where_split[known] == s]
+        if len(mine):
+            cols = dm.columns[split]
+            parts.append(take({c: cols[c] for c in keys_needed}, torch.from_numpy(where_row[mine])))
+            order.append(mine)
+    from mtlframe.datamodule import concat_columns
+
+    user_cols: dict[str, torch.Tensor] = {}
+    if parts:
+        user_cols = concat_columns(parts)
+        perm = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        user_cols = {c: v[perm].to(device) for c, v in user_cols.items()}   # row i = known[i]
+    item_cols = {c: v.to(device) for c, v in cat.columns.items()}
+    exclude_seen = bool(ranking.exclude_seen)
+    if exclude_seen and len(known):
+        indptr, seen_pos = _seen(dm, keys[known], row_keys, lookup, len(known))
+        indptr, seen_pos = indptr.to(device), seen_pos.to(device)
+    retrieval = next((t for t in rank_by if task_types[t] == "retrieval"), None) or next(
+        (t for t, typ in task_types.items() if typ == "retrieval"), None)
+    candidates = int(ranking.candidates)
+    use_retrieval = retrieval if retrieval is not None and n_items > candidates else None
+    item_vectors = None
+    with torch.inference_mode():
+        if use_retrieval is not None:
+            tower = model.retrieval[use_retrieval]
+            item_vectors = torch.cat([tower.item_vectors(model.encode(take(item_cols, torch.arange(
+                i, min(i + 65536, n_items), device=device)))) for i in range(0, n_items, 65536)])
+        batches = []
+        with _progress(len(known), progress) as bar:
+            job = bar.add_task("recommend", total=len(known))
+            for i in range(0, len(known), batch_size):
+                rows = torch.arange(i, min(i + batch_size, len(known)), device=device)
+                exclude = exclusion_mask(rows, indptr, seen_pos, n_items) if exclude_seen else None
+                ranked = rank_users(model, task_types, take(user_cols, rows), item_cols, exclude, k, rank_by,
+                                    candidates, use_retrieval, item_vectors)
+                bad = ~torch.isfinite(ranked.scores) & ranked.valid
+                if bad.any():
+                    raise CheckpointError(f"{checkpoint}: the model gives a non-finite score for {int(bad.sum())} "
+                                          "recommended pair(s); its weights are not finite: retrain (see the run's "
+                                          "train/loss).")
+                batches.append(Ranked(ranked.scores.cpu(), ranked.positions.cpu(), ranked.valid.cpu(),
+                                      {t: o.cpu() for t, o in ranked.outputs.items()}))
+                bar.advance(job, len(rows))
+    frame, short, distinct = _frame(raw_ids, known, unknown, batches, item_raw, cat, k, task_types, classes,
+                                    user_feature)
+    seconds = time.perf_counter() - start
+    if output is not None:
+        write_table(frame, output)
+    empty = int((where_split[known] > 0).sum())
+    return RecommendResult(Path(output) if output is not None else None, frame, len(keys), len(known), empty,
+                           len(unknown), short, n_items, distinct, seconds,
+                           use_retrieval, candidates if use_retrieval else n_items, rank_by)
+
+
+def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches: Sequence[Ranked],
+           item_raw: np.ndarray, cat, k: int, task_types: Mapping[str, str],
+           classes: Mapping[str, Sequence[str]], user_feature: str):
+    """The output table, users in the order of the users file, ranks 1..k within each."""
+    import pandas as pd
+
+    pieces = []
+    if batches:
+        valid = torch.cat([b.valid for b in batches]).numpy()
+        positions = torch.cat([b.positions for b in batches]).numpy()[valid]
+        scores = torch.cat([b.scores for b in batches]).numpy()[valid]
+        per_user = valid.sum(1)
+        model = {"order": np.repeat(known, per_user), "rank": np.concatenate([np.arange(1, n + 1) for n in per_user])
+                 if len(per_user) else np.zeros(0, dtype=np.int64),
+                 "item": item_raw[positions], "score": scores.astype(np.float64), "source": "model"}
+        for t, typ in task_types.items():
+            out = torch.cat([b.outputs[t] for b in batches])[torch.from_numpy(valid)]
+            model[f"{t}_pred"] = _prediction(typ, out, classes[t])
+        pieces.append(pd.DataFrame(model))
+        short = int((per_user < min(k, len(item_raw))).sum())
+    else:
+        short = 0
+    if len(unknown):
+        popular = popularity_order(cat.counts[cat.items.long()])[:k].numpy()
+        counts = cat.counts[cat.items.long()].numpy()
+        n = len(popular)
+        pop = {"order": np.repeat(unknown, n), "rank": np.tile(np.arange(1, n + 1), len(unknown)),
+               "item": np.tile(item_raw[popular], len(unknown)),
+               "score": np.tile(counts[popular].astype(np.float64), len(unknown)), "source": "popularity"}
+        for t in task_types:
+            pop[f"{t}_pred"] = np.nan
+        pieces.append(pd.DataFrame(pop))
+    frame = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(
+        columns=["order", "rank", "item", "score", "source", *(f"{t}_pred" for t in task_types)])
+    frame = frame.sort_values(["order", "rank"], kind="stable").reset_index(drop=True)
+    frame.insert(0, "user", raw_ids[frame.pop("order").to_numpy(dtype=np.int64)])
+    distinct = int(frame.loc[frame["source"] == "model", "item"].nunique())
+    return frame, short, distinct
