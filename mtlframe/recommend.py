@@ -36,42 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtlframe.backbones.base import TaskInputs
 from mtlframe.errors import CheckpointError, DataError, MTLFrameError
+from mtlframe.recipe import FUSABLE_TYPES, rank_by_problems
 
-#: task types whose prediction is a probability that ``rank_by`` can fuse (retrieval: sigmoid of the pair logit)
-FUSABLE_TYPES = ("binary", "retrieval")
 #: ``log p`` of a probability below this counts as ``log(1e-12)``: a zero probability ranks last, never NaN
 LOG_FLOOR = math.log(1e-12)
-
-
-def rank_by_problems(rank_by: Mapping[str, Any], task_types: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``(dotted path, message)`` of every problem of a ``ranking.rank_by`` mapping.
-
-    A weight must be a finite number >= 0 and name a task whose prediction is a probability:
-    binary tasks and retrieval tasks (``sigmoid`` of the pair's logit). A regression prediction
-    (a rating) is not a probability and a multiclass one is a distribution, so they are refused
-    rather than mapped: fuse on a binary task derived from them (``like``: rating >= 4), and their
-    predictions still appear in the output as ``<task>_pred``.
-    """
-    problems: list[tuple[str, str]] = []
-    for name, w in rank_by.items():
-        path = f"ranking.rank_by.{name}"
-        if name not in task_types:
-            from mtlframe.errors import closest, near_hint
-
-            problems.append((path, f"no task named '{name}'" + near_hint(closest(str(name), task_types))
-                             + f" Tasks: {', '.join(task_types)}."))
-            continue
-        typ = task_types[name]
-        if typ not in FUSABLE_TYPES:
-            problems.append((path, f"task '{name}' is a {typ} task: its prediction is not a probability, so it "
-                                   "cannot be a factor of prod_t p_t ** w_t. Fuse binary or retrieval tasks (derive a "
-                                   "binary task from it, e.g. like: rating >= 4); its prediction still appears in the "
-                                   f"output as {name}_pred."))
-        elif isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            problems.append((path, f"the weight of '{name}' must be a finite number >= 0 (an exponent of its "
-                                   f"probability), got {w!r}."))
-    return problems
 
 
 def log_probability(task_type: str, output: torch.Tensor) -> torch.Tensor:
@@ -239,28 +209,53 @@ class Ranked:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # {task: [Ub, k] or [Ub, k, C]} raw outputs
 
 
-def _pair_outputs(model, user_cols: Mapping[str, torch.Tensor], item_cols: Mapping[str, torch.Tensor],
+def take_rows(x: torch.Tensor | TaskInputs, index: torch.Tensor) -> torch.Tensor | TaskInputs:
+    """Rows ``index`` of encodings ``x`` (``[N, D]`` or :class:`TaskInputs`)."""
+    if isinstance(x, TaskInputs):
+        return TaskInputs(x.shared[index], {t: v[index] for t, v in x.tasks.items()})
+    return x[index]
+
+
+def cat_rows(parts: Sequence[torch.Tensor | TaskInputs]) -> torch.Tensor | TaskInputs:
+    """Row-wise concatenation of encodings (``[N_i, D]`` or :class:`TaskInputs`)."""
+    if isinstance(parts[0], TaskInputs):
+        return TaskInputs(torch.cat([p.shared for p in parts]),
+                          {t: torch.cat([p.tasks[t] for p in parts]) for t in parts[0].tasks})
+    return torch.cat(list(parts))
+
+
+def encode_rows(model, columns: Mapping[str, torch.Tensor], chunk: int = 65536) -> torch.Tensor | TaskInputs:
+    """``model.encode`` of model-ready columns ``[N]``, ``chunk`` rows at a time: ``[N, D]`` (or
+    :class:`TaskInputs`)."""
+    from mtlframe.batching import num_rows, take
+
+    n = num_rows(columns)
+    device = next(iter(columns.values())).device
+    return cat_rows([model.encode(take(columns, torch.arange(i, min(i + chunk, n), device=device)))
+                     for i in range(0, max(n, 1), chunk)])
+
+
+def _pair_outputs(model, x_users: torch.Tensor | TaskInputs, x_items: torch.Tensor | TaskInputs,
                   positions: torch.Tensor, pair_batch: int) -> dict[str, torch.Tensor]:
     """Every task's raw output for the (user ``u``, item ``positions[u, j]``) pairs: ``{task: [Ub, N, ...]}``.
 
-    The user's row is repeated ``N`` times and paired with the item rows by
-    :meth:`MultiTaskModel.compose`; pairs go through the model ``pair_batch`` at a time."""
-    from mtlframe.batching import take
-
+    The user's encoding is paired with each item's by :meth:`MultiTaskModel.compose` (the item-side
+    columns from the item's row), then the backbone, towers and retrieval heads run on the pairs,
+    ``pair_batch`` at a time."""
     n_users, n = positions.shape
     flat_items = positions.reshape(-1).clamp_min(0)
     flat_users = torch.arange(n_users, device=positions.device).repeat_interleave(n)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(flat_items), pair_batch):
         sl = slice(start, start + pair_batch)
-        pairs = model.compose(take(user_cols, flat_users[sl]), take(item_cols, flat_items[sl]))
-        for task, out in model(pairs).items():
+        x = model.compose(take_rows(x_users, flat_users[sl]), take_rows(x_items, flat_items[sl]))
+        for task, out in model.forward_from(x).items():
             parts.setdefault(task, []).append(out.float())
     return {t: torch.cat(v).reshape(n_users, n, *v[0].shape[1:]) for t, v in parts.items()}
 
 
-def rank_users(model, task_types: Mapping[str, str], user_cols: Mapping[str, torch.Tensor],
-               item_cols: Mapping[str, torch.Tensor], exclude: torch.Tensor | None, k: int,
+def rank_users(model, task_types: Mapping[str, str], x_users: torch.Tensor | TaskInputs,
+               x_items: torch.Tensor | TaskInputs, exclude: torch.Tensor | None, k: int,
                rank_by: Mapping[str, float], candidates: int, retrieval: str | None = None,
                item_vectors: torch.Tensor | None = None, pair_batch: int = 65536) -> Ranked:
     """The top ``k`` catalogue items of a batch of users, by ``rank_by`` over the full model.
@@ -268,30 +263,29 @@ def rank_users(model, task_types: Mapping[str, str], user_cols: Mapping[str, tor
     Args:
         model: a :class:`~mtlframe.model.MultiTaskModel` in eval mode (``compose``, ``retrieval``).
         task_types: ``{task: type}`` of every task of the model.
-        user_cols: model-ready columns of one representative row per user, ``[Ub]`` rows.
-        item_cols: model-ready columns of the catalogue, ``[I]`` rows (row ``j`` = position ``j``).
+        x_users: encodings (:meth:`MultiTaskModel.encode`) of one representative row per user, ``[Ub, D]``.
+        x_items: encodings of the catalogue, ``[I, D]`` (row ``j`` = position ``j``).
         exclude: ``[Ub, I]`` bool, True for items never to return (seen), or ``None``.
         k: list length.
         rank_by: ``{task: weight}`` (see :func:`fuse`).
         candidates: how many items the retrieval task passes to the fusion (``ranking.candidates``).
-        retrieval: the retrieval task generating the candidates; ``None``: every item is scored.
+        retrieval: the retrieval task choosing the candidates; ``None``: every item is scored.
         item_vectors: ``[I, d]`` that task's item vectors (computed once per catalogue).
         pair_batch: (user, item) pairs per forward pass.
 
-    Returns :class:`Ranked`. Every item scored by the fusion went through the same forward pass
-    as ``mtlframe predict`` would give it for that (user row, item row) pair.
+    Returns :class:`Ranked`. Each pair's outputs are those of the model's forward pass on the
+    user's row with the item's features (what ``mtlframe predict`` gives for that row).
     """
-    n_items = len(next(iter(item_cols.values())))
-    n_users = len(next(iter(user_cols.values())))
+    xu = x_users.shared if isinstance(x_users, TaskInputs) else x_users
+    n_users, n_items = len(xu), len(x_items.shared if isinstance(x_items, TaskInputs) else x_items)
     if retrieval is not None and n_items > candidates:
         tower = model.retrieval[retrieval]
-        user_vectors = tower.user_vectors(model.encode(user_cols))              # [Ub, d]
-        first = tower.scores(user_vectors, item_vectors)                        # [Ub, I]
+        first = tower.scores(tower.user_vectors(x_users), item_vectors)          # [Ub, I]
         _, cand, cvalid = top_k(first, candidates, exclude)                     # [Ub, N]
     else:
-        cand = torch.arange(n_items).expand(n_users, n_items)
+        cand = torch.arange(n_items, device=xu.device).expand(n_users, n_items)
         cvalid = torch.ones_like(cand, dtype=torch.bool) if exclude is None else ~exclude
-    outputs = _pair_outputs(model, user_cols, item_cols, cand, pair_batch)
+    outputs = _pair_outputs(model, x_users, x_items, cand, pair_batch)
     fused = fuse(outputs, rank_by, task_types)
     scores, idx, valid = top_k(fused, k, ~cvalid)
     safe = idx.clamp_min(0)
@@ -405,13 +399,15 @@ def _read_users(users: Any, column: str):
 
 
 def _prediction(task_type: str, out: torch.Tensor, classes: Sequence[str]) -> np.ndarray:
-    """A task's ``<task>_pred`` values from raw outputs ``[N]`` / ``[N, C]``: the probability
-    (binary; retrieval: sigmoid of the pair logit), the value (regression) or the class (multiclass)."""
-    if task_type in FUSABLE_TYPES:
-        return torch.sigmoid(out).numpy()
+    """A task's ``<task>_pred`` values from raw outputs ``[N]`` / ``[N, C]``, as ``mtlframe predict``
+    gives them (:func:`~mtlframe.tasks.to_prediction`): the probability (binary; retrieval: the
+    sigmoid of the pair's logit), the value (regression) or the most probable class (multiclass)."""
+    from mtlframe.tasks import to_prediction
+
+    values = to_prediction(task_type, out)
     if task_type == "multiclass":
-        return np.asarray(classes, dtype=object)[out.argmax(-1).numpy()] if len(out) else np.zeros(0, dtype=object)
-    return out.numpy()
+        return np.asarray(classes, dtype=object)[values.argmax(-1).numpy()] if len(out) else np.zeros(0, dtype=object)
+    return values.numpy()
 
 
 def _progress(total: int, enabled: bool | None):
@@ -441,16 +437,17 @@ def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.
 
     A user's representative row is their first training row, else their first validation row,
     else their first test row (``-1``: not in the data). Row keys come from the raw user column
-    the data module keeps (``__user__``), else from the id feature's vocabulary (then a user absent
-    from the training vocabulary cannot be found in the other splits)."""
+    the loaded table keeps (the dataset's ``user`` column), else from the id feature's vocabulary
+    (then a user absent from the training vocabulary cannot be found in the other splits)."""
     import pandas as pd
 
     vocab = dm.preprocessor.vocab.get(user_feature)
     row_keys: dict[str, np.ndarray] = {}
+    frame = dm.table.frame
+    raw_all = _id_keys(frame[user_feature].reset_index(drop=True)) if user_feature in frame.columns else None
     for split in ("train", "val", "test"):
-        raw = dm.splits.get(split, {}).get("__user__")
-        if raw is not None and getattr(dm.table, "user", None) == user_feature:
-            row_keys[split] = _id_keys(raw)
+        if raw_all is not None:
+            row_keys[split] = raw_all[dm.split_index[split]]
         else:  # through the vocabulary: code 0 (out of vocabulary) has no key
             codes = dm.ids[split]["user"].numpy().astype(np.int64)
             names = np.concatenate([[None], _id_keys(np.asarray(vocab))]).astype(object)
@@ -470,8 +467,7 @@ def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.
     return where_split, where_row, row_keys
 
 
-def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], lookup: torch.Tensor,
-          n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], cat, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR ``(indptr, catalogue positions)`` of the items each requested user has a row with, in
     any split (training, validation, test): what a recommender in production never shows again."""
     import pandas as pd
@@ -485,7 +481,7 @@ def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], lookup: torc
         hit = torch.from_numpy(np.flatnonzero(pos >= 0))
         items = dm.ids[split]["item"].long()[hit]
         users.append(torch.from_numpy(pos[pos >= 0]).long())
-        cols.append(lookup[items])
+        cols.append(cat.positions(items))
     return csr_from_pairs(torch.cat(users), torch.cat(cols), n_users)
 
 
@@ -555,8 +551,6 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     unknown_policy = ranking.unknown_users
     cat = dm.catalogue
     n_items = len(cat.items)
-    lookup = torch.full((len(cat.counts),), -1, dtype=torch.long)
-    lookup[cat.items.long()] = torch.arange(n_items)
     item_vocab = np.asarray(dm.preprocessor.vocab[cat.item_feature], dtype=object)
     item_raw = item_vocab[(cat.items.long() - 1).numpy()]
     start = time.perf_counter()
@@ -590,7 +584,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     item_cols = {c: v.to(device) for c, v in cat.columns.items()}
     exclude_seen = bool(ranking.exclude_seen)
     if exclude_seen and len(known):
-        indptr, seen_pos = _seen(dm, keys[known], row_keys, lookup, len(known))
+        indptr, seen_pos = _seen(dm, keys[known], row_keys, cat, len(known))
         indptr, seen_pos = indptr.to(device), seen_pos.to(device)
     retrieval = next((t for t in rank_by if task_types[t] == "retrieval"), None) or next(
         (t for t, typ in task_types.items() if typ == "retrieval"), None)
@@ -598,18 +592,17 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     use_retrieval = retrieval if retrieval is not None and n_items > candidates else None
     item_vectors = None
     with torch.inference_mode():
+        x_items = encode_rows(model, item_cols)                                   # [I, D]
         if use_retrieval is not None:
-            tower = model.retrieval[use_retrieval]
-            item_vectors = torch.cat([tower.item_vectors(model.encode(take(item_cols, torch.arange(
-                i, min(i + 65536, n_items), device=device)))) for i in range(0, n_items, 65536)])
+            item_vectors = model.retrieval[use_retrieval].item_vectors(x_items)   # [I, d]
         batches = []
         with _progress(len(known), progress) as bar:
             job = bar.add_task("recommend", total=len(known))
             for i in range(0, len(known), batch_size):
                 rows = torch.arange(i, min(i + batch_size, len(known)), device=device)
                 exclude = exclusion_mask(rows, indptr, seen_pos, n_items) if exclude_seen else None
-                ranked = rank_users(model, task_types, take(user_cols, rows), item_cols, exclude, k, rank_by,
-                                    candidates, use_retrieval, item_vectors)
+                ranked = rank_users(model, task_types, model.encode(take(user_cols, rows)), x_items, exclude, k,
+                                    rank_by, candidates, use_retrieval, item_vectors)
                 bad = ~torch.isfinite(ranked.scores) & ranked.valid
                 if bad.any():
                     raise CheckpointError(f"{checkpoint}: the model gives a non-finite score for {int(bad.sum())} "
