@@ -133,3 +133,102 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> Path:
     path = folder / "meta.json"
     path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return path
+
+
+def export_embeddings(checkpoint: str | Path, output: str | Path, *, k: int | None = None, faiss: str | None = None,
+                      accelerator: str = "auto", data_path: str | Path | None = None,
+                      overrides: list[str] | None = None, batch_size: int = 1024) -> dict[str, dict[str, Any]]:
+    """Write the user and item vectors of every retrieval task of a checkpoint (see the module docstring).
+
+    Users: every user of the training data (any split), each from the same representative row as
+    ``mtlframe recommend`` uses (first training row, else validation, else test); items: the
+    catalogue (every item with a training row).
+
+    Args:
+        checkpoint: an mtlframe checkpoint with at least one ``retrieval`` task.
+        output: the folder to write (``OUTPUT/<task>/...``).
+        k: also write ``top_k.csv``, every user's exact top ``k`` by matrix product, items the user
+            has a row with (any split) excluded, ``score`` = the task's logit ``u . v / temperature``.
+        faiss: also write ``items.faiss`` (``flat``: exact; ``hnsw``: approximate), an
+            inner-product index; load it with ``faiss.read_index``.
+        accelerator, data_path, overrides: as for :func:`mtlframe.recommend.recommend` (``data.*`` only).
+        batch_size: users per matrix product for ``k``.
+
+    Returns ``{task: {"users", "items", "dim", "similarity", "temperature", "files"}}``.
+
+    Raises:
+        CheckpointError: no ``ranking:`` section or no retrieval task.
+        MTLFrameError: faiss asked for and not installed; ``k < 1``.
+        DataError: the data is not the data the checkpoint was trained on.
+    """
+    import pandas as pd
+
+    from mtlframe.errors import CheckpointError, DataError
+    from mtlframe.recommend import (_seen, _user_rows, all_users, catalogue_ids, encode_rows, exclusion_mask,
+                                    user_columns)
+    from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device
+
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise MTLFrameError(f"--k must be an integer >= 1, got {k!r}.")
+    if faiss is not None:
+        _faiss()   # before the slow data load: a missing package shows at once
+        if faiss not in FAISS_KINDS:
+            raise MTLFrameError(f"faiss index kind {faiss!r} is not one of {', '.join(FAISS_KINDS)}.")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--output {out} is a file; embeddings writes a folder (one subfolder per retrieval task).")
+    _quiet_lightning()
+    device = resolve_device(accelerator)
+    loaded = load_checkpoint(checkpoint)
+    retrieval = [t.name for t in loaded.tasks if t.type == "retrieval"]
+    if loaded.recipe.config.ranking is None or not retrieval:
+        raise CheckpointError(f"{checkpoint} has no retrieval task, so no user and item vectors to export; "
+                              "mtlframe recommend ranks with its other tasks.")
+    dm, module = rebuild_system(checkpoint, loaded, command="embeddings", data_path=data_path, overrides=overrides)
+    model = module.model.to(device).eval()
+    cat = dm.catalogue
+    user_feature = cat.user_feature
+    raw_users, keys = all_users(dm, user_feature)
+    where_split, where_row, row_keys = _user_rows(dm, keys, user_feature)
+    found = where_split >= 0
+    raw_users, keys, where_split, where_row = raw_users[found], keys[found], where_split[found], where_row[found]
+    user_cols = {c: v.to(device) for c, v in user_columns(dm, where_split, where_row, list(cat.columns)).items()}
+    item_ids = catalogue_ids(dm)
+    result: dict[str, dict[str, Any]] = {}
+    with torch.inference_mode():
+        x_users = encode_rows(model, user_cols)
+        x_items = encode_rows(model, {c: v.to(device) for c, v in cat.columns.items()})
+        seen = None
+        if k is not None:
+            indptr, positions = _seen(dm, keys, row_keys, cat, len(keys))
+            seen = (indptr.to(device), positions.to(device))
+        for task in retrieval:
+            head = model.retrieval[task]
+            u, v = head.user_vectors(x_users).float(), head.item_vectors(x_items).float()
+            folder = out / task
+            files = write_vectors(folder, "user", raw_users, u) + write_vectors(folder, "item", item_ids, v)
+            if k is not None:
+                scores, index, valid = exact_top_k(
+                    u / head.temperature, v, k, batch_size=batch_size,
+                    exclude=lambda rows: exclusion_mask(rows.to(device), seen[0], seen[1], len(v)))
+                valid_np = valid.cpu().numpy()
+                per_user = valid_np.sum(1)
+                frame = pd.DataFrame({
+                    "user": np.repeat(raw_users, per_user),
+                    "rank": np.concatenate([np.arange(1, n + 1) for n in per_user]) if len(per_user) else [],
+                    "item": item_ids[index.cpu().numpy()[valid_np]],
+                    "score": scores.cpu().numpy()[valid_np].astype(np.float64)})
+                files.append(folder / "top_k.csv")
+                frame.to_csv(files[-1], index=False)
+            if faiss is not None:
+                index_ = build_faiss_index(v, faiss)
+                files.append(folder / "items.faiss")
+                _faiss().write_index(index_, str(files[-1]))
+            meta = {"task": task, "users": len(raw_users), "items": len(item_ids), "dim": int(u.shape[1]),
+                    "similarity": head.similarity, "temperature": head.temperature,
+                    "logit": "users[i] . items[j] / temperature", "user_feature": user_feature,
+                    "item_feature": cat.item_feature, "checkpoint": str(checkpoint)}
+            files.append(write_meta(folder, meta))
+            result[task] = {**{key: meta[key] for key in ("users", "items", "dim", "similarity", "temperature")},
+                            "files": [f.name for f in files]}
+    return result

@@ -323,6 +323,8 @@ class RecommendResult:
         seconds: wall time of the ranking (data loading excluded).
         retrieval: the retrieval task that chose the candidates (``None``: every item scored).
         candidates: candidates per user passed to the fusion.
+        rank_by: the fusion weights used.
+        repeated: rows of the users file whose id was listed before (each user is ranked once).
     """
 
     output: Path | None
@@ -338,6 +340,7 @@ class RecommendResult:
     retrieval: str | None
     candidates: int
     rank_by: dict[str, float] = field(default_factory=dict)
+    repeated: int = 0
 
     @property
     def users_per_second(self) -> float:
@@ -346,7 +349,8 @@ class RecommendResult:
     def summary(self) -> list[tuple[str, str]]:
         """``(what, value)`` rows of the summary table."""
         first = (f"{self.retrieval} top {self.candidates}" if self.retrieval else f"all {self.catalogue} items")
-        return [("users", f"{self.users:,}"), ("ranked by the model", f"{self.model_users:,}"),
+        return [("users", f"{self.users:,}" + (f" ({self.repeated:,} repeated rows dropped)" if self.repeated else "")),
+                ("ranked by the model", f"{self.model_users:,}"),
                 ("  with no training row", f"{self.empty_history:,}"),
                 ("unknown: most popular items", f"{self.popularity_users:,}"),
                 ("fewer than k items left", f"{self.short_lists:,}"),
@@ -485,6 +489,51 @@ def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], cat, n_users
     return csr_from_pairs(torch.cat(users), torch.cat(cols), n_users)
 
 
+def user_columns(dm, where_split: np.ndarray, where_row: np.ndarray, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Model-ready columns ``keys`` of one row per user: row ``i`` is row ``where_row[i]`` of split
+    ``("train", "val", "test")[where_split[i]]`` (see :func:`_user_rows`)."""
+    from mtlframe.batching import take
+    from mtlframe.datamodule import concat_columns
+
+    parts, order = [], []
+    for s, split in enumerate(("train", "val", "test")):
+        mine = np.flatnonzero(where_split == s)
+        if len(mine):
+            cols = dm.columns[split]
+            parts.append(take({c: cols[c] for c in keys}, torch.from_numpy(where_row[mine])))
+            order.append(mine)
+    if not parts:
+        return {c: dm.catalogue.columns[c][:0] for c in keys}
+    out = concat_columns(parts)
+    perm = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+    return {c: v[perm] for c, v in out.items()}
+
+
+def all_users(dm, user_feature: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw ids, keys)`` of every user of the data, in order of first appearance in the training,
+    then validation, then test split (only the training vocabulary when the table keeps no raw
+    user column)."""
+    import pandas as pd
+
+    frame = dm.table.frame
+    if user_feature in frame.columns:
+        order = np.concatenate([dm.split_index[s] for s in ("train", "val", "test")])
+        raw = frame[user_feature].to_numpy()[order]
+        keys = _id_keys(pd.Series(raw))
+        _, first = np.unique(keys.astype(str), return_index=True)
+        first = np.sort(first)
+        return raw[first], keys[first]
+    vocab = np.asarray(dm.preprocessor.vocab[user_feature], dtype=object)
+    return vocab, _id_keys(vocab)
+
+
+def catalogue_ids(dm) -> np.ndarray:
+    """Raw item id of each catalogue position ``[I]`` (from the item id feature's vocabulary)."""
+    cat = dm.catalogue
+    vocab = np.asarray(dm.preprocessor.vocab[cat.item_feature], dtype=object)
+    return vocab[(cat.items.long() - 1).numpy()]
+
+
 def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Path | None = None, *,
               accelerator: str = "auto", batch_size: int = 256, data_path: str | Path | None = None,
               overrides: list[str] | None = None, progress: bool | None = None) -> RecommendResult:
@@ -551,8 +600,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     unknown_policy = ranking.unknown_users
     cat = dm.catalogue
     n_items = len(cat.items)
-    item_vocab = np.asarray(dm.preprocessor.vocab[cat.item_feature], dtype=object)
-    item_raw = item_vocab[(cat.items.long() - 1).numpy()]
+    item_raw = catalogue_ids(dm)
     start = time.perf_counter()
 
     where_split, where_row, row_keys = _user_rows(dm, keys, user_feature)
@@ -564,23 +612,8 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
                         f"are not in the data {checkpoint} was trained on (no row in any split): {shown}"
                         f"{' ...' if len(unknown) > 10 else ''}. ranking.unknown_users is 'error'; pass "
                         "ranking.unknown_users=popularity to give them the most popular items, or drop them.")
-    # the representative row of each known user, from the split it comes from
-    split_names = ("train", "val", "test")
-    keys_needed = list(cat.columns)
-    parts, order = [], []
-    for s, split in enumerate(split_names):
-        mine = known[where_split[known] == s]
-        if len(mine):
-            cols = dm.columns[split]
-            parts.append(take({c: cols[c] for c in keys_needed}, torch.from_numpy(where_row[mine])))
-            order.append(mine)
-    from mtlframe.datamodule import concat_columns
-
-    user_cols: dict[str, torch.Tensor] = {}
-    if parts:
-        user_cols = concat_columns(parts)
-        perm = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
-        user_cols = {c: v[perm].to(device) for c, v in user_cols.items()}   # row i = known[i]
+    user_cols = {c: v.to(device) for c, v in user_columns(dm, where_split[known], where_row[known],
+                                                           list(cat.columns)).items()}   # row i = known[i]
     item_cols = {c: v.to(device) for c, v in cat.columns.items()}
     exclude_seen = bool(ranking.exclude_seen)
     if exclude_seen and len(known):
@@ -619,7 +652,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     empty = int((where_split[known] > 0).sum())
     return RecommendResult(Path(output) if output is not None else None, frame, len(keys), len(known), empty,
                            len(unknown), short, n_items, distinct, seconds,
-                           use_retrieval, candidates if use_retrieval else n_items, rank_by)
+                           use_retrieval, candidates if use_retrieval else n_items, rank_by, repeats)
 
 
 def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches: Sequence[Ranked],
