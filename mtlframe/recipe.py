@@ -797,7 +797,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
         check_component("encoder", enc, f"model.encoders[{i}]", source, problems, checked)
     _check_repeated_features(model_d.get("encoders"), problems)
-    if "backbone" in model_d:
+    if model_d.get("backbone") is not None:  # None: a saved recipe whose tasks are all retrieval tasks
         check_component("backbone", model_d["backbone"], "model.backbone", source, problems, checked)
     check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems, checked)
     towers = model_d.get("towers") or {}

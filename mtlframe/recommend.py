@@ -9,7 +9,7 @@ Example::
 The order of a user's list:
 
 1. **Candidates.** With a retrieval task, its two-tower score ranks the catalogue and the top
-   ``ranking.candidates`` items not excluded go on; with no retrieval task, or a catalogue of at most
+   ``max(ranking.candidates, k)`` items not excluded go on; with no retrieval task, or a catalogue of at most
    ``candidates`` items, every catalogue item is a candidate.
 2. **Fusion.** Every task scores every (user, candidate) pair through the full model
    (:meth:`MultiTaskModel.compose` pairs the user's row with the item's row) and the candidates are
@@ -528,8 +528,15 @@ def all_users(dm, user_feature: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def catalogue_ids(dm) -> np.ndarray:
-    """Raw item id of each catalogue position ``[I]`` (from the item id feature's vocabulary)."""
+    """Raw item id of each catalogue position ``[I]``, as the data holds it (from the table's item
+    column when it keeps one, else from the item id feature's vocabulary, as strings)."""
     cat = dm.catalogue
+    frame = dm.table.frame
+    if cat.item_feature in frame.columns:
+        raw = frame[cat.item_feature].to_numpy()[dm.split_index["train"]]
+        codes = dm.ids["train"]["item"].numpy()
+        uniq, first = np.unique(codes, return_index=True)
+        return raw[first[np.searchsorted(uniq, cat.items.numpy())]]
     vocab = np.asarray(dm.preprocessor.vocab[cat.item_feature], dtype=object)
     return vocab[(cat.items.long() - 1).numpy()]
 
@@ -621,7 +628,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
         indptr, seen_pos = indptr.to(device), seen_pos.to(device)
     retrieval = next((t for t in rank_by if task_types[t] == "retrieval"), None) or next(
         (t for t, typ in task_types.items() if typ == "retrieval"), None)
-    candidates = int(ranking.candidates)
+    candidates = max(int(ranking.candidates), k)   # at least k, so that k items can come out
     use_retrieval = retrieval if retrieval is not None and n_items > candidates else None
     item_vectors = None
     with torch.inference_mode():
@@ -669,7 +676,7 @@ def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches:
         per_user = valid.sum(1)
         model = {"order": np.repeat(known, per_user), "rank": np.concatenate([np.arange(1, n + 1) for n in per_user])
                  if len(per_user) else np.zeros(0, dtype=np.int64),
-                 "item": item_raw[positions], "score": scores.astype(np.float64), "source": "model"}
+                 "item": item_raw[positions], "score": scores.astype(np.float32), "source": "model"}
         for t, typ in task_types.items():
             out = torch.cat([b.outputs[t] for b in batches])[torch.from_numpy(valid)]
             model[f"{t}_pred"] = _prediction(typ, out, classes[t])
@@ -683,7 +690,7 @@ def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches:
         n = len(popular)
         pop = {"order": np.repeat(unknown, n), "rank": np.tile(np.arange(1, n + 1), len(unknown)),
                "item": np.tile(item_raw[popular], len(unknown)),
-               "score": np.tile(counts[popular].astype(np.float64), len(unknown)), "source": "popularity"}
+               "score": np.tile(counts[popular].astype(np.float32), len(unknown)), "source": "popularity"}
         for t in task_types:
             pop[f"{t}_pred"] = np.nan
         pieces.append(pd.DataFrame(pop))
