@@ -195,9 +195,13 @@ class _Strict(BaseModel):
 class SplitConfig(_Strict):
     """How rows are split. ``random``: seeded shuffle. ``time``: ordered by the dataset's
     timestamp, the last ``test`` fraction is test, the ``val`` fraction before it is validation.
-    ``cold-start``: a ``cold_items`` fraction of items (and all their rows) go to the test split."""
+    ``cold-start``: a ``cold_items`` fraction of items (and all their rows) go to the test split.
+    ``user-random``: each user's rows shuffled and split by ``val`` / ``test`` with RecBole's
+    per-user rounding (its default 8:1:1 protocol). ``leave-last-out``: per user by timestamp, the
+    last row is test, the one before validation (``val`` / ``test`` do not apply).
+    See :func:`mtlframe.datamodule.split_indices`."""
 
-    name: Literal["random", "time", "cold-start"] = "random"
+    name: Literal["random", "user-random", "leave-last-out", "time", "cold-start"] = "random"
     val: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
     cold_items: float = Field(0.1, gt=0.0, lt=1.0)
@@ -206,6 +210,9 @@ class SplitConfig(_Strict):
     def _fractions(self) -> "SplitConfig":
         if self.val + self.test >= 1.0:
             raise ValueError("val + test must be below 1.0 so that rows remain for training")
+        if self.name == "leave-last-out" and {"val", "test"} & self.model_fields_set:
+            raise ValueError("leave-last-out puts each user's last row in test and the one before it in val; "
+                             "val / test fractions do not apply: remove them, or use name: user-random.")
         return self
 
 
@@ -921,6 +928,41 @@ def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> 
                 first[col] = path
 
 
+def default_task_metrics(task_type: str, ks: Any = None) -> list[str]:
+    """A task's metrics when its recipe entry lists none: :data:`~mtlframe.features.DEFAULT_METRICS`;
+    for a ``retrieval`` task the full-ranking metrics at every K of ``ranking.k`` (``ks``; default
+    ``[10, 20]``), ``ndcg@<first K>`` first (the primary)."""
+    if task_type == "retrieval":
+        from mtlframe.ranking import default_ranking_metrics
+
+        ok = isinstance(ks, list) and ks and all(isinstance(k, int) and k >= 1 for k in ks)
+        return default_ranking_metrics(ks if ok else [10, 20])
+    return list(DEFAULT_METRICS[task_type])
+
+
+def _ranking_ks(data: dict) -> Any:
+    ranking = data.get("ranking")
+    return ranking.get("k") if isinstance(ranking, dict) else None
+
+
+def _check_ranking_metrics(tname: str, task: dict, ks: Any, problems: list[tuple[str, str]]) -> None:
+    """A retrieval task's metrics are the full-ranking ones (``ndcg@10``, ...)."""
+    from mtlframe.ranking import RANKING_METRICS, parse_ranking_metric
+
+    metrics = task.get("metrics") or []
+    for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+        if not isinstance(m, str) or parse_ranking_metric(m) is not None:
+            continue
+        _, sep, k = m.rpartition("@")
+        k = k if sep and k.isdigit() and int(k) >= 1 else str(default_task_metrics("retrieval", ks)[0].split("@")[1])
+        near = closest(m, [f"{b}@{k}" for b in RANKING_METRICS], n=1)
+        problems.append((f"tasks.{tname}.metrics[{i}]",
+                         f"'{m}' is not a full-ranking metric" + near_hint(near, ".")
+                         + f" Retrieval task '{tname}' is evaluated by ranking the whole catalogue for each user: "
+                         f"{', '.join(b + '@K' for b in RANKING_METRICS)} (K a positive integer, e.g. ndcg@10; "
+                         "see docs/ranking.md). Leave `metrics` out for all of them at each K of ranking.k."))
+
+
 def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
     from mtlframe.metrics.base import resolve_metric
     from mtlframe.registry import get_registry
@@ -928,7 +970,10 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
     reg = get_registry()
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     for tname, task in tasks.items():
-        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES or task.get("type") == "retrieval":
+        if isinstance(task, dict) and task.get("type") == "retrieval":
+            _check_ranking_metrics(tname, task, _ranking_ks(data), problems)
+            continue
+        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
         metrics = task.get("metrics") or []
         for i, m in enumerate(metrics if isinstance(metrics, list) else []):
@@ -978,7 +1023,8 @@ def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) ->
         if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
         names.append(tname)
-        metrics = task.get("metrics") if isinstance(task.get("metrics"), list) else DEFAULT_METRICS[task["type"]]
+        metrics = (task.get("metrics") if isinstance(task.get("metrics"), list)
+                   else default_task_metrics(task["type"], _ranking_ks(data)))
         valid += [f"val/{tname}/{m}" for m in metrics] + [f"train/loss/{tname}"]
     for section in ("checkpoint", "early_stopping"):
         block = data.get(section)
@@ -1041,7 +1087,8 @@ class Recipe:
 
     def task_metrics(self, task: str) -> list[str]:
         t = self.config.tasks[task]
-        return list(t.metrics) if t.metrics else list(DEFAULT_METRICS[t.type])
+        return list(t.metrics) if t.metrics else default_task_metrics(
+            t.type, self.config.ranking.k if self.config.ranking is not None else None)
 
     def metrics_group_column(self) -> str | None:
         """The ``metrics_group`` column when some task lists a grouped metric (else ``None``:
@@ -1051,7 +1098,9 @@ class Recipe:
         group = self.config.metrics_group
         if group is None:
             return None
-        for tname in self.config.tasks:
+        for tname, task in self.config.tasks.items():
+            if task.type == "retrieval":  # full-ranking metrics: per user by construction, no group column
+                continue
             if any(getattr(resolve_metric(m)[1], "grouped", False) for m in self.task_metrics(tname)):
                 return group.column
         return None
