@@ -43,19 +43,18 @@ def exact_top_k(users: torch.Tensor, items: torch.Tensor, k: int, exclude: Any =
             the items each user has seen.
         batch_size: users per matrix product (memory ``batch_size * I`` floats).
 
-    Returns ``(scores [U, k'], index [U, k'], valid [U, k'])`` as :func:`mtlframe.recommend.top_k`
-    (``k' = min(k, I)``, ties by the lower item row).
+    Returns ``(scores [U, k], index [U, k], valid [U, k])`` as :func:`mtlframe.recommend.top_k_scored`
+    (ties by the lower item row; ``valid`` False past the end of a short list).
     """
-    from mtlframe.recommend import top_k
+    from mtlframe.recommend import top_k_scored
 
     outs = []
     for start in range(0, len(users), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(users)))
         scores = users[rows].float() @ items.float().T
-        outs.append(top_k(scores, k, None if exclude is None else exclude(rows)))
+        outs.append(top_k_scored(scores, k, None if exclude is None else exclude(rows)))
     if not outs:
-        kk = min(k, len(items))
-        return (torch.empty(0, kk), torch.empty(0, kk, dtype=torch.long), torch.empty(0, kk, dtype=torch.bool))
+        return (torch.empty(0, k), torch.empty(0, k, dtype=torch.long), torch.empty(0, k, dtype=torch.bool))
     return tuple(torch.cat(parts) for parts in zip(*outs))  # type: ignore[return-value]
 
 
@@ -164,8 +163,7 @@ def export_embeddings(checkpoint: str | Path, output: str | Path, *, k: int | No
     import pandas as pd
 
     from mtlframe.errors import CheckpointError, DataError
-    from mtlframe.recommend import (_seen, _user_rows, all_users, catalogue_ids, encode_rows, exclusion_mask,
-                                    user_columns)
+    from mtlframe.recommend import _seen, _user_rows, all_users, catalogue_ids, encode_rows, user_columns
     from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device
 
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -200,8 +198,7 @@ def export_embeddings(checkpoint: str | Path, output: str | Path, *, k: int | No
         x_items = encode_rows(model, {c: v.to(device) for c, v in cat.columns.items()})
         seen = None
         if k is not None:
-            indptr, positions = _seen(dm, keys, row_keys, cat, len(keys))
-            seen = (indptr.to(device), positions.to(device))
+            seen = _seen(dm, keys, row_keys, cat, len(keys))
         for task in retrieval:
             head = model.retrieval[task]
             u, v = head.user_vectors(x_users).float(), head.item_vectors(x_items).float()
@@ -210,7 +207,7 @@ def export_embeddings(checkpoint: str | Path, output: str | Path, *, k: int | No
             if k is not None:
                 scores, index, valid = exact_top_k(
                     u / head.temperature, v, k, batch_size=batch_size,
-                    exclude=lambda rows: exclusion_mask(rows.to(device), seen[0], seen[1], len(v)))
+                    exclude=lambda rows: seen.dense(int(rows[0]), int(rows[-1]) + 1, len(v), device))
                 valid_np = valid.cpu().numpy()
                 per_user = valid_np.sum(1)
                 frame = pd.DataFrame({

@@ -16,7 +16,7 @@ The order of a user's list:
    re-ranked by ``ranking.rank_by``: ``score = sum_t w_t * log p_t`` (the log of
    ``prod_t p_t ** w_t``), :func:`fuse`.
 3. **Top K** by that score, ties broken by the lower catalogue position (the item's code, so the
-   more frequent item in training), :func:`top_k`. The same checkpoint, data and users give the
+   more frequent item in training), :func:`top_k_scored`. The same checkpoint, data and users give the
    same file, byte for byte.
 
 Items the user has seen (any row of theirs in the training, validation or test split) are never
@@ -38,6 +38,7 @@ import torch
 
 from mtlframe.backbones.base import TaskInputs
 from mtlframe.errors import CheckpointError, DataError, MTLFrameError
+from mtlframe.ranking.evaluate import CSR
 from mtlframe.recipe import FUSABLE_TYPES, rank_by_problems
 
 #: ``log p`` of a probability below this counts as ``log(1e-12)``: a zero probability ranks last, never NaN
@@ -84,103 +85,29 @@ def fuse(outputs: Mapping[str, torch.Tensor], weights: Mapping[str, float],
     return total
 
 
-def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``k`` best columns of each row, ties broken by the lower column index, excluded columns never.
-
-    Vectorized over rows (no Python loop per row): ``torch.topk`` finds each row's ``k``-th value,
-    the columns above it are taken, then the columns equal to it in index order until ``k``, and
-    the ``k`` taken are sorted by (score descending, index ascending). So the result does not
-    depend on ``torch.topk``'s (unspecified) order among ties: the same scores give the same lists.
+def top_k_scored(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`mtlframe.ranking.evaluate.top_k` (the ``k`` best columns per row, ties by the lower
+    column, excluded columns never) with the scores and a validity mask.
 
     Args:
-        scores: ``[U, C]`` float scores (higher is better); NaN is not allowed.
+        scores: ``[U, C]`` float scores (higher is better).
         k: how many per row, ``>= 1``.
         exclude: ``[U, C]`` bool, True where a column must not be returned (seen items).
 
     Returns:
-        ``(values [U, k'], index [U, k'], valid [U, k'])`` with ``k' = min(k, C)``; ``valid`` is
-        False past the end of a row that has fewer than ``k'`` columns not excluded (those entries
-        hold index ``-1`` and value ``-inf``).
+        ``(values [U, k], index [U, k], valid [U, k])``: ``valid`` is False past the end of a row
+        with fewer than ``k`` columns left (index ``-1``, value ``-inf`` there).
 
     Raises:
-        ValueError: ``k < 1``, ``scores`` not 2-D, holds NaN, or ``exclude`` of another shape.
+        MTLFrameError: a score of an allowed column is NaN (the model diverged).
     """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [U, C], got shape {tuple(scores.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if torch.isnan(scores).any():
-        raise ValueError("scores hold NaN")
-    n_rows, n_cols = scores.shape
-    kk = min(k, n_cols)
-    if n_rows == 0 or kk == 0:
-        empty = scores.new_empty((n_rows, kk))
-        return empty, torch.full((n_rows, kk), -1, dtype=torch.long, device=scores.device), \
-            torch.zeros((n_rows, kk), dtype=torch.bool, device=scores.device)
-    s = scores.float()
-    allowed = torch.ones_like(s, dtype=torch.bool)
-    if exclude is not None:
-        if exclude.shape != scores.shape:
-            raise ValueError(f"exclude has shape {tuple(exclude.shape)}, scores {tuple(scores.shape)}")
-        allowed = ~exclude
-        s = s.masked_fill(exclude, float("-inf"))
-    # -inf also for allowed columns whose score is -inf: they rank last but stay allowed
-    kth = torch.topk(s, kk, dim=1, sorted=False).values.min(dim=1, keepdim=True).values  # [U, 1]
-    above = (s > kth) & allowed
-    tie = (s == kth) & allowed
-    need = kk - above.sum(dim=1, keepdim=True)                        # ties to take, in index order
-    take = above | (tie & (torch.cumsum(tie.to(torch.int32), dim=1) <= need))
-    count = take.sum(dim=1)                                           # kk, or fewer (excluded columns)
-    # the taken columns in index order, padded with column n_cols (sorted last) to kk per row
-    cols = torch.arange(n_cols, device=s.device).expand(n_rows, n_cols)
-    keyed = torch.where(take, cols, torch.full_like(cols, n_cols))
-    index = torch.sort(keyed, dim=1).values[:, :kk]
-    valid = torch.arange(kk, device=s.device).unsqueeze(0) < count.unsqueeze(1)
-    values = torch.gather(s, 1, index.clamp_max(n_cols - 1))
-    values = values.masked_fill(~valid, float("-inf"))
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices  # stable: index order within ties
-    index = torch.gather(index, 1, order)
-    values = torch.gather(values, 1, order)
-    valid = torch.gather(valid, 1, order)
-    index = index.masked_fill(~valid, -1)
+    from mtlframe.ranking.evaluate import top_k
+
+    index = top_k(scores, k, exclude)
+    valid = index >= 0
+    values = torch.gather(scores.float(), 1, index.clamp_min(0)).masked_fill(~valid, float("-inf"))
     return values, index, valid
-
-
-def exclusion_mask(rows: torch.Tensor, indptr: torch.Tensor, positions: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """``[len(rows), n_cols]`` bool, True at the columns listed for each row in a CSR structure.
-
-    Args:
-        rows: ``[Ub]`` int64 row numbers into the CSR.
-        indptr: ``[R + 1]`` int64; row ``r``'s columns are ``positions[indptr[r]:indptr[r + 1]]``.
-        positions: ``[nnz]`` int64 column numbers in ``[0, n_cols)`` (``-1`` entries are ignored).
-        n_cols: the number of columns.
-
-    Built with one scatter (no loop per row).
-    """
-    start, end = indptr[rows], indptr[rows + 1]
-    lengths = end - start
-    mask = torch.zeros((len(rows), n_cols), dtype=torch.bool, device=rows.device)
-    total = int(lengths.sum())
-    if total == 0:
-        return mask
-    row_of = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
-    offsets = torch.arange(total, device=rows.device) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths,
-                                                                                 lengths)
-    cols = positions[torch.repeat_interleave(start, lengths) + offsets]
-    keep = cols >= 0
-    mask[row_of[keep], cols[keep]] = True
-    return mask
-
-
-def csr_from_pairs(rows: torch.Tensor, cols: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(indptr [n_rows + 1], positions [nnz])`` of (row, column) pairs (duplicates kept, harmless
-    for :func:`exclusion_mask`)."""
-    order = torch.argsort(rows, stable=True)
-    counts = torch.bincount(rows, minlength=n_rows)
-    indptr = torch.zeros(n_rows + 1, dtype=torch.long)
-    indptr[1:] = torch.cumsum(counts, 0)
-    return indptr, cols[order].long()
 
 
 def popularity_order(counts: torch.Tensor) -> torch.Tensor:
@@ -281,13 +208,13 @@ def rank_users(model, task_types: Mapping[str, str], x_users: torch.Tensor | Tas
     if retrieval is not None and n_items > candidates:
         tower = model.retrieval[retrieval]
         first = tower.scores(tower.user_vectors(x_users), item_vectors)          # [Ub, I]
-        _, cand, cvalid = top_k(first, candidates, exclude)                     # [Ub, N]
+        _, cand, cvalid = top_k_scored(first, candidates, exclude)                     # [Ub, N]
     else:
         cand = torch.arange(n_items, device=xu.device).expand(n_users, n_items)
         cvalid = torch.ones_like(cand, dtype=torch.bool) if exclude is None else ~exclude
     outputs = _pair_outputs(model, x_users, x_items, cand, pair_batch)
     fused = fuse(outputs, rank_by, task_types)
-    scores, idx, valid = top_k(fused, k, ~cvalid)
+    scores, idx, valid = top_k_scored(fused, k, ~cvalid)
     safe = idx.clamp_min(0)
     positions = torch.gather(cand, 1, safe).masked_fill(~valid, -1)
     picked = {}
@@ -471,9 +398,10 @@ def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.
     return where_split, where_row, row_keys
 
 
-def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], cat, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR ``(indptr, catalogue positions)`` of the items each requested user has a row with, in
-    any split (training, validation, test): what a recommender in production never shows again."""
+def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], cat, n_users: int) -> CSR:
+    """The catalogue positions of the items each requested user has a row with, in any split
+    (training, validation, test): what a recommender in production never shows again. Items
+    without a training row are not in the catalogue and need no exclusion."""
     import pandas as pd
 
     index = pd.Index(keys.astype(str))
@@ -484,9 +412,11 @@ def _seen(dm, keys: np.ndarray, row_keys: Mapping[str, np.ndarray], cat, n_users
         pos[ok] = index.get_indexer(rk[ok].astype(str))
         hit = torch.from_numpy(np.flatnonzero(pos >= 0))
         items = dm.ids[split]["item"].long()[hit]
-        users.append(torch.from_numpy(pos[pos >= 0]).long())
-        cols.append(cat.positions(items))
-    return csr_from_pairs(torch.cat(users), torch.cat(cols), n_users)
+        where = cat.positions(items)
+        inside = where >= 0
+        users.append(torch.from_numpy(pos[pos >= 0]).long()[inside])
+        cols.append(where[inside])
+    return CSR.from_pairs(torch.cat(users), torch.cat(cols), n_users)
 
 
 def user_columns(dm, where_split: np.ndarray, where_row: np.ndarray, keys: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -624,8 +554,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     item_cols = {c: v.to(device) for c, v in cat.columns.items()}
     exclude_seen = bool(ranking.exclude_seen)
     if exclude_seen and len(known):
-        indptr, seen_pos = _seen(dm, keys[known], row_keys, cat, len(known))
-        indptr, seen_pos = indptr.to(device), seen_pos.to(device)
+        seen = _seen(dm, keys[known], row_keys, cat, len(known))
     retrieval = next((t for t in rank_by if task_types[t] == "retrieval"), None) or next(
         (t for t, typ in task_types.items() if typ == "retrieval"), None)
     candidates = max(int(ranking.candidates), k)   # at least k, so that k items can come out
@@ -639,8 +568,9 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
         with _progress(len(known), progress) as bar:
             job = bar.add_task("recommend", total=len(known))
             for i in range(0, len(known), batch_size):
-                rows = torch.arange(i, min(i + batch_size, len(known)), device=device)
-                exclude = exclusion_mask(rows, indptr, seen_pos, n_items) if exclude_seen else None
+                end = min(i + batch_size, len(known))
+                rows = torch.arange(i, end, device=device)
+                exclude = seen.dense(i, end, n_items, device) if exclude_seen else None
                 ranked = rank_users(model, task_types, model.encode(take(user_cols, rows)), x_items, exclude, k,
                                     rank_by, candidates, use_retrieval, item_vectors)
                 bad = ~torch.isfinite(ranked.scores) & ranked.valid

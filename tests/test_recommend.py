@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from mtlframe.embeddings import build_faiss_index, exact_top_k, faiss_search, write_vectors
-from mtlframe.recommend import (csr_from_pairs, exclusion_mask, fuse, popularity_order, rank_by_problems,
-                                top_k)
+from mtlframe.recommend import fuse, popularity_order, rank_by_problems, top_k_scored
 
 
 def _logit(p: list[float]) -> torch.Tensor:
@@ -28,10 +27,10 @@ def test_rank_by_fusion_equals_hand_computation_on_three_items():
     types = {"watch": "retrieval", "like": "binary", "rating": "regression"}
     score = fuse(outputs, {"watch": 1.0, "like": 0.5}, types)
     assert torch.allclose(score.exp(), torch.tensor([[0.28460, 0.44721, 0.18974]]), atol=1e-5)
-    values, index, valid = top_k(score, 3)
+    values, index, valid = top_k_scored(score, 3)
     assert index.tolist() == [[1, 0, 2]] and bool(valid.all())
     # a zero weight leaves a task out; like alone orders 2, 1, 0
-    assert top_k(fuse(outputs, {"watch": 0.0, "like": 1.0}, types), 3)[1].tolist() == [[2, 1, 0]]
+    assert top_k_scored(fuse(outputs, {"watch": 0.0, "like": 1.0}, types), 3)[1].tolist() == [[2, 1, 0]]
 
 
 def test_rank_by_refuses_regression_multiclass_unknown_tasks_and_bad_weights():
@@ -50,37 +49,31 @@ def test_fusion_of_a_zero_probability_is_finite_and_ranks_last():
     score = fuse({"like": torch.tensor([[-1e4, 0.0, 3.0]])}, {"like": 2.0}, {"like": "binary"})
     assert bool(torch.isfinite(score).all())
     assert score[0, 0].item() == pytest.approx(2 * math.log(1e-12))
-    assert top_k(score, 3)[1].tolist() == [[2, 1, 0]]
+    assert top_k_scored(score, 3)[1].tolist() == [[2, 1, 0]]
 
 
 def test_top_k_breaks_ties_by_lower_index_and_never_returns_an_excluded_column():
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     exclude = torch.tensor([[False, True, False, False, False], [True, True, True, False, False]])
-    values, index, valid = top_k(scores, 3, exclude)
+    values, index, valid = top_k_scored(scores, 3, exclude)
     assert index.tolist() == [[2, 4, 3], [3, 4, -1]]       # row 2 has only two columns left
     assert valid.tolist() == [[True, True, True], [True, True, False]]
     assert values[0].tolist() == [3.0, 3.0, 2.0]
-    assert top_k(scores, 3)[1].tolist() == [[1, 2, 4], [0, 1, 2]]
-    assert top_k(scores, 10)[1].shape == (2, 5)              # k beyond the catalogue: every column
+    assert top_k_scored(scores, 3)[1].tolist() == [[1, 2, 4], [0, 1, 2]]
+    index, valid = top_k_scored(scores, 10)[1:]                  # k beyond the catalogue: every column, then -1
+    assert index[0].tolist() == [1, 2, 4, 3, 0, -1, -1, -1, -1, -1] and valid.sum().item() == 10
 
 
 def test_top_k_matches_a_full_stable_sort_on_random_scores_with_many_ties():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 4, (64, 50), generator=g).float()   # heavy ties
     exclude = torch.rand(64, 50, generator=g) < 0.3
-    _, index, valid = top_k(scores, 7, exclude)
+    _, index, valid = top_k_scored(scores, 7, exclude)
     for u in range(64):  # the reference: a stable sort of the allowed columns, per user
         allowed = [c for c in range(50) if not exclude[u, c]]
         ref = sorted(allowed, key=lambda c: (-scores[u, c].item(), c))[:7]
         assert index[u][valid[u]].tolist() == ref
         assert not exclude[u, index[u][valid[u]]].any()
-
-
-def test_exclusion_mask_from_csr_marks_each_users_items():
-    indptr, positions = csr_from_pairs(torch.tensor([1, 0, 1, 2]), torch.tensor([4, 2, 0, 4]), n_rows=3)
-    mask = exclusion_mask(torch.tensor([2, 1]), indptr, positions, 5)
-    assert mask.tolist() == [[False, False, False, False, True], [True, False, False, False, True]]
-    assert exclusion_mask(torch.tensor([0]), indptr, positions, 5).nonzero().tolist() == [[0, 2]]
 
 
 def test_popularity_order_is_by_count_then_lower_position():
