@@ -267,6 +267,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_options(parser: argparse.ArgumentParser, doing: str) -> None:
+    """``--accelerator`` and ``--data-path`` of the commands that load a checkpoint's training data again."""
+    parser.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                        help=f"device to {doing} (default auto: a GPU when there is one)")
+    parser.add_argument("--data-path", default=None,
+                        help="where the data is now, when it moved since training (replaces data.dataset.path)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mtlframe import __version__
 
@@ -287,10 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--output", default=None, help="write the metrics as JSON here")
-    e.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                   help="device to evaluate on (default auto: a GPU when there is one)")
-    e.add_argument("--data-path", default=None,
-                   help="where the data is now, when it moved since training (replaces data.dataset.path)")
+    _rebuild_options(e, "evaluate on")
     e.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe, e.g. data.eval_batch_size=512")
     e.set_defaults(func=cmd_evaluate)
 
@@ -313,10 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--output", required=True, help="CSV or Parquet to write: user, rank, item, score, source, "
                                                     "<task>_pred per task")
     rc.add_argument("--batch-size", type=int, default=256, help="users scored together (default 256)")
-    rc.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                    help="device to score on (default auto: a GPU when there is one)")
-    rc.add_argument("--data-path", default=None,
-                    help="where the training data is now, when it moved since training (replaces data.dataset.path)")
+    _rebuild_options(rc, "score on")
     rc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     rc.add_argument("overrides", nargs="*", help="data.* / ranking.* overrides of the saved recipe, e.g. "
                                                  "ranking.unknown_users=error 'ranking.rank_by={watch: 1}'")
@@ -330,10 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "matrix product, seen items excluded")
     em.add_argument("--faiss", choices=["flat", "hnsw"], default=None,
                     help="also write items.faiss, an inner-product index (needs pip install 'mtlframe[faiss]')")
-    em.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                    help="device to encode on (default auto: a GPU when there is one)")
-    em.add_argument("--data-path", default=None,
-                    help="where the training data is now, when it moved since training (replaces data.dataset.path)")
+    _rebuild_options(em, "encode on")
     em.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe")
     em.set_defaults(func=cmd_embeddings)
 
