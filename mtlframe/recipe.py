@@ -846,7 +846,8 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                                 "add a `ranking:` section naming each side's features, e.g. "
                                                 "`ranking: {user_features: [user_id, age], item_features: [item_id, "
                                                 "genres]}` (the first of each is the id feature)."))
-    sampler = data.get("data", {}).get("sampler") if isinstance(data.get("data"), dict) else None
+    # no sampler is the `none` sampler: the same verdict as for the resolved recipe a checkpoint saves
+    sampler = data["data"].get("sampler", {"name": "none"}) if isinstance(data.get("data"), dict) else None
     if retrieval and isinstance(sampler, dict) and isinstance(sampler.get("name"), str):
         from mtlframe.registry import get_registry
 

@@ -350,3 +350,32 @@ def test_embeddings_export_vectors_with_ids_and_a_faiss_index_equal_to_the_exact
     _, rows = faiss.read_index(str(folder / "items.faiss")).search(users, 5)
     _, exact, _ = exact_top_k(torch.from_numpy(users), torch.from_numpy(items), 5)
     assert rows.tolist() == exact.tolist()
+
+
+@pytest.mark.parametrize("key, default", [("data.sampler", {"name": "none"}), ("model.backbone", None)])
+def test_a_recipe_and_the_resolved_recipe_its_checkpoint_saves_get_the_same_verdict(rec_data, key, default):
+    """A left-out key and its default (what the checkpoint's resolved recipe holds) are judged the
+    same: a retrieval task without a sampler is refused before training, not only when its
+    checkpoint is loaded; a retrieval-only recipe without a backbone validates again from it."""
+    import copy
+
+    import yaml
+
+    from mtlframe.errors import RecipeError
+    from mtlframe.recipe import recipe_from_dict
+
+    folder, _ = rec_data
+    left_out = yaml.safe_load(RECIPE.format(csv=folder / "d.csv", sampled="watch", rank_by="{}",
+                                            tasks="  watch: {type: retrieval, label: watch, dim: 8}", backbone=""))
+    section, name = key.split(".")
+    left_out[section].pop(name, None)
+    resolved = copy.deepcopy(left_out)
+    resolved[section][name] = default
+    verdicts = []
+    for data in (left_out, resolved):
+        try:
+            recipe_from_dict(data)
+            verdicts.append("valid")
+        except RecipeError as exc:
+            verdicts.append([p for p, _ in exc.problems])
+    assert verdicts[0] == verdicts[1] == (["data.sampler"] if name == "sampler" else "valid")
