@@ -621,8 +621,9 @@ def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches:
         pop = {"order": np.repeat(unknown, n), "rank": np.tile(np.arange(1, n + 1), len(unknown)),
                "item": np.tile(item_raw[popular], len(unknown)),
                "score": np.tile(counts[popular].astype(np.float32), len(unknown)), "source": "popularity"}
-        for t in task_types:
-            pop[f"{t}_pred"] = np.nan
+        for t, typ in task_types.items():   # empty cells, of the model rows' type (float32, or class names)
+            pop[f"{t}_pred"] = np.full(n * len(unknown), None if typ == "multiclass" else np.nan,
+                                       dtype=object if typ == "multiclass" else np.float32)
         pieces.append(pd.DataFrame(pop))
     frame = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(
         columns=["order", "rank", "item", "score", "source", *(f"{t}_pred" for t in task_types)])
