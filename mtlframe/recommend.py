@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,8 +581,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
                 batches.append(Ranked(ranked.scores.cpu(), ranked.positions.cpu(), ranked.valid.cpu(),
                                       {t: o.cpu() for t, o in ranked.outputs.items()}))
                 bar.advance(job, len(rows))
-    frame, short, distinct = _frame(raw_ids, known, unknown, batches, item_raw, cat, k, task_types, classes,
-                                    user_feature)
+    frame, short, distinct = _frame(raw_ids, known, unknown, batches, item_raw, cat, k, task_types, classes)
     seconds = time.perf_counter() - start
     if output is not None:
         write_table(frame, output)
@@ -594,7 +593,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
 
 def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches: Sequence[Ranked],
            item_raw: np.ndarray, cat, k: int, task_types: Mapping[str, str],
-           classes: Mapping[str, Sequence[str]], user_feature: str):
+           classes: Mapping[str, Sequence[str]]):
     """The output table, users in the order of the users file, ranks 1..k within each."""
     import pandas as pd
 
