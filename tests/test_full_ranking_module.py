@@ -132,3 +132,19 @@ def test_printed_table_has_a_row_per_task_and_cutoff():
     cells = [[c.strip() for c in ln[1:-1]] for ln in lines]
     assert cells == [["watch @10", "0.2500", "0.5000", "-"], ["watch @20", "0.3750", "0.7500", "-"],
                      ["like", "-", "-", "0.8125"]]
+
+
+def test_monitors_and_compare_know_the_direction_of_ranking_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from mtlframe.compare import _primary
+    from mtlframe.run import _monitor
+
+    _data(tmp_path)
+    recipe = _recipe(tmp_path, extra="checkpoint: {monitor: val/watch/popularity@10}\n")
+    module = SimpleNamespace(metric_defs={"watch": {}, "like": {}})
+    assert _monitor(recipe, module, "val/watch/popularity@10", "auto") == ("val/watch/popularity@10", "min")
+    assert _monitor(recipe, module, "watch", "auto") == ("val/watch/ndcg@5", "max")
+    assert _primary(recipe)[1]["watch"] == ("ndcg@5", True)
+    with pytest.raises(RecipeError, match="val/watch/ndcg@50"):  # not a logged key: the closest ones are named
+        _recipe(tmp_path, extra="checkpoint: {monitor: val/watch/ndcg@50}\n")
