@@ -379,3 +379,31 @@ def test_a_recipe_and_the_resolved_recipe_its_checkpoint_saves_get_the_same_verd
         except RecipeError as exc:
             verdicts.append([p for p, _ in exc.problems])
     assert verdicts[0] == verdicts[1] == (["data.sampler"] if name == "sampler" else "valid")
+
+
+@pytest.fixture(scope="session")
+def like_ckpt(rec_data):
+    return _train(rec_data[0], "like", sampled="like", rank_by="{}",
+                  tasks="  like: {type: binary, label: like}", backbone="  backbone: {name: shared-bottom, hidden: [8]}")
+
+
+def test_without_a_retrieval_task_every_unseen_item_is_scored_by_the_full_model(rec_data, like_ckpt, tmp_path):
+    """No retrieval task, no rank_by: the first binary task ranks every catalogue item; the lists
+    equal a brute-force `predict` of every (user, unseen item) pair, sorted."""
+    import pandas as pd
+
+    from mtlframe.recommend import recommend
+    from mtlframe.run import load_checkpoint, predict_frame
+
+    folder, frame = rec_data
+    result = recommend(like_ckpt, _users(tmp_path, [4, 11]), k=6, progress=False)
+    assert result.retrieval is None and result.rank_by == {"like": 1.0} and result.candidates == 30
+    loaded = load_checkpoint(like_ckpt)
+    for u in (4, 11):
+        unseen = sorted(set(range(30)) - set(frame.loc[frame["user"] == u, "item"]))
+        rows = pd.DataFrame({"user": u, "age": 20 + u % 30, "item": unseen, "genre": [f"g{i % 4}" for i in unseen]})
+        p = predict_frame(loaded, rows)["like"].to_numpy()
+        best = [unseen[j] for j in np.argsort(-p, kind="stable")[:6]]
+        got = result.frame[result.frame["user"] == u]
+        assert got["item"].astype(int).tolist() == best
+        assert np.allclose(got["like_pred"], np.sort(p)[::-1][:6], atol=1e-6)
