@@ -1,7 +1,7 @@
 """The ``mtlframe`` command line.
 
-``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``compare``, ``recipe validate``, ``plugins``,
-``benchmark`` (the harness of a source checkout).
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``compare``,
+``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source checkout).
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
 """
@@ -156,6 +156,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from mtlframe.recommend import recommend
+
+    if Path(args.output).resolve() == Path(args.users).resolve():
+        raise MTLFrameError(f"--output {args.output} is the --users file: recommending would overwrite the ids it "
+                            "reads; write the recommendations to another file.")
+    result = recommend(args.checkpoint, args.users, args.k, args.output, accelerator=args.accelerator,
+                       batch_size=args.batch_size, data_path=args.data_path, overrides=args.overrides,
+                       progress=False if args.no_progress else None)
+    from rich.table import Table
+
+    table = Table(title=f"recommend: top {args.k} per user -> {args.output}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for what, value in result.summary():
+        table.add_row(what, value)
+    _console().print(table)
+    return 0
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from mtlframe.embeddings import export_embeddings
+
+    result = export_embeddings(args.checkpoint, args.output, k=args.k, faiss=args.faiss,
+                               accelerator=args.accelerator, data_path=args.data_path, overrides=args.overrides)
+    from rich.table import Table
+
+    table = Table(title=f"embeddings -> {args.output}")
+    for col in ("task", "users", "items", "dim", "similarity", "files"):
+        table.add_column(col, justify="left" if col in ("task", "similarity", "files") else "right")
+    for task, info in result.items():
+        table.add_row(task, f"{info['users']:,}", f"{info['items']:,}", str(info["dim"]), info["similarity"],
+                      ", ".join(info["files"]))
+    _console().print(table)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from mtlframe.recipe import load_recipe
 
@@ -257,6 +294,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rebuild_options(parser: argparse.ArgumentParser, doing: str) -> None:
+    """``--accelerator`` and ``--data-path`` of the commands that load a checkpoint's training data again."""
+    parser.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                        help=f"device to {doing} (default auto: a GPU when there is one)")
+    parser.add_argument("--data-path", default=None,
+                        help="where the data is now, when it moved since training (replaces data.dataset.path)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mtlframe import __version__
 
@@ -277,10 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--output", default=None, help="write the metrics as JSON here")
-    e.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                   help="device to evaluate on (default auto: a GPU when there is one)")
-    e.add_argument("--data-path", default=None,
-                   help="where the data is now, when it moved since training (replaces data.dataset.path)")
+    _rebuild_options(e, "evaluate on")
     e.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe, e.g. data.eval_batch_size=512")
     e.set_defaults(func=cmd_evaluate)
 
@@ -294,6 +336,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
                     help="device to predict on (default auto: a GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
+
+    rc = sub.add_parser("recommend", help="top-K items per user from a checkpoint with a ranking: section")
+    rc.add_argument("--checkpoint", required=True)
+    rc.add_argument("--users", required=True, help="CSV or Parquet with a column named like the user id feature "
+                                                   "(the first of ranking.user_features)")
+    rc.add_argument("--k", type=int, default=20, help="items per user (default 20)")
+    rc.add_argument("--output", required=True, help="CSV or Parquet to write: user, rank, item, score, source, "
+                                                    "<task>_pred per task")
+    rc.add_argument("--batch-size", type=int, default=256, help="users scored together (default 256)")
+    _rebuild_options(rc, "score on")
+    rc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rc.add_argument("overrides", nargs="*", help="data.* / ranking.* overrides of the saved recipe, e.g. "
+                                                 "ranking.unknown_users=error 'ranking.rank_by={watch: 1}'")
+    rc.set_defaults(func=cmd_recommend)
+
+    em = sub.add_parser("embeddings", help="write the user and item vectors of each retrieval task "
+                                           "(NumPy, Parquet), an exact top-K and a faiss index")
+    em.add_argument("--checkpoint", required=True)
+    em.add_argument("--output", required=True, help="folder to write (one subfolder per retrieval task)")
+    em.add_argument("--k", type=int, default=None, help="also write top_k.csv: every user's exact top K by "
+                                                        "matrix product, seen items excluded")
+    em.add_argument("--faiss", choices=["flat", "hnsw"], default=None,
+                    help="also write items.faiss, an inner-product index (needs pip install 'mtlframe[faiss]')")
+    _rebuild_options(em, "encode on")
+    em.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe")
+    em.set_defaults(func=cmd_embeddings)
 
     r = sub.add_parser("recipe", help="recipe tools")
     rsub = r.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")

@@ -12,8 +12,10 @@ import copy
 import difflib
 import functools
 import inspect
+import math
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -802,7 +804,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     for i, enc in enumerate(model_d.get("encoders") or [] if isinstance(model_d.get("encoders"), list) else []):
         check_component("encoder", enc, f"model.encoders[{i}]", source, problems, checked)
     _check_repeated_features(model_d.get("encoders"), problems)
-    if "backbone" in model_d:
+    if model_d.get("backbone") is not None:  # None: a saved recipe whose tasks are all retrieval tasks
         check_component("backbone", model_d["backbone"], "model.backbone", source, problems, checked)
     check_component("tower", model_d.get("tower", {"name": "mlp"}), "model.tower", source, problems, checked)
     towers = model_d.get("towers") or {}
@@ -844,7 +846,8 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                                 "add a `ranking:` section naming each side's features, e.g. "
                                                 "`ranking: {user_features: [user_id, age], item_features: [item_id, "
                                                 "genres]}` (the first of each is the id feature)."))
-    sampler = data.get("data", {}).get("sampler") if isinstance(data.get("data"), dict) else None
+    # no sampler is the `none` sampler: the same verdict as for the resolved recipe a checkpoint saves
+    sampler = data["data"].get("sampler", {"name": "none"}) if isinstance(data.get("data"), dict) else None
     if retrieval and isinstance(sampler, dict) and isinstance(sampler.get("name"), str):
         from mtlframe.registry import get_registry
 
@@ -871,10 +874,42 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                  + near_hint(closest(f, encoded), ".")
                                  + f" Encoded features: {', '.join(encoded) or 'none'}."))
     rank_by = ranking.get("rank_by")
-    for t in (rank_by if isinstance(rank_by, dict) else {}):
-        if t not in tasks:
-            problems.append((f"ranking.rank_by.{t}", f"no task named '{t}'" + near_hint(closest(str(t), tasks))
-                             + f" Tasks: {', '.join(tasks)}."))
+    problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
+
+
+#: task types whose prediction is a probability that ``ranking.rank_by`` can fuse (retrieval: the
+#: sigmoid of the pair's logit)
+FUSABLE_TYPES = ("binary", "retrieval")
+
+
+def rank_by_problems(rank_by: Mapping[str, Any], task_types: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(dotted path, message)`` of every problem of a ``ranking.rank_by`` mapping.
+
+    A weight must be a finite number >= 0 and name a task whose prediction is a probability:
+    binary tasks and retrieval tasks (``sigmoid`` of the pair's logit). A regression prediction
+    (a rating) is not a probability and a multiclass one is a distribution, so they are refused
+    rather than mapped: fuse on a binary task derived from them (``like``: rating >= 4), and their
+    predictions still appear in the output as ``<task>_pred``.
+    """
+    problems: list[tuple[str, str]] = []
+    for name, w in rank_by.items():
+        path = f"ranking.rank_by.{name}"
+        if name not in task_types:
+            problems.append((path, f"no task named '{name}'" + near_hint(closest(str(name), task_types))
+                             + f" Tasks: {', '.join(task_types)}."))
+            continue
+        typ = task_types[name]
+        if typ not in TASK_TYPES:  # an invalid type is reported at tasks.<name>.type
+            continue
+        if typ not in FUSABLE_TYPES:
+            problems.append((path, f"task '{name}' is a {typ} task: its prediction is not a probability, so it "
+                                   "cannot be a factor of prod_t p_t ** w_t. Fuse binary or retrieval tasks (derive a "
+                                   "binary task from it, e.g. like: rating >= 4); its prediction still appears in the "
+                                   f"output as {name}_pred."))
+        elif isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            problems.append((path, f"the weight of '{name}' must be a finite number >= 0 (an exponent of its "
+                                   f"probability), got {w!r}."))
+    return problems
 
 
 def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> None:

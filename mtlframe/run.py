@@ -1028,39 +1028,9 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
         DataError: the saved data path does not exist (moved: pass ``data_path``); an empty split.
     """
     _quiet_lightning()
-    import copy
-
-    from mtlframe.recipe import apply_overrides, override_lines
-
     device = resolve_device(accelerator)
     loaded = load_checkpoint(checkpoint)
-    recipe = loaded.recipe
-    overrides = list(overrides or [])
-    outside = [o for o in overrides if not o.partition("=")[0].strip().startswith("data.")]
-    if outside:
-        raise MTLFrameError(f"evaluate takes overrides of data.* only (the model is the checkpoint's): "
-                            f"{', '.join(outside)}")
-    if data_path is not None:
-        overrides.append(f"data.dataset.path={Path(data_path).resolve()}")
-    if overrides:
-        data = copy.deepcopy(recipe.data)
-        if data_path is not None:  # a path is not YAML-parsed (':' or '#' in it)
-            data = apply_overrides(data, overrides[:-1])
-            data.setdefault("data", {}).setdefault("dataset", {})["path"] = str(Path(data_path).resolve())
-        else:
-            data = apply_overrides(data, overrides)
-        recipe = recipe_from_dict(data, recipe.source, override_lines({}, overrides))
-    saved_path = recipe.config.data.dataset.get("path")
-    if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
-        raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
-                        f"deleted?); point evaluate at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
-    dm, module, _ = build_system(recipe)
-    changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
-    if changed:  # the split is re-created from the data: it must be the data the model was trained on
-        raise DataError(f"the data at {dm.table.source} is not the data {checkpoint} was trained on: {changed}. "
-                        "evaluate re-creates the training run's split, so it needs the same rows; to score "
-                        "new rows, use mtlframe predict (it applies the checkpoint's preprocessing).")
-    module.model.load_state_dict(loaded.model.state_dict())
+    dm, module = rebuild_system(checkpoint, loaded, data_path=data_path, overrides=overrides)
     trainer = _make_eval_trainer(device)
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
@@ -1078,6 +1048,55 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
         raise KeyboardInterrupt(f"interrupted (Ctrl-C) while evaluating {checkpoint} on the {split} split") from None
     return module.last_scores[split]
 
+
+def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command: str = "evaluate",
+                   data_path: str | Path | None = None, overrides: list[str] | None = None,
+                   sections: tuple[str, ...] = ("data",)):
+    """The data and model of a checkpoint's training run, re-created: ``(datamodule, module)``.
+
+    The saved recipe (with ``overrides`` of the ``sections`` given, and ``data_path`` replacing
+    ``data.dataset.path``) loads and splits the data again; the preprocessor fitted again must
+    equal the checkpoint's (the same rows, so the same split); the module's model gets the
+    checkpoint's weights. ``command`` names the caller in messages.
+
+    Raises:
+        MTLFrameError: an override outside ``sections``.
+        DataError: the saved data path does not exist (moved: pass ``data_path``); the data is not
+            the data the checkpoint was trained on (the column that changed is named).
+    """
+    import copy
+
+    from mtlframe.recipe import apply_overrides, override_lines
+
+    recipe = loaded.recipe
+    overrides = list(overrides or [])
+    outside = [o for o in overrides if o.partition("=")[0].strip().split(".")[0] not in sections
+               or "." not in o.partition("=")[0]]
+    if outside:
+        raise MTLFrameError(f"{command} takes overrides of {' and '.join(s + '.*' for s in sections)} only (the model "
+                            f"is the checkpoint's): {', '.join(outside)}")
+    if data_path is not None:
+        overrides.append(f"data.dataset.path={Path(data_path).resolve()}")
+    if overrides:
+        data = copy.deepcopy(recipe.data)
+        if data_path is not None:  # a path is not YAML-parsed (':' or '#' in it)
+            data = apply_overrides(data, overrides[:-1])
+            data.setdefault("data", {}).setdefault("dataset", {})["path"] = str(Path(data_path).resolve())
+        else:
+            data = apply_overrides(data, overrides)
+        recipe = recipe_from_dict(data, recipe.source, override_lines({}, overrides))
+    saved_path = recipe.config.data.dataset.get("path")
+    if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
+        raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
+                        f"deleted?); point {command} at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
+    dm, module, _ = build_system(recipe)
+    changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
+    if changed:  # the split is re-created from the data: it must be the data the model was trained on
+        raise DataError(f"the data at {dm.table.source} is not the data {checkpoint} was trained on: {changed}. "
+                        f"{command} re-creates the training run's split, so it needs the same rows; to score "
+                        "new rows, use mtlframe predict (it applies the checkpoint's preprocessing).")
+    module.model.load_state_dict(loaded.model.state_dict())
+    return dm, module
 
 def preprocessor_difference(saved: Mapping[str, Any], fitted: Mapping[str, Any]) -> str | None:
     """What differs between a checkpoint's preprocessor state and one fitted again on today's data
