@@ -25,8 +25,8 @@ def _console():
 
 def _metrics_table(metrics: dict, title: str):
     """Rows: tasks; columns: metrics. Metrics with a cutoff (``ndcg@10``) go to a table of their
-    own: a column per base name, a row per task and K (``watch @10``), so a retrieval task's seven
-    metrics at each K stay readable beside the other tasks' few."""
+    own, a row per metric and a column per task and K (``watch@10``): a retrieval task's seven
+    metrics at each K stay readable (even at a pipe's 80 columns) beside the other tasks' few."""
     from rich.console import Group
     from rich.table import Table
 
@@ -42,39 +42,28 @@ def _metrics_table(metrics: dict, title: str):
                 plain[m] = v
         if plain or not by_k:
             plain_rows.append((task, plain))
-        ranked_rows += [(f"{task} @{k}", per_k) for k, per_k in by_k.items()]
+        ranked_rows += [(f"{task}@{k}", per_k) for k, per_k in by_k.items()]
 
-    def table(rows: list[tuple[str, dict]], caption: str) -> Table:
+    def table(rows: list[tuple[str, dict]], caption: str, by_metric: bool) -> Table:
         names: list[str] = []
         for _, values in rows:
             names += [m for m in values if m not in names]
+        cols, lines = (rows, names) if by_metric else (names, rows)
         out = Table(title=caption)
-        out.add_column("task")
-        for m in names:
-            out.add_column(m, justify="right")
-        for label, values in rows:
-            out.add_row(label, *[("-" if values.get(m) is None else f"{values[m]:.4f}") for m in names])
-        return out
-
-    def transposed(rows: list[tuple[str, dict]], caption: str) -> Table:
-        # a row per metric, a column per task and K: as narrow as the number of cutoffs
-        names: list[str] = []
-        for _, values in rows:
-            names += [m for m in values if m not in names]
-        out = Table(title=caption)
-        out.add_column("metric")
-        for label, _ in rows:
-            out.add_column(label, justify="right", no_wrap=True)
-        for m in names:
-            out.add_row(m, *[("-" if values.get(m) is None else _number(values[m])) for _, values in rows])
+        out.add_column("metric" if by_metric else "task")
+        for c in cols:
+            out.add_column(c[0] if by_metric else c, justify="right", no_wrap=by_metric)
+        for line in lines:
+            cells = ([values.get(line) for _, values in rows] if by_metric
+                     else [line[1].get(m) for m in names])
+            out.add_row(line if by_metric else line[0], *["-" if v is None else _number(v) for v in cells])
         return out
 
     parts = []
-    if plain_rows and any(values for _, values in plain_rows) or not ranked_rows:
-        parts.append(table([r for r in plain_rows if r[1]] or plain_rows, title))
+    if any(values for _, values in plain_rows) or not ranked_rows:
+        parts.append(table([r for r in plain_rows if r[1]] or plain_rows, title, by_metric=False))
     if ranked_rows:
-        parts.append(transposed([(label.replace(" ", ""), v) for label, v in ranked_rows],
-                                f"{title}, full ranking" if parts else title))
+        parts.append(table(ranked_rows, f"{title}, full ranking" if parts else title, by_metric=True))
     return parts[0] if len(parts) == 1 else Group(*parts)
 
 
