@@ -25,7 +25,8 @@ def _console():
 
 def _metrics_table(metrics: dict, title: str):
     """Rows: tasks; columns: metrics. Metrics with a cutoff (``ndcg@10``) go to a table of their
-    own, a row per metric and a column per task and K (``watch@10``): a retrieval task's seven
+    own when every metric of the task has one (a retrieval task), a row per metric and a column
+    per task and K (``watch@10``): a retrieval task's seven
     metrics at each K stay readable (even at a pipe's 80 columns) beside the other tasks' few."""
     from rich.console import Group
     from rich.table import Table
@@ -33,16 +34,17 @@ def _metrics_table(metrics: dict, title: str):
     plain_rows: list[tuple[str, dict]] = []
     ranked_rows: list[tuple[str, dict]] = []
     for task, per_task in metrics.items():
-        plain, by_k = {}, {}
+        by_k: dict[int, dict] = {}
         for m, v in per_task.items():
             base, sep, k = m.rpartition("@")
-            if sep and k.isdigit():
-                by_k.setdefault(int(k), {})[base] = v
-            else:
-                plain[m] = v
-        if plain or not by_k:
-            plain_rows.append((task, plain))
-        ranked_rows += [(f"{task}@{k}", per_k) for k, per_k in by_k.items()]
+            if not (sep and k.isdigit()):  # a task with plain metrics (auc, ...) keeps ndcg@K as a column
+                by_k = {}
+                break
+            by_k.setdefault(int(k), {})[base] = v
+        if by_k:  # every metric has a cutoff: a retrieval task's full-ranking metrics
+            ranked_rows += [(f"{task}@{k}", per_k) for k, per_k in by_k.items()]
+        else:
+            plain_rows.append((task, dict(per_task)))
 
     def table(rows: list[tuple[str, dict]], caption: str, by_metric: bool) -> Table:
         names: list[str] = []
