@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 #: column types a dataset may declare
-FeatureType = Literal["categorical", "numeric", "text", "multi_categorical"]
-FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "text", "multi_categorical")
+FeatureType = Literal["categorical", "numeric", "text", "multi_categorical", "sequence"]
+FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "text", "multi_categorical", "sequence")
 
 #: task types and what they decide
 TaskType = Literal["binary", "regression", "multiclass", "retrieval"]
@@ -29,13 +29,20 @@ class FeatureInfo:
         type: one of :data:`FEATURE_TYPES`.
         cardinality: embedding rows needed (vocabulary size incl. index 0 = out-of-vocabulary /
             missing) for ``categorical`` and ``multi_categorical``; 0 otherwise.
-        max_len: padded length ``L`` of a ``multi_categorical`` feature's ``[B, L]`` tensor.
+        max_len: padded length ``L`` of a ``multi_categorical`` or ``sequence`` feature's
+            ``[B, L]`` tensor.
+        share_with: for a ``sequence``: the categorical feature whose id space (and embedding
+            table) the sequence uses (``seq_code - 1`` is that feature's code), or ``None`` (its
+            own vocabulary).
+        fields: for a ``sequence``: its parallel numeric side fields ``g`` (batch keys ``f:g``).
     """
 
     name: str
     type: str
     cardinality: int = 0
     max_len: int = 0
+    share_with: str | None = None
+    fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
