@@ -28,13 +28,16 @@ class FeatureInfo:
         name: column name; also the batch key of its tensor.
         type: one of :data:`FEATURE_TYPES`.
         cardinality: embedding rows needed (vocabulary size incl. index 0 = out-of-vocabulary /
-            missing) for ``categorical`` and ``multi_categorical``; 0 otherwise.
-        max_len: padded length ``L`` of a ``multi_categorical`` or ``sequence`` feature's
-            ``[B, L]`` tensor.
-        share_with: for a ``sequence``: the categorical feature whose id space (and embedding
-            table) the sequence uses (``seq_code - 1`` is that feature's code), or ``None`` (its
-            own vocabulary).
-        fields: for a ``sequence``: its parallel numeric side fields ``g`` (batch keys ``f:g``).
+            missing) for ``categorical`` and ``multi_categorical``; for ``sequence`` the rows of
+            its id space incl. out-of-vocabulary (its ``share_with`` feature's cardinality when
+            shared): the ``[B, L]`` codes are 0 = padding, ``c + 1`` = id-space code ``c`` (so
+            codes run 0..cardinality); 0 otherwise.
+        max_len: padded length ``L`` of a ``multi_categorical`` or ``sequence`` feature's ``[B, L]``
+            tensor (a sequence is pre-padded: most recent id in the last column).
+        share_with: ``sequence`` only: the categorical feature whose codes (and embedding table)
+            the sequence's ids share (``seq_code - 1 == its code``), or ``None`` (own vocabulary).
+        fields: ``sequence`` only: its side fields ``g``, batch keys ``<name>:<g>``, float32
+            ``[B, L]`` standardized, 0 at padding.
     """
 
     name: str
