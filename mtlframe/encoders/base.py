@@ -78,6 +78,16 @@ class Encoder(nn.Module):
         """
         return None
 
+    def target_features(self) -> tuple[str, ...]:
+        """Features of the scored item this encoder reads besides its own ``features`` (the target
+        item that ``target-attention`` attends with). Non-empty: each row's encoding depends on
+        the row's item as well as on the encoder's features, so it belongs to neither the user
+        nor the item side: two-tower retrieval refuses it on a side
+        (:func:`~mtlframe.retrieval.side_columns`), and ``recommend`` cannot pair a user's
+        encoding with other items (:meth:`~mtlframe.model.MultiTaskModel.compose`). Default ``()``.
+        """
+        return ()
+
     def featurize(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Turn raw columns (``name -> [N]`` numpy arrays, strings for text) into tensors.
 

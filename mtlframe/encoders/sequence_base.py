@@ -132,6 +132,10 @@ class SequenceEncoder(Encoder):
         """``[B, d]`` embedding of the scored item (the ``target`` feature's code)."""
         return self._tables().lookup(self.target, batch[self.target])
 
+    def target_features(self) -> tuple[str, ...]:
+        """``(target,)`` when the encoding reads the scored item, else ``()``."""
+        return (self.target,) if self.target else ()
+
     def feature_slices(self) -> dict[str, tuple[int, int]]:
         """Each feature's ``output_dim / F`` columns, in ``features`` order."""
         w = self.output_dim // len(self.features)
