@@ -12,8 +12,11 @@ task labels; the loader reads only those columns and checks them before anything
 Empty cells are missing values (NaN): a missing label masks the row for that task; a missing
 ``numeric`` feature value follows the recipe's ``data.fill_missing`` (an error by default, see
 ``docs/recipes.md``, "Missing values"). ``categorical``, ``text`` and
-``multi_categorical`` columns of a CSV are read as strings, so ids such as ``"007"`` keep their
-leading zeros.
+``multi_categorical`` and ``sequence`` columns of a CSV are read as strings, so ids such as ``"007"``
+keep their leading zeros. A ``sequence`` column holds an ordered id list per row, oldest first
+(``"12|7|33"``; an empty cell is an empty history); its options (``max_len``, ``share_with``, side
+fields) are the recipe's ``data.sequences.<column>``, and a malformed cell is a
+:class:`~mtlframe.errors.DataError` naming the file, column and row (``docs/sequences.md``).
 
 Recipe::
 
@@ -21,7 +24,8 @@ Recipe::
       dataset:
         name: csv
         path: data/clicks.csv
-        features: {user_id: categorical, item_id: categorical, price: numeric, tags: multi_categorical}
+        features: {user_id: categorical, item_id: categorical, price: numeric, tags: multi_categorical,
+                   recent_items: sequence}
         labels: [click, purchase]
         timestamp: ts
         user: user_id
@@ -40,7 +44,7 @@ from mtlframe.features import FEATURE_TYPES
 
 __all__ = ["CsvDataset", "ParquetDataset"]
 
-_STRING_TYPES = ("categorical", "text", "multi_categorical")
+_STRING_TYPES = ("categorical", "text", "multi_categorical", "sequence")
 
 
 def check_columns(source: str, wanted: Iterable[str], present: Iterable[str], role: str = "") -> None:
@@ -151,7 +155,8 @@ class CsvDataset(_UserTable):
     Args:
         path: the file (may be compressed: ``.gz``, ``.zip``, ``.bz2``, ``.xz``, ``.zst``).
         features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
-            ``text``, ``multi_categorical`` (``|``-separated tokens).
+            ``text``, ``multi_categorical`` (``|``-separated tokens), ``sequence`` (``|``-separated
+            ids, oldest first; see ``data.sequences``).
         labels: columns usable as task labels (numeric; empty cells are missing labels, as is a
             task's ``missing_label`` value).
         timestamp: event-time column (numbers or date/time strings), enables the ``time`` split.
@@ -189,7 +194,8 @@ class ParquetDataset(_UserTable):
     Args:
         path: the ``.parquet`` file.
         features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
-            ``text``, ``multi_categorical`` (``|``-separated tokens).
+            ``text``, ``multi_categorical`` (``|``-separated tokens), ``sequence`` (``|``-separated
+            ids, oldest first; see ``data.sequences``).
         labels: columns usable as task labels (numeric; nulls are missing labels).
         timestamp: event-time column (numbers, dates or date/time strings), enables the ``time`` split.
         user: user-id column.
