@@ -64,7 +64,8 @@ class SequenceEncoder(Encoder):
                 table.weight[0].zero_()
         if target is not None:
             if target not in feature_info:
-                raise ArgumentError("target", f"target '{target}' is not a feature of the dataset")
+                raise ArgumentError("target", f"target '{target}' is not a feature of the model: list it in an "
+                                              "`embedding` encoder's features (the history is compared with its table)")
             if feature_info[target].type != "categorical":
                 raise ArgumentError("target", f"target '{target}' is a {feature_info[target].type} feature; "
                                               "it must be the categorical id of the scored item (e.g. item_id)")

@@ -12,10 +12,13 @@ Our tokens: ``L`` history ids (own or shared table) plus the target item (``targ
 same table), each plus a position embedding:
 
 * ``position: index`` (default): the rank from the end (most recent behaviour 1, target 0);
-* ``position: time``: the time gap of ``time_field`` (a side field of the sequence, e.g. the
-  interaction timestamp), measured from the most recent behaviour (the target row's own time is
-  not in the batch), in the field's standardized units, bucketed on a log2 scale:
-  bucket ``min(floor(log2(1 + gap / time_unit)), time_buckets - 1) + 1``; the target is bucket 0;
+* ``position: time``: a time gap from ``time_field``, a side field of the sequence that is
+  monotone along the history: event times (a timestamp column) or the history's ``time_gap``
+  (the row's time minus the event's, BST's ``pos``). Side fields are standardized with unknown
+  mean, so the encoder uses ``gap_j = |x_last - x_j|``, the time from behaviour ``j`` to the most
+  recent one, in the field's standard deviations (the same for both kinds of field), bucketed on
+  a log2 scale: bucket ``min(floor(log2(1 + gap / time_unit)), time_buckets - 1) + 1``; the
+  target is bucket 0;
 * ``position: none``.
 
 Padding positions are masked as attention keys and never read. Output: the target token's
@@ -125,7 +128,7 @@ class SequenceTransformerEncoder(SequenceEncoder):
         if self.position == "index":
             return torch.arange(length, -1, -1, device=batch[feature].device).unsqueeze(0)
         t = batch[f"{feature}:{self.time_field}"].float()                    # (B, L)
-        gap = (t[:, -1:] - t).clamp_min(0) / self.time_unit                   # (B, L)
+        gap = (t[:, -1:] - t).abs() / self.time_unit                          # (B, L)
         bucket = torch.log2(1 + gap).floor().clamp(max=self.time_buckets - 1).long() + 1
         return torch.cat([bucket, torch.zeros_like(bucket[:, :1])], dim=1)   # (B, L + 1)
 
