@@ -286,3 +286,14 @@ def test_csv_sequence_column_through_the_data_module(tmp_path):
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=rf"{path}: sequence column 'recent' holds a malformed cell at row 7: '9;007'"):
         _setup(recipe)
+
+
+def test_sequence_data_benchmark_runs_on_movielens(ml100k, tmp_path):
+    from benchmarks.sequence_data import main
+
+    assert main(["--data", str(ml100k), "--repeats", "1", "--epochs", "1", "--output", str(tmp_path)]) == 0
+    import json
+
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["rows"] == 80_000 and result["max_len"] == 50 and result["rows_per_second"] > 0
+    assert 0.5 < result["truncated_share"] < 0.7  # ML-100K users are heavy raters: most rows see 50+ earlier ones
