@@ -33,8 +33,10 @@ def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarr
     who, fix = (f"the history data.sequences.{history}", "or drop the history") if history else (
         f"the {name} split", "or use data.split.name: random")
     if not table.timestamp:
-        raise DataError(f"{table.source}: {who} needs a timestamp column, and this dataset has none; declare "
-                        f"`timestamp:` in data.dataset, {fix}.")
+        raise DataError(f"{table.source}: " + (f"{who} needs a timestamp column, and this dataset has none; declare "
+                                               f"`timestamp:` in data.dataset, {fix}." if history else
+                                               f"data.split.name '{name}' needs a timestamp column, and this dataset "
+                                               "has none; use data.split.name: random."))
     stamps = table.frame[table.timestamp]
     if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
         pos = np.flatnonzero(stamps.isna().to_numpy())
@@ -54,8 +56,11 @@ def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarr
     who, fix = (f"the history data.sequences.{history}", "or drop the history") if history else (
         f"the {name} split", "or use data.split.name: random")
     if not table.user or table.user not in table.frame.columns:
-        raise DataError(f"{table.source}: {who} needs each row's user, and this dataset declares no user column; "
-                        f"declare `user:` in data.dataset, {fix}.")
+        raise DataError(f"{table.source}: " + (f"{who} needs each row's user, and this dataset declares no user "
+                                               f"column; declare `user:` in data.dataset, {fix}." if history else
+                                               f"data.split.name '{name}' splits each user's rows and needs a user "
+                                               "column, and this dataset declares none; declare `user:` in "
+                                               "data.dataset, or use data.split.name: random."))
     codes = pd.factorize(table.frame[table.user])[0].astype(np.int64)
     if (codes < 0).any():
         pos = np.flatnonzero(codes < 0)

@@ -107,8 +107,11 @@ class _UserTable(RecDataset):
         self.timestamp = timestamp
         self.user = user
         self.item = item
-        #: further columns to load as they are (the data module adds ``metrics_group``'s column)
+        #: further columns to load as they are, when the file has them (the data module adds
+        #: ``metrics_group``'s column and the sources of ``data.sequences``, and names a missing one
+        #: at its recipe key)
         self.extra_columns: list[str] = []
+        self._present: list[str] | None = None
         for col, typ in self.features.items():
             if typ not in FEATURE_TYPES:
                 near = closest(typ, FEATURE_TYPES, n=1)
@@ -119,10 +122,12 @@ class _UserTable(RecDataset):
             raise DataError(f"{self.path}: no label columns declared; list at least one in `labels`")
 
     def _columns(self) -> list[str]:
-        extra = [c for c in (self.timestamp, self.user, self.item, *self.extra_columns) if c]
-        return list(dict.fromkeys([*self.features, *self.labels, *extra]))
+        extra = [c for c in self.extra_columns if self._present is None or c in self._present]
+        declared = [c for c in (self.timestamp, self.user, self.item) if c]
+        return list(dict.fromkeys([*self.features, *self.labels, *declared, *extra]))
 
     def _check_present(self, present: list[str]) -> None:
+        self._present = list(present)
         check_columns(self.path, self._columns(), present)
 
     def _finish(self, frame: pd.DataFrame) -> Table:
