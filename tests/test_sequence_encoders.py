@@ -298,3 +298,15 @@ def test_recipe_validate_refuses_a_target_reading_history_on_the_user_side(tmp_p
         recipe_from_dict(recipe)
     recipe["model"]["encoders"][1] = {"name": "sequence-pool", "features": ["hist"], "dim": 4}
     recipe_from_dict(recipe)   # a pooled history is user side
+
+
+def test_per_task_attention_needs_a_backbone_that_reads_task_inputs_and_time_needs_a_time_field(tmp_path):
+    from mtlframe.recipe import recipe_from_dict
+
+    din = {"name": "target-attention", "features": ["hist"], "target": "item", "dim": 4, "per_task": True}
+    with pytest.raises(RecipeError, match=r"model\.encoders\[1\]\.per_task.*\(stem\).*Remove per_task"):
+        recipe_from_dict(_log_recipe(tmp_path, din))             # tiny_recipe's backbone is mmoe
+    bst = {"name": "sequence-transformer", "features": ["hist"], "target": "item", "dim": 4, "position": "time",
+           "time_field": "ts"}
+    with pytest.raises(RecipeError, match=r"model\.encoders\[1\]\.time_field.*has fields \['time_gap'\]"):
+        recipe_from_dict(_log_recipe(tmp_path, bst))

@@ -1,10 +1,11 @@
 """``sequence-pool``: a behaviour sequence pooled into one vector (masked mean, sum or max).
 
-The user representation of YouTube's candidate generator: "a user's watch history is represented
-by a variable-length sequence of sparse video IDs which is mapped to a dense vector
-representation via the embeddings ... averaging performed best" (Covington et al., "Deep Neural
-Networks for YouTube Recommendations", RecSys 2016, Sec. 3.1). It reads the history alone (no
-target item), so a pooled user-side history can feed the user tower of a two-tower model.
+The user representation of YouTube's candidate generator (Covington et al., "Deep Neural Networks
+for YouTube Recommendations", RecSys 2016, Sec. 3.2): the watch history, a variable-length
+sequence of sparse video ids, is mapped to dense vectors by learned embeddings and averaged,
+which performed best of the strategies the authors tried (sum, component-wise max, ...). It
+reads the history alone (no target item), so a pooled user-side history can feed the user tower
+of a two-tower model.
 """
 from __future__ import annotations
 

@@ -3,10 +3,12 @@
 Chen et al., "Behavior Sequence Transformer for E-commerce Recommendation in Alibaba", DLP-KDD
 2019: the user's behaviour sequence *with the target item appended* goes through Transformer
 layers (multi-head self-attention, then a point-wise feed-forward network with LeakyReLU, each
-with dropout, a residual connection and layer normalization; Sec. 2.3; one block worked best,
-Table 2), so every behaviour is re-encoded in the context of the others and of the candidate.
-Order enters through a "positional" feature, which BST defines as a time gap,
-``pos(v_i) = t(v_t) - t(v_i)`` (Sec. 2.2), embedded and added to each token.
+with dropout, a residual connection and layer normalization; one block worked best in the
+paper's experiments), so every behaviour is re-encoded in the context of the others and of the
+candidate. Order enters through a "positional" feature, which BST defines as a time gap,
+``pos(v_i) = t(v_t) - t(v_i)`` (recommending time minus the behaviour's time), embedded with
+each item; here the position embedding is added to the item embedding, as in the Transformer
+(Vaswani et al., 2017).
 
 Our tokens: ``L`` history ids (own or shared table) plus the target item (``target: item_id``,
 same table), each plus a position embedding:
