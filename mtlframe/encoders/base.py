@@ -41,6 +41,15 @@ class Encoder(nn.Module):
     module may hand it columns it can free: calling :func:`release_column` on each input column
     once it is no longer read keeps setup memory at the data's size plus one column.
 
+    Shared tables: an encoder that reads another encoder's embedding table (a ``sequence`` with
+    ``share_with: item_id`` reads ``item_id``'s rows of the ``embedding`` encoder's fused table)
+    lists ``"tables"`` in :attr:`injected` and defines ``bind_tables(tables)``: the builder builds
+    every encoder first, then calls it with a :class:`~mtlframe.encoders.tables.SharedTables`
+    (``lookup(feature, codes) -> [..., d]``). The encoder keeps it as a plain attribute, so the
+    owning encoder's parameters are registered once. ``bind_tables`` raises
+    :class:`~mtlframe.errors.ArgumentError` (reported at the encoder's recipe key) when it cannot
+    use the tables.
+
     Per-task encodings: an encoder may keep a separate copy of its parameters for some tasks
     (the ``embedding`` encoder's ``task_specific`` tables, for STEM). It then lists those tasks
     in :attr:`per_task`, returns their encodings from :meth:`forward_tasks` and leaves their
