@@ -294,7 +294,8 @@ def test_recipe_validate_refuses_a_target_reading_history_on_the_user_side(tmp_p
 
     din = {"name": "target-attention", "features": ["hist"], "target": "item", "dim": 4}
     recipe = _log_recipe(tmp_path, din, ranking={"user_features": ["user", "hist"], "item_features": ["item"]})
-    with pytest.raises(RecipeError, match=r"ranking\.user_features\[1\].*model\.encoders\[1\] \(TargetAttentionEncoder"):
+    where = r"ranking\.user_features\[1\].*model\.encoders\[1\] \(TargetAttentionEncoder"
+    with pytest.raises(RecipeError, match=where):
         recipe_from_dict(recipe)
     recipe["model"]["encoders"][1] = {"name": "sequence-pool", "features": ["hist"], "dim": 4}
     recipe_from_dict(recipe)   # a pooled history is user side
