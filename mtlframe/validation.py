@@ -84,9 +84,9 @@ class ValidationContext:
         out = {}
         for n in names:
             typ = self.feature_types.get(n, "numeric")
-            categorical = typ in ("categorical", "multi_categorical")
+            categorical = typ in ("categorical", "multi_categorical", "sequence")
             out[n] = FeatureInfo(n, typ, PLACEHOLDER_CARDINALITY if categorical else 0,
-                                 PLACEHOLDER_MAX_LEN if typ == "multi_categorical" else 0)
+                                 PLACEHOLDER_MAX_LEN if typ in ("multi_categorical", "sequence") else 0)
         return out
 
     def injected(self, names: Iterable[str], task: str | None = None) -> dict[str, Any] | None:

@@ -211,13 +211,9 @@ def _recipe(path, sequences, split="random", features=("user", "item", "hist")) 
 
 
 def _setup(recipe: dict):
-    from mtlframe.build import Builder
-    from mtlframe.datamodule import RecDataModule
+    from mtlframe.testing import tiny_datamodule
 
-    rec = recipe_from_dict(recipe, "<test recipe>")
-    dm = RecDataModule(rec, Builder(rec).dataset())
-    dm.setup("fit")
-    return dm
+    return tiny_datamodule(recipe)
 
 
 @pytest.mark.parametrize("split", ["random", "time"])
