@@ -163,6 +163,18 @@ def test_malformed_side_field_names_column_and_row():
         Preprocessor({"hist": "sequence"}, [], sequences=spec).fit(bad, "f.csv")
 
 
+def test_parquet_list_cells_are_read_as_they_are(tmp_path):
+    frame = pd.DataFrame({"h": [[1, 2], [], None, [3, 1, 2, 2]], "w": [[1.0, 2.0], [], None, [1.0, 2.0, 3.0, 4.0]]})
+    frame.to_parquet(tmp_path / "h.parquet")
+    back = pd.read_parquet(tmp_path / "h.parquet")  # cells come back as numpy arrays
+    pre = Preprocessor({"h": "sequence"}, [], sequences={"h": SequenceSpec(max_len=3, fields=("w",))}).fit(back)
+    assert pre.vocab["h"] == ["2", "1", "3"]  # 2 (3 times), 1 (twice), 3
+    out = pre.transform(back, with_labels=False)
+    assert out["h"].tolist() == [[0, 3, 2], [0, 0, 0], [0, 0, 0], [3, 2, 2]]
+    mean, std = np.mean([1, 2, 1, 2, 3, 4.0]), np.std([1, 2, 1, 2, 3, 4.0])
+    np.testing.assert_allclose(out["h:w"][3].numpy(), (np.array([2, 3, 4.0]) - mean) / std, rtol=1e-6)
+
+
 def test_state_dict_round_trip_and_predict_builds_histories_from_the_input(tmp_path):
     log = pd.DataFrame({"u": [1, 1, 2, 1, 2], "it": [10, 11, 10, 12, 13], "t": [1, 2, 1, 2, 5],
                         "r": [1.0, 2, 3, 4, 5]})
