@@ -163,6 +163,18 @@ def test_malformed_side_field_names_column_and_row():
         Preprocessor({"hist": "sequence"}, [], sequences=spec).fit(bad, "f.csv")
 
 
+def test_parquet_list_cells_are_read_as_they_are(tmp_path):
+    frame = pd.DataFrame({"h": [[1, 2], [], None, [3, 1, 2, 2]], "w": [[1.0, 2.0], [], None, [1.0, 2.0, 3.0, 4.0]]})
+    frame.to_parquet(tmp_path / "h.parquet")
+    back = pd.read_parquet(tmp_path / "h.parquet")  # cells come back as numpy arrays
+    pre = Preprocessor({"h": "sequence"}, [], sequences={"h": SequenceSpec(max_len=3, fields=("w",))}).fit(back)
+    assert pre.vocab["h"] == ["2", "1", "3"]  # 2 (3 times), 1 (twice), 3
+    out = pre.transform(back, with_labels=False)
+    assert out["h"].tolist() == [[0, 3, 2], [0, 0, 0], [0, 0, 0], [3, 2, 2]]
+    mean, std = np.mean([1, 2, 1, 2, 3, 4.0]), np.std([1, 2, 1, 2, 3, 4.0])
+    np.testing.assert_allclose(out["h:w"][3].numpy(), (np.array([2, 3, 4.0]) - mean) / std, rtol=1e-6)
+
+
 def test_state_dict_round_trip_and_predict_builds_histories_from_the_input(tmp_path):
     log = pd.DataFrame({"u": [1, 1, 2, 1, 2], "it": [10, 11, 10, 12, 13], "t": [1, 2, 1, 2, 5],
                         "r": [1.0, 2, 3, 4, 5]})
@@ -211,13 +223,9 @@ def _recipe(path, sequences, split="random", features=("user", "item", "hist")) 
 
 
 def _setup(recipe: dict):
-    from mtlframe.build import Builder
-    from mtlframe.datamodule import RecDataModule
+    from mtlframe.testing import tiny_datamodule
 
-    rec = recipe_from_dict(recipe, "<test recipe>")
-    dm = RecDataModule(rec, Builder(rec).dataset())
-    dm.setup("fit")
-    return dm
+    return tiny_datamodule(recipe)
 
 
 @pytest.mark.parametrize("split", ["random", "time"])
@@ -297,3 +305,61 @@ def test_sequence_data_benchmark_runs_on_movielens(ml100k, tmp_path):
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["rows"] == 80_000 and result["max_len"] == 50 and result["rows_per_second"] > 0
     assert 0.5 < result["truncated_share"] < 0.7  # ML-100K users are heavy raters: most rows see 50+ earlier ones
+
+
+# -- through a whole run, with a throwaway encoder (the package's sequence encoders are tested on their own)
+
+
+class _MeanHistory(torch.nn.Module):
+    """Test-only: masked mean of a sequence's id embeddings ``[B, L] -> [B, dim]``."""
+
+    accepts = frozenset({"sequence"})
+    injected = ("feature_info",)
+    per_task: tuple[str, ...] = ()
+
+    def __init__(self, features: list[str], dim: int = 4, *, feature_info) -> None:
+        super().__init__()
+        self.features = list(features)
+        info = feature_info[self.features[0]]
+        self.table = torch.nn.Embedding(info.cardinality + 1, dim, padding_idx=0)
+        self.output_dim = dim
+
+    def featurize(self, columns):
+        return {f: torch.as_tensor(columns[f]) for f in self.features}
+
+    def forward(self, batch):
+        ids = batch[self.features[0]].long()
+        mask = (ids > 0).unsqueeze(-1).float()
+        return (self.table(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def forward_tasks(self, batch):
+        return {}
+
+    def shared_parameters(self):
+        return self.parameters()
+
+    def feature_slices(self):
+        return None
+
+
+def test_a_history_trains_checkpoints_and_predicts(tmp_path, monkeypatch):
+    import mtlframe.registry as registry_mod
+    from mtlframe.hookspecs import hookimpl
+    from mtlframe.registry import ComponentSpec, build_registry
+    from mtlframe.run import load_checkpoint, predict_frame, train
+    import types
+
+    plugin = types.ModuleType("seq_test_plugin")
+    plugin.mtlframe_encoders = hookimpl(lambda: [ComponentSpec("test-mean-history", _MeanHistory, "test only")])
+    monkeypatch.setattr(registry_mod, "_REGISTRY", build_registry(load_entry_points=False, extra_plugins=[plugin],
+                                                                  strict=True))
+    path, frame = _log_csv(tmp_path, n=120)
+    recipe = _recipe(path, {"hist": {"of": "item", "share_with": "item", "max_len": 4}}, features=("user", "item"))
+    recipe["model"]["encoders"].append({"name": "test-mean-history", "features": ["hist"], "dim": 4})
+    result = train(recipe_from_dict(recipe, "<test recipe>"), tmp_path / "run", progress=False)
+    loaded = load_checkpoint(result.best_checkpoint)
+    assert loaded.preprocessor.sequences["hist"].of == "item"
+    report: dict = {}
+    pred = predict_frame(loaded, frame, report=report)
+    assert len(pred) == len(frame) and np.isfinite(pred["like"].to_numpy()).all()
+    assert report["truncated"]["hist"]["rows"] == len(frame)
