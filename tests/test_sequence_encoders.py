@@ -68,6 +68,15 @@ def test_din_weights_and_output_equal_a_hand_computation():
     torch.testing.assert_close(enc(BATCH), torch.tensor([[2.0, 2.5], [7.0, -7.0], [1.5, 11.0]]))
 
 
+def test_din_unit_equals_the_literal_concatenation_formula():
+    from mtlframe.encoders.target_attention import ActivationUnit
+
+    torch.manual_seed(0)
+    unit = ActivationUnit(4, [6, 3], "prelu")
+    q, k = torch.randn(5, 4), torch.randn(5, 7, 4)
+    torch.testing.assert_close(unit(q, k), unit.reference(q, k))
+
+
 def test_din_softmax_option_is_the_released_codes_scaled_masked_softmax():
     enc, _ = _din("softmax")
     a, b = math.exp(-0.5 / math.sqrt(2)), math.exp(2.5 / math.sqrt(2))
