@@ -82,8 +82,9 @@ class LabelSpec:
 SEQ_MAX_LEN = 50
 #: the side field of a history that is the row's time minus the interaction's (seconds for dates)
 TIME_GAP = "time_gap"
-#: one cell of a sequence column: ``|``-separated tokens without blanks, brackets, quotes, commas
-_SEQ_CELL = r"[^|\s\[\](){},;\"']+(?:\|[^|\s\[\](){},;\"']+)*"
+#: one cell of a sequence column: ``|``-separated ids without blanks, square or curly brackets,
+#: commas or semicolons (the marks of a list written in another syntax: ``[12, 7]``, ``12,7``)
+_SEQ_CELL = r"[^|\s\[\]{},;]+(?:\|[^|\s\[\]{},;]+)*"
 
 
 @dataclass(frozen=True)
@@ -590,9 +591,9 @@ class Preprocessor:
         tokens per cell (an empty cell: 0). Parquet list cells are taken as they are.
 
         Raises:
-            DataError: a cell that is not a ``|``-separated list of tokens (blank, bracket, comma
-                or quote inside a token, an empty token); with ``numeric``, a token that is not a
-                number. The column and row are named.
+            DataError: a cell that is not a ``|``-separated list of tokens (a blank, square or
+                curly bracket, comma or semicolon inside a token, an empty token); with
+                ``numeric``, a token that is not a number. The column and row are named.
         """
         first = series.dropna().head(1)
         if len(first) and pd.api.types.is_list_like(first.iloc[0]) and not isinstance(first.iloc[0], str):
@@ -605,7 +606,7 @@ class Preprocessor:
             if not ok.all():
                 self._malformed(col, source, rows, ~ok, series, (
                     "a cell is a '|'-separated list of ids, oldest first (e.g. '12|7|33'), or empty for an empty "
-                    "history; no blanks, brackets, quotes or commas inside an id, no empty id. Fix the cell."))
+                    "history; no blanks, brackets, commas or semicolons inside an id, no empty id. Fix the cell."))
             parts = cells.fillna("").str.split("|")
             counts = np.where(cells.isna().to_numpy(), 0, parts.str.len().to_numpy(dtype=np.int64))
             flat = parts.explode().to_numpy(dtype=object)

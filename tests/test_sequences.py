@@ -147,6 +147,8 @@ def test_malformed_sequence_cell_names_file_column_and_row(cell, why):
     pre.fit(_clicks(), "clicks.csv")
     with pytest.raises(DataError, match=r"clicks.csv: sequence column 'hist' holds a malformed cell at row 4"):
         pre.transform(frame, "clicks.csv", rows=np.array([0, 3]))  # a subset's positions map back to file rows
+    ok = pd.DataFrame({"hist": ["Children's|Film-Noir|x(1)|a.b"]})  # ids may hold quotes, dashes, dots
+    assert pre.transform(ok, with_labels=False)["hist"].tolist() == [[0] * 46 + [1, 1, 1, 1]]
 
 
 def test_malformed_side_field_names_column_and_row():
