@@ -271,7 +271,8 @@ class Preprocessor:
         """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
 
         ``histories``: ``feature -> History`` of every row of ``frame`` for the sequence features
-        built from the log (``SequenceSpec.of``); one missing is built from ``frame`` itself.
+        built from the log (``SequenceSpec.of``); one missing is built from the ``rows`` alone
+        (they see only each other).
 
         Raises:
             DataError: a numeric column holds a non-numeric value, a value beyond float32 without a
@@ -642,9 +643,13 @@ class Preprocessor:
                         f"{int(lengths[bad][0])} value(s) for {int(counts[bad][0])} id(s). Fix the cell."))
                 fields[g] = values.to_numpy()
             return _Tokens(tokens, row, n, counts, fields)
-        if history is None:  # predict: the input's own rows are the log
-            history = build_history(frame[spec.user].to_numpy(), self._times(frame, col, spec, source), spec.max_len)
-        h = history.take(rows)
+        if history is None:  # predict: the rows themselves are the log (one split, seeing only each other)
+            sub = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype=np.int64)
+            own = build_history(frame[spec.user].to_numpy()[sub], self._times(frame, col, spec, source)[sub],
+                                spec.max_len)
+            h = History(np.where(own.positions >= 0, sub[own.positions.clip(0)], -1), own.lengths)
+        else:
+            h = history.take(rows)
         mask = h.positions >= 0
         pos = h.positions[mask].astype(np.int64)
         row = np.nonzero(mask)[0].astype(np.int64)

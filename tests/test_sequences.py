@@ -192,6 +192,10 @@ def test_state_dict_round_trip_and_predict_builds_histories_from_the_input(tmp_p
     again = back.transform(log, with_labels=False)
     assert back.sequences == pre.sequences and back.feature_info() == pre.feature_info()
     assert all(torch.equal(out[k], again[k]) for k in out)
+    # without given histories, a subset of rows is its own log: row 3 (u1, t=2) no longer sees row 0
+    sub = back.transform(log, with_labels=False, rows=np.array([1, 3, 4]))
+    assert sub["h"].tolist() == [[0, 0], [0, 0], [0, 0]]
+    assert back.transform(log, with_labels=False, rows=np.array([0, 3]))["h"].tolist() == [[0, 0], [0, 2]]
     with pytest.raises(DataError, match="required column 'u' is missing"):
         back.transform(log.drop(columns=["u"]), with_labels=False)
 
