@@ -290,6 +290,11 @@ def test_csv_sequence_column_through_the_data_module(tmp_path):
     recipe = _recipe(path, {"recent": {"share_with": "item", "max_len": 2}}, features=("user", "item", "recent"))
     recipe["data"]["dataset"] = {"name": "csv", "path": str(path), "labels": ["like"],
                                  "features": {"user": "categorical", "item": "categorical", "recent": "sequence"}}
+    recipe["data"]["sequences"]["recent"]["fields"] = ["when", "time_gap"]
+    with pytest.raises(RecipeError, match=r"data.sequences.recent.fields\[0\] .*no column 'when'(.|\n)*"
+                                          r"data.sequences.recent.fields\[1\] .*'time_gap' is a field of a history"):
+        _setup(recipe)
+    del recipe["data"]["sequences"]["recent"]["fields"]
     dm = _setup(recipe)
     codes = {v: i + 2 for i, v in enumerate(dm.preprocessor.vocab["item"])}  # '007' keeps its zeros
     assert set(codes) == {"007", "8", "9"}
