@@ -427,8 +427,9 @@ class Preprocessor:
         int64 ``[N, L]``, numeric float32 ``[N]``, sequence int32 ``[N, L]`` (pre-padded) plus its
         side fields ``f:g`` float32 ``[N, L]``; a sequence built from the log takes its rows'
         histories from ``histories`` (``feature -> History`` of every row of ``frame``), else
-        builds them from ``frame`` itself (all rows one split: ``predict`` on a log file). Labels come as ``label/<task>`` float32 ``[N]``
-        (multiclass: int64, -1 = missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
+        builds them from the transformed rows alone (one split, seeing only each other: ``predict``
+        on a log file). Labels come as ``label/<task>`` float32 ``[N]`` (multiclass: int64, -1 =
+        missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
         (positions into ``frame``) only those rows are transformed, without copying the frame.
 
         :attr:`reports` ``["data"]`` then counts what was filled, clipped, out of vocabulary or
@@ -664,8 +665,9 @@ class Preprocessor:
             bad = ~np.isfinite(values)
             if bad.any():
                 raise DataError(f"{source}: column '{g}' (side field of the history '{col}') has {int(bad.sum())} "
-                                f"missing or non-numeric value(s) in the histories, e.g. at row {int(pos[bad][0]) + 1}; "
-                                f"a side field must be a finite number in every row. Fill the column or drop the field.")
+                                f"missing or non-numeric value(s) in the histories, e.g. at row "
+                                f"{int(pos[bad][0]) + 1}; a side field must be a finite number in every row. "
+                                "Fill the column or drop the field.")
             fields[g] = values
         return _Tokens(_rows(frame[spec.of], pos), row, len(h.lengths), h.lengths, fields)
 
@@ -866,7 +868,8 @@ class Preprocessor:
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
                   state["max_multi_len"], state.get("fill_missing"), state.get("clip"),
-                  {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])}) for k, v in state.get("sequences", {}).items()})
+                  {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])})
+                   for k, v in state.get("sequences", {}).items()})
         pre.seq_stats = {k: (float(v[0]), float(v[1])) for k, v in state.get("seq_stats", {}).items()}
         pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
                      for k, v in state["vocab"].items()}

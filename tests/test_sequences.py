@@ -374,3 +374,14 @@ def test_a_history_trains_checkpoints_and_predicts(tmp_path, monkeypatch):
     pred = predict_frame(loaded, frame, report=report)
     assert len(pred) == len(frame) and np.isfinite(pred["like"].to_numpy()).all()
     assert report["truncated"]["hist"]["rows"] == len(frame)
+
+
+def test_a_missing_side_value_or_timestamp_of_the_log_names_column_and_row():
+    log = pd.DataFrame({"u": [1, 1, 1], "it": [10, 11, 12], "t": [1.0, 2, 3], "r": [1.0, np.nan, 4]})
+    spec = SequenceSpec(max_len=2, fields=("r",), of="it", user="u", timestamp="t")
+    with pytest.raises(DataError, match=r"log.csv: column 'r' \(side field of the history 'h'\) has 1 missing or "
+                                        r"non-numeric value\(s\) in the histories, e.g. at row 2"):
+        Preprocessor({"h": "sequence"}, [], sequences={"h": spec}).fit(log, "log.csv")
+    log.loc[1, "r"], log.loc[2, "t"] = 2.0, np.nan
+    with pytest.raises(DataError, match=r"log.csv: timestamp column 't' has 1 missing value\(s\) at row 3"):
+        Preprocessor({"h": "sequence"}, [], sequences={"h": spec}).fit(log, "log.csv")
