@@ -382,10 +382,15 @@ class RecDataModule(pl.LightningDataModule):
                 elif typ != "sequence":
                     problems.append((path, f"column '{name}' is {typ}, not sequence; declare it `sequence` in "
                                      "data.dataset.features (a '|'-separated id list per row, oldest first)."))
-                if TIME_GAP in seq.fields:
-                    problems.append((f"{path}.fields", f"'{TIME_GAP}' is a field of a history built from the log "
-                                     f"({name}: {{of: ...}}); for a dataset column give a column of '|'-separated "
-                                     "numbers."))
+                for j, g in enumerate(seq.fields):
+                    if g == TIME_GAP:
+                        problems.append((f"{path}.fields[{j}]", f"'{TIME_GAP}' is a field of a history built from the "
+                                         f"log ({name}: {{of: ...}}); for a dataset column give a column of "
+                                         "'|'-separated numbers."))
+                    elif g not in cols:
+                        problems.append((f"{path}.fields[{j}]", f"dataset '{name_ds}' has no column '{g}'"
+                                         + near_hint(closest(g, cols), ".") + " A side field of a sequence column is a "
+                                         "column of '|'-separated numbers, one per id."))
                 continue
             if name in cols or name in table.features:
                 problems.append((path, f"'{name}' is already a column of dataset '{name_ds}'; give the history a new "

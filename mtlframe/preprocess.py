@@ -82,8 +82,9 @@ class LabelSpec:
 SEQ_MAX_LEN = 50
 #: the side field of a history that is the row's time minus the interaction's (seconds for dates)
 TIME_GAP = "time_gap"
-#: one cell of a sequence column: ``|``-separated tokens without blanks, brackets, quotes, commas
-_SEQ_CELL = r"[^|\s\[\](){},;\"']+(?:\|[^|\s\[\](){},;\"']+)*"
+#: one cell of a sequence column: ``|``-separated ids without blanks, square or curly brackets,
+#: commas or semicolons (the marks of a list written in another syntax: ``[12, 7]``, ``12,7``)
+_SEQ_CELL = r"[^|\s\[\]{},;]+(?:\|[^|\s\[\]{},;]+)*"
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,8 @@ class Preprocessor:
         """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
 
         ``histories``: ``feature -> History`` of every row of ``frame`` for the sequence features
-        built from the log (``SequenceSpec.of``); one missing is built from ``frame`` itself.
+        built from the log (``SequenceSpec.of``); one missing is built from the ``rows`` alone
+        (they see only each other).
 
         Raises:
             DataError: a numeric column holds a non-numeric value, a value beyond float32 without a
@@ -425,8 +427,9 @@ class Preprocessor:
         int64 ``[N, L]``, numeric float32 ``[N]``, sequence int32 ``[N, L]`` (pre-padded) plus its
         side fields ``f:g`` float32 ``[N, L]``; a sequence built from the log takes its rows'
         histories from ``histories`` (``feature -> History`` of every row of ``frame``), else
-        builds them from ``frame`` itself (all rows one split: ``predict`` on a log file). Labels come as ``label/<task>`` float32 ``[N]``
-        (multiclass: int64, -1 = missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
+        builds them from the transformed rows alone (one split, seeing only each other: ``predict``
+        on a log file). Labels come as ``label/<task>`` float32 ``[N]`` (multiclass: int64, -1 =
+        missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
         (positions into ``frame``) only those rows are transformed, without copying the frame.
 
         :attr:`reports` ``["data"]`` then counts what was filled, clipped, out of vocabulary or
@@ -590,9 +593,9 @@ class Preprocessor:
         tokens per cell (an empty cell: 0). Parquet list cells are taken as they are.
 
         Raises:
-            DataError: a cell that is not a ``|``-separated list of tokens (blank, bracket, comma
-                or quote inside a token, an empty token); with ``numeric``, a token that is not a
-                number. The column and row are named.
+            DataError: a cell that is not a ``|``-separated list of tokens (a blank, square or
+                curly bracket, comma or semicolon inside a token, an empty token); with
+                ``numeric``, a token that is not a number. The column and row are named.
         """
         first = series.dropna().head(1)
         if len(first) and pd.api.types.is_list_like(first.iloc[0]) and not isinstance(first.iloc[0], str):
@@ -605,7 +608,7 @@ class Preprocessor:
             if not ok.all():
                 self._malformed(col, source, rows, ~ok, series, (
                     "a cell is a '|'-separated list of ids, oldest first (e.g. '12|7|33'), or empty for an empty "
-                    "history; no blanks, brackets, quotes or commas inside an id, no empty id. Fix the cell."))
+                    "history; no blanks, brackets, commas or semicolons inside an id, no empty id. Fix the cell."))
             parts = cells.fillna("").str.split("|")
             counts = np.where(cells.isna().to_numpy(), 0, parts.str.len().to_numpy(dtype=np.int64))
             flat = parts.explode().to_numpy(dtype=object)
@@ -641,9 +644,13 @@ class Preprocessor:
                         f"{int(lengths[bad][0])} value(s) for {int(counts[bad][0])} id(s). Fix the cell."))
                 fields[g] = values.to_numpy()
             return _Tokens(tokens, row, n, counts, fields)
-        if history is None:  # predict: the input's own rows are the log
-            history = build_history(frame[spec.user].to_numpy(), self._times(frame, col, spec, source), spec.max_len)
-        h = history.take(rows)
+        if history is None:  # predict: the rows themselves are the log (one split, seeing only each other)
+            sub = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype=np.int64)
+            own = build_history(frame[spec.user].to_numpy()[sub], self._times(frame, col, spec, source)[sub],
+                                spec.max_len)
+            h = History(np.where(own.positions >= 0, sub[own.positions.clip(0)], -1), own.lengths)
+        else:
+            h = history.take(rows)
         mask = h.positions >= 0
         pos = h.positions[mask].astype(np.int64)
         row = np.nonzero(mask)[0].astype(np.int64)
@@ -658,8 +665,9 @@ class Preprocessor:
             bad = ~np.isfinite(values)
             if bad.any():
                 raise DataError(f"{source}: column '{g}' (side field of the history '{col}') has {int(bad.sum())} "
-                                f"missing or non-numeric value(s) in the histories, e.g. at row {int(pos[bad][0]) + 1}; "
-                                f"a side field must be a finite number in every row. Fill the column or drop the field.")
+                                f"missing or non-numeric value(s) in the histories, e.g. at row "
+                                f"{int(pos[bad][0]) + 1}; a side field must be a finite number in every row. "
+                                "Fill the column or drop the field.")
             fields[g] = values
         return _Tokens(_rows(frame[spec.of], pos), row, len(h.lengths), h.lengths, fields)
 
@@ -860,7 +868,8 @@ class Preprocessor:
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
                   state["max_multi_len"], state.get("fill_missing"), state.get("clip"),
-                  {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])}) for k, v in state.get("sequences", {}).items()})
+                  {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])})
+                   for k, v in state.get("sequences", {}).items()})
         pre.seq_stats = {k: (float(v[0]), float(v[1])) for k, v in state.get("seq_stats", {}).items()}
         pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
                      for k, v in state["vocab"].items()}

@@ -147,6 +147,8 @@ def test_malformed_sequence_cell_names_file_column_and_row(cell, why):
     pre.fit(_clicks(), "clicks.csv")
     with pytest.raises(DataError, match=r"clicks.csv: sequence column 'hist' holds a malformed cell at row 4"):
         pre.transform(frame, "clicks.csv", rows=np.array([0, 3]))  # a subset's positions map back to file rows
+    ok = pd.DataFrame({"hist": ["Children's|Film-Noir|x(1)|a.b"]})  # ids may hold quotes, dashes, dots
+    assert pre.transform(ok, with_labels=False)["hist"].tolist() == [[0] * 46 + [1, 1, 1, 1]]
 
 
 def test_malformed_side_field_names_column_and_row():
@@ -190,6 +192,10 @@ def test_state_dict_round_trip_and_predict_builds_histories_from_the_input(tmp_p
     again = back.transform(log, with_labels=False)
     assert back.sequences == pre.sequences and back.feature_info() == pre.feature_info()
     assert all(torch.equal(out[k], again[k]) for k in out)
+    # without given histories, a subset of rows is its own log: row 3 (u1, t=2) no longer sees row 0
+    sub = back.transform(log, with_labels=False, rows=np.array([1, 3, 4]))
+    assert sub["h"].tolist() == [[0, 0], [0, 0], [0, 0]]
+    assert back.transform(log, with_labels=False, rows=np.array([0, 3]))["h"].tolist() == [[0, 0], [0, 2]]
     with pytest.raises(DataError, match="required column 'u' is missing"):
         back.transform(log.drop(columns=["u"]), with_labels=False)
 
@@ -284,6 +290,11 @@ def test_csv_sequence_column_through_the_data_module(tmp_path):
     recipe = _recipe(path, {"recent": {"share_with": "item", "max_len": 2}}, features=("user", "item", "recent"))
     recipe["data"]["dataset"] = {"name": "csv", "path": str(path), "labels": ["like"],
                                  "features": {"user": "categorical", "item": "categorical", "recent": "sequence"}}
+    recipe["data"]["sequences"]["recent"]["fields"] = ["when", "time_gap"]
+    with pytest.raises(RecipeError, match=r"data.sequences.recent.fields\[0\] .*no column 'when'(.|\n)*"
+                                          r"data.sequences.recent.fields\[1\] .*'time_gap' is a field of a history"):
+        _setup(recipe)
+    del recipe["data"]["sequences"]["recent"]["fields"]
     dm = _setup(recipe)
     codes = {v: i + 2 for i, v in enumerate(dm.preprocessor.vocab["item"])}  # '007' keeps its zeros
     assert set(codes) == {"007", "8", "9"}
@@ -363,3 +374,14 @@ def test_a_history_trains_checkpoints_and_predicts(tmp_path, monkeypatch):
     pred = predict_frame(loaded, frame, report=report)
     assert len(pred) == len(frame) and np.isfinite(pred["like"].to_numpy()).all()
     assert report["truncated"]["hist"]["rows"] == len(frame)
+
+
+def test_a_missing_side_value_or_timestamp_of_the_log_names_column_and_row():
+    log = pd.DataFrame({"u": [1, 1, 1], "it": [10, 11, 12], "t": [1.0, 2, 3], "r": [1.0, np.nan, 4]})
+    spec = SequenceSpec(max_len=2, fields=("r",), of="it", user="u", timestamp="t")
+    with pytest.raises(DataError, match=r"log.csv: column 'r' \(side field of the history 'h'\) has 1 missing or "
+                                        r"non-numeric value\(s\) in the histories, e.g. at row 2"):
+        Preprocessor({"h": "sequence"}, [], sequences={"h": spec}).fit(log, "log.csv")
+    log.loc[1, "r"], log.loc[2, "t"] = 2.0, np.nan
+    with pytest.raises(DataError, match=r"log.csv: timestamp column 't' has 1 missing value\(s\) at row 3"):
+        Preprocessor({"h": "sequence"}, [], sequences={"h": spec}).fit(log, "log.csv")
