@@ -320,3 +320,18 @@ def test_per_task_attention_needs_a_backbone_that_reads_task_inputs_and_time_nee
            "time_field": "ts"}
     with pytest.raises(RecipeError, match=r"model\.encoders\[1\]\.time_field.*has fields \['time_gap'\]"):
         recipe_from_dict(_log_recipe(tmp_path, bst))
+
+
+def test_recommend_refuses_a_trained_target_attention_model_before_loading_data(tmp_path):
+    from mtlframe.recommend import recommend
+    from mtlframe.testing import train_tiny
+
+    din = {"name": "target-attention", "features": ["hist"], "target": "item", "dim": 4}
+    recipe = _log_recipe(tmp_path, din, ranking={"user_features": ["user"], "item_features": ["item"]})
+    result = train_tiny(tmp_path / "run", recipe)
+    (tmp_path / "log.csv").unlink()                    # the refusal comes before any data is read
+    users = tmp_path / "users.csv"
+    users.write_text("user\n1\n")
+    with pytest.raises(MTLFrameError, match=r"model\.encoders\[1\] \(TargetAttentionEncoder of 'hist'\) reads the "
+                                            r"target item 'item'.*sequence-pool"):
+        recommend(result.best_checkpoint, users, k=3, output=tmp_path / "out.csv")
