@@ -26,7 +26,8 @@ KIND_INTRO = {
     "dataset": "Loaders that return one table plus its column schema (`data.dataset`).",
     "encoder": "Batch columns -> one `[B, d]` tensor; the outputs of all encoders are concatenated "
                "into `x [B, D]` (`model.encoders`). Injected: `feature_info` (`embedding`: also "
-               "`task_names`, for its per-task tables).",
+               "`task_names`, for its per-task tables; the sequence encoders: `tables`, the shared id "
+               "tables bound after every encoder is built, and `target-attention` `task_names`).",
     "backbone": "`x [B, D]` -> one representation `[B, H_t]` per task: how the tasks share "
                 "(`model.backbone`). Injected: `input_dim`, `task_names` (`stem`: also `task_inputs`, "
                 "whether the encoders give per-task inputs `{task: [B, D]}`; `esmm`, `escm2`, `aitm`: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mtlframe.encoders.tables import bind_tables
 from mtlframe.errors import MTLFrameError, RecipeError
 from mtlframe.features import FeatureInfo, TaskSpec
 from mtlframe.recipe import Recipe
@@ -67,6 +68,13 @@ class Builder:
                                    self.recipe.lines)
             out.append(self.make("encoder", spec, f"model.encoders[{i}]", feature_info=feature_info,
                                  task_names=list(self.recipe.config.tasks)))
+        # second pass: encoders that read another encoder's table (a sequence with share_with)
+        problems = bind_tables(out)
+        if problems:
+            specs = self.recipe.config.model.encoders
+            raise RecipeError([argument_problem(exc, "encoder", specs[i]["name"], f"model.encoders[{i}]",
+                                                parameters(type(out[i]))) for i, exc in problems],
+                              self.recipe.source, self.recipe.lines)
         return out
 
     def model(self, encoders: Sequence, tasks: Sequence[TaskSpec]):
@@ -113,7 +121,9 @@ class Builder:
 
     def _check_task_inputs(self, encoders: Sequence) -> bool:
         """Whether encoders have per-task tables; a recipe error if the backbone cannot read them."""
-        keys = [f"model.encoders[{i}].task_specific" for i, e in enumerate(encoders) if getattr(e, "per_task", ())]
+        specs = self.recipe.config.model.encoders
+        keys = [f"model.encoders[{i}].{'per_task' if 'per_task' in specs[i] else 'task_specific'}"
+                for i, e in enumerate(encoders) if getattr(e, "per_task", ())]
         backbone = self.recipe.config.model.backbone
         problems = task_input_conflicts(keys, backbone["name"]) if backbone is not None else []
         if problems:

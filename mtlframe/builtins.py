@@ -33,6 +33,12 @@ def mtlframe_encoders():
         C("numeric", "mtlframe.encoders.numeric:NumericEncoder", "standardized numeric features"),
         C("bag-of-words", "mtlframe.encoders.bag_of_words:BagOfWordsEncoder",
           "hashed word n-grams of text -> mean-pooled EmbeddingBag"),
+        C("sequence-pool", "mtlframe.encoders.sequence_pool:SequencePoolEncoder",
+          "behaviour sequence -> masked mean / sum / max of its id embeddings (YouTube-DNN, RecSys 2016)"),
+        C("target-attention", "mtlframe.encoders.target_attention:TargetAttentionEncoder",
+          "behaviour sequence weighted by DIN's activation unit against the target item (Zhou et al., KDD 2018)"),
+        C("sequence-transformer", "mtlframe.encoders.sequence_transformer:SequenceTransformerEncoder",
+          "self-attention over behaviour sequence + target item, BST (Chen et al., DLP-KDD 2019)"),
     ]
 
 

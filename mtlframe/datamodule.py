@@ -13,7 +13,8 @@ from mtlframe.batching import ColumnBatches, Columns, take
 from mtlframe.datasets.base import RecDataset, Table
 from mtlframe.errors import DataError, RecipeError, closest, near_hint
 from mtlframe.features import GROUP_KEY, FeatureInfo, TaskSpec, label_key, mask_key
-from mtlframe.preprocess import LabelSpec, Preprocessor
+from mtlframe.history import History, build_history, split_ranks
+from mtlframe.preprocess import TIME_GAP, LabelSpec, Preprocessor, SequenceSpec
 from mtlframe.process_memory import pin_mmap_threshold, release_freed_memory
 from mtlframe.recipe import Recipe
 
@@ -22,40 +23,50 @@ SPLITS = ("train", "val", "test")
 ITEM_KEY = "id/item"
 
 
-def _timestamps(table: Table, name: str) -> np.ndarray:
-    """The timestamp column of ``table`` for split ``name``.
+def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarray:
+    """The timestamp column of ``table`` for split ``name`` (or for the history ``history``,
+    ``data.sequences.<history>``).
 
     Raises:
         DataError: no timestamp column, or missing timestamps (rows named).
     """
+    who, fix = (f"the history data.sequences.{history}", "or drop the history") if history else (
+        f"the {name} split", "or use data.split.name: random")
     if not table.timestamp:
-        raise DataError(f"{table.source}: data.split.name '{name}' needs a timestamp column, and this dataset "
-                        "has none; use data.split.name: random.")
+        raise DataError(f"{table.source}: " + (f"{who} needs a timestamp column, and this dataset has none; declare "
+                                               f"`timestamp:` in data.dataset, {fix}." if history else
+                                               f"data.split.name '{name}' needs a timestamp column, and this dataset "
+                                               "has none; use data.split.name: random."))
     stamps = table.frame[table.timestamp]
     if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
         pos = np.flatnonzero(stamps.isna().to_numpy())
         raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
                         f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
-                        f"the {name} split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+                        f"{who} cannot place those rows. Fill or drop them, {fix}.")
     return stamps.to_numpy()
 
 
-def _user_codes(table: Table, name: str) -> np.ndarray:
-    """Dense user codes ``[N]`` (int64, order of first appearance) for the per-user split ``name``.
+def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarray:
+    """Dense user codes ``[N]`` (int64, order of first appearance) for the per-user split ``name``
+    (or for the history ``history``, ``data.sequences.<history>``).
 
     Raises:
         DataError: no user column, or missing user ids (rows named).
     """
+    who, fix = (f"the history data.sequences.{history}", "or drop the history") if history else (
+        f"the {name} split", "or use data.split.name: random")
     if not table.user or table.user not in table.frame.columns:
-        raise DataError(f"{table.source}: data.split.name '{name}' splits each user's rows and needs a user column, "
-                        "and this dataset declares none; declare `user:` in data.dataset, or use "
-                        "data.split.name: random.")
+        raise DataError(f"{table.source}: " + (f"{who} needs each row's user, and this dataset declares no user "
+                                               f"column; declare `user:` in data.dataset, {fix}." if history else
+                                               f"data.split.name '{name}' splits each user's rows and needs a user "
+                                               "column, and this dataset declares none; declare `user:` in "
+                                               "data.dataset, or use data.split.name: random."))
     codes = pd.factorize(table.frame[table.user])[0].astype(np.int64)
     if (codes < 0).any():
         pos = np.flatnonzero(codes < 0)
         raise DataError(f"{table.source}: user column '{table.user}' has {len(pos)} missing value(s) "
                         f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
-                        f"the {name} split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+                        f"{who} cannot place those rows. Fill or drop them, {fix}.")
     return codes
 
 
@@ -180,12 +191,24 @@ def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any
         n, where = counts("clipped", col)
         if n:
             lines.append(f"numeric feature '{col}': {n} value(s) ({where}) clipped to [{low:g}, {high:g}] (data.clip)")
+    for col, spec in pre.sequences.items():
+        per = {k: r.get("truncated", {}).get(col, {}) for k, r in reports.items()}
+        rows = sum(p.get("rows", 0) for p in per.values())
+        cut = sum(p.get("truncated", 0) for p in per.values())
+        if cut:
+            lines.append(truncation_line(col, cut, rows, spec.max_len))
     for lab in pre.labels:
         n, where = counts("masked_labels", lab.task)
         if n:
             lines.append(f"task '{lab.task}': {n} row(s) ({where}) with label {lab.missing_text} "
                          "(missing_label) masked")
     return lines
+
+
+def truncation_line(col: str, truncated: int, rows: int, max_len: int) -> str:
+    """``"feature 'f': 12.3% of rows (1234 of 10000) truncated to the 50 most recent"``."""
+    return (f"feature '{col}': {truncated / max(rows, 1):.1%} of rows ({truncated} of {rows}) truncated to the "
+            f"{max_len} most recent (data.sequences.{col}.max_len)")
 
 
 def _print_rank_zero(line: str) -> None:
@@ -255,10 +278,14 @@ class RecDataModule(pl.LightningDataModule):
         pin_mmap_threshold()
         group_col = self.recipe.metrics_group_column()
         extra = getattr(self.dataset, "extra_columns", None)  # datasets that load only declared columns
-        if group_col is not None and isinstance(extra, list) and group_col not in extra:
-            extra.append(group_col)
+        wanted = [group_col] if group_col is not None else []
+        for name, seq in self.cfg.sequences.items():  # histories' sources, side-field columns
+            wanted += [c for c in (seq.of, *seq.fields) if c and c != TIME_GAP]
+        if isinstance(extra, list):
+            extra += [c for c in dict.fromkeys(wanted) if c not in extra]
         table = self.dataset.load()
         self.table = table
+        self._declare_sequences(table)
         features, labels = self._resolve_columns(table)
         seed = self.recipe.config.seed
         s = self.cfg.split
@@ -277,7 +304,10 @@ class RecDataModule(pl.LightningDataModule):
                            for k in ("val", "test")}
             del values
         # columns that no encoder or task reads (other labels, unused features) go first
-        needed = {*features, *(lab.column for lab in labels), table.user, table.item, table.timestamp}
+        specs = self._sequence_specs(table, features)
+        sources = {c for name, spec in specs.items() if spec.of for c in (spec.of, *spec.fields) if c != TIME_GAP}
+        needed = {*features, *(lab.column for lab in labels), table.user, table.item, table.timestamp, *sources,
+                  *(g for spec in specs.values() for g in spec.fields if g != TIME_GAP)}
         for col in [c for c in table.frame.columns if c not in needed]:
             del table.frame[col]
         if table.user and table.user in table.frame.columns:
@@ -286,14 +316,18 @@ class RecDataModule(pl.LightningDataModule):
         numeric = [c for c, t in features.items() if t == "numeric"]
         pre = Preprocessor(features, labels, min_count=self.cfg.min_count,
                            fill_missing={c: self.cfg.fill_policy(c) for c in numeric},
-                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric})
-        pre.fit(table.frame, table.source, rows=idx["train"])
+                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric}, sequences=specs)
+        #: ``feature -> History`` of every row, for the sequence features built from the log
+        self.histories = self._build_histories(table, specs, idx)
+        pre.fit(table.frame, table.source, rows=idx["train"], histories=self.histories)
         self.preprocessor = pre
         # column by column, each deleted from the frame once transformed (the frame and the
-        # model-ready columns are never both held in full); user, item and time columns stay
-        keep = {table.user, table.item, table.timestamp}
+        # model-ready columns are never both held in full); user, item and time columns and the
+        # sources of the histories stay
+        keep = {table.user, table.item, table.timestamp, *sources}
         release = [c for c in [*features, *(lab.column for lab in labels)] if c not in keep]
-        self.splits = pre.transform_splits(table.frame, idx, table.source, release=release)
+        self.splits = pre.transform_splits(table.frame, idx, table.source, release=release, histories=self.histories)
+        self.histories = {}
         self._funnel_targets(table.source)
         for line in preprocess_summary(pre, pre.reports):
             _print_rank_zero(line)
@@ -320,6 +354,107 @@ class RecDataModule(pl.LightningDataModule):
         #: ``{split: [rows with a funnel stage 1 and an earlier stage 0, per stage]}``
         self.funnel_violations = apply_funnel_labels(self.splits, stages, {t: c.label for t, c in tasks.items()},
                                                      strict, spec["name"], source)
+
+    # -- sequences -------------------------------------------------------------------------------
+    def _declare_sequences(self, table: Table) -> None:
+        """Check ``data.sequences`` against the table and add each history built from the log
+        (``of``) to ``table.features`` as a ``sequence`` column.
+
+        Raises:
+            RecipeError: a sequence that is neither a ``sequence`` column of the dataset nor a
+                history; a history whose name is already a column, whose ``of`` or side field is
+                not a column, or whose dataset has no user or timestamp column; ``time_gap`` on a
+                dataset column (each at its ``data.sequences.<name>`` path).
+        """
+        problems: list[tuple[str, str]] = []
+        cols = list(map(str, table.frame.columns))
+        name_ds = self.cfg.dataset.get("name")
+        features = dict(table.features)
+        for name, seq in self.cfg.sequences.items():
+            path = f"data.sequences.{name}"
+            if seq.of is None:
+                typ = table.features.get(name)
+                if typ is None:
+                    near = closest(name, [c for c, t in table.features.items() if t == "sequence"] or cols)
+                    problems.append((path, f"dataset '{name_ds}' has no sequence column '{name}'" + near_hint(near, ".")
+                                     + " Declare the column `sequence` in data.dataset.features, or build it from the "
+                                     f"log: {name}: {{of: <item column>}}."))
+                elif typ != "sequence":
+                    problems.append((path, f"column '{name}' is {typ}, not sequence; declare it `sequence` in "
+                                     "data.dataset.features (a '|'-separated id list per row, oldest first)."))
+                for j, g in enumerate(seq.fields):
+                    if g == TIME_GAP:
+                        problems.append((f"{path}.fields[{j}]", f"'{TIME_GAP}' is a field of a history built from the "
+                                         f"log ({name}: {{of: ...}}); for a dataset column give a column of "
+                                         "'|'-separated numbers."))
+                    elif g not in cols:
+                        problems.append((f"{path}.fields[{j}]", f"dataset '{name_ds}' has no column '{g}'"
+                                         + near_hint(closest(g, cols), ".") + " A side field of a sequence column is a "
+                                         "column of '|'-separated numbers, one per id."))
+                continue
+            if name in cols or name in table.features:
+                problems.append((path, f"'{name}' is already a column of dataset '{name_ds}'; give the history a new "
+                                 f"name (e.g. hist_{seq.of})."))
+                continue
+            if seq.of not in cols:
+                problems.append((f"{path}.of", f"dataset '{name_ds}' has no column '{seq.of}' to build the history of"
+                                 + near_hint(closest(seq.of, cols), ".") + f" Columns: {', '.join(cols)}."))
+            for j, g in enumerate(seq.fields):
+                if g != TIME_GAP and g not in cols:
+                    problems.append((f"{path}.fields[{j}]", f"dataset '{name_ds}' has no column '{g}'"
+                                     + near_hint(closest(g, cols), ".") + f" A side field of a history is a numeric "
+                                     f"column of the log, or '{TIME_GAP}'."))
+            for what, col in (("user", table.user), ("timestamp", table.timestamp)):
+                if not col or col not in cols:
+                    problems.append((f"{path}.of", f"a history is built per user in time order and dataset "
+                                     f"'{name_ds}' declares no {what} column; declare `{what}:` in data.dataset."))
+            features[name] = "sequence"
+        if problems:
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
+        table.features = features
+
+    def _sequence_specs(self, table: Table, features: Mapping[str, str]) -> dict[str, SequenceSpec]:
+        """``SequenceSpec`` of every sequence feature the model reads (defaults where the recipe
+        has no ``data.sequences`` entry).
+
+        Raises:
+            RecipeError: ``share_with`` is not a categorical feature of the model's encoders.
+        """
+        specs, problems = {}, []
+        categorical = [c for c, t in features.items() if t == "categorical"]
+        for col in [c for c, t in features.items() if t == "sequence"]:
+            seq = self.cfg.sequences.get(col)
+            if seq is None:
+                specs[col] = SequenceSpec()
+                continue
+            if seq.share_with is not None and seq.share_with not in categorical:
+                problems.append((f"data.sequences.{col}.share_with", (
+                    f"'{seq.share_with}' is not a categorical feature of the model's encoders"
+                    + near_hint(closest(seq.share_with, categorical), ".")
+                    + f" Categorical features: {', '.join(categorical) or 'none'}. The history shares that "
+                    "feature's codes and embedding table, so an encoder must read it.")))
+            specs[col] = SequenceSpec(max_len=seq.max_len, share_with=seq.share_with, fields=tuple(seq.fields),
+                                      of=seq.of, user=table.user if seq.of else None,
+                                      timestamp=table.timestamp if seq.of else None)
+        if problems:
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
+        return specs
+
+    def _build_histories(self, table: Table, specs: Mapping[str, SequenceSpec],
+                         idx: Mapping[str, np.ndarray]) -> dict[str, History]:
+        """The leak-free history of every row (:func:`mtlframe.history.build_history`) for each
+        sequence feature built from the log: a row sees the same user's strictly earlier rows of
+        its own or an earlier split (train < val < test)."""
+        built = {c: s for c, s in specs.items() if s.of}
+        if not built:
+            return {}
+        ranks = split_ranks(idx, len(table.frame))
+        out = {}
+        for col, spec in built.items():
+            users = _user_codes(table, "", history=col)
+            times = _timestamps(table, "", history=col)
+            out[col] = build_history(users, times, spec.max_len, ranks)
+        return out
 
     # -- model-facing information ------------------------------------------------------------------
     def _resolve_columns(self, table: Table) -> tuple[dict[str, str], list[LabelSpec]]:

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 #: column types a dataset may declare
-FeatureType = Literal["categorical", "numeric", "text", "multi_categorical"]
-FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "text", "multi_categorical")
+FeatureType = Literal["categorical", "numeric", "text", "multi_categorical", "sequence"]
+FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "text", "multi_categorical", "sequence")
 
 #: task types and what they decide
 TaskType = Literal["binary", "regression", "multiclass", "retrieval"]
@@ -28,14 +28,24 @@ class FeatureInfo:
         name: column name; also the batch key of its tensor.
         type: one of :data:`FEATURE_TYPES`.
         cardinality: embedding rows needed (vocabulary size incl. index 0 = out-of-vocabulary /
-            missing) for ``categorical`` and ``multi_categorical``; 0 otherwise.
-        max_len: padded length ``L`` of a ``multi_categorical`` feature's ``[B, L]`` tensor.
+            missing) for ``categorical`` and ``multi_categorical``; for ``sequence`` the rows of
+            its id space incl. out-of-vocabulary (its ``share_with`` feature's cardinality when
+            shared): the ``[B, L]`` codes are 0 = padding, ``c + 1`` = id-space code ``c`` (so
+            codes run 0..cardinality); 0 otherwise.
+        max_len: padded length ``L`` of a ``multi_categorical`` or ``sequence`` feature's ``[B, L]``
+            tensor (a sequence is pre-padded: most recent id in the last column).
+        share_with: ``sequence`` only: the categorical feature whose codes (and embedding table)
+            the sequence's ids share (``seq_code - 1 == its code``), or ``None`` (own vocabulary).
+        fields: ``sequence`` only: its side fields ``g``, batch keys ``<name>:<g>``, float32
+            ``[B, L]`` standardized, 0 at padding.
     """
 
     name: str
     type: str
     cardinality: int = 0
     max_len: int = 0
+    share_with: str | None = None
+    fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

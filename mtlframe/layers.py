@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-                "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU}
+                "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "sigmoid": nn.Sigmoid}
 
 
 def activation(name: str) -> nn.Module:
-    """Build an activation by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``leaky_relu``, ``prelu``).
+    """Build an activation by name (``relu``, ``gelu``, ``silu``, ``tanh``, ``leaky_relu``, ``prelu``,
+    ``sigmoid``).
 
     Raises:
         ValueError: unknown name (the list of valid ones is in the message).

@@ -119,7 +119,11 @@ class MultiTaskModel(nn.Module):
 
         Raises:
             ValueError: the model has no item side (the recipe has no ``ranking`` section).
+            MTLFrameError: an encoder reads the target item (``target-attention``,
+                ``sequence-transformer``): a user row's encoding holds that row's own item, so it
+                cannot be paired with other items.
         """
+        refuse_target_readers(self.encoders)
         if self.item_columns is None:
             raise ValueError("the model has no item side: add a `ranking:` section (user_features, item_features) "
                              "to the recipe")
@@ -171,3 +175,21 @@ class MultiTaskModel(nn.Module):
                 yield from getattr(enc, "shared_parameters", enc.parameters)()
         if self.shared != "encoders":
             yield from self.backbone.shared_parameters()
+
+
+def refuse_target_readers(encoders: Sequence[nn.Module], what: str = "this model") -> None:
+    """Raise when an encoder of ``encoders`` reads the scored item (see :meth:`MultiTaskModel.compose`).
+
+    Raises:
+        MTLFrameError: naming each such encoder and the fix.
+    """
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.retrieval import describe_reader, target_readers
+
+    readers = target_readers(encoders)
+    if readers:
+        raise MTLFrameError(
+            f"{what} cannot pair a user's encoding with other items (as recommend does to score the catalogue): "
+            f"{'; '.join(describe_reader(*r) for r in readers)}, so a user row's encoding depends on that row's "
+            "own item. Encode the history with `sequence-pool` (user side only) and retrain, or score explicit "
+            "(user, item) rows with `mtlframe predict`.")

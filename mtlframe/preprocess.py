@@ -14,6 +14,16 @@
   training split and saved). A value beyond the float32 range (|x| > 3.4e38, e.g. ``1e300``) is
   an error naming the row, unless the column has a declared ``clip`` range ``[low, high]``, which
   then bounds every value of the column. Fills and clips are counted in :attr:`Preprocessor.reports`.
+* ``sequence`` (see ``docs/sequences.md``): an ordered id list per row, most recent last: a
+  dataset column of ``|``-separated tokens (``"12|7|33"``, oldest first; an empty cell is an empty
+  history), or a history built from the log (:mod:`mtlframe.history`, ``SequenceSpec.of``).
+  Out: int32 ``[N, L]`` pre-padded (padding at the front, most recent in the last column),
+  ``L = max_len``, **0 = padding, c + 1 = code c of the id space** (1 = out of vocabulary). The id
+  space is the feature's own vocabulary of the training rows' tokens, or with ``share_with`` the
+  categorical codes of that feature (``seq_code - 1 == its code``). Side field ``g`` -> float32
+  ``[N, L]`` under ``f:g``, standardized with the training tokens' mean and std, 0 at padding.
+  Longer lists keep their ``max_len`` most recent tokens (counted per split in the report); a
+  cell that is not a list of tokens is a :class:`DataError` naming the file, column and row.
 * ``text``: kept raw (missing -> ``""``; other cells as they are, so a text encoder can count
   non-string cells) for text encoders to featurize.
 * memory: :meth:`Preprocessor.fit` and :meth:`Preprocessor.transform` take ``rows`` (positions
@@ -41,6 +51,7 @@ import torch
 
 from mtlframe.errors import DataError, closest
 from mtlframe.features import FeatureInfo, label_key, mask_key
+from mtlframe.history import History, build_history
 
 
 #: largest finite float32: numeric values beyond it cannot be represented in the model's inputs
@@ -65,6 +76,49 @@ class LabelSpec:
     def missing_text(self) -> str:
         """The marker as written in messages (``-1``, ``'none'``)."""
         return f"{self.missing:g}" if isinstance(self.missing, float) else repr(self.missing)
+
+
+#: default ``max_len`` of a sequence feature
+SEQ_MAX_LEN = 50
+#: the side field of a history that is the row's time minus the interaction's (seconds for dates)
+TIME_GAP = "time_gap"
+#: one cell of a sequence column: ``|``-separated ids without blanks, square or curly brackets,
+#: commas or semicolons (the marks of a list written in another syntax: ``[12, 7]``, ``12,7``)
+_SEQ_CELL = r"[^|\s\[\]{},;]+(?:\|[^|\s\[\]{},;]+)*"
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """How a ``sequence`` feature is read (the recipe's ``data.sequences.<name>``).
+
+    Attributes:
+        max_len: ``L``, the most recent tokens kept.
+        share_with: a categorical feature whose codes are the id space (``None``: own vocabulary).
+        fields: side fields, batch keys ``<name>:<field>``: for a dataset column, columns of
+            ``|``-separated numbers parallel to the ids; for a history, numeric columns of the log
+            (or :data:`TIME_GAP`).
+        of: build the feature from the log: the history of this column's values
+            (:mod:`mtlframe.history`); ``None``: the feature is a dataset column.
+        user, timestamp: the log's user and timestamp columns (histories only).
+    """
+
+    max_len: int = SEQ_MAX_LEN
+    share_with: str | None = None
+    fields: tuple[str, ...] = ()
+    of: str | None = None
+    user: str | None = None
+    timestamp: str | None = None
+
+
+@dataclass
+class _Tokens:
+    """The tokens of ``n`` rows of a sequence feature, flat, oldest first within a row."""
+
+    values: pd.Series  # raw ids
+    row: np.ndarray  # [T] int64 row of each token
+    n: int
+    lengths: np.ndarray  # [n] tokens per row before truncation
+    fields: dict[str, np.ndarray]  # field -> [T] float64
 
 
 def _row_list(bad: np.ndarray, rows: np.ndarray | None, limit: int = 5) -> str:
@@ -135,6 +189,28 @@ def _row_number(pos: int, rows: np.ndarray | None) -> int:
     return int(rows[pos] if rows is not None else pos) + 1
 
 
+def _lookup(series: pd.Series, vocab: Sequence[str] | np.ndarray) -> tuple[np.ndarray, int]:
+    """``(codes, n_missing)``: each value's index in ``vocab`` (``-1``: unknown or missing) and the
+    number of missing values (NaN / empty). Integer columns take one hash lookup, no strings."""
+    ints = _as_int(series)
+    int_vocab = _int_vocab(vocab) if ints is not None else None
+    if int_vocab is not None:
+        return pd.Index(int_vocab).get_indexer(ints), 0
+    strs = _as_str(series)
+    return pd.Categorical(strs, categories=_str_vocab(vocab)).codes, int(strs.isna().sum())
+
+
+def _fit_vocab(series: pd.Series, min_count: int) -> tuple[list[str] | np.ndarray, int]:
+    """``(vocabulary, present)``: the values seen at least ``min_count`` times, most frequent
+    first (an int64 array for an integer column, else strings), and the number of present values."""
+    ints = _as_int(series)
+    values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
+    counts = values.value_counts(dropna=True)
+    present = int(counts.sum())
+    counts = counts[counts >= min_count]
+    return (np.array(counts.index, dtype=np.int64) if ints is not None else [str(v) for v in counts.index]), present
+
+
 def id_dtype(cardinality: int) -> torch.dtype:
     """int32 for ids below 2^31 - 1, else int64."""
     return torch.int32 if cardinality < 2**31 - 1 else torch.int64
@@ -152,6 +228,8 @@ class Preprocessor:
             an unlisted column), ``"mean"``, ``"median"``, ``"zero"`` or a number (raw units).
         clip: ``numeric column -> (low, high)``: values are clipped to this range (raw units)
             before standardization; without it a value beyond float32 is an error.
+        sequences: ``sequence column -> SequenceSpec`` (a sequence feature not listed takes the
+            defaults: ``max_len`` 50, own vocabulary, no side fields).
 
     Attributes (after :meth:`fit`):
         vocab: ``column -> vocabulary`` in frequency order, id ``i + 1`` for entry ``i``: a list of
@@ -160,13 +238,20 @@ class Preprocessor:
         reports: what the last :meth:`transform` / :meth:`transform_splits` did, per split
             (``"data"`` for :meth:`transform`): ``{"oov": {col: {"rows", "oov", "missing"}},
             "filled": {col: n}, "clipped": {col: n}, "masked_labels": {task: n},
-            "unseen_classes": {task: {class: n}}}``.
+            "unseen_classes": {task: {class: n}}, "truncated": {col: {"rows", "truncated"}}}``;
+            a sequence's ``oov`` entry also holds ``"tokens"`` and ``"oov_tokens"`` (its ``oov``
+            counts rows with an unknown token, ``missing`` rows with an empty history).
+        seq_stats: ``"<sequence>:<field>" -> (mean, std)`` of the side fields' training tokens.
     """
 
     def __init__(self, features: Mapping[str, str], labels: Sequence[LabelSpec], min_count: int = 1,
                  max_multi_len: int = 64, fill_missing: Mapping[str, str | float] | None = None,
-                 clip: Mapping[str, Sequence[float]] | None = None) -> None:
+                 clip: Mapping[str, Sequence[float]] | None = None,
+                 sequences: Mapping[str, SequenceSpec] | None = None) -> None:
         self.features = dict(features)
+        self.sequences: dict[str, SequenceSpec] = {c: (sequences or {}).get(c, SequenceSpec())
+                                                   for c, t in self.features.items() if t == "sequence"}
+        self.seq_stats: dict[str, tuple[float, float]] = {}
         self.labels = list(labels)
         self.min_count = min_count
         self.max_multi_len = max_multi_len
@@ -181,8 +266,13 @@ class Preprocessor:
         self.fitted = False
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit(self, frame: pd.DataFrame, source: str = "data", rows: np.ndarray | None = None) -> Preprocessor:
+    def fit(self, frame: pd.DataFrame, source: str = "data", rows: np.ndarray | None = None,
+            histories: Mapping[str, History] | None = None) -> Preprocessor:
         """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
+
+        ``histories``: ``feature -> History`` of every row of ``frame`` for the sequence features
+        built from the log (``SequenceSpec.of``); one missing is built from the ``rows`` alone
+        (they see only each other).
 
         Raises:
             DataError: a numeric column holds a non-numeric value, a value beyond float32 without a
@@ -191,15 +281,13 @@ class Preprocessor:
                 0/1; a multiclass label has < 2 classes. Each names the column (and task) and rows.
         """
         for col, typ in self.features.items():
+            if typ == "sequence":  # after the categorical features whose codes it may share
+                continue
             series = _rows(frame[col], rows)
             if typ == "categorical":
-                ints = _as_int(series)
-                values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
-                counts = values.value_counts(dropna=True)
-                self._check_not_empty(frame, int(counts.sum()), len(series), col, typ, source)
-                counts = counts[counts >= self.min_count]
-                self.vocab[col] = (np.array(counts.index, dtype=np.int64) if ints is not None
-                                   else [str(v) for v in counts.index])
+                vocab, present = _fit_vocab(series, self.min_count)
+                self._check_not_empty(frame, present, len(series), col, typ, source)
+                self.vocab[col] = vocab
             elif typ == "multi_categorical":
                 tokens = _as_str(series).dropna().str.split("|")
                 self._check_not_empty(frame, len(tokens), len(series), col, typ, source)
@@ -224,6 +312,8 @@ class Preprocessor:
             else:  # text
                 present = series.notna() & (series.astype("string").str.strip() != "")
                 self._check_not_empty(frame, int(present.sum()), len(series), col, typ, source)
+        for col in self.sequences:
+            self._fit_sequence(frame, col, source, rows, (histories or {}).get(col))
         for lab in self.labels:
             series = _rows(frame[lab.column], rows)
             if lab.type == "multiclass":
@@ -320,18 +410,26 @@ class Preprocessor:
                 info[col] = FeatureInfo(col, typ, cardinality=len(self.vocab[col]) + 1)
             elif typ == "multi_categorical":
                 info[col] = FeatureInfo(col, typ, cardinality=len(self.vocab[col]) + 2, max_len=self.multi_len[col])
+            elif typ == "sequence":
+                spec = self.sequences[col]
+                info[col] = FeatureInfo(col, typ, cardinality=len(self._seq_vocab(col)) + 1, max_len=spec.max_len,
+                                        share_with=spec.share_with, fields=spec.fields)
             else:
                 info[col] = FeatureInfo(col, typ)
         return info
 
     # -- transforming ------------------------------------------------------------------------
     def transform(self, frame: pd.DataFrame, source: str = "data", with_labels: bool = True,
-                  rows: np.ndarray | None = None) -> dict[str, Any]:
+                  rows: np.ndarray | None = None, histories: Mapping[str, History] | None = None) -> dict[str, Any]:
         """Turn a table into columns: ``name -> [N]`` / ``[N, L]`` tensors (text: numpy strings).
 
         Categorical ids are int32 ``[N]`` (int64 past 2^31 - 1 categories), multi-categorical
-        int64 ``[N, L]``, numeric float32 ``[N]``. Labels come as ``label/<task>`` float32 ``[N]``
-        (multiclass: int64, -1 = missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
+        int64 ``[N, L]``, numeric float32 ``[N]``, sequence int32 ``[N, L]`` (pre-padded) plus its
+        side fields ``f:g`` float32 ``[N, L]``; a sequence built from the log takes its rows'
+        histories from ``histories`` (``feature -> History`` of every row of ``frame``), else
+        builds them from the transformed rows alone (one split, seeing only each other: ``predict``
+        on a log file). Labels come as ``label/<task>`` float32 ``[N]`` (multiclass: int64, -1 =
+        missing) and ``mask/<task>`` bool ``[N]``. With ``rows``
         (positions into ``frame``) only those rows are transformed, without copying the frame.
 
         :attr:`reports` ``["data"]`` then counts what was filled, clipped, out of vocabulary or
@@ -342,20 +440,22 @@ class Preprocessor:
                 value is missing without a declared fill or beyond float32 without a ``clip``
                 range, a label is invalid (each names the column and rows).
         """
-        self._check_columns(frame, source, with_labels)
+        self._check_columns(frame, source, with_labels, histories)
         report: dict[str, dict] = {}
         self.reports = {"data": report}
         out: dict[str, Any] = {}
         for col in self.features:
-            out.update(self.transform_column(frame, col, source, rows, report=report))
+            out.update(self.transform_column(frame, col, source, rows, report=report, histories=histories))
         if with_labels:
             out.update(self.transform_labels(frame, source, rows, report=report))
         return out
 
-    def _check_columns(self, frame: pd.DataFrame, source: str, with_labels: bool) -> None:
+    def _check_columns(self, frame: pd.DataFrame, source: str, with_labels: bool,
+                       histories: Mapping[str, History] | None = None) -> None:
         if not self.fitted:
             raise RuntimeError("Preprocessor.transform called before fit")
-        needed = list(self.features) + ([lab.column for lab in self.labels] if with_labels else [])
+        needed = [c for col in self.features for c in self._sources(col, histories)]
+        needed += [lab.column for lab in self.labels] if with_labels else []
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             col = missing[0]
@@ -367,31 +467,30 @@ class Preprocessor:
 
     def transform_column(self, frame: pd.DataFrame, col: str, source: str = "data",
                          rows: np.ndarray | None = None, split: str | None = None,
-                         report: dict | None = None) -> dict[str, Any]:
-        """The output of one input column (see :meth:`transform`): ``{col: values}``, or the
-        ``label/`` and ``mask/`` entries of every task whose label is ``col``. ``split`` names the
-        rows in warnings; ``report`` (a dict) receives the counts described in :attr:`reports`."""
+                         report: dict | None = None, histories: Mapping[str, History] | None = None) -> dict[str, Any]:
+        """The output of one input column (see :meth:`transform`): ``{col: values}`` (a sequence:
+        also its ``col:field`` side fields), or the ``label/`` and ``mask/`` entries of every task
+        whose label is ``col``. ``split`` names the rows in warnings; ``report`` (a dict) receives
+        the counts described in :attr:`reports`."""
         out: dict[str, Any] = {}
         typ = self.features.get(col)
+        if typ == "sequence":
+            out.update(self._sequence(frame, col, source, rows, report, (histories or {}).get(col)))
+            if col not in frame.columns:  # built from the log: no label can be this column
+                return out
         series = _rows(frame[col], rows)
         where = f"the {split} split" if split else source
         if typ == "categorical":
             vocab = self.vocab[col]
-            ints = _as_int(series)
-            int_vocab = _int_vocab(vocab) if ints is not None else None
-            if int_vocab is not None:  # id columns: one hash lookup, no strings
-                codes = pd.Index(int_vocab).get_indexer(ints)
-                n_missing = 0
-            else:
-                strs = _as_str(series)
-                codes = pd.Categorical(strs, categories=_str_vocab(vocab)).codes
-                n_missing = int(strs.isna().sum())
+            codes, n_missing = _lookup(series, vocab)
             if report is not None:
                 report.setdefault("oov", {})[col] = {"rows": len(codes), "oov": int((codes < 0).sum()) - n_missing,
                                                      "missing": n_missing}
             dtype = id_dtype(len(vocab) + 1)
             ids = torch.from_numpy(codes.astype(np.int32 if dtype == torch.int32 else np.int64))
             out[col] = ids.add_(1)
+        elif typ == "sequence":
+            pass  # done above
         elif typ == "multi_categorical":
             out[col] = self._multi(series, col, report)
         elif typ == "numeric":
@@ -422,7 +521,8 @@ class Preprocessor:
         return out
 
     def transform_splits(self, frame: pd.DataFrame, index: Mapping[str, np.ndarray], source: str = "data",
-                         release: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+                         release: Sequence[str] = (),
+                         histories: Mapping[str, History] | None = None) -> dict[str, dict[str, Any]]:
         """:meth:`transform` of several row subsets of one frame, column by column.
 
         Args:
@@ -432,23 +532,217 @@ class Preprocessor:
             release: columns to delete from ``frame`` as soon as every split has them, so the
                 frame and the transformed columns are not both held in full (peak: the frame plus
                 one column).
+            histories: ``feature -> History`` of every row of ``frame`` (see :meth:`transform`).
 
         Returns:
             ``split -> columns``, as :meth:`transform` gives for ``frame`` at those rows;
             :attr:`reports` holds one report per split.
         """
-        self._check_columns(frame, source, True)
+        self._check_columns(frame, source, True, histories)
         out: dict[str, dict[str, Any]] = {k: {} for k in index}
         self.reports = {k: {} for k in index}
         columns = list(dict.fromkeys([*self.features, *(lab.column for lab in self.labels)]))
         drop = set(release)
         for col in columns:
             for k, rows in index.items():
-                out[k].update(self.transform_column(frame, col, source, rows, split=k, report=self.reports[k]))
-            if col in drop:
+                out[k].update(self.transform_column(frame, col, source, rows, split=k, report=self.reports[k],
+                                                    histories=histories))
+            if col in drop and col in frame.columns:
                 del frame[col]
-        order = [*self.features, *(key for lab in self.labels for key in (label_key(lab.task), mask_key(lab.task)))]
+        order = [*(key for c in self.features for key in (c, *self._side_keys(c))),
+                 *(key for lab in self.labels for key in (label_key(lab.task), mask_key(lab.task)))]
         return {k: {c: cols[c] for c in order} for k, cols in out.items()}
+
+    # -- sequences ---------------------------------------------------------------------------------
+    def _side_keys(self, col: str) -> list[str]:
+        """Batch keys ``col:field`` of a sequence feature's side fields (none for other types)."""
+        spec = self.sequences.get(col)
+        return [f"{col}:{g}" for g in spec.fields] if spec else []
+
+    def _sources(self, col: str, histories: Mapping[str, History] | None) -> list[str]:
+        """The frame columns feature ``col`` is read from: itself; a history built from the log
+        reads its ``of`` column and side fields (plus the user and timestamp columns when its
+        histories are built from the frame, or a ``time_gap`` field needs the timestamps)."""
+        spec = self.sequences.get(col)
+        if spec is None:
+            return [col]
+        fields = [g for g in spec.fields if g != TIME_GAP]
+        if spec.of is None:
+            return [col, *fields]
+        built = histories is not None and col in histories
+        extra = [] if built else [spec.user, spec.timestamp]
+        if TIME_GAP in spec.fields:
+            extra.append(spec.timestamp)
+        return list(dict.fromkeys(c for c in [spec.of, *fields, *extra] if c))
+
+    def _seq_vocab(self, col: str) -> list[str] | np.ndarray:
+        """The id space of sequence feature ``col``: its own vocabulary or its ``share_with``'s."""
+        spec = self.sequences[col]
+        return self.vocab[spec.share_with if spec.share_with else col]
+
+    def _malformed(self, col: str, source: str, rows: np.ndarray | None, bad: np.ndarray, shown: pd.Series,
+                   why: str) -> None:
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: sequence column '{col}' holds a malformed cell at row {_row_number(pos, rows)}: "
+                        f"{shown.iloc[pos]!r} ({int(bad.sum())} malformed cell(s) in all, {_row_list(bad, rows)}); "
+                        f"{why}")
+
+    def _split_cells(self, series: pd.Series, col: str, source: str, rows: np.ndarray | None,
+                     numeric: bool = False) -> tuple[pd.Series, np.ndarray]:
+        """``(tokens, counts)``: the flat tokens (oldest first) of ``|``-separated cells and the
+        tokens per cell (an empty cell: 0). Parquet list cells are taken as they are.
+
+        Raises:
+            DataError: a cell that is not a ``|``-separated list of tokens (a blank, square or
+                curly bracket, comma or semicolon inside a token, an empty token); with
+                ``numeric``, a token that is not a number. The column and row are named.
+        """
+        first = series.dropna().head(1)
+        if len(first) and pd.api.types.is_list_like(first.iloc[0]) and not isinstance(first.iloc[0], str):
+            lists = series.explode()  # list cells (Parquet list<...>); an empty list gives one NaN
+            counts = series.map(len, na_action="ignore").fillna(0).to_numpy(dtype=np.int64)
+            tokens = lists[lists.notna()].reset_index(drop=True)
+        else:
+            cells = _as_str(series).str.replace(r"\s*\|\s*", "|", regex=True)
+            ok = cells.str.fullmatch(_SEQ_CELL).fillna(True).to_numpy(dtype=bool)
+            if not ok.all():
+                self._malformed(col, source, rows, ~ok, series, (
+                    "a cell is a '|'-separated list of ids, oldest first (e.g. '12|7|33'), or empty for an empty "
+                    "history; no blanks, brackets, commas or semicolons inside an id, no empty id. Fix the cell."))
+            parts = cells.fillna("").str.split("|")
+            counts = np.where(cells.isna().to_numpy(), 0, parts.str.len().to_numpy(dtype=np.int64))
+            flat = parts.explode().to_numpy(dtype=object)
+            tokens = pd.Series(flat[flat != ""], dtype="string")
+        if numeric:
+            values = pd.to_numeric(tokens, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bad_tok = ~np.isfinite(values)
+            if bad_tok.any():
+                row = np.repeat(np.arange(len(counts)), counts)
+                bad = np.zeros(len(counts), dtype=bool)
+                bad[row[bad_tok]] = True
+                self._malformed(col, source, rows, bad, series, "a side-field cell is a '|'-separated list of "
+                                "finite numbers, one per id of the sequence. Fix the cell.")
+            return pd.Series(values, copy=False), counts
+        return tokens, counts
+
+    def _seq_tokens(self, frame: pd.DataFrame, col: str, source: str, rows: np.ndarray | None,
+                    history: History | None) -> _Tokens:
+        """The tokens of sequence feature ``col`` at ``rows``, from its dataset column or, for a
+        history, gathered from the log by ``history`` (built from ``frame`` when ``None``)."""
+        spec = self.sequences[col]
+        if spec.of is None:
+            tokens, counts = self._split_cells(_rows(frame[col], rows), col, source, rows)
+            n = len(counts)
+            row = np.repeat(np.arange(n, dtype=np.int64), counts)
+            fields = {}
+            for g in spec.fields:
+                values, lengths = self._split_cells(_rows(frame[g], rows), g, source, rows, numeric=True)
+                if not np.array_equal(lengths, counts):
+                    bad = lengths != counts
+                    self._malformed(g, source, rows, bad, _rows(frame[g], rows), (
+                        f"side field '{g}' of sequence '{col}' must hold one number per id; that row has "
+                        f"{int(lengths[bad][0])} value(s) for {int(counts[bad][0])} id(s). Fix the cell."))
+                fields[g] = values.to_numpy()
+            return _Tokens(tokens, row, n, counts, fields)
+        if history is None:  # predict: the rows themselves are the log (one split, seeing only each other)
+            sub = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype=np.int64)
+            own = build_history(frame[spec.user].to_numpy()[sub], self._times(frame, col, spec, source)[sub],
+                                spec.max_len)
+            h = History(np.where(own.positions >= 0, sub[own.positions.clip(0)], -1), own.lengths)
+        else:
+            h = history.take(rows)
+        mask = h.positions >= 0
+        pos = h.positions[mask].astype(np.int64)
+        row = np.nonzero(mask)[0].astype(np.int64)
+        fields = {}
+        for g in spec.fields:
+            if g == TIME_GAP:
+                t = self._times(frame, col, spec, source)
+                own = t if rows is None else t[rows]
+                fields[g] = own[row] - t[pos]
+                continue
+            values = pd.to_numeric(frame[g], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)[pos]
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise DataError(f"{source}: column '{g}' (side field of the history '{col}') has {int(bad.sum())} "
+                                f"missing or non-numeric value(s) in the histories, e.g. at row "
+                                f"{int(pos[bad][0]) + 1}; a side field must be a finite number in every row. "
+                                "Fill the column or drop the field.")
+            fields[g] = values
+        return _Tokens(_rows(frame[spec.of], pos), row, len(h.lengths), h.lengths, fields)
+
+    @staticmethod
+    def _times(frame: pd.DataFrame, col: str, spec: SequenceSpec, source: str) -> np.ndarray:
+        """The log's timestamps as float64 (dates: seconds since the epoch).
+
+        Raises:
+            DataError: missing timestamps (rows named).
+        """
+        stamps = frame[spec.timestamp]
+        if stamps.isna().any():
+            bad = stamps.isna().to_numpy()
+            raise DataError(f"{source}: timestamp column '{spec.timestamp}' has {int(bad.sum())} missing value(s) "
+                            f"at {_row_list(bad, None)}; the history '{col}' needs the time of every row. "
+                            "Fill or drop those rows.")
+        if pd.api.types.is_datetime64_any_dtype(stamps):
+            return stamps.to_numpy().astype("datetime64[ns]").astype(np.int64) / 1e9
+        return stamps.to_numpy(dtype=np.float64)
+
+    def _fit_sequence(self, frame: pd.DataFrame, col: str, source: str, rows: np.ndarray | None,
+                      history: History | None) -> None:
+        """The id space (own vocabulary of the training tokens, or ``share_with``'s) and the side
+        fields' training mean and std of sequence feature ``col``.
+
+        Raises:
+            DataError: ``share_with`` is not a categorical feature; a dataset sequence column has
+                no token in the training split; a malformed cell (column and row named).
+        """
+        spec = self.sequences[col]
+        if spec.share_with is not None and self.features.get(spec.share_with) != "categorical":
+            cats = [c for c, t in self.features.items() if t == "categorical"]
+            raise DataError(f"{source}: sequence feature '{col}' shares the codes of '{spec.share_with}', which is not "
+                            f"a categorical feature of the model (categorical features: {', '.join(cats) or 'none'}); "
+                            f"add it to an encoder's features, or drop data.sequences.{col}.share_with.")
+        tok = self._seq_tokens(frame, col, source, rows, history)
+        if spec.of is None:
+            self._check_not_empty(frame, len(tok.values), tok.n, col, "sequence", source)
+        if spec.share_with is None:
+            self.vocab[col] = _fit_vocab(tok.values, self.min_count)[0]
+        for g, values in tok.fields.items():
+            std = float(values.std()) if values.size > 1 else 1.0
+            self.seq_stats[f"{col}:{g}"] = (float(values.mean()) if values.size else 0.0, std if std > 1e-12 else 1.0)
+
+    def _sequence(self, frame: pd.DataFrame, col: str, source: str, rows: np.ndarray | None,
+                  report: dict | None, history: History | None) -> dict[str, torch.Tensor]:
+        """``{col: int32 [N, L], col:field: float32 [N, L]}`` (see the module docstring); the
+        report gets the out-of-vocabulary and truncation counts."""
+        spec = self.sequences[col]
+        tok = self._seq_tokens(frame, col, source, rows, history)
+        vocab = self._seq_vocab(col)
+        codes, _ = _lookup(tok.values, vocab)  # -1: unknown (or a missing id in the log)
+        n, width = tok.n, spec.max_len
+        in_row = np.bincount(tok.row, minlength=n)
+        start = np.cumsum(in_row) - in_row
+        slot = width - in_row[tok.row] + (np.arange(len(tok.row)) - start[tok.row])  # pre-padded, most recent last
+        keep = slot >= 0
+        r, c = tok.row[keep], slot[keep]
+        ids = np.zeros((n, width), dtype=np.int32 if id_dtype(len(vocab) + 2) == torch.int32 else np.int64)
+        ids[r, c] = codes[keep] + 2
+        out = {col: torch.from_numpy(ids)}
+        for g, values in tok.fields.items():
+            mean, std = self.seq_stats[f"{col}:{g}"]
+            side = np.zeros((n, width), dtype=np.float32)
+            side[r, c] = (values[keep] - mean) / std
+            out[f"{col}:{g}"] = torch.from_numpy(side)
+        if report is not None:
+            unknown = np.zeros(n, dtype=bool)
+            unknown[tok.row[codes < 0]] = True
+            report.setdefault("oov", {})[col] = {"rows": n, "oov": int(unknown.sum()),
+                                                 "missing": int((in_row == 0).sum()), "tokens": len(codes),
+                                                 "oov_tokens": int((codes < 0).sum())}
+            report.setdefault("truncated", {})[col] = {"rows": n, "truncated": int((tok.lengths > width).sum()),
+                                                       "max_len": width}
+        return out
 
     def _multi(self, series: pd.Series, col: str, report: dict | None = None) -> torch.Tensor:
         width = self.multi_len[col]
@@ -566,12 +860,17 @@ class Preprocessor:
                 "min_count": self.min_count, "max_multi_len": self.max_multi_len, "vocab": vocab,
                 "stats": {k: list(v) for k, v in self.stats.items()}, "multi_len": self.multi_len,
                 "classes": self.classes, "fill_missing": self.fill_missing,
-                "clip": {k: list(v) for k, v in self.clip.items()}, "fill": self.fill}
+                "clip": {k: list(v) for k, v in self.clip.items()}, "fill": self.fill,
+                "sequences": {k: {**vars(v), "fields": list(v.fields)} for k, v in self.sequences.items()},
+                "seq_stats": {k: list(v) for k, v in self.seq_stats.items()}}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
-                  state["max_multi_len"], state.get("fill_missing"), state.get("clip"))
+                  state["max_multi_len"], state.get("fill_missing"), state.get("clip"),
+                  {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])})
+                   for k, v in state.get("sequences", {}).items()})
+        pre.seq_stats = {k: (float(v[0]), float(v[1])) for k, v in state.get("seq_stats", {}).items()}
         pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
                      for k, v in state["vocab"].items()}
         pre.stats = {k: (float(v[0]), float(v[1])) for k, v in state["stats"].items()}

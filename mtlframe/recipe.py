@@ -220,6 +220,31 @@ class SplitConfig(_Strict):
 FillPolicy = Union[Literal["error", "mean", "median", "zero"], float]
 
 
+class SequenceConfig(_Strict):
+    """One sequence feature (``data.sequences.<name>``, see ``docs/sequences.md``).
+
+    ``of``: build the feature from the flat log, the leak-free history of this column's values
+    (:mod:`mtlframe.history`; needs the dataset's user and timestamp columns); without it
+    ``<name>`` is a dataset column of type ``sequence`` (``"12|7|33"``, oldest first).
+    ``share_with``: a categorical feature whose codes (and embedding table) the ids share.
+    ``max_len``: the most recent ids kept. ``fields``: side fields, batch keys ``<name>:<field>``:
+    numeric log columns (or ``time_gap``) for a history, ``|``-separated number columns for a
+    dataset sequence column."""
+
+    of: str | None = None
+    share_with: str | None = None
+    max_len: int = Field(50, ge=1, le=100_000)
+    fields: list[str] = []
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct_fields(cls, v: list[str]) -> list[str]:
+        twice = sorted({f for f in v if v.count(f) > 1})
+        if twice:
+            raise ValueError(f"side field(s) {', '.join(map(repr, twice))} listed twice; list each once")
+        return v
+
+
 class DataConfig(_Strict):
     dataset: Component
     split: SplitConfig = SplitConfig()
@@ -232,6 +257,9 @@ class DataConfig(_Strict):
     fill_missing: Union[FillPolicy, dict[str, FillPolicy]] = "error"
     #: ``{column: [low, high]}``: numeric values clipped to this range (raw units) before standardizing
     clip: dict[str, tuple[float, float]] = {}
+    #: ``{name: {of, share_with, max_len, fields}}``: sequence features (dataset columns or
+    #: histories built from the log), see :class:`SequenceConfig`
+    sequences: dict[str, SequenceConfig] = {}
 
     @field_validator("fill_missing", mode="before")
     @classmethod
@@ -257,6 +285,18 @@ class DataConfig(_Strict):
         for col, (low, high) in v.items():
             if not low < high:
                 raise ValueError(f"clip range of '{col}' must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return v
+
+    @field_validator("sequences")
+    @classmethod
+    def _sequence_names(cls, v: dict[str, SequenceConfig]) -> dict[str, SequenceConfig]:
+        for name, seq in v.items():
+            if not name or ":" in name or "/" in name:
+                raise ValueError(f"sequence name '{name}' must be non-empty and contain no ':' or '/' "
+                                 "(its side fields are the batch keys '<name>:<field>')")
+            if seq.of is not None and seq.of == name:
+                raise ValueError(f"sequences.{name}: a history needs a new column name, not the column it is "
+                                 f"built of ('{seq.of}'); e.g. hist_{seq.of}: {{of: {seq.of}}}")
         return v
 
     def fill_policy(self, column: str) -> "FillPolicy":

@@ -506,6 +506,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     """
     from mtlframe.batching import take
     from mtlframe.errors import RecipeError
+    from mtlframe.model import refuse_target_readers
     from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device, write_table
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -519,6 +520,7 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
         raise CheckpointError(f"{checkpoint} was trained from a recipe without a ranking: section, so it has no user "
                               "and item sides to rank the catalogue with; add ranking: {user_features: [...], "
                               "item_features: [...]} to the recipe and retrain (see docs/ranking.md).")
+    refuse_target_readers(loaded.encoders, str(checkpoint))   # before the slow data load
     user_feature = loaded.recipe.config.ranking.user_features[0]
     raw_ids, keys, repeats = _read_users(users, user_feature)   # the user's file before the slow data load
     dm, module = rebuild_system(checkpoint, loaded, command="recommend", data_path=data_path, overrides=overrides,

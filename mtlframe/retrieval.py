@@ -60,6 +60,44 @@ def encoder_columns(encoders: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
     return out
 
 
+def target_readers(encoders: Sequence[nn.Module]) -> list[tuple[int, nn.Module, tuple[str, ...]]]:
+    """``(index, encoder, target features)`` of every encoder whose encoding reads the scored item
+    besides its own features (:meth:`~mtlframe.encoders.base.Encoder.target_features`: ``target-attention``,
+    ``sequence-transformer``)."""
+    out = []
+    for i, enc in enumerate(encoders):
+        targets = tuple(getattr(enc, "target_features", lambda: ())())
+        if targets:
+            out.append((i, enc, targets))
+    return out
+
+
+def describe_reader(i: int, enc: nn.Module, targets: Sequence[str]) -> str:
+    """``model.encoders[i] (TargetAttentionEncoder of 'hist_items') reads the target item 'item_id'``."""
+    feats = ", ".join(map(repr, getattr(enc, "features", []) or []))
+    return (f"model.encoders[{i}] ({type(enc).__name__} of {feats}) reads the target item "
+            f"{', '.join(map(repr, targets))}")
+
+
+def target_side_problems(encoders: Sequence[nn.Module | None], user_features: Sequence[str],
+                         item_features: Sequence[str]) -> list[tuple[str, str]]:
+    """``(ranking.<side>[j], message)`` for each side feature whose encoder reads the target item
+    (:func:`target_readers`); ``encoders`` in recipe order, ``None`` for one that could not be built
+    (recipe validation's probes)."""
+    readers = target_readers([e if e is not None else nn.Identity() for e in encoders])
+    mixed_by = {f: r for r in readers for f in getattr(r[1], "features", []) or []}
+    problems = []
+    for key, feats in (("ranking.user_features", user_features), ("ranking.item_features", item_features)):
+        for j, f in enumerate(feats):
+            if f in mixed_by:
+                problems.append((f"{key}[{j}]", (
+                    f"'{f}' cannot be on one side of a two-tower model: {describe_reader(*mixed_by[f])}, so its "
+                    "encoding depends on the user's history and on the scored item at once. Encode it with "
+                    "`sequence-pool` (no target item: a user-side history, YouTube-DNN style), or remove it "
+                    f"from {key} (the ranking tasks may still read it; `mtlframe recommend` will not).")))
+    return problems
+
+
 def side_columns(encoders: Sequence[nn.Module], user_features: Sequence[str], item_features: Sequence[str],
                  source: str | None = None, lines: Mapping[str, int | str] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,10 +106,11 @@ def side_columns(encoders: Sequence[nn.Module], user_features: Sequence[str], it
     Raises:
         RecipeError: a side names a feature no encoder encodes, or an encoder mixes a user-side
             and an item-side feature into shared columns (``ranking.user_features`` /
-            ``ranking.item_features``).
+            ``ranking.item_features``), or a side lists a feature whose encoder reads the target
+            item (``target-attention``, ``sequence-transformer``: the encoding depends on both sides).
     """
     where = encoder_columns(encoders)
-    problems = []
+    problems = target_side_problems(encoders, user_features, item_features)
     sides = []
     for key, feats in (("ranking.user_features", user_features), ("ranking.item_features", item_features)):
         cols = []

@@ -887,14 +887,20 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
 
 
 def predict_warnings(report: Mapping[str, Any]) -> list[str]:
-    """One line per feature with out-of-vocabulary or filled values, per clipped feature and per
-    task with classes unseen in training, from a :func:`predict_frame` report."""
+    """One line per feature with out-of-vocabulary or filled values, per clipped feature, per
+    sequence feature with truncated rows and per task with classes unseen in training, from a
+    :func:`predict_frame` report."""
     lines = []
     for col, r in report.get("oov", {}).items():
         if r["oov"]:
             lines.append(f"feature '{col}': {r['oov']} of {r['rows']} rows ({r['oov'] / max(r['rows'], 1):.1%}) hold "
                          f"values unseen in training (out-of-vocabulary)"
                          + (f", {r['missing']} are empty" if r["missing"] else ""))
+    for col, r in report.get("truncated", {}).items():
+        if r["truncated"]:
+            from mtlframe.datamodule import truncation_line
+
+            lines.append(truncation_line(col, r["truncated"], r["rows"], r["max_len"]))
     for col, n in report.get("filled", {}).items():
         lines.append(f"numeric feature '{col}': {n} missing value(s) filled (data.fill_missing of the checkpoint)")
     for col, n in report.get("clipped", {}).items():

@@ -70,6 +70,8 @@ ROWS = 24
 #: cardinality / padded length of synthetic categorical and multi-categorical features
 CARDINALITY = 11
 MULTI_LEN = 4
+#: padded length of synthetic sequence features
+SEQ_LEN = 5
 _WORDS = ["the", "a", "dress", "fits", "great", "small", "large", "soft", "fabric", "love", "return", "color", "movie", "comedy", "drama", "star", "wars", "toy", "story", "nice", "bad"]
 _SUBJECT = "contract-check-subject"
 
@@ -324,7 +326,11 @@ def synthetic_columns(feature_info: Mapping[str, FeatureInfo], rows: int = ROWS,
     * ``multi_categorical``: int64 ``[N, max_len]``, tokens left-aligned, 0 = padding, 1 = OOV;
     * ``numeric``: float32 standardized values with a heavy tail (a few values near 10) and
       exact zeros (missing values become the training mean, i.e. 0);
-    * ``text``: a numpy object array of short strings, some empty.
+    * ``text``: a numpy object array of short strings, some empty;
+    * ``sequence`` ``f``: int32 ``[N, max_len]`` pre-padded (0 = padding at the front, codes in
+      ``[1, cardinality]``, the most recent last), some rows all padding; each side field ``g``
+      under ``f:g``: float32 ``[N, max_len]``, non-decreasing along a row (usable as times), 0 at
+      padding.
 
     Example::
 
@@ -350,6 +356,18 @@ def synthetic_columns(feature_info: Mapping[str, FeatureInfo], rows: int = ROWS,
         elif info.type == "text":
             texts = [" ".join(g.choice(_WORDS, size=int(g.integers(0, 7)))) for _ in range(rows)]
             out[name] = np.asarray(texts, dtype=object)
+        elif info.type == "sequence":
+            width = max(info.max_len, 1)
+            ids = g.integers(1, max(info.cardinality, 1) + 1, (rows, width)).astype(np.int32)
+            lengths = g.integers(0, width + 1, rows)
+            lengths[:: max(rows // 3, 1)] = 0                                   # some empty histories
+            pad = np.arange(width)[None, :] < (width - lengths)[:, None]        # pre-padding
+            ids[pad] = 0
+            out[name] = torch.from_numpy(ids)
+            for fld in info.fields:
+                vals = np.cumsum(g.exponential(0.05, (rows, width)), axis=1).astype(np.float32)
+                vals[pad] = 0.0
+                out[f"{name}:{fld}"] = torch.from_numpy(vals)
         else:  # pragma: no cover - FeatureInfo types are validated upstream
             raise ValueError(f"unknown feature type {info.type!r}")
     return out
@@ -361,8 +379,9 @@ def synthetic_columns(feature_info: Mapping[str, FeatureInfo], rows: int = ROWS,
 
 
 @_single_thread
-def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping[str, str] = ("f0", "f1"),
-                  **args: Any) -> Any:
+def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping[str, str] = ("f0", "f1"), *,
+                  extra_features: Mapping[str, str] | None = None, share_with: str | None = None,
+                  fields: Sequence[str] = (), **args: Any) -> Any:
     """Check an encoder (subclass of :class:`mtlframe.encoders.base.Encoder`).
 
     Builds it with ``features`` and ``args`` (plus ``feature_info`` for synthetic columns), runs
@@ -372,6 +391,13 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
         factory: the encoder class.
         features: feature names, or ``{name: type}``. Names alone get the types in the encoder's
             ``accepts``, in turn (an encoder accepting two types is checked with both).
+        extra_features: other columns the encoder reads, ``{name: type}`` (not in its
+            ``features``: a target item, say); they get synthetic columns too, and the categorical
+            ones a stand-in ``embedding`` encoder (of the encoder's ``dim``) whose table is bound
+            through ``bind_tables`` (:class:`~mtlframe.encoders.tables.SharedTables`) when the
+            encoder has it.
+        share_with: sequence features share this extra categorical feature's table.
+        fields: side fields of the sequence features (columns ``f:g``).
         args: the other recipe arguments (e.g. ``dim=8``).
 
     Checks: ``accepts`` is a non-empty set of feature types; ``output_dim`` a positive int;
@@ -405,20 +431,40 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
     bad = {f: t for f, t in types_.items() if t not in accepts}
     if bad:
         _fail(factory, f"check asked for features {bad} of types the encoder does not accept ({sorted(accepts)})")
-    info = {f: FeatureInfo(f, t, cardinality=CARDINALITY if "categorical" in t else 0,
-                           max_len=MULTI_LEN if t == "multi_categorical" else 0) for f, t in types_.items()}
+    extra = dict(extra_features or {})
+    if share_with is not None and extra.get(share_with) != "categorical":
+        _fail(factory, f"share_with={share_with!r} must name a categorical feature of extra_features")
+
+    def feature(f: str, t: str) -> FeatureInfo:
+        seq = t == "sequence"
+        return FeatureInfo(f, t, cardinality=CARDINALITY if "categorical" in t or seq else 0,
+                           max_len=MULTI_LEN if t == "multi_categorical" else SEQ_LEN if seq else 0,
+                           share_with=share_with if seq else None, fields=tuple(fields) if seq else ())
+
+    info = {f: feature(f, t) for f, t in {**extra, **types_}.items()}
     spec = {"features": list(types_), **args}
     check_recipe_entry("encoder", factory, spec)
     torch.manual_seed(0)
-    enc = _build("encoder", factory, spec, {"feature_info": info})
+    enc = _build("encoder", factory, spec, {"feature_info": info, "task_names": ["a", "b"]})
     out_dim = getattr(enc, "output_dim", None)
     if not isinstance(out_dim, int) or isinstance(out_dim, bool) or out_dim < 1:
         _fail(factory, f"output_dim must be a positive int set in __init__, got {out_dim!r}")
+    others: list[nn.Module] = []
+    cats = [f for f, t in extra.items() if t == "categorical"]
+    if cats and hasattr(enc, "bind_tables"):
+        from mtlframe.encoders.embedding import EmbeddingEncoder
+        from mtlframe.encoders.tables import SharedTables
+
+        others.append(EmbeddingEncoder(cats, dim=int(getattr(enc, "dim", 8)), feature_info=info))
+        try:
+            enc.bind_tables(SharedTables([*others, enc]))
+        except Exception as exc:  # noqa: BLE001
+            _fail(factory, f"bind_tables refused the tables of {cats}: {type(exc).__name__}: {exc}")
     columns = synthetic_columns(info, ROWS)
 
     def featurized(cols: Mapping[str, Any], n: int) -> dict[str, torch.Tensor]:
         try:
-            batch = materialize([enc], [], cols)
+            batch = materialize([enc, *others], [], cols)
         except Exception as exc:  # noqa: BLE001
             _fail(factory, f"featurize failed or returned non-tensors: {type(exc).__name__}: {exc}")
         for k, v in batch.items():

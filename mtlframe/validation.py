@@ -81,12 +81,20 @@ class ValidationContext:
         """Stand-in fitted features (``FeatureInfo`` with small vocabularies) for ``names``
         (default: every column the recipe's encoders list)."""
         names = list(self.feature_types) if names is None else list(names)
+        data = self.recipe.get("data") if isinstance(self.recipe, Mapping) else None
+        sequences = data.get("sequences") if isinstance(data, Mapping) else None
         out = {}
         for n in names:
             typ = self.feature_types.get(n, "numeric")
-            categorical = typ in ("categorical", "multi_categorical")
+            categorical = typ in ("categorical", "multi_categorical", "sequence")
+            # a sequence's share_with and side fields are the recipe's (data.sequences.<name>)
+            seq = sequences.get(n) if typ == "sequence" and isinstance(sequences, Mapping) else None
+            seq = seq if isinstance(seq, Mapping) else {}
+            fields = seq.get("fields")
             out[n] = FeatureInfo(n, typ, PLACEHOLDER_CARDINALITY if categorical else 0,
-                                 PLACEHOLDER_MAX_LEN if typ == "multi_categorical" else 0)
+                                 PLACEHOLDER_MAX_LEN if typ in ("multi_categorical", "sequence") else 0,
+                                 share_with=seq.get("share_with") if isinstance(seq.get("share_with"), str) else None,
+                                 fields=tuple(str(f) for f in fields) if isinstance(fields, list) else ())
         return out
 
     def injected(self, names: Iterable[str], task: str | None = None) -> dict[str, Any] | None:
@@ -104,6 +112,7 @@ class ValidationContext:
                                   if self.kind == "tower" and first else self.input_dim),
             "output_dim": lambda: first.output_dim if first else 1,
             "task_inputs": lambda: self.task_inputs,
+            "tables": lambda: None,   # shared tables are bound after every encoder is built
         }
         if any(n not in known for n in names):
             return None
@@ -261,9 +270,16 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
             base.input_dim = sum(int(c.instance.output_dim) for c in encoders) or PLACEHOLDER_WIDTH
         except (AttributeError, TypeError, ValueError):
             pass
+    ranking = recipe.get("ranking")
+    if isinstance(ranking, Mapping) and encoders and len(encoders) == n_encoders:
+        from mtlframe.retrieval import target_side_problems
+
+        sides = [[f for f in (ranking.get(k) or []) if isinstance(f, str)] if isinstance(ranking.get(k), list) else []
+                 for k in ("user_features", "item_features")]
+        problems.extend(target_side_problems([c.instance for c in encoders], *sides))
     if tasks is None:  # the tasks themselves are invalid (reported already): nothing more to go on
         return
-    per_task = [f"{c.path}.task_specific" for c in encoders
+    per_task = [f"{c.path}.{'per_task' if 'per_task' in c.args else 'task_specific'}" for c in encoders
                 if c.instance is not None and getattr(c.instance, "per_task", ())]
     base.task_inputs = bool(per_task)
     backbone_spec = (recipe.get("model") or {}).get("backbone")
@@ -320,7 +336,10 @@ def task_input_conflicts(keys: Sequence[str], backbone: str) -> list[tuple[str, 
     except Exception:  # noqa: BLE001  an unknown backbone is reported at model.backbone.name
         return []
     able = [c.name for c in reg.all("backbone") if getattr(c.load(), "accepts_task_inputs", False)]
-    msg = (f"per-task embedding tables need a backbone that reads per-task inputs "
-           f"({', '.join(able) or 'none is registered'}); backbone '{backbone}' reads only the shared input. "
-           "Remove task_specific, or change model.backbone.name.")
-    return [(k, msg) for k in keys]
+    def msg(key: str) -> str:
+        param = key.rsplit(".", 1)[-1]
+        what = "per-task embedding tables" if param == "task_specific" else f"per-task encoder parameters ({param})"
+        return (f"{what} need a backbone that reads per-task inputs "
+                f"({', '.join(able) or 'none is registered'}); backbone '{backbone}' reads only the shared input. "
+                f"Remove {param}, or change model.backbone.name.")
+    return [(k, msg(k)) for k in keys]

@@ -325,6 +325,12 @@ CONTRACT_ARGS = {
     ("encoder", "bag-of-words"): {"num_buckets": 1024, "dim": 8},
     ("encoder", "embedding"): {"dim": 4},
     ("encoder", "numeric"): {"dim": 4},
+    ("encoder", "sequence-pool"): {"dim": 4, "extra_features": {"item": "categorical"}, "share_with": "item"},
+    ("encoder", "target-attention"): {"dim": 4, "hidden": [8], "target": "item",
+                                      "extra_features": {"item": "categorical"}, "share_with": "item"},
+    ("encoder", "sequence-transformer"): {"dim": 4, "target": "item", "position": "time", "time_field": "ts",
+                                          "fields": ["ts"], "extra_features": {"item": "categorical"},
+                                          "share_with": "item"},
     # check_sampler's data
     ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"], "user_feature": "user"},
     ("sampler", "popularity-negatives"): {"task": "click", "item_features": ["item"], "user_feature": "user"},

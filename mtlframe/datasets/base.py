@@ -17,8 +17,9 @@ class Table:
     Attributes:
         frame: one row per example; feature columns, label columns, optional timestamp.
         features: ``column -> type`` (one of ``categorical``, ``numeric``, ``text``,
-            ``multi_categorical``) for every column usable as model input. ``multi_categorical``
-            cells hold ``|``-separated tokens (e.g. genres ``"Action|Comedy"``).
+            ``multi_categorical``, ``sequence``) for every column usable as model input.
+            ``multi_categorical`` cells hold ``|``-separated tokens (e.g. genres ``"Action|Comedy"``),
+            ``sequence`` cells an ordered ``|``-separated id list, oldest first.
         labels: columns usable as task labels (NaN where missing).
         timestamp: column with an event time (enables the ``time`` split), or ``None``.
         user: user-id column, or ``None``.

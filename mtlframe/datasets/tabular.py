@@ -12,8 +12,11 @@ task labels; the loader reads only those columns and checks them before anything
 Empty cells are missing values (NaN): a missing label masks the row for that task; a missing
 ``numeric`` feature value follows the recipe's ``data.fill_missing`` (an error by default, see
 ``docs/recipes.md``, "Missing values"). ``categorical``, ``text`` and
-``multi_categorical`` columns of a CSV are read as strings, so ids such as ``"007"`` keep their
-leading zeros.
+``multi_categorical`` and ``sequence`` columns of a CSV are read as strings, so ids such as ``"007"``
+keep their leading zeros. A ``sequence`` column holds an ordered id list per row, oldest first
+(``"12|7|33"``; an empty cell is an empty history); its options (``max_len``, ``share_with``, side
+fields) are the recipe's ``data.sequences.<column>``, and a malformed cell is a
+:class:`~mtlframe.errors.DataError` naming the file, column and row (``docs/sequences.md``).
 
 Recipe::
 
@@ -21,7 +24,8 @@ Recipe::
       dataset:
         name: csv
         path: data/clicks.csv
-        features: {user_id: categorical, item_id: categorical, price: numeric, tags: multi_categorical}
+        features: {user_id: categorical, item_id: categorical, price: numeric, tags: multi_categorical,
+                   recent_items: sequence}
         labels: [click, purchase]
         timestamp: ts
         user: user_id
@@ -40,7 +44,7 @@ from mtlframe.features import FEATURE_TYPES
 
 __all__ = ["CsvDataset", "ParquetDataset"]
 
-_STRING_TYPES = ("categorical", "text", "multi_categorical")
+_STRING_TYPES = ("categorical", "text", "multi_categorical", "sequence")
 
 
 def check_columns(source: str, wanted: Iterable[str], present: Iterable[str], role: str = "") -> None:
@@ -103,8 +107,11 @@ class _UserTable(RecDataset):
         self.timestamp = timestamp
         self.user = user
         self.item = item
-        #: further columns to load as they are (the data module adds ``metrics_group``'s column)
+        #: further columns to load as they are, when the file has them (the data module adds
+        #: ``metrics_group``'s column and the sources of ``data.sequences``, and names a missing one
+        #: at its recipe key)
         self.extra_columns: list[str] = []
+        self._present: list[str] | None = None
         for col, typ in self.features.items():
             if typ not in FEATURE_TYPES:
                 near = closest(typ, FEATURE_TYPES, n=1)
@@ -115,10 +122,12 @@ class _UserTable(RecDataset):
             raise DataError(f"{self.path}: no label columns declared; list at least one in `labels`")
 
     def _columns(self) -> list[str]:
-        extra = [c for c in (self.timestamp, self.user, self.item, *self.extra_columns) if c]
-        return list(dict.fromkeys([*self.features, *self.labels, *extra]))
+        extra = [c for c in self.extra_columns if self._present is None or c in self._present]
+        declared = [c for c in (self.timestamp, self.user, self.item) if c]
+        return list(dict.fromkeys([*self.features, *self.labels, *declared, *extra]))
 
     def _check_present(self, present: list[str]) -> None:
+        self._present = list(present)
         check_columns(self.path, self._columns(), present)
 
     def _finish(self, frame: pd.DataFrame) -> Table:
@@ -151,7 +160,8 @@ class CsvDataset(_UserTable):
     Args:
         path: the file (may be compressed: ``.gz``, ``.zip``, ``.bz2``, ``.xz``, ``.zst``).
         features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
-            ``text``, ``multi_categorical`` (``|``-separated tokens).
+            ``text``, ``multi_categorical`` (``|``-separated tokens), ``sequence`` (``|``-separated
+            ids, oldest first; see ``data.sequences``).
         labels: columns usable as task labels (numeric; empty cells are missing labels, as is a
             task's ``missing_label`` value).
         timestamp: event-time column (numbers or date/time strings), enables the ``time`` split.
@@ -189,7 +199,8 @@ class ParquetDataset(_UserTable):
     Args:
         path: the ``.parquet`` file.
         features: ``column -> type`` of the model inputs; types are ``categorical``, ``numeric``,
-            ``text``, ``multi_categorical`` (``|``-separated tokens).
+            ``text``, ``multi_categorical`` (``|``-separated tokens), ``sequence`` (``|``-separated
+            ids, oldest first; see ``data.sequences``).
         labels: columns usable as task labels (numeric; nulls are missing labels).
         timestamp: event-time column (numbers, dates or date/time strings), enables the ``time`` split.
         user: user-id column.

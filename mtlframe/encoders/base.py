@@ -41,6 +41,15 @@ class Encoder(nn.Module):
     module may hand it columns it can free: calling :func:`release_column` on each input column
     once it is no longer read keeps setup memory at the data's size plus one column.
 
+    Shared tables: an encoder that reads another encoder's embedding table (a ``sequence`` with
+    ``share_with: item_id`` reads ``item_id``'s rows of the ``embedding`` encoder's fused table)
+    lists ``"tables"`` in :attr:`injected` and defines ``bind_tables(tables)``: the builder builds
+    every encoder first, then calls it with a :class:`~mtlframe.encoders.tables.SharedTables`
+    (``lookup(feature, codes) -> [..., d]``). The encoder keeps it as a plain attribute, so the
+    owning encoder's parameters are registered once. ``bind_tables`` raises
+    :class:`~mtlframe.errors.ArgumentError` (reported at the encoder's recipe key) when it cannot
+    use the tables.
+
     Per-task encodings: an encoder may keep a separate copy of its parameters for some tasks
     (the ``embedding`` encoder's ``task_specific`` tables, for STEM). It then lists those tasks
     in :attr:`per_task`, returns their encodings from :meth:`forward_tasks` and leaves their
@@ -77,6 +86,16 @@ class Encoder(nn.Module):
         side, needs none. The default: ``None``.
         """
         return None
+
+    def target_features(self) -> tuple[str, ...]:
+        """Features of the scored item this encoder reads besides its own ``features`` (the target
+        item that ``target-attention`` attends with). Non-empty: each row's encoding depends on
+        the row's item as well as on the encoder's features, so it belongs to neither the user
+        nor the item side: two-tower retrieval refuses it on a side
+        (:func:`~mtlframe.retrieval.side_columns`), and ``recommend`` cannot pair a user's
+        encoding with other items (:meth:`~mtlframe.model.MultiTaskModel.compose`). Default ``()``.
+        """
+        return ()
 
     def featurize(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Turn raw columns (``name -> [N]`` numpy arrays, strings for text) into tensors.

@@ -128,6 +128,20 @@ class EmbeddingEncoder(Encoder):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self._embed(self.fused, self.bags, batch)
 
+    def lookup(self, feature: str, codes: torch.Tensor) -> torch.Tensor:
+        """Rows of ``feature``'s shared table: ``codes [...]`` (the feature's categorical codes, 0 =
+        out-of-vocabulary) -> ``[..., d]``. The same parameter as :meth:`forward` reads, so a
+        sequence that shares this table (``share_with``) and the feature train one embedding.
+
+        Raises:
+            KeyError: ``feature`` is not a single-valued categorical feature of this encoder.
+        """
+        if feature not in self.single:
+            raise KeyError(f"'{feature}' is not a categorical feature of this embedding encoder "
+                           f"(its fused table holds {', '.join(self.single) or 'none'})")
+        j = self.single.index(feature)
+        return self.fused(codes.long() + self.fused.offsets[j])
+
     def forward_tasks(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{task: [B, F * d]}`` from each ``task_specific`` task's own tables."""
         return {t: self._embed(tables["fused"] if "fused" in tables else None,  # noqa: SIM401 (a ModuleDict)
@@ -142,22 +156,24 @@ class EmbeddingEncoder(Encoder):
         return (p for p in self.parameters() if id(p) not in own)
 
 
-def _task_specific(value: bool | Sequence[str], task_names: Sequence[str]) -> tuple[str, ...]:
-    """The tasks ``task_specific`` gives their own tables (``true``: all, in ``task_names`` order)."""
+def _task_specific(value: bool | Sequence[str], task_names: Sequence[str], key: str = "task_specific"
+                   ) -> tuple[str, ...]:
+    """The tasks ``key`` (``task_specific``, a sequence encoder's ``per_task``) gives their own
+    parameters (``true``: all, in ``task_names`` order)."""
     if value is False:
         return ()
     if value is True:
         if not task_names:
-            raise ValueError("task_specific: true needs the task names (injected by the builder)")
+            raise ValueError(f"{key}: true needs the task names (injected by the builder)")
         return tuple(task_names)
     names = list(value)
     unknown = [t for t in names if t not in task_names]
     if unknown:
-        raise ValueError(f"task_specific names {', '.join(map(repr, unknown))}, not a task of the recipe "
+        raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a task of the recipe "
                          f"(tasks: {', '.join(task_names)})")
     dupes = sorted({t for t in names if names.count(t) > 1})
     if dupes:
-        raise ValueError(f"task_specific lists {', '.join(map(repr, dupes))} more than once")
+        raise ValueError(f"{key} lists {', '.join(map(repr, dupes))} more than once")
     if not names:
-        raise ValueError("task_specific is an empty list; use false for shared tables only")
+        raise ValueError(f"{key} is an empty list; use false for shared tables only")
     return tuple(names)
