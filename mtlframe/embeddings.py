@@ -140,7 +140,7 @@ def export_embeddings(checkpoint: str | Path, output: str | Path, *, k: int | No
     """Write the user and item vectors of every retrieval task of a checkpoint (see the module docstring).
 
     Users: every user of the training data (any split), each from the same representative row as
-    ``mtlframe recommend`` uses (first training row, else validation, else test); items: the
+    ``mtlframe recommend`` uses (their latest row in the data); items: the
     catalogue (every item with a training row).
 
     Args:

@@ -366,8 +366,11 @@ def default_rank_by(task_types: Mapping[str, str]) -> dict[str, float]:
 def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Per requested user key: ``(split number or -1, row in that split, {split: row keys})``.
 
-    A user's representative row is their first training row, else their first validation row,
-    else their first test row (``-1``: not in the data). Row keys come from the raw user column
+    A user's representative row is their **latest** row: the largest timestamp among their rows
+    of every split (ties: the later split, then the later row), or without a timestamp column
+    their last row of the latest split that holds them (``-1``: not in the data). So user-side
+    features that change over time (a behaviour history) are the most recent the data holds.
+    Row keys come from the raw user column
     the loaded table keeps (the dataset's ``user`` column), else from the id feature's vocabulary
     (then a user absent from the training vocabulary cannot be found in the other splits)."""
     import pandas as pd
@@ -386,15 +389,26 @@ def _user_rows(dm, keys: np.ndarray, user_feature: str) -> tuple[np.ndarray, np.
     where_split = np.full(len(keys), -1)
     where_row = np.zeros(len(keys), dtype=np.int64)
     index = pd.Index(keys.astype(str))
-    for s, split in reversed(list(enumerate(("train", "val", "test")))):  # train last: it wins
+    stamp = dm.table.timestamp if dm.table.timestamp in frame.columns else None
+    users, splits, rows, times = [], [], [], []
+    for s, split in enumerate(("train", "val", "test")):
         rk = row_keys[split]
         ok = np.array([k is not None for k in rk], dtype=bool)
         pos = index.get_indexer(rk[ok].astype(str))
-        rows = np.flatnonzero(ok)
         hit = pos >= 0
-        # first row of each user in this split: assign in reverse so the earliest row is written last
-        where_split[pos[hit][::-1]] = s
-        where_row[pos[hit][::-1]] = rows[hit][::-1]
+        users.append(pos[hit])
+        splits.append(np.full(int(hit.sum()), s))
+        rows.append(np.flatnonzero(ok)[hit])
+        if stamp is not None:
+            ts = frame[stamp].to_numpy()[dm.split_index[split]]
+            times.append(np.asarray(ts[rows[-1]], dtype=np.float64))
+    users_a, splits_a, rows_a = np.concatenate(users), np.concatenate(splits), np.concatenate(rows)
+    time_a = np.concatenate(times) if stamp is not None else np.zeros(len(users_a))
+    order = np.lexsort((rows_a, splits_a, time_a, users_a))      # per user, the latest row last
+    last = np.r_[users_a[order][1:] != users_a[order][:-1], True] if len(order) else np.zeros(0, dtype=bool)
+    pick = order[last]
+    where_split[users_a[pick]] = splits_a[pick]
+    where_row[users_a[pick]] = rows_a[pick]
     return where_split, where_row, row_keys
 
 

@@ -407,3 +407,26 @@ def test_without_a_retrieval_task_every_unseen_item_is_scored_by_the_full_model(
         got = result.frame[result.frame["user"] == u]
         assert got["item"].astype(int).tolist() == best
         assert np.allclose(got["like_pred"], np.sort(p)[::-1][:6], atol=1e-6)
+
+
+def test_a_user_is_represented_by_their_latest_row_in_any_split():
+    """A history (or any user-side feature that changes) is the most recent the data holds: the
+    row with the largest timestamp among the user's rows of every split stands for the user."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from mtlframe.recommend import _user_rows
+
+    frame = pd.DataFrame({"user_id": [7, 7, 8, 7, 8, 9, 9],
+                          "timestamp": [50, 90, 10, 20, 40, 5, 5]})
+    dm = SimpleNamespace(table=SimpleNamespace(frame=frame, timestamp="timestamp"),
+                         split_index={"train": np.array([0, 1, 2]), "val": np.array([3, 5]), "test": np.array([4, 6])},
+                         preprocessor=SimpleNamespace(vocab={}))
+    where_split, where_row, _ = _user_rows(dm, np.array(["7", "8", "9", "10"], dtype=object), "user_id")
+    # user 7: train rows at 50 and 90, val row at 20 -> train row 1 (t=90)
+    # user 8: train t=10, test t=40 -> test row 0; user 9: val and test both at t=5 -> the later split
+    # user 10: not in the data
+    assert where_split.tolist() == [0, 2, 2, -1]
+    assert where_row.tolist()[:3] == [1, 0, 1]
