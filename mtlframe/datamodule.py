@@ -642,7 +642,12 @@ class RecDataModule(pl.LightningDataModule):
         if (split, task) not in cache:
             from mtlframe.ranking.data import build_ranking_split
 
-            cache[split, task] = build_ranking_split(self.ids, self.columns[split], self.catalogue, split, task)
+            table = self.table
+            times = None
+            if table is not None and table.timestamp and table.timestamp in table.frame.columns:
+                times = table.frame[table.timestamp].to_numpy()[self.split_index[split]]
+            cache[split, task] = build_ranking_split(self.ids, self.columns[split], self.catalogue, split, task,
+                                                     times)
         return cache[split, task]
 
     # -- dataloaders -------------------------------------------------------------------------

@@ -152,3 +152,33 @@ def test_monitors_and_compare_know_the_direction_of_ranking_metrics(tmp_path):
     assert _primary(recipe)[1]["watch"] == ("ndcg@5", True)
     with pytest.raises(RecipeError, match="val/watch/ndcg@50"):  # not a logged key: the closest ones are named
         _recipe(tmp_path, extra="checkpoint: {monitor: val/watch/ndcg@50}\n")
+
+
+def test_a_users_history_never_holds_the_positives_being_ranked(ml100k):
+    """Full ranking reads each user's earliest row of the split: with a behaviour history on the
+    user side, any later row's history would hold earlier positives of the same split (a leak)."""
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import build_system
+
+    recipe = recipe_from_dict({
+        "seed": 5,
+        "data": {"dataset": {"name": "movielens-100k", "path": str(ml100k)},
+                 "split": {"name": "user-random", "val": 0.1, "test": 0.1},
+                 "sampler": {"name": "in-batch", "item_feature": "item_id"},
+                 "sequences": {"hist_items": {"of": "item_id", "share_with": "item_id", "max_len": 50}}},
+        "ranking": {"user_features": ["user_id", "hist_items"], "item_features": ["item_id"]},
+        "tasks": {"watch": {"type": "retrieval", "label": "watch", "dim": 8}},
+        "model": {"encoders": [{"name": "embedding", "features": ["user_id", "item_id"], "dim": 8},
+                               {"name": "sequence-pool", "features": ["hist_items"], "dim": 8}]},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu"}, "logger": {"name": "none"}}, "r.yaml")
+    dm, _, _ = build_system(recipe)
+    cat = dm.catalogue
+    for split in ("val", "test"):
+        data = dm.ranking_split(split, "watch")
+        history = data.inputs["hist_items"].long() - 1                 # item codes; -1 = padding
+        leaked = 0
+        for u in range(len(data.users)):
+            pos = cat.items[data.positives.indices[data.positives.indptr[u]:data.positives.indptr[u + 1]]]
+            leaked += int(torch.isin(history[u], pos).sum())
+        assert leaked == 0, f"{split}: {leaked} positives of the split in the users' histories"
+        assert int((history >= 0).sum()) > 0                           # the histories are not empty

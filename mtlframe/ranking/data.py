@@ -19,8 +19,11 @@ class RankingSplit:
     Attributes:
         users: int64 ``[U]`` encoded user codes of the split (sorted; the out-of-vocabulary code 0
             is left out: those rows belong to users unknown to training, merged into one code).
-        inputs: model-ready columns ``[U, ...]`` of each user's first row in the split (the user
-            side of the two-tower model reads them).
+        inputs: model-ready columns ``[U, ...]`` of each user's earliest row in the split (by
+            timestamp when the data has one, else the first in file order): the user side of the
+            two-tower model reads them. The earliest row, because a behaviour history built from
+            the log (``data.sequences``) of any later row of the split would hold the user's
+            earlier interactions *of that split*, i.e. some of the positives being ranked.
         positives: ``U`` rows: catalogue positions of the items the user has a row with label 1
             (and a present label) in the split, each once.
         exclude: ``U`` rows: catalogue positions of the user's training items (any label); for
@@ -41,7 +44,7 @@ class RankingSplit:
 
 
 def build_ranking_split(ids: Mapping[str, Mapping[str, torch.Tensor]], columns: Columns, catalogue,
-                        split: str, task: str) -> RankingSplit:
+                        split: str, task: str, times: np.ndarray | None = None) -> RankingSplit:
     """Build the :class:`RankingSplit` of ``split`` (``val`` or ``test``) for retrieval task ``task``.
 
     Args:
@@ -51,6 +54,8 @@ def build_ranking_split(ids: Mapping[str, Mapping[str, torch.Tensor]], columns: 
         catalogue: the :class:`~mtlframe.catalogue.Catalogue`.
         split: ``val`` (exclude training items) or ``test`` (exclude training and validation items).
         task: the retrieval task whose label 1 marks a positive.
+        times: ``[N]`` timestamps of the split's rows (numbers or datetimes), or ``None``: which
+            row stands for a user (their earliest; ties and no timestamps: the first in the file).
     """
     from mtlframe.catalogue import NOT_INPUTS
 
@@ -58,9 +63,14 @@ def build_ranking_split(ids: Mapping[str, Mapping[str, torch.Tensor]], columns: 
     item = ids[split]["item"].long().cpu()
     known = user != 0
     known_rows = torch.nonzero(known).flatten()
-    codes, first = np.unique(user[known_rows].numpy(), return_index=True)
+    order = known_rows.numpy()
+    if times is not None:  # earliest first (stable: file order among equal times)
+        stamps = np.asarray(times)[order]
+        order = order[np.argsort(stamps.astype("datetime64[ns]").astype(np.int64) if stamps.dtype.kind == "M"
+                                 else stamps, kind="stable")]
+    codes, first = np.unique(user[torch.from_numpy(order)].numpy(), return_index=True)
     users = torch.from_numpy(codes).long()
-    rows = known_rows[torch.from_numpy(first).long()]
+    rows = torch.from_numpy(order[first]).long()
     history = ["train"] + (["val"] if split == "test" and "val" in ids else [])
     top = max([int(user.max()) if len(user) else 0] + [int(ids[h]["user"].max()) for h in history if len(ids[h]["user"])])
     lookup = torch.full((top + 1,), -1, dtype=torch.long)
