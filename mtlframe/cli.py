@@ -20,7 +20,9 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 def _console():
     from rich.console import Console
-    return Console(stderr=False, highlight=False)
+    # no markup: cells hold user values (grid labels such as `features: [hist_items]`, task
+    # names), which rich would otherwise read as style tags and drop
+    return Console(stderr=False, highlight=False, markup=False)
 
 
 def _metrics_table(metrics: dict, title: str):
@@ -141,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for col, r in oov.items():
             table.add_row(col, f"{r['rows']:,}", f"{r['oov']:,}", f"{r['oov'] / max(r['rows'], 1):.1%}",
                           f"{r['missing']:,}")
-        Console(stderr=True, highlight=False).print(table)
+        Console(stderr=True, highlight=False, markup=False).print(table)
     for line in predict_warnings({k: v for k, v in report.items() if k != "oov"}):
         print(f"warning: {line}", file=sys.stderr)
     return 0
@@ -279,7 +281,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             comps.add_row(k, c.name, str(c.provider), c.spec.summary)
     con.print(comps)
     if reg.failures:
-        con.print("[bold red]plugins that failed to load:[/bold red]")
+        con.print("plugins that failed to load:", style="bold red")
         for f in reg.failures:
             con.print(f"  {f}")
     return 0

@@ -193,3 +193,12 @@ def test_a_closed_output_pipe_ends_quietly():
     for argv in (["plugins", "--json"], ["plugins"]):
         proc = _to_closed_pipe(argv)
         assert proc.returncode == 1 and proc.stderr == "", (argv, proc.stderr)
+
+
+def test_tables_print_bracketed_values_as_written(capsys):
+    """Grid labels and task names hold brackets (`features: [hist_items]`); rich would read them
+    as style tags and drop them."""
+    from mtlframe.cli import _console, _metrics_table
+
+    _console().print(_metrics_table({"encoders=[{name: pool, features: [hist_items]}]": {"auc": 0.5}}, "t"))
+    assert "[hist_items]" in capsys.readouterr().out
