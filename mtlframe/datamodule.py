@@ -20,19 +20,95 @@ from mtlframe.recipe import Recipe
 SPLITS = ("train", "val", "test")
 
 
+def _timestamps(table: Table, name: str) -> np.ndarray:
+    """The timestamp column of ``table`` for split ``name``.
+
+    Raises:
+        DataError: no timestamp column, or missing timestamps (rows named).
+    """
+    if not table.timestamp:
+        raise DataError(f"{table.source}: data.split.name '{name}' needs a timestamp column, and this dataset "
+                        "has none; use data.split.name: random.")
+    stamps = table.frame[table.timestamp]
+    if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
+        pos = np.flatnonzero(stamps.isna().to_numpy())
+        raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
+                        f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                        f"the {name} split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+    return stamps.to_numpy()
+
+
+def _user_codes(table: Table, name: str) -> np.ndarray:
+    """Dense user codes ``[N]`` (int64, order of first appearance) for the per-user split ``name``.
+
+    Raises:
+        DataError: no user column, or missing user ids (rows named).
+    """
+    if not table.user or table.user not in table.frame.columns:
+        raise DataError(f"{table.source}: data.split.name '{name}' splits each user's rows and needs a user column, "
+                        "and this dataset declares none; declare `user:` in data.dataset, or use "
+                        "data.split.name: random.")
+    codes = pd.factorize(table.frame[table.user])[0].astype(np.int64)
+    if (codes < 0).any():
+        pos = np.flatnonzero(codes < 0)
+        raise DataError(f"{table.source}: user column '{table.user}' has {len(pos)} missing value(s) "
+                        f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                        f"the {name} split cannot place those rows. Fill or drop them, or use data.split.name: random.")
+    return codes
+
+
+def user_split_sizes(rows: np.ndarray, val: float, test: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user (train, val, test) row counts of the ``user-random`` split, RecBole's rounding.
+
+    RecBole ``Dataset._calcu_split_ids`` with ratios ``[1 - val - test, val, test]`` (normalized to
+    sum 1): val and test get ``floor(ratio * n)`` rows, train the rest; then, while train keeps more
+    than one row, test and then val get one row if ``0 < ratio * n < 1``. E.g. 8:1:1 gives
+    n=1 -> (1, 0, 0), 2 -> (1, 0, 1), 3 -> (1, 1, 1), 9 -> (7, 1, 1), 10 -> (8, 1, 1), 20 -> (16, 2, 2).
+
+    Args:
+        rows: rows per user ``[U]`` (int).
+        val, test: fractions of each user's rows.
+
+    Returns:
+        ``(n_train, n_val, n_test)``, each int64 ``[U]``.
+    """
+    tot = rows.astype(np.float64)
+    total = (1.0 - val - test) + val + test
+    r_val, r_test = val / total, test / total
+    n_val = (r_val * tot).astype(np.int64)
+    n_test = (r_test * tot).astype(np.int64)
+    n_train = rows.astype(np.int64) - n_val - n_test
+    for part, ratio in ((n_test, r_test), (n_val, r_val)):  # RecBole adds to the last part first
+        bump = (n_train > 1) & (ratio * tot > 0) & (ratio * tot < 1)
+        part += bump
+        n_train -= bump
+    return n_train, n_val, n_test
+
+
 def split_indices(table: Table, name: str, val: float, test: float, seed: int,
                   cold_items: float = 0.1) -> dict[str, np.ndarray]:
     """Row indices of the train / val / test splits.
 
     * ``random``: a seeded permutation; the first ``test`` fraction is test, then ``val``.
+    * ``user-random`` (RecBole's default ``RS: [0.8, 0.1, 0.1]``, ``group_by: user``, ``order: RO``):
+      a seeded shuffle of all rows; each user's rows, in shuffled order, go train first, then val,
+      then test, in the sizes of :func:`user_split_sizes` (RecBole's per-user rounding).
+    * ``leave-last-out`` (RecBole's ``LS: valid_and_test`` with ``order: TO``): per user by
+      ``table.timestamp``, the last row is test, the one before it validation, the rest training;
+      a user with 2 rows gives train + test, with 1 row train only. Equal timestamps: the row later
+      in the file counts as later. ``val`` / ``test`` are not used.
     * ``time``: rows sorted by ``table.timestamp`` (stable); the latest ``test`` fraction is test,
       the ``val`` fraction before it validation.
     * ``cold-start``: a seeded ``cold_items`` fraction of the items (``table.item``) and all their
       rows form the test split; validation is a random ``val`` fraction of the remaining rows.
 
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted int64 row indices (``time``: in time order).
+
     Raises:
-        DataError: ``time`` without a timestamp column or with missing timestamps (rows named),
-            ``cold-start`` without an item column.
+        DataError: ``time`` / ``leave-last-out`` without a timestamp column or with missing
+            timestamps (rows named); ``user-random`` / ``leave-last-out`` without a user column or
+            with missing user ids (rows named); ``cold-start`` without an item column.
     """
     n = len(table.frame)
     rng = np.random.default_rng(seed)
@@ -41,18 +117,28 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
         n_test, n_val = int(round(n * test)), int(round(n * val))
         return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
                 "train": np.sort(perm[n_test + n_val:])}
+    if name in ("user-random", "leave-last-out"):
+        codes = _user_codes(table, name)
+        if name == "user-random":
+            perm = rng.permutation(n)
+            order = perm[np.argsort(codes[perm], kind="stable")]  # grouped by user, shuffled within
+        else:  # by user, then time, then file position (ties: the later row is the later event)
+            order = np.lexsort((np.arange(n), _timestamps(table, name), codes))
+        user = codes[order]
+        rows = np.bincount(user, minlength=int(codes.max()) + 1 if n else 0)
+        start = np.cumsum(rows) - rows
+        rank = np.arange(n) - start[user]  # 0-based position of each row within its user
+        if name == "user-random":
+            n_train, n_val, _ = user_split_sizes(rows, val, test)
+        else:
+            n_test = np.minimum(rows - 1, 1).clip(min=0)
+            n_val = np.minimum(rows - 1 - n_test, 1).clip(min=0)
+            n_train = rows - n_val - n_test
+        cut1, cut2 = n_train[user], (n_train + n_val)[user]
+        return {"train": np.sort(order[rank < cut1]), "val": np.sort(order[(rank >= cut1) & (rank < cut2)]),
+                "test": np.sort(order[rank >= cut2])}
     if name == "time":
-        if not table.timestamp:
-            raise DataError(f"{table.source}: data.split.name 'time' needs a timestamp column, and this dataset "
-                            "has none; use data.split.name: random.")
-        stamps = table.frame[table.timestamp]
-        if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
-            bad = stamps.isna().to_numpy()
-            pos = np.flatnonzero(bad)
-            raise DataError(f"{table.source}: timestamp column '{table.timestamp}' has {len(pos)} missing value(s) "
-                            f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
-                            "the time split cannot place those rows. Fill or drop them, or use data.split.name: random.")
-        order = np.argsort(stamps.to_numpy(), kind="stable")
+        order = np.argsort(_timestamps(table, name), kind="stable")
         n_test, n_val = int(round(n * test)), int(round(n * val))
         n_train = n - n_test - n_val
         return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}

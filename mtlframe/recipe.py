@@ -193,9 +193,13 @@ class _Strict(BaseModel):
 class SplitConfig(_Strict):
     """How rows are split. ``random``: seeded shuffle. ``time``: ordered by the dataset's
     timestamp, the last ``test`` fraction is test, the ``val`` fraction before it is validation.
-    ``cold-start``: a ``cold_items`` fraction of items (and all their rows) go to the test split."""
+    ``cold-start``: a ``cold_items`` fraction of items (and all their rows) go to the test split.
+    ``user-random``: each user's rows shuffled and split by ``val`` / ``test`` with RecBole's
+    per-user rounding (its default 8:1:1 protocol). ``leave-last-out``: per user by timestamp, the
+    last row is test, the one before validation (``val`` / ``test`` do not apply).
+    See :func:`mtlframe.datamodule.split_indices`."""
 
-    name: Literal["random", "time", "cold-start"] = "random"
+    name: Literal["random", "user-random", "leave-last-out", "time", "cold-start"] = "random"
     val: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
     cold_items: float = Field(0.1, gt=0.0, lt=1.0)
@@ -204,6 +208,9 @@ class SplitConfig(_Strict):
     def _fractions(self) -> "SplitConfig":
         if self.val + self.test >= 1.0:
             raise ValueError("val + test must be below 1.0 so that rows remain for training")
+        if self.name == "leave-last-out" and {"val", "test"} & self.model_fields_set:
+            raise ValueError("leave-last-out puts each user's last row in test and the one before it in val; "
+                             "val / test fractions do not apply: remove them, or use name: user-random.")
         return self
 
 
