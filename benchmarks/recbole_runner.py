@@ -20,6 +20,9 @@ imported, nothing in site-packages edited:
 * numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``;
   ``recbole.config.Config.compatibility_settings`` aliases ``np.float = np.float_`` etc. and fails
   without them: they are put back as aliases of ``np.float64``, ``np.complex128``, ``np.str_``.
+* scipy >= 1.13 removed the private ``dok_matrix._update`` (an unchecked ``dict.update`` of
+  ``{(row, col): value}``) that LightGCN's adjacency matrix uses; it is put back as exactly that,
+  on the ``_dict`` newer scipy keeps the entries in.
 * torch >= 2.6 loads checkpoints with ``weights_only=True``; RecBole's own best-model checkpoint
   (written by this very run) holds its ``Config`` object: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
 * RecBole reads a dataset named ``ml-100k`` from its bundled copy whatever ``data_path`` says;
@@ -50,6 +53,11 @@ def shim() -> list[str]:
         if old not in np.__dict__:
             setattr(np, old, new)
             done.append(f"np.{old} = {new.__name__}")
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = lambda self, data: self._dict.update(data)
+        done.append("scipy.sparse.dok_matrix._update = unchecked dict update")
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") != "1":
         os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
         done.append("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1")
