@@ -72,18 +72,44 @@ class Builder:
     def model(self, encoders: Sequence, tasks: Sequence[TaskSpec]):
         from mtlframe.model import MultiTaskModel
 
+        from mtlframe.retrieval import NoBackbone, TwoTower, side_columns
+
         cfg = self.recipe.config.model
-        names = [t.name for t in tasks]
+        ranked = [t for t in tasks if t.type != "retrieval"]     # the tasks the backbone serves
+        names = [t.name for t in ranked]
         input_dim = sum(int(e.output_dim) for e in encoders)
         task_inputs = self._check_task_inputs(encoders)
-        backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,
-                             task_inputs=task_inputs, task_types={t.name: t.type for t in tasks})
+        if cfg.backbone is None:
+            backbone = NoBackbone()
+        else:
+            backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,
+                                 task_inputs=task_inputs, task_types={t.name: t.type for t in ranked})
         towers = {}
-        for t in tasks:
-            spec, path = (cfg.towers[t.name], f"model.towers.{t.name}") if t.name in cfg.towers else (cfg.tower, "model.tower")
+        for t in ranked:
+            spec, path = self._tower(t.name)
             towers[t.name] = self.make("tower", spec, path, input_dim=backbone.output_dims[t.name],
                                        output_dim=t.output_dim)
-        return MultiTaskModel(encoders, backbone, towers, tasks, shared=cfg.shared)
+        ranking = self.recipe.config.ranking
+        retrieval, item_columns = {}, None
+        if ranking is not None:
+            user_cols, item_columns = side_columns(encoders, ranking.user_features, ranking.item_features,
+                                                   self.recipe.source, self.recipe.lines)
+            for t in tasks:
+                if t.type != "retrieval":
+                    continue
+                tc = self.recipe.config.tasks[t.name]
+                spec, path = self._tower(t.name)
+                retrieval[t.name] = TwoTower(
+                    t.name, user_cols, item_columns,
+                    self.make("tower", spec, path, input_dim=len(user_cols), output_dim=tc.dim),
+                    self.make("tower", spec, path, input_dim=len(item_columns), output_dim=tc.dim),
+                    similarity=tc.similarity, temperature=tc.temperature)
+        return MultiTaskModel(encoders, backbone, towers, tasks, shared=cfg.shared, retrieval=retrieval,
+                              item_columns=item_columns)
+
+    def _tower(self, task: str) -> tuple[dict, str]:
+        cfg = self.recipe.config.model
+        return (cfg.towers[task], f"model.towers.{task}") if task in cfg.towers else (cfg.tower, "model.tower")
 
     def _check_task_inputs(self, encoders: Sequence) -> bool:
         """Whether encoders have per-task tables; a recipe error if the backbone cannot read them."""
@@ -110,6 +136,8 @@ class Builder:
         out = {}
         for t in tasks:
             out[t.name] = {}
+            if t.type == "retrieval":  # full-ranking metrics, computed over the catalogue at epoch end
+                continue
             for m in t.metrics:
                 comp, mdef, k = resolve_metric(m)
                 self.providers[f"metric:{comp.name}"] = str(comp.provider)

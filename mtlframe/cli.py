@@ -121,7 +121,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = recipe.config
     tasks = ", ".join(f"{n} ({t.type})" for n, t in cfg.tasks.items())
     print(f"{args.recipe}: valid. dataset {cfg.data.dataset['name']}; tasks {tasks}; "
-          f"backbone {cfg.model.backbone['name']}; combiner {cfg.combiner['name']}.")
+          f"backbone {cfg.model.backbone['name'] if cfg.model.backbone else 'none'}; combiner {cfg.combiner['name']}.")
     if args.show:
         print(recipe.to_yaml())
     return 0

@@ -18,6 +18,8 @@ from mtlframe.process_memory import pin_mmap_threshold, release_freed_memory
 from mtlframe.recipe import Recipe
 
 SPLITS = ("train", "val", "test")
+#: batch key of each training row's encoded item code ``[B]`` (int64), with a model-side sampler
+ITEM_KEY = "id/item"
 
 
 def _timestamps(table: Table, name: str) -> np.ndarray:
@@ -237,6 +239,11 @@ class RecDataModule(pl.LightningDataModule):
         self._sampled: tuple[int, Columns] | None = None
         #: ``metrics_group`` ids ``[N]`` of the evaluation splits (see :data:`~mtlframe.features.GROUP_KEY`)
         self.groups: dict[str, torch.Tensor] = {}
+        #: ``{split: {"user": [N], "item": [N]}}`` encoded user and item codes of every row (int64),
+        #: with a ``ranking`` section (its first user and item feature); set by :meth:`attach_encoders`
+        self.ids: dict[str, dict[str, torch.Tensor]] = {}
+        #: the item catalogue (one model-ready row per training item), with a ``ranking`` section
+        self.catalogue = None
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -336,7 +343,9 @@ class RecDataModule(pl.LightningDataModule):
                                  + near_hint(near, ".")
                                  + f" Labels: {', '.join(table.labels)}."))
                 continue
-            labels.append(LabelSpec(tname, task.label, task.type, task.missing_label))
+            # a retrieval task's label marks positive interactions: 0/1 like a binary label
+            labels.append(LabelSpec(tname, task.label, "binary" if task.type == "retrieval" else task.type,
+                                    task.missing_label))
         problems += self._leakage(table, labels)
         numeric = [c for c, t in used.items() if t == "numeric"]
         named = {**({f"data.fill_missing.{c}": c for c in self.cfg.fill_missing}
@@ -409,7 +418,7 @@ class RecDataModule(pl.LightningDataModule):
         log-odds of the positive rate (binary)."""
         out = {}
         for t in self.task_specs():
-            if t.type == "multiclass":
+            if t.type in ("multiclass", "retrieval"):
                 continue
             y = self.splits["train"][label_key(t.name)]
             total, count = 0.0, 0
@@ -432,6 +441,7 @@ class RecDataModule(pl.LightningDataModule):
         """Featurize every split with the encoders and keep only the keys the model reads."""
         self.sampler = sampler
         self.encoders, self.tasks = list(encoders), list(tasks)
+        self._ranking_ids()
         if sampler is not None:
             sampler.prepare(self.splits)
         # with a resampling sampler, masks stay so that sampled rows (partly unlabelled) concatenate
@@ -445,10 +455,45 @@ class RecDataModule(pl.LightningDataModule):
                 self.splits[k] = {c: v for c, v in self.splits[k].items() if c.startswith(("label/", "mask/", "__"))}
             if k in self.groups:
                 self.columns[k][GROUP_KEY] = self.groups[k]
+        if self.ids:
+            from mtlframe.catalogue import Catalogue
+
+            ranking = self.recipe.config.ranking
+            item = ranking.item_features[0]
+            self.catalogue = Catalogue.from_training(ranking.user_features[0], item, self.ids["train"]["item"],
+                                                     self.columns["train"], self.feature_info()[item].cardinality)
+            if getattr(sampler, "side", "data") == "model":  # in-batch negatives need each row's item
+                self.columns["train"][ITEM_KEY] = self.ids["train"]["item"]
         for enc in encoders:  # what the encoders did to the data (e.g. empty texts), once, all splits
             for line in getattr(enc, "data_notes", lambda: [])():
                 _print_rank_zero(line)
         release_freed_memory()
+
+    def _ranking_ids(self) -> None:
+        """With a ``ranking`` section, keep each split's encoded user and item codes (:attr:`ids`).
+
+        Raises:
+            RecipeError: the first user or item feature is not a categorical feature.
+        """
+        ranking = self.recipe.config.ranking
+        if ranking is None:
+            return
+        from mtlframe.catalogue import item_codes
+
+        info = self.feature_info()
+        problems = []
+        for key, feats in (("ranking.user_features", ranking.user_features),
+                           ("ranking.item_features", ranking.item_features)):
+            f = feats[0]
+            if f in info and info[f].type != "categorical":
+                problems.append((f"{key}[0]", f"the first {key.split('.')[1].split('_')[0]} feature is the id "
+                                              f"feature and must be categorical; '{f}' is {info[f].type}. Put the "
+                                              "id column first."))
+        if problems:
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
+        self.ids = {k: {"user": item_codes(cols, ranking.user_features[0]),
+                        "item": item_codes(cols, ranking.item_features[0])}
+                    for k, cols in self.splits.items() if ranking.user_features[0] in cols}
 
     # -- dataloaders -------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:

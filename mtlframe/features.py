@@ -9,12 +9,14 @@ FeatureType = Literal["categorical", "numeric", "text", "multi_categorical"]
 FEATURE_TYPES: tuple[str, ...] = ("categorical", "numeric", "text", "multi_categorical")
 
 #: task types and what they decide
-TaskType = Literal["binary", "regression", "multiclass"]
-TASK_TYPES: tuple[str, ...] = ("binary", "regression", "multiclass")
+TaskType = Literal["binary", "regression", "multiclass", "retrieval"]
+TASK_TYPES: tuple[str, ...] = ("binary", "regression", "multiclass", "retrieval")
 DEFAULT_METRICS: dict[str, list[str]] = {
     "binary": ["auc", "logloss"],
     "regression": ["rmse", "mae"],
     "multiclass": ["accuracy", "logloss"],
+    # full-ranking metrics over the whole catalogue (see docs/ranking.md)
+    "retrieval": ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10"],
 }
 
 
@@ -42,7 +44,8 @@ class TaskSpec:
 
     Attributes:
         name: the task name (recipe key), also the batch key prefix ``label/<name>``.
-        type: ``binary`` | ``regression`` | ``multiclass``.
+        type: ``binary`` | ``regression`` | ``multiclass`` | ``retrieval`` (a two-tower score of
+            the row's user and item, :mod:`mtlframe.retrieval`).
         label: source column in the dataset.
         weight: static loss weight (used by the ``static`` combiner and as a prior by others).
         metrics: metric names; the first is the task's primary metric.

@@ -30,8 +30,13 @@ class MultiTaskModel(nn.Module):
             latter: much cheaper with large embedding tables, whose gradients are then the plain
             sum over tasks), or ``encoders``.
 
+        retrieval: ``{task: TwoTower}`` heads of the ``retrieval`` tasks (:mod:`mtlframe.retrieval`):
+            they read the encoders' output directly (the backbone and ``towers`` serve the other tasks).
+        item_columns: ``[D_i]`` columns of ``x`` holding the item-side features (``ranking.item_features``),
+            for :meth:`compose`; ``None`` without a ``ranking`` section.
+
     ``forward(batch)`` returns ``{task: output}`` with output ``[B]`` (binary logits, regression
-    values) or ``[B, C]`` (multiclass logits).
+    values, a retrieval task's score of the row's own user and item) or ``[B, C]`` (multiclass logits).
 
     Raises:
         ValueError: bad ``shared``; an encoder has per-task parameters for a task the model does
@@ -39,11 +44,18 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, encoders: Sequence[nn.Module], backbone: nn.Module, towers: Mapping[str, nn.Module],
-                 tasks: Sequence[TaskSpec], shared: str = "encoders+backbone") -> None:
+                 tasks: Sequence[TaskSpec], shared: str = "encoders+backbone",
+                 retrieval: Mapping[str, nn.Module] | None = None,
+                 item_columns: torch.Tensor | None = None) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.backbone = backbone
         self.towers = nn.ModuleDict(dict(towers))
+        #: ``{task: TwoTower}`` of the retrieval tasks (:mod:`mtlframe.retrieval`)
+        self.retrieval = nn.ModuleDict(dict(retrieval or {}))
+        # the item-side columns of x (``ranking.item_features``), for :meth:`compose`
+        self.register_buffer("item_columns", None if item_columns is None else torch.as_tensor(item_columns).long(),
+                             persistent=False)
         self.tasks = list(tasks)
         if shared not in ("encoders+backbone", "backbone", "encoders"):
             raise ValueError(f"shared must be 'encoders+backbone', 'backbone' or 'encoders', got {shared!r}")
@@ -77,8 +89,11 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.forward_from(self.encode(batch))
 
-    def forward_from(self, x: torch.Tensor | TaskInputs) -> dict[str, torch.Tensor]:
-        """Run backbone, towers and output coupling on :meth:`encode`'s output."""
+    def forward_from(self, x: torch.Tensor | TaskInputs, vectors: dict | None = None) -> dict[str, torch.Tensor]:
+        """Run backbone, towers and output coupling on :meth:`encode`'s output.
+
+        ``vectors``: when a dict is given, each retrieval task's ``(u [B, d], v [B, d])`` is stored
+        in it (the training loss reuses them)."""
         if isinstance(x, TaskInputs):
             hidden = self.backbone(x.shared, x.tasks)              # {task: (B, H_t)}
         else:
@@ -87,7 +102,38 @@ class MultiTaskModel(nn.Module):
         for name, tower in self.towers.items():
             y = tower(hidden[name])                                # (B, out_dim)
             out[name] = y.squeeze(-1) if self._squeeze[name] else y
-        return self.backbone.couple(out)
+        out = self.backbone.couple(out)
+        for name, head in self.retrieval.items():
+            u, v = head.user_vectors(x), head.item_vectors(x)      # (B, d), (B, d)
+            out[name] = head.pair_logits(u, v)                     # (B,)
+            if vectors is not None:
+                vectors[name] = (u, v)
+        return out
+
+    def compose(self, x_user: torch.Tensor | TaskInputs, x_item: torch.Tensor | TaskInputs) -> torch.Tensor | TaskInputs:
+        """Encodings of (user row, item row) pairs: ``x_user`` with the item-side columns taken from
+        ``x_item`` (both ``[B, D]`` row-aligned, or :class:`TaskInputs`). Used to score items a
+        user never interacted with (full ranking through the ranking tasks, ``recommend``).
+
+        Features that belong to neither side (context) come from the user row.
+
+        Raises:
+            ValueError: the model has no item side (the recipe has no ``ranking`` section).
+        """
+        if self.item_columns is None:
+            raise ValueError("the model has no item side: add a `ranking:` section (user_features, item_features) "
+                             "to the recipe")
+        cols = self.item_columns
+
+        def mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            out = a.clone()
+            out[:, cols] = b.index_select(1, cols)
+            return out
+
+        if isinstance(x_user, TaskInputs):
+            return TaskInputs(mix(x_user.shared, x_item.shared),
+                              {t: mix(v, x_item.tasks[t]) for t, v in x_user.tasks.items()})
+        return mix(x_user, x_item)
 
     def compile_parts(self, **options) -> None:
         """``torch.compile`` every encoder, the backbone and every tower in place
@@ -97,7 +143,7 @@ class MultiTaskModel(nn.Module):
         what is compiled rather than this module's own ``forward``; compiling in place keeps the
         parameter names, so checkpoints load into an uncompiled model.
         """
-        for part in (*self.encoders, self.backbone, *self.towers.values()):
+        for part in (*self.encoders, self.backbone, *self.towers.values(), *self.retrieval.values()):
             part.compile(**options)
 
     def init_output_bias(self, values: Mapping[str, float]) -> None:

@@ -133,6 +133,7 @@ class MultiTaskModule(pl.LightningModule):
         self._warned: set[tuple[str, ...]] = set()
         #: ``{stage: {task: {metric: {"groups": G, "skipped": S}}}}`` for grouped metrics (gauc, ndcg@K, ...)
         self.last_group_counts: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
+        self.set_ranking()
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -164,14 +165,51 @@ class MultiTaskModule(pl.LightningModule):
         sums, counts = self.task_loss_sums(batch, outputs)
         return {t.name: s / c for t, s, c in zip(self.tasks, sums, counts.tolist()) if c > 0}
 
-    def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def set_ranking(self, catalogue: Any = None, sampler: Any = None, seed: int = 0) -> None:
+        """Give the module what retrieval tasks train with: the item catalogue
+        (:class:`~mtlframe.catalogue.Catalogue`) and the recipe's sampler; a model-side sampler
+        (``side == "model"``: ``in-batch``, ``mixed``) then supplies the negatives of a sampled
+        softmax, drawn with a generator seeded by ``seed``."""
+        self.catalogue = catalogue
+        self.negative_sampler = sampler if getattr(sampler, "side", "data") == "model" else None
+        self._negative_generator = torch.Generator().manual_seed(int(seed))
+        self._catalogue_device: tuple[torch.device, dict[str, torch.Tensor]] | None = None
+
+    def _retrieval_rows(self, t: TaskSpec, batch: Mapping[str, torch.Tensor], vectors: Mapping[str, Any]
+                        ) -> torch.Tensor:
+        """``[B]`` sampled-softmax row losses of retrieval task ``t`` (model-side negatives)."""
+        from mtlframe.datamodule import ITEM_KEY
+        from mtlframe.retrieval import sampled_softmax_rows
+
+        head = self.model.retrieval[t.name]
+        u, v = vectors[t.name]                                     # (B, d), (B, d)
+        items = batch.get(ITEM_KEY)
+        if items is None:
+            raise MTLFrameError(f"retrieval task '{t.name}': the training batches carry no item codes ('{ITEM_KEY}') "
+                                "for in-batch negatives; build the data with mtlframe's RecDataModule and a "
+                                "model-side sampler (data.sampler: in-batch or mixed).")
+        neg = self.negative_sampler.negatives(items.cpu(), self._negative_generator)
+        v_extra = extra = log_q_extra = None
+        if neg.extra.numel():
+            extra = neg.extra.to(u.device)
+            cols = self.catalogue.rows(neg.extra, device=u.device)
+            v_extra = head.item_vectors(self.model.encode(cols))   # (M, d)
+            log_q_extra = neg.log_q_extra.to(u.device)
+        log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device)
+        return sampled_softmax_rows(u, v, items, head.temperature, log_q, v_extra, extra, log_q_extra)
+
+    def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],
+                       vectors: Mapping[str, Any] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-task sums of row losses and labelled-row counts over this process's batch.
 
         A row whose label is missing (``mask/<task>`` False) contributes 0 to its task's sum, but
         the sum is still computed from the tower's output, so a task with no labelled row in the
         batch keeps its tower in the graph (with a zero gradient): under DDP every process then
         gets a gradient for every parameter, whatever labels its batch holds. No host sync.
+
+        A retrieval task trained with a model-side sampler (``vectors`` holds its ``(u, v)``, from
+        :meth:`~mtlframe.model.MultiTaskModel.forward_from`) sums the sampled-softmax losses of its
+        positive rows (label 1) and counts those rows.
 
         Returns:
             ``(sums, counts)``: ``sums`` one scalar per task in recipe order (graph attached),
@@ -182,6 +220,12 @@ class MultiTaskModule(pl.LightningModule):
             target = batch[label_key(t.name)]
             out = outputs[t.name]
             mask = batch.get(mask_key(t.name))
+            if t.type == "retrieval" and self.negative_sampler is not None and vectors is not None:
+                rows = self._retrieval_rows(t, batch, vectors)                       # (B,)
+                anchor = target == 1 if mask is None else mask & (target == 1)
+                sums.append(torch.where(anchor, rows, torch.zeros((), dtype=rows.dtype, device=rows.device)).sum())
+                counts.append(anchor.sum().to(torch.float64))
+                continue
             if mask is None:
                 sums.append(task_loss(t.type, out, target).sum())
                 counts.append(torch.full((), target.shape[0], dtype=torch.float64, device=out.device))
@@ -317,8 +361,9 @@ class MultiTaskModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
-        outputs = self.model.forward_from(x)
-        sums, counts = self.task_loss_sums(batch, outputs)
+        vectors: dict[str, Any] = {}
+        outputs = self.model.forward_from(x, vectors)
+        sums, counts = self.task_loss_sums(batch, outputs, vectors)
         aux_parts, aux_sums, aux_counts = self._auxiliary(batch, outputs)  # (P,), (P,)
         world = self.trainer.world_size
         stats = self._step_stats(sums, counts, aux_sums, aux_counts)  # (2T + 2P,) summed over processes
@@ -533,6 +578,8 @@ class MultiTaskModule(pl.LightningModule):
             if rows == 0:  # no labelled row in this split at all: left out of the score (at every epoch)
                 continue
             primary = t.metrics[0]
+            if t.type == "retrieval" and primary not in scores[t.name]:
+                continue  # no full-ranking evaluation of this task here (its logged rows have no metric)
             v = scores[t.name].get(primary, float("nan"))
             score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
         # a NaN term makes the score NaN: a mean over fewer tasks is not comparable with a full one

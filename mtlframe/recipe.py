@@ -264,13 +264,38 @@ class DataConfig(_Strict):
         return self.fill_missing
 
 
+#: keys of a task that only a ``retrieval`` task takes (its two-tower head)
+RETRIEVAL_KEYS = ("dim", "similarity", "temperature")
+
+
 class TaskConfig(_Strict):
-    type: Literal["binary", "regression", "multiclass"]
+    type: Literal["binary", "regression", "multiclass", "retrieval"]
     label: str
     weight: float = Field(1.0, ge=0.0)
     metrics: list[str] | None = None
     #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
     missing_label: Union[float, str, None] = None
+    #: retrieval tasks: width ``d`` of the user and item vectors
+    dim: int | None = Field(None, ge=1)
+    #: retrieval tasks: ``dot`` (inner product) or ``cosine`` (inner product of L2-normalized vectors)
+    similarity: Literal["dot", "cosine"] | None = None
+    #: retrieval tasks: the score is ``similarity / temperature``
+    temperature: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _retrieval_keys(self) -> "TaskConfig":
+        if self.type != "retrieval":
+            given = [k for k in RETRIEVAL_KEYS if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} {'is a key' if len(given) == 1 else 'are keys'} of retrieval "
+                                 f"tasks (the two-tower head), and this task is {self.type}; remove "
+                                 f"{'it' if len(given) == 1 else 'them'} or set type: retrieval")
+            return self
+        self.dim = self.dim if self.dim is not None else 64
+        self.similarity = self.similarity or "cosine"
+        self.temperature = self.temperature if self.temperature is not None else (0.05 if self.similarity == "cosine"
+                                                                                  else 1.0)
+        return self
 
     @field_validator("missing_label")
     @classmethod
@@ -286,7 +311,8 @@ class TaskConfig(_Strict):
 
 class ModelConfig(_Strict):
     encoders: list[Component] = Field(min_length=1)
-    backbone: Component
+    #: serves the non-retrieval tasks; may be left out when every task is a retrieval task
+    backbone: Component | None = None
     tower: Component = {"name": "mlp"}
     towers: dict[str, Component] = {}
     #: which parameters gradient-level combiners balance (see docs/combiners.md)
@@ -412,6 +438,46 @@ class MetricsGroupConfig(_Strict):
     gauc_weight: Literal["impressions", "clicks"] = "impressions"
 
 
+class RankingConfig(_Strict):
+    """The ranking half of a recipe: which features describe the user and which the item, the
+    cutoffs of full-ranking evaluation and how ``mtlframe recommend`` orders items.
+
+    ``user_features`` / ``item_features``: model features of each side; the first of each is the
+    user (item) id feature. A ``retrieval`` task's user tower reads the user side, its item tower
+    the item side; ``recommend`` pairs a user's row with each item's row by the same split.
+    ``rank_by``: ``{task: weight}``; items are ordered by ``prod_t p_t ** w_t`` (task predictions).
+    """
+
+    user_features: list[str] = Field(min_length=1)
+    item_features: list[str] = Field(min_length=1)
+    #: cutoffs K of the full-ranking metrics (``ndcg@K``, ...) when a task lists none
+    k: list[int] = [10, 20]
+    #: recommend: the final order, a product of task predictions raised to these weights
+    rank_by: dict[str, float] = {}
+    #: recommend: how many retrieval candidates are re-ranked by ``rank_by``
+    candidates: int = Field(200, ge=1)
+    #: recommend: users the model has never seen get the most popular items, or an error
+    unknown_users: Literal["popularity", "error"] = "popularity"
+    #: recommend: leave out items the user has interacted with
+    exclude_seen: bool = True
+
+    @field_validator("k")
+    @classmethod
+    def _cutoffs(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"k lists the cutoffs of the full-ranking metrics, each >= 1 (e.g. [10, 20]); got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _sides(self) -> "RankingConfig":
+        both = [f for f in self.user_features if f in self.item_features]
+        if both:
+            raise ValueError(f"{', '.join(map(repr, both))} {'is' if len(both) == 1 else 'are'} on both the user and "
+                             "the item side; each feature belongs to one side (features of neither side, e.g. "
+                             "context, are left out of both)")
+        return self
+
+
 class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
@@ -428,6 +494,8 @@ class RecipeConfig(_Strict):
     logger: LoggerConfig = LoggerConfig()
     #: the column whose values define the groups of the grouped metrics (gauc, ndcg@K, ...)
     metrics_group: MetricsGroupConfig | None = None
+    #: user and item sides, full-ranking cutoffs and the order of ``recommend``
+    ranking: RankingConfig | None = None
 
     @field_validator("metrics_group", mode="before")
     @classmethod
@@ -748,11 +816,65 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
             check_component("tower", spec, f"model.towers.{t}", source, problems, checked)
     check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems, checked)
     _check_metrics(data, source, problems)
+    _check_ranking(data, problems)
     # the components' own value checks (constructors, validate_args) on the entries that passed
     check_arguments(data, checked, problems)
     if problems:
         raise RecipeError(problems, source, lines)
     return cfg  # type: ignore[return-value]
+
+
+def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
+    """Retrieval tasks and the ``ranking:`` section: the sides name encoder features, a retrieval
+    task has the sides and negatives to learn from, ``rank_by`` names tasks, and a backbone is
+    given when some task needs one."""
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    types = {t: v.get("type") for t, v in tasks.items() if isinstance(v, dict)}
+    retrieval = [t for t, typ in types.items() if typ == "retrieval"]
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    ranking = data.get("ranking") if isinstance(data.get("ranking"), dict) else None
+    others = [t for t, typ in types.items() if typ in TASK_TYPES and typ != "retrieval"]
+    if others and model.get("backbone") is None and "backbone" not in model:
+        problems.append(("model.backbone", f"task{'s' if len(others) > 1 else ''} {', '.join(map(repr, others))} "
+                                           "need a backbone (e.g. `backbone: {name: mmoe}`); only retrieval tasks "
+                                           "go without one."))
+    for t in retrieval:
+        if ranking is None:
+            problems.append((f"tasks.{t}.type", f"retrieval task '{t}' scores a user vector against an item vector: "
+                                                "add a `ranking:` section naming each side's features, e.g. "
+                                                "`ranking: {user_features: [user_id, age], item_features: [item_id, "
+                                                "genres]}` (the first of each is the id feature)."))
+    sampler = data.get("data", {}).get("sampler") if isinstance(data.get("data"), dict) else None
+    if retrieval and isinstance(sampler, dict) and isinstance(sampler.get("name"), str):
+        from mtlframe.registry import get_registry
+
+        try:
+            factory = get_registry().get("sampler", sampler["name"]).load()
+        except MTLFrameError:
+            factory = None  # reported at data.sampler.name
+        if factory is not None and getattr(factory, "side", "data") != "model" and not getattr(factory, "resamples", True):
+            problems.append(("data.sampler", f"retrieval task{'s' if len(retrieval) > 1 else ''} "
+                                             f"{', '.join(map(repr, retrieval))} learn{'' if len(retrieval) > 1 else 's'} "
+                                             f"from negatives, and sampler '{sampler['name']}' gives none: use a "
+                                             "model-side sampler (`sampler: {name: in-batch, item_feature: item_id}` "
+                                             "or `mixed`: a sampled softmax) or a data-side one (`uniform-negatives`, "
+                                             "`popularity-negatives`: pointwise, sampled rows labelled 0)."))
+    if ranking is None:
+        return
+    encoded = [f for enc in (model.get("encoders") if isinstance(model.get("encoders"), list) else [])
+               if isinstance(enc, dict) for f in (enc.get("features") or []) if isinstance(f, str)]
+    for side in ("user_features", "item_features"):
+        feats = ranking.get(side)
+        for j, f in enumerate(feats if isinstance(feats, list) else []):
+            if isinstance(f, str) and f not in encoded:
+                problems.append((f"ranking.{side}[{j}]", f"'{f}' is not a feature of the model's encoders"
+                                 + near_hint(closest(f, encoded), ".")
+                                 + f" Encoded features: {', '.join(encoded) or 'none'}."))
+    rank_by = ranking.get("rank_by")
+    for t in (rank_by if isinstance(rank_by, dict) else {}):
+        if t not in tasks:
+            problems.append((f"ranking.rank_by.{t}", f"no task named '{t}'" + near_hint(closest(str(t), tasks))
+                             + f" Tasks: {', '.join(tasks)}."))
 
 
 def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> None:
@@ -779,7 +901,7 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
     reg = get_registry()
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     for tname, task in tasks.items():
-        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
+        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES or task.get("type") == "retrieval":
             continue
         metrics = task.get("metrics") or []
         for i, m in enumerate(metrics if isinstance(metrics, list) else []):

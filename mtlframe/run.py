@@ -497,6 +497,7 @@ def build_system(recipe: Recipe):
                              gradient_clip_val=recipe.config.trainer.gradient_clip_val
                              if combiner.requires_manual_backward else None,
                              checkpoint_state=state, nan_loss=recipe.config.trainer.nan_loss)
+    module.set_ranking(dm.catalogue, sampler, seed=recipe.config.seed)
     return dm, module, b
 
 

@@ -269,8 +269,10 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
     backbone_spec = (recipe.get("model") or {}).get("backbone")
     if per_task and isinstance(backbone_spec, Mapping) and by_kind.get("backbone"):
         problems.extend(task_input_conflicts(per_task, str(backbone_spec.get("name"))))
-    for c in by_kind.get("backbone", []):
-        _run(c, ctx(c), problems)
+    for c in by_kind.get("backbone", []):  # the backbone serves the non-retrieval tasks only
+        _run(c, ValidationContext(c.kind, c.path, recipe, [t for t in base.tasks if t.type != "retrieval"],
+                                  base.feature_types, base.input_dim, base.tower_input_dims, base.task_inputs),
+             problems)
         dims = getattr(c.instance, "output_dims", None)
         if isinstance(dims, Mapping):
             base.tower_input_dims = {t: int(d) for t, d in dims.items() if isinstance(d, int)}
@@ -278,7 +280,7 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
     for c in by_kind.get("tower", []):
         own = c.path.rpartition(".")[2] if c.path.startswith("model.towers.") else None
         if own is None:
-            uses = [t.name for t in tasks if t.name not in towers]
+            uses = [t.name for t in tasks if t.name not in towers and t.type != "retrieval"]
             if not uses:
                 continue
             own = uses[0]

@@ -120,7 +120,7 @@ def test_movielens_from_folder():
     assert len(f) == 100000
     assert f["user_id"].nunique() == 943 and f["item_id"].nunique() == 1682
     assert (t.user, t.item, t.timestamp) == ("user_id", "item_id", "timestamp")
-    assert t.labels == ["rating", "like"]
+    assert t.labels == ["rating", "like", "watch"]
     assert f["rating"].sum() == 352986
     assert f["like"].sum() == 55375
     # original u.data order is kept (the canonical u1..u5 folds are row ranges)

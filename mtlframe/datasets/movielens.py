@@ -16,7 +16,9 @@ Columns:
   ``data.fill_missing: {release_year: mean}``); ``genres`` multi-categorical (``"Animation|Children's|Comedy"``, from the
   19 genre flags of ``u.item``); ``title`` text, without the ``" (1995)"`` year suffix (and a
   trailing ``" (V)"``).
-* labels — ``rating`` (float 1..5, regression) and ``like`` (1.0 if rating >= 4, binary; 55.4 %).
+* labels — ``rating`` (float 1..5, regression), ``like`` (1.0 if rating >= 4, binary; 55.4 %) and
+  ``watch`` (1.0 on every row: the implicit feedback "the user rated, so watched, the movie", the
+  positives of a ``retrieval`` task).
 * ``timestamp`` (Unix seconds), user column ``user_id``, item column ``item_id``. Rows keep the
   order of ``u.data``, so rows 1-20,000 are the canonical ``u1.test`` fold.
 """
@@ -55,7 +57,7 @@ FEATURES: dict[str, str] = {
     "release_year": "numeric",
     "title": "text",
 }
-LABELS: list[str] = ["rating", "like"]
+LABELS: list[str] = ["rating", "like", "watch"]
 _FILES = ("u.data", "u.item", "u.user")
 
 
@@ -195,6 +197,7 @@ class MovieLens100K(RecDataset):
         frame = frame.merge(items[["item_id", "title", "genres", "release_year"]], on="item_id",
                             how="left", validate="many_to_one")
         frame["like"] = (frame["rating"] >= 4).astype("float64")
+        frame["watch"] = 1.0
         frame = frame[[*FEATURES, *LABELS, "timestamp"]]
         return Table(frame=frame, features=dict(FEATURES), labels=list(LABELS),
                      timestamp="timestamp", user="user_id", item="item_id", source=str(folder),

@@ -125,6 +125,11 @@ class BagOfWordsEncoder(Encoder):
         self._empty.clear()
         return notes
 
+    def feature_slices(self) -> dict[str, tuple[int, int]]:
+        """Each text column's ``d`` columns, in ``features`` order."""
+        d = self.output_dim // max(len(self.features), 1)
+        return {f: (j * d, (j + 1) * d) for j, f in enumerate(self.features)}
+
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tokenize and hash each text column into a ``[N, L]`` int32 tensor (0 = padding)."""
         return {f"bow:{f}": self._ids(np.asarray(columns[f], dtype=object), f + "\x00", f) for f in self.features}

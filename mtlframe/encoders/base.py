@@ -68,6 +68,16 @@ class Encoder(nn.Module):
         """Parameters used by more than one task: all of them unless the encoder has per-task ones."""
         return self.parameters()
 
+    def feature_slices(self) -> dict[str, tuple[int, int]] | None:
+        """``{feature: (start, stop)}``: the columns of :meth:`forward`'s output that encode each
+        feature alone, or ``None`` when features share columns (a projection that mixes them).
+
+        Two-tower retrieval (:mod:`mtlframe.retrieval`) splits the encoders' output into a user
+        and an item side with it; an encoder of one feature, or whose features are all on one
+        side, needs none. The default: ``None``.
+        """
+        return None
+
     def featurize(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Turn raw columns (``name -> [N]`` numpy arrays, strings for text) into tensors.
 

@@ -90,6 +90,12 @@ class EmbeddingEncoder(Encoder):
         self.output_dim = dim * len(self.features)
         self.input_keys = ([self.key] if self.single else []) + self.multi
 
+    def feature_slices(self) -> dict[str, tuple[int, int]]:
+        """Each feature's ``d`` columns: the single-valued features in order, then the
+        multi-categorical ones (the order of :meth:`forward`'s concatenation)."""
+        d = self.output_dim // max(len(self.features), 1)
+        return {f: (j * d, (j + 1) * d) for j, f in enumerate([*self.single, *self.multi])}
+
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Stack the categorical id columns into one ``[N, F]`` tensor with table offsets added.
 

@@ -41,6 +41,12 @@ class NumericEncoder(Encoder):
         self.output_dim = dim or len(self.features)
         self.input_keys = [self.key]
 
+    def feature_slices(self) -> dict[str, tuple[int, int]] | None:
+        """One column per feature without ``dim``; ``None`` with it (the projection mixes them)."""
+        if self.proj is not None:
+            return None
+        return {f: (j, j + 1) for j, f in enumerate(self.features)}
+
     def featurize(self, columns: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Stack the columns into one ``[N, F]`` float32 tensor: feature-major (an ``[F, N]`` block
         seen as ``[N, F]``), filled and released (:func:`release_column`) one column at a time."""

@@ -1,0 +1,14 @@
+"""Full-ranking evaluation of retrieval tasks (see :mod:`mtlframe.ranking.evaluate`)."""
+from mtlframe.ranking.evaluate import (
+    CSR,
+    HIGHER_IS_BETTER,
+    RANKING_METRICS,
+    RankingAccumulator,
+    default_ranking_metrics,
+    full_ranking,
+    parse_ranking_metric,
+    top_k,
+)
+
+__all__ = ["CSR", "HIGHER_IS_BETTER", "RANKING_METRICS", "RankingAccumulator", "default_ranking_metrics",
+           "full_ranking", "parse_ranking_metric", "top_k"]

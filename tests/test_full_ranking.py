@@ -1,0 +1,128 @@
+"""Full-ranking metrics: hand-computed values with ties, exclusion, tie rule, batching and sharding."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtlframe.errors import MTLFrameError
+from mtlframe.ranking import CSR, full_ranking, top_k
+
+L3, L5 = math.log2(3), math.log2(5)  # discounts 1/log2(i + 1): rank 1 -> 1, 2 -> 1/log2 3, 3 -> 1/2, 4 -> 1/log2 5
+
+# catalogue of 6 items (positions 0..5); training popularity (rows per item)
+POP = torch.tensor([10.0, 5.0, 3.0, 8.0, 1.0, 2.0])
+SCORES = torch.tensor([
+    [0.9, 0.5, 0.5, 0.1, 0.7, 0.5],  # A: item 0 excluded; 1, 2, 5 tie at 0.5
+    [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],  # B: every score equal; items 1, 4 excluded
+    [0.8, 0.8, 0.8, 0.8, 0.3, 0.6],  # C: items 0-3 excluded: only 2 items allowed (< K = 4)
+    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # D: no positive in the split -> not evaluated
+])
+POSITIVES = [[5, 3], [0, 3, 5], [4], []]
+EXCLUDE = [[0], [1, 4], [0, 1, 2, 3], []]
+
+
+def _csr(sets):
+    rows = torch.tensor([r for r, s in enumerate(sets) for _ in s], dtype=torch.long)
+    cols = torch.tensor([c for s in sets for c in s], dtype=torch.long)
+    return CSR.from_pairs(rows, cols, len(sets))
+
+
+def _evaluate(**kw):
+    return full_ranking(lambda u: SCORES[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2, 4],
+                        popularity=POP, **kw)
+
+
+def test_ranked_lists_follow_the_tie_rule_and_exclusions():
+    ranked = top_k(SCORES, 4, _csr(EXCLUDE).dense(0, 4, 6))
+    # A: 4 (0.7), then the 0.5 tie in catalogue order 1, 2, 5; B: all tied -> allowed items in order;
+    # C: 5 (0.6), 4 (0.3), then nothing (the other four are excluded); D: plain descending scores
+    assert ranked.tolist() == [[4, 1, 2, 5], [0, 2, 3, 5], [5, 4, -1, -1], [5, 4, 3, 2]]
+
+
+def test_metrics_equal_hand_computed_values():
+    got = _evaluate()
+    # per user (A, B, C; D has no positive and is not averaged), lists from the test above:
+    # @2  A [4, 1]: no hit                       -> recall 0,   ndcg 0,               hit 0, mrr 0, prec 0
+    #     B [0, 2]: hit at 1, |R|=3              -> recall 1/3, ndcg 1/(1 + 1/L3),    hit 1, mrr 1, prec 1/2
+    #     C [5, 4]: hit at 2, |R|=1              -> recall 1,   ndcg (1/L3)/1,        hit 1, mrr 1/2, prec 1/2
+    # @4  A [4, 1, 2, 5]: hit at 4, |R|=2        -> recall 1/2, ndcg (1/L5)/(1 + 1/L3), mrr 1/4, prec 1/4
+    #     B [0, 2, 3, 5]: hits at 1, 3, 4        -> recall 1,   ndcg (1 + 1/2 + 1/L5)/(1 + 1/L3 + 1/2), mrr 1, prec 3/4
+    #     C [5, 4]: (2 items only) hit at 2      -> recall 1,   ndcg 1/L3,  mrr 1/2, prec 1/4 (K slots)
+    # popularity: A @2 (1 + 5)/2 = 3, @4 (1 + 5 + 3 + 2)/4 = 2.75; B @2 (10 + 3)/2 = 6.5, @4 (10 + 3 + 8 + 2)/4 = 5.75;
+    #             C (2 + 1)/2 = 1.5 at both K (mean over the 2 listed items)
+    # coverage @2: {4, 1} | {0, 2} | {5, 4} = 5 of 6 items; @4: all 6
+    want = {
+        "recall@2": (0 + 1 / 3 + 1) / 3,                                   # 0.4444
+        "ndcg@2": (0 + 1 / (1 + 1 / L3) + 1 / L3) / 3,                     # (0 + 0.61315 + 0.63093)/3 = 0.41469
+        "hit@2": 2 / 3,
+        "mrr@2": (0 + 1 + 1 / 2) / 3,                                      # 0.5
+        "precision@2": (0 + 1 / 2 + 1 / 2) / 3,                            # 0.3333
+        "popularity@2": (3 + 6.5 + 1.5) / 3,                               # 3.6667
+        "coverage@2": 5 / 6,
+        "recall@4": (1 / 2 + 1 + 1) / 3,                                   # 0.8333
+        "ndcg@4": ((1 / L5) / (1 + 1 / L3) + (1 + 1 / 2 + 1 / L5) / (1 + 1 / L3 + 1 / 2) + 1 / L3) / 3,  # 0.60034
+        "hit@4": 1.0,
+        "mrr@4": (1 / 4 + 1 + 1 / 2) / 3,                                  # 0.5833
+        "precision@4": (1 / 4 + 3 / 4 + 1 / 4) / 3,                        # 0.4167
+        "popularity@4": (2.75 + 5.75 + 1.5) / 3,                           # 3.3333
+        "coverage@4": 1.0,
+    }
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    assert got["ndcg@2"] == pytest.approx(0.414692, abs=1e-6) and got["ndcg@4"] == pytest.approx(0.600341, abs=1e-6)
+
+
+def test_batching_and_shards_give_the_same_numbers():
+    whole = _evaluate()
+    assert _evaluate(user_batch=1) == whole
+    # two "processes": users {A, B} and {C, D}; their states summed = one all-reduce
+    states = []
+    for part in ([0, 1], [2, 3]):
+        idx = torch.tensor(part)
+        full_ranking(lambda u: SCORES[u], idx, _csr(POSITIVES).select(idx), _csr(EXCLUDE).select(idx), 6, [2, 4],
+                     popularity=POP, reduce=lambda s: states.append(s) or s)
+    total = states[0] + states[1]
+    merged = full_ranking(lambda u: SCORES[u], torch.arange(0), _csr([]), _csr([]), 6, [2, 4], popularity=POP,
+                          reduce=lambda s: total)
+    assert merged == pytest.approx(whole, abs=1e-12)
+
+
+def test_excluded_items_are_never_recommended_and_ties_are_deterministic():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (300, 40), generator=g).float()  # many ties
+    exclude = torch.rand(300, 40, generator=g) < 0.6
+    exclude[:5] = True  # users with nothing allowed
+    exclude[5:10, 3:] = True  # users with 3 allowed items
+    ranked = top_k(scores, 10, exclude)
+    s, ex = scores.numpy(), exclude.numpy()
+    for u in range(300):  # the reference: allowed items by (score desc, position asc)
+        allowed = np.flatnonzero(~ex[u])
+        ref = allowed[np.lexsort((allowed, -s[u, allowed]))][:10].tolist()
+        assert ranked[u].tolist() == ref + [-1] * (10 - len(ref))
+    assert not exclude.gather(1, ranked.clamp(min=0))[ranked >= 0].any()
+    assert torch.equal(top_k(scores, 10, exclude), ranked)
+
+
+def test_users_without_positives_or_allowed_items():
+    # a user with no positive is not evaluated; no positive anywhere -> NaN (never a number that looks valid)
+    got = full_ranking(lambda u: SCORES[u], torch.arange(4), _csr([[], [], [], []]), _csr(EXCLUDE), 6, [2],
+                       metrics=["ndcg@2", "coverage@2"], popularity=POP)
+    assert all(math.isnan(v) for v in got.values())
+    # a user whose only positive is excluded counts with zeros (RecBole counts |R(u)| the same way)
+    got = full_ranking(lambda u: SCORES[u], torch.arange(1), _csr([[0]]), _csr([[0]]), 6, [2], metrics=["recall@2"])
+    assert got == {"recall@2": 0.0}
+
+
+def test_errors_are_clear():
+    with pytest.raises(MTLFrameError, match="'ndgc@2' is not a full-ranking metric"):
+        _evaluate(metrics=["ndgc@2"])
+    with pytest.raises(MTLFrameError, match=r"'recall@5' is not a full-ranking metric at the cutoffs \[2, 4\]"):
+        _evaluate(metrics=["recall@5"])
+    bad = SCORES.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(MTLFrameError, match="NaN scores"):
+        full_ranking(lambda u: bad[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2])
