@@ -101,6 +101,12 @@ def mtlframe_samplers():
         C("none", "mtlframe.samplers.none:NoSampler", "train on the rows as they are"),
         C("uniform-negatives", "mtlframe.samplers.uniform_negatives:UniformNegatives",
           "pair positive rows with uniformly drawn items as negatives for a binary task"),
+        C("popularity-negatives", "mtlframe.samplers.popularity_negatives:PopularityNegatives",
+          "negatives drawn with probability proportional to training count ** alpha (word2vec)"),
+        C("in-batch", "mtlframe.samplers.in_batch:InBatch",
+          "model-side: the batch's other items as negatives, logQ-corrected (Yi et al., RecSys 2019)"),
+        C("mixed", "mtlframe.samplers.mixed:Mixed",
+          "model-side: in-batch plus sampled catalogue items, logQ-corrected (Yang et al., WWW 2020)"),
     ]
 
 
