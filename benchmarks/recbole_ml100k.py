@@ -108,18 +108,24 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def mtlframe_runs(path: Path, config: str | None, task: str) -> list[dict]:
-    """The retrieval task's per-seed test metrics from an ``mtlframe compare`` results.json."""
+    """A retrieval task's per-seed test metrics from an ``mtlframe compare`` ``results.json``:
+    the runs of the configuration whose slug starts with ``config`` or one of whose grid labels
+    equals it (``None``: the first configuration)."""
     res = json.loads(path.read_text())
+    configs = res.get("configs", [])
+    chosen = [c for c in configs if config is None or c["slug"].startswith(config)
+              or config in (c.get("label") or {}).values()][:1]
+    if not chosen:
+        raise SystemExit(f"{path}: no configuration '{config}'; there are "
+                         f"{', '.join(c['slug'] for c in configs) or 'none'}")
     runs = []
-    for row in res.get("runs", []):
-        if config is not None and row.get("config") != config:
+    for row in chosen[0]["runs"]:
+        if row.get("status") != "ok":
+            runs.append({"seed": row.get("seed"), "error": row.get("error", "failed")})
             continue
-        test = row.get("test") or row.get("metrics", {}).get("test") or {}
-        vals = {m: test.get(f"{task}/{m}", test.get(m)) for m in METRICS}
-        if all(v is None for v in vals.values()):
-            continue
-        runs.append({"seed": row.get("seed"), "test": {k: float(v) for k, v in vals.items() if v is not None},
-                     "wall_s": row.get("train_s", row.get("seconds", float("nan")))})
+        test = row.get("metrics", {}).get(task, {})
+        runs.append({"seed": row["seed"], "test": {m: float(test[m]) for m in METRICS if test.get(m) is not None},
+                     "wall_s": row.get("train_seconds") or float("nan"), "config": chosen[0]["slug"]})
     return runs
 
 
