@@ -60,7 +60,7 @@ def test_negatives_train(ml100k, repo, monkeypatch, tmp_path):
 # -- uniform-negatives on a tiny dense interaction matrix -----------------------------------------
 
 
-def _dense(tmp_path, *, full_user=False, exclude_eval=False, epochs=1):
+def _dense(tmp_path, *, full_user=False, exclude_eval=False, epochs=1, name="uniform-negatives"):
     """30 users x 20 items, each pair present with probability 0.6 (user 0: every item if
     ``full_user``); ``like`` is 1 on about half the rows."""
     rng = np.random.default_rng(0)
@@ -74,7 +74,7 @@ def _dense(tmp_path, *, full_user=False, exclude_eval=False, epochs=1):
 data:
   dataset: {{name: csv, path: {tmp_path / 'd.csv'}, features: {{user: categorical, item: categorical}}, labels: [like]}}
   batch_size: 64
-  sampler: {{name: uniform-negatives, task: like, item_features: [item], user_feature: user, ratio: 3,
+  sampler: {{name: {name}, task: like, item_features: [item], user_feature: user, ratio: 3,
             exclude_eval_positives: {str(exclude_eval).lower()}}}
 tasks:
   like: {{type: binary, label: like}}
@@ -99,8 +99,9 @@ def _pairs(cols, rows=None, positives_of=None):
     return set(zip(u[keep].tolist(), i[keep].tolist()))
 
 
-def test_uniform_negatives_never_sample_a_training_interaction(tmp_path):
-    dm, _, _ = build_system(_dense(tmp_path))
+@pytest.mark.parametrize("name", ["uniform-negatives", "popularity-negatives"])
+def test_negatives_never_sample_a_training_interaction(tmp_path, name):
+    dm, _, _ = build_system(_dense(tmp_path, name=name))
     sampler, train_cols = dm.sampler, dm.splits["train"]
     seen = _pairs(train_cols)
     n_items = len(set(np.asarray(train_cols["item"]).tolist()))
@@ -114,6 +115,11 @@ def test_uniform_negatives_never_sample_a_training_interaction(tmp_path):
     users_with_pos = {u for u, _ in _pairs(train_cols, positives_of="like")}
     allowed = {(u, i) for u in users_with_pos for i in set(np.asarray(train_cols["item"]).tolist())} - seen
     assert drawn == allowed and n_items == 20
+    # the data module featurizes the sampled rows and appends them: label 0, present, for `like`
+    n, positives = len(train_cols["user"]), int((train_cols[label_key("like")] == 1).sum())
+    epoch0 = dm._train_columns(0)
+    assert epoch0[label_key("like")].shape[0] == n + 3 * positives
+    assert torch.all(epoch0[label_key("like")][n:] == 0) and torch.all(epoch0[mask_key("like")][n:])
 
 
 def test_uniform_negatives_can_exclude_evaluation_positives(tmp_path):
