@@ -114,7 +114,8 @@ class Builder:
     def _check_task_inputs(self, encoders: Sequence) -> bool:
         """Whether encoders have per-task tables; a recipe error if the backbone cannot read them."""
         keys = [f"model.encoders[{i}].task_specific" for i, e in enumerate(encoders) if getattr(e, "per_task", ())]
-        problems = task_input_conflicts(keys, self.recipe.config.model.backbone["name"])
+        backbone = self.recipe.config.model.backbone
+        problems = task_input_conflicts(keys, backbone["name"]) if backbone is not None else []
         if problems:
             raise RecipeError(problems, self.recipe.source, self.recipe.lines)
         return bool(keys)

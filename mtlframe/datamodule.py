@@ -310,6 +310,8 @@ class RecDataModule(pl.LightningDataModule):
         from mtlframe.registry import get_registry
 
         spec = self.recipe.config.model.backbone
+        if spec is None:  # every task is a retrieval task
+            return
         factory = get_registry().get("backbone", spec["name"]).load()
         if not (isinstance(factory, type) and issubclass(factory, FunnelBackbone)):
             return

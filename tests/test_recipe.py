@@ -130,7 +130,7 @@ def test_overrides():
     ("data.sampler={name: uniform-negatives, task: income, item_features: [age], user_feature: workclass, ratio: 0}", "data.sampler.ratio",
      "ratio must be >= 1"),
     ("data.sampler={name: uniform-negatives, task: nope, item_features: [age], user_feature: workclass}", "data.sampler.task",
-     "must be a binary task of the recipe"),
+     "must be a binary or retrieval task of the recipe"),
     ("data.dataset={name: synthetic, num_rows: 0}", "data.dataset.num_rows", "num_rows must be >= 1"),
 ])
 def test_component_value_checks_name_the_key(tmp_path, override, key, phrase):

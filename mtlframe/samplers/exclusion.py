@@ -164,9 +164,10 @@ class ExcludingNegatives(Sampler):
                  feature_info: Mapping[str, FeatureInfo], tasks: list[TaskSpec]) -> None:
         super().__init__(feature_info, tasks)
         by_name = {t.name: t for t in tasks}
-        if task not in by_name or by_name[task].type != "binary":
-            binary = [t.name for t in tasks if t.type == "binary"]
-            raise ArgumentError("task", f"task '{task}' must be a binary task of the recipe; binary tasks: {binary}")
+        if task not in by_name or by_name[task].type not in ("binary", "retrieval"):
+            binary = [t.name for t in tasks if t.type in ("binary", "retrieval")]
+            raise ArgumentError("task", f"task '{task}' must be a binary or retrieval task of the recipe; "
+                                f"those tasks: {binary}")
         if ratio < 1:
             raise ArgumentError("ratio", f"ratio must be >= 1, got {ratio}")
         unknown = [f for f in item_features if f not in feature_info]
