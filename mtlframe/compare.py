@@ -341,6 +341,11 @@ def _primary(recipe: Recipe) -> tuple[dict[str, list[str]], dict[str, tuple[str,
     for t in recipe.config.tasks:
         names = recipe.task_metrics(t)
         tasks[t] = names
+        if recipe.config.tasks[t].type == "retrieval":  # full-ranking metrics (popularity@K: lower is better)
+            from mtlframe.ranking import higher_is_better
+
+            primary[t] = (names[0], higher_is_better(names[0]))
+            continue
         mdef = resolve_metric(names[0])[1]
         primary[t] = (names[0], bool(mdef.higher_is_better))
     return tasks, primary

@@ -497,6 +497,19 @@ class RecDataModule(pl.LightningDataModule):
                         "item": item_codes(cols, ranking.item_features[0])}
                     for k, cols in self.splits.items() if ranking.user_features[0] in cols}
 
+    def ranking_split(self, split: str, task: str):
+        """The full-ranking data (:class:`~mtlframe.ranking.data.RankingSplit`) of evaluation split
+        ``split`` for retrieval task ``task``: its users, their positives and the items excluded
+        for them; built on first use and kept. ``None`` without a catalogue or without that split."""
+        if self.catalogue is None or split not in self.ids or split not in self.columns:
+            return None
+        cache = self.__dict__.setdefault("_ranking_splits", {})
+        if (split, task) not in cache:
+            from mtlframe.ranking.data import build_ranking_split
+
+            cache[split, task] = build_ranking_split(self.ids, self.columns[split], self.catalogue, split, task)
+        return cache[split, task]
+
     # -- dataloaders -------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -175,6 +175,51 @@ class MultiTaskModule(pl.LightningModule):
         self._negative_generator = torch.Generator().manual_seed(int(seed))
         self._catalogue_device: tuple[torch.device, dict[str, torch.Tensor]] | None = None
 
+    def set_full_ranking(self, splits: Any = None) -> None:
+        """Give the module its retrieval tasks' evaluation data: ``splits(stage, task)`` returns
+        the :class:`~mtlframe.ranking.data.RankingSplit` of that split (or ``None``: the task is
+        not ranked there). :meth:`_full_ranking` uses it at each evaluation epoch end."""
+        self._ranking_splits = splits
+
+    @torch.no_grad()
+    def _full_ranking(self, stage: str) -> dict[str, dict[str, float]]:
+        """``{task: {metric@K: value}}`` of every retrieval task on ``stage`` (full ranking, see
+        :mod:`mtlframe.ranking`). The catalogue's item vectors are computed once; user vectors
+        come from each user's first row in the split. Under DDP each process ranks a contiguous
+        shard of the users and the fixed-size metric state is summed in one all-reduce per task
+        (every process takes part, whatever its shard holds)."""
+        from mtlframe.batching import take
+        from mtlframe.ranking import full_ranking, parse_ranking_metric
+
+        splits = getattr(self, "_ranking_splits", None)
+        if splits is None or self.catalogue is None:
+            return {}
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        rank, world = (self.global_rank, self.trainer.world_size) if distributed else (0, 1)
+        reduce = (lambda state: self.trainer.strategy.reduce(state, reduce_op="sum")) if distributed else None
+        out = {}
+        for t in self.tasks:
+            data = splits(stage, t.name) if t.type == "retrieval" else None
+            if data is None:
+                continue
+            head = self.model.retrieval[t.name]
+            n_items = len(self.catalogue)
+            items = torch.cat([head.item_vectors(self.model.encode(self.catalogue.take(torch.arange(lo, min(
+                lo + 65536, n_items)), self.device))) for lo in range(0, n_items, 65536)]) if n_items else None
+
+            def score_fn(idx: torch.Tensor, head=head, items=items, data=data) -> torch.Tensor:
+                cols = {k: v.to(self.device) for k, v in take(data.inputs, idx).items()}
+                return head.scores(head.user_vectors(self.model.encode(cols)), items).float()
+
+            n = len(data.users)
+            shard = torch.arange(n * rank // world, n * (rank + 1) // world)
+            ks = sorted({parse_ranking_metric(m)[1] for m in t.metrics})
+            out[t.name] = full_ranking(score_fn, shard, data.positives.select(shard), data.exclude.select(shard),
+                                       n_items, ks, t.metrics, data.popularity,
+                                       user_batch=max(1, min(4096, (1 << 26) // max(n_items, 1))), reduce=reduce,
+                                       device=self.device, unreachable=data.unreachable[shard])
+        return out
+
     def _retrieval_rows(self, t: TaskSpec, batch: Mapping[str, torch.Tensor], vectors: Mapping[str, Any]
                         ) -> torch.Tensor:
         """``[B]`` sampled-softmax row losses of retrieval task ``t`` (model-side negatives)."""
@@ -552,6 +597,7 @@ class MultiTaskModule(pl.LightningModule):
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         stats = stats.tolist()
         self.last_rows[stage] = {t.name: int(row[0]) for t, row in zip(self.tasks, stats)}
+        ranking = self._full_ranking(stage)  # {retrieval task: {metric@K: value}}
         scores: dict[str, dict[str, float]] = {}
         group_counts: dict[str, dict[str, dict[str, int]]] = {}
         score_terms = []
@@ -574,6 +620,10 @@ class MultiTaskModule(pl.LightningModule):
                     group_counts.setdefault(t.name, {})[name] = {"groups": counts.groups, "skipped": counts.skipped}
                     self.log(f"{stage}/{t.name}/{name}_groups", float(counts.groups), rank_zero_only=False)
                     self.log(f"{stage}/{t.name}/{name}_skipped_groups", float(counts.skipped), rank_zero_only=False)
+            for name, value in ranking.get(t.name, {}).items():  # a retrieval task's full-ranking metrics
+                value = float("nan") if nonfinite else value
+                scores[t.name][name] = value
+                self.log(f"{stage}/{t.name}/{name}", value, sync_dist=False, rank_zero_only=False)
             self._warn_undefined(stage, t, scores[t.name], int(rows), int(positives), int(nonfinite))
             if rows == 0:  # no labelled row in this split at all: left out of the score (at every epoch)
                 continue
@@ -581,7 +631,13 @@ class MultiTaskModule(pl.LightningModule):
             if t.type == "retrieval" and primary not in scores[t.name]:
                 continue  # no full-ranking evaluation of this task here (its logged rows have no metric)
             v = scores[t.name].get(primary, float("nan"))
-            score_terms.append(v if self.metric_defs[t.name][primary].higher_is_better else -v)
+            if t.type == "retrieval":
+                from mtlframe.ranking import higher_is_better
+
+                higher = higher_is_better(primary)
+            else:
+                higher = self.metric_defs[t.name][primary].higher_is_better
+            score_terms.append(v if higher else -v)
         # a NaN term makes the score NaN: a mean over fewer tasks is not comparable with a full one
         score = sum(score_terms) / len(score_terms) if score_terms else float("nan")
         self.log(f"{stage}/score", score, prog_bar=stage == "val")

@@ -894,6 +894,41 @@ def _check_repeated_features(encoders: Any, problems: list[tuple[str, str]]) -> 
                 first[col] = path
 
 
+def default_task_metrics(task_type: str, ks: Any = None) -> list[str]:
+    """A task's metrics when its recipe entry lists none: :data:`~mtlframe.features.DEFAULT_METRICS`;
+    for a ``retrieval`` task the full-ranking metrics at every K of ``ranking.k`` (``ks``; default
+    ``[10, 20]``), ``ndcg@<first K>`` first (the primary)."""
+    if task_type == "retrieval":
+        from mtlframe.ranking import default_ranking_metrics
+
+        ok = isinstance(ks, list) and ks and all(isinstance(k, int) and k >= 1 for k in ks)
+        return default_ranking_metrics(ks if ok else [10, 20])
+    return list(DEFAULT_METRICS[task_type])
+
+
+def _ranking_ks(data: dict) -> Any:
+    ranking = data.get("ranking")
+    return ranking.get("k") if isinstance(ranking, dict) else None
+
+
+def _check_ranking_metrics(tname: str, task: dict, ks: Any, problems: list[tuple[str, str]]) -> None:
+    """A retrieval task's metrics are the full-ranking ones (``ndcg@10``, ...)."""
+    from mtlframe.ranking import RANKING_METRICS, parse_ranking_metric
+
+    metrics = task.get("metrics") or []
+    for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+        if not isinstance(m, str) or parse_ranking_metric(m) is not None:
+            continue
+        _, sep, k = m.rpartition("@")
+        k = k if sep and k.isdigit() and int(k) >= 1 else str(default_task_metrics("retrieval", ks)[0].split("@")[1])
+        near = closest(m, [f"{b}@{k}" for b in RANKING_METRICS], n=1)
+        problems.append((f"tasks.{tname}.metrics[{i}]",
+                         f"'{m}' is not a full-ranking metric" + near_hint(near, ".")
+                         + f" Retrieval task '{tname}' is evaluated by ranking the whole catalogue for each user: "
+                         f"{', '.join(b + '@K' for b in RANKING_METRICS)} (K a positive integer, e.g. ndcg@10; "
+                         "see docs/ranking.md). Leave `metrics` out for all of them at each K of ranking.k."))
+
+
 def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str]]) -> None:
     from mtlframe.metrics.base import resolve_metric
     from mtlframe.registry import get_registry
@@ -901,7 +936,10 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
     reg = get_registry()
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     for tname, task in tasks.items():
-        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES or task.get("type") == "retrieval":
+        if isinstance(task, dict) and task.get("type") == "retrieval":
+            _check_ranking_metrics(tname, task, _ranking_ks(data), problems)
+            continue
+        if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
         metrics = task.get("metrics") or []
         for i, m in enumerate(metrics if isinstance(metrics, list) else []):
@@ -951,7 +989,8 @@ def _check_monitors(data: dict, tasks: dict, problems: list[tuple[str, str]]) ->
         if not isinstance(task, dict) or task.get("type") not in TASK_TYPES:
             continue
         names.append(tname)
-        metrics = task.get("metrics") if isinstance(task.get("metrics"), list) else DEFAULT_METRICS[task["type"]]
+        metrics = (task.get("metrics") if isinstance(task.get("metrics"), list)
+                   else default_task_metrics(task["type"], _ranking_ks(data)))
         valid += [f"val/{tname}/{m}" for m in metrics] + [f"train/loss/{tname}"]
     for section in ("checkpoint", "early_stopping"):
         block = data.get(section)
@@ -1014,7 +1053,8 @@ class Recipe:
 
     def task_metrics(self, task: str) -> list[str]:
         t = self.config.tasks[task]
-        return list(t.metrics) if t.metrics else list(DEFAULT_METRICS[t.type])
+        return list(t.metrics) if t.metrics else default_task_metrics(
+            t.type, self.config.ranking.k if self.config.ranking is not None else None)
 
     def metrics_group_column(self) -> str | None:
         """The ``metrics_group`` column when some task lists a grouped metric (else ``None``:
@@ -1024,7 +1064,9 @@ class Recipe:
         group = self.config.metrics_group
         if group is None:
             return None
-        for tname in self.config.tasks:
+        for tname, task in self.config.tasks.items():
+            if task.type == "retrieval":  # full-ranking metrics: per user by construction, no group column
+                continue
             if any(getattr(resolve_metric(m)[1], "grouped", False) for m in self.task_metrics(tname)):
                 return group.column
         return None

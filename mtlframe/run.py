@@ -78,6 +78,11 @@ def _monitor(recipe: Recipe, module, monitor: str, mode: str) -> tuple[str, str]
     if mode != "auto":
         return monitor, mode
     parts = monitor.split("/")
+    task = recipe.config.tasks.get(parts[1]) if len(parts) == 3 else None
+    if task is not None and task.type == "retrieval":  # full-ranking metrics (popularity@K: lower is better)
+        from mtlframe.ranking import higher_is_better
+
+        return monitor, "max" if higher_is_better(parts[2]) else "min"
     if len(parts) == 3 and parts[1] in module.metric_defs and parts[2] in module.metric_defs[parts[1]]:
         return monitor, "max" if module.metric_defs[parts[1]][parts[2]].higher_is_better else "min"
     return monitor, ("min" if "loss" in monitor else "max")
@@ -498,6 +503,7 @@ def build_system(recipe: Recipe):
                              if combiner.requires_manual_backward else None,
                              checkpoint_state=state, nan_loss=recipe.config.trainer.nan_loss)
     module.set_ranking(dm.catalogue, sampler, seed=recipe.config.seed)
+    module.set_full_ranking(dm.ranking_split if dm.catalogue is not None else None)
     return dm, module, b
 
 

@@ -125,4 +125,23 @@ def test_errors_are_clear():
     bad = SCORES.clone()
     bad[1, 2] = float("nan")
     with pytest.raises(MTLFrameError, match="NaN scores"):
-        full_ranking(lambda u: bad[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2])
+        top_k(bad, 2)
+    # the evaluator never raises on a diverged model (other DDP processes wait in its reduce): all NaN
+    got = full_ranking(lambda u: bad[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2])
+    assert len(got) == 7 and all(math.isnan(v) for v in got.values())
+    bad[1, 2] = 0.2
+    bad[1, 1] = float("inf")  # item 1 is excluded for B: a non-finite excluded score is harmless
+    assert full_ranking(lambda u: bad[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2]) == \
+        full_ranking(lambda u: SCORES[u], torch.arange(4), _csr(POSITIVES), _csr(EXCLUDE), 6, [2])
+
+
+def test_positives_outside_the_catalogue_count_but_are_never_hit():
+    # C (one positive, item 4, hit at rank 2) also has 1 positive without a training row: |R| = 2
+    base = dict(positives=_csr(POSITIVES[2:3]), exclude=_csr(EXCLUDE[2:3]), n_items=6, ks=[2],
+                metrics=["recall@2", "ndcg@2", "hit@2"])
+    got = full_ranking(lambda u: SCORES[2:3], torch.arange(1), unreachable=torch.tensor([1]), **base)
+    # recall 1/2; ndcg (1/L3) / (1 + 1/L3); hit 1
+    assert got == pytest.approx({"recall@2": 1 / 2, "ndcg@2": (1 / L3) / (1 + 1 / L3), "hit@2": 1.0})
+    only = full_ranking(lambda u: SCORES[3:4], torch.arange(1), _csr([[]]), _csr([[]]), 6, [2],
+                        unreachable=torch.tensor([2]), metrics=["recall@2"])
+    assert only == {"recall@2": 0.0}  # evaluated (|R| = 2), with nothing to hit

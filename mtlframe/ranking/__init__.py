@@ -6,9 +6,10 @@ from mtlframe.ranking.evaluate import (
     RankingAccumulator,
     default_ranking_metrics,
     full_ranking,
+    higher_is_better,
     parse_ranking_metric,
     top_k,
 )
 
 __all__ = ["CSR", "HIGHER_IS_BETTER", "RANKING_METRICS", "RankingAccumulator", "default_ranking_metrics",
-           "full_ranking", "parse_ranking_metric", "top_k"]
+           "full_ranking", "higher_is_better", "parse_ranking_metric", "top_k"]

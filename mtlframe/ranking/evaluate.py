@@ -45,6 +45,12 @@ HIGHER_IS_BETTER: dict[str, bool] = {**dict.fromkeys(RANKING_METRICS, True), "po
 _PER_USER = ("recall", "ndcg", "hit", "mrr", "precision", "popularity")
 
 
+def higher_is_better(name: str) -> bool:
+    """Direction of a full-ranking metric name (``"popularity@10"`` -> ``False``)."""
+    parsed = parse_ranking_metric(name)
+    return HIGHER_IS_BETTER[parsed[0]] if parsed else True
+
+
 def default_ranking_metrics(ks: Sequence[int]) -> list[str]:
     """The default metric list of a retrieval task: ``ndcg@K, recall@K, hit@K, mrr@K,
     precision@K, coverage@K, popularity@K`` for the first ``K``, then the others for every
@@ -199,6 +205,8 @@ class RankingAccumulator:
         self.sums = torch.zeros(len(self.ks), len(_PER_USER), dtype=torch.float64, device=device)
         self.counts = torch.zeros_like(self.sums)
         self.covered = torch.zeros(len(self.ks), n_items, dtype=torch.bool, device=device)
+        #: users whose scores of allowed items held NaN or an infinity (their lists are not trusted)
+        self.nonfinite = torch.zeros(1, dtype=torch.float64, device=device)
         k_max = max(self.ks)
         ranks = torch.arange(1, k_max + 1, dtype=torch.float64, device=device)
         self.discount = 1.0 / torch.log2(ranks + 1.0)  # [K]: 1 / log2(i + 1), i = 1..K
@@ -229,7 +237,7 @@ class RankingAccumulator:
             values = (n_hit / npos,
                       (h * self.discount[:k]).sum(1) / ideal,
                       any_hit.double(),
-                      torch.where(any_hit, 1.0 / (first + 1.0), torch.zeros_like(n_hit)),
+                      torch.where(any_hit, 1.0 / (first.double() + 1.0), torch.zeros_like(n_hit)),
                       n_hit / k,
                       torch.where(listed > 0, pops[:, :k].sum(1) / listed.clamp(min=1), torch.zeros_like(n_hit)))
             self.sums[j] += torch.stack([x.sum() for x in values])
@@ -239,18 +247,22 @@ class RankingAccumulator:
 
     def state(self) -> torch.Tensor:
         """The whole state as one float64 vector (sums, counts, coverage bitmap) for an all-reduce."""
-        return torch.cat([self.sums.flatten(), self.counts.flatten(), self.covered.double().flatten()])
+        return torch.cat([self.sums.flatten(), self.counts.flatten(), self.nonfinite, self.covered.double().flatten()])
 
     def load_state(self, state: torch.Tensor) -> None:
         """Set the state from a (reduced) :meth:`state` vector; bitmap entries > 0 are covered."""
         a = self.sums.numel()
         self.sums = state[:a].reshape(self.sums.shape).clone()
         self.counts = state[a:2 * a].reshape(self.counts.shape).clone()
-        self.covered = (state[2 * a:] > 0).reshape(self.covered.shape)
+        self.nonfinite = state[2 * a:2 * a + 1].clone()
+        self.covered = (state[2 * a + 1:] > 0).reshape(self.covered.shape)
 
     def compute(self) -> dict[str, float]:
-        """``{"<metric>@<K>": value}`` for every metric and cutoff; NaN when no user was evaluated."""
+        """``{"<metric>@<K>": value}`` for every metric and cutoff; NaN when no user was evaluated
+        or when some user's scores were NaN or infinite (a diverged model)."""
         out: dict[str, float] = {}
+        if float(self.nonfinite) > 0:
+            return {f"{m}@{k}": float("nan") for k in self.ks for m in RANKING_METRICS}
         for j, k in enumerate(self.ks):
             for i, name in enumerate(_PER_USER):
                 c = float(self.counts[j, i])
@@ -265,7 +277,8 @@ def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.
                  exclude: CSR, n_items: int, ks: Sequence[int], metrics: Sequence[str] | None = None,
                  popularity: torch.Tensor | None = None, user_batch: int = 1024,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: torch.device | str | None = None) -> dict[str, float]:
+                 device: torch.device | str | None = None, unreachable: torch.Tensor | None = None
+                 ) -> dict[str, float]:
     """Full-ranking metrics of ``users`` against a catalogue of ``n_items`` items.
 
     Args:
@@ -284,13 +297,17 @@ def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.
         reduce: applied to the accumulator's fixed-size state vector before computing (e.g. a
             DDP all-reduce sum, each process having evaluated its own shard of users).
         device: where scores and masks live (default: that of the first score batch).
+        unreachable: int64 ``[U]``, positives of each user outside the catalogue (items without a
+            training row): counted in ``|R(u)|``, never hit (RecBole ranks every item; such items
+            are practically never in its top K either).
 
     Returns:
-        ``{metric@K: value}`` (float; NaN when no user has a positive).
+        ``{metric@K: value}`` (float; NaN when no user has a positive, and every value NaN when a
+        score of an allowed item is NaN or infinite: a diverged model).
 
     Raises:
-        MTLFrameError: an unknown metric name, a ``K`` not in ``ks``, NaN scores, or a score
-            batch of the wrong shape.
+        MTLFrameError: an unknown metric name, a ``K`` not in ``ks``, or a score batch of the
+            wrong shape.
     """
     ks = sorted({int(k) for k in ks})
     wanted = list(metrics) if metrics is not None else [f"{m}@{k}" for k in ks for m in RANKING_METRICS]
@@ -302,7 +319,7 @@ def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.
     if positives.n_rows != len(users) or exclude.n_rows != len(users):
         raise MTLFrameError(f"full_ranking: {len(users)} users but {positives.n_rows} positive and "
                             f"{exclude.n_rows} exclusion rows; build both per evaluated user.")
-    n_pos = positives.lengths()
+    n_pos = positives.lengths() + (0 if unreachable is None else unreachable.long().cpu())
     keep = torch.nonzero(n_pos > 0).flatten()
     positives, exclude, users, n_pos = positives.select(keep), exclude.select(keep), users[keep], n_pos[keep]
     if popularity is None:
@@ -317,7 +334,12 @@ def full_ranking(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.
         dev = scores.device if device is None else torch.device(device)
         if acc is None:
             acc = RankingAccumulator(ks, n_items, popularity, device=dev)
-        ranked = top_k(scores.to(dev), max(ks), exclude.dense(start, end, n_items, dev))
+        scores, excluded = scores.to(dev), exclude.dense(start, end, n_items, dev)
+        bad = ~torch.isfinite(scores) & ~excluded
+        if bool(bad.any()):  # counted (all values NaN), never raised: other processes wait in the reduce
+            acc.nonfinite += float(bad.any(1).sum())
+            scores = scores.masked_fill(bad, -math.inf)
+        ranked = top_k(scores, max(ks), excluded)
         acc.update(ranked, positives.dense(start, end, n_items, dev), n_pos[start:end].to(dev))
     if acc is None:
         acc = RankingAccumulator(ks, n_items, popularity, device=device)

@@ -1,0 +1,96 @@
+"""Full-ranking evaluation inside training: a retrieval task's val/test metrics, end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtlframe.errors import RecipeError
+from mtlframe.ranking import CSR, full_ranking
+from mtlframe.recipe import load_recipe
+from mtlframe.run import build_system, train
+
+
+def _data(tmp_path, users=40, items=30, per_user=10):
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(users):  # each user watches items of "their" block more often: learnable
+        pool = (np.arange(items) + 3 * (u % 5)) % items
+        rows += [(f"u{u}", f"i{i}") for i in rng.choice(pool[:15], per_user, replace=False)]
+    frame = pd.DataFrame(rows, columns=["user", "item"])
+    frame["watch"] = 1.0
+    frame["like"] = (rng.random(len(frame)) < 0.5).astype(float)
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    return frame
+
+
+def _recipe(tmp_path, tasks="watch: {type: retrieval, label: watch, dim: 8}\n  like: {type: binary, label: like}",
+            extra=""):
+    text = f"""
+data:
+  dataset: {{name: csv, path: {tmp_path / 'd.csv'}, features: {{user: categorical, item: categorical}},
+            labels: [watch, like], user: user, item: item}}
+  split: {{name: user-random, val: 0.1, test: 0.1}}
+  batch_size: 64
+  sampler: {{name: uniform-negatives, task: like, item_features: [item], user_feature: user, ratio: 2}}
+ranking: {{user_features: [user], item_features: [item], k: [5, 10]}}
+tasks:
+  {tasks}
+model:
+  encoders: [{{name: embedding, features: [user, item], dim: 8}}]
+  backbone: {{name: shared-bottom, hidden: [8]}}
+  tower: {{name: mlp, hidden: [8]}}
+{extra}trainer: {{max_epochs: 2}}
+logger: {{name: none}}
+"""
+    (tmp_path / "r.yaml").write_text(text)
+    return load_recipe(tmp_path / "r.yaml")
+
+
+def test_retrieval_task_logs_full_ranking_metrics(tmp_path):
+    _data(tmp_path)
+    recipe = _recipe(tmp_path)
+    assert recipe.task_metrics("watch")[:3] == ["ndcg@5", "recall@5", "hit@5"] and len(recipe.task_metrics("watch")) == 14
+    result = train(recipe, tmp_path / "run", progress=False)
+    for stage in ("val", "test"):
+        got = result.metrics[stage]["watch"]
+        assert set(got) == {f"{m}@{k}" for k in (5, 10) for m in
+                            ("ndcg", "recall", "hit", "mrr", "precision", "coverage", "popularity")}
+        assert all(math.isfinite(v) for v in got.values())
+        assert 0 < got["coverage@10"] <= 1 and got["recall@10"] >= got["recall@5"]
+
+
+def test_module_numbers_equal_the_evaluator_on_the_same_split(tmp_path):
+    _data(tmp_path)
+    dm, module, _ = build_system(_recipe(tmp_path))
+    module.eval()
+    data = dm.ranking_split("test", "watch")
+    # every test user with a positive, and their training + validation items excluded
+    train_pairs = set(zip(dm.ids["train"]["user"].tolist(), dm.ids["train"]["item"].tolist()))
+    val_pairs = set(zip(dm.ids["val"]["user"].tolist(), dm.ids["val"]["item"].tolist()))
+    items = dm.catalogue.items.tolist()
+    for j, u in enumerate(data.users.tolist()):
+        seen = {items[p] for p in data.exclude.indices[data.exclude.indptr[j]:data.exclude.indptr[j + 1]].tolist()}
+        assert seen == {i for (uu, i) in train_pairs | val_pairs if uu == u and i in items}
+    got = module._full_ranking("test")["watch"]
+    head, model = module.model.retrieval["watch"], module.model
+    with torch.no_grad():
+        v = head.item_vectors(model.encode(dm.catalogue.columns))
+        u = head.user_vectors(model.encode(data.inputs))
+        scores = head.scores(u, v)
+    want = full_ranking(lambda idx: scores[idx], torch.arange(len(data.users)), data.positives, data.exclude,
+                        len(items), [5, 10], popularity=data.popularity, unreachable=data.unreachable)
+    assert got == pytest.approx({k: want[k] for k in got})
+
+
+def test_retrieval_metric_names_are_checked(tmp_path):
+    _data(tmp_path)
+    with pytest.raises(RecipeError) as err:
+        _recipe(tmp_path, tasks="watch: {type: retrieval, label: watch, metrics: [ndgc@10, auc, recall@10]}\n  like: {type: binary, label: like}")
+    msg = str(err.value)
+    assert "tasks.watch.metrics[0]" in msg and "'ndgc@10' is not a full-ranking metric; did you mean 'ndcg@10'?" in msg
+    assert "tasks.watch.metrics[1]" in msg and "'auc' is not a full-ranking metric." in msg
+    assert "tasks.watch.metrics[2]" not in msg
