@@ -14,7 +14,9 @@ top-K by ``torch.topk``, in user batches.
    batch of ``full_ranking`` (``--seen`` random excluded items and 10 random positives per user):
    seconds per batch (median of ``--repeats``), the size of the ``[Ub, I]`` float32 score block,
    the process RSS rise while it runs (the evaluator holds the scores, a masked copy and a few
-   bool ``[Ub, I]`` masks). The estimate for ``--users`` (default 100,000) users is
+   bool ``[Ub, I]`` masks), and the phases apart: the matrix product, the exclusion mask,
+   mtlframe's ``top_k`` (its deterministic tie rule) and a plain ``masked_fill`` + ``torch.topk``.
+   The estimate for ``--users`` (default 100,000) users is
    ``ceil(users / Ub) x seconds per batch``: linear in users, as the batches are independent and
    of equal cost; the item matrix (``d x I x 4`` bytes) is held once.
 
@@ -101,7 +103,7 @@ def large(n_items: int, dim: int, user_batches: list[int], seen: int, ks: list[i
           seed: int) -> list[dict]:
     """One user batch of ``full_ranking`` against ``n_items`` items, per ``Ub``: time and memory."""
     from benchmarks.common import PeakRSS
-    from mtlframe.ranking import CSR, full_ranking
+    from mtlframe.ranking import CSR, full_ranking, top_k
 
     g = torch.Generator().manual_seed(seed)
     Vt = torch.randn(dim, n_items, generator=g)
@@ -129,19 +131,25 @@ def large(n_items: int, dim: int, user_batches: list[int], seen: int, ks: list[i
         with PeakRSS() as mem:
             t, times = _median_time(one_batch, repeats)
         t_mm, _ = _median_time(lambda: U @ Vt, repeats)
+        t_mask, _ = _median_time(lambda: exclude.dense(0, ub, n_items), repeats)
         ex = exclude.dense(0, ub, n_items)
         t_floor, _ = _median_time(lambda: bare_topk(U, Vt, ex, max(ks)), repeats)
-        del ex
+        scores = U @ Vt
+        t_topk, _ = _median_time(lambda: top_k(scores, max(ks), ex), repeats)            # mtlframe's, tie rule
+        t_plain, _ = _median_time(lambda: torch.topk(scores.masked_fill(ex, float("-inf")), max(ks), dim=1),
+                                  repeats)
+        del ex, scores
         n_batches = math.ceil(users / ub)
         res = {"user_batch": ub, "items": n_items, "dim": dim, "seen_per_user": seen, "ks": ks,
-               "batch_s": t, "batch_s_all": times, "matmul_s": t_mm, "floor_s": t_floor,
+               "batch_s": t, "batch_s_all": times, "matmul_s": t_mm, "floor_s": t_floor, "mask_s": t_mask,
+               "top_k_s": t_topk, "plain_topk_s": t_plain,
                "block_mb": block / MB, "item_matrix_mb": Vt.numel() * 4 / MB,
                "rss_rise_mb": mem.delta / MB, "rss_rise_per_block": mem.delta / block,
                "users_per_s": ub / t, "estimate_users": users, "estimate_batches": n_batches,
                "estimate_s": n_batches * t, "status": "ok"}
         out.append(res)
         log(f"[large] Ub={ub} I={n_items:,}: {t * 1e3:.0f} ms/batch (matmul {t_mm * 1e3:.0f}, matmul+mask+topk "
-            f"{t_floor * 1e3:.0f}), [Ub, I] block {block / MB:,.0f} MB, RSS rise {mem.delta / MB:,.0f} MB "
+            f"{t_floor * 1e3:.0f}; top_k {t_topk * 1e3:.0f} vs masked_fill + torch.topk {t_plain * 1e3:.0f}), [Ub, I] block {block / MB:,.0f} MB, RSS rise {mem.delta / MB:,.0f} MB "
             f"-> {users:,} users in {n_batches * t:,.0f} s")
     return out
 
@@ -157,14 +165,14 @@ def markdown(res: dict) -> str:
              f"`full_ranking` {m['evaluator_s'] * 1e3:.1f} ms (median of {len(m['evaluator_s_all'])}), "
              f"{m['evaluator_users_per_s']:,.0f} users/s; matmul + mask + one `torch.topk` alone "
              f"{m['floor_s'] * 1e3:.1f} ms.", "",
-             "| Ub | I | s / batch (`full_ranking`) | matmul s | matmul+mask+topk s | [Ub, I] float32 block MB | "
-             "RSS rise MB | users/s | estimate |", "|---" * 9 + "|"]
+             "| Ub | I | s / batch (`full_ranking`) | matmul s | exclusion mask s | `top_k` s | masked_fill + "
+             "`torch.topk` s | [Ub, I] float32 block MB | RSS rise MB | users/s | estimate |", "|---" * 11 + "|"]
     for r in res["large"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['user_batch']} | | | | | | | | {r['status']} |")
+            lines.append(f"| {r['user_batch']} | | | | | | | | | | {r['status']} |")
             continue
         lines.append(f"| {r['user_batch']} | {r['items']:,} | {r['batch_s']:.2f} | {r['matmul_s']:.2f} | "
-                     f"{r['floor_s']:.2f} | {r['block_mb']:,.0f} | {r['rss_rise_mb']:,.0f} | {r['users_per_s']:,.0f} | "
+                     f"{r['mask_s']:.2f} | {r['top_k_s']:.2f} | {r['plain_topk_s']:.2f} | {r['block_mb']:,.0f} | {r['rss_rise_mb']:,.0f} | {r['users_per_s']:,.0f} | "
                      f"{r['estimate_users']:,} users: {r['estimate_batches']:,} x {r['batch_s']:.2f} s = "
                      f"{r['estimate_s']:,.0f} s ({r['estimate_s'] / 3600:.2f} h) |")
     return "\n".join(lines) + "\n"
