@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import available_memory_bytes, log
+from benchmarks.common import available_memory_bytes, log, markdown_table
 
 MB = 1 << 20
 
@@ -164,17 +164,20 @@ def markdown(res: dict) -> str:
              f"user batch {m['user_batch']}, K={m['ks']}, {m['excluded_pairs']:,} train+val pairs excluded: "
              f"`full_ranking` {m['evaluator_s'] * 1e3:.1f} ms (median of {len(m['evaluator_s_all'])}), "
              f"{m['evaluator_users_per_s']:,.0f} users/s; matmul + mask + one `torch.topk` alone "
-             f"{m['floor_s'] * 1e3:.1f} ms.", "",
-             "| Ub | I | s / batch (`full_ranking`) | matmul s | exclusion mask s | `top_k` s | masked_fill + "
-             "`torch.topk` s | [Ub, I] float32 block MB | RSS rise MB | users/s | estimate |", "|---" * 11 + "|"]
+             f"{m['floor_s'] * 1e3:.1f} ms.", ""]
+    header = ["Ub", "I", "s / batch (`full_ranking`)", "matmul s", "exclusion mask s", "`top_k` s",
+              "masked_fill + `torch.topk` s", "[Ub, I] float32 block MB", "RSS rise MB", "users/s", "estimate"]
+    rows = []
     for r in res["large"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['user_batch']} | | | | | | | | | | {r['status']} |")
+            rows.append([str(r["user_batch"])] + [""] * 9 + [r["status"]])
             continue
-        lines.append(f"| {r['user_batch']} | {r['items']:,} | {r['batch_s']:.2f} | {r['matmul_s']:.2f} | "
-                     f"{r['mask_s']:.2f} | {r['top_k_s']:.2f} | {r['plain_topk_s']:.2f} | {r['block_mb']:,.0f} | {r['rss_rise_mb']:,.0f} | {r['users_per_s']:,.0f} | "
+        rows.append([str(r["user_batch"]), f"{r['items']:,}", f"{r['batch_s']:.2f}", f"{r['matmul_s']:.2f}",
+                     f"{r['mask_s']:.2f}", f"{r['top_k_s']:.2f}", f"{r['plain_topk_s']:.2f}", f"{r['block_mb']:,.0f}",
+                     f"{r['rss_rise_mb']:,.0f}", f"{r['users_per_s']:,.0f}",
                      f"{r['estimate_users']:,} users: {r['estimate_batches']:,} x {r['batch_s']:.2f} s = "
-                     f"{r['estimate_s']:,.0f} s ({r['estimate_s'] / 3600:.2f} h) |")
+                     f"{r['estimate_s']:,.0f} s ({r['estimate_s'] / 3600:.2f} h)"])
+    lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import log
+from benchmarks.common import log, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ["recall@10", "ndcg@10", "mrr@10", "hit@10", "precision@10"]
@@ -130,17 +130,16 @@ def mtlframe_runs(path: Path, config: str | None, task: str) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| system | " + " | ".join(m.replace("@", "@") for m in METRICS) + " | wall s / run | epochs |",
-             "|---" * (len(METRICS) + 3) + "|"]
+    rows = []
     for name, s in results["systems"].items():
-        cells = []
+        cells = [name]
         for m in METRICS:
             v = s[m]
             cells.append("-" if v["mean"] != v["mean"] else
                          f"{v['mean']:.4f} ± {v['std']:.4f}" if v["std"] == v["std"] else f"{v['mean']:.4f}")
         ep = ", ".join(str(e) for e in s.get("epochs_run", []) if e is not None) or "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['wall_s']['mean']:.0f} | {ep} |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells + [f"{s['wall_s']['mean']:.0f}", ep])
+    return "\n".join(markdown_table(["system", *METRICS, "wall s / run", "epochs"], rows)) + "\n"
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.recbole_ml100k") -> int:
