@@ -24,19 +24,34 @@ def _console():
 
 
 def _metrics_table(metrics: dict, title: str):
+    """Rows: tasks; columns: metrics. A metric with a cutoff (``ndcg@10``) is a column of its base
+    name with one row per task and K (``watch @10``), so a retrieval task's 7 metrics x len(K)
+    stay readable."""
     from rich.table import Table
 
     names: list[str] = []
-    for per_task in metrics.values():
-        for m in per_task:
+    rows: list[tuple[str, dict]] = []
+    for task, per_task in metrics.items():
+        plain, by_k = {}, {}
+        for m, v in per_task.items():
+            base, sep, k = m.rpartition("@")
+            if sep and k.isdigit():
+                by_k.setdefault(int(k), {})[base] = v
+            else:
+                plain[m] = v
+        for m in [*plain, *(b for per_k in by_k.values() for b in per_k)]:
             if m not in names:
                 names.append(m)
+        if not by_k:
+            rows.append((task, plain))
+        for j, (k, per_k) in enumerate(by_k.items()):
+            rows.append((f"{task} @{k}", {**(plain if j == 0 else {}), **per_k}))
     table = Table(title=title)
     table.add_column("task")
     for m in names:
         table.add_column(m, justify="right")
-    for task, per_task in metrics.items():
-        table.add_row(task, *[("-" if per_task.get(m) is None else f"{per_task[m]:.4f}") for m in names])
+    for label, values in rows:
+        table.add_row(label, *[("-" if values.get(m) is None else f"{values[m]:.4f}") for m in names])
     return table
 
 

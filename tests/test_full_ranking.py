@@ -145,3 +145,33 @@ def test_positives_outside_the_catalogue_count_but_are_never_hit():
     only = full_ranking(lambda u: SCORES[3:4], torch.arange(1), _csr([[]]), _csr([[]]), 6, [2],
                         unreachable=torch.tensor([2]), metrics=["recall@2"])
     assert only == {"recall@2": 0.0}  # evaluated (|R| = 2), with nothing to hit
+
+
+def test_ranking_split_positives_exclusions_and_unknown_users():
+    from mtlframe.catalogue import Catalogue
+    from mtlframe.ranking.data import build_ranking_split
+
+    # item codes 1..4 have training rows -> catalogue positions 0..3; code 5 has none
+    ids = {"train": {"user": torch.tensor([1, 1, 2, 2, 3]), "item": torch.tensor([1, 2, 2, 3, 4])},
+           "val": {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 4])},
+           "test": {"user": torch.tensor([2, 1, 1, 1, 0, 3, 2]), "item": torch.tensor([1, 4, 3, 5, 1, 1, 4])}}
+    cat = Catalogue.from_training("u", "i", ids["train"]["item"], {"i": ids["train"]["item"]}, 6)
+    cols = {"i": ids["test"]["item"], "u": ids["test"]["user"],
+            "label/watch": torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+            "mask/watch": torch.tensor([True, True, True, True, True, True, False])}
+    d = build_ranking_split(ids, cols, cat, "test", "watch")
+    assert d.users.tolist() == [1, 2, 3] and d.unknown_rows == 1      # user code 0 is not evaluated
+    assert d.inputs["u"].tolist() == [1, 2, 3] and d.inputs["i"].tolist() == [4, 1, 1]  # each user's first row
+    # user 1: item 4 (label 1), item 3 (label 0: not positive), item 5 (no training row: unreachable)
+    # user 2: item 1; its item-4 row has a missing label; user 3: item 1
+    pos = [d.positives.indices[d.positives.indptr[j]:d.positives.indptr[j + 1]].tolist() for j in range(3)]
+    assert pos == [[3], [0], [0]] and d.unreachable.tolist() == [1, 0, 0]
+    # test excludes training and validation items: user 1 {1, 2} + {3}, user 2 {2, 3} + {4}, user 3 {4}
+    ex = [d.exclude.indices[d.exclude.indptr[j]:d.exclude.indptr[j + 1]].tolist() for j in range(3)]
+    assert ex == [[0, 1, 2], [1, 2, 3], [3]]
+    assert d.popularity.tolist() == [1.0, 2.0, 1.0, 1.0]
+    val = build_ranking_split(ids, {**cols, "label/watch": torch.ones(2), "i": ids["val"]["item"],
+                                    "u": ids["val"]["user"], "mask/watch": torch.ones(2, dtype=torch.bool)},
+                              cat, "val", "watch")
+    assert [val.exclude.indices[val.exclude.indptr[j]:val.exclude.indptr[j + 1]].tolist() for j in range(2)] == \
+        [[0, 1], [1, 2]]  # validation: training items only

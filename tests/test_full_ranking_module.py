@@ -1,7 +1,12 @@
 """Full-ranking evaluation inside training: a retrieval task's val/test metrics, end to end."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +16,9 @@ import torch
 from mtlframe.errors import RecipeError
 from mtlframe.ranking import CSR, full_ranking
 from mtlframe.recipe import load_recipe
-from mtlframe.run import build_system, train
+from mtlframe.run import build_system, evaluate, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _data(tmp_path, users=40, items=30, per_user=10):
@@ -35,7 +42,7 @@ data:
             labels: [watch, like], user: user, item: item}}
   split: {{name: user-random, val: 0.1, test: 0.1}}
   batch_size: 64
-  sampler: {{name: uniform-negatives, task: like, item_features: [item], user_feature: user, ratio: 2}}
+  sampler: {{name: uniform-negatives, task: watch, item_features: [item], user_feature: user, ratio: 2}}
 ranking: {{user_features: [user], item_features: [item], k: [5, 10]}}
 tasks:
   {tasks}
@@ -94,3 +101,50 @@ def test_retrieval_metric_names_are_checked(tmp_path):
     assert "tasks.watch.metrics[0]" in msg and "'ndgc@10' is not a full-ranking metric; did you mean 'ndcg@10'?" in msg
     assert "tasks.watch.metrics[1]" in msg and "'auc' is not a full-ranking metric." in msg
     assert "tasks.watch.metrics[2]" not in msg
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DDP on CPU tested on Linux")
+def test_ddp_full_ranking_equals_single_process(tmp_path):
+    """Two CPU processes each rank half of the users; the one all-reduce gives one process's numbers."""
+    _data(tmp_path, users=41)  # an odd number of users: the shards differ in size
+    _recipe(tmp_path)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlframe.cli", "train", str(tmp_path / "r.yaml"), "--run-dir", str(run),
+         "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=1"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((run / "metrics.json").read_text())["test"]["watch"]
+    single = evaluate(run / "checkpoints" / "best.ckpt", "test")["watch"]
+    assert len(ddp) == 14 and ddp == pytest.approx(single, abs=1e-9)
+
+
+def test_printed_table_has_a_row_per_task_and_cutoff():
+    from rich.console import Console
+
+    from mtlframe.cli import _metrics_table
+
+    con = Console(width=200, record=True)
+    con.print(_metrics_table({"watch": {"ndcg@10": 0.25, "recall@10": 0.5, "ndcg@20": 0.375, "recall@20": 0.75},
+                              "like": {"auc": 0.8125}}, "test metrics"))
+    lines = [ln.split("│") for ln in con.export_text().splitlines() if ln.startswith("│")]
+    cells = [[c.strip() for c in ln[1:-1]] for ln in lines]
+    assert cells == [["watch @10", "0.2500", "0.5000", "-"], ["watch @20", "0.3750", "0.7500", "-"],
+                     ["like", "-", "-", "0.8125"]]
+
+
+def test_monitors_and_compare_know_the_direction_of_ranking_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from mtlframe.compare import _primary
+    from mtlframe.run import _monitor
+
+    _data(tmp_path)
+    recipe = _recipe(tmp_path, extra="checkpoint: {monitor: val/watch/popularity@10}\n")
+    module = SimpleNamespace(metric_defs={"watch": {}, "like": {}})
+    assert _monitor(recipe, module, "val/watch/popularity@10", "auto") == ("val/watch/popularity@10", "min")
+    assert _monitor(recipe, module, "watch", "auto") == ("val/watch/ndcg@5", "max")
+    assert _primary(recipe)[1]["watch"] == ("ndcg@5", True)
+    with pytest.raises(RecipeError, match="val/watch/ndcg@50"):  # not a logged key: the closest ones are named
+        _recipe(tmp_path, extra="checkpoint: {monitor: val/watch/ndcg@50}\n")

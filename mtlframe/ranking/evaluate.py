@@ -91,14 +91,6 @@ class CSR:
         indptr[1:] = torch.cumsum(counts, 0)
         return cls(indptr, cols.clone())
 
-    @classmethod
-    def union(cls, a: CSR, b: CSR) -> CSR:
-        """Row-wise union of two CSRs with the same rows."""
-        n = len(a.indptr) - 1
-        ra = torch.repeat_interleave(torch.arange(n), a.lengths())
-        rb = torch.repeat_interleave(torch.arange(n), b.lengths())
-        return cls.from_pairs(torch.cat([ra, rb]), torch.cat([a.indices, b.indices]), n)
-
     @property
     def n_rows(self) -> int:
         return len(self.indptr) - 1
