@@ -36,8 +36,11 @@ KIND_INTRO = {
     "combiner": "Per-task losses -> one update: how the tasks are balanced (`combiner`). "
                 "Loss-level combiners return the total loss; gradient-level ones combine per-task "
                 "gradients (manual optimization). Injected: `task_names`, `weights`.",
-    "sampler": "Data-side transformation of the training split once per epoch (`data.sampler`). "
-               "Injected: `feature_info`, `tasks`.",
+    "sampler": "Negatives and other changes to training (`data.sampler`). Data-side samplers "
+               "(`side = \"data\"`) transform the training split once per epoch (keep rows, add "
+               "sampled rows); model-side samplers (`side = \"model\"`: `in-batch`, `mixed`) give a "
+               "retrieval task's sampled softmax its negatives and their logQ per batch (see "
+               "[ranking.md](ranking.md#samplers)). Injected: `feature_info`, `tasks`.",
     "metric": "Per-task evaluation metrics (torchmetrics objects, synced across processes), named in "
               "`tasks.<task>.metrics`; the first is the task's primary metric. Metrics with a cutoff are "
               "written `name@K` (`ndcg@10`).",

@@ -100,7 +100,7 @@ def mtlframe_samplers():
     return [
         C("none", "mtlframe.samplers.none:NoSampler", "train on the rows as they are"),
         C("uniform-negatives", "mtlframe.samplers.uniform_negatives:UniformNegatives",
-          "pair positive rows with uniformly drawn items as negatives for a binary task"),
+          "pair positive rows with uniformly drawn items as negatives for a binary or retrieval task"),
         C("popularity-negatives", "mtlframe.samplers.popularity_negatives:PopularityNegatives",
           "negatives drawn with probability proportional to training count ** alpha (word2vec)"),
         C("in-batch", "mtlframe.samplers.in_batch:InBatch",

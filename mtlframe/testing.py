@@ -779,7 +779,9 @@ def check_sampler(factory: Callable[..., Any], **args: Any) -> Any:
     is ``None`` or 1-D integer row indices within the split, and whose ``extra`` is ``None`` or
     new rows with every feature key of the input, a label and a mask for every task, one common
     row count and the input dtypes; equal generator seeds give equal samples; the input columns
-    are left unchanged; ``resamples`` is a bool; signature and recipe entry.
+    are left unchanged; ``resamples`` is a bool; signature and recipe entry. A model-side sampler
+    (``side == "model"``) must not resample, and after ``prepare`` its ``negatives`` of a batch
+    must give int64 extra items and finite log probabilities of the right shapes, reproducibly.
 
     Returns:
         the built sampler.
@@ -846,7 +848,36 @@ def check_sampler(factory: Callable[..., Any], **args: Any) -> Any:
     for k, v in before.items():
         if not _equal(v, cols[k]):
             _fail(factory, f"sample() modified its input column '{k}' in place")
+    if sampler.side not in ("data", "model"):
+        _fail(factory, f"side must be 'data' or 'model', got {sampler.side!r}")
+    if sampler.side == "model":
+        _check_model_side(factory, sampler, cols)
     return sampler
+
+
+def _check_model_side(factory: Any, sampler: Any, cols: Mapping[str, torch.Tensor]) -> None:
+    """A model-side sampler: ``resamples`` False; after ``prepare`` on the split, ``negatives``
+    of a batch gives a :class:`~mtlframe.samplers.base.Negatives` of int64 ``extra [M]`` and
+    finite float ``log_q_batch [B]`` / ``log_q_extra [M]``, reproducible from the generator."""
+    from mtlframe.samplers.base import Negatives
+
+    if sampler.resamples:
+        _fail(factory, "a model-side sampler must set resamples = False (the rows are batched as they are)")
+    sampler.prepare({"train": cols})
+    items = torch.as_tensor(cols[sampler.item_feature])[:16]
+    out = sampler.negatives(items, torch.Generator().manual_seed(0))
+    if not isinstance(out, Negatives):
+        _fail(factory, f"negatives() must return a Negatives(extra, log_q_batch, log_q_extra), got {type(out).__name__}")
+    m = out.extra.shape[0] if out.extra.dim() == 1 else -1
+    if m < 0 or out.extra.dtype != torch.long or out.log_q_batch.shape != items.shape or out.log_q_extra.shape != (m,):
+        _fail(factory, f"negatives() of {len(items)} items must give extra int64 [M], log_q_batch [{len(items)}] and "
+                       f"log_q_extra [M]; got {tuple(out.extra.shape)} {out.extra.dtype}, "
+                       f"{tuple(out.log_q_batch.shape)}, {tuple(out.log_q_extra.shape)}")
+    if not (torch.isfinite(out.log_q_batch).all() and torch.isfinite(out.log_q_extra).all()):
+        _fail(factory, "negatives() gave a non-finite log sampling probability")
+    again = sampler.negatives(items, torch.Generator().manual_seed(0))
+    if not (_equal(out.extra, again.extra) and _equal(out.log_q_batch, again.log_q_batch)):
+        _fail(factory, "negatives() is not reproducible from the generator (equal seeds, different negatives)")
 
 
 @_single_thread

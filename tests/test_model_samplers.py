@@ -106,9 +106,9 @@ model:
 
 
 def test_model_side_samplers_refuse_data_they_cannot_correct():
-    with pytest.raises(DataError, match=r"batch items \[6\] of 'item' have no training row"):
+    with pytest.raises(DataError, match=r"^in-batch: batch items \[6\] of 'item' have no training row"):
         _make(InBatch).negatives(torch.tensor([1, 6]), None)
-    with pytest.raises(DataError, match=r"codes in \[0, 9\] outside \[0, 7\)"):
+    with pytest.raises(DataError, match=r"^in-batch: 'item' holds codes in \[0, 9\] outside \[0, 7\)"):
         InBatch(item_feature="item", feature_info=INFO, tasks=TASKS).prepare({"train": {"item": torch.tensor([0, 9])}})
     with pytest.raises(DataError, match="every training row of 'item' is out of vocabulary"):
         Mixed(item_feature="item", feature_info=INFO, tasks=TASKS).prepare({"train": {"item": torch.tensor([0, 0])}})
@@ -120,3 +120,40 @@ def test_a_second_prepare_recounts():
     sampler = _make(InBatch)
     sampler.prepare({"train": {"item": torch.tensor([1, 2])}})
     assert torch.allclose(sampler.negatives(torch.tensor([1]), None).log_q_batch, torch.tensor([math.log(0.5)]))
+
+
+@pytest.mark.parametrize("sampler", [
+    "{name: in-batch, item_feature: item}",
+    "{name: mixed, item_feature: item, num_negatives: 8}",
+    "{name: popularity-negatives, task: watch, item_features: [item, genre], user_feature: user}",
+])
+def test_samplers_train_a_retrieval_task(tmp_path, sampler):
+    """Model-side samplers give the module its negatives (sampled softmax, no extra rows); a
+    data-side one accepts a retrieval task and adds its rows labelled 0 (pointwise)."""
+    from mtlframe.run import build_system
+
+    rows = [(u, i) for u in range(12) for i in range(10) if (u * 7 + i * 3) % 4 == 0]
+    (tmp_path / "d.csv").write_text("user,item,genre,watch\n" + "".join(f"{u},{i},{i % 3},1\n" for u, i in rows))
+    (tmp_path / "r.yaml").write_text(f"""
+data:
+  dataset: {{name: csv, path: {tmp_path / 'd.csv'}, features: {{user: categorical, item: categorical, genre: categorical}}, labels: [watch]}}
+  batch_size: 16
+  sampler: {sampler}
+ranking: {{user_features: [user], item_features: [item, genre]}}
+tasks:
+  watch: {{type: retrieval, label: watch, dim: 4}}
+model:
+  encoders: [{{name: embedding, features: [user], dim: 4}}, {{name: embedding, features: [item, genre], dim: 4}}]
+  backbone: {{name: shared-bottom, hidden: [4]}}
+""")
+    dm, module, _ = build_system(load_recipe(tmp_path / "r.yaml"))
+    batch = next(iter(dm.train_dataloader()))
+    vectors: dict = {}
+    sums, counts = module.task_loss_sums(batch, module.model.forward_from(module.model.encode(batch), vectors), vectors)
+    assert math.isfinite(float(sums[0].detach())) and float(counts[0]) > 0
+    if dm.sampler.side == "model":
+        assert module.negative_sampler is dm.sampler and int(dm.sampler.counts.sum()) == len(dm.splits["train"]["label/watch"])
+        assert not dm.sampler.resamples                                   # the rows are batched as they are
+    else:
+        assert module.negative_sampler is None
+        assert len(dm._train_columns(0)["label/watch"]) == 2 * len(dm.splits["train"]["label/watch"])

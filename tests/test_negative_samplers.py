@@ -152,6 +152,8 @@ def test_popularity_with_alpha_zero_draws_exactly_the_uniform_negatives():
 def test_popularity_refuses_a_non_finite_alpha_and_names_itself_in_data_errors():
     with pytest.raises(ArgumentError, match=r"alpha must be a finite number .*got nan"):
         _popularity(alpha=float("nan"))
+    with pytest.raises(ArgumentError, match=r"task 'rating' must be a binary or retrieval task .*: \['like'\]"):
+        PopularityNegatives(task="rating", item_features=["item"], user_feature="user", feature_info=INFO, tasks=TASKS)
     train = _columns([1, 1, 2], [1, 2, 1])                            # user 1 has every item
     sampler = _popularity()
     sampler.prepare({"train": train})

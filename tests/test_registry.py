@@ -327,6 +327,9 @@ CONTRACT_ARGS = {
     ("encoder", "numeric"): {"dim": 4},
     # check_sampler's data
     ("sampler", "uniform-negatives"): {"task": "click", "item_features": ["item"], "user_feature": "user"},
+    ("sampler", "popularity-negatives"): {"task": "click", "item_features": ["item"], "user_feature": "user"},
+    ("sampler", "in-batch"): {"item_feature": "item"},
+    ("sampler", "mixed"): {"item_feature": "item", "num_negatives": 4},
     # funnels name their stages (check_backbone's tasks are a, b)
     **{("backbone", n): {"click": "a", "conversion": "b"} for n in ("esmm", "escm2", "aitm")},
 }

@@ -93,7 +93,8 @@ class ModelSideSampler(Sampler):
     out of vocabulary). The *catalogue* is every code ``>= 1`` with a training row.
 
     Args:
-        item_feature: the item id column (a categorical model feature).
+        item_feature: the encoded item id column (categorical; the first of
+            ``ranking.item_features``).
         log_q_correction: return the log sampling probabilities (``True``) or zeros.
         feature_info, tasks: injected.
 
@@ -104,6 +105,8 @@ class ModelSideSampler(Sampler):
 
     side = "model"
     resamples = False
+    #: the registered name, used in error messages
+    component: ClassVar[str] = "sampler"
 
     def __init__(self, item_feature: str, log_q_correction: bool = True, *,
                  feature_info: Mapping[str, FeatureInfo], tasks: Sequence[TaskSpec]) -> None:
@@ -128,13 +131,14 @@ class ModelSideSampler(Sampler):
         cardinality = self.feature_info[self.item_feature].cardinality
         train = splits.get("train") or {}
         if self.item_feature not in train:
-            raise DataError(f"sampler: the training split has no column '{self.item_feature}' (item_feature).")
+            raise DataError(f"{self.component}: the training split has no column '{self.item_feature}' "
+                            "(data.sampler.item_feature): name the item id feature.")
         codes = torch.as_tensor(np.asarray(train[self.item_feature])).reshape(-1).long()
         if not len(codes):
-            raise DataError("sampler: the training split is empty; there are no items to sample.")
+            raise DataError(f"{self.component}: the training split is empty; there are no items to sample.")
         lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= cardinality:
-            raise DataError(f"sampler: '{self.item_feature}' holds codes in [{lo}, {hi}] outside [0, {cardinality}) "
+            raise DataError(f"{self.component}: '{self.item_feature}' holds codes in [{lo}, {hi}] outside [0, {cardinality}) "
                             "(its cardinality): item_feature must be the encoded item id column.")
         self.counts = torch.bincount(codes, minlength=cardinality)
         self._tables = {torch.device("cpu"): {"counts": self.counts, **self.tables(self.counts)}}
@@ -165,7 +169,7 @@ class ModelSideSampler(Sampler):
         bad = ~inside | (counts[items.clamp(0, len(counts) - 1)] == 0)
         if bool(bad.any()):
             codes = items[bad].unique()[:5].tolist()
-            raise DataError(f"sampler: batch items {codes} of '{self.item_feature}' have no training row, so "
+            raise DataError(f"{self.component}: batch items {codes} of '{self.item_feature}' have no training row, so "
                             "their sampling probability is 0; model-side samplers take training batches only.")
 
     def negatives(self, items: torch.Tensor, generator: torch.Generator | None) -> Negatives:

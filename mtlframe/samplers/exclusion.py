@@ -22,6 +22,10 @@ from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.samplers.base import EpochSample, Sampler
 
 
+#: task types whose label 1 marks an interaction, so that a sampled row is a 0 of that task
+IMPLICIT_TYPES: tuple[str, ...] = ("binary", "retrieval")
+
+
 def codes(column: Any) -> torch.Tensor:
     """A preprocessed id column (tensor or numpy array) as ``int64 [N]``."""
     return torch.as_tensor(np.asarray(column)).reshape(-1).long()
@@ -58,6 +62,9 @@ class ExclusionIndex:
             (non-decreasing within a user's segment).
         excluded_upto: ``[F]`` the user's excluded weight up to and including that item.
         allowed_weight, allowed_count: ``[U]`` total weight / number of each user's allowed items.
+        flat: ``user * (total weight + 1) + below`` (sorted ``[F]``) when that fits in int64 (e.g.
+            uniform weights), so that one ``searchsorted`` replaces the per-segment binary
+            search; else ``None``.
     """
 
     items: torch.Tensor
@@ -72,6 +79,7 @@ class ExclusionIndex:
     excluded_upto: torch.Tensor
     allowed_weight: torch.Tensor
     allowed_count: torch.Tensor
+    flat: torch.Tensor | None = None
 
     @classmethod
     def build(cls, user_codes: torch.Tensor, item_codes: torch.Tensor,
@@ -112,33 +120,39 @@ class ExclusionIndex:
         excluded_before = run - fw
         excluded_before = excluded_before - excluded_before[start[f_user]]
         total_excluded = torch.zeros(len(users), dtype=torch.long).scatter_add_(0, f_user, fw)
+        below = (cum[f_item] - weight[f_item]) - excluded_before
+        span = (int(cum[-1]) if n_items else 0) + 1
+        flat = f_user * span + below if len(users) * span < 2 ** 62 else None
         return cls(items=items, users=users, user_of_row=user_of_row, first_row=first_row, counts=counts,
-                   cum=cum, start=start, n_excluded=n_excluded,
-                   below=(cum[f_item] - weight[f_item]) - excluded_before,
+                   cum=cum, start=start, n_excluded=n_excluded, below=below,
                    excluded_upto=excluded_before + fw,
                    allowed_weight=(cum[-1] if n_items else torch.tensor(0)) - total_excluded,
-                   allowed_count=n_items - n_excluded)
+                   allowed_count=n_items - n_excluded, flat=flat)
 
     def draw(self, user: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One allowed item position per entry of ``user`` (user positions ``[R]``), drawn with
         probability ``weight / allowed weight`` of the user; every user must have an allowed item.
 
         Exact: ``r`` is uniform in ``[0, W_u)`` (``W_u`` the user's allowed weight); ``j``, the
-        number of excluded items whose allowed-weight-before is ``<= r``, is found by a
-        vectorized binary search in the user's segment; the item is then the one whose global
+        number of excluded items whose allowed-weight-before is ``<= r``, is found by one
+        ``searchsorted`` over ``flat`` (when it fits in int64) or else a vectorized binary search
+        in the user's segment; the item is then the one whose global
         cumulative weight interval holds ``r + (excluded weight of those j)``. With integer
         weights ``>= 1`` this is never an excluded item. ``O(R log F_max)``, no per-row Python.
         """
         total = self.allowed_weight[user]
         r = (torch.rand(len(user), generator=generator, dtype=torch.float64) * total).long()
         r = torch.minimum(r, total - 1)
-        lo, hi = self.start[user].clone(), self.start[user] + self.n_excluded[user]
         last = max(len(self.below) - 1, 0)
-        steps = int(self.n_excluded.max()).bit_length() + 1 if len(self.n_excluded) else 0
-        for _ in range(steps):                                   # lower bound of r in the segment
-            mid = (lo + hi) // 2
-            right = (lo < hi) & (self.below[mid.clamp_max(last)] <= r)
-            lo, hi = torch.where(right, mid + 1, lo), torch.where(right | (lo >= hi), hi, mid)
+        if self.flat is not None:                                # one search over (user, below) keys
+            lo = torch.searchsorted(self.flat, user * (int(self.cum[-1]) + 1) + r, right=True)
+        else:                                                    # upper bound of r in the user's segment
+            lo, hi = self.start[user].clone(), self.start[user] + self.n_excluded[user]
+            steps = int(self.n_excluded.max()).bit_length() + 1 if len(self.n_excluded) else 0
+            for _ in range(steps):
+                mid = (lo + hi) // 2
+                right = (lo < hi) & (self.below[mid.clamp_max(last)] <= r)
+                lo, hi = torch.where(right, mid + 1, lo), torch.where(right | (lo >= hi), hi, mid)
         has = lo > self.start[user]
         skipped = torch.where(has, self.excluded_upto[(lo - 1).clamp_min(0).clamp_max(last)], 0)
         return torch.searchsorted(self.cum, r + skipped, right=True)
@@ -151,9 +165,21 @@ class ExcludingNegatives(Sampler):
     ``task`` and missing (masked) for every other task. Subclasses set the item weights
     (:meth:`item_weights`) and ``component`` (their registered name, used in errors).
 
+    Args:
+        task: the binary or retrieval task that gets negatives (e.g. ``click``, or ``watch``:
+            a retrieval task then learns pointwise, sampled rows labelled 0).
+        item_features: item-side feature columns; the first is the item id. The other features
+            of a negative row are the user side, copied from the positive row.
+        user_feature: the user id column (a model feature); its training rows define each
+            user's interacted items.
+        ratio: negatives per positive row, per epoch.
+        exclude_eval_positives: also exclude each user's positives of ``task`` in the
+            validation and test splits.
+        feature_info, tasks: injected.
+
     Raises:
-        ArgumentError: ``task`` is not a binary task, ``ratio < 1``, or an item or user feature is
-            not a model feature (or the user feature is an item feature).
+        ArgumentError: ``task`` is not a binary or retrieval task, ``ratio < 1``, or an item or
+            user feature is not a model feature (or the user feature is an item feature).
         DataError: (when sampling) a user with a positive row has no allowed item.
     """
 
@@ -164,10 +190,10 @@ class ExcludingNegatives(Sampler):
                  feature_info: Mapping[str, FeatureInfo], tasks: list[TaskSpec]) -> None:
         super().__init__(feature_info, tasks)
         by_name = {t.name: t for t in tasks}
-        if task not in by_name or by_name[task].type not in ("binary", "retrieval"):
-            binary = [t.name for t in tasks if t.type in ("binary", "retrieval")]
-            raise ArgumentError("task", f"task '{task}' must be a binary or retrieval task of the recipe; "
-                                f"those tasks: {binary}")
+        if task not in by_name or by_name[task].type not in IMPLICIT_TYPES:
+            fit = [t.name for t in tasks if t.type in IMPLICIT_TYPES]
+            raise ArgumentError("task", f"task '{task}' must be a binary or retrieval task of the recipe (its "
+                                f"label 1 marks an interaction); binary and retrieval tasks: {fit}")
         if ratio < 1:
             raise ArgumentError("ratio", f"ratio must be >= 1, got {ratio}")
         unknown = [f for f in item_features if f not in feature_info]

@@ -28,8 +28,6 @@ class InBatch(ModelSideSampler):
     training split is known, so the counts are exact.
 
     Args:
-        item_feature: the encoded item id column (categorical; the first of
-            ``ranking.item_features``).
         log_q_correction: subtract ``log q`` (``True``, Yi et al.) or not (``False``: plain
             batch softmax, popular items over-penalized).
         feature_info, tasks: injected.
@@ -40,6 +38,8 @@ class InBatch(ModelSideSampler):
         DataError: (:meth:`prepare`) an empty training split or codes outside the feature's
             vocabulary; (:meth:`negatives`) a batch item without training rows.
     """
+
+    component = "in-batch"
 
     def tables(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"log_q": torch.log(counts.double() / counts.sum()).float()}

@@ -36,7 +36,9 @@ class Mixed(ModelSideSampler):
     ``log_q_extra[m] = log Q(extra[m])``: the same item gets the same correction whichever part
     it is in. This is the sampled-softmax correction for the mixture proposal (the sum over
     columns of ``exp(s) / Q`` estimates ``(B + M)`` times the full softmax's normalizer), i.e.
-    Yi et al.'s ``s - log p_j`` with ``p_j`` the item's probability among this batch's negatives.
+    Yi et al.'s ``s - log p_j`` with ``p_j`` the item's probability among this batch's negatives,
+    and, up to the constant ``log(B + M)``, TensorFlow's sampled softmax, which subtracts the log
+    of each candidate's expected count.
     Correcting each part by its own distribution (``log p_d`` for batch columns, ``log p_s`` for
     extra columns) would also estimate that normalizer, but a tail item in the batch would get
     the weight ``1 / p_d`` although the uniform part draws it far more often; the mixture
@@ -44,8 +46,6 @@ class Mixed(ModelSideSampler):
     ``M = 0`` this is exactly ``in-batch``.
 
     Args:
-        item_feature: the encoded item id column (categorical; the first of
-            ``ranking.item_features``).
         num_negatives: extra items drawn per batch (``M >= 1``; shared by the batch's rows).
         alpha: exponent of the training count in ``p_s`` (finite; ``0`` uniform over the
             catalogue, as in Yang et al.).
@@ -59,6 +59,8 @@ class Mixed(ModelSideSampler):
             vocabulary, or a catalogue without items (every training row out of vocabulary);
             (:meth:`negatives`) a batch item without training rows.
     """
+
+    component = "mixed"
 
     def __init__(self, item_feature: str, num_negatives: int = 256, alpha: float = 0.0,
                  log_q_correction: bool = True, *,
@@ -79,7 +81,8 @@ class Mixed(ModelSideSampler):
             raise DataError(f"mixed: every training row of '{self.item_feature}' is out of vocabulary (code 0); "
                             "there is no catalogue item to sample. Lower data.min_count.")
         w = torch.where(in_catalogue, counts.double().clamp_min(1) ** self.alpha, 0.0)
-        return {"p_data": (counts.double() / counts.sum()).float(), "p_sample": (w / w.sum()).float()}
+        return {"p_data": (counts.double() / counts.sum()).float(), "p_sample": (w / w.sum()).float(),
+                "cdf": torch.cumsum(w / w.sum(), 0)}
 
     def negatives(self, items: torch.Tensor, generator: torch.Generator | None) -> Negatives:
         """``num_negatives`` catalogue items (drawn on ``generator``'s device, or ``items``'
@@ -87,8 +90,9 @@ class Mixed(ModelSideSampler):
         self.check_items(items)
         b, m = len(items), self.num_negatives
         device = generator.device if generator is not None else items.device
-        extra = torch.multinomial(self.table("p_sample", device), m, replacement=True,
-                                  generator=generator).to(items.device)
+        cdf = self.table("cdf", device)                           # float64 [C]; inverse-CDF draw, any C
+        u = torch.rand(m, generator=generator, device=device, dtype=torch.float64) * cdf[-1]
+        extra = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1).to(items.device)
         if not self.log_q_correction:
             return Negatives(extra=extra, log_q_batch=torch.zeros(b, device=items.device),
                              log_q_extra=torch.zeros(m, device=items.device))

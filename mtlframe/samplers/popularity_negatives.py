@@ -19,7 +19,8 @@ from mtlframe.samplers.exclusion import ExcludingNegatives
 
 
 class PopularityNegatives(ExcludingNegatives):
-    """Popularity-proportional negative sampling for one binary task, excluding the user's items.
+    """Popularity-proportional negative sampling for one binary or retrieval task, excluding the
+    user's items.
 
     Every epoch, each positive row of ``task`` (labelled 1) gets ``ratio`` negatives: copies of
     the row with the item-side features of an item ``j`` drawn, with replacement, with
@@ -39,22 +40,17 @@ class PopularityNegatives(ExcludingNegatives):
     the out-of-vocabulary code 0 count as one item); the index is built on the first epoch and
     reused, and :meth:`prepare` (a new run) forgets it.
 
+    The other parameters (``task``, ``item_features``, ``user_feature``, ``ratio``,
+    ``exclude_eval_positives``; injected ``feature_info``, ``tasks``) are
+    :class:`~mtlframe.samplers.exclusion.ExcludingNegatives`'.
+
     Args:
-        task: the binary task that gets negatives (e.g. ``watch`` or ``click``).
-        item_features: item-side feature columns; the first is the item id. The other features
-            of a negative row are the user side, copied from the positive row.
-        user_feature: the user id column (a model feature); its training rows define each
-            user's interacted items.
-        ratio: negatives per positive row, per epoch.
-        exclude_eval_positives: also exclude each user's positives of ``task`` in the
-            validation and test splits.
         alpha: exponent of the training count (finite; ``0.75`` as in word2vec, ``0`` uniform,
             ``1`` proportional to popularity, negative favours rare items).
-        feature_info, tasks: injected.
 
     Raises:
-        ValueError: (:class:`~mtlframe.errors.ArgumentError`) ``task`` is not a binary task of
-            the recipe, ``ratio < 1``, ``alpha`` is not finite, or an item or user feature is not
+        ValueError: (:class:`~mtlframe.errors.ArgumentError`) ``task`` is not a binary or
+            retrieval task of the recipe, ``ratio < 1``, ``alpha`` is not finite, or an item or user feature is not
             a model feature (or the user feature is an item feature).
         DataError: (when sampling) a user with a positive row has interacted with every
             training item.

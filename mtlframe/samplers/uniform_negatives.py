@@ -1,4 +1,4 @@
-"""``uniform-negatives``: pair rows with uniformly drawn items as negatives for a binary task.
+"""``uniform-negatives``: uniformly drawn items as negatives for a binary or retrieval task.
 
 The standard negative sampling of implicit-feedback recommendation (e.g. Rendle et al., "BPR",
 UAI 2009; He et al., "Neural Collaborative Filtering", WWW 2017): every epoch, each positive row
@@ -13,7 +13,7 @@ from mtlframe.samplers.exclusion import ExcludingNegatives
 
 
 class UniformNegatives(ExcludingNegatives):
-    """Uniform negative sampling for one binary task, excluding the user's own items.
+    """Uniform negative sampling for one binary or retrieval task, excluding the user's own items.
 
     Every epoch, each positive row of ``task`` (labelled 1) gets ``ratio`` negatives: copies of
     the row with the item-side features of an item drawn uniformly, with replacement, from the
@@ -37,20 +37,13 @@ class UniformNegatives(ExcludingNegatives):
     a user with a positive row and **no** allowed item (they interacted with every training item)
     is a :class:`~mtlframe.errors.DataError` naming the user and the counts.
 
-    Args:
-        task: the binary task that gets negatives (e.g. ``like`` or ``click``).
-        item_features: item-side feature columns; the first is the item id. The other features
-            of a negative row are the user side, copied from the positive row.
-        user_feature: the user id column (a model feature); its training rows define each
-            user's interacted items.
-        ratio: negatives per positive row, per epoch.
-        exclude_eval_positives: also exclude each user's positives of ``task`` in the
-            validation and test splits.
-        feature_info, tasks: injected.
+    The parameters (``task``, ``item_features``, ``user_feature``, ``ratio``,
+    ``exclude_eval_positives``; injected ``feature_info``, ``tasks``) are
+    :class:`~mtlframe.samplers.exclusion.ExcludingNegatives`'.
 
     Raises:
-        ValueError: (:class:`~mtlframe.errors.ArgumentError`) ``task`` is not a binary task of
-            the recipe, ``ratio < 1``, or an item or user feature is not a model feature (or the
+        ValueError: (:class:`~mtlframe.errors.ArgumentError`) ``task`` is not a binary or
+            retrieval task of the recipe, ``ratio < 1``, or an item or user feature is not a model feature (or the
             user feature is an item feature).
         DataError: (when sampling) a user with a positive row has interacted with every
             training item.
