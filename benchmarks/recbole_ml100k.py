@@ -14,7 +14,7 @@ split files mtlframe's own ``user-random`` split writes, next to mtlframe's retr
    its default hyper-parameters and ``benchmark_filename: [train, valid, test]``, seed ``s``;
    early stopping on valid MRR@10 (patience 10, at most 300 epochs), the best checkpoint is tested
    with full ranking (items of the user's train and valid rows excluded). One subprocess per run
-   (``benchmarks/recbole_runner.py``), one at a time. The runner checks that RecBole's id remapping
+   (``benchmarks/external/recbole_runner.py``), one at a time. The runner checks that RecBole's id remapping
    kept each written row in its split ((user, item) multisets equal to the files').
 3. ``--mtlframe RESULTS``: the test metrics of a retrieval task from an ``mtlframe compare``
    ``results.json`` trained with the same recipe seeds, added as a row.
@@ -78,7 +78,7 @@ def run_recbole(python: str, folder: Path, model: str, seed: int, files: bool, r
                 epochs: int | None, threads: int) -> dict:
     if result.exists():  # resume: a finished run is not trained again
         return json.loads(result.read_text())
-    cmd = [python, str(REPO / "benchmarks" / "recbole_runner.py"), "--data-dir", str(folder), "--model", model,
+    cmd = [python, str(REPO / "benchmarks" / "external" / "recbole_runner.py"), "--data-dir", str(folder), "--model", model,
            "--seed", str(seed), "--output", str(result), "--threads", str(threads)]
     if files:
         cmd.append("--benchmark-files")

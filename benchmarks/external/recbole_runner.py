@@ -2,7 +2,7 @@
 
 Called by ``benchmarks/recbole_ml100k.py`` (which runs in mtlframe's environment) as::
 
-    /work/recbole-venv/bin/python benchmarks/recbole_runner.py --data-dir DIR --dataset ml-100k \\
+    /work/recbole-venv/bin/python benchmarks/external/recbole_runner.py --data-dir DIR --dataset ml-100k \\
         --model BPR --seed 2026 --output result.json [--benchmark-files]
 
 ``DIR/ml-100k/`` holds RecBole atomic files: ``ml-100k.inter`` (RecBole splits it itself with its
@@ -12,7 +12,10 @@ Every other setting is RecBole 1.2.1's default (``properties/overall.yaml``, the
 ``properties/dataset/ml-100k.yaml``), except the machine-side ones: CPU, no progress bar, no
 workers, checkpoints and logs in a temporary folder.
 
-This file imports nothing from mtlframe: RecBole 1.2.1 is installed in a separate venv.
+This file imports nothing from mtlframe and is never imported by the harness (it lives in
+``benchmarks/external/``, outside the ``bench`` extra's scope): RecBole 1.2.1 is installed in a
+separate venv, because its dependencies (``colorlog==4.7.2``, ...) and its torch must not enter
+mtlframe's environment.
 
 Compatibility shim (RecBole 1.2.1 predates numpy 2 and torch >= 2.6), applied before RecBole is
 imported, nothing in site-packages edited:
