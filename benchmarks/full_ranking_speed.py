@@ -149,7 +149,8 @@ def large(n_items: int, dim: int, user_batches: list[int], seen: int, ks: list[i
                "estimate_s": n_batches * t, "status": "ok"}
         out.append(res)
         log(f"[large] Ub={ub} I={n_items:,}: {t * 1e3:.0f} ms/batch (matmul {t_mm * 1e3:.0f}, matmul+mask+topk "
-            f"{t_floor * 1e3:.0f}; top_k {t_topk * 1e3:.0f} vs masked_fill + torch.topk {t_plain * 1e3:.0f}), [Ub, I] block {block / MB:,.0f} MB, RSS rise {mem.delta / MB:,.0f} MB "
+            f"{t_floor * 1e3:.0f}; top_k {t_topk * 1e3:.0f} vs masked_fill + torch.topk {t_plain * 1e3:.0f}), "
+            f"[Ub, I] block {block / MB:,.0f} MB, RSS rise {mem.delta / MB:,.0f} MB "
             f"-> {users:,} users in {n_batches * t:,.0f} s")
     return out
 
@@ -160,7 +161,8 @@ def markdown(res: dict) -> str:
     lines = [f"Command: `{env['command']}`", "",
              f"Machine: {env['cpus']} CPU cores (shared), {env['threads']} torch thread(s), torch {env['torch']}, "
              f"{env['processor']}.", "",
-             f"ML-100K test split (user-random, seed {env['seed']}), {m['users']} users x {m['items']} items, d={m['dim']}, "
+             f"ML-100K test split (user-random, seed {env['seed']}), {m['users']} users x {m['items']} items, "
+             f"d={m['dim']}, "
              f"user batch {m['user_batch']}, K={m['ks']}, {m['excluded_pairs']:,} train+val pairs excluded: "
              f"`full_ranking` {m['evaluator_s'] * 1e3:.1f} ms (median of {len(m['evaluator_s_all'])}), "
              f"{m['evaluator_users_per_s']:,.0f} users/s; matmul + mask + one `torch.topk` alone "
@@ -200,12 +202,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.full_r
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     res = {"environment": {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "command": prog + " " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": prog + " " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__, "python": platform.python_version(),
         "processor": _cpu_name(), "seed": a.seed}}
     ks = [int(k) for k in a.k.split(",")]
     res["ml100k"] = ml100k(a.data, a.dim, a.user_batch, ks, a.repeats, a.seed)
-    log(f"[ml100k] evaluator {res['ml100k']['evaluator_s'] * 1e3:.1f} ms, floor {res['ml100k']['floor_s'] * 1e3:.1f} ms")
+    m = res["ml100k"]
+    log(f"[ml100k] evaluator {m['evaluator_s'] * 1e3:.1f} ms, floor {m['floor_s'] * 1e3:.1f} ms")
     res["large"] = large(a.items, a.dim, [int(x) for x in a.user_batches.split(",")], a.seen, ks, a.repeats,
                          a.users, a.seed)
     (out / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")

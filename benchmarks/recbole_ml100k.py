@@ -78,7 +78,8 @@ def run_recbole(python: str, folder: Path, model: str, seed: int, files: bool, r
                 epochs: int | None, threads: int) -> dict:
     if result.exists():  # resume: a finished run is not trained again
         return json.loads(result.read_text())
-    cmd = [python, str(REPO / "benchmarks" / "external" / "recbole_runner.py"), "--data-dir", str(folder), "--model", model,
+    runner = REPO / "benchmarks" / "external" / "recbole_runner.py"
+    cmd = [python, str(runner), "--data-dir", str(folder), "--model", model,
            "--seed", str(seed), "--output", str(result), "--threads", str(threads)]
     if files:
         cmd.append("--benchmark-files")
