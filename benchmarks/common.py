@@ -178,3 +178,10 @@ def available_memory_bytes() -> int:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table as lines: ``header``, the rule, one line per row (cells already formatted;
+    a short row is padded with empty cells)."""
+    pad = [r + [""] * (len(header) - len(r)) for r in rows]
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in pad]
