@@ -87,7 +87,12 @@ class Builder:
         names = [t.name for t in ranked]
         input_dim = sum(int(e.output_dim) for e in encoders)
         task_inputs = self._check_task_inputs(encoders)
-        if cfg.backbone is None:
+        if cfg.backbone is None or not ranked:
+            if cfg.backbone is not None:  # e.g. a compare row that leaves only the retrieval task
+                import warnings
+
+                warnings.warn(f"model.backbone ({cfg.backbone['name']}) is not built: every task is a retrieval "
+                              "task, and retrieval tasks read the encoders directly.", UserWarning, stacklevel=2)
             backbone = NoBackbone()
         else:
             backbone = self.make("backbone", cfg.backbone, "model.backbone", input_dim=input_dim, task_names=names,

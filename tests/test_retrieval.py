@@ -244,3 +244,17 @@ def test_ranking_id_feature_must_be_categorical(ml100k):
 
     with pytest.raises(RecipeError, match=r"ranking.user_features\[0\].*must be categorical"):
         build_system(_recipe(ml100k, **{"ranking.user_features": ["age", "user_id", "gender"]}))
+
+
+def test_a_backbone_with_no_task_to_serve_is_not_built(ml100k):
+    """A compare row can leave only retrieval tasks in a recipe that names a backbone: it trains,
+    and says the backbone is not used (an MMoE with no task failed inside torch before)."""
+    from mtlframe.run import build_system
+
+    recipe = _recipe(ml100k, **{"tasks.like": None, "data.sampler.task": "watch",
+                                "model.backbone": {"name": "mmoe", "num_experts": 2, "expert_hidden": [8]}})
+    with pytest.warns(UserWarning, match=r"model.backbone \(mmoe\) is not built"):
+        dm, module, _ = build_system(recipe)
+    batch = {k: v[:16] for k, v in dm.columns["train"].items()}
+    sums, _ = module.task_loss_sums(batch, module.model(batch))
+    sums[0].backward()
