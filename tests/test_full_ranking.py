@@ -175,3 +175,24 @@ def test_ranking_split_positives_exclusions_and_unknown_users():
                               cat, "val", "watch")
     assert [val.exclude.indices[val.exclude.indptr[j]:val.exclude.indptr[j + 1]].tolist() for j in range(2)] == \
         [[0, 1], [1, 2]]  # validation: training items only
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_fast_path_equals_the_exact_tie_pass(seed):
+    """Rows without a tie across the K-th place take one topk(K + 1); the rest the exact pass.
+    Both give the same lists, ties by the lower column, excluded columns never, -1 padding."""
+    from mtlframe.ranking.evaluate import _ties_resolved, top_k
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 6, (64, 30), generator=g).float()      # many ties
+    scores[:20] += torch.rand(20, 30, generator=g)                   # rows without ties
+    exclude = torch.rand(64, 30, generator=g) < 0.3
+    exclude[5, :28] = True                                            # fewer allowed columns than k
+    for k in (1, 5, 10, 30, 35):
+        fast = top_k(scores, k, exclude)
+        kk = min(k, 30)
+        exact = _ties_resolved(scores.masked_fill(exclude, float("-inf")), ~exclude, k, kk)
+        assert torch.equal(fast, exact), k
+        picked = fast[fast >= 0]
+        rows = torch.nonzero(fast >= 0, as_tuple=True)[0]
+        assert not exclude[rows, picked].any()

@@ -151,6 +151,30 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     out = torch.full((n_users, k), -1, dtype=torch.long, device=scores.device)
     if kk == 0 or n_users == 0:
         return out
+    if kk == n_items:  # every column is in the list: the exact pass over all rows
+        out[:, :kk] = _ties_resolved(s, allowed, k, kk)[:, :kk]
+        return out
+    # fast path: one topk of kk + 1; a row whose kk-th and (kk+1)-th scores differ has exactly
+    # these kk columns, ordered here by (score desc, column asc); only rows tied across the
+    # boundary (or with fewer than kk allowed columns: -inf == -inf) take the exact pass
+    values, cols = torch.topk(s, kk + 1, dim=1, sorted=True)
+    boundary = values[:, kk - 1] == values[:, kk]
+    vals, cols = values[:, :kk], cols[:, :kk]
+    by_col = torch.sort(cols, dim=1).indices                     # columns ascending ...
+    vals, cols = torch.gather(vals, 1, by_col), torch.gather(cols, 1, by_col)
+    by_score = torch.sort(vals, dim=1, descending=True, stable=True).indices  # ... then scores, stable
+    out[:, :kk] = torch.gather(cols, 1, by_score)
+    tied_rows = torch.nonzero(boundary).flatten()
+    if len(tied_rows):
+        out[tied_rows] = _ties_resolved(s[tied_rows], None if allowed is None else allowed[tied_rows], k, kk)
+    return out
+
+
+def _ties_resolved(s: torch.Tensor, allowed: torch.Tensor | None, k: int, kk: int) -> torch.Tensor:
+    """:func:`top_k` of rows ``s [U', I]`` (excluded columns already ``-inf``) where ties may cross
+    the ``kk``-th place: the lowest columns among the tied ones fill the free places."""
+    n_users = s.shape[0]
+    out = torch.full((n_users, k), -1, dtype=torch.long, device=s.device)
     threshold = torch.topk(s, kk, dim=1, sorted=True).values[:, -1:]  # the kk-th best score of each row
     take = s > threshold
     tied = s == threshold
@@ -167,9 +191,9 @@ def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> 
     rows, cols = torch.nonzero(take, as_tuple=True)  # row-major: columns ascending within a row
     per_row = take.sum(1)
     first = torch.cumsum(per_row, 0) - per_row
-    slot = torch.arange(len(rows), device=scores.device) - first[rows]
+    slot = torch.arange(len(rows), device=s.device) - first[rows]
     out[rows, slot] = cols
-    ranked = torch.full((n_users, k), -math.inf, device=scores.device)
+    ranked = torch.full((n_users, k), -math.inf, device=s.device)
     ranked[rows, slot] = s[rows, cols]
     # stable: equal scores keep ascending columns; empty slots (-inf, at the end) stay last
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
