@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["History", "build_history", "split_ranks", "SPLIT_ORDER"]
 
@@ -99,6 +100,11 @@ def build_history(users: np.ndarray, times: np.ndarray, max_len: int, ranks: np.
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     if len(times) != n or (ranks is not None and len(ranks) != n):
         raise ValueError("users, times and ranks must have one entry per row")
+    missing = pd.isna(np.asarray(times))
+    if bool(np.any(missing)):  # NaN / NaT sorts last: the row would be "later" than all the user's others
+        rows = np.flatnonzero(missing)
+        raise ValueError(f"{len(rows)} missing timestamp(s) (rows {', '.join(str(int(r)) for r in rows[:5])}"
+                         f"{' ...' if len(rows) > 5 else ''}): a history cannot place those rows")
     dtype = np.int32 if n < 2**31 - 1 else np.int64
     positions = np.full((n, max_len), -1, dtype=dtype)
     lengths = np.zeros(n, dtype=np.int64)

@@ -915,6 +915,67 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                  + f" Encoded features: {', '.join(encoded) or 'none'}."))
     rank_by = ranking.get("rank_by")
     problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
+    problems += _sampler_side_problems(sampler, _sampler_factory(sampler), ranking, retrieval, data)
+
+
+def _sampler_factory(sampler: Any) -> Any:
+    if not (isinstance(sampler, dict) and isinstance(sampler.get("name"), str)):
+        return None
+    from mtlframe.registry import get_registry
+
+    try:
+        return get_registry().get("sampler", sampler["name"]).load()
+    except MTLFrameError:
+        return None  # reported at data.sampler.name
+
+
+def _sampler_side_problems(sampler: Any, factory: Any, ranking: dict, retrieval: list[str],
+                           data: dict) -> list[tuple[str, str]]:
+    """The sampler's id features must be the ``ranking`` sides' (a sampler that draws users
+    instead of items, or keeps the positive's item features on a negative row, trains silently
+    wrong); a data-side sampler must label a retrieval task's rows; a history is user side."""
+    problems: list[tuple[str, str]] = []
+    users = ranking.get("user_features") if isinstance(ranking.get("user_features"), list) else []
+    items = ranking.get("item_features") if isinstance(ranking.get("item_features"), list) else []
+    seqs = (data.get("data") or {}).get("sequences") if isinstance(data.get("data"), dict) else None
+    for j, f in enumerate(items):
+        if isinstance(seqs, dict) and f in seqs:
+            problems.append((f"ranking.item_features[{j}]", f"'{f}' is a sequence (a behaviour history), which "
+                                                            "describes a user, not an item: list it in "
+                                                            "ranking.user_features."))
+    if factory is None or not isinstance(sampler, dict) or not items:
+        return problems
+    item_id, user_id = items[0], users[0] if users else None
+    if getattr(factory, "side", "data") == "model":
+        got = sampler.get("item_feature")
+        if isinstance(got, str) and got != item_id:
+            problems.append(("data.sampler.item_feature", f"'{got}' is not the item id feature of the ranking "
+                                                          f"section ('{item_id}', the first of "
+                                                          f"ranking.item_features): the negatives and the logQ "
+                                                          f"correction are per item. Set item_feature: {item_id}."))
+        return problems
+    if not getattr(factory, "resamples", True):
+        return problems
+    got_items, got_user, task = sampler.get("item_features"), sampler.get("user_feature"), sampler.get("task")
+    if isinstance(got_items, list) and got_items:
+        if got_items[0] != item_id:
+            problems.append(("data.sampler.item_features[0]", f"'{got_items[0]}' is not the item id feature of "
+                                                              f"the ranking section ('{item_id}'): put it first."))
+        missing = [f for f in items if f not in got_items]
+        if missing:
+            problems.append(("data.sampler.item_features", f"{', '.join(map(repr, missing))} of "
+                                                           "ranking.item_features are missing: a negative row would "
+                                                           "keep the positive item's values of them. List every "
+                                                           f"item-side feature: {items}."))
+    if isinstance(got_user, str) and user_id is not None and got_user != user_id:
+        problems.append(("data.sampler.user_feature", f"'{got_user}' is not the user id feature of the ranking "
+                                                      f"section ('{user_id}', the first of ranking.user_features)."))
+    if retrieval and isinstance(task, str) and task not in retrieval:
+        problems.append(("data.sampler.task", f"the sampled negatives go to '{task}', so retrieval task"
+                                              f"{'s' if len(retrieval) > 1 else ''} {', '.join(map(repr, retrieval))} "
+                                              "would learn from positives only: set task to the retrieval task, or "
+                                              "use a model-side sampler (in-batch, mixed)."))
+    return problems
 
 
 #: task types whose prediction is a probability that ``ranking.rank_by`` can fuse (retrieval: the

@@ -601,7 +601,10 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
     seconds = time.perf_counter() - start
     if output is not None:
         write_table(frame, output)
-    empty = int((where_split[known] > 0).sum())
+    # known users without a training row (their latest row may be in val/test either way)
+    train_keys = row_keys["train"]
+    train_keys = train_keys[np.array([k is not None for k in train_keys], dtype=bool)].astype(str)
+    empty = int((~np.isin(keys[known].astype(str), train_keys)).sum())
     return RecommendResult(Path(output) if output is not None else None, frame, len(keys), len(known), empty,
                            len(unknown), short, n_items, distinct, seconds,
                            use_retrieval, candidates if use_retrieval else n_items, rank_by, repeats)

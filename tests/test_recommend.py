@@ -174,7 +174,7 @@ def _train(folder, name, **parts):
 
 @pytest.fixture(scope="session")
 def multi_ckpt(rec_data):
-    return _train(rec_data[0], "multi", sampled="like", rank_by="{watch: 1.0, like: 0.5}",
+    return _train(rec_data[0], "multi", sampled="watch", rank_by="{watch: 1.0, like: 0.5}",
                   tasks="  watch: {type: retrieval, label: watch, dim: 8}\n  like: {type: binary, label: like}",
                   backbone="  backbone: {name: shared-bottom, hidden: [8]}")
 
@@ -291,6 +291,11 @@ def test_a_user_with_no_training_row_is_ranked_from_their_test_row_without_their
     result = recommend(multi_ckpt, _users(tmp_path, [999]), k=30, progress=False)
     recs = result.frame
     assert (result.model_users, result.empty_history, result.popularity_users) == (1, 1, 0)
+    # users with training rows are not counted, even when their latest row is in val/test: the time
+    # split's first 258 of 322 rows are training rows, so user 32 (rows 256-263) has two and
+    # users 33-35 (rows 264-287) and 999 none
+    mixed = recommend(multi_ckpt, _users(tmp_path, [0, 999, *range(30, 36)]), k=5, progress=False)
+    assert (mixed.model_users, mixed.empty_history) == (8, 4)
     assert (recs["source"] == "model").all()
     assert not {3, 7} & set(recs["item"].astype(int))     # their two (test) rows' items
     assert len(recs) == 28 and result.short_lists == 1     # 30 items, 2 seen: 28 left
@@ -321,7 +326,7 @@ def test_recipe_validation_refuses_a_regression_task_in_rank_by(rec_data):
     from mtlframe.recipe import load_recipe
 
     folder, _ = rec_data
-    text = RECIPE.format(csv=folder / "d.csv", sampled="like", rank_by="{watch: 1.0, rating: 1.0}",
+    text = RECIPE.format(csv=folder / "d.csv", sampled="watch", rank_by="{watch: 1.0, rating: 1.0}",
                          tasks="  watch: {type: retrieval, label: watch}\n  like: {type: binary, label: like}\n"
                                "  rating: {type: regression, label: like}",
                          backbone="  backbone: {name: shared-bottom, hidden: [8]}")

@@ -133,7 +133,7 @@ def _recipe(ml100k, **over):
         "seed": 3,
         "data": {"dataset": {"name": "movielens-100k", "path": str(ml100k)},
                  "split": {"name": "random", "val": 0.1, "test": 0.1}, "batch_size": 512,
-                 "sampler": {"name": "uniform-negatives", "task": "like", "item_features": ["item_id", "genres"],
+                 "sampler": {"name": "uniform-negatives", "task": "watch", "item_features": ["item_id", "genres"],
                              "user_feature": "user_id"}},
         "ranking": {"user_features": ["user_id", "gender", "age"], "item_features": ["item_id", "genres"]},
         "tasks": {"watch": {"type": "retrieval", "label": "watch", "dim": 8},
@@ -243,7 +243,8 @@ def test_ranking_id_feature_must_be_categorical(ml100k):
     from mtlframe.run import build_system
 
     with pytest.raises(RecipeError, match=r"ranking.user_features\[0\].*must be categorical"):
-        build_system(_recipe(ml100k, **{"ranking.user_features": ["age", "user_id", "gender"]}))
+        build_system(_recipe(ml100k, **{"ranking.user_features": ["age", "user_id", "gender"],
+                                        "data.sampler": {"name": "in-batch", "item_feature": "item_id"}}))
 
 
 def test_a_backbone_with_no_task_to_serve_is_not_built(ml100k):
@@ -258,3 +259,27 @@ def test_a_backbone_with_no_task_to_serve_is_not_built(ml100k):
     batch = {k: v[:16] for k, v in dm.columns["train"].items()}
     sums, _ = module.task_loss_sums(batch, module.model(batch))
     sums[0].backward()
+
+
+@pytest.mark.parametrize("over, key, words", [
+    ({"data.sampler": {"name": "in-batch", "item_feature": "user_id"}}, "data.sampler.item_feature",
+     "not the item id feature"),
+    ({"data.sampler.item_features": ["user_id", "genres"], "data.sampler.user_feature": "item_id"},
+     r"data.sampler.item_features\[0\]", "put it first"),
+    ({"data.sampler.item_features": ["item_id"]}, "data.sampler.item_features", "keep the positive item's values"),
+    ({"data.sampler.user_feature": "gender"}, "data.sampler.user_feature", "not the user id feature"),
+])
+def test_a_sampler_must_draw_the_ranking_sides_ids(ml100k, over, key, words):
+    """A sampler drawing users as items, or keeping the positive item's features on a negative
+    row, trained silently wrong before (hit@10 0.35 instead of 0.66 on ML-100K)."""
+    with pytest.raises(RecipeError, match=key) as err:
+        _recipe(ml100k, **over)
+    assert words in str(err.value)
+
+
+def test_a_data_side_sampler_must_label_the_retrieval_task(ml100k):
+    """With `task: like`, the retrieval task got no negative at all (only positives): refused, as
+    `sampler: none` is."""
+    with pytest.raises(RecipeError, match="data.sampler.task") as err:
+        _recipe(ml100k, **{"data.sampler.task": "like"})
+    assert "would learn from positives only" in str(err.value)
