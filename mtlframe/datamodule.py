@@ -433,6 +433,10 @@ class RecDataModule(pl.LightningDataModule):
                     + near_hint(closest(seq.share_with, categorical), ".")
                     + f" Categorical features: {', '.join(categorical) or 'none'}. The history shares that "
                     "feature's codes and embedding table, so an encoder must read it.")))
+            if seq.of and seq.share_with and seq.of != seq.share_with and seq.of in categorical:
+                problems.append((f"data.sequences.{col}.share_with", (
+                    f"the history holds values of '{seq.of}' (data.sequences.{col}.of) but would be looked up in "
+                    f"'{seq.share_with}''s codes and table: set share_with: {seq.of}.")))
             specs[col] = SequenceSpec(max_len=seq.max_len, share_with=seq.share_with, fields=tuple(seq.fields),
                                       of=seq.of, user=table.user if seq.of else None,
                                       timestamp=table.timestamp if seq.of else None)

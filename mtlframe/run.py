@@ -1091,8 +1091,12 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
         else:
             data = apply_overrides(data, overrides)
         recipe = recipe_from_dict(data, recipe.source, override_lines({}, overrides))
+    trained_path = loaded.recipe.config.data.dataset.get("path")
     saved_path = recipe.config.data.dataset.get("path")
     if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
+        if saved_path != trained_path:  # the path given on the command line
+            raise DataError(f"the data path given to {command}, {saved_path}, does not exist; {checkpoint} was "
+                            f"trained on data at {trained_path}.")
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
                         f"deleted?); point {command} at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)

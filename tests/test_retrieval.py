@@ -283,3 +283,24 @@ def test_a_data_side_sampler_must_label_the_retrieval_task(ml100k):
     with pytest.raises(RecipeError, match="data.sampler.task") as err:
         _recipe(ml100k, **{"data.sampler.task": "like"})
     assert "would learn from positives only" in str(err.value)
+
+
+def test_a_history_shares_the_table_of_the_column_it_is_built_of(ml100k):
+    """`of: item_id, share_with: user_id` looked item ids up in the user table, silently."""
+    from mtlframe.run import build_system
+
+    recipe = _recipe(ml100k, **{"data.sequences": {"hist": {"of": "item_id", "share_with": "user_id", "max_len": 5}},
+                                "model.encoders": [{"name": "embedding", "features": ["user_id", "item_id", "gender",
+                                                                                      "genres"], "dim": 8},
+                                                   {"name": "numeric", "features": ["age"]},
+                                                   {"name": "sequence-pool", "features": ["hist"], "dim": 8}]})
+    with pytest.raises(RecipeError, match=r"data.sequences.hist.share_with.*holds values of 'item_id'.*"
+                                          r"set share_with: item_id"):
+        build_system(recipe)
+
+
+def test_a_history_is_never_an_item_side_feature(ml100k):
+    with pytest.raises(RecipeError, match=r"ranking.item_features\[1\].*describes a user"):
+        _recipe(ml100k, **{"data.sequences": {"hist": {"of": "item_id", "share_with": "item_id"}},
+                           "ranking.item_features": ["item_id", "hist"],
+                           "data.sampler": {"name": "in-batch", "item_feature": "item_id"}})

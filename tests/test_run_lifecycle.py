@@ -454,6 +454,10 @@ def test_evaluate_on_moved_data(csv_run, tmp_path, capsys):
         with pytest.raises(MTLFrameError, match=r"trained on data at .*data\.csv, which does not exist .* "
                                                 r"--data-path NEW_PATH"):
             run_mod.evaluate(result.best_checkpoint, accelerator="cpu")
+        # a wrong new path is named as the path given, beside the path of training
+        with pytest.raises(MTLFrameError, match=r"the data path given to evaluate, .*nowhere\.csv, does not exist; "
+                                                r".* trained on data at .*data\.csv"):
+            run_mod.evaluate(result.best_checkpoint, accelerator="cpu", data_path=tmp_path / "nowhere.csv")
         scores = run_mod.evaluate(result.best_checkpoint, accelerator="cpu", data_path=moved)
         assert scores["task_0"]["rmse"] == pytest.approx(result.metrics["test"]["task_0"]["rmse"], abs=1e-6)
         out_json = tmp_path / "m.json"
