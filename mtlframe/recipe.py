@@ -913,9 +913,38 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                 problems.append((f"ranking.{side}[{j}]", f"'{f}' is not a feature of the model's encoders"
                                  + near_hint(closest(f, encoded), ".")
                                  + f" Encoded features: {', '.join(encoded) or 'none'}."))
+    problems += _id_feature_problems(ranking, model)
     rank_by = ranking.get("rank_by")
     problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
     problems += _sampler_side_problems(sampler, _sampler_factory(sampler), ranking, retrieval, data)
+
+
+def _id_feature_problems(ranking: dict, model: dict) -> list[tuple[str, str]]:
+    """The first feature of each side identifies users (items): it must be read by an encoder of
+    categorical features (found before any data is read, as ``train`` would find it after)."""
+    from mtlframe.registry import get_registry
+
+    problems = []
+    encoders = model.get("encoders") if isinstance(model.get("encoders"), list) else []
+    for side in ("user_features", "item_features"):
+        feats = ranking.get(side)
+        if not (isinstance(feats, list) and feats and isinstance(feats[0], str)):
+            continue
+        for enc in encoders:
+            if not (isinstance(enc, dict) and feats[0] in (enc.get("features") or [])
+                    and isinstance(enc.get("name"), str)):
+                continue
+            try:
+                accepts = getattr(get_registry().get("encoder", enc["name"]).load(), "accepts", frozenset())
+            except MTLFrameError:
+                break  # reported at the encoder's name
+            if accepts and "categorical" not in accepts:
+                problems.append((f"ranking.{side}[0]", f"the first {side.split('_')[0]} feature is the id feature and "
+                                                       f"must be categorical; '{feats[0]}' is read by encoder "
+                                                       f"'{enc['name']}' ({', '.join(sorted(accepts))}). Put the id "
+                                                       "column first."))
+            break
+    return problems
 
 
 def _sampler_factory(sampler: Any) -> Any:
@@ -947,6 +976,12 @@ def _sampler_side_problems(sampler: Any, factory: Any, ranking: dict, retrieval:
         return problems
     item_id, user_id = items[0], users[0] if users else None
     if getattr(factory, "side", "data") == "model":
+        batch = (data.get("data") or {}).get("batch_size", 1024)
+        if retrieval and not getattr(factory, "draws_extra", False) and isinstance(batch, int) and batch < 2:
+            problems.append(("data.batch_size", f"sampler '{sampler.get('name')}' takes each row's negatives from "
+                                                "the other rows of its batch, and a batch of 1 has none (the loss "
+                                                "would be 0): use a batch of at least 2 (hundreds are usual), or "
+                                                "the mixed sampler."))
         got = sampler.get("item_feature")
         if isinstance(got, str) and got != item_id:
             problems.append(("data.sampler.item_feature", f"'{got}' is not the item id feature of the ranking "

@@ -240,11 +240,17 @@ def test_ranking_recipe_mistakes_are_named(ml100k, over, key, words):
 
 
 def test_ranking_id_feature_must_be_categorical(ml100k):
-    from mtlframe.run import build_system
+    """Found by `recipe validate` (before any data is read), not only by `train`."""
+    with pytest.raises(RecipeError, match=r"ranking.user_features\[0\].*must be categorical.*'numeric'"):
+        _recipe(ml100k, **{"ranking.user_features": ["age", "user_id", "gender"],
+                           "data.sampler": {"name": "in-batch", "item_feature": "item_id"}})
 
-    with pytest.raises(RecipeError, match=r"ranking.user_features\[0\].*must be categorical"):
-        build_system(_recipe(ml100k, **{"ranking.user_features": ["age", "user_id", "gender"],
-                                        "data.sampler": {"name": "in-batch", "item_feature": "item_id"}}))
+
+def test_in_batch_negatives_need_two_rows_a_batch(ml100k):
+    """A batch of one row has no in-batch negative: the loss was 0 at every step, silently."""
+    with pytest.raises(RecipeError, match=r"data.batch_size.*a batch of 1 has none"):
+        _recipe(ml100k, **{"data.batch_size": 1, "data.sampler": {"name": "in-batch", "item_feature": "item_id"}})
+    _recipe(ml100k, **{"data.batch_size": 1, "data.sampler": {"name": "mixed", "item_feature": "item_id"}})
 
 
 def test_a_backbone_with_no_task_to_serve_is_not_built(ml100k):

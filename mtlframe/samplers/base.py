@@ -105,6 +105,9 @@ class ModelSideSampler(Sampler):
 
     side = "model"
     resamples = False
+    #: whether :meth:`negatives` draws items beyond the batch's own (``mixed``); without them a
+    #: row's only negatives are the other rows' items, so a batch needs at least two rows
+    draws_extra: ClassVar[bool] = False
     #: the registered name, used in error messages
     component: ClassVar[str] = "sampler"
 

@@ -61,6 +61,7 @@ class Mixed(ModelSideSampler):
     """
 
     component = "mixed"
+    draws_extra = True
 
     def __init__(self, item_feature: str, num_negatives: int = 256, alpha: float = 0.0,
                  log_q_correction: bool = True, *,
