@@ -41,6 +41,13 @@ def _rows_of(v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out.t().contiguous()
 
 
+def id_codes(column: object) -> torch.Tensor:
+    """A preprocessed id column (categorical codes; a tensor or a numpy array) as int64 ``[N]``."""
+    import numpy as np
+
+    return torch.as_tensor(np.asarray(column)).reshape(-1).long()
+
+
 def take(columns: Mapping[str, torch.Tensor], index: torch.Tensor) -> Columns:
     """Rows ``index`` of every column (one ``index_select`` per column, or per feature of a
     feature-major column); the results are contiguous."""

@@ -1,7 +1,6 @@
 """The item catalogue: one model-ready row per item, for scoring items a user never interacted with."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -86,9 +85,3 @@ class Catalogue:
             out = {k: v.to(device) for k, v in out.items()}
         return out
 
-
-def item_codes(columns: Mapping[str, object], feature: str) -> torch.Tensor:
-    """A split's encoded codes of an id feature as int64 ``[N]`` (from the preprocessed columns)."""
-    import numpy as np
-
-    return torch.as_tensor(np.asarray(columns[feature])).reshape(-1).long()

@@ -619,7 +619,7 @@ class RecDataModule(pl.LightningDataModule):
         ranking = self.recipe.config.ranking
         if ranking is None:
             return
-        from mtlframe.catalogue import item_codes
+        from mtlframe.batching import id_codes
 
         info = self.feature_info()
         problems = []
@@ -632,8 +632,8 @@ class RecDataModule(pl.LightningDataModule):
                                               "id column first."))
         if problems:
             raise RecipeError(problems, self.recipe.source, self.recipe.lines)
-        self.ids = {k: {"user": item_codes(cols, ranking.user_features[0]),
-                        "item": item_codes(cols, ranking.item_features[0])}
+        self.ids = {k: {"user": id_codes(cols[ranking.user_features[0]]),
+                        "item": id_codes(cols[ranking.item_features[0]])}
                     for k, cols in self.splits.items() if ranking.user_features[0] in cols}
 
     def ranking_split(self, split: str, task: str):

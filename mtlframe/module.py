@@ -173,7 +173,6 @@ class MultiTaskModule(pl.LightningModule):
         self.catalogue = catalogue
         self.negative_sampler = sampler if getattr(sampler, "side", "data") == "model" else None
         self._negative_generator = torch.Generator().manual_seed(int(seed))
-        self._catalogue_device: tuple[torch.device, dict[str, torch.Tensor]] | None = None
 
     def set_full_ranking(self, splits: Any = None) -> None:
         """Give the module its retrieval tasks' evaluation data: ``splits(stage, task)`` returns

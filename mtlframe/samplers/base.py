@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
+from mtlframe.batching import id_codes
 from mtlframe.errors import ArgumentError, DataError
 from mtlframe.features import FeatureInfo, TaskSpec
 
@@ -136,7 +136,7 @@ class ModelSideSampler(Sampler):
         if self.item_feature not in train:
             raise DataError(f"{self.component}: the training split has no column '{self.item_feature}' "
                             "(data.sampler.item_feature): name the item id feature.")
-        codes = torch.as_tensor(np.asarray(train[self.item_feature])).reshape(-1).long()
+        codes = id_codes(train[self.item_feature])
         if not len(codes):
             raise DataError(f"{self.component}: the training split is empty; there are no items to sample.")
         lo, hi = int(codes.min()), int(codes.max())

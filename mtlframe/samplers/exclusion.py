@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mtlframe.batching import id_codes as codes
 from mtlframe.errors import ArgumentError, DataError
 from mtlframe.features import FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.samplers.base import EpochSample, Sampler
@@ -24,11 +25,6 @@ from mtlframe.samplers.base import EpochSample, Sampler
 
 #: task types whose label 1 marks an interaction, so that a sampled row is a 0 of that task
 IMPLICIT_TYPES: tuple[str, ...] = ("binary", "retrieval")
-
-
-def codes(column: Any) -> torch.Tensor:
-    """A preprocessed id column (tensor or numpy array) as ``int64 [N]``."""
-    return torch.as_tensor(np.asarray(column)).reshape(-1).long()
 
 
 def integer_weights(weights: torch.Tensor) -> torch.Tensor:
