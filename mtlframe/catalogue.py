@@ -37,6 +37,7 @@ class Catalogue:
     columns: Columns
     counts: torch.Tensor
     _position: torch.Tensor | None = field(default=None, repr=False)
+    _on: tuple | None = field(default=None, repr=False)   # (device, positions, columns) of rows_on
 
     @classmethod
     def from_training(cls, user_feature: str, item_feature: str, item_codes: torch.Tensor, columns: Columns,
@@ -77,6 +78,18 @@ class Catalogue:
         if bool((pos < 0).any()):
             raise KeyError(f"item codes not in the catalogue: {torch.as_tensor(codes)[pos < 0][:5].tolist()}")
         return self.take(pos, device)
+
+    def rows_on(self, codes: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """:meth:`rows` for a training step: the catalogue's columns and code -> position table are
+        copied to ``device`` once and gathered there (no host round trip per call). ``codes`` must
+        be catalogue items (a model-side sampler draws only those); no check is made."""
+        device = torch.device(device)
+        if self._on is None or self._on[0] != device:
+            self.positions(torch.zeros(0, dtype=torch.long))          # builds the position table
+            self._on = (device, self._position.to(device), {k: v.to(device) for k, v in self.columns.items()})
+        _, position, columns = self._on
+        pos = position[codes.to(device).long()]
+        return {k: v.index_select(0, pos) for k, v in columns.items()}
 
     def take(self, positions: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
         """Model-ready columns of catalogue positions ``[M]`` (on ``device`` when given)."""

@@ -236,7 +236,7 @@ class MultiTaskModule(pl.LightningModule):
         v_extra = extra = log_q_extra = None
         if neg.extra.numel():
             extra = neg.extra.to(u.device)
-            cols = self.catalogue.rows(neg.extra, device=u.device)
+            cols = self.catalogue.rows_on(neg.extra, u.device)
             v_extra = head.item_vectors(self.model.encode(cols))   # (M, d)
             log_q_extra = neg.log_q_extra.to(u.device)
         log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device)

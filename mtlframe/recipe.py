@@ -888,20 +888,15 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                                 "genres]}` (the first of each is the id feature)."))
     # no sampler is the `none` sampler: the same verdict as for the resolved recipe a checkpoint saves
     sampler = data["data"].get("sampler", {"name": "none"}) if isinstance(data.get("data"), dict) else None
-    if retrieval and isinstance(sampler, dict) and isinstance(sampler.get("name"), str):
-        from mtlframe.registry import get_registry
-
-        try:
-            factory = get_registry().get("sampler", sampler["name"]).load()
-        except MTLFrameError:
-            factory = None  # reported at data.sampler.name
-        if factory is not None and getattr(factory, "side", "data") != "model" and not getattr(factory, "resamples", True):
-            problems.append(("data.sampler", f"retrieval task{'s' if len(retrieval) > 1 else ''} "
-                                             f"{', '.join(map(repr, retrieval))} learn{'' if len(retrieval) > 1 else 's'} "
-                                             f"from negatives, and sampler '{sampler['name']}' gives none: use a "
-                                             "model-side sampler (`sampler: {name: in-batch, item_feature: item_id}` "
-                                             "or `mixed`: a sampled softmax) or a data-side one (`uniform-negatives`, "
-                                             "`popularity-negatives`: pointwise, sampled rows labelled 0)."))
+    factory = _sampler_factory(sampler)
+    if (retrieval and factory is not None and getattr(factory, "side", "data") != "model"
+            and not getattr(factory, "resamples", True)):
+        problems.append(("data.sampler", f"retrieval task{'s' if len(retrieval) > 1 else ''} "
+                                         f"{', '.join(map(repr, retrieval))} learn{'' if len(retrieval) > 1 else 's'} "
+                                         f"from negatives, and sampler '{sampler['name']}' gives none: use a "
+                                         "model-side sampler (`sampler: {name: in-batch, item_feature: item_id}` "
+                                         "or `mixed`: a sampled softmax) or a data-side one (`uniform-negatives`, "
+                                         "`popularity-negatives`: pointwise, sampled rows labelled 0)."))
     if ranking is None:
         return
     encoded = [f for enc in (model.get("encoders") if isinstance(model.get("encoders"), list) else [])
@@ -916,7 +911,7 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
     problems += _id_feature_problems(ranking, model)
     rank_by = ranking.get("rank_by")
     problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
-    problems += _sampler_side_problems(sampler, _sampler_factory(sampler), ranking, retrieval, data)
+    problems += _sampler_side_problems(sampler, factory, ranking, retrieval, data)
 
 
 def _id_feature_problems(ranking: dict, model: dict) -> list[tuple[str, str]]:

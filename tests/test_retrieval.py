@@ -120,6 +120,7 @@ def test_catalogue_first_training_row_per_item_and_counts():
     assert cat.counts.tolist() == [1, 2, 0, 3, 1, 0]
     assert cat.positions(torch.tensor([4, 2, 1, 9])).tolist() == [2, -1, 0, -1]
     assert cat.rows(torch.tensor([4, 4, 1]))["x"].tolist() == [40, 40, 10]
+    assert cat.rows_on(torch.tensor([4, 4, 1]), torch.device("cpu"))["x"].tolist() == [40, 40, 10]  # the step's path
     with pytest.raises(KeyError, match="2"):
         cat.rows(torch.tensor([2]))
 
