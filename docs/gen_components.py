@@ -48,6 +48,14 @@ KIND_INTRO = {
 }
 
 
+def _hook_intro(hook: str) -> str:
+    """The first sentence of a hook's docstring in ``mtlframe/hookspecs.py``: the intro of a kind that
+    ``KIND_INTRO`` does not describe (yet), so that every kind of the registry gets a section."""
+    from mtlframe import hookspecs
+
+    return _first_sentence(_rst_to_md((getattr(hookspecs, hook).__doc__ or "").split("\n\n")[0]))
+
+
 def _plugin_modules() -> list[Any]:
     mods = []
     for plugin_py in sorted(REPO.glob("plugins/*/src/*/plugin.py")):
@@ -132,7 +140,7 @@ def _annotation(param: inspect.Parameter) -> str:
     if ann is inspect.Parameter.empty:
         return ""
     text = ann if isinstance(ann, str) else inspect.formatannotation(ann)
-    return f"`{text.replace('|', '&#124;')}`"
+    return "`" + text.replace("|", "\\|") + "`"
 
 
 def parameters(factory: Any) -> list[tuple[str, str, str, str]]:
@@ -146,7 +154,7 @@ def parameters(factory: Any) -> list[tuple[str, str, str, str]]:
     for name, p in inspect.signature(target).parameters.items():
         if name in ("self", "name") or name in injected or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
-        rows.append((name, _annotation(p), _default(p.default), docs.get(name, "").replace("|", "&#124;")))
+        rows.append((name, _annotation(p), _default(p.default), docs.get(name, "").replace("|", "\\|")))
     return rows
 
 
@@ -164,7 +172,7 @@ def render() -> str:
            "and the docstrings; do not edit by hand.", ""]
     out += ["Kinds: " + ", ".join(f"[{k}s](#{k}s)" for k in KINDS) + ".", ""]
     for kind in KINDS:
-        out += [f"## {kind}s", "", KIND_INTRO[kind], ""]
+        out += [f"## {kind}s", "", KIND_INTRO.get(kind) or _hook_intro(KINDS[kind]), ""]
         for comp in reg.all(kind):
             factory = comp.load()
             module = importlib.import_module(getattr(factory, "__module__", None) or type(factory).__module__)

@@ -201,9 +201,13 @@ class SplitConfig(_Strict):
     last row is test, the one before validation (``val`` / ``test`` do not apply).
     See :func:`mtlframe.datamodule.split_indices`."""
 
+    #: the split method (above)
     name: Literal["random", "user-random", "leave-last-out", "time", "cold-start"] = "random"
+    #: fraction of the rows (``user-random``: of each user's rows) for validation; ``val + test < 1``
     val: float = Field(0.1, ge=0.0, lt=1.0)
+    #: fraction of the rows (``user-random``: of each user's rows) for test
     test: float = Field(0.1, ge=0.0, lt=1.0)
+    #: ``cold-start``: fraction of the items held out, with all their rows, as the test split
     cold_items: float = Field(0.1, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -246,10 +250,18 @@ class SequenceConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    """The data: which dataset, how it is split into training / validation / test, batching, the
+    training sampler and preprocessing (vocabularies, missing values, clipping, sequences)."""
+
+    #: a dataset component, ``{name: movielens-100k, path: ...}``
     dataset: Component
     split: SplitConfig = SplitConfig()
+    #: training batch size (rows)
     batch_size: int = Field(1024, ge=1)
+    #: validation / test / predict batch size (``None``: ``max(batch_size, 4096)``)
     eval_batch_size: int | None = Field(None, ge=1)
+    #: a sampler component: negatives for training (data-side) or a retrieval task's sampled softmax
+    #: (model-side); see ``docs/ranking.md``
     sampler: Component = {"name": "none"}
     min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
     #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
@@ -311,9 +323,17 @@ RETRIEVAL_KEYS = ("dim", "similarity", "temperature")
 
 
 class TaskConfig(_Strict):
+    """One task (``tasks.<task>``, named by its key): its label column, type, loss weight and metrics."""
+
+    #: ``binary`` (logloss), ``regression`` (MSE), ``multiclass`` (cross-entropy) or ``retrieval`` (a two-tower
+    #: score of the row's user and item, evaluated by full ranking; see ``docs/retrieval.md``)
     type: Literal["binary", "regression", "multiclass", "retrieval"]
+    #: the label column of the dataset
     label: str
+    #: static loss weight (the ``static`` combiner; a prior for the others)
     weight: float = Field(1.0, ge=0.0)
+    #: metric names, the first is the task's primary metric (``None``: by type, binary ``[auc, logloss]``,
+    #: regression ``[rmse, mae]``, multiclass ``[accuracy, logloss]``, retrieval the full-ranking metrics)
     metrics: list[str] | None = None
     #: label value that means "no label" (e.g. -1): those rows are masked like an empty label
     missing_label: Union[float, str, None] = None
@@ -352,19 +372,30 @@ class TaskConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The model: encoders (columns -> ``x [B, D]``), a backbone shared by the tasks, and towers."""
+
+    #: encoder components; their outputs are concatenated into ``x [B, D]``
     encoders: list[Component] = Field(min_length=1)
     #: serves the non-retrieval tasks; may be left out when every task is a retrieval task
     backbone: Component | None = None
+    #: the tower component of every task (a retrieval task builds it twice: user and item tower)
     tower: Component = {"name": "mlp"}
+    #: ``{task: tower component}``: a different tower for one task
     towers: dict[str, Component] = {}
-    #: which parameters gradient-level combiners balance (see docs/combiners.md)
+    #: which parameters gradient-level combiners balance (see ``docs/recipes.md``)
     shared: Literal["encoders+backbone", "backbone", "encoders"] = "encoders+backbone"
 
 
 class OptimizerConfig(_Strict):
+    """The optimizer of the dense parameters (sparse embedding tables: ``sparse_optimizer``)."""
+
+    #: the torch optimizer
     name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    #: learning rate
     lr: float = Field(1e-3, gt=0)
+    #: L2 penalty (AdamW: decoupled weight decay)
     weight_decay: float = Field(0.0, ge=0)
+    #: SGD momentum
     momentum: float = Field(0.0, ge=0)
     #: Adam/AdamW's fused kernel (one kernel for all parameters; CPU and CUDA). None = when supported.
     fused: bool | None = None
@@ -379,9 +410,13 @@ class OptimizerConfig(_Strict):
 class CompileConfig(_Strict):
     """``torch.compile`` options for ``trainer.compile`` (see ``torch.compile``)."""
 
+    #: ``torch.compile``'s ``mode``
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    #: ``torch.compile``'s ``dynamic`` (``None``: detect dynamic shapes)
     dynamic: bool | None = None
+    #: ``torch.compile``'s ``fullgraph`` (``true``: a graph break is an error)
     fullgraph: bool = False
+    #: ``torch.compile``'s ``backend``
     backend: str = "inductor"
 
 
@@ -391,20 +426,38 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 
 
 class TrainerConfig(_Strict):
+    """Lightning ``Trainer`` arguments (passed through; see Lightning's documentation), plus mtlframe's
+    own ``nan_loss``, ``compile`` and ``memory_warn_fraction``."""
+
+    #: epochs to train (fewer when early stopping or ``max_steps`` stops first)
     max_epochs: int = Field(10, ge=1)
+    #: optimizer steps to train (``-1``: no limit)
     max_steps: int = -1
+    #: ``cpu``, ``gpu``, ``cuda``, ``mps`` or ``auto``
     accelerator: str = "auto"
+    #: number of devices, a list of device indices, or ``auto``
     devices: Union[int, str, list[int]] = "auto"
+    #: Lightning strategy (``ddp``, ...; ``auto``: DDP on several devices)
     strategy: str = "auto"
+    #: machines taking part in multi-node training
     num_nodes: int = Field(1, ge=1)
+    #: Lightning precision (``32-true``, ``16-mixed``, ``bf16-mixed``, ...)
     precision: Union[int, str] = "32-true"
+    #: clip the gradient norm to this value (``None``: no clipping)
     gradient_clip_val: float | None = None
+    #: batches whose gradients are summed before each optimizer step
     accumulate_grad_batches: int = Field(1, ge=1)
+    #: training values are logged every this many steps
     log_every_n_steps: int = Field(50, ge=1)
+    #: use deterministic torch algorithms (slower; reproducible on GPU)
     deterministic: bool = False
+    #: training batches per epoch: a count, or a fraction of the epoch (``None``: all)
     limit_train_batches: Union[int, float, None] = None
+    #: validation batches per validation: a count or a fraction (``None``: all)
     limit_val_batches: Union[int, float, None] = None
+    #: validate every this many training batches (int) or this fraction of an epoch (float; ``None``: once per epoch)
     val_check_interval: Union[int, float, None] = None
+    #: a live progress bar in a terminal (to a file or pipe: one line per epoch with its validation metrics)
     enable_progress_bar: bool = True
     #: a NaN or infinite training loss: ``stop`` the run (an error naming the task and the step) or
     #: ``skip`` the step on every process (counted, logged as ``train/skipped_steps``)
@@ -440,8 +493,14 @@ class TrainerConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
+    """Which checkpoint is ``checkpoints/best.ckpt`` (the one ``evaluate``, ``predict`` and the test split use)."""
+
+    #: ``auto`` (``val/score``, the mean of the tasks' primary validation metrics, negated where lower is
+    #: better), a logged value (``val/like/auc``) or a task name (its primary validation metric)
     monitor: str = "auto"
+    #: ``min`` or ``max`` (``auto``: from the monitored metric's direction)
     mode: Literal["auto", "min", "max"] = "auto"
+    #: checkpoints kept: the k best, or ``-1`` for all (0 is refused)
     save_top_k: int = Field(1, ge=-1)
     #: also keep ``best-<task>.ckpt``, the best by each task's primary validation metric
     per_task: bool = False
@@ -456,15 +515,28 @@ class CheckpointConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
+    """Stop training when the monitored validation value stops improving (``None``: off); see
+    ``docs/recipes.md``."""
+
+    #: ``auto`` / ``val/score``, a logged ``val/`` value, a task name (its primary metric), ``all`` (every
+    #: task stopped improving) or ``any`` (one task stopped improving)
     monitor: str = "auto"
+    #: ``min`` or ``max`` (``auto``: from the metric's direction; must stay ``auto`` with ``all`` / ``any``)
     mode: Literal["auto", "min", "max"] = "auto"
+    #: validations in a row without improvement before stopping
     patience: int = Field(3, ge=1)
+    #: the smallest change that counts as an improvement
     min_delta: float = Field(0.0, ge=0.0)
 
 
 class LoggerConfig(_Strict):
+    """Where training values are logged (besides ``metrics.json`` and the run folder)."""
+
+    #: ``csv`` (in the run folder), ``tensorboard``, ``wandb`` (offline unless you are logged in) or ``none``
     name: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
+    #: wandb project (``None``: ``mtlframe``)
     project: str | None = None
+    #: wandb offline mode (``None``: offline unless logged in)
     offline: bool | None = None
 
 
@@ -524,10 +596,12 @@ class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
 
+    #: seeds the split, the initialization and the batch order
     seed: int = 2026
     data: DataConfig
     tasks: dict[str, TaskConfig] = Field(min_length=1)
     model: ModelConfig
+    #: a combiner component: how the task losses become one update
     combiner: Component = {"name": "static"}
     optimizer: OptimizerConfig = OptimizerConfig()
     trainer: TrainerConfig = TrainerConfig()

@@ -45,8 +45,9 @@ def _inline_code(text: str) -> list[str]:
 
 
 def _slug(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
-    heading = re.sub(r"[`*_]", "", heading.strip().lower())
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens (the site uses the
+    same rule, mkdocs.yml). Emphasis markers go; an underscore inside a word (`early_stopping`) stays."""
+    heading = re.sub(r"[`*]|(?<!\w)_+|_+(?!\w)", "", heading.strip().lower())
     return re.sub(r"[^\w\- ]", "", heading).replace(" ", "-")
 
 
@@ -278,11 +279,14 @@ def test_every_component_parameter_in_components_md_has_a_description():
     for line in _text(REPO / "docs" / "components.md").splitlines():
         if line.startswith("### "):
             section = line[4:]
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
-        if len(cells) == 4 and not cells[3]:
-            empty.append(f"{section}: {cells[0]}")
-    assert not empty, ("parameters without a description (add them to the class docstring's Args: and run "
-                       "python docs/gen_components.py):\n" + "\n".join(empty))
+        # a `|` inside a cell is written `\|` (docs/mkdocs_hooks.py)
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))] if line.startswith("| `") else []
+        if len(cells) == 4 and not all(cells[1:]):
+            what = ", ".join(k for k, c in zip(("type", "default", "description"), cells[1:]) if not c)
+            empty.append(f"{section}: {cells[0]} (no {what})")
+    assert not empty, ("parameters without a type annotation, default or description (annotate the constructor, "
+                       "add them to the class docstring's Args: and run python docs/gen_components.py):\n"
+                       + "\n".join(empty))
 
 
 # -- the bench extra --------------------------------------------------------------------------------
