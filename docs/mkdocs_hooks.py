@@ -4,9 +4,13 @@ Pipes in table cells: GitHub's Markdown needs a ``|`` inside a table cell writte
 code span (```str \\| None```), and shows it as ``|``; Python-Markdown keeps the backslash inside code
 spans (and already ignores a bare ``|`` there). So that the pages read right in both places, the docs
 write ``\\|``, and this hook drops the backslash inside code spans of table rows before the site is built.
+
+Snippets (``--8<-- "recipes/quickstart.yaml"``) are read relative to the repository root (the folder of
+``mkdocs.yml``), wherever ``mkdocs`` is run from.
 """
 from __future__ import annotations
 
+import os
 import re
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -27,3 +31,9 @@ def unescape_table_pipes(markdown: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
     return unescape_table_pipes(markdown)
+
+
+def on_config(config, **kwargs):
+    root = os.path.dirname(os.path.abspath(config.config_file_path))
+    config.mdx_configs.setdefault("pymdownx.snippets", {})["base_path"] = [root]
+    return config

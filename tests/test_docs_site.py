@@ -26,9 +26,9 @@ def _load(name: str):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     pytest.importorskip("material", reason="mkdocs-material is in the docs and test extras")
-    out = tmp_path_factory.mktemp("site")
+    out = tmp_path_factory.mktemp("site")   # built from another folder: paths resolve from mkdocs.yml
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(REPO / "mkdocs.yml"),
-                           "-d", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           "-d", str(out)], cwd=out.parent, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     warnings = [line for line in proc.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert proc.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(warnings or [proc.stderr[-3000:]])
@@ -61,6 +61,8 @@ def test_site_renders_pipes_in_table_code_and_the_plugin_tutorial(site):
     # the tutorial is the template's README, included at build time, with its real commands
     assert "cp -r plugins/mtlframe-example ~/src/mtlframe-hashed" in plugins
     assert "--8&lt;--" not in plugins and "--8<--" not in plugins
+    quickstart = re.sub(r"<[^>]+>", "", (site / "quickstart" / "index.html").read_text(encoding="utf-8"))
+    assert "fill_missing: {age: mean}" in quickstart          # recipes/quickstart.yaml, included
 
 
 def test_table_pipe_hook_unescapes_only_code_spans_of_table_rows():
