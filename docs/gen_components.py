@@ -211,14 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if docs/components.md is out of date")
     args = ap.parse_args(argv)
-    text = render()
-    if args.check:
-        if OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is out of date; run: python docs/gen_components.py", file=sys.stderr)
+    return write_or_check(OUT, render(), args.check, "python docs/gen_components.py")
+
+
+def write_or_check(out: Path, text: str, check: bool, command: str) -> int:
+    """Write a generated page, or with ``check`` compare it with the committed one: 0 when written or
+    up to date, 1 (and the command that regenerates it on stderr) when out of date."""
+    if check:
+        if not out.exists() or out.read_text(encoding="utf-8") != text:
+            print(f"{out} is out of date; run: {command}", file=sys.stderr)
             return 1
         return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
     return 0
 
 

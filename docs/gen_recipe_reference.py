@@ -15,6 +15,7 @@ naming it, so that every key is documented.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import re
@@ -46,6 +47,7 @@ def _rst_to_md(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+@functools.lru_cache(maxsize=None)
 def _comment_docs(cls: type) -> dict[str, str]:
     """``field -> text`` of the ``#:`` comment lines directly above each field of ``cls``."""
     try:
@@ -66,6 +68,7 @@ def _comment_docs(cls: type) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _docstring_docs(cls: type) -> dict[str, str]:
     """``field -> text`` of the ````field``: ...`` (or ````a`` / ``b``: ...``) runs of a class docstring;
     a run ends at the next such marker or at the end of its paragraph."""
@@ -277,14 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         print("recipe keys without a description (add a `#:` comment above the field in mtlframe/recipe.py, "
               "or Field(description=...)):\n  " + "\n  ".join(exc.args[0]), file=sys.stderr)
         return 2
-    if args.check:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is out of date; run: python docs/gen_recipe_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gen_components import write_or_check
+
+    return write_or_check(OUT, text, args.check, "python docs/gen_recipe_reference.py")
 
 
 if __name__ == "__main__":

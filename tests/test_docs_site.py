@@ -76,6 +76,16 @@ def test_generated_reference_is_up_to_date(name, capsys):
     assert _load(name).main(["--check"]) == 0, capsys.readouterr().err
 
 
+def test_check_reports_a_stale_page_with_the_command(tmp_path, monkeypatch, capsys):
+    gen = _load("gen_recipe_reference")
+    stale = tmp_path / "recipe-reference.md"
+    stale.write_text("# Recipe keys\n(old)\n", encoding="utf-8")
+    monkeypatch.setattr(gen, "OUT", stale)
+    assert gen.main(["--check"]) == 1
+    assert f"{stale} is out of date; run: python docs/gen_recipe_reference.py" in capsys.readouterr().err
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0          # rewritten: up to date
+
+
 def test_recipe_reference_rows_give_type_default_and_description():
     text = (REPO / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
     assert "| `data.batch_size` | `int`, ≥ 1 | `1024` | training batch size (rows) |" in text
