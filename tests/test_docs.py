@@ -14,7 +14,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "plugins").glob("*/README.md")])
-COMMANDS = ("train", "evaluate", "predict", "recommend", "embeddings", "recipe", "compare", "plugins", "benchmark")
+
+
+def _cli_commands() -> tuple[str, ...]:
+    """Every subcommand of ``mtlframe``, read from the CLI's own parser, so that the examples of a new
+    command are checked as soon as it exists."""
+    import argparse
+
+    from mtlframe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return tuple(sub.choices)
+
+
+COMMANDS = _cli_commands()
 PACKAGE_DIRS = ("mtlframe/", "recipes/", "docs/", "benchmarks/", "plugins/", "tests/")
 
 
