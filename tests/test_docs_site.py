@@ -41,6 +41,11 @@ def test_strict_build_publishes_every_nav_page_and_no_generator_script(site):
                  "failure-semantics/index.html", "benchmarks/index.html", "performance/index.html"):
         assert (site / page).is_file(), page
     assert (site / "img" / "data-path.svg").is_file()
+    # generated at build time from recipes/: every shipped recipe, as it is
+    shipped = re.sub(r"<[^>]+>", "", (site / "shipped-recipes" / "index.html").read_text(encoding="utf-8"))
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        assert f"recipes/{recipe.name}" in shipped, recipe.name
+    assert "fill_missing: {age: mean}" in shipped
     assert not list(site.rglob("*.py")), "generator scripts and hooks must not be published"
 
 
