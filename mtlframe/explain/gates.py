@@ -26,11 +26,13 @@ class GateLayout:
         group: the heatmap the gate belongs to (``""``: the backbone's only one; PLE: ``level1`` ...).
         row: the heatmap row label (a task name, or ``shared`` for a shared gate).
         columns: ``[E_gate]`` the expert label of each of the gate's columns.
+        experts: every expert of the group, in the heatmap's column order.
     """
 
     group: str
     row: str
     columns: list[str]
+    experts: list[str]
 
 
 def _layer_experts(layer: nn.Module) -> list[str]:
@@ -70,7 +72,9 @@ def gate_layout(backbone: nn.Module, gates: Mapping[str, torch.Tensor]) -> dict[
         cols = _layer_gate(layer, row) if layer is not None and hasattr(layer, "task_experts") else None
         if cols is None or len(cols) != w.shape[-1]:
             cols = [f"expert {i + 1}" for i in range(w.shape[-1])]
-        out[name] = GateLayout(group, row, cols)
+            out[name] = GateLayout(group, row, cols, cols)
+        else:
+            out[name] = GateLayout(group, row, cols, _layer_experts(layer))
     return out
 
 
@@ -135,7 +139,7 @@ def gate_statistics(backbone: nn.Module, acc: GateAccumulator,
                        "rows": acc.rows[name]}
         g = groups.setdefault(lay.group, {"rows": [], "experts": []})
         g["rows"].append(lay.row)
-        g["experts"] += [c for c in lay.columns if c not in g["experts"]]
+        g["experts"] += [c for c in lay.experts if c not in g["experts"]]
     for gname, g in groups.items():
         members = [n for n in gates if gates[n]["group"] == gname]
         g["matrix"] = [[None] * len(g["experts"]) for _ in members]

@@ -194,20 +194,16 @@ class TaskGradientCosine(_callback_base()):
                 gen.set_state(gen_state)
         cos = gradient_cosines(grads)
         names = [t.name for t in pl_module.tasks if t.name in grads]
-        bsz = batch_size(batch)
-        self.last = {}
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                c = cos[a][b]
-                if c is None:
-                    continue
-                self.last[f"{a}~{b}"] = c
-                pl_module.log(f"train/grad_cos/{a}~{b}", c, on_step=True, on_epoch=False, batch_size=bsz)
+        self.last = {f"{a}~{b}": cos[a][b] for i, a in enumerate(names) for b in names[i + 1:]
+                     if cos[a][b] is not None}
+        # straight to the loggers, at this step only (``self.log`` from a callback would repeat the
+        # value at the steps in between)
+        metrics = {f"train/grad_cos/{k}": v for k, v in self.last.items()}
+        for logger in trainer.loggers if metrics else ():
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def batch_device(batch: Mapping[str, torch.Tensor]) -> torch.device:
     return next(iter(batch.values())).device
 
 
-def batch_size(batch: Mapping[str, torch.Tensor]) -> int:
-    return int(next(iter(batch.values())).shape[0])
