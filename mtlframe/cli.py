@@ -230,6 +230,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = explain(args.checkpoint, args.split, output=args.output, max_rows=args.max_rows,
                      accelerator=args.accelerator, data_path=args.data_path, overrides=args.overrides)
     con = _console()
+    if not con.is_terminal:  # piped to a file: do not squeeze the table into 80 columns
+        con.width = max(con.width, 160)
     con.print(summary_table(result.data))
     for note in result.data["notes"]:
         con.print(f"note: {note}", soft_wrap=True)

@@ -301,3 +301,25 @@ def test_tracking_leaves_training_untouched_and_measures_the_true_cosine(explain
             for loss in losses]
     want = float(F.cosine_similarity(flat[0].double(), flat[1].double(), dim=0))
     assert logged["train/grad_cos/task_0~task_1_bin"] == pytest.approx(want, abs=1e-6)
+
+
+def test_bad_arguments_are_one_line_errors_before_the_data_loads(tmp_path):
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.explain import explain
+
+    with pytest.raises(MTLFrameError, match=r"--max-rows 0: analyse at least 1 row"):
+        explain(tmp_path / "missing.ckpt", max_rows=0)
+    with pytest.raises(MTLFrameError, match=r"--split 'train': explain reads the test or the val split"):
+        explain(tmp_path / "missing.ckpt", split="train")
+
+
+def test_a_backbone_without_gates_and_a_skipped_task_are_said_in_the_report(tmp_path):
+    from mtlframe.explain.report import render_html
+
+    data = {"checkpoint": "c.ckpt", "split": "test", "rows": 10, "backbone": "SharedBottom",
+            "tasks": {"click": "binary", "watch": "retrieval"}, "gates": None, "attributions": {},
+            "relations": {}, "calibration": {},
+            "notes": ["attributions: task 'watch' is a retrieval task (a dot product of two towers), skipped."]}
+    page = render_html(data, tmp_path)
+    assert "The backbone has no gates." in page
+    assert "task &#x27;watch&#x27; is a retrieval task" in page

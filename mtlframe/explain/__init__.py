@@ -163,6 +163,12 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
             what = {"binary": "logit", "regression": "value",
                     "multiclass": "logit of the predicted class"}[t.type]
             summ["output"] = what
+            c = summ["completeness"]
+            if c["mean_abs_delta"] > 0.05 * max(c["mean_abs_output_change"], 1e-12):
+                notes.append(f"attributions of '{t.name}': the mean completeness gap |sum of attributions - "
+                             f"(f(x) - f(baseline))| is {c['mean_abs_delta']:.3g}, over 5 % of the mean output change "
+                             f"{c['mean_abs_output_change']:.3g}: the {attr.N_STEPS}-step integral is coarse for "
+                             "this model; read the ranking, not the exact values.")
             png = out_dir / f"attributions_{t.name}.png"
             attr.plot_attributions(t.name, summ, what, png)
             summ["image"] = png.name

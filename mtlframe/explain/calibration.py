@@ -70,7 +70,7 @@ def plot_reliability(task: str, rel: dict, path) -> None:
     ys = [a for a in rel["accuracy"] if a is not None]
     ps = [p for p in rel["confidence"] if p is not None]
     ax.bar(xs, ys, width=1.0 / m, edgecolor="black", color="#4c72b0", alpha=0.8, label="positive rate")
-    ax.plot(ps, ys, "o", color="#dd8452", ms=4, label="mean prediction")
+    ax.plot(ps, ys, "o", color="#dd8452", ms=4, label="(mean prediction, positive rate)")
     ax.set_ylim(0, 1)
     ax.set_ylabel("observed positive rate")
     ax.set_title(f"{task}: ECE {rel['ece']:.4f} ({m} bins, {rel['rows']:,} rows)", fontsize=10)

@@ -128,7 +128,8 @@ def plot_relations(corr: Mapping, cos: Mapping | None, path) -> None:
         for i in range(len(names)):
             for j in range(len(names)):
                 if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(m[i, j]) > 0.6 else "black")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_title(title, fontsize=9)

@@ -123,12 +123,13 @@ def summary_table(data: Mapping[str, Any]):
     from rich.table import Table
 
     table = Table(title=f"explain: {data['split']} split, {data['rows']:,} rows, {data['backbone']}")
-    for col in ("task", "type", "top features (share)", "gate entropy", "ECE", "IG max |delta|"):
-        table.add_column(col, justify="left" if col in ("task", "type", "top features (share)") else "right")
+    for col in ("task", "type", "top features (share of |attribution|)", "gate entropy / ln E", "ECE",
+                "IG max |delta|"):
+        table.add_column(col, justify="left" if col[:3] in ("tas", "typ", "top") else "right")
     gates = (data.get("gates") or {}).get("gates", {})
     for task, kind in data["tasks"].items():
         a = (data.get("attributions") or {}).get(task)
-        top = ", ".join(f"{r['feature']} ({r['share']:.0%})" for r in a["features"][:3]) if a else "-"
+        top = ", ".join(f"{r['feature']} {r['share']:.0%}" for r in a["features"][:3]) if a else "-"
         ent = [f"{s['entropy']:.2f}/{s['max_entropy']:.2f}" for s in gates.values() if s["row"] == task]
         c = (data.get("calibration") or {}).get(task)
         table.add_row(task, kind, top, ent[-1] if ent else "-", f"{c['ece']:.4f}" if c else "-",
