@@ -323,3 +323,19 @@ def test_a_backbone_without_gates_and_a_skipped_task_are_said_in_the_report(tmp_
     page = render_html(data, tmp_path)
     assert "The backbone has no gates." in page
     assert "task &#x27;watch&#x27; is a retrieval task" in page
+
+
+def test_dselect_k_selectors_name_the_expert_each_selector_picks():
+    from mtlframe.backbones.dselect_k import DSelectK
+    from mtlframe.explain.gates import selector_statistics
+
+    ds = DSelectK(num_experts=4, k=2, gamma=1.0, expert_hidden=[4], input_dim=3, task_names=["a"])
+    with torch.no_grad():  # smooth-step saturates at |z| >= gamma / 2: bits (1, 0) -> code 1 -> expert 2;
+        ds.gates["a"].z.copy_(torch.tensor([[1.0, -1.0], [1.0, 1.0]]))  # bits (1, 1) -> code 3 -> expert 4
+        ds.gates["a"].alpha.copy_(torch.tensor([math.log(3.0), 0.0]))   # selector weights (0.75, 0.25)
+    sel = selector_statistics(ds, torch.randn(6, 3))["a"]
+    assert sel["picks"] == [2, 4]
+    assert sel["weights"] == pytest.approx([0.75, 0.25])
+    assert sel["experts"][0] == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    assert selector_statistics(MMoE(num_experts=2, expert_hidden=[4], input_dim=3, task_names=["a"]),
+                               torch.randn(2, 3)) is None

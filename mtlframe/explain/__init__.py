@@ -142,6 +142,8 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
             group["image"] = png.name
             images.append(png)
         data["gates"] = stats
+        if isinstance(xs[0], torch.Tensor):
+            stats["selectors"] = gt.selector_statistics(model.backbone, torch.cat(xs))
     else:
         data["gates"] = None
         notes.append(f"gates: the backbone {data['backbone']} has no gates (gate_weights is empty), so there is no "

@@ -8,7 +8,7 @@ gate weights every gated backbone stores after a forward
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -151,6 +151,27 @@ def gate_statistics(backbone: nn.Module, acc: GateAccumulator,
     return {"gates": gates, "groups": groups, "threshold": threshold}
 
 
+def selector_statistics(backbone: nn.Module, x: torch.Tensor) -> dict[str, dict] | None:
+    """DSelect-k's selectors (Hazimeh et al., NeurIPS 2021), per task: each selector's mean weight
+    ``softmax(alpha)`` and mean distribution over experts ``r`` on the rows ``x [N, D]``, with the
+    expert it picks (its argmax; exactly one once its smooth-steps reach 0 or 1).
+
+    Returns ``{task: {"weights": [k], "experts": [[E] per selector], "picks": [expert index + 1]}}``,
+    or ``None`` when no gate of the backbone has selectors.
+    """
+    gates = getattr(backbone, "gates", None)
+    if not isinstance(gates, nn.ModuleDict) or not any(hasattr(g, "selectors") for g in gates.values()):
+        return None
+    out = {}
+    with torch.no_grad():
+        for t, g in gates.items():
+            r, w = g.selectors(x)                                  # (N, k, E), (N, k)
+            r, w = r.double().mean(0), w.double().mean(0)          # (k, E), (k,)
+            out[t] = {"weights": [float(v) for v in w], "experts": [[float(v) for v in row] for row in r],
+                      "picks": [int(row.argmax()) + 1 for row in r]}
+    return out
+
+
 def plot_heatmap(group: Mapping, title: str, path) -> None:
     """Write a tasks x experts heatmap of mean gate weights (``group`` from :func:`gate_statistics`)
     as a PNG at ``path``; blank cells: experts the gate cannot select; collapsed experts marked."""
@@ -181,18 +202,3 @@ def plot_heatmap(group: Mapping, title: str, path) -> None:
     plt.close(fig)
 
 
-def gated(backbone: nn.Module) -> bool:
-    """True when ``backbone`` stored gate weights in its last forward."""
-    return bool(getattr(backbone, "gate_weights", None))
-
-
-def describe(stats: Mapping, names: Sequence[str] | None = None) -> list[str]:
-    """One line per gate: its most used expert and its entropy relative to ``ln E``."""
-    lines = []
-    for n, g in stats["gates"].items():
-        if names is not None and n not in names:
-            continue
-        top = max(range(len(g["mean"])), key=lambda i: g["mean"][i])
-        lines.append(f"{n}: top expert {g['experts'][top]} ({g['mean'][top]:.2f}), entropy "
-                     f"{g['entropy']:.2f} of {g['max_entropy']:.2f} nats")
-    return lines

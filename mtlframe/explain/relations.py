@@ -77,7 +77,9 @@ def task_gradients(module: Any, batch: Mapping[str, torch.Tensor], params: Seque
 
     Uses the training losses (:meth:`mtlframe.module.MultiTaskModule.task_loss_sums`); the model
     runs as it is (train or eval mode). ``.grad`` of the parameters is left untouched
-    (``torch.autograd.grad``), so it can run between training steps.
+    (``torch.autograd.grad``), so it can run between training steps. Unlike the combiners'
+    :func:`~mtlframe.combiners._grad.flat_grad`, gradients stay per parameter and sparse ones
+    (sparse embedding tables) stay sparse: no dense copy of a large table per task.
 
     Returns ``{task: [grad or None per parameter]}`` for the tasks (default all) with at least one
     labelled row in the batch.
@@ -107,9 +109,11 @@ def add_gradients(total: dict[str, list], new: Mapping[str, Sequence[torch.Tenso
 
 
 def shared_parameter_list(model: nn.Module) -> list[nn.Parameter]:
-    """The model's shared parameters that train (``model.shared``: encoders and/or the backbone's
-    shared part, :meth:`~mtlframe.model.MultiTaskModel.shared_parameters`)."""
-    return [p for p in model.shared_parameters() if p.requires_grad]
+    """The model's shared parameters that train, each once (``model.shared``: encoders and/or the
+    backbone's shared part, :meth:`~mtlframe.model.MultiTaskModel.shared_parameters`)."""
+    from mtlframe.combiners._grad import unique_trainable
+
+    return unique_trainable(model.shared_parameters())
 
 
 def plot_relations(corr: Mapping, cos: Mapping | None, path) -> None:

@@ -50,14 +50,20 @@ def render_html(data: Mapping[str, Any], out_dir: Path) -> str:
         parts.append(f"<p>Mean gate weight of each expert per gate over the rows (each row of a gate sums to 1; "
                      f"blank: experts the gate cannot select). An expert is <b>collapsed</b> when its mean weight is "
                      f"below {g['threshold']} for every gate that can select it. Entropy in nats: of the mean "
-                     f"distribution (its exp is the effective number of experts used) and the mean per-row entropy.</p>")
+                     "distribution (its exp is the effective number of experts used) and the mean per-row "
+                     "entropy.</p>")
         parts.append("<table><tr><th>gate</th><th>top expert</th><th>weight</th><th>entropy</th>"
                      "<th>row entropy</th><th>max (ln E)</th></tr>")
         for name, s in g["gates"].items():
             top = max(range(len(s["mean"])), key=lambda i: s["mean"][i])
             parts.append(f"<tr><td>{e(name)}</td><td>{e(s['experts'][top])}</td><td>{s['mean'][top]:.3f}</td>"
-                         f"<td>{s['entropy']:.3f}</td><td>{s['row_entropy']:.3f}</td><td>{s['max_entropy']:.3f}</td></tr>")
+                         f"<td>{s['entropy']:.3f}</td><td>{s['row_entropy']:.3f}</td>"
+                         f"<td>{s['max_entropy']:.3f}</td></tr>")
         parts.append("</table>")
+        for task, sel in (g.get("selectors") or {}).items():
+            picks = ", ".join(f"expert {p} (weight {w:.2f}, r {row[p - 1]:.2f})"
+                              for p, w, row in zip(sel["picks"], sel["weights"], sel["experts"]))
+            parts.append(f"<p>DSelect-k selectors of <b>{e(task)}</b>: {e(picks)}</p>")
         for gname, group in g["groups"].items():
             collapsed = ", ".join(group["collapsed"]) or "none"
             parts.append(f"<h3>{e(gname or 'experts')}</h3><p>collapsed experts: {e(collapsed)}</p>"
