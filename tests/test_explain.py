@@ -339,3 +339,15 @@ def test_dselect_k_selectors_name_the_expert_each_selector_picks():
     assert sel["experts"][0] == pytest.approx([0.0, 1.0, 0.0, 0.0])
     assert selector_statistics(MMoE(num_experts=2, expert_hidden=[4], input_dim=3, task_names=["a"]),
                                torch.randn(2, 3)) is None
+
+
+def test_aitm_attention_columns_are_named_transferred_and_own():
+    from mtlframe.backbones.aitm import AITM
+
+    bb = AITM(click="click", conversion="buy", tower_hidden=[4], input_dim=3, task_names=["click", "buy"],
+              task_types={"click": "binary", "buy": "binary"})
+    acc = GateAccumulator()
+    bb(torch.randn(4, 3))
+    acc.add(bb.gate_weights)
+    group = gate_statistics(bb, acc)["groups"][""]
+    assert group["rows"] == ["buy"] and group["experts"] == ["transferred", "own"]

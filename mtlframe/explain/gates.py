@@ -55,8 +55,9 @@ def gate_layout(backbone: nn.Module, gates: Mapping[str, torch.Tensor]) -> dict[
     Extraction-layer backbones (``cgc``, ``stem``: one layer; ``ple``: one per level, gates named
     ``level{l}/{task}`` and ``level{l}/shared``) label columns with the experts they select
     (``<task>:<i>`` own experts, ``shared:<i>``), so every gate of a level shares one set of
-    columns. Other gated backbones (``mmoe``, ``omoe``, ``dselect-k``, plugins) label them
-    ``expert 1 .. E``; a gate name ``a/b`` is row ``b`` of group ``a``.
+    columns. A backbone that names its columns (:meth:`~mtlframe.backbones.base.Backbone.gate_labels`;
+    ``aitm``: ``transferred``, ``own``) gets its names; other gated backbones (``mmoe``, ``omoe``,
+    ``dselect-k``, plugins) ``expert 1 .. E``. A gate name ``a/b`` is row ``b`` of group ``a``.
     """
     out: dict[str, GateLayout] = {}
     levels = getattr(backbone, "levels", None)
@@ -70,6 +71,10 @@ def gate_layout(backbone: nn.Module, gates: Mapping[str, torch.Tensor]) -> dict[
         elif single is not None and not group:
             layer = single
         cols = _layer_gate(layer, row) if layer is not None and hasattr(layer, "task_experts") else None
+        named = getattr(backbone, "gate_labels", lambda n: None)(name)
+        if named is not None and len(named) == w.shape[-1]:       # the backbone names the columns
+            out[name] = GateLayout(group, row, list(named), list(named))
+            continue
         if cols is None or len(cols) != w.shape[-1]:
             cols = [f"expert {i + 1}" for i in range(w.shape[-1])]
             out[name] = GateLayout(group, row, cols, cols)
