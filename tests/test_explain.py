@@ -351,3 +351,22 @@ def test_aitm_attention_columns_are_named_transferred_and_own():
     acc.add(bb.gate_weights)
     group = gate_statistics(bb, acc)["groups"][""]
     assert group["rows"] == ["buy"] and group["experts"] == ["transferred", "own"]
+
+
+def test_multiclass_attributions_explain_each_rows_predicted_class(tmp_path):
+    from mtlframe.explain.attributions import integrated_gradients
+    from mtlframe.explain.relations import plot_relations
+
+    class TwoClass(torch.nn.Module):
+        def forward_from(self, x):                                   # logits (x0, x1): class = larger one
+            return {"k": x[:, :2] * torch.tensor([1.0, 3.0])}
+
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    ig = integrated_gradients(TwoClass(), x, "k", "multiclass", baseline=torch.zeros(2))
+    # row 1 predicts class 0 (logit 2 > 0): attr = (1 * 2, 0); row 2 class 1 (6 > 0): attr = (0, 3 * 2)
+    assert torch.allclose(ig["attributions"], torch.tensor([[2.0, 0.0], [0.0, 6.0]]), atol=1e-5)
+    assert ig["output"].tolist() == [2.0, 6.0] and ig["baseline_output"].tolist() == [0.0, 0.0]
+    # no correlation (one binary task, the multiclass one has none) and two tasks with gradients: one panel
+    plot_relations({}, {"k": {"k": 1.0, "click": -0.5}, "click": {"k": -0.5, "click": 1.0}},
+                   tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

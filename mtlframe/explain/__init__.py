@@ -184,6 +184,10 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
     # -- relations
     corr_preds = {t: torch.cat(v).numpy() for t, v in preds.items() if v}
     corr = rel.prediction_correlation(corr_preds) if len(corr_preds) > 1 else None
+    left_out = [t.name for t in tasks if t.type not in ("binary", "regression")]
+    if left_out:
+        notes.append(f"relations: {', '.join(left_out)} left out of the prediction correlation (only binary and "
+                     "regression tasks have one number per row).")
     cos = rel.gradient_cosines(grads) if len(grads) > 1 else None
     data["relations"] = {"prediction_correlation": corr, "gradient_cosine": cos,
                          "shared_parameters": model.shared,

@@ -122,8 +122,9 @@ def plot_relations(corr: Mapping, cos: Mapping | None, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("Pearson r of predictions", corr)] + ([("cosine of task gradients\n(shared parameters)", cos)]
-                                                    if cos else [])
+    panels = [(title, mat) for title, mat in (("Pearson r of predictions", corr),
+                                              ("cosine of task gradients\n(shared parameters)", cos))
+              if mat and len(mat) > 1]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
     for ax, (title, mat) in zip(axes[0], panels):
         names = list(mat)
