@@ -291,6 +291,9 @@ def test_tracking_leaves_training_untouched_and_measures_the_true_cosine(explain
     assert all(m.training for m in module.modules())
     assert all(p.grad is None for p in module.parameters())
     assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
+    measured = logged.pop("train/grad_cos/task_0~task_1_bin")
+    cb.on_train_batch_start(SimpleNamespace(global_step=10, loggers=[logger]), module, batch, 1)
+    assert logged == {}                                              # accumulated micro-batch: once per step
     # directly: eval mode, each task's summed loss, gradients on model.shared_parameters() flattened
     model = module.model.eval()
     out = model(batch)
@@ -300,7 +303,7 @@ def test_tracking_leaves_training_untouched_and_measures_the_true_cosine(explain
     flat = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
             for loss in losses]
     want = float(F.cosine_similarity(flat[0].double(), flat[1].double(), dim=0))
-    assert logged["train/grad_cos/task_0~task_1_bin"] == pytest.approx(want, abs=1e-6)
+    assert measured == pytest.approx(want, abs=1e-6)
 
 
 def test_bad_arguments_are_one_line_errors_before_the_data_loads(tmp_path):

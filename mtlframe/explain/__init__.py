@@ -125,12 +125,16 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
             masks[t.name].append(torch.ones(n, dtype=torch.bool) if m is None else m.bool().cpu())
         if params:
             with torch.enable_grad():
-                rel.add_gradients(grads, rel.task_gradients(module, batch, params))
+                rel.add_gradients(grads, rel.task_gradients(module, batch, params, training_batch=False))
         seen += n
         if seen >= max_rows:
             break
     data: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "rows": seen,
-                            "backbone": type(model.backbone).__name__, "tasks": {t.name: t.type for t in tasks}}
+                            "backbone": "none" if model.backbone is None else type(model.backbone).__name__,
+                            "tasks": {t.name: t.type for t in tasks}}
+    if any(t.type == "retrieval" for t in tasks):
+        notes.append("relations: retrieval tasks are left out of the gradient cosines (their training loss needs "
+                     "the training batches' in-batch negatives); track.task_gradients includes them.")
     images: list[Path] = []
 
     # -- gates

@@ -72,7 +72,8 @@ def gradient_cosines(grads: Mapping[str, Sequence[torch.Tensor | None]]) -> dict
 
 
 def task_gradients(module: Any, batch: Mapping[str, torch.Tensor], params: Sequence[nn.Parameter],
-                   tasks: Iterable[str] | None = None) -> dict[str, list[torch.Tensor | None]]:
+                   tasks: Iterable[str] | None = None, *, training_batch: bool = True
+                   ) -> dict[str, list[torch.Tensor | None]]:
     """Each task's gradient of its summed row loss on ``params``, for one batch.
 
     Uses the training losses (:meth:`mtlframe.module.MultiTaskModule.task_loss_sums`); the model
@@ -81,17 +82,21 @@ def task_gradients(module: Any, batch: Mapping[str, torch.Tensor], params: Seque
     :func:`~mtlframe.combiners._grad.flat_grad`, gradients stay per parameter and sparse ones
     (sparse embedding tables) stay sparse: no dense copy of a large table per task.
 
+    ``training_batch``: the batch is a training batch (it carries the item codes a retrieval task's
+    model-side negative sampler needs); with ``False`` (evaluation batches) retrieval tasks are
+    left out.
+
     Returns ``{task: [grad or None per parameter]}`` for the tasks (default all) with at least one
     labelled row in the batch.
     """
     model = module.model
     x = model.encode(batch)
-    vectors: dict[str, Any] = {}
+    vectors: dict[str, Any] | None = {} if training_batch else None
     outputs = model.forward_from(x, vectors)
     sums, counts = module.task_loss_sums(batch, outputs, vectors)
     wanted = set(tasks) if tasks is not None else None
     chosen = [(t.name, s) for t, s, c in zip(module.tasks, sums, counts.tolist())
-              if c > 0 and (wanted is None or t.name in wanted)]
+              if c > 0 and (wanted is None or t.name in wanted) and (training_batch or t.type != "retrieval")]
     out: dict[str, list[torch.Tensor | None]] = {}
     for i, (name, s) in enumerate(chosen):
         g = torch.autograd.grad(s, params, retain_graph=i < len(chosen) - 1, allow_unused=True)
@@ -177,10 +182,13 @@ class TaskGradientCosine(_callback_base()):
         self.every_n_steps = int(every_n_steps)
         #: the cosines of the last measurement ``{"a~b": cos}`` (for tests and inspection)
         self.last: dict[str, float] = {}
+        self._measured = -1
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every_n_steps:
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._measured:  # once per step (gradient accumulation)
             return
+        self._measured = step
         model = pl_module.model
         params = shared_parameter_list(model)
         if not params:
