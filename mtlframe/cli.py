@@ -223,6 +223,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mtlframe.explain import explain
+    from mtlframe.explain.report import summary_table
+
+    result = explain(args.checkpoint, args.split, output=args.output, max_rows=args.max_rows,
+                     accelerator=args.accelerator, data_path=args.data_path, overrides=args.overrides)
+    con = _console()
+    if not con.is_terminal:  # piped to a file: do not squeeze the table into 80 columns
+        con.width = max(con.width, 160)
+    con.print(summary_table(result.data))
+    for note in result.data["notes"]:
+        con.print(f"note: {note}", soft_wrap=True)
+    con.print(f"report: {result.report}  ({len(result.images)} PNG files, explain.json)")
+    return 0
+
+
 def _checkout_root() -> Path | None:
     """The source checkout holding ``benchmarks/run.py``: the one this mtlframe was imported from
     (an editable install or a run from the tree), else the working directory."""
@@ -383,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "comparisons sharing one reuse each other's runs")
     c.add_argument("--no-resume", action="store_true", help="retrain runs that already have metrics.json")
     c.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("explain", help="expert utilization, feature attributions, task relations and calibration "
+                                        "of a checkpoint, as an HTML report")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--split", choices=["test", "val"], default="test")
+    ex.add_argument("--output", default=None, help="folder to write (default runs/<run>/explain)")
+    ex.add_argument("--max-rows", type=int, default=2000, help="rows of the split analysed (default 2000)")
+    _rebuild_options(ex, "explain on")
+    ex.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe")
+    ex.set_defaults(func=cmd_explain)
 
     # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
     sub.add_parser("benchmark", add_help=False,

@@ -592,6 +592,20 @@ class RankingConfig(_Strict):
         return self
 
 
+class TaskGradientsTrack(_Strict):
+    """``track.task_gradients``: log the cosine of every pair of task gradients on the shared
+    parameters every ``every_n_steps`` optimizer steps (``train/grad_cos/<a>~<b>``;
+    :class:`mtlframe.explain.relations.TaskGradientCosine`)."""
+
+    every_n_steps: int = Field(100, ge=1)
+
+
+class TrackConfig(_Strict):
+    """``track:``: extra measurements logged during training (off unless listed)."""
+
+    task_gradients: TaskGradientsTrack | None = None
+
+
 class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
@@ -612,6 +626,8 @@ class RecipeConfig(_Strict):
     metrics_group: MetricsGroupConfig | None = None
     #: user and item sides, full-ranking cutoffs and the order of ``recommend``
     ranking: RankingConfig | None = None
+    #: measurements logged during training (``track.task_gradients``)
+    track: TrackConfig = TrackConfig()
 
     @field_validator("metrics_group", mode="before")
     @classmethod
@@ -1205,6 +1221,10 @@ def _check_metrics(data: dict, source: str | None, problems: list[tuple[str, str
                                        "set: add `metrics_group: <column>` at the top level of the recipe, e.g. "
                                        "`metrics_group: user_id`."))
     _check_monitors(data, tasks, problems)
+    track = data.get("track") if isinstance(data.get("track"), dict) else {}
+    if track.get("task_gradients") is not None and len(tasks) < 2:
+        problems.append(("track.task_gradients", f"compares the gradients of pairs of tasks and the recipe has "
+                                                 f"{len(tasks)} task; remove it, or add a task."))
     trainer = data.get("trainer") if isinstance(data.get("trainer"), dict) else {}
     accumulate = trainer.get("accumulate_grad_batches", 1)
     combiner = data.get("combiner") if isinstance(data.get("combiner"), dict) else {"name": "static"}

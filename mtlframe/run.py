@@ -562,6 +562,9 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         saved = _saved_step_callback()
         status = _status_callback(run_dir)
         callbacks += [ckpt, saved, status]
+        if cfg.track.task_gradients is not None:  # off: no callback, no cost
+            from mtlframe.explain.relations import TaskGradientCosine
+            callbacks.append(TaskGradientCosine(cfg.track.task_gradients.every_n_steps))
         per_task: dict[str, Any] = {}
         if cfg.checkpoint.per_task and has_val:
             for tname in cfg.tasks:

@@ -122,6 +122,9 @@ class AITM(FunnelBackbone):
                 parts += [self.transfers[t].parameters(), self.ait[t].parameters()]
         return itertools.chain(*parts)
 
+    def gate_labels(self, name: str) -> list[str] | None:
+        return ["transferred", "own"]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         z = None

@@ -82,6 +82,12 @@ class Backbone(nn.Module):
         """
         return self.parameters()
 
+    def gate_labels(self, name: str) -> list[str] | None:
+        """Names of the ``E`` columns of ``gate_weights[name]`` (what ``mtlframe explain`` labels
+        its heatmap with), or ``None``: ``expert 1 .. E`` (extraction-layer backbones are named
+        from their layers). Override when the columns are not experts (AITM: transferred, own)."""
+        return None
+
     def couple(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Couple the towers' outputs (``{task: [B] or [B, C]}``) after they run.
 
