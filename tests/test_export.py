@@ -315,3 +315,19 @@ def test_unexportable_components_are_refused_by_recipe_key():
     assert "model.encoders[0] (text, features review) is a text encoder in fine-tune mode" in msg
     assert "model.encoders[1] (text, features review) is a frozen text encoder" in msg
     assert "model.encoders[2] (city-hash, features city)" in msg and "featurize" in msg
+
+
+def test_export_speed_section_times_the_three_forms_and_renders_a_table(ckpts, tmp_path, monkeypatch):
+    from benchmarks import export_speed
+
+    monkeypatch.setattr(export_speed, "CALLS", {1: 3, 1024: 2})
+    ckpt, order = ckpts["a"]
+    res = export_speed.measure(Path(ckpt), tmp_path, threads=1, repeats=1)
+    assert res["tasks"] == order and set(res["batches"]) == {"1", "1024"}
+    for b, r in res["batches"].items():
+        assert set(r["latency_ms"]) == {"torch", "torchscript", "onnxruntime"}
+        assert all(v > 0 for v in r["latency_ms"].values())
+        assert r["rows_per_s"]["onnxruntime"] == pytest.approx(int(b) / r["latency_ms"]["onnxruntime"] * 1e3)
+        assert r["onnx_speedup_vs_torch"] == pytest.approx(r["latency_ms"]["torch"] / r["latency_ms"]["onnxruntime"])
+    lines = export_speed.export_markdown({"threads": 1, "repeats": 1, "models": {"tiny": res}})
+    assert sum(line.startswith("| tiny |") for line in lines) == 2
