@@ -134,7 +134,7 @@ def export_markdown(section: dict, command: str | None = None) -> list[str]:
     lines = ["", "## Exported model: ONNX Runtime vs torch on CPU", "",
              f"`mtlframe export` graphs (preprocessed inputs -> per-task predictions), {section['threads']} "
              f"thread(s) for torch and onnxruntime alike, median of {section['repeats']} repeats (systems "
-             "alternating); batch 1 = one request, batch 1024 = bulk scoring. See docs/export.md."]
+             "alternating); batch 1 = one request, batch 1024 = bulk scoring. See [export.md](export.md)."]
     if command:
         lines += ["", "```", command, "```"]
     lines += ["", "| model | batch | torch ms | TorchScript ms | ONNX Runtime ms | torch rows/s | ONNX Runtime rows/s "
