@@ -20,7 +20,11 @@ Inputs (``B`` = batch, dynamic; see ``docs/export.md``):
   (most recent last), ``id-space index + 2``, 1 = unknown, 0 = padding; side field ``g`` ->
   ``f:g``: float32 ``[B, L]`` standardized, 0 at padding;
 * text feature ``f`` of a ``bag-of-words`` encoder -> ``f``: int64 ``[B, T]`` (``T`` dynamic),
-  hashed word n-grams (``crc32(f + "\\0" + token) % num_buckets + 1``), 0 = padding (right-padded).
+  hashed word n-grams (``crc32(f + "\\0" + token) % num_buckets + 1``), 0 = padding (right-padded);
+* the text features of a frozen ``text`` encoder (``mtlframe-text``, mean / cls pooling) ->
+  ``text:<f>[+<g>...]``: float32 ``[B, d_lm]``, the language model's vector of the row's rendered
+  text, precomputed for every text of the checkpoint's data in ``text/<input>.parquet``
+  (normalization and projection stay in the graph).
 
 Outputs: ``binary`` / ``retrieval`` -> float32 ``[B]`` probability (retrieval: the sigmoid of the
 row's own (user, item) score, as ``predict`` gives); ``regression`` -> float32 ``[B]`` in the
@@ -28,10 +32,9 @@ label's units; ``multiclass`` -> float32 ``[B, C]`` class probabilities in the o
 contract's ``classes``.
 
 Not exportable (refused at export time, naming the recipe key): the ``text`` encoder of
-``mtlframe-text`` (fine-tune mode runs a transformer on tokens; frozen mode reads a table of text
-vectors built from the data when the data is prepared, which the checkpoint does not hold) and
-any encoder whose ``featurize`` prepares inputs on the data side in a way this module does not
-know (a plugin's).
+``mtlframe-text`` in fine-tune mode (a transformer on tokens) or with sentence segments /
+attention pooling (per-token states), and any encoder whose ``featurize`` prepares inputs on the
+data side in a way this module does not know (a plugin's).
 """
 from __future__ import annotations
 
@@ -126,10 +129,14 @@ def _refusal(i: int, spec: Mapping[str, Any], enc: nn.Module) -> str | None:
                     "tokenized text, whose tokenizer is not part of the graph. Export is not supported for it; "
                     "serve the checkpoint with `mtlframe serve` (Python), or train with mode: frozen and a "
                     "bag-of-words or embedding encoder for text.")
-        return (f"{where} is a frozen text encoder: its text vectors are computed from the data when the data "
-                "is prepared and are not stored in the checkpoint, so they cannot be exported as precomputed "
-                "item vectors yet. Use the `bag-of-words` encoder (exported with its hashing rule), or serve "
-                "the checkpoint with `mtlframe serve`.")
+        if _frozen_vectors(enc):
+            return None
+        why = ("sentence segments" if getattr(enc, "segments", None) == "sentences"
+               else "attention pooling over token states")
+        return (f"{where} is a frozen text encoder with {why}: the graph would need the language model's "
+                "per-token (or per-sentence) states, which are not exported. Export supports frozen text "
+                "encoders with mean/cls pooling (their text vectors become a graph input, precomputed in "
+                "text/<input>.parquet); otherwise serve the checkpoint with `mtlframe serve`.")
     if _is(enc, "mtlframe.encoders.embedding", "EmbeddingEncoder") or \
             _is(enc, "mtlframe.encoders.numeric", "NumericEncoder") or \
             _is(enc, "mtlframe.encoders.bag_of_words", "BagOfWordsEncoder") or _passes_through(enc):
@@ -137,6 +144,38 @@ def _refusal(i: int, spec: Mapping[str, Any], enc: nn.Module) -> str | None:
     return (f"{where}: {type(enc).__module__}.{type(enc).__name__} prepares its inputs on the data side "
             "(`featurize`) in a way the exporter does not know, so a server could not compute them. "
             "Export is not supported for this component.")
+
+
+def _frozen_vectors(enc: nn.Module) -> bool:
+    """A frozen ``text`` encoder (``mtlframe-text``) whose row encoding is one pooled text vector:
+    exported with that vector ``[B, d_lm]`` as the graph input (precomputed per text)."""
+    return (type(enc).__module__.startswith("mtlframe_text") and getattr(enc, "mode", None) == "frozen"
+            and getattr(enc, "segments", None) != "sentences" and getattr(enc, "attention", None) is None)
+
+
+def text_input_name(enc: nn.Module) -> str:
+    """The graph input of a frozen text encoder: ``text:<feature>[+<feature>...]``."""
+    return "text:" + "+".join(enc.features)
+
+
+class FrozenTextTail(nn.Module):
+    """What a frozen text encoder does after looking its text vector up: optional L2
+    normalization, then its projection (dropout is off in eval). Input ``batch[key]`` is the text
+    vector ``[B, d_lm]``; output ``[B, output_dim]``."""
+
+    def __init__(self, enc: nn.Module) -> None:
+        super().__init__()
+        self.key = enc.key
+        self.normalize = bool(enc.normalize)
+        self.proj = enc.proj
+        self.output_dim = enc.output_dim
+        self.features = list(enc.features)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x = batch[self.key]                                        # (B, d_lm)
+        if self.normalize:
+            x = nn.functional.normalize(x, dim=-1)
+        return self.proj(x)                                        # (B, d)
 
 
 def graph_inputs(loaded) -> list[GraphInput]:
@@ -158,6 +197,9 @@ def graph_inputs(loaded) -> list[GraphInput]:
         seen.setdefault(name, GraphInput(name, kind, dtype, shape))
 
     for enc in loaded.encoders:
+        if _frozen_vectors(enc):
+            add(text_input_name(enc), "text_vector", "float32", ("batch", int(enc.lm_dim)))
+            continue
         names = list(getattr(enc, "features", []) or [])
         names += [k for k in getattr(enc, "input_keys", []) if _passes_through(enc) and k not in names]
         for f in names:
@@ -203,11 +245,19 @@ class GatherBag(nn.Module):
         return total
 
 
-def _onnx_ready(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose ``EmbeddingBag`` modules are :class:`GatherBag` (same weights)."""
+def _graph_model(model: nn.Module, onnx: bool) -> nn.Module:
+    """``model`` itself, or a copy (same weights) whose frozen text encoders are
+    :class:`FrozenTextTail` and, for ONNX, whose ``EmbeddingBag`` modules are :class:`GatherBag`."""
     import copy
 
+    frozen = [i for i, enc in enumerate(model.encoders) if _frozen_vectors(enc)]
+    if not onnx and not frozen:
+        return model
     model = copy.deepcopy(model)
+    for i in frozen:
+        model.encoders[i] = FrozenTextTail(model.encoders[i])
+    if not onnx:
+        return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.EmbeddingBag):
@@ -228,13 +278,15 @@ class ExportGraph(nn.Module):
 
     def __init__(self, loaded, inputs: Sequence[GraphInput], as_dict: bool = False, onnx: bool = False) -> None:
         super().__init__()
-        self.model = _onnx_ready(loaded.model) if onnx else loaded.model
+        self.model = _graph_model(loaded.model, onnx)
         self.names = [i.name for i in inputs]
         self.tasks = [(t.name, t.type) for t in loaded.tasks]
         self.as_dict = as_dict
         self._plan = []  # per encoder: how its batch keys are built from the inputs
         for enc in loaded.encoders:
-            if _is(enc, "mtlframe.encoders.embedding", "EmbeddingEncoder"):
+            if _frozen_vectors(enc):
+                self._plan.append(("same", enc.key, text_input_name(enc)))
+            elif _is(enc, "mtlframe.encoders.embedding", "EmbeddingEncoder"):
                 if enc.single:
                     self._plan.append(("stack_ids", enc.key, list(enc.single), enc.fused.offsets.tolist()))
                 for f in enc.multi:
@@ -285,12 +337,15 @@ def export_inputs(loaded, frame, inputs: Sequence[GraphInput] | None = None,
     cols = loaded.preprocessor.transform(frame, source, with_labels=False)
     hashed = {}
     for enc in loaded.encoders:
-        if _is(enc, "mtlframe.encoders.bag_of_words", "BagOfWordsEncoder"):
+        if _frozen_vectors(enc):  # the LM's vector of each row's text (cached; computed when new)
+            rows = enc.featurize({f: cols[f] for f in enc.features})[enc.key]
+            hashed[text_input_name(enc)] = enc.table[rows]
+        elif _is(enc, "mtlframe.encoders.bag_of_words", "BagOfWordsEncoder"):
             made = enc.featurize({f: cols[f] for f in enc.features})
             hashed.update({f: made[f"bow:{f}"] for f in enc.features})
     out = {}
     for g in inputs:
-        if g.kind == "text_hashed":
+        if g.kind in ("text_hashed", "text_vector"):
             value = hashed[g.name]
         else:
             value = cols[g.name]
@@ -331,7 +386,7 @@ def _vocab_entry(values: Sequence[Any] | np.ndarray, name: str, folder: Path) ->
     import pyarrow.parquet as pq
 
     (folder / "vocab").mkdir(exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    safe = _safe(name)
     pq.write_table(pa.table({"value": pa.array(vals, pa.int64() if is_int else pa.string())}),
                    folder / "vocab" / f"{safe}.parquet")
     entry["file"] = f"vocab/{safe}.parquet"
@@ -343,10 +398,37 @@ CATEGORY_TEXT = ("A raw value is compared as text: strip surrounding blanks; an 
                  "'int' the vocabulary holds integers and a raw integer is compared as an integer.")
 
 
-def contract(loaded, inputs: Sequence[GraphInput], folder: Path) -> dict[str, Any]:
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _text_vectors(loaded, enc: nn.Module, frames: Sequence[Any], folder: Path, name: str) -> dict[str, Any]:
+    """Write ``text/<input>.parquet`` (columns ``text``, ``vector``): the frozen LM vector of every
+    distinct rendered text of ``frames`` (raw rows); the contract entry's ``vectors`` part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for frame in frames:
+        cols = {}
+        for f in enc.features:
+            cols.update(loaded.preprocessor.transform_column(frame, f))
+        enc.featurize({f: cols[f] for f in enc.features})  # every text gets its row of enc.table
+    texts = list(enc._rows)
+    rows = torch.tensor([enc._rows[t] for t in texts], dtype=torch.long)
+    vectors = enc.table[rows].numpy().astype(np.float32)
+    (folder / "text").mkdir(exist_ok=True)
+    path = f"text/{_safe(name)}.parquet"
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string()),
+                             "vector": pa.array(list(vectors), pa.list_(pa.float32()))}), folder / path)
+    return {"file": path, "size": len(texts), "dim": int(vectors.shape[1]) if len(texts) else int(enc.lm_dim)}
+
+
+def contract(loaded, inputs: Sequence[GraphInput], folder: Path, text_rows: Sequence[Any] = ()) -> dict[str, Any]:
     """``preprocessor.json``: for each graph input, how a raw value is mapped (see ``docs/export.md``);
-    large vocabularies are written to ``folder/vocab/*.parquet``."""
+    large vocabularies are written to ``folder/vocab/*.parquet``, the precomputed vectors of frozen
+    text features (for the texts of the raw frames ``text_rows``) to ``folder/text/*.parquet``."""
     pre = loaded.preprocessor
+    frozen = {text_input_name(enc): enc for enc in loaded.encoders if _frozen_vectors(enc)}
     bow = {f: enc for enc in loaded.encoders if _is(enc, "mtlframe.encoders.bag_of_words", "BagOfWordsEncoder")
            for f in enc.features}
     items = []
@@ -395,6 +477,17 @@ def contract(loaded, inputs: Sequence[GraphInput], folder: Path) -> dict[str, An
                           "words, then the word 2-grams, ..., ngrams-grams (words joined by ngram_join), in "
                           "order; keep the first max_tokens; code = crc32(utf8(salt + token)) % num_buckets + 1; "
                           "right-pad with 0 (any width >= 1)")
+        elif g.kind == "text_vector":
+            enc = frozen[g.name]
+            d.update(features=list(enc.features), template=enc.template, fill_empty=enc.fill_empty,
+                     model=str(enc.resolved.name), pooling=enc.pooling, max_length=enc.max_length,
+                     normalized_in_graph=bool(enc.normalize),
+                     vectors=_text_vectors(loaded, enc, text_rows, folder, g.name),
+                     rule="render the row's text as the text encoder does (the features' cells, stripped, joined "
+                          "with '. ', or `template`; empty cells per `fill_empty`; a text without a letter or digit "
+                          "is ''), then take its vector from `vectors` (column text -> vector); a text not in the "
+                          "file must be embedded with the same model, pooling and max_length (mtlframe-text's "
+                          "frozen encoder), or the row refused")
         items.append(d)
     outputs = []
     for t in loaded.tasks:
@@ -483,6 +576,21 @@ def onnx_session(model_file: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
 
 
+def _checkpoint_table(loaded):
+    """The checkpoint's training data, loaded again with its recipe's dataset.
+
+    Raises:
+        DataError: it cannot be read (moved, not on this machine).
+    """
+    from mtlframe.build import Builder
+
+    try:
+        return Builder(loaded.recipe).dataset().load()
+    except (OSError, MTLFrameError) as exc:
+        raise DataError(f"the self-check needs held-out rows, and the checkpoint's data could not be read "
+                        f"({exc}); pass a file of rows with --data FILE.") from None
+
+
 def held_out_rows(loaded, rows: int, data: str | Path | None = None):
     """Up to ``rows`` raw rows for the self-check: the first ones of ``data`` (a CSV / Parquet
     file), else of the test split of the checkpoint's own data (re-split with the recipe's seed).
@@ -494,15 +602,10 @@ def held_out_rows(loaded, rows: int, data: str | Path | None = None):
 
     if data is not None:
         return read_table(data).head(rows).reset_index(drop=True)
-    from mtlframe.build import Builder
     from mtlframe.datamodule import split_indices
 
     recipe = loaded.recipe
-    try:
-        table = Builder(recipe).dataset().load()
-    except (OSError, MTLFrameError) as exc:
-        raise DataError(f"the self-check needs held-out rows, and the checkpoint's data could not be read "
-                        f"({exc}); pass a file of rows with --data FILE.") from None
+    table = _checkpoint_table(loaded)
     s = recipe.config.data.split
     idx = split_indices(table, s.name, s.val, s.test, recipe.config.seed, s.cold_items)
     pick = idx["test"] if len(idx["test"]) else idx["val"] if len(idx["val"]) else idx["train"]
@@ -599,7 +702,13 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
             (_write_onnx(graph, inputs, model_file, example) if format == "onnx"
              else _write_torchscript(graph, model_file, example))
         seconds = time.perf_counter() - start
-        spec = contract(loaded, inputs, tmp)
+        text_rows = [frame]
+        if any(g.kind == "text_vector" for g in inputs):  # precomputed vectors: every text of the data
+            try:
+                text_rows.append(_checkpoint_table(loaded).frame)
+            except DataError:
+                pass  # only the self-check rows' texts (the data is not on this machine)
+        spec = contract(loaded, inputs, tmp, text_rows)
         (tmp / "preprocessor.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
         if _corrupt is not None:  # tests: damage the written file to prove the self-check catches it
             _corrupt(model_file)

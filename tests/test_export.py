@@ -124,6 +124,8 @@ def map_from_contract(folder: Path, frame: pd.DataFrame) -> dict[str, np.ndarray
     feeds = {}
     for inp in spec["inputs"]:
         kind, col = inp["kind"], inp.get("column")
+        if kind == "text_vector":      # looked up in text/<input>.parquet by the caller
+            continue
         cells = frame[col].tolist() if col else None
         if kind == "categorical":
             voc, vt = _vocab(inp["vocabulary"], folder), inp["vocabulary"]["value_type"]
@@ -297,6 +299,7 @@ def test_unexportable_components_are_refused_by_recipe_key():
 
     class Frozen(TextEnc):
         mode = "frozen"
+        segments = "sentences"
     Frozen.__module__ = "mtlframe_text.encoder"
 
     class Hashing(Encoder):
@@ -313,7 +316,7 @@ def test_unexportable_components_are_refused_by_recipe_key():
         graph_inputs(loaded)
     msg = str(info.value)
     assert "model.encoders[0] (text, features review) is a text encoder in fine-tune mode" in msg
-    assert "model.encoders[1] (text, features review) is a frozen text encoder" in msg
+    assert "model.encoders[1] (text, features review) is a frozen text encoder with sentence segments" in msg
     assert "model.encoders[2] (city-hash, features city)" in msg and "featurize" in msg
 
 
@@ -331,3 +334,59 @@ def test_export_speed_section_times_the_three_forms_and_renders_a_table(ckpts, t
         assert r["onnx_speedup_vs_torch"] == pytest.approx(r["latency_ms"]["torch"] / r["latency_ms"]["onnxruntime"])
     lines = export_speed.export_markdown({"threads": 1, "repeats": 1, "models": {"tiny": res}})
     assert sum(line.startswith("| tiny |") for line in lines) == 2
+
+
+def test_frozen_text_is_exported_as_precomputed_vectors_and_matches_predict(tmp_path, monkeypatch):
+    """A frozen `text` encoder (mtlframe-text): its LM vector is a graph input; the vectors of the
+    data's texts ship in text/<input>.parquet; looked up from there they give predict's numbers."""
+    import importlib.util
+
+    import pyarrow.parquet as pq
+
+    pytest.importorskip("mtlframe_text")
+    from mtlframe.export import export_model
+    from mtlframe.recipe import load_recipe
+    from mtlframe.run import train
+
+    spec = importlib.util.spec_from_file_location(
+        "text_conftest", Path(__file__).resolve().parents[1] / "plugins/mtlframe-text/tests/conftest.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    bert = helpers.make_tiny_bert(tmp_path / "bert", layers=1, hidden=16)
+    monkeypatch.setenv("MTLFRAME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    words = list(helpers.WORDS)
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"item": rng.integers(0, 10, 120),
+                          "title": [" ".join(rng.choice(words, 3)) for _ in range(120)],
+                          "click": (rng.random(120) < 0.5).astype(float)})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "r.yaml").write_text(f"""
+data:
+  dataset: {{name: csv, path: {tmp_path / 'd.csv'}, features: {{item: categorical, title: text}}, labels: [click]}}
+  split: {{name: random, val: 0.1, test: 0.2}}
+tasks:
+  click: {{type: binary, label: click}}
+model:
+  encoders:
+    - {{name: embedding, features: [item], dim: 4}}
+    - {{name: text, features: [title], model: {bert}, dim: 3, normalize: true, progress: false}}
+  backbone: {{name: shared-bottom, hidden: [4]}}
+trainer: {{max_epochs: 1}}
+logger: {{name: none}}
+checkpoint: {{monitor: train/loss_epoch}}
+""")
+    ckpt = train(load_recipe(tmp_path / "r.yaml"), tmp_path / "run", progress=False).best_checkpoint
+    res = export_model(ckpt, "onnx", tmp_path / "out", rows=20)
+    contract = json.loads((res.output / "preprocessor.json").read_text())
+    text = next(i for i in contract["inputs"] if i["kind"] == "text_vector")
+    assert text["name"] == "text:title" and text["shape"] == ["batch", 16] and text["normalized_in_graph"] is True
+    table = pq.read_table(res.output / text["vectors"]["file"]).to_pandas()
+    assert set(frame["title"]) <= set(table["text"])               # every text of the data is precomputed
+    vec = dict(zip(table["text"], table["vector"]))
+    raw = frame.sample(9, random_state=0).reset_index(drop=True)
+    feeds = {"item": map_from_contract(res.output, raw.drop(columns=["title"]))["item"],
+             "text:title": np.stack([vec[t.strip()] for t in raw["title"]]).astype(np.float32)}
+    got = _run_onnx(res.model_file, feeds)
+    assert np.abs(got["click"] - _predict(ckpt, raw)["click"]).max() < 1e-5
+    assert export_model(ckpt, "torchscript", tmp_path / "ts", rows=20).max_abs_diff["click"] < 1e-5
