@@ -390,3 +390,17 @@ checkpoint: {{monitor: train/loss_epoch}}
     got = _run_onnx(res.model_file, feeds)
     assert np.abs(got["click"] - _predict(ckpt, raw)["click"]).max() < 1e-5
     assert export_model(ckpt, "torchscript", tmp_path / "ts", rows=20).max_abs_diff["click"] < 1e-5
+
+
+def test_cli_export_with_rows_from_a_file(ckpts, tmp_path, capsys):
+    from mtlframe.cli import main
+
+    ckpt, order = ckpts["a"]
+    _frame(6, 3).drop(columns=["click", "rating", "kind"]).to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--output", str(tmp_path / "ts"),
+                 "--rows", "5", "--data", str(tmp_path / "rows.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "model.pt (7 inputs, outputs click, rating, kind)" in out and "self-check on 5 held-out rows passed" in out
+    meta = json.loads((tmp_path / "ts" / "export.json").read_text())
+    assert meta["self_check"]["rows"] == 5 and meta["self_check"]["source"] == str(tmp_path / "rows.csv")
+    assert sorted(p.name for p in (tmp_path / "ts").iterdir()) == ["export.json", "model.pt", "preprocessor.json"]
