@@ -404,3 +404,17 @@ def test_cli_export_with_rows_from_a_file(ckpts, tmp_path, capsys):
     meta = json.loads((tmp_path / "ts" / "export.json").read_text())
     assert meta["self_check"]["rows"] == 5 and meta["self_check"]["source"] == str(tmp_path / "rows.csv")
     assert sorted(p.name for p in (tmp_path / "ts").iterdir()) == ["export.json", "model.pt", "preprocessor.json"]
+
+
+def test_missing_onnx_packages_name_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.export import _write_onnx, onnx_session
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MTLFrameError, match=r"pip install 'mtlframe\[export\]'"):
+        _write_onnx(None, [], tmp_path / "m.onnx", ())
+    with pytest.raises(MTLFrameError, match=r"pip install 'mtlframe\[export\]'"):
+        onnx_session(tmp_path / "m.onnx")
