@@ -246,14 +246,15 @@ class GatherBag(nn.Module):
 
 
 def _graph_model(model: nn.Module, onnx: bool) -> nn.Module:
-    """``model`` itself, or a copy (same weights) whose frozen text encoders are
+    """``model`` itself, or a copy (sharing its weights) whose frozen text encoders are
     :class:`FrozenTextTail` and, for ONNX, whose ``EmbeddingBag`` modules are :class:`GatherBag`."""
     import copy
 
     frozen = [i for i, enc in enumerate(model.encoders) if _frozen_vectors(enc)]
     if not onnx and not frozen:
         return model
-    model = copy.deepcopy(model)
+    # the modules are copied, the parameters and buffers shared (no second copy of large tables)
+    model = copy.deepcopy(model, memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
     for i in frozen:
         model.encoders[i] = FrozenTextTail(model.encoders[i])
     if not onnx:
