@@ -520,7 +520,21 @@ def _example(inputs: Sequence[GraphInput], n: int) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _write_onnx(graph: ExportGraph, inputs: Sequence[GraphInput], path: Path, example) -> None:
+def _traced(write) -> list[str]:
+    """Run ``write()`` (a tracing export); return the tracer's warnings about Python code that
+    depends on the data (``file:line: message``, each once): such code is recorded along the path
+    the example inputs took. Other warnings are silenced."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write()
+    seen = [f"{'/'.join(Path(w.filename).parts[-3:])}:{w.lineno}: {str(w.message).split('. ')[0][:160]}"
+            for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    return list(dict.fromkeys(seen))
+
+
+def _write_onnx(graph: ExportGraph, inputs: Sequence[GraphInput], path: Path, example) -> list[str]:
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -528,22 +542,17 @@ def _write_onnx(graph: ExportGraph, inputs: Sequence[GraphInput], path: Path, ex
     axes = {g.name: {0: "batch", **{i: s for i, s in enumerate(g.shape) if i and isinstance(s, str)}}
             for g in inputs}
     axes.update({name: {0: "batch"} for name, _ in graph.tasks})
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), input_names=[g.name for g in inputs],
-                          output_names=[name for name, _ in graph.tasks], dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    return _traced(lambda: torch.onnx.export(
+        graph, example, str(path), input_names=[g.name for g in inputs],
+        output_names=[name for name, _ in graph.tasks], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        do_constant_folding=True))
 
 
-def _write_torchscript(graph: ExportGraph, path: Path, example) -> None:
-    import warnings
+def _write_torchscript(graph: ExportGraph, path: Path, example) -> list[str]:
+    def write() -> None:
+        torch.jit.trace(graph, example, strict=False, check_trace=False).save(str(path))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(graph, example, strict=False, check_trace=False)
-    traced.save(str(path))
+    return _traced(write)
 
 
 def run_exported(model_file: str | Path, fmt: str, feeds: Mapping[str, np.ndarray],
@@ -700,8 +709,8 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
         model_file = tmp / FILES[format]
         start = time.perf_counter()
         with torch.no_grad():
-            (_write_onnx(graph, inputs, model_file, example) if format == "onnx"
-             else _write_torchscript(graph, model_file, example))
+            tracer = (_write_onnx(graph, inputs, model_file, example) if format == "onnx"
+                      else _write_torchscript(graph, model_file, example))
         seconds = time.perf_counter() - start
         text_rows = [frame]
         if any(g.kind == "text_vector" for g in inputs):  # precomputed vectors: every text of the data
@@ -713,10 +722,16 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
         (tmp / "preprocessor.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
         if _corrupt is not None:  # tests: damage the written file to prove the self-check catches it
             _corrupt(model_file)
-        diffs = self_check(model_file, format, loaded, frame, inputs)
+        try:
+            diffs = self_check(model_file, format, loaded, frame, inputs)
+        except ExportError as exc:
+            if not tracer:
+                raise
+            raise ExportError(f"{exc}\nThe tracer saw Python code that depends on the data (recorded along one "
+                              "path only), a likely cause:\n  - " + "\n  - ".join(tracer)) from None
         meta = {"format": format, "model_file": FILES[format], "checkpoint": str(Path(checkpoint).resolve()),
                 "torch": torch.__version__, "opset": OPSET if format == "onnx" else None,
-                "export_seconds": round(seconds, 3),
+                "export_seconds": round(seconds, 3), "tracer_warnings": tracer,
                 "self_check": {"rows": len(frame), "source": str(data) if data else "checkpoint test split",
                                "tolerance": TOLERANCE, "max_abs_diff": diffs}}
         (tmp / "export.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")

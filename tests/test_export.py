@@ -418,3 +418,24 @@ def test_missing_onnx_packages_name_the_extra(monkeypatch, tmp_path):
         _write_onnx(None, [], tmp_path / "m.onnx", ())
     with pytest.raises(MTLFrameError, match=r"pip install 'mtlframe\[export\]'"):
         onnx_session(tmp_path / "m.onnx")
+
+
+def test_a_data_dependent_branch_fails_the_self_check_and_names_the_line(ckpts, tmp_path, monkeypatch):
+    from mtlframe.export import ExportError, export_model
+    from mtlframe.model import MultiTaskModel
+
+    forward = MultiTaskModel.forward
+
+    def branching(self, batch):   # the example inputs (zeros) take the other branch than real rows
+        out = forward(self, batch)
+        if bool((batch["num:age"] == 0).all()):
+            return {k: v + 1 for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(MultiTaskModel, "forward", branching)
+    with pytest.raises(ExportError) as info:
+        export_model(ckpts["a"][0], "torchscript", tmp_path / "x", rows=10)
+    msg = str(info.value)
+    assert "task 'click'" in msg and "nothing was written" in msg
+    assert "The tracer saw Python code that depends on the data" in msg and "test_export.py:" in msg
+    assert not (tmp_path / "x").exists()
