@@ -6,6 +6,8 @@
    split and the initialization of every system); medians over the repeats.
 2. Scale: mtlframe on ``synthetic`` at each ``--scale`` size, one subprocess per size (10M rows
    run only when enough memory is available).
+3. Export (``--export quickstart,adult``; ``none`` to skip): the exported graphs in ONNX Runtime
+   and TorchScript against torch eager at batch 1 and 1024 (:mod:`benchmarks.export_speed`).
 
 Writes ``results.json`` and ``performance.png`` to ``--output``. A full run (no ``--quick`` or
 ``--rows``) also regenerates ``docs/performance.md`` and its plot; ``--docs`` forces that,
@@ -256,6 +258,10 @@ def markdown(results: dict, png: Path | None) -> str:
     scale = results.get("scale") or []
     if scale:
         lines += scale_markdown(scale)
+    if (results.get("export") or {}).get("models"):
+        from benchmarks.export_speed import export_markdown
+
+        lines += export_markdown(results["export"])
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -375,6 +381,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
     p.add_argument("--scale", default="1e6", help="synthetic sizes, e.g. 1e6,1e7; 'none' to skip")
     p.add_argument("--scale-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--export", default="quickstart,adult",
+                   help="models of the export section (ONNX Runtime vs torch), 'none' to skip")
     p.add_argument("--docs", action="store_true",
                    help="rewrite docs/performance.md even after a --quick or --rows run")
     p.add_argument("--no-docs", action="store_true",
@@ -395,6 +403,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
     results["adult"] = run_adult([s.strip() for s in a.systems.split(",") if s.strip()], a.repeats, epochs, a.rows)
     sizes = [] if a.scale == "none" else [int(float(x)) for x in a.scale.split(",")]
     results["scale"] = run_scale(sizes, a.scale_steps, a.threads)
+    if a.export != "none":
+        from benchmarks.export_speed import run_export_speed
+
+        results["export"] = run_export_speed([m.strip() for m in a.export.split(",") if m.strip()], a.threads,
+                                             a.repeats if a.quick else max(a.repeats, 5))
     results["notes"] = NOTES
     results["seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")

@@ -250,6 +250,17 @@ def _checkout_root() -> Path | None:
     return None
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mtlframe.export import export_model
+
+    r = export_model(args.checkpoint, args.format, args.output, rows=args.rows, data=args.data,
+                     overwrite=args.overwrite)
+    worst = ", ".join(f"{t} {d:.1e}" for t, d in r.max_abs_diff.items())
+    print(f"wrote {r.model_file} ({len(r.inputs)} inputs, outputs {', '.join(r.outputs)}) and "
+          f"{r.output / 'preprocessor.json'}; self-check on {r.rows} held-out rows passed (max abs diff: {worst})")
+    return 0
+
+
 def cmd_benchmark(argv: list[str]) -> int:
     """Run the benchmark harness (``benchmarks/`` of a source checkout; not shipped in the wheel)."""
     root = _checkout_root()
@@ -371,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     _rebuild_options(em, "encode on")
     em.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe")
     em.set_defaults(func=cmd_embeddings)
+
+    ex = sub.add_parser("export", help="export a checkpoint as one ONNX / TorchScript graph plus its "
+                                       "preprocessing as plain data (self-checked against predict)")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--output", required=True, help="folder to create (model file, preprocessor.json, vocab/)")
+    ex.add_argument("--rows", type=int, default=256, help="held-out rows for the self-check (default 256)")
+    ex.add_argument("--data", default=None, help="CSV / Parquet of raw rows for the self-check "
+                                                 "(default: the checkpoint's test split)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output (after the self-check)")
+    ex.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recipe", help="recipe tools")
     rsub = r.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")

@@ -22,7 +22,7 @@ def test_harness_tiny_mode(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     editable = Path(where).resolve().parents[1] == CHECKOUT
     cmd = [sys.executable, "-m", "mtlframe.cli", "benchmark", "--quick", "--rows", "5000", "--systems",
-           "reference,mtlframe", "--repeats", "1", "--epochs", "1", "--scale", "none", "--output", str(out),
+           "reference,mtlframe", "--repeats", "1", "--epochs", "1", "--scale", "none", "--export", "none", "--output", str(out),
            "--no-docs"]
     proc = subprocess.run(cmd, cwd=tmp_path if editable else CHECKOUT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
