@@ -849,10 +849,12 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     return result
 
 
-def prepare_rows(loaded: LoadedCheckpoint, frame, source: str = "input") -> tuple[dict[str, torch.Tensor], dict]:
+def prepare_rows(loaded: LoadedCheckpoint, frame, source: str = "input",
+                 transformed: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """``(model-ready columns [N, ...], report)`` of the raw rows of ``frame`` through the
     checkpoint's preprocessor and encoders (the first step of :func:`predict_frame`; ``report`` as
-    there). Not thread-safe: the preprocessor keeps its last report.
+    there). ``transformed`` (a dict, when given) receives the preprocessor's columns (categorical
+    ids: ``0`` = out of vocabulary or missing). Not thread-safe: the preprocessor keeps its last report.
 
     Raises:
         DataError: as :func:`predict_frame`.
@@ -870,6 +872,8 @@ def prepare_rows(loaded: LoadedCheckpoint, frame, source: str = "input") -> tupl
             unseen = pre.unseen_classes(frame[lab.column], lab)
             if unseen:
                 rep.setdefault("unseen_classes", {})[lab.task] = unseen
+    if transformed is not None:
+        transformed.update(cols)
     return materialize(loaded.encoders, [], cols), rep
 
 

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +162,9 @@ class RowSchema:
             return None
         if kind == "numeric":
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(float(value)):   # 1e999 parses as infinity
+                    raise RequestError(422, where, f"numeric feature '{col}' takes a finite number (or null), "
+                                                   f"got {value}.")
                 return float(value)
             raise RequestError(422, where, f"numeric feature '{col}' takes a number (or null), got {_jtype(value)} "
                                            f"{json.dumps(value)[:60]}.")
@@ -320,13 +322,15 @@ class Batcher:
     ``max_batch_size`` requests go through ``run`` together.
 
     Args:
-        run: ``columns [N, ...] -> {task: [N, ...]}``; called on ``executor`` (one thread).
+        run: ``[item, ...] -> [result or exception, ...]`` (one per item, in order); called on
+            ``executor`` (one thread, so ``run`` never runs twice at once). An exception in the list
+            is raised to its request only.
         max_batch_size: requests per call (1: no batching).
         timeout: seconds the first request of a batch waits for more (0: take what is queued).
         executor: where ``run`` runs.
     """
 
-    def __init__(self, run: Callable[[dict], dict], max_batch_size: int, timeout: float,
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, timeout: float,
                  executor: ThreadPoolExecutor) -> None:
         self.run, self.max_batch_size, self.timeout, self.executor = run, max_batch_size, timeout, executor
         self.stats = BatchStats()
@@ -340,10 +344,10 @@ class Batcher:
             self._task = loop.create_task(self._loop(self._queue))
         return self._queue
 
-    async def submit(self, columns: dict, rows: int) -> dict:
-        """The outputs ``{task: [rows, ...]}`` of ``columns`` (``rows`` rows), computed in a batch."""
+    async def submit(self, item: Any, rows: int = 1) -> Any:
+        """The result of ``item`` (``rows`` rows, for the counters), computed in a batch."""
         future = asyncio.get_running_loop().create_future()
-        self._start().put_nowait((columns, rows, future))
+        self._start().put_nowait((item, rows, future))
         return await future
 
     async def stop(self) -> None:
@@ -356,8 +360,6 @@ class Batcher:
             self._task = None
 
     async def _loop(self, queue: asyncio.Queue) -> None:
-        from mtlframe.datamodule import concat_columns
-
         loop = asyncio.get_running_loop()
         while True:
             items = [await queue.get()]
@@ -371,21 +373,89 @@ class Batcher:
             items = [it for it in items if not it[2].cancelled()]   # a client that went away
             if not items:
                 continue
-            n = sum(it[1] for it in items)
-            self.stats.add(len(items), n)
+            self.stats.add(len(items), sum(it[1] for it in items))
             try:
-                columns = concat_columns([it[0] for it in items])
-                out = await loop.run_in_executor(self.executor, self.run, columns)
+                results = await loop.run_in_executor(self.executor, self.run, [it[0] for it in items])
             except Exception as exc:  # noqa: BLE001 - each waiting request gets it
-                for it in items:
-                    if not it[2].done():
-                        it[2].set_exception(exc)
-                continue
-            start = 0
-            for columns, rows, future in items:
-                if not future.done():
-                    future.set_result({t: v[start:start + rows] for t, v in out.items()})
-                start += rows
+                results = [exc] * len(items)
+            for (_, _, future), result in zip(items, results):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+@dataclass
+class Prediction:
+    """One ``/predict`` request's answer: its table (:func:`~mtlframe.run.predict_frame`'s) and report."""
+
+    table: Any
+    report: dict
+
+
+#: report entries other than a categorical feature's out-of-vocabulary count
+_OTHER_EVENTS = ("filled", "clipped", "truncated", "unseen_classes")
+
+
+def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> list:
+    """:func:`~mtlframe.run.predict_frame` of several requests' rows in one preprocessing pass and
+    one forward pass: ``[Prediction or exception]``, one per frame, in order.
+
+    A request the preprocessor refuses gets its :class:`~mtlframe.errors.DataError` alone: the
+    batch is then redone request by request, so the others still get their predictions. Each
+    report is the request's own: out-of-vocabulary counts of categorical features come from the
+    batch's ids; when the batch had other events (a fill, a clip, a multi-categorical or sequence
+    out-of-vocabulary token, a truncation, an unseen class), the requests' reports are recomputed
+    one by one.
+    """
+    import pandas as pd
+
+    from mtlframe.errors import CheckpointError, DataError
+    from mtlframe.preprocess import _as_str
+    from mtlframe.run import model_predictions, prediction_table, prepare_rows
+
+    if len(frames) > 1:
+        whole = pd.concat(list(frames), ignore_index=True)
+    else:
+        whole = frames[0]
+    ids: dict = {}
+    try:
+        columns, report = prepare_rows(loaded, whole, source, transformed=ids)
+    except DataError as exc:
+        if len(frames) == 1:
+            return [exc]
+        return [predict_batch(loaded, [f], source)[0] for f in frames]   # find the bad one(s); the rest go on
+    outputs = model_predictions(loaded, columns)
+    pre = loaded.preprocessor
+    categorical = [c for c, t in pre.features.items() if t == "categorical"]
+    others = any(report.get(k) for k in _OTHER_EVENTS) or any(
+        r.get("oov") or r.get("missing") for c, r in report.get("oov", {}).items() if c not in categorical)
+    results: list = []
+    start = 0
+    for frame in frames:
+        n = len(frame)
+        mine = {t: v[start:start + n] for t, v in outputs.items()}
+        try:
+            table = prediction_table(loaded, mine, frame.index, source)
+        except CheckpointError as exc:
+            results.append(exc)
+            start += n
+            continue
+        if len(frames) == 1:
+            own = report
+        elif others:
+            own = prepare_rows(loaded, frame, source)[1]
+        else:
+            own = {}
+            for c in categorical:
+                missing = int(_as_str(frame[c]).isna().sum())
+                unknown = int((ids[c][start:start + n] == 0).sum()) - missing
+                own.setdefault("oov", {})[c] = {"rows": n, "oov": unknown, "missing": missing}
+        results.append(Prediction(table, own))
+        start += n
+    return results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,15 +506,14 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
     from fastapi.responses import JSONResponse
 
     from mtlframe.errors import CheckpointError, DataError
-    from mtlframe.run import (_quiet_lightning, load_checkpoint, model_predictions, predict_warnings,
-                              prediction_table, prepare_rows, resolve_device)
+    from mtlframe.run import _quiet_lightning, load_checkpoint, predict_warnings, resolve_device
 
     _quiet_lightning()
     device = resolve_device("cuda" if accelerator == "gpu" else accelerator)
     loaded = load_checkpoint(checkpoint)
     loaded.model.to(device).eval()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtlframe-model")
-    batcher = Batcher(lambda cols: model_predictions(loaded, cols), max_batch_size, batch_timeout, executor)
+    batcher = Batcher(lambda frames: predict_batch(loaded, frames), max_batch_size, batch_timeout, executor)
     state = ServerState(str(checkpoint), loaded, device, RowSchema.of(loaded.preprocessor), batcher, executor,
                         max_rows)
     if getattr(loaded.recipe.config, "ranking", None) is not None:
@@ -455,7 +524,6 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
         state.no_ranking = (f"{checkpoint} was trained from a recipe without a ranking: section, so it has no "
                             "user and item sides to rank a catalogue with; /recommend needs a ranking checkpoint "
                             "(see docs/ranking.md).")
-    preprocess_lock = threading.Lock()   # the preprocessor keeps its last report: one request at a time
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -495,16 +563,13 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
     @app.post("/predict")
     async def predict(request: Request):
         frame = rows_frame(await body_of(request), state.schema, max_rows)
-        with preprocess_lock:
-            try:
-                columns, report = prepare_rows(loaded, frame, source="request")
-            except DataError as exc:
-                raise _data_error(exc, state.schema) from None
-        outputs = await batcher.submit(columns, len(frame))
         try:
-            table = prediction_table(loaded, outputs, frame.index, source="request")
+            answer = await batcher.submit(frame, len(frame))
+        except DataError as exc:
+            raise _data_error(exc, state.schema) from None
         except CheckpointError as exc:   # the weights, not the request: a server error
             return JSONResponse({"error": {"field": None, "reason": str(exc)}}, status_code=500)
+        table, report = answer.table, answer.report
         records = [{c: _jsonable(v) for c, v in zip(table.columns, row)} for row in table.itertuples(index=False)]
         oov = {c: r["oov"] for c, r in report.get("oov", {}).items() if r.get("oov")}
         return {"predictions": records, "warnings": predict_warnings(report), "oov": oov}
