@@ -389,10 +389,16 @@ class Batcher:
 
 @dataclass
 class Prediction:
-    """One ``/predict`` request's answer: its table (:func:`~mtlframe.run.predict_frame`'s) and report."""
+    """One ``/predict`` request's answer: its rows of :func:`~mtlframe.run.predict_frame`'s table as
+    JSON objects, and its report."""
 
-    table: Any
+    records: list
     report: dict
+
+
+def _records(table) -> list[dict]:
+    """The rows of a prediction table as JSON objects (numpy scalars as Python numbers)."""
+    return [{c: _jsonable(v) for c, v in zip(table.columns, row)} for row in table.itertuples(index=False)]
 
 
 #: report entries other than a categorical feature's out-of-vocabulary count
@@ -432,17 +438,24 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
     categorical = [c for c, t in pre.features.items() if t == "categorical"]
     others = any(report.get(k) for k in _OTHER_EVENTS) or any(
         r.get("oov") or r.get("missing") for c, r in report.get("oov", {}).items() if c not in categorical)
+    try:   # one table for the batch (non-finite predictions: request by request below)
+        records = _records(prediction_table(loaded, outputs, whole.index, source))
+    except CheckpointError:
+        records = None
     results: list = []
     start = 0
     for frame in frames:
         n = len(frame)
-        mine = {t: v[start:start + n] for t, v in outputs.items()}
-        try:
-            table = prediction_table(loaded, mine, frame.index, source)
-        except CheckpointError as exc:
-            results.append(exc)
-            start += n
-            continue
+        if records is not None:
+            mine = records[start:start + n]
+        else:
+            try:
+                mine = _records(prediction_table(loaded, {t: v[start:start + n] for t, v in outputs.items()},
+                                                 frame.index, source))
+            except CheckpointError as exc:
+                results.append(exc)
+                start += n
+                continue
         if len(frames) == 1:
             own = report
         elif others:
@@ -453,7 +466,7 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
                 missing = int(_as_str(frame[c]).isna().sum())
                 unknown = int((ids[c][start:start + n] == 0).sum()) - missing
                 own.setdefault("oov", {})[c] = {"rows": n, "oov": unknown, "missing": missing}
-        results.append(Prediction(table, own))
+        results.append(Prediction(mine, own))
         start += n
     return results
 
@@ -569,8 +582,7 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
             raise _data_error(exc, state.schema) from None
         except CheckpointError as exc:   # the weights, not the request: a server error
             return JSONResponse({"error": {"field": None, "reason": str(exc)}}, status_code=500)
-        table, report = answer.table, answer.report
-        records = [{c: _jsonable(v) for c, v in zip(table.columns, row)} for row in table.itertuples(index=False)]
+        records, report = answer.records, answer.report
         oov = {c: r["oov"] for c, r in report.get("oov", {}).items() if r.get("oov")}
         return {"predictions": records, "warnings": predict_warnings(report), "oov": oov}
 
