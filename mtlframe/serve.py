@@ -438,6 +438,8 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
     categorical = [c for c, t in pre.features.items() if t == "categorical"]
     others = any(report.get(k) for k in _OTHER_EVENTS) or any(
         r.get("oov") or r.get("missing") for c, r in report.get("oov", {}).items() if c not in categorical)
+    missing = {c: _as_str(whole[c]).isna().to_numpy() for c in categorical   # once per batch, when any
+               if report.get("oov", {}).get(c, {}).get("missing")}
     try:   # one table for the batch (non-finite predictions: request by request below)
         records = _records(prediction_table(loaded, outputs, whole.index, source))
     except CheckpointError:
@@ -463,9 +465,9 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
         else:
             own = {}
             for c in categorical:
-                missing = int(_as_str(frame[c]).isna().sum())
-                unknown = int((ids[c][start:start + n] == 0).sum()) - missing
-                own.setdefault("oov", {})[c] = {"rows": n, "oov": unknown, "missing": missing}
+                empty = int(missing[c][start:start + n].sum()) if c in missing else 0
+                unknown = int((ids[c][start:start + n] == 0).sum()) - empty
+                own.setdefault("oov", {})[c] = {"rows": n, "oov": unknown, "missing": empty}
         results.append(Prediction(mine, own))
         start += n
     return results

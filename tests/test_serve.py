@@ -110,21 +110,22 @@ def test_concurrent_requests_share_one_model_call_and_each_gets_its_own_rows(ckp
 
     stats = app.state.mtlframe.batcher.stats
     before = (stats.calls, stats.requests)
-    bodies = [ROWS[0], ROWS[1:], ROWS[2], ROWS]
+    empty_genre = {**ROWS[2], "genre": None}    # a missing category: not counted as out-of-vocabulary
+    bodies = [ROWS[0], ROWS[1:], ROWS[2], ROWS, empty_genre]
     out = _call(app, [("POST", "/predict", b) for b in bodies])
-    assert [r.status_code for r in out] == [200] * 4
-    assert (stats.calls - before[0], stats.requests - before[1]) == (1, 4)    # four requests, one forward pass
-    assert stats.sizes[-1] == 4 and stats.rows >= 7
+    assert [r.status_code for r in out] == [200] * 5
+    assert (stats.calls - before[0], stats.requests - before[1]) == (1, 5)    # five requests, one forward pass
+    assert stats.sizes[-1] == 5 and stats.rows >= 8
     whole = out[3].json()["predictions"]
     assert out[0].json()["predictions"] == [whole[0]]
     assert out[1].json()["predictions"] == whole[1:]
     assert out[2].json()["predictions"] == [whole[2]]
     # each request's own out-of-vocabulary report, though they were preprocessed together
     assert [r.json()["oov"] for r in out] == [{}, {"user": 1, "genre": 1}, {"user": 1, "genre": 1},
-                                              {"user": 1, "genre": 1}]
+                                              {"user": 1, "genre": 1}, {"user": 1}]
     # max_batch_size 1: no batching, one call per request
     single = build_server(ckpt[1], max_batch_size=1, batch_timeout=0.2)   # (loads the data again: ~1 s)
-    out = _call(single, [("POST", "/predict", b) for b in bodies])
+    out = _call(single, [("POST", "/predict", b) for b in bodies[:4]])
     assert [r.status_code for r in out] == [200] * 4
     assert single.state.mtlframe.batcher.stats.sizes == [1, 1, 1, 1]
     # the same values up to float rounding (a batch of 1 row and one of 7 sum in other orders)
