@@ -189,16 +189,25 @@ class RowSchema:
         return value
 
 
-def rows_frame(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS):
-    """The pandas table of a ``/predict`` body: one row object or a list of them.
+@dataclass
+class Rows:
+    """The checked rows of one ``/predict`` request: ``cells`` maps each column to its values, one
+    per row (lists joined with ``|``, numbers as floats)."""
+
+    cells: dict
+
+    def __len__(self) -> int:
+        return len(next(iter(self.cells.values()), []))
+
+
+def check_rows(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS) -> Rows:
+    """The :class:`Rows` of a ``/predict`` body: one row object or a list of them.
 
     Raises:
         RequestError: 422 for a body that is not a row or a list of rows, an empty list, a row
             that is not an object, an unknown column (closest name given), a missing column, a
             value of the wrong type; 413 for more than ``max_rows`` rows.
     """
-    import pandas as pd
-
     from mtlframe.errors import closest, near_hint
 
     rows = [payload] if isinstance(payload, dict) else payload
@@ -232,11 +241,31 @@ def rows_frame(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS):
         for values in extra.values():
             if len(values) < i + 1:
                 values.append(None)
-    frame = pd.DataFrame({**cells, **extra})
-    for col, kind in schema.kinds.items():
-        if kind == "numeric" and col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    return frame
+    return Rows({**cells, **extra})
+
+
+def rows_table(parts: Sequence[Rows], schema: RowSchema):
+    """One pandas table of the rows of several requests, in order (a column only some requests
+    hold, a label, is empty in the others)."""
+    import pandas as pd
+
+    columns = list(dict.fromkeys(c for part in parts for c in part.cells))
+    data = {}
+    for col in columns:
+        values: list = []
+        for part in parts:
+            values += part.cells.get(col) or [None] * len(part)
+        data[col] = pd.Series(values, dtype="float64") if schema.kinds.get(col) == "numeric" else values
+    return pd.DataFrame(data)
+
+
+def rows_frame(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS):
+    """The pandas table of a ``/predict`` body (:func:`check_rows`, then :func:`rows_table`).
+
+    Raises:
+        RequestError: as :func:`check_rows`.
+    """
+    return rows_table([check_rows(payload, schema, max_rows)], schema)
 
 
 _COLUMN = re.compile(r"column '([^']+)'")
@@ -405,9 +434,9 @@ def _records(table) -> list[dict]:
 _OTHER_EVENTS = ("filled", "clipped", "truncated", "unseen_classes")
 
 
-def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> list:
-    """:func:`~mtlframe.run.predict_frame` of several requests' rows in one preprocessing pass and
-    one forward pass: ``[Prediction or exception]``, one per frame, in order.
+def predict_batch(loaded, parts: Sequence[Rows], schema: RowSchema, source: str = "request") -> list:
+    """:func:`~mtlframe.run.predict_frame` of several requests' rows (:func:`check_rows`) in one
+    preprocessing pass and one forward pass: ``[Prediction or exception]``, one per request, in order.
 
     A request the preprocessor refuses gets its :class:`~mtlframe.errors.DataError` alone: the
     batch is then redone request by request, so the others still get their predictions. Each
@@ -416,23 +445,18 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
     out-of-vocabulary token, a truncation, an unseen class), the requests' reports are recomputed
     one by one.
     """
-    import pandas as pd
-
     from mtlframe.errors import CheckpointError, DataError
     from mtlframe.preprocess import _as_str
     from mtlframe.run import model_predictions, prediction_table, prepare_rows
 
-    if len(frames) > 1:
-        whole = pd.concat(list(frames), ignore_index=True)
-    else:
-        whole = frames[0]
+    whole = rows_table(parts, schema)
     ids: dict = {}
     try:
         columns, report = prepare_rows(loaded, whole, source, transformed=ids)
     except DataError as exc:
-        if len(frames) == 1:
+        if len(parts) == 1:
             return [exc]
-        return [predict_batch(loaded, [f], source)[0] for f in frames]   # find the bad one(s); the rest go on
+        return [predict_batch(loaded, [p], schema, source)[0] for p in parts]   # find the bad one(s); the rest go on
     outputs = model_predictions(loaded, columns)
     pre = loaded.preprocessor
     categorical = [c for c, t in pre.features.items() if t == "categorical"]
@@ -446,22 +470,22 @@ def predict_batch(loaded, frames: Sequence[Any], source: str = "request") -> lis
         records = None
     results: list = []
     start = 0
-    for frame in frames:
-        n = len(frame)
+    for part in parts:
+        n = len(part)
         if records is not None:
             mine = records[start:start + n]
         else:
             try:
                 mine = _records(prediction_table(loaded, {t: v[start:start + n] for t, v in outputs.items()},
-                                                 frame.index, source))
+                                                 range(n), source))
             except CheckpointError as exc:
                 results.append(exc)
                 start += n
                 continue
-        if len(frames) == 1:
+        if len(parts) == 1:
             own = report
         elif others:
-            own = prepare_rows(loaded, frame, source)[1]
+            own = prepare_rows(loaded, rows_table([part], schema), source)[1]
         else:
             own = {}
             for c in categorical:
@@ -528,8 +552,9 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
     loaded = load_checkpoint(checkpoint)
     loaded.model.to(device).eval()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtlframe-model")
-    batcher = Batcher(lambda frames: predict_batch(loaded, frames), max_batch_size, batch_timeout, executor)
-    state = ServerState(str(checkpoint), loaded, device, RowSchema.of(loaded.preprocessor), batcher, executor,
+    schema = RowSchema.of(loaded.preprocessor)
+    batcher = Batcher(lambda parts: predict_batch(loaded, parts, schema), max_batch_size, batch_timeout, executor)
+    state = ServerState(str(checkpoint), loaded, device, schema, batcher, executor,
                         max_rows)
     if getattr(loaded.recipe.config, "ranking", None) is not None:
         from mtlframe.recommend import Recommender
@@ -577,9 +602,9 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
 
     @app.post("/predict")
     async def predict(request: Request):
-        frame = rows_frame(await body_of(request), state.schema, max_rows)
+        rows = check_rows(await body_of(request), schema, max_rows)
         try:
-            answer = await batcher.submit(frame, len(frame))
+            answer = await batcher.submit(rows, len(rows))
         except DataError as exc:
             raise _data_error(exc, state.schema) from None
         except CheckpointError as exc:   # the weights, not the request: a server error
