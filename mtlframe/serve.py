@@ -227,7 +227,7 @@ def check_rows(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS) -> Row
         for col in row:
             if col not in schema.kinds:
                 raise RequestError(422, f"{where}.{col}", "unknown column" + near_hint(
-                    closest(col, schema.kinds)) + f"; the model reads {', '.join(schema.required)}.")
+                    closest(col, schema.kinds), ".") + f" The model reads {', '.join(schema.required)}.")
         missing = [c for c in schema.required if c not in row]
         if missing:
             raise RequestError(422, f"{where}.{missing[0]}", f"missing column (every row needs "
@@ -292,8 +292,8 @@ def recommend_request(payload: Any, max_users: int, max_k: int) -> tuple[list[An
         raise RequestError(422, "body", f'send an object {{"user": id or [ids], "k": 10}}, got {_jtype(payload)}.')
     for key in payload:
         if key not in ("user", "k"):
-            raise RequestError(422, f"body.{key}", "unknown key" + near_hint(closest(key, ["user", "k"]))
-                               + "; the keys are user and k.")
+            raise RequestError(422, f"body.{key}", "unknown key" + near_hint(closest(key, ["user", "k"]), ".")
+                               + " The keys are user and k.")
     if "user" not in payload:
         raise RequestError(422, "body.user", 'missing: send "user": an id or a list of ids.')
     one = not isinstance(payload["user"], list)
