@@ -63,7 +63,9 @@ def ckpt(tmp_path_factory):
     for section, key in (("", "ranking"), ("tasks", "watch"), ("data", "sampler")):
         (saved["mtlframe"]["recipe"][section] if section else saved["mtlframe"]["recipe"]).pop(key)
     torch.save(saved, folder / "plain.ckpt")
-    return folder, best, folder / "plain.ckpt"
+    saved["mtlframe"]["preprocessor"]["fill"] = {"age": 30.0}   # as if trained with data.fill_missing: {age: 30}
+    torch.save(saved, folder / "filled.ckpt")
+    return folder, best, folder / "plain.ckpt", folder / "filled.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def test_recommend_route_equals_mtlframe_recommend_and_refuses_bad_k_and_users(c
     from mtlframe.recommend import recommend
     from mtlframe.serve import build_server
 
-    folder, best, plain = ckpt
+    folder, best, plain, _ = ckpt
     pd.DataFrame({"user": [3, 17, 4242]}).to_csv(tmp_path / "u.csv", index=False)
     want = recommend(best, tmp_path / "u.csv", k=5, progress=False).frame
     r, one = _call(app, [("POST", "/recommend", {"user": [3, 17, 4242, 3], "k": 5}),
@@ -207,6 +209,22 @@ def test_recommend_route_equals_mtlframe_recommend_and_refuses_bad_k_and_users(c
     r404 = _call(no_ranking, [("POST", "/recommend", {"user": 3})])[0]
     assert r404.status_code == 404 and "without a ranking: section" in r404.json()["error"]["reason"]
     assert _call(no_ranking, [("GET", "/health", b"")])[0].json()["recommend"] is False
+
+
+def test_a_fill_in_one_request_of_a_batch_is_reported_to_that_request_only(ckpt):
+    from mtlframe.serve import build_server
+
+    app = build_server(ckpt[3], max_batch_size=8, batch_timeout=0.3)
+    out = _call(app, [("POST", "/predict", {**ROWS[0], "age": None}), ("POST", "/predict", ROWS[1]),
+                      ("POST", "/predict", ROWS[2]), ("POST", "/predict", {**ROWS[0], "age": 30.0})])
+    assert [r.status_code for r in out] == [200] * 4
+    stats = app.state.mtlframe.batcher.stats
+    assert (stats.calls, stats.requests) == (1, 4)
+    assert out[0].json()["warnings"] == ["numeric feature 'age': 1 missing value(s) filled (data.fill_missing of "
+                                         "the checkpoint)"]
+    assert out[1].json()["warnings"] == [] and out[1].json()["oov"] == {}
+    assert out[2].json()["oov"] == {"user": 1, "genre": 1} and len(out[2].json()["warnings"]) == 2
+    assert out[0].json()["predictions"] == out[3].json()["predictions"]   # filled with 30
 
 
 def _free_port() -> int:
