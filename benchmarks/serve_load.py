@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mtlframe.cli", "serve", "--checkpoint", checkpoint, "--host", "127.0.0.1",
-           "--port", str(port), "--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout)]
+           "--port", str(port), "--max-batch-size", str(args.max_batch_size),
+           "--batch-timeout", str(args.batch_timeout)]
     log = open(out / "server.log", "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     results = []
@@ -238,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_after": os.getloadavg(), "results": results}
     (out / "results.json").write_text(json.dumps(info, indent=2))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nserver up in {startup:.1f} s; {os.cpu_count()} CPUs (load average {load}); {args.rows} row(s) per request\n")
+    print(f"\nserver up in {startup:.1f} s; {os.cpu_count()} CPUs (load average {load}); "
+          f"{args.rows} row(s) per request\n")
     print("| run | clients | requests | requests/s | p50 ms | p99 ms | errors | bad -> 4xx | requests per model call |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['run']} | {r['clients']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} "
+        print(f"| {r['run']} | {r['clients']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} "
+              f"| {r['p99_ms']} "
               f"| {r['errors']} | {r['bad_answered_4xx']} / {r['bad']} | {r['requests_per_call']} |")
     return 1 if any(r["errors"] for r in results) else 0
 

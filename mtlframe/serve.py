@@ -35,7 +35,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +212,8 @@ def check_rows(payload: Any, schema: RowSchema, max_rows: int = MAX_ROWS) -> Row
 
     rows = [payload] if isinstance(payload, dict) else payload
     if not isinstance(rows, list):
-        raise RequestError(422, "body", f"send one row object {{column: value}} or a list of them, got {_jtype(payload)}.")
+        raise RequestError(422, "body", "send one row object {column: value} or a list of them, "
+                                        f"got {_jtype(payload)}.")
     if not rows:
         raise RequestError(422, "body", "the list of rows is empty; send at least one row.")
     if len(rows) > max_rows:
