@@ -209,6 +209,14 @@ def test_recommend_route_equals_mtlframe_recommend_and_refuses_bad_k_and_users(c
     r404 = _call(no_ranking, [("POST", "/recommend", {"user": 3})])[0]
     assert r404.status_code == 404 and "without a ranking: section" in r404.json()["error"]["reason"]
     assert _call(no_ranking, [("GET", "/health", b"")])[0].json()["recommend"] is False
+    # ranking.unknown_users: error -> 404 naming the unknown id
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    saved["mtlframe"]["recipe"]["ranking"]["unknown_users"] = "error"
+    torch.save(saved, tmp_path / "strict.ckpt")
+    strict = build_server(tmp_path / "strict.ckpt", max_batch_size=4, batch_timeout=0.0)
+    r = _call(strict, [("POST", "/recommend", {"user": [3, 4242], "k": 2})])[0]
+    assert r.status_code == 404 and r.json()["error"]["field"] == "body.user"
+    assert "1 of 2 users in the request" in r.json()["error"]["reason"] and "4242" in r.json()["error"]["reason"]
 
 
 def test_a_fill_in_one_request_of_a_batch_is_reported_to_that_request_only(ckpt):
