@@ -1,6 +1,6 @@
 """The ``mtlframe`` command line.
 
-``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``compare``,
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``serve``, ``compare``,
 ``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source checkout).
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
@@ -166,6 +166,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for what, value in result.summary():
         table.add_row(what, value)
     _console().print(table)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mtlframe.serve import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, accelerator=args.accelerator,
+          max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, workers=args.workers,
+          max_rows=args.max_rows, data_path=args.data_path)
     return 0
 
 
@@ -431,6 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
     _rebuild_options(ex, "explain on")
     ex.add_argument("overrides", nargs="*", help="data.* overrides of the saved recipe")
     ex.set_defaults(func=cmd_explain)
+
+    sv = sub.add_parser("serve", help="HTTP server of a checkpoint: /predict, /recommend, /health (docs/serving.md)")
+    sv.add_argument("--checkpoint", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="default 8000")
+    sv.add_argument("--accelerator", choices=("cpu", "cuda", "gpu", "auto"), default="cpu",
+                    help="device of the model (default cpu; cuda: an error without a GPU)")
+    sv.add_argument("--max-batch-size", type=int, default=64, help="most /predict requests per forward pass (default 64)")
+    sv.add_argument("--batch-timeout", type=float, default=0.005,
+                    help="seconds a request waits for others to join its batch (default 0.005)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each loading the model (default 1)")
+    sv.add_argument("--max-rows", type=int, default=1024, help="most rows / users per request (default 1024)")
+    sv.add_argument("--data-path", default=None, help="where a ranking checkpoint's training data is now")
+    sv.set_defaults(func=cmd_serve)
 
     # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
     sub.add_parser("benchmark", add_help=False,

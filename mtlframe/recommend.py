@@ -518,96 +518,159 @@ def recommend(checkpoint: str | Path, users: Any, k: int = 20, output: str | Pat
             ``ranking.unknown_users: error`` (their number and the first ids named); the data is not
             the training data.
     """
-    from mtlframe.batching import take
-    from mtlframe.errors import RecipeError
-    from mtlframe.model import refuse_target_readers
-    from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device, write_table
+    from dataclasses import replace
 
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise MTLFrameError(f"--k must be an integer >= 1 (items per user), got {k!r}.")
+    from mtlframe.run import _quiet_lightning, load_checkpoint, resolve_device, write_table
+
+    check_k(k)
     if batch_size < 1:
         raise MTLFrameError(f"--batch-size must be >= 1 (users per step), got {batch_size!r}.")
     _quiet_lightning()
     device = resolve_device(accelerator)
     loaded = load_checkpoint(checkpoint)
+    check_ranking(loaded, checkpoint)                          # before the slow data load
+    user_feature = loaded.recipe.config.ranking.user_features[0]
+    raw_ids, keys, repeats = _read_users(users, user_feature)   # the user's file before the slow data load
+    recommender = Recommender(checkpoint, loaded, device=device, data_path=data_path, overrides=overrides)
+    source = users if not hasattr(users, "columns") else "the users frame"
+    result = recommender.rank(raw_ids, keys, k, batch_size=batch_size, progress=progress, source=source)
+    if output is not None:
+        write_table(result.frame, output)
+    return replace(result, output=Path(output) if output is not None else None, repeated=repeats)
+
+
+def check_k(k: Any) -> None:
+    """Raises :class:`MTLFrameError` unless ``k`` (items per user) is an integer ``>= 1``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MTLFrameError(f"--k must be an integer >= 1 (items per user), got {k!r}.")
+
+
+def check_ranking(loaded, checkpoint: str | Path) -> None:
+    """Refuse a checkpoint that cannot rank: no ``ranking:`` section, or an encoder reading targets.
+
+    Raises:
+        CheckpointError: the checkpoint's recipe has no ``ranking:`` section (or reads targets).
+    """
+    from mtlframe.model import refuse_target_readers
+
     if getattr(loaded.recipe.config, "ranking", None) is None:
         raise CheckpointError(f"{checkpoint} was trained from a recipe without a ranking: section, so it has no user "
                               "and item sides to rank the catalogue with; add ranking: {user_features: [...], "
                               "item_features: [...]} to the recipe and retrain (see docs/ranking.md).")
-    refuse_target_readers(loaded.encoders, str(checkpoint))   # before the slow data load
-    user_feature = loaded.recipe.config.ranking.user_features[0]
-    raw_ids, keys, repeats = _read_users(users, user_feature)   # the user's file before the slow data load
-    dm, module = rebuild_system(checkpoint, loaded, command="recommend", data_path=data_path, overrides=overrides,
-                                sections=("data", "ranking"))
-    recipe = dm.recipe
-    ranking = recipe.config.ranking
-    model = module.model.to(device).eval()
-    task_types = {t.name: t.type for t in loaded.tasks}
-    classes = {t.name: t.classes for t in loaded.tasks}
-    rank_by = dict(ranking.rank_by or default_rank_by(task_types))
-    problems = rank_by_problems(rank_by, task_types) or ([] if rank_by else [(
-        "ranking.rank_by", "the model has no binary or retrieval task to rank by; add one (rank_by fuses "
-                           "probabilities)")])
-    if problems:
-        raise RecipeError(problems, recipe.source, recipe.lines)
-    unknown_policy = ranking.unknown_users
-    cat = dm.catalogue
-    n_items = len(cat.items)
-    item_raw = catalogue_ids(dm)
-    start = time.perf_counter()
+    refuse_target_readers(loaded.encoders, str(checkpoint))
 
-    where_split, where_row, row_keys = _user_rows(dm, keys, user_feature)
-    known = np.flatnonzero(where_split >= 0)
-    unknown = np.flatnonzero(where_split < 0)
-    if len(unknown) and unknown_policy == "error":
-        shown = ", ".join(map(str, raw_ids[unknown][:10]))
-        raise DataError(f"{len(unknown)} of {len(keys)} users in {users if not hasattr(users, 'columns') else 'the users frame'} "
-                        f"are not in the data {checkpoint} was trained on (no row in any split): {shown}"
-                        f"{' ...' if len(unknown) > 10 else ''}. ranking.unknown_users is 'error'; pass "
-                        "ranking.unknown_users=popularity to give them the most popular items, or drop them.")
-    user_cols = {c: v.to(device) for c, v in user_columns(dm, where_split[known], where_row[known],
-                                                           list(cat.columns)).items()}   # row i = known[i]
-    item_cols = {c: v.to(device) for c, v in cat.columns.items()}
-    exclude_seen = bool(ranking.exclude_seen)
-    if exclude_seen and len(known):
-        seen = _seen(dm, keys[known], row_keys, cat, len(known))
-    retrieval = next((t for t in rank_by if task_types[t] == "retrieval"), None) or next(
-        (t for t, typ in task_types.items() if typ == "retrieval"), None)
-    candidates = max(int(ranking.candidates), k)   # at least k, so that k items can come out
-    use_retrieval = retrieval if retrieval is not None and n_items > candidates else None
-    item_vectors = None
-    with torch.inference_mode():
-        x_items = encode_rows(model, item_cols)                                   # [I, D]
-        if use_retrieval is not None:
-            item_vectors = model.retrieval[use_retrieval].item_vectors(x_items)   # [I, d]
-        batches = []
-        with _progress(len(known), progress) as bar:
-            job = bar.add_task("recommend", total=len(known))
-            for i in range(0, len(known), batch_size):
-                end = min(i + batch_size, len(known))
-                rows = torch.arange(i, end, device=device)
-                exclude = seen.dense(i, end, n_items, device) if exclude_seen else None
-                ranked = rank_users(model, task_types, model.encode(take(user_cols, rows)), x_items, exclude, k,
-                                    rank_by, candidates, use_retrieval, item_vectors)
-                bad = ~torch.isfinite(ranked.scores) & ranked.valid
-                if bad.any():
-                    raise CheckpointError(f"{checkpoint}: the model gives a non-finite score for {int(bad.sum())} "
-                                          "recommended pair(s); its weights are not finite: retrain (see the run's "
-                                          "train/loss).")
-                batches.append(Ranked(ranked.scores.cpu(), ranked.positions.cpu(), ranked.valid.cpu(),
-                                      {t: o.cpu() for t, o in ranked.outputs.items()}))
-                bar.advance(job, len(rows))
-    frame, short, distinct = _frame(raw_ids, known, unknown, batches, item_raw, cat, k, task_types, classes)
-    seconds = time.perf_counter() - start
-    if output is not None:
-        write_table(frame, output)
-    # known users without a training row (their latest row may be in val/test either way)
-    train_keys = row_keys["train"]
-    train_keys = train_keys[np.array([k is not None for k in train_keys], dtype=bool)].astype(str)
-    empty = int((~np.isin(keys[known].astype(str), train_keys)).sum())
-    return RecommendResult(Path(output) if output is not None else None, frame, len(keys), len(known), empty,
-                           len(unknown), short, n_items, distinct, seconds,
-                           use_retrieval, candidates if use_retrieval else n_items, rank_by, repeats)
+
+class Recommender:
+    """A ranking checkpoint loaded once: its data (users, histories), catalogue and item encodings,
+    ready to rank any users with :meth:`rank` (``mtlframe recommend`` ranks a users file with it,
+    ``mtlframe serve`` each ``/recommend`` request).
+
+    Args:
+        checkpoint: the checkpoint file (named in messages).
+        loaded: :func:`~mtlframe.run.load_checkpoint` of it (checked by :func:`check_ranking`).
+        device: where the model runs.
+        data_path, overrides: as :func:`recommend`.
+
+    Raises:
+        RecipeError: ``ranking.rank_by`` names a task that is not binary / retrieval.
+        DataError: the data is not the training data.
+    """
+
+    def __init__(self, checkpoint: str | Path, loaded, *, device: torch.device,
+                 data_path: str | Path | None = None, overrides: list[str] | None = None) -> None:
+        from mtlframe.errors import RecipeError
+        from mtlframe.run import rebuild_system
+
+        check_ranking(loaded, checkpoint)
+        self.checkpoint = checkpoint
+        self.device = device
+        self.user_feature = loaded.recipe.config.ranking.user_features[0]
+        dm, module = rebuild_system(checkpoint, loaded, command="recommend", data_path=data_path,
+                                    overrides=overrides, sections=("data", "ranking"))
+        self.dm = dm
+        recipe = dm.recipe
+        self.ranking = recipe.config.ranking
+        self.model = module.model.to(device).eval()
+        self.task_types = {t.name: t.type for t in loaded.tasks}
+        self.classes = {t.name: t.classes for t in loaded.tasks}
+        self.rank_by = dict(self.ranking.rank_by or default_rank_by(self.task_types))
+        problems = rank_by_problems(self.rank_by, self.task_types) or ([] if self.rank_by else [(
+            "ranking.rank_by", "the model has no binary or retrieval task to rank by; add one (rank_by fuses "
+                               "probabilities)")])
+        if problems:
+            raise RecipeError(problems, recipe.source, recipe.lines)
+        self.catalogue = dm.catalogue
+        self.item_raw = catalogue_ids(dm)
+        self.retrieval = next((t for t in self.rank_by if self.task_types[t] == "retrieval"), None) or next(
+            (t for t, typ in self.task_types.items() if typ == "retrieval"), None)
+        with torch.inference_mode():
+            self.x_items = encode_rows(self.model, {c: v.to(device) for c, v in self.catalogue.columns.items()})
+            self.item_vectors = (self.model.retrieval[self.retrieval].item_vectors(self.x_items)   # [I, d]
+                                 if self.retrieval is not None else None)
+
+    def user_keys(self, raw_ids: Any) -> np.ndarray:
+        """Canonical keys of raw user ids (as :meth:`rank` takes them)."""
+        return _id_keys(raw_ids)
+
+    def rank(self, raw_ids: np.ndarray, keys: np.ndarray, k: int, *, batch_size: int = 256,
+             progress: bool | None = False, source: str = "the users") -> RecommendResult:
+        """Top-``k`` per user of distinct users ``raw_ids`` (their keys: :meth:`user_keys`).
+
+        Returns :class:`RecommendResult` (``output`` ``None``; ``frame`` as :func:`recommend`'s).
+
+        Raises:
+            DataError: unknown users under ``ranking.unknown_users: error`` (``source`` named).
+            CheckpointError: the model gives a non-finite score.
+        """
+        from mtlframe.batching import take
+
+        checkpoint, device, model, cat = self.checkpoint, self.device, self.model, self.catalogue
+        task_types, rank_by = self.task_types, self.rank_by
+        n_items = len(cat.items)
+        start = time.perf_counter()
+        where_split, where_row, row_keys = _user_rows(self.dm, keys, self.user_feature)
+        known = np.flatnonzero(where_split >= 0)
+        unknown = np.flatnonzero(where_split < 0)
+        if len(unknown) and self.ranking.unknown_users == "error":
+            shown = ", ".join(map(str, raw_ids[unknown][:10]))
+            raise DataError(f"{len(unknown)} of {len(keys)} users in {source} "
+                            f"are not in the data {checkpoint} was trained on (no row in any split): {shown}"
+                            f"{' ...' if len(unknown) > 10 else ''}. ranking.unknown_users is 'error'; pass "
+                            "ranking.unknown_users=popularity to give them the most popular items, or drop them.")
+        user_cols = {c: v.to(device) for c, v in user_columns(self.dm, where_split[known], where_row[known],
+                                                               list(cat.columns)).items()}   # row i = known[i]
+        exclude_seen = bool(self.ranking.exclude_seen)
+        if exclude_seen and len(known):
+            seen = _seen(self.dm, keys[known], row_keys, cat, len(known))
+        candidates = max(int(self.ranking.candidates), k)   # at least k, so that k items can come out
+        use_retrieval = self.retrieval if self.retrieval is not None and n_items > candidates else None
+        with torch.inference_mode():
+            batches = []
+            with _progress(len(known), progress) as bar:
+                job = bar.add_task("recommend", total=len(known))
+                for i in range(0, len(known), batch_size):
+                    end = min(i + batch_size, len(known))
+                    rows = torch.arange(i, end, device=device)
+                    exclude = seen.dense(i, end, n_items, device) if exclude_seen else None
+                    ranked = rank_users(model, task_types, model.encode(take(user_cols, rows)), self.x_items,
+                                        exclude, k, rank_by, candidates, use_retrieval, self.item_vectors)
+                    bad = ~torch.isfinite(ranked.scores) & ranked.valid
+                    if bad.any():
+                        raise CheckpointError(f"{checkpoint}: the model gives a non-finite score for {int(bad.sum())} "
+                                              "recommended pair(s); its weights are not finite: retrain (see the run's "
+                                              "train/loss).")
+                    batches.append(Ranked(ranked.scores.cpu(), ranked.positions.cpu(), ranked.valid.cpu(),
+                                          {t: o.cpu() for t, o in ranked.outputs.items()}))
+                    bar.advance(job, len(rows))
+        frame, short, distinct = _frame(raw_ids, known, unknown, batches, self.item_raw, cat, k, task_types,
+                                        self.classes)
+        seconds = time.perf_counter() - start
+        # known users without a training row (their latest row may be in val/test either way)
+        train_keys = row_keys["train"]
+        train_keys = train_keys[np.array([k is not None for k in train_keys], dtype=bool)].astype(str)
+        empty = int((~np.isin(keys[known].astype(str), train_keys)).sum())
+        return RecommendResult(None, frame, len(keys), len(known), empty, len(unknown), short, n_items, distinct,
+                               seconds, use_retrieval, candidates if use_retrieval else n_items, dict(rank_by))
 
 
 def _frame(raw_ids: np.ndarray, known: np.ndarray, unknown: np.ndarray, batches: Sequence[Ranked],

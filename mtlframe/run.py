@@ -833,17 +833,36 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
     "unseen_classes": {task: {class: n}}}`` (see :func:`predict_warnings`); without it, the same
     is issued as warnings.
 
+    The three steps are :func:`prepare_rows`, :func:`model_predictions` and
+    :func:`prediction_table` (``mtlframe serve`` runs the second on several requests at once).
+
     Raises:
         DataError: ``frame`` has no rows; a column the model needs is missing (named), cannot be
             parsed, or holds a value the checkpoint's preprocessor refuses (column and rows named).
         CheckpointError: the model gives a non-finite prediction (its weights are not finite);
             the task and rows are named.
     """
-    import pandas as pd
+    batch_cols, rep = prepare_rows(loaded, frame, source)
+    result = prediction_table(loaded, model_predictions(loaded, batch_cols, batch_size), frame.index, source)
+    if report is not None:
+        report.update(rep)
+    else:
+        for line in predict_warnings(rep):
+            warnings.warn(line, UserWarning, stacklevel=2)
+    return result
 
-    from mtlframe.batching import ColumnBatches
+
+def prepare_rows(loaded: LoadedCheckpoint, frame, source: str = "input",
+                 transformed: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(model-ready columns [N, ...], report)`` of the raw rows of ``frame`` through the
+    checkpoint's preprocessor and encoders (the first step of :func:`predict_frame`; ``report`` as
+    there). ``transformed`` (a dict, when given) receives the preprocessor's columns (categorical
+    ids: ``0`` = out of vocabulary or missing). Not thread-safe: the preprocessor keeps its last report.
+
+    Raises:
+        DataError: as :func:`predict_frame`.
+    """
     from mtlframe.datamodule import materialize
-    from mtlframe.tasks import to_prediction
 
     if len(frame) == 0:
         raise DataError(f"{source} has a header and no data rows: nothing to predict; pass a file with one row "
@@ -856,19 +875,42 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
             unseen = pre.unseen_classes(frame[lab.column], lab)
             if unseen:
                 rep.setdefault("unseen_classes", {})[lab.task] = unseen
-    batch_cols = materialize(loaded.encoders, [], cols)
+    if transformed is not None:
+        transformed.update(cols)
+    return materialize(loaded.encoders, [], cols), rep
+
+
+def model_predictions(loaded: LoadedCheckpoint, batch_cols: Mapping[str, torch.Tensor],
+                      batch_size: int = 8192) -> dict[str, torch.Tensor]:
+    """``{task: predictions}`` (float32 on the CPU: ``[N]``, multiclass ``[N, C]`` probabilities,
+    :func:`~mtlframe.tasks.to_prediction`) of model-ready columns, ``batch_size`` rows per forward
+    pass on the device the caller put the model on."""
+    from mtlframe.batching import ColumnBatches
+    from mtlframe.tasks import to_prediction
+
     outs: dict[str, list[torch.Tensor]] = {t.name: [] for t in loaded.tasks}
     device = next(loaded.model.parameters(), torch.empty(0)).device  # where the caller put the model
     with torch.inference_mode():
-        for batch in ColumnBatches(batch_cols, batch_size):
+        for batch in ColumnBatches(dict(batch_cols), batch_size):
             if device.type != "cpu":
                 batch = {k: v.to(device) for k, v in batch.items()}
             out = loaded.model(batch)
             for t in loaded.tasks:
                 outs[t.name].append(to_prediction(t.type, out[t.name]).float().cpu())
-    result = pd.DataFrame(index=frame.index)
+    return {t: torch.cat(v) if v else torch.zeros(0) for t, v in outs.items()}
+
+
+def prediction_table(loaded: LoadedCheckpoint, predictions: Mapping[str, torch.Tensor], index, source: str = "input"):
+    """The :func:`predict_frame` table of :func:`model_predictions` (rows labelled ``index``).
+
+    Raises:
+        CheckpointError: a non-finite prediction (task and rows named).
+    """
+    import pandas as pd
+
+    result = pd.DataFrame(index=index)
     for t in loaded.tasks:
-        values = torch.cat(outs[t.name]).numpy() if outs[t.name] else np.zeros((0,))
+        values = predictions[t.name].numpy()
         bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         if bad.any():
             rows = ", ".join(str(int(i) + 1) for i in np.flatnonzero(bad)[:5])
@@ -881,11 +923,6 @@ def predict_frame(loaded: LoadedCheckpoint, frame, batch_size: int = 8192, sourc
                 result[f"{t.name}_p_{c}"] = values[:, i] if len(values) else []
         else:
             result[t.name] = values
-    if report is not None:
-        report.update(rep)
-    else:
-        for line in predict_warnings(rep):
-            warnings.warn(line, UserWarning, stacklevel=2)
     return result
 
 
