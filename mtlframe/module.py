@@ -723,3 +723,24 @@ class MultiTaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlframe"] = self.checkpoint_state
+
+    def resume_state(self) -> dict[str, Any]:
+        """The running state a checkpoint needs beyond the weights for an exact resume: the epoch's
+        loss sums so far (its logged means and epoch-level combiners such as ``dwa`` see the whole
+        epoch), the steps skipped, and the model-side negative sampler's generator. Deferred
+        non-finite checks are run first (one host sync)."""
+        self._check_pending()
+        return {"skipped_steps": self.skipped_steps, "epoch_stats": self._epoch_stats,
+                "epoch_total": self._epoch_total, "epoch_steps": self._epoch_steps,
+                "skipped": [[int(s), list(b)] for s, b in self._skipped],
+                "aux_parts": None if self._aux_parts is None else list(self._aux_parts),
+                "negative_generator": self._negative_generator.get_state()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`resume_state` returned (``train --resume``)."""
+        self.skipped_steps = int(state["skipped_steps"])
+        self._epoch_stats, self._epoch_total = state["epoch_stats"], state["epoch_total"]
+        self._epoch_steps = int(state["epoch_steps"])
+        self._skipped = [(int(s), list(b)) for s, b in state["skipped"]]
+        self._aux_parts = state["aux_parts"]
+        self._negative_generator.set_state(state["negative_generator"])

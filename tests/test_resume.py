@@ -1,0 +1,111 @@
+"""``mtlframe train --resume``: a run stopped and continued trains the same weights as one run
+straight through (CPU, bit for bit), whether it stopped at an epoch's end or in the middle of an
+epoch (Ctrl-C), for a loss-level and a gradient-level combiner."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from mtlframe import cli
+from mtlframe import run as run_mod
+from mtlframe.errors import CheckpointError, MTLFrameError, RecipeError
+from mtlframe.recipe import recipe_from_dict
+from mtlframe.testing import tiny_recipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _recipe(epochs: int, **overrides):
+    # 480 training rows in batches of 64: 8 steps per epoch; dropout draws from torch's generator
+    base = {"data.dataset.num_rows": 600, "data.batch_size": 64, "trainer.max_epochs": epochs,
+            "model.tower": {"name": "mlp", "hidden": [8], "dropout": 0.2}}
+    return recipe_from_dict(tiny_recipe(**{**base, **overrides}), "<tiny>")
+
+
+def _weights(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["optimizer_states"][0]["state"], ckpt["global_step"]
+
+
+def _same(a, b):
+    (wa, oa, sa), (wb, ob, sb) = a, b
+    assert sa == sb
+    assert wa.keys() == wb.keys() and oa.keys() == ob.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    for i in oa:
+        for k, v in oa[i].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob[i][k])), (i, k)
+
+
+@pytest.mark.parametrize("combiner", [{"name": "static"}, {"name": "pcgrad"}])
+def test_two_epochs_then_resume_two_more_equals_four_straight(tmp_path, combiner):
+    straight = run_mod.train(_recipe(4, combiner=combiner), tmp_path / "straight", progress=False)
+    first = run_mod.train(_recipe(2, combiner=combiner), tmp_path / "split", progress=False)
+    assert json.loads((first.run_dir / "status.json").read_text())["status"] == "finished"
+    # a finished run is extended by raising trainer.max_epochs; nothing else may change
+    with pytest.raises(RecipeError) as exc:
+        run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=4", "optimizer.lr=0.1"])
+    assert exc.value.problems[0][0] == "optimizer.lr"
+    with pytest.raises(MTLFrameError, match="already trained 2 epoch.*trainer.max_epochs=7"):
+        run_mod.train(None, resume=first.run_dir)
+    resumed = run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=4"], progress=False)
+    assert resumed.run_dir == first.run_dir
+    _same(_weights(straight.run_dir / "checkpoints" / "last.ckpt"), _weights(first.run_dir / "checkpoints" / "last.ckpt"))
+    status = json.loads((first.run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["epochs"] == 4 and status["step"] == 32
+    assert status["resumed"] == {"from": str(first.run_dir / "checkpoints" / "last.ckpt"), "epoch": 3, "batch": 0,
+                                 "step": 16, "previous": "finished"}
+    metrics = json.loads((first.run_dir / "metrics.json").read_text())
+    assert metrics["test"] == json.loads((straight.run_dir / "metrics.json").read_text())["test"]
+
+
+class _CtrlC(pl.Callback):
+    """Sends this process a SIGINT at the start of training batch ``batch`` of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_mid_epoch_then_resume_finishes_with_the_straight_weights(tmp_path, capsys):
+    combiner = {"name": "pcgrad"}
+    straight = run_mod.train(_recipe(3, combiner=combiner), tmp_path / "straight", progress=False)
+    run_dir = tmp_path / "split"
+    with pytest.raises(run_mod.RunInterrupted, match=f"Continue it with: mtlframe train --resume {run_dir}"):
+        run_mod.train(_recipe(3, combiner=combiner), run_dir, progress=False, callbacks=[_CtrlC(1, 3)])
+    assert "stopping after this training batch" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    status = json.loads((run_dir / "status.json").read_text())
+    # the batch being trained when Ctrl-C came (the 4th of epoch 2) was finished: 8 + 4 steps
+    assert (status["status"], status["epoch"], status["step"], status["batch"]) == ("interrupted", 2, 12, 4)
+    assert status["resumable"] is True and status["resume"] == f"mtlframe train --resume {run_dir}"
+    # the run folder: resumed from interrupted.ckpt at the exact batch, not at the epoch's start
+    assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["resumed"]["from"].endswith("interrupted.ckpt")
+    assert (status["resumed"]["epoch"], status["resumed"]["batch"], status["resumed"]["step"]) == (2, 4, 12)
+    assert status["status"] == "finished" and status["step"] == 24
+    _same(_weights(straight.run_dir / "checkpoints" / "last.ckpt"), _weights(run_dir / "checkpoints" / "last.ckpt"))
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no checkpoints/last.ckpt"):
+        run_mod.train(None, resume=tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_mod.train(None, resume=tmp_path / "nope.ckpt")
+    assert cli.main(["train", "--resume", str(tmp_path), "r.yaml"]) == 2
