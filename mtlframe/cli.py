@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
     pl.add_argument("--kind", default=None, choices=["dataset", "encoder", "backbone", "tower", "combiner",
-                                                     "sampler", "metric"], help="only this component kind")
+                                                     "sampler", "metric", "scheduler"], help="only this component kind")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
     return p

@@ -435,7 +435,6 @@ def _resume_callback(datamodule):
         def __init__(self) -> None:
             self.batches = 0                          # batches of the current epoch trained
             self.stop_requested = False
-            self.resumed_from: dict[str, Any] | None = None
             self._loaded: dict[str, Any] | None = None
             self._handler: Any = None
 
@@ -461,10 +460,7 @@ def _resume_callback(datamodule):
             state, self._loaded = self._loaded, None
             if state is None:
                 return
-            epoch, batches = (state["epoch"] + 1, 0) if state["epoch_done"] else (state["epoch"], state["batches"])
-            datamodule.resume_position = (epoch, batches)
-            self.batches = batches
-            self.resumed_from = {"epoch": epoch + (1 if batches else 0), "batch": batches, "step": state["step"]}
+            self.batches = 0 if state["epoch_done"] else state["batches"]
             pl_module.load_resume_state(state["module"])
             _set_rng_state(state["rng"])     # last: nothing before the first batch draws from them
 
@@ -485,7 +481,15 @@ def _resume_callback(datamodule):
                                       "module": pl_module.resume_state()}
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-            self._loaded = checkpoint.get(RESUME_KEY)   # applied by on_fit_start (not when evaluating)
+            from pytorch_lightning.trainer.states import TrainerFn
+
+            state = checkpoint.get(RESUME_KEY)
+            if state is None or trainer.state.fn != TrainerFn.FITTING:   # evaluating a checkpoint: nothing
+                return
+            # before the training dataloader is made (configure_optimizers may make it, before on_fit_start)
+            datamodule.resume_position = ((state["epoch"] + 1, 0) if state["epoch_done"]
+                                          else (state["epoch"], state["batches"]))
+            self._loaded = state   # the rest by on_fit_start
 
         def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
             self._restore_handler()
@@ -638,6 +642,12 @@ def build_system(recipe: Recipe):
                              if combiner.requires_manual_backward else None,
                              checkpoint_state=state, nan_loss=recipe.config.trainer.nan_loss)
     module.set_ranking(dm.catalogue, sampler, seed=recipe.config.seed)
+    schedule = b.scheduler()
+    if schedule is not None:  # a monitored schedule (plateau) watches the checkpoint monitor
+        has_val = len(dm.split_index["val"]) > 0
+        monitor = _monitor(recipe, module, recipe.config.checkpoint.monitor, recipe.config.checkpoint.mode) \
+            if has_val else None
+        module.set_scheduler(*schedule, monitor=monitor, where=(recipe.source, recipe.lines))
     module.set_full_ranking(dm.ranking_split if dm.catalogue is not None else None)
     return dm, module, b
 

@@ -49,10 +49,23 @@ def _same(a, b):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob[i][k])), (i, k)
 
 
-@pytest.mark.parametrize("combiner", [{"name": "static"}, {"name": "pcgrad"}])
-def test_two_epochs_then_resume_two_more_equals_four_straight(tmp_path, combiner):
-    straight = run_mod.train(_recipe(4, combiner=combiner), tmp_path / "straight", progress=False)
-    first = run_mod.train(_recipe(2, combiner=combiner), tmp_path / "split", progress=False)
+#: the loss-level case also trains sparse tables (row-wise Adagrad state), a step-decay schedule stepped
+#: per step (its state; a schedule of the run's length, such as cosine, follows the extended length),
+#: and data-side negatives drawn afresh each epoch (the sampler's epoch)
+SPARSE_SCHEDULED_NEGATIVES = {
+    "combiner": {"name": "static"}, "data.dataset.num_categorical": 2,
+    "model.encoders[1]": {"name": "embedding", "features": ["cat_0", "cat_1"], "dim": 4, "sparse": True},
+    "optimizer": {"name": "adam", "lr": 0.01, "sparse_optimizer": "rowwise_adagrad", "sparse_lr": 0.05,
+                  "scheduler": {"name": "step", "interval": "step", "step_size": 5, "gamma": 0.8}},
+    "data.sampler": {"name": "uniform-negatives", "task": "task_1_bin", "item_features": ["cat_1"],
+                     "user_feature": "cat_0", "ratio": 1}}
+
+
+@pytest.mark.parametrize("case", [SPARSE_SCHEDULED_NEGATIVES, {"combiner": {"name": "pcgrad"}}],
+                         ids=["static-sparse-schedule-negatives", "pcgrad"])
+def test_two_epochs_then_resume_two_more_equals_four_straight(tmp_path, case):
+    straight = run_mod.train(_recipe(4, **case), tmp_path / "straight", progress=False)
+    first = run_mod.train(_recipe(2, **case), tmp_path / "split", progress=False)
     assert json.loads((first.run_dir / "status.json").read_text())["status"] == "finished"
     # a finished run is extended by raising trainer.max_epochs; nothing else may change
     with pytest.raises(RecipeError) as exc:
@@ -64,9 +77,12 @@ def test_two_epochs_then_resume_two_more_equals_four_straight(tmp_path, combiner
     assert resumed.run_dir == first.run_dir
     _same(_weights(straight.run_dir / "checkpoints" / "last.ckpt"), _weights(first.run_dir / "checkpoints" / "last.ckpt"))
     status = json.loads((first.run_dir / "status.json").read_text())
-    assert status["status"] == "finished" and status["epochs"] == 4 and status["step"] == 32
+    # 8 steps per epoch; 12 with a negative per positive task_1_bin row (about half of the 480)
+    steps = json.loads((straight.run_dir / "status.json").read_text())["step"]
+    assert steps == (48 if "data.sampler" in case else 32)
+    assert status["status"] == "finished" and status["epochs"] == 4 and status["step"] == steps
     assert status["resumed"] == {"from": str(first.run_dir / "checkpoints" / "last.ckpt"), "epoch": 3, "batch": 0,
-                                 "step": 16, "previous": "finished"}
+                                 "step": steps // 2, "previous": "finished"}
     metrics = json.loads((first.run_dir / "metrics.json").read_text())
     assert metrics["test"] == json.loads((straight.run_dir / "metrics.json").read_text())["test"]
 
@@ -83,11 +99,12 @@ class _CtrlC(pl.Callback):
 
 
 def test_ctrl_c_mid_epoch_then_resume_finishes_with_the_straight_weights(tmp_path, capsys):
-    combiner = {"name": "pcgrad"}
-    straight = run_mod.train(_recipe(3, combiner=combiner), tmp_path / "straight", progress=False)
+    """A gradient-level combiner (manual optimization) with a cosine schedule over the 3 epochs."""
+    case = {"combiner": {"name": "pcgrad"}, "optimizer.scheduler": {"name": "cosine", "warmup": 3}}
+    straight = run_mod.train(_recipe(3, **case), tmp_path / "straight", progress=False)
     run_dir = tmp_path / "split"
     with pytest.raises(run_mod.RunInterrupted, match=f"Continue it with: mtlframe train --resume {run_dir}"):
-        run_mod.train(_recipe(3, combiner=combiner), run_dir, progress=False, callbacks=[_CtrlC(1, 3)])
+        run_mod.train(_recipe(3, **case), run_dir, progress=False, callbacks=[_CtrlC(1, 3)])
     assert "stopping after this training batch" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     status = json.loads((run_dir / "status.json").read_text())
