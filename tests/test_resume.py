@@ -126,3 +126,18 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         run_mod.train(None, resume=tmp_path / "nope.ckpt")
     assert cli.main(["train", "--resume", str(tmp_path), "r.yaml"]) == 2
+
+
+def test_db_mtl_gradient_ema_is_saved_with_the_weights():
+    """Its EMA of per-task gradients is state a resume needs (it was a non-persistent buffer, so a
+    resumed run restarted it from zeros while its step counts went on)."""
+    from mtlframe.combiners.db_mtl import DBMTL
+
+    trained, fresh = DBMTL(task_names=["a", "b"]), DBMTL(task_names=["a", "b"])
+    trained.grad_ema = torch.arange(6.0).reshape(2, 3)
+    trained.steps += 4
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(fresh.grad_ema, torch.arange(6.0).reshape(2, 3)) and fresh.steps.tolist() == [4.0, 4.0]
+    untouched = DBMTL(task_names=["a", "b"])
+    untouched.load_state_dict(DBMTL(task_names=["a", "b"]).state_dict())   # before the first step: still none
+    assert untouched.grad_ema is None
