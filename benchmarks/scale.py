@@ -15,6 +15,12 @@ the used columns (int32 ids, float32 numerics and labels: 20 * 4 + 10 * 4 + 3 * 
 row). Peak RSS is split into what is not data: the process after importing torch, Lightning and
 mtlframe (``baseline``) and the model (parameters, gradients, optimizer state: ``model``);
 ``data_rss_over_raw`` is ``(peak - baseline - model) / raw``.
+
+``--resume`` measures ``train --resume`` instead: a run of ``--steps`` steps (one epoch,
+``limit_train_batches``) that writes ``last.ckpt``, then its resume to a second epoch of as many
+steps. Reported: each one's start-up (from the ``train`` call to its first training batch), the
+resume's extra start-up over the fresh one (reading the checkpoint: weights, dense and row-wise
+Adagrad state, loops, callbacks, random states; comparing the preprocessor), and the checkpoint's size.
 """
 from __future__ import annotations
 
@@ -117,6 +123,48 @@ def run_size(rows: int, steps: int, sparse: bool = True, sparse_optimizer: str =
             "auc": {t: v["auc"] for t, v in result.metrics.get("test", {}).items()}}
 
 
+def run_resume(rows: int, steps: int) -> dict:
+    """Start-up of a fresh run and of its resume (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+
+    class FirstBatch(pl.Callback):
+        """The wall-clock time of the first training batch."""
+
+        first_batch: float | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if self.first_batch is None:
+                self.first_batch = time.perf_counter()
+
+    data = recipe_dict(rows, steps)
+    data["data"]["split"]["test"] = 0.001   # the runs' final test pass is not what is measured
+    recipe = recipe_from_dict(data, f"benchmarks.scale(rows={rows}, resume)")
+    out: dict = {"rows": rows, "steps_per_run": steps}
+    with tempfile.TemporaryDirectory(prefix="mtlframe-resume-") as tmp:
+        run_dir = Path(tmp) / "run"
+        for phase in ("fresh", "resume"):
+            marks = FirstBatch()
+            t0 = time.perf_counter()
+            if phase == "fresh":
+                train(recipe, run_dir, progress=False, callbacks=[marks])
+            else:
+                train(None, resume=run_dir, overrides=["trainer.max_epochs=2"], progress=False, callbacks=[marks])
+            out[f"{phase}_startup_s"] = marks.first_batch - t0
+            out[f"{phase}_total_s"] = time.perf_counter() - t0
+            if phase == "fresh":
+                out["checkpoint_mb"] = (run_dir / "checkpoints" / "last.ckpt").stat().st_size / MB
+        status = json.loads((run_dir / "status.json").read_text())
+        out["resumed"] = status.get("resumed")
+    out["extra_startup_s"] = out["resume_startup_s"] - out["fresh_startup_s"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, required=True)
@@ -125,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense", action="store_true", help="dense embedding gradients and one Adam")
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "sparse_adam"])
     p.add_argument("--sparse-lr", type=float, default=0.05, help="learning rate of the sparse tables")
+    p.add_argument("--resume", action="store_true", help="measure the start-up of train --resume (see above)")
     p.add_argument("--output", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -133,7 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     import mtlframe.builtins  # noqa: F401
     from mtlframe.run import _quiet_lightning
     _quiet_lightning()
-    out = run_size(a.rows, a.steps, sparse=not a.dense, sparse_optimizer=a.sparse_optimizer, sparse_lr=a.sparse_lr)
+    if a.resume:
+        out = run_resume(a.rows, a.steps)
+    else:
+        out = run_size(a.rows, a.steps, sparse=not a.dense, sparse_optimizer=a.sparse_optimizer,
+                       sparse_lr=a.sparse_lr)
     with open(a.output, "w") as fh:
         json.dump(out, fh, indent=2)
 

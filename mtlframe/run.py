@@ -226,8 +226,18 @@ def _checkpoint_callback(**kwargs: Any):
             return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
         def _save_checkpoint(self, trainer, filepath: str) -> None:
-            super()._save_checkpoint(trainer, filepath)
-            self.__dict__.setdefault("saved_steps", {})[str(filepath)] = trainer.global_step
+            steps = self.__dict__.setdefault("saved_steps", {})
+            # last.ckpt of the step whose best checkpoint was just written: the same state, so a hard
+            # link to it (a later best.ckpt replaces its file, the link keeps this one), not a second write
+            same = [p for p, s in steps.items() if s == trainer.global_step and p != str(filepath) and Path(p).is_file()]
+            if Path(filepath).name == f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}" and same:
+                if trainer.is_global_zero:
+                    _copy_file(Path(same[0]), Path(filepath))
+                trainer.strategy.barrier("last checkpoint")
+                self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
+            else:
+                super()._save_checkpoint(trainer, filepath)
+            steps[str(filepath)] = trainer.global_step
 
     return OneBasedCheckpoint(**kwargs)
 
