@@ -540,8 +540,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     if overwrite:
         return
     choice = "pass --overwrite to start over in it (its checkpoints are deleted), or another --run-dir"
+    resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()   # any run of this version can be continued
     if (run_dir / "metrics.json").exists():
-        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
+        extend = f" (mtlframe train --resume {run_dir} trainer.max_epochs=N trains it longer)" if resumable else ""
+        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json){extend}; pass another --run-dir, "
                             "or --overwrite to replace it.")
     state = status.get("status")
     if state == "interrupted":
@@ -549,7 +551,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         saved = [f"{k.replace('_', ' ')} {status[k]}" for k in ("last_checkpoint", "best_checkpoint") if status.get(k)]
         raise MTLFrameError(f"{run_dir} holds a run interrupted during {status.get('during', 'training')} at {where}, "
                             f"step {status.get('step')}" + (f" ({'; '.join(saved)})" if saved else "")
-                            + f". Continue it with mtlframe train --resume {run_dir}, or {choice}.")
+                            + (f". Continue it with mtlframe train --resume {run_dir}, or {choice}."
+                               if status.get("resumable") or resumable else f"; {choice}."))
+    if resumable:
+        choice = f"continue it from its last validation with mtlframe train --resume {run_dir}, or {choice}"
     if state == "failed":
         raise MTLFrameError(f"{run_dir} holds a failed run ({str(status.get('reason', '')).splitlines()[0][:200]}); "
                             f"{choice}.")

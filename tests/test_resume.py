@@ -18,14 +18,6 @@ from mtlframe.recipe import recipe_from_dict
 from mtlframe.testing import tiny_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _recipe(epochs: int, **overrides):
     # 480 training rows in batches of 64: 8 steps per epoch; dropout draws from torch's generator
     base = {"data.dataset.num_rows": 600, "data.batch_size": 64, "trainer.max_epochs": epochs,
@@ -67,6 +59,8 @@ def test_two_epochs_then_resume_two_more_equals_four_straight(tmp_path, case):
     straight = run_mod.train(_recipe(4, **case), tmp_path / "straight", progress=False)
     first = run_mod.train(_recipe(2, **case), tmp_path / "split", progress=False)
     assert json.loads((first.run_dir / "status.json").read_text())["status"] == "finished"
+    with pytest.raises(MTLFrameError, match=f"--resume {first.run_dir} trainer.max_epochs=N trains it longer"):
+        run_mod.train(_recipe(4, **case), first.run_dir)    # a new run into it says how to extend it instead
     # a finished run is extended by raising trainer.max_epochs; nothing else may change
     with pytest.raises(RecipeError) as exc:
         run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=4", "optimizer.lr=0.1"])
