@@ -804,8 +804,8 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
     states), schedulers, combiner state, loop counters and callbacks, plus the random states and the
     data position (the exact batch of a mid-epoch checkpoint). ``status.json`` says
     ``"resumed": {"from", "epoch", "batch", "step"}``; ``metrics.json`` is rewritten at the end.
-    4 epochs straight and 2 + resume + 2 give bit-identical weights on CPU (``deterministic``
-    kernels assumed on GPU).
+    4 epochs straight and 2 + resume + 2 give bit-identical weights on CPU (on a GPU only with
+    ``trainer.deterministic``; not tested there).
 
     Raises:
         MTLFrameError: ``run_dir`` is a file, or holds a run (finished, failed, interrupted or never
