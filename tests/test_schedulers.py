@@ -4,6 +4,7 @@ manual optimization), recipe validation, the registry and the contract check."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -11,10 +12,12 @@ import torch
 
 from mtlframe import cli
 from mtlframe import run as run_mod
+from mtlframe.encoders.numeric import NumericEncoder
 from mtlframe.errors import RecipeError
+from mtlframe.hookspecs import ComponentSpec, hookimpl
 from mtlframe.recipe import recipe_from_dict
 from mtlframe.registry import get_registry
-from mtlframe.testing import check_scheduler, tiny_recipe
+from mtlframe.testing import check_scheduler, tiny_recipe, use_plugins
 
 BUILTINS = ("cosine", "linear-warmup", "onecycle", "plateau", "step")
 
@@ -98,23 +101,40 @@ class _Rates(pl.Callback):
         self.rates.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
 
 
+class OwnRateEncoder(NumericEncoder):
+    """A numeric encoder whose projection trains at its own rate, in its own parameter group, as the
+    mtlframe-text plugin's fine-tuned transformer does (``param_groups``, group ``text-lm``)."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.proj.parameters()), "lr": 0.003, "name": "text-lm"}]
+
+
+@hookimpl
+def mtlframe_encoders():
+    return [ComponentSpec("numeric-own-rate", OwnRateEncoder, "numeric, own learning rate")]
+
+
 @pytest.mark.parametrize("combiner", ["static", "pcgrad"])
 def test_dense_and_sparse_groups_follow_the_schedule_under_both_optimizations(tmp_path, combiner):
-    """8 steps per epoch, 2 epochs: cosine over T = 16 steps with W = 4 from lr 0.01 (dense) and
-    sparse_lr 0.05 (row-wise Adagrad tables); pcgrad trains under manual optimization."""
-    recipe = recipe_from_dict(tiny_recipe(**{
-        "data.dataset.num_rows": 600, "data.batch_size": 64, "trainer.max_epochs": 2,
-        "model.encoders[1]": {"name": "embedding", "features": ["cat_0"], "dim": 4, "sparse": True},
-        "model.shared": "backbone", "combiner": {"name": combiner}, "logger": {"name": "csv"},
-        "optimizer": {"name": "adam", "lr": 0.01, "sparse_optimizer": "rowwise_adagrad", "sparse_lr": 0.05,
-                      "scheduler": {"name": "cosine", "warmup": 4}}}), "<tiny>")
-    rates = _Rates()
-    run_mod.train(recipe, tmp_path / "run", progress=False, callbacks=[rates])
+    """8 steps per epoch, 2 epochs: cosine over T = 16 steps with W = 4 from lr 0.01 (dense),
+    sparse_lr 0.05 (row-wise Adagrad tables) and an encoder's own rate 0.003; pcgrad trains under
+    manual optimization."""
+    with use_plugins(sys.modules[__name__]):
+        recipe = recipe_from_dict(tiny_recipe(**{
+            "data.dataset.num_rows": 600, "data.batch_size": 64, "trainer.max_epochs": 2,
+            "model.encoders[0]": {"name": "numeric-own-rate", "features": [f"x_{i:03d}" for i in range(8)], "dim": 4},
+            "model.encoders[1]": {"name": "embedding", "features": ["cat_0"], "dim": 4, "sparse": True},
+            "model.shared": "backbone", "combiner": {"name": combiner}, "logger": {"name": "csv"},
+            "optimizer": {"name": "adam", "lr": 0.01, "sparse_optimizer": "rowwise_adagrad", "sparse_lr": 0.05,
+                          "scheduler": {"name": "cosine", "warmup": 4}}}), "<tiny>")
+        rates = _Rates()
+        run_mod.train(recipe, tmp_path / "run", progress=False, callbacks=[rates])
     cosine = get_registry().get("scheduler", "cosine").load()(warmup=4)
     assert len(rates.rates) == 16
     for t, seen in enumerate(rates.rates):   # after step t + 1
         f = cosine.factor(t + 1, 16)
         assert seen["dense"] == pytest.approx(0.01 * f) and seen["sparse"] == pytest.approx(0.05 * f)
+        assert seen["text-lm"] == pytest.approx(0.003 * f)
     import pandas as pd
 
     logged = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
