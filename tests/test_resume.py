@@ -135,3 +135,20 @@ def test_db_mtl_gradient_ema_is_saved_with_the_weights():
     untouched = DBMTL(task_names=["a", "b"])
     untouched.load_state_dict(DBMTL(task_names=["a", "b"]).state_dict())   # before the first step: still none
     assert untouched.grad_ema is None
+
+
+def test_early_stopping_state_is_saved_and_restored():
+    """A resumed run counts patience on from where it stopped: each watched value's best, its epoch
+    and the validations without improvement go into the checkpoint (Lightning's callback state)."""
+    def stopper():
+        return run_mod._early_stopping_callback([run_mod._Watched("val/score", "max"),
+                                                 run_mod._Watched("val/a/auc", "max", "a", "auc")], "any", 3, 0.0)
+
+    trained = stopper()
+    trained.watched[0].best, trained.watched[0].best_epoch, trained.watched[0].wait = 0.71, 4, 2
+    trained.watched[1].best, trained.watched[1].best_epoch, trained.watched[1].wait = 0.8, 5, 1
+    resumed = stopper()
+    resumed.load_state_dict(trained.state_dict())
+    assert [(w.key, w.best, w.best_epoch, w.wait) for w in resumed.watched] == [
+        ("val/score", 0.71, 4, 2), ("val/a/auc", 0.8, 5, 1)]
+    assert resumed.stopped is None   # a resumed run that had stopped may train on (raise patience)
