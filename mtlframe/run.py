@@ -681,6 +681,8 @@ class ResumeTarget:
     #: the checkpoint's position: ``{"epoch", "batches", "epoch_done", "step"}`` (epoch 0-based)
     position: dict[str, Any]
     status: dict[str, Any]
+    #: the ``trainer`` section the run was started with (before the overrides)
+    saved_trainer: dict[str, Any] = field(default_factory=dict)
 
 
 def resume_target(path: str | Path, overrides: list[str] | None = None) -> ResumeTarget:
@@ -746,8 +748,9 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
                            for k in outside], source)
     data = apply_overrides(saved["mtlframe"]["recipe"], overrides)
     recipe = recipe_from_dict(data, source, override_lines({}, overrides))
+    saved_trainer = dict(saved["mtlframe"]["recipe"].get("trainer") or {})
     del saved
-    return ResumeTarget(run_dir, ckpt, recipe, position, status)
+    return ResumeTarget(run_dir, ckpt, recipe, position, status, saved_trainer)
 
 
 def _read_status(run_dir: Path) -> dict[str, Any]:
@@ -767,6 +770,21 @@ def _check_resume(target: ResumeTarget) -> None:
     if target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
         raise MTLFrameError(f"{target.run_dir} is being trained by process {target.status.get('pid')} (status.json "
                             "says running); wait for it, or stop it, before resuming.")
+    spec = target.recipe.config.optimizer.scheduler
+    if spec is not None:
+        from mtlframe.registry import get_registry
+
+        from mtlframe.recipe import TrainerConfig
+
+        schedule = get_registry().get("scheduler", spec["name"]).load()
+        saved = TrainerConfig.model_validate(target.saved_trainer)   # its defaults filled in
+        before = {"max_epochs": saved.max_epochs, "max_steps": saved.max_steps}
+        if not getattr(schedule, "extendable", True) and before != {"max_epochs": t.max_epochs, "max_steps": t.max_steps}:
+            raise RecipeError([("trainer.max_epochs" if before["max_epochs"] != t.max_epochs else "trainer.max_steps",
+                                f"the run's schedule '{spec['name']}' (optimizer.scheduler) was built for its planned "
+                                f"length (max_epochs {before['max_epochs']}, max_steps {before['max_steps']}) and "
+                                "cannot go past it; resume without changing the length, or start a new run.")],
+                              target.recipe.source, target.recipe.lines)
     if (done >= t.max_epochs and t.max_steps == -1) or (t.max_steps != -1 and pos["step"] >= t.max_steps):
         limit = (f"trainer.max_epochs {t.max_epochs}" if t.max_steps == -1 else f"trainer.max_steps {t.max_steps}")
         raise MTLFrameError(f"{target.checkpoint} has already trained {done} epoch(s), {pos['step']} steps, which "

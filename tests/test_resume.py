@@ -152,3 +152,13 @@ def test_early_stopping_state_is_saved_and_restored():
     assert [(w.key, w.best, w.best_epoch, w.wait) for w in resumed.watched] == [
         ("val/score", 0.71, 4, 2), ("val/a/auc", 0.8, 5, 1)]
     assert resumed.stopped is None   # a resumed run that had stopped may train on (raise patience)
+
+
+def test_a_onecycle_run_is_not_extended_past_its_planned_length(tmp_path):
+    """OneCycleLR's state fixes the run's length: a longer resumed run is refused up front, at the
+    trainer key, instead of torch's error in the middle of training."""
+    first = run_mod.train(_recipe(1, **{"optimizer.scheduler": {"name": "onecycle"}}), tmp_path / "run",
+                          progress=False)
+    with pytest.raises(RecipeError) as exc:
+        run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=2"])
+    assert exc.value.problems[0][0] == "trainer.max_epochs" and "planned length" in exc.value.problems[0][1]

@@ -44,11 +44,15 @@ class LRSchedule:
         needs_monitor: steps on a monitored value (``ReduceLROnPlateau``): mtlframe passes the
             recipe's checkpoint monitor (``checkpoint.monitor``, ``val/score`` by default) and
             :meth:`build` receives its ``mode`` (``"min"`` or ``"max"``).
+        extendable: a run resumed with a longer ``trainer.max_epochs`` / ``max_steps`` can go on
+            with it (False when the saved state fixes the run's length, as ``OneCycleLR``'s does:
+            ``train --resume`` then refuses a longer run up front).
     """
 
     default_interval: ClassVar[str] = "step"
     intervals: ClassVar[tuple[str, ...]] = INTERVALS
     needs_monitor: ClassVar[bool] = False
+    extendable: ClassVar[bool] = True
 
     def build(self, optimizer: torch.optim.Optimizer, total_steps: int, mode: str = "max") -> Any:
         """The ``torch.optim.lr_scheduler`` scheduler over ``optimizer`` (every group).

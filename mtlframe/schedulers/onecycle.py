@@ -2,7 +2,7 @@
 Using Large Learning Rates", 2019; ``torch.optim.lr_scheduler.OneCycleLR``)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -14,7 +14,8 @@ class OneCycle(LRSchedule):
     """Each group's rate rises from ``lr_0 / div_factor`` to its peak ``lr_0`` (the group's own
     rate: ``optimizer.lr``, ``sparse_lr``, a text encoder's ``lr``) over the first ``pct_start``
     of the run, then anneals to ``lr_0 / (div_factor * final_div_factor)`` at its last step.
-    Needs the run's length, so a run with this schedule cannot be extended by ``--resume``.
+    Its state holds the run's length, so ``train --resume`` refuses to extend such a run
+    (``extendable = False``).
 
     Args:
         pct_start: fraction of the run spent rising, in (0, 1).
@@ -27,6 +28,8 @@ class OneCycle(LRSchedule):
     Raises:
         ArgumentError: a value outside the ranges above.
     """
+
+    extendable: ClassVar[bool] = False   # OneCycleLR's state holds total_steps
 
     def __init__(self, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4,
                  anneal_strategy: Literal["cos", "linear"] = "cos", cycle_momentum: bool = False) -> None:
