@@ -832,6 +832,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             metric undefined on the validation split); ``status.json`` says ``failed``.
         RunInterrupted: Ctrl-C; ``status.json`` says ``interrupted`` with the epoch, the step
             and the checkpoints saved.
+        CheckpointError / RecipeError / DataError: with ``resume``, see :func:`resume_target`; also an
+            override that lengthens a run whose schedule fixes its length (``onecycle``), and data
+            that changed since the run started (the column named).
     """
     _quiet_lightning()
     import pytorch_lightning as pl
