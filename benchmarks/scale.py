@@ -15,6 +15,16 @@ the used columns (int32 ids, float32 numerics and labels: 20 * 4 + 10 * 4 + 3 * 
 row). Peak RSS is split into what is not data: the process after importing torch, Lightning and
 mtlframe (``baseline``) and the model (parameters, gradients, optimizer state: ``model``);
 ``data_rss_over_raw`` is ``(peak - baseline - model) / raw``.
+
+``--resume`` measures ``train --resume`` instead: a run of ``--steps`` steps (one epoch,
+``limit_train_batches``) that writes ``last.ckpt``, then its resume to a second epoch of as many
+steps, in one process. Reported for each, in wall-clock and in CPU seconds of the process (the CPU
+time is what to compare on a shared machine): the start-up (from the ``train`` call to its first
+training batch), split into building the data and model (``train`` call -> Lightning's ``setup``
+hook; for the resume also reading the saved recipe and comparing the preprocessor) and
+Lightning's part (``setup`` -> first batch: for the resume, restoring the weights, the dense and
+row-wise Adagrad state, loops, callbacks and random states); the resume's extra start-up over the
+fresh one; and the checkpoint's size.
 """
 from __future__ import annotations
 
@@ -117,6 +127,61 @@ def run_size(rows: int, steps: int, sparse: bool = True, sparse_optimizer: str =
             "auc": {t: v["auc"] for t, v in result.metrics.get("test", {}).items()}}
 
 
+def run_resume(rows: int, steps: int) -> dict:
+    """Start-up of a fresh run and of its resume (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    class Marks(pl.Callback):
+        """(wall, CPU) times of Lightning's setup hook and of the first training batch."""
+
+        setup_at: tuple[float, float] | None = None
+        first_batch: tuple[float, float] | None = None
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if self.setup_at is None:
+                self.setup_at = now()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if self.first_batch is None:
+                self.first_batch = now()
+
+    data = recipe_dict(rows, steps)
+    data["data"]["split"]["test"] = 0.001   # the runs' final test pass is not what is measured
+    recipe = recipe_from_dict(data, f"benchmarks.scale(rows={rows}, resume)")
+    out: dict = {"rows": rows, "steps_per_run": steps}
+    with tempfile.TemporaryDirectory(prefix="mtlframe-resume-") as tmp:
+        run_dir = Path(tmp) / "run"
+        for phase in ("fresh", "resume"):
+            marks = Marks()
+            t0 = now()
+            if phase == "fresh":
+                train(recipe, run_dir, progress=False, callbacks=[marks])
+            else:
+                train(None, resume=run_dir, overrides=["trainer.max_epochs=2"], progress=False, callbacks=[marks])
+            for i, clock in enumerate(("wall", "cpu")):
+                out[f"{phase}_startup_{clock}_s"] = marks.first_batch[i] - t0[i]
+                out[f"{phase}_build_{clock}_s"] = marks.setup_at[i] - t0[i]
+                out[f"{phase}_lightning_{clock}_s"] = marks.first_batch[i] - marks.setup_at[i]
+            out[f"{phase}_total_wall_s"] = time.perf_counter() - t0[0]
+            if phase == "fresh":
+                out["checkpoint_mb"] = (run_dir / "checkpoints" / "last.ckpt").stat().st_size / MB
+        status = json.loads((run_dir / "status.json").read_text())
+        out["resumed"] = status.get("resumed")
+    for key in ("startup", "build", "lightning"):
+        for clock in ("wall", "cpu"):
+            out[f"extra_{key}_{clock}_s"] = out[f"resume_{key}_{clock}_s"] - out[f"fresh_{key}_{clock}_s"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, required=True)
@@ -125,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense", action="store_true", help="dense embedding gradients and one Adam")
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad", choices=["rowwise_adagrad", "sparse_adam"])
     p.add_argument("--sparse-lr", type=float, default=0.05, help="learning rate of the sparse tables")
+    p.add_argument("--resume", action="store_true", help="measure the start-up of train --resume (see above)")
     p.add_argument("--output", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -133,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     import mtlframe.builtins  # noqa: F401
     from mtlframe.run import _quiet_lightning
     _quiet_lightning()
-    out = run_size(a.rows, a.steps, sparse=not a.dense, sparse_optimizer=a.sparse_optimizer, sparse_lr=a.sparse_lr)
+    if a.resume:
+        out = run_resume(a.rows, a.steps)
+    else:
+        out = run_size(a.rows, a.steps, sparse=not a.dense, sparse_optimizer=a.sparse_optimizer,
+                       sparse_lr=a.sparse_lr)
     with open(a.output, "w") as fh:
         json.dump(out, fh, indent=2)
 

@@ -45,6 +45,10 @@ KIND_INTRO = {
     "metric": "Per-task evaluation metrics (torchmetrics objects, synced across processes), named in "
               "`tasks.<task>.metrics`; the first is the task's primary metric. Metrics with a cutoff are "
               "written `name@K` (`ndcg@10`).",
+    "scheduler": "Learning-rate schedules (`optimizer.scheduler: {name: ..., interval: step|epoch, ...}`), "
+                 "built on `torch.optim.lr_scheduler` and applied to every parameter group (dense, sparse "
+                 "tables, a text encoder's own rate), each from its own rate. Injected into `build`: "
+                 "`total_steps`, the run's length in the interval's units (see [resume.md](resume.md)).",
 }
 
 

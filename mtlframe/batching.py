@@ -66,6 +66,11 @@ class ColumnBatches:
         rank, world_size: this process's share under DDP.
         drop_uneven: truncate the shares to equal length (training under DDP).
         pin_memory: pin each epoch's permuted columns (faster host-to-GPU copies).
+
+    Resuming (``mtlframe train --resume``): :meth:`resume_at` sets the epoch of the next
+    iteration and a number of its first batches to leave out, so a run resumed from a checkpoint
+    written in the middle of an epoch continues at the exact batch (the permutation is a function
+    of ``seed`` + epoch, so it is the same).
     """
 
     def __init__(self, columns: Columns | Callable[[int], Columns], batch_size: int, shuffle: bool = False,
@@ -81,6 +86,11 @@ class ColumnBatches:
         self.pin_memory = pin_memory
         self.epoch = 0
         self._running: int | None = None          # the epoch being iterated, if any
+        self._skip = 0                            # batches of the next iteration to leave out (resume)
+
+    def resume_at(self, epoch: int, batches: int = 0) -> None:
+        """The next iteration is epoch ``epoch`` (0-based) and starts after its first ``batches`` batches."""
+        self.epoch, self._skip = int(epoch), max(0, int(batches))
 
     def _get(self, epoch: int) -> Columns:
         return self._columns(epoch) if callable(self._columns) else self._columns
@@ -114,8 +124,9 @@ class ColumnBatches:
         self.epoch += 1
         total = len(index) if index is not None else n
         block = max(1, GATHER_ROWS // self.batch_size) * self.batch_size
+        first, self._skip = self._skip * self.batch_size, 0   # rows of the batches left out (resume)
         try:
-            for lo in range(0, total, block):
+            for lo in range(first, total, block):
                 part = take(cols, index[lo:lo + block]) if index is not None else {
                     k: v[lo:lo + block].contiguous() for k, v in cols.items()}
                 if self.pin_memory and torch.cuda.is_available():

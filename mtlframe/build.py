@@ -144,6 +144,15 @@ class Builder:
         return self.make("sampler", self.recipe.config.data.sampler, "data.sampler", feature_info=feature_info,
                          tasks=list(tasks), table=table)
 
+    def scheduler(self) -> tuple[Any, str] | None:
+        """``(schedule, interval)`` of ``optimizer.scheduler`` (the interval defaulting to the
+        schedule's own), or ``None`` without one."""
+        spec = self.recipe.config.optimizer.scheduler
+        if spec is None:
+            return None
+        schedule = self.make("scheduler", {k: v for k, v in spec.items() if k != "interval"}, "optimizer.scheduler")
+        return schedule, spec.get("interval") or type(schedule).default_interval
+
     def metrics(self, tasks: Sequence[TaskSpec]) -> dict[str, dict[str, Any]]:
         """``{task: {metric name as written: MetricDef}}``, each with its options bound: the ``K``
         of ``name@K`` and, for grouped metrics, the recipe's ``metrics_group``."""

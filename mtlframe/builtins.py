@@ -132,3 +132,18 @@ def mtlframe_metrics():
         C("hitrate", "mtlframe.metrics.grouped:hitrate", "HitRate@K per user, written hitrate@K (binary; "
                                                          "needs metrics_group)"),
     ]
+
+
+@hookimpl
+def mtlframe_schedulers():
+    return [
+        C("cosine", "mtlframe.schedulers.cosine:Cosine",
+          "cosine annealing to min_lr_ratio, optional linear warm-up (Loshchilov & Hutter, ICLR 2017)"),
+        C("linear-warmup", "mtlframe.schedulers.linear_warmup:LinearWarmup",
+          "linear warm-up to the base rate, then constant (Goyal et al., 2017)"),
+        C("step", "mtlframe.schedulers.step:StepDecay", "rate x gamma every step_size epochs (or steps)"),
+        C("plateau", "mtlframe.schedulers.plateau:Plateau",
+          "rate x factor when the checkpoint monitor stops improving (per validation)"),
+        C("onecycle", "mtlframe.schedulers.onecycle:OneCycle",
+          "one-cycle policy: up to the base rate, then annealed far below (Smith & Topin, 2019)"),
+    ]

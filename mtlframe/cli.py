@@ -77,11 +77,20 @@ def _number(v: float) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mtlframe.recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
     from mtlframe.run import train
 
-    result = train(recipe, args.run_dir, progress=False if args.no_progress else None, overwrite=args.overwrite)
+    progress = False if args.no_progress else None
+    if args.resume:  # the first override lands in `recipe`
+        overrides = ([args.recipe] if args.recipe else []) + list(args.overrides or [])
+        if args.overwrite or any("=" not in o for o in overrides):
+            raise MTLFrameError("train --resume RUN_DIR_OR_CKPT takes the recipe saved in the checkpoint: give no "
+                                "recipe file and no --overwrite, only trainer.*/early_stopping.* overrides.")
+        result = train(None, args.run_dir, progress=progress, resume=args.resume, overrides=overrides)
+    elif not args.recipe:
+        raise MTLFrameError("train needs a recipe file (mtlframe train RECIPE.yaml), or --resume RUN_DIR.")
+    else:
+        result = train(load_recipe(args.recipe, args.overrides), args.run_dir, progress=progress,
+                       overwrite=args.overwrite)
     if not result.is_global_zero:  # other DDP processes stay quiet
         return 0
     con = _console()
@@ -340,11 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a recipe, then evaluate its best checkpoint")
-    t.add_argument("recipe", help="YAML recipe file")
+    t.add_argument("recipe", nargs="?", help="YAML recipe file (none with --resume)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=3 model.backbone.name=mmoe")
     t.add_argument("--run-dir", default=None, help="output folder (default runs/<recipe>-<time>)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
+    t.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", default=None,
+                   help="continue a run from its checkpoints/last.ckpt (interrupted.ckpt after Ctrl-C) or the "
+                        "checkpoint given; overrides: trainer.* and early_stopping.* only (docs/resume.md)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of its recipe's data")
@@ -461,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="list installed plugins, their components and load failures")
     pl.add_argument("--kind", default=None, choices=["dataset", "encoder", "backbone", "tower", "combiner",
-                                                     "sampler", "metric"], help="only this component kind")
+                                                     "sampler", "metric", "scheduler"], help="only this component kind")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
     return p

@@ -260,6 +260,9 @@ class RecDataModule(pl.LightningDataModule):
         self.encoders: list[torch.nn.Module] = []
         self.tasks: list[TaskSpec] = []
         self._sampled: tuple[int, Columns] | None = None
+        #: ``(epoch, batches)`` where the next training dataloader starts (0-based epoch, batches of it
+        #: already trained); set when a run resumes from a checkpoint (``mtlframe train --resume``)
+        self.resume_position: tuple[int, int] | None = None
         #: ``metrics_group`` ids ``[N]`` of the evaluation splits (see :data:`~mtlframe.features.GROUP_KEY`)
         self.groups: dict[str, torch.Tensor] = {}
         #: ``{split: {"user": [N], "item": [N]}}`` encoded user and item codes of every row (int64),
@@ -681,8 +684,12 @@ class RecDataModule(pl.LightningDataModule):
         rank, world = self._dist()
         resamples = self.sampler is not None and self.sampler.resamples
         source = self._train_columns if resamples else self.columns["train"]
-        return ColumnBatches(source, self.cfg.batch_size, shuffle=True, seed=self.recipe.config.seed,
-                             rank=rank, world_size=world, drop_uneven=world > 1, pin_memory=self._pin())
+        loader = ColumnBatches(source, self.cfg.batch_size, shuffle=True, seed=self.recipe.config.seed,
+                               rank=rank, world_size=world, drop_uneven=world > 1, pin_memory=self._pin())
+        if self.resume_position is not None:  # the epoch's permutation and sample, its trained batches left out
+            loader.resume_at(*self.resume_position)
+            self.resume_position = None
+        return loader
 
     def _eval(self, split: str) -> ColumnBatches:
         rank, world = self._dist()

@@ -156,3 +156,32 @@ def mtlframe_metrics():
         def mtlframe_metrics():
             return [ComponentSpec("brier", "my_pkg.metrics:brier", "Brier score (binary tasks)")]
     """
+
+
+@hookspec
+def mtlframe_schedulers():
+    """Register learning-rate schedules (subclasses of :class:`mtlframe.schedulers.base.LRSchedule`).
+
+    A schedule's ``build(optimizer, total_steps, mode)`` returns a ``torch.optim.lr_scheduler``
+    object over every parameter group; the recipe names it in ``optimizer.scheduler`` with an
+    ``interval`` (``step`` or ``epoch``). Returns ``list[ComponentSpec]``.
+
+    Example::
+
+        @hookimpl
+        def mtlframe_schedulers():
+            return [ComponentSpec("poly", "my_pkg.sched:PolynomialDecay", "polynomial decay to zero")]
+
+    with ``my_pkg/sched.py``::
+
+        import torch
+        from mtlframe.schedulers.base import LRSchedule
+
+        class PolynomialDecay(LRSchedule):
+            def __init__(self, power: float = 1.0) -> None:
+                self.power = power
+
+            def build(self, optimizer, total_steps, mode="max"):
+                return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps,
+                                                             power=self.power)
+    """

@@ -10,7 +10,10 @@ as ``train/<key>`` (e.g. ``train/log_var/<task>`` of ``uncertainty``) with it; p
 ``train/loss_epoch``, ``train/loss/<task>`` (mean over every labelled row of the epoch, all
 processes), ``train/labelled/<task>`` (labelled rows of the epoch, summed over processes),
 ``train/aux/<name>`` (the auxiliary loss over every row of the epoch, all processes),
-``train/skipped_steps`` (steps skipped for a non-finite loss, when any);
+``train/skipped_steps`` (steps skipped for a non-finite loss, when any); with an
+``optimizer.scheduler``, ``train/lr/<group>`` every ``log_every_n_steps``: the learning rate the
+step trained with, per parameter group (``dense``, ``sparse`` for sparse tables, ``combiner`` for
+learned task weights, an encoder's own group such as ``text-lm``);
 ``{val,test}/<task>/<metric>``, and ``val/score`` (mean over tasks of the primary metric, negated
 where lower is better; the default checkpoint monitor).
 
@@ -134,6 +137,17 @@ class MultiTaskModule(pl.LightningModule):
         #: ``{stage: {task: {metric: {"groups": G, "skipped": S}}}}`` for grouped metrics (gauc, ndcg@K, ...)
         self.last_group_counts: dict[str, dict[str, dict[str, dict[str, int]]]] = {}
         self.set_ranking()
+        self.set_scheduler(None)
+
+    def set_scheduler(self, schedule: Any, interval: str = "step", monitor: tuple[str, str] | None = None,
+                      where: tuple[str | None, dict] = (None, {})) -> None:
+        """Schedule the learning rate of every parameter group with ``schedule`` (a
+        :class:`~mtlframe.schedulers.base.LRSchedule`, or ``None``: a constant rate), stepped every
+        optimizer step or every epoch (``interval``); a ``needs_monitor`` schedule steps on
+        ``monitor`` = ``(logged key, "min" | "max")``. ``where`` = ``(recipe source, lines)`` for
+        errors. Under manual optimization (gradient-level combiners) the module steps it itself."""
+        self.schedule, self.schedule_interval, self.schedule_monitor = schedule, interval, monitor
+        self._schedule_where = where
 
     # -- device transfer -------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -404,6 +418,8 @@ class MultiTaskModule(pl.LightningModule):
             self._contributed = False
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        # the rates this step trains with (logged as train/lr/<group>), before a schedule steps them
+        rates = self._rates() if batch_idx % self.trainer.log_every_n_steps == 0 else None
         x = self.model.encode(batch)                               # (B, D), or TaskInputs
         vectors: dict[str, Any] = {}
         outputs = self.model.forward_from(x, vectors)
@@ -469,6 +485,7 @@ class MultiTaskModule(pl.LightningModule):
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
+            self._step_schedule("step")
             total_d = sum(w * losses[t].detach() for t, w in self.combiner.current_weights().items() if t in losses)
             if not torch.is_tensor(total_d):
                 total_d = torch.as_tensor(float(total_d))
@@ -485,6 +502,8 @@ class MultiTaskModule(pl.LightningModule):
                 self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
             for key, value in self.combiner.logged_values().items():
                 self.log(f"train/{key}", float(value), on_step=True, on_epoch=False, batch_size=bsz)
+            for name, rate in (rates or {}).items():
+                self.log(f"train/lr/{name}", rate, on_step=True, on_epoch=False, batch_size=bsz)
         return total if self.automatic_optimization else None
 
     def on_train_epoch_start(self) -> None:
@@ -538,6 +557,7 @@ class MultiTaskModule(pl.LightningModule):
                            + (" ..." if len(self._skipped) > 5 else ""), category=UserWarning)
         self.skipped_steps += len(self._skipped)
         self.combiner.on_train_epoch_end({t: v for t, v in means.items() if t in self.combiner.task_names})
+        self._step_schedule("epoch")
         self._epoch_stats = None
         self._epoch_total = None
         self._epoch_steps = 0
@@ -716,10 +736,88 @@ class MultiTaskModule(pl.LightningModule):
         combiner_params = [p for p in self.combiner.parameters() if p.requires_grad]
         claimed.update(id(p) for p in combiner_params)
         if combiner_params:  # learned task weights / log-variances: no weight decay
-            groups.append({"params": combiner_params, "weight_decay": 0.0})
+            groups.append({"params": combiner_params, "weight_decay": 0.0, "name": "combiner"})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
-        groups.insert(0, {"params": rest})
-        return build_optimizer(cfg, groups, sparse_parameters(self.model))
+        groups.insert(0, {"params": rest, "name": "dense"})
+        optimizer = build_optimizer(cfg, groups, sparse_parameters(self.model))
+        if self.schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self._lr_scheduler(optimizer)}
+
+    def _lr_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Lightning's scheduler configuration of :attr:`schedule` over ``optimizer``. Its length
+        (``total_steps`` of :meth:`~mtlframe.schedulers.base.LRSchedule.build`): the run's optimizer
+        steps (Lightning's ``estimated_stepping_batches``: ``max_epochs`` x steps per epoch, or
+        ``max_steps``), or its epochs, for ``interval: epoch``.
+
+        Raises:
+            RecipeError: the schedule does not fit this run (at ``optimizer.scheduler.<param>``), or
+                it needs a monitored value and the run has no validation split.
+        """
+        from mtlframe.errors import ArgumentError, RecipeError
+
+        trainer = self.trainer
+        steps = trainer.estimated_stepping_batches   # sets up the training data: num_training_batches known
+        total = int(steps) if math.isfinite(steps) else trainer.max_epochs * max(1, trainer.num_training_batches)
+        if self.schedule_interval == "epoch":
+            per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+            total = max(1, math.ceil(total / per_epoch))
+        source, lines = self._schedule_where
+        monitor, mode = self.schedule_monitor or (None, "max")
+        if self.schedule.needs_monitor and monitor is None:
+            raise RecipeError([("optimizer.scheduler.name", "this schedule steps on the validation monitor "
+                                "(checkpoint.monitor), and the run has no validation split (data.split.val: 0).")],
+                              source, lines)
+        try:
+            scheduler = self.schedule.build(optimizer, max(1, total), mode)
+        except ArgumentError as exc:
+            raise RecipeError([(f"optimizer.scheduler.{exc.param}", str(exc))], source, lines) from None
+        if not self.automatic_optimization:  # stepped by training_step / on_train_epoch_end
+            return {"scheduler": scheduler}
+        config = {"scheduler": scheduler, "interval": self.schedule_interval, "frequency": 1}
+        if self.schedule.needs_monitor:
+            config["monitor"] = monitor
+        return config
+
+    def _step_schedule(self, interval: str) -> None:
+        """Under manual optimization, step the schedule at the end of an optimizer step or an epoch."""
+        if self.schedule is None or self.automatic_optimization or self.schedule_interval != interval:
+            return
+        scheduler = self.lr_schedulers()
+        if self.schedule.needs_monitor:
+            value = self.trainer.callback_metrics.get(self.schedule_monitor[0])
+            if value is not None:  # no validation this epoch: nothing to compare
+                scheduler.step(float(value))
+        else:
+            scheduler.step()
+
+    def _rates(self) -> dict[str, float] | None:
+        """``{group name: lr}`` of every parameter group (``dense``, ``sparse``, ``combiner``, an
+        encoder's own group such as ``text-lm``) when a schedule is set, else ``None``."""
+        if self.schedule is None:
+            return None
+        return {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(self.trainer.optimizers[0].param_groups)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mtlframe"] = self.checkpoint_state
+
+    def resume_state(self) -> dict[str, Any]:
+        """The running state a checkpoint needs beyond the weights for an exact resume: the epoch's
+        loss sums so far (its logged means and epoch-level combiners such as ``dwa`` see the whole
+        epoch), the steps skipped, and the model-side negative sampler's generator. Deferred
+        non-finite checks are run first (one host sync)."""
+        self._check_pending()
+        return {"skipped_steps": self.skipped_steps, "epoch_stats": self._epoch_stats,
+                "epoch_total": self._epoch_total, "epoch_steps": self._epoch_steps,
+                "skipped": [[int(s), list(b)] for s, b in self._skipped],
+                "aux_parts": None if self._aux_parts is None else list(self._aux_parts),
+                "negative_generator": self._negative_generator.get_state()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`resume_state` returned (``train --resume``)."""
+        self.skipped_steps = int(state["skipped_steps"])
+        self._epoch_stats, self._epoch_total = state["epoch_stats"], state["epoch_total"]
+        self._epoch_steps = int(state["epoch_steps"])
+        self._skipped = [(int(s), list(b)) for s, b in state["skipped"]]
+        self._aux_parts = state["aux_parts"]
+        self._negative_generator.set_state(state["negative_generator"])

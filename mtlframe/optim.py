@@ -160,8 +160,10 @@ def _split_sparse(groups: Iterable[Mapping[str, Any]], sparse_ids: set[int]) -> 
         sparse = [p for p in g["params"] if id(p) in sparse_ids]
         if dense:
             out.append({**g, "params": dense, "sparse": False})
-        if sparse:
-            out.append({**g, "params": sparse, "sparse": True, "weight_decay": 0.0})
+        if sparse:  # named after its group, for the logged learning rates (train/lr/<name>)
+            name = g.get("name")
+            out.append({**g, "params": sparse, "sparse": True, "weight_decay": 0.0,
+                        "name": "sparse" if name in (None, "dense") else f"{name}-sparse"})
     return out
 
 

@@ -405,6 +405,9 @@ class OptimizerConfig(_Strict):
     sparse_optimizer: Literal["auto", "sparse_adam", "rowwise_adagrad"] = "auto"
     #: learning rate of the sparse tables' optimizer (None: ``lr``)
     sparse_lr: float | None = Field(None, gt=0)
+    #: learning-rate schedule ``{name: cosine | linear-warmup | step | plateau | onecycle, interval: step |
+    #: epoch, ...}`` (component kind ``scheduler``; see ``mtlframe.schedulers``); None: a constant rate
+    scheduler: Component | None = None
 
 
 class CompileConfig(_Strict):
@@ -947,6 +950,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
                                  + near_hint(near) + f" Tasks: {', '.join(tasks_d)}."))
             check_component("tower", spec, f"model.towers.{t}", source, problems, checked)
     check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems, checked)
+    _check_scheduler(data.get("optimizer"), source, problems, checked)
     _check_metrics(data, source, problems)
     _check_ranking(data, problems)
     # the components' own value checks (constructors, validate_args) on the entries that passed
@@ -954,6 +958,29 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     if problems:
         raise RecipeError(problems, source, lines)
     return cfg  # type: ignore[return-value]
+
+
+def _check_scheduler(optimizer: Any, source: str | None, problems: list[tuple[str, str]], checked: list) -> None:
+    """``optimizer.scheduler``: a registered schedule with its arguments, and an ``interval`` it supports."""
+    spec = optimizer.get("scheduler") if isinstance(optimizer, dict) else None
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        problems.append(("optimizer.scheduler", f"must be a mapping like {{name: cosine, interval: step}}, got "
+                                                f"{type(spec).__name__}."))
+        return
+    before = len(problems)
+    check_component("scheduler", {k: v for k, v in spec.items() if k != "interval"}, "optimizer.scheduler", source,
+                    problems, checked)
+    interval = spec.get("interval")
+    if interval is None or len(problems) > before:
+        return
+    from mtlframe.registry import get_registry
+
+    allowed = tuple(getattr(get_registry().get("scheduler", spec["name"]).load(), "intervals", ("step", "epoch")))
+    if interval not in allowed:
+        problems.append(("optimizer.scheduler.interval", f"'{interval}' is not an interval of scheduler "
+                                                         f"'{spec['name']}'; use {' or '.join(allowed)}."))
 
 
 def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:

@@ -1,7 +1,7 @@
 """Component registries, filled by pluggy hooks from built-ins and entry-point plugins.
 
 One registry per component kind (``dataset``, ``encoder``, ``backbone``, ``tower``, ``combiner``,
-``sampler``, ``metric``). Built-ins are registered by :mod:`mtlframe.builtins` through the same
+``sampler``, ``metric``, ``scheduler``). Built-ins are registered by :mod:`mtlframe.builtins` through the same
 hooks as third-party plugins, which are discovered from the ``mtlframe`` entry-point group.
 
 Environment variables:
@@ -38,6 +38,7 @@ KINDS: dict[str, str] = {
     "combiner": "mtlframe_combiners",
     "sampler": "mtlframe_samplers",
     "metric": "mtlframe_metrics",
+    "scheduler": "mtlframe_schedulers",
 }
 
 ENTRY_POINT_GROUP = "mtlframe"

@@ -142,19 +142,6 @@ def _checkpoint_io():
     return StreamingCheckpointIO()
 
 
-def _saved_step_callback():
-    """A callback that remembers the global step of the last checkpoint written (``.step``)."""
-    import pytorch_lightning as pl
-
-    class SavedStep(pl.Callback):
-        step: int | None = None
-
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-            self.step = int(checkpoint.get("global_step", -1))
-
-    return SavedStep()
-
-
 def _interactive_output() -> bool:
     """Whether stdout is a terminal or a notebook, where a live progress bar renders."""
     from rich.console import Console
@@ -230,10 +217,27 @@ def _checkpoint_callback(**kwargs: Any):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     class OneBasedCheckpoint(ModelCheckpoint):
+        #: global step of each file this process wrote (``last.ckpt`` is written beside the best)
+        saved_steps: dict[str, int]
+
         def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
             if "epoch" in metrics:
                 metrics = {**metrics, "epoch": metrics["epoch"] + 1}
             return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+        def _save_checkpoint(self, trainer, filepath: str) -> None:
+            steps = self.__dict__.setdefault("saved_steps", {})
+            # last.ckpt of the step whose best checkpoint was just written: the same state, so a hard
+            # link to it (a later best.ckpt replaces its file, the link keeps this one), not a second write
+            same = [p for p, s in steps.items() if s == trainer.global_step and p != str(filepath) and Path(p).is_file()]
+            if Path(filepath).name == f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}" and same:
+                if trainer.is_global_zero:
+                    _copy_file(Path(same[0]), Path(filepath))
+                trainer.strategy.barrier("last checkpoint")
+                self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
+            else:
+                super()._save_checkpoint(trainer, filepath)
+            steps[str(filepath)] = trainer.global_step
 
     return OneBasedCheckpoint(**kwargs)
 
@@ -311,6 +315,19 @@ def _early_stopping_callback(watched: list[_Watched], policy: str, patience: int
                 self.stopped = {"epoch": epoch, "policy": self.policy, "patience": self.patience,
                                 "min_delta": self.min_delta, "monitors": [w.describe(self.patience) for w in done]}
 
+        def state_dict(self) -> dict[str, Any]:
+            """Each watched value's best, its epoch and the validations without improvement, so a
+            resumed run (``train --resume``) counts patience on from where it stopped."""
+            return {"watched": {w.key: {"best": w.best, "best_epoch": w.best_epoch, "wait": w.wait}
+                                for w in self.watched}}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            saved = state.get("watched", {})
+            for w in self.watched:
+                if w.key in saved:
+                    w.best, w.best_epoch, w.wait = (float(saved[w.key]["best"]), int(saved[w.key]["best_epoch"]),
+                                                    int(saved[w.key]["wait"]))
+
         def message(self) -> str | None:
             if self.stopped is None:
                 return None
@@ -348,8 +365,18 @@ def _status_callback(run_dir: Path):
                 try:
                     trainer.save_checkpoint(str(last))
                     info["last_checkpoint"] = str(last)
+                    resumer = getattr(self, "resume_state", None)
+                    if resumer is not None:  # Ctrl-C is taken at a batch boundary: the exact batch resumes
+                        info["batch"] = resumer.batches
+                    info["resumable"] = True
+                    info["resume"] = f"mtlframe train --resume {run_dir}"
                 except Exception as exc:  # noqa: BLE001 - the marker matters more than this file
                     info["last_checkpoint_error"] = f"{type(exc).__name__}: {exc}"
+            if "resumable" not in info:
+                lasts = run_dir / "checkpoints" / "last.ckpt"
+                info["resumable"] = fitting and lasts.is_file()
+                if info["resumable"]:  # from the last validation's state
+                    info["resume"] = f"mtlframe train --resume {lasts}"
             best = [cb.best_model_path for cb in trainer.checkpoint_callbacks
                     if getattr(cb, "best_model_path", "") and Path(cb.best_model_path).is_file()]
             if best:
@@ -359,6 +386,128 @@ def _status_callback(run_dir: Path):
                 _write_status(run_dir, info)
 
     return RunStatus()
+
+
+#: checkpoint key of what ``train --resume`` needs beyond Lightning's own state (see :func:`_resume_callback`)
+RESUME_KEY = "mtlframe_resume"
+
+
+def _rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python random generators' states, as plain tensors and
+    numbers (a checkpoint is read back with ``weights_only=True``)."""
+    import random
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                                       float(gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`_rng_state` returned."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _resume_callback(datamodule):
+    """What makes ``train --resume`` exact, beyond Lightning's own checkpoint state (weights,
+    optimizer, schedulers, loop counters, callbacks):
+
+    * saved into every checkpoint under :data:`RESUME_KEY`: the epoch and the number of its
+      batches trained, whether the epoch's batches are all done, the torch / numpy / Python
+      random states and the module's own running state
+      (:meth:`~mtlframe.module.MultiTaskModule.resume_state`);
+    * on resume (``trainer.fit(ckpt_path=...)``): the random states are restored and the training
+      dataloader starts at the saved epoch (its permutation and sampler draw are functions of the
+      seed and the epoch) after the batches already trained: a checkpoint written in the middle of
+      an epoch resumes at the exact batch;
+    * Ctrl-C (SIGINT) while fitting on one process stops at the end of the current training batch
+      (of the current gradient-accumulation window), so the saved ``interrupted.ckpt`` holds a
+      consistent state; a second Ctrl-C stops at once.
+    """
+    import signal
+    import sys
+    import threading
+
+    import pytorch_lightning as pl
+
+    class ResumeState(pl.Callback):
+        def __init__(self) -> None:
+            self.batches = 0                          # batches of the current epoch trained
+            self.stop_requested = False
+            self._loaded: dict[str, Any] | None = None
+            self._handler: Any = None
+
+        # -- Ctrl-C: stop at a batch boundary --------------------------------------------------
+        def _on_sigint(self, signum, frame) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print("Ctrl-C: stopping after this training batch and saving checkpoints/interrupted.ckpt "
+                  "(resume with mtlframe train --resume RUN_DIR); press Ctrl-C again to stop at once.",
+                  file=sys.stderr, flush=True)
+
+        def _restore_handler(self) -> None:
+            if self._handler is not None:
+                signal.signal(signal.SIGINT, self._handler)
+                self._handler = None
+
+        def on_fit_start(self, trainer, pl_module) -> None:
+            self.stop_requested = False
+            if (trainer.world_size == 1 and threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                self._handler = signal.signal(signal.SIGINT, self._on_sigint)
+            state, self._loaded = self._loaded, None
+            if state is None:
+                return
+            self.batches = 0 if state["epoch_done"] else state["batches"]
+            pl_module.load_resume_state(state["module"])
+            _set_rng_state(state["rng"])     # last: nothing before the first batch draws from them
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.batches = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.batches += 1
+            if self.stop_requested and (self.batches % trainer.accumulate_grad_batches == 0
+                                        or self.batches >= trainer.num_training_batches):
+                raise KeyboardInterrupt
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            done = (self.batches >= trainer.num_training_batches
+                    or bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch))
+            checkpoint[RESUME_KEY] = {"format": 1, "epoch": trainer.current_epoch, "batches": self.batches,
+                                      "epoch_done": done, "step": trainer.global_step, "rng": _rng_state(),
+                                      "module": pl_module.resume_state()}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            from pytorch_lightning.trainer.states import TrainerFn
+
+            state = checkpoint.get(RESUME_KEY)
+            if state is None or trainer.state.fn != TrainerFn.FITTING:   # evaluating a checkpoint: nothing
+                return
+            # before the training dataloader is made (configure_optimizers may make it, before on_fit_start)
+            datamodule.resume_position = ((state["epoch"] + 1, 0) if state["epoch_done"]
+                                          else (state["epoch"], state["batches"]))
+            self._loaded = state   # the rest by on_fit_start
+
+        def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+            self._restore_handler()
+
+        def teardown(self, trainer, pl_module, stage: str) -> None:
+            self._restore_handler()
+
+    return ResumeState()
 
 
 def _write_status(run_dir: Path, info: Mapping[str, Any]) -> None:
@@ -391,8 +540,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     if overwrite:
         return
     choice = "pass --overwrite to start over in it (its checkpoints are deleted), or another --run-dir"
+    resumable = (run_dir / "checkpoints" / "last.ckpt").is_file()   # any run of this version can be continued
     if (run_dir / "metrics.json").exists():
-        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json); pass another --run-dir, "
+        extend = f" (mtlframe train --resume {run_dir} trainer.max_epochs=N trains it longer)" if resumable else ""
+        raise MTLFrameError(f"{run_dir} already holds a finished run (metrics.json){extend}; pass another --run-dir, "
                             "or --overwrite to replace it.")
     state = status.get("status")
     if state == "interrupted":
@@ -400,7 +551,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         saved = [f"{k.replace('_', ' ')} {status[k]}" for k in ("last_checkpoint", "best_checkpoint") if status.get(k)]
         raise MTLFrameError(f"{run_dir} holds a run interrupted during {status.get('during', 'training')} at {where}, "
                             f"step {status.get('step')}" + (f" ({'; '.join(saved)})" if saved else "")
-                            + f". Resuming is not supported yet: {choice}.")
+                            + (f". Continue it with mtlframe train --resume {run_dir}, or {choice}."
+                               if status.get("resumable") or resumable else f"; {choice}."))
+    if resumable:
+        choice = f"continue it from its last validation with mtlframe train --resume {run_dir}, or {choice}"
     if state == "failed":
         raise MTLFrameError(f"{run_dir} holds a failed run ({str(status.get('reason', '')).splitlines()[0][:200]}); "
                             f"{choice}.")
@@ -503,20 +657,173 @@ def build_system(recipe: Recipe):
                              if combiner.requires_manual_backward else None,
                              checkpoint_state=state, nan_loss=recipe.config.trainer.nan_loss)
     module.set_ranking(dm.catalogue, sampler, seed=recipe.config.seed)
+    schedule = b.scheduler()
+    if schedule is not None:  # a monitored schedule (plateau) watches the checkpoint monitor
+        has_val = len(dm.split_index["val"]) > 0
+        monitor = _monitor(recipe, module, recipe.config.checkpoint.monitor, recipe.config.checkpoint.mode) \
+            if has_val else None
+        module.set_scheduler(*schedule, monitor=monitor, where=(recipe.source, recipe.lines))
     module.set_full_ranking(dm.ranking_split if dm.catalogue is not None else None)
     return dm, module, b
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool | None = None,
-          callbacks: list[Any] | None = None, overwrite: bool = False) -> TrainResult:
+#: recipe sections a resumed run may override (the model, data and optimizer are the checkpoint's)
+RESUME_SECTIONS = ("trainer", "early_stopping")
+
+
+@dataclass
+class ResumeTarget:
+    """What ``train --resume`` continues: the run folder, the checkpoint and the saved recipe."""
+
+    run_dir: Path
+    checkpoint: Path
+    recipe: Recipe
+    #: the checkpoint's position: ``{"epoch", "batches", "epoch_done", "step"}`` (epoch 0-based)
+    position: dict[str, Any]
+    status: dict[str, Any]
+    #: the ``trainer`` section the run was started with (before the overrides)
+    saved_trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_target(path: str | Path, overrides: list[str] | None = None) -> ResumeTarget:
+    """The checkpoint and recipe ``train --resume PATH`` continues.
+
+    ``PATH`` is a run folder or one of its checkpoints. In a run folder: ``checkpoints/interrupted.ckpt``
+    when ``status.json`` says the run was interrupted (the newest state), else
+    ``checkpoints/last.ckpt`` (written at every validation, or every epoch without one). The
+    recipe is the one saved in the checkpoint, with ``overrides`` of ``trainer.*`` and
+    ``early_stopping.*`` only.
+
+    Raises:
+        CheckpointError: no such folder or file, no resumable checkpoint in the folder, or a
+            checkpoint without resume state (written by an older mtlframe, or a copy such as ``best.ckpt``
+            of a top-k run: pass ``last.ckpt``).
+        RecipeError: an override outside ``trainer.*`` / ``early_stopping.*`` (each named), or an
+            invalid value.
+    """
+    from mtlframe.recipe import apply_overrides, override_lines
+
+    p = Path(path)
+    if p.is_dir():
+        run_dir = p
+        status = _read_status(run_dir)
+        names = (["interrupted.ckpt"] if status.get("status") == "interrupted" else []) + ["last.ckpt"]
+        found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
+        if not found:
+            held = sorted(c.name for c in (run_dir / "checkpoints").glob("*.ckpt")) \
+                if (run_dir / "checkpoints").is_dir() else []
+            raise CheckpointError(f"--resume {p}: the folder holds no checkpoints/last.ckpt"
+                                  + (f" (it holds {', '.join(held)})" if held else "")
+                                  + "; runs trained by this mtlframe write one at every validation. Pass a "
+                                  "checkpoint file that has training state (--resume RUN/checkpoints/FILE.ckpt), "
+                                  "or start over with --overwrite.")
+        ckpt = found[0]
+    else:
+        problem = file_problem(p)
+        if problem:
+            raise CheckpointError(f"--resume {p} {problem}; pass a run folder (runs/<name>) or its "
+                                  "checkpoints/last.ckpt.")
+        ckpt = p
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        status = _read_status(run_dir)
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"--resume {ckpt} is not a checkpoint written by mtlframe train "
+                              f"({type(exc).__name__}).") from None
+    if not isinstance(saved, dict) or "mtlframe" not in saved:
+        raise CheckpointError(f"--resume {ckpt} was not written by mtlframe train (no 'mtlframe' section).")
+    if RESUME_KEY not in saved or "optimizer_states" not in saved:
+        raise CheckpointError(f"--resume {ckpt} holds no training state to resume from (written by an earlier "
+                              "mtlframe, or weights only); pass the run's checkpoints/last.ckpt or interrupted.ckpt.")
+    position = {k: saved[RESUME_KEY][k] for k in ("epoch", "batches", "epoch_done", "step")}
+    overrides = list(overrides or [])
+    outside = [o.partition("=")[0].strip() for o in overrides
+               if o.partition("=")[0].strip().split(".")[0].split("[")[0] not in RESUME_SECTIONS]
+    source = f"{ckpt} (saved recipe)"
+    if outside:
+        raise RecipeError([(k, "cannot be changed when resuming: the data, model, combiner and optimizer of a resumed "
+                               "run are its checkpoint's; only trainer.* (e.g. trainer.max_epochs to extend the "
+                               "run) and early_stopping.* may be overridden. Start a new run to change it.")
+                           for k in outside], source)
+    data = apply_overrides(saved["mtlframe"]["recipe"], overrides)
+    recipe = recipe_from_dict(data, source, override_lines({}, overrides))
+    saved_trainer = dict(saved["mtlframe"]["recipe"].get("trainer") or {})
+    del saved
+    return ResumeTarget(run_dir, ckpt, recipe, position, status, saved_trainer)
+
+
+def _read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _check_resume(target: ResumeTarget) -> None:
+    """Refuse a resume that has nothing to do: the checkpoint's epochs already reach ``max_epochs``
+    (or its steps ``max_steps``), or the run is running in another process."""
+    t = target.recipe.config.trainer
+    pos = target.position
+    done = pos["epoch"] + (1 if pos["epoch_done"] else 0)
+    if target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
+        raise MTLFrameError(f"{target.run_dir} is being trained by process {target.status.get('pid')} (status.json "
+                            "says running); wait for it, or stop it, before resuming.")
+    spec = target.recipe.config.optimizer.scheduler
+    if spec is not None:
+        from mtlframe.registry import get_registry
+
+        from mtlframe.recipe import TrainerConfig
+
+        schedule = get_registry().get("scheduler", spec["name"]).load()
+        saved = TrainerConfig.model_validate(target.saved_trainer)   # its defaults filled in
+        before = {"max_epochs": saved.max_epochs, "max_steps": saved.max_steps}
+        if not getattr(schedule, "extendable", True) and before != {"max_epochs": t.max_epochs, "max_steps": t.max_steps}:
+            raise RecipeError([("trainer.max_epochs" if before["max_epochs"] != t.max_epochs else "trainer.max_steps",
+                                f"the run's schedule '{spec['name']}' (optimizer.scheduler) was built for its planned "
+                                f"length (max_epochs {before['max_epochs']}, max_steps {before['max_steps']}) and "
+                                "cannot go past it; resume without changing the length, or start a new run.")],
+                              target.recipe.source, target.recipe.lines)
+    if (done >= t.max_epochs and t.max_steps == -1) or (t.max_steps != -1 and pos["step"] >= t.max_steps):
+        limit = (f"trainer.max_epochs {t.max_epochs}" if t.max_steps == -1 else f"trainer.max_steps {t.max_steps}")
+        raise MTLFrameError(f"{target.checkpoint} has already trained {done} epoch(s), {pos['step']} steps, which "
+                            f"reaches {limit}: nothing to resume. To train longer, raise it: "
+                            f"mtlframe train --resume {target.run_dir} trainer.max_epochs={done + 5}")
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, progress: bool | None = None,
+          callbacks: list[Any] | None = None, overwrite: bool = False, resume: str | Path | None = None,
+          overrides: list[str] | None = None) -> TrainResult:
     """Train a recipe; evaluate the best checkpoint on the validation and test splits.
 
     Writes ``recipe.yaml``, ``status.json``, ``metrics.json``, ``checkpoints/best.ckpt`` (the best
     by ``checkpoint.monitor``; with ``checkpoint.save_top_k: k > 1`` a copy of the best of the k
-    ``epoch=E-step=S.ckpt`` files kept) and logs into ``run_dir``. The metrics returned and saved
+    ``epoch=E-step=S.ckpt`` files kept), ``checkpoints/last.ckpt`` (the state after the latest
+    validation, or epoch without one, for ``resume``) and logs into ``run_dir``. The metrics returned and saved
     are the best checkpoint's. ``callbacks`` are extra Lightning callbacks (the benchmark harness
     times training steps with one). Unless ``progress`` is False, the reason early stopping
     stopped and the best checkpoint's monitored value are printed.
+
+    ``resume`` (a run folder or one of its checkpoints, see :func:`resume_target`) continues that run
+    instead: ``recipe`` is None, the checkpoint's saved recipe is used with ``overrides`` of
+    ``trainer.*`` / ``early_stopping.*`` only (``trainer.max_epochs=N`` extends a finished run), the
+    run folder is the checkpoint's, and Lightning restores the weights, optimizer (dense and sparse
+    states), schedulers, combiner state, loop counters and callbacks, plus the random states and the
+    data position (the exact batch of a mid-epoch checkpoint). ``status.json`` says
+    ``"resumed": {"from", "epoch", "batch", "step"}``; ``metrics.json`` is rewritten at the end.
+    4 epochs straight and 2 + resume + 2 give bit-identical weights on CPU (on a GPU only with
+    ``trainer.deterministic``; not tested there).
 
     Raises:
         MTLFrameError: ``run_dir`` is a file, or holds a run (finished, failed, interrupted or never
@@ -525,28 +832,58 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
             metric undefined on the validation split); ``status.json`` says ``failed``.
         RunInterrupted: Ctrl-C; ``status.json`` says ``interrupted`` with the epoch, the step
             and the checkpoints saved.
+        CheckpointError / RecipeError / DataError: with ``resume``, see :func:`resume_target`; also an
+            override that lengthens a run whose schedule fixes its length (``onecycle``), and data
+            that changed since the run started (the column named).
     """
     _quiet_lightning()
     import pytorch_lightning as pl
     from lightning_fabric.utilities.rank_zero import _get_rank
 
+    target = None
+    if resume is not None:
+        if recipe is not None:
+            raise MTLFrameError("train(resume=...) uses the recipe saved in the checkpoint: pass recipe=None "
+                                "(and overrides=['trainer.max_epochs=N'] to change the trainer).")
+        target = resume_target(resume, overrides)
+        recipe = target.recipe
+        if run_dir is not None and Path(run_dir).resolve() != target.run_dir.resolve():
+            raise MTLFrameError(f"a resumed run continues in its own folder {target.run_dir}; drop --run-dir "
+                                f"({run_dir}).")
+        run_dir = target.run_dir
+        _check_resume(target)
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run's own folders
+        # our training dataloader does resume at the batch (ResumeState + ColumnBatches.resume_at)
+        warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable.*")
+    elif recipe is None:
+        raise MTLFrameError("train needs a recipe, or resume=RUN_DIR_OR_CHECKPOINT.")
+    elif overrides:
+        raise MTLFrameError("train(overrides=...) is for resume; apply overrides when loading the recipe "
+                            "(load_recipe(path, overrides)).")
     cfg = recipe.config
     run_dir = Path(run_dir or default_run_dir(recipe))
     # DDP launches the other processes into this same function: only the first checks and cleans
     is_zero = (_get_rank() or 0) == 0
-    if is_zero:
+    if is_zero and target is None:
         _check_run_dir(run_dir, overwrite)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:  # a recipe or data error before training leaves no half-made run directory behind
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
-        if overwrite and is_zero:  # only now: a recipe or data error leaves the earlier run as it was
+        if target is not None:  # the split is re-created from the data: it must be the data trained on
+            saved = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)["mtlframe"]
+            changed = preprocessor_difference(saved["preprocessor"], dm.preprocessor.state_dict())
+            if changed:
+                raise DataError(f"the data at {dm.table.source} is not the data {target.checkpoint} was trained on: "
+                                f"{changed}. A resumed run re-creates the split, so it needs the same rows.")
+        if overwrite and is_zero and target is None:  # only now: a recipe or data error leaves the earlier run as it was
             _clear_run(run_dir)
         memory_plan.report(module.model, cfg, quiet=progress is False)
         if cfg.trainer.compile is not None:
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
+        if target is None or target.recipe.lines:  # a resume with overrides: the recipe it trains on now
+            (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
         has_val = len(dm.split_index["val"]) > 0
         if not has_val:
@@ -558,10 +895,11 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         ckpt_dir = run_dir / "checkpoints"
         ckpt = _checkpoint_callback(dirpath=str(ckpt_dir), filename="best" if top_k == 1 else "epoch={epoch}-step={step}",
                                     auto_insert_metric_name=False, monitor=monitor if has_val else None, mode=mode,
-                                    save_top_k=top_k, enable_version_counter=False)
-        saved = _saved_step_callback()
+                                    save_top_k=top_k, enable_version_counter=False, save_last=True)
         status = _status_callback(run_dir)
-        callbacks += [ckpt, saved, status]
+        resumer = _resume_callback(dm)
+        status.resume_state = resumer
+        callbacks += [ckpt, status, resumer]
         if cfg.track.task_gradients is not None:  # off: no callback, no cost
             from mtlframe.explain.relations import TaskGradientCosine
             callbacks.append(TaskGradientCosine(cfg.track.task_gradients.every_n_steps))
@@ -614,13 +952,24 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    resumed = None
+    if target is not None:
+        p = target.position
+        resumed = {"from": str(target.checkpoint), "epoch": p["epoch"] + (2 if p["epoch_done"] else 1),
+                   "batch": 0 if p["epoch_done"] else p["batches"], "step": p["step"],
+                   "previous": target.status.get("status")}
+        if progress is not False and is_zero:
+            where = f"epoch {resumed['epoch']}" + (f", after its batch {resumed['batch']}" if resumed["batch"] else "")
+            print(f"resuming {run_dir} from {target.checkpoint.name} at {where} (step {p['step']})", flush=True)
+        if is_zero:  # written again at the end; until then the folder holds no finished run
+            (run_dir / "metrics.json").unlink(missing_ok=True)
     if is_zero:
         _write_status(run_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "pid": os.getpid()})
+                                "pid": os.getpid(), **({"resumed": resumed} if resumed else {})})
     report = progress is not False and trainer.is_global_zero
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=None if target is None else str(target.checkpoint))
         seconds = time.perf_counter() - start
         # evaluating a checkpoint file restores the callbacks' state saved in it: keep what fit ended with
         top_k_scores = {p: float(v) for p, v in ckpt.best_k_models.items()}
@@ -637,8 +986,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         # the weights in memory are the best checkpoint's when it was the last one written, at the
         # last step (one file kept): evaluate them as they are instead of reading the file back
-        if (ckpt.save_top_k == 1 and ckpt.best_model_path and saved.step == trainer.global_step
-                and Path(best) == Path(ckpt.best_model_path)):
+        if (ckpt.save_top_k == 1 and ckpt.best_model_path and Path(best) == Path(ckpt.best_model_path)
+                and getattr(ckpt, "saved_steps", {}).get(ckpt.best_model_path) == trainer.global_step):
             best_or_current = None
         else:
             best_or_current = best
@@ -697,7 +1046,8 @@ def train(recipe: Recipe, run_dir: str | Path | None = None, *, progress: bool |
         _write_status(run_dir, {"status": "finished", "best_checkpoint": best, "epochs": trainer.current_epoch
                                 if stopper is None or stopper.stopped is None else stopper.stopped["epoch"],
                                 "step": trainer.global_step,
-                                "early_stopping": None if stopper is None else stopper.stopped})
+                                "early_stopping": None if stopper is None else stopper.stopped,
+                                **({"resumed": resumed} if resumed else {})})
         if report and has_val:
             print(f"best checkpoint: {monitor} {_fmt(best_value)} ({best})", flush=True)
     return result
@@ -728,7 +1078,9 @@ def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
     saved = [f"{k.replace('_', ' ')}: {info[k]}" for k in ("last_checkpoint", "best_checkpoint") if info.get(k)]
     return (f"interrupted (Ctrl-C) during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
             f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
-            + ". Resuming is not supported yet: rerun with --overwrite (or another --run-dir) to start over.")
+            + (f". Continue it with: {info['resume']}" if info.get("resumable") else
+               ". It holds no checkpoint to resume from: rerun with --overwrite (or another --run-dir) to start over")
+            + ".")
 
 
 def _no_finite_score(run_dir: Path, monitor: str, val: Mapping[str, Mapping[str, float]],

@@ -56,6 +56,7 @@ __all__ = [
     "check_metric",
     "check_recipe_entry",
     "check_sampler",
+    "check_scheduler",
     "check_signature",
     "check_tower",
     "synthetic_columns",
@@ -982,6 +983,68 @@ def check_metric(metric: Any) -> Any:
     return metric
 
 
+def check_scheduler(factory: Callable[..., Any], *, total_steps: int = 20, **args: Any) -> Any:
+    """Check a learning-rate schedule (subclass of :class:`mtlframe.schedulers.base.LRSchedule`).
+
+    Builds it with ``args`` over an optimizer with two parameter groups at different rates (a
+    dense group and a sparse-table group, as :class:`~mtlframe.optim.HybridOptimizer` has) and
+    steps it ``total_steps`` times (a monitored value for ``needs_monitor`` schedules).
+
+    Checks: signature and recipe entry; ``default_interval`` is one of its ``intervals``, each
+    ``step`` or ``epoch``; :meth:`build` returns a ``torch.optim.lr_scheduler`` scheduler; every
+    rate stays finite and >= 0; both groups are scheduled by the same factor (their ratio kept,
+    ``onecycle`` and ``plateau`` included); the optimizer's and the schedule's ``state_dict``
+    loaded into a fresh build continue the same rates (what ``train --resume`` relies on).
+
+    Returns:
+        the built schedule.
+
+    Example::
+
+        check_scheduler(Cosine, warmup=5)
+    """
+    from mtlframe.schedulers.base import INTERVALS, LRSchedule
+
+    if not (inspect.isclass(factory) and issubclass(factory, LRSchedule)):
+        _fail(factory, "a scheduler must be a subclass of mtlframe.schedulers.base.LRSchedule")
+    check_signature(factory)
+    check_recipe_entry("scheduler", factory, args)
+    if factory.default_interval not in factory.intervals or not set(factory.intervals) <= set(INTERVALS):
+        _fail(factory, f"default_interval {factory.default_interval!r} must be one of intervals "
+                       f"{factory.intervals!r}, each of {INTERVALS}")
+    schedule = _build("scheduler", factory, args, {})
+
+    def run(steps: int, state: Any = None) -> tuple[list[tuple[float, float]], Any, Any]:
+        params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+        opt = torch.optim.SGD([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": 0.02}], lr=0.1)
+        sch = schedule.build(opt, total_steps)
+        if state is not None:  # as Lightning resumes: the optimizer's state (its groups' rates), then the schedule's
+            opt.load_state_dict(state[0])
+            sch.load_state_dict(state[1])
+        if not hasattr(sch, "step") or not hasattr(sch, "state_dict"):
+            _fail(factory, f"build() returned {type(sch).__name__}, not a torch.optim.lr_scheduler scheduler")
+        rates = []
+        for t in range(steps):
+            opt.step()
+            sch.step(1.0) if factory.needs_monitor else sch.step()   # a value that never improves
+            rates.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
+        return rates, (opt.state_dict(), sch.state_dict()), opt
+
+    half = total_steps // 2
+    whole, _, _ = run(total_steps - 1)
+    first, state, _ = run(half)
+    second, _, _ = run(total_steps - 1 - half, state)
+    for a, b in whole:
+        if not (math.isfinite(a) and math.isfinite(b) and a >= 0 and b >= 0):
+            _fail(factory, f"gives a non-finite or negative learning rate ({a}, {b})")
+        if not math.isclose(a, 5 * b, rel_tol=1e-6, abs_tol=1e-12):
+            _fail(factory, f"does not keep the groups' ratio (rates {a} and {b} from 0.1 and 0.02): every group "
+                           "must follow the same factor of its own rate")
+    if [round(a, 12) for a, _ in first + second] != [round(a, 12) for a, _ in whole]:
+        _fail(factory, "state_dict / load_state_dict into a fresh build does not continue the same rates")
+    return schedule
+
+
 def check_dataset(factory: Callable[..., Any], **args: Any) -> Any:
     """Check a dataset loader (subclass of :class:`mtlframe.datasets.base.RecDataset`).
 
@@ -1024,6 +1087,7 @@ def check_dataset(factory: Callable[..., Any], **args: Any) -> Any:
 _CHECKS: dict[str, Callable[..., Any]] = {
     "encoder": check_encoder, "backbone": check_backbone, "tower": check_tower,
     "combiner": check_combiner, "sampler": check_sampler, "dataset": check_dataset,
+    "scheduler": check_scheduler,
 }
 
 

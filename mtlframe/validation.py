@@ -301,7 +301,7 @@ def check_arguments(recipe: Mapping[str, Any], checked: list[Checked],
                 continue
             own = uses[0]
         _run(c, ctx(c), problems, task=own)
-    for c in by_kind.get("combiner", []) + by_kind.get("sampler", []):
+    for c in by_kind.get("combiner", []) + by_kind.get("sampler", []) + by_kind.get("scheduler", []):
         _run(c, ctx(c), problems)
     _sparse_rules(recipe, encoders, by_kind.get("combiner", []), problems)
 

@@ -177,7 +177,7 @@ def test_save_top_k_keeps_k_files_and_best_is_the_best_not_the_last(tmp_path, ca
         "checkpoint": {"monitor": "val/task_1_bin/logloss", "mode": "max", "save_top_k": 2}})
     ckdir = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckdir.glob("*.ckpt")) == ["best.ckpt", "epoch=1-step=7.ckpt",
-                                                            "epoch=2-step=14.ckpt"]
+                                                            "epoch=2-step=14.ckpt", "last.ckpt"]
     assert torch.load(ckdir / "best.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
     logged = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv").dropna(subset=["val/task_1_bin/logloss"])
     per_epoch = logged["val/task_1_bin/logloss"].tolist()[:3]
@@ -267,7 +267,7 @@ def test_early_stopping_reason_is_printed_and_saved_and_per_task_checkpoints_kep
     assert re.search(r"^early stopping after epoch 2: val/task_1_bin/logloss did not improve for 1 validation\(s\) "
                      r"\(best [\d.]+ at epoch 1\) \(patience 1, min_delta 0\)$", out, re.M)
     ckdir = tmp_path / "run" / "checkpoints"
-    assert {p.name for p in ckdir.glob("*.ckpt")} == {"best.ckpt", "best-task_0.ckpt", "best-task_1_bin.ckpt"}
+    assert {p.name for p in ckdir.glob("*.ckpt")} == {"best.ckpt", "best-task_0.ckpt", "best-task_1_bin.ckpt", "last.ckpt"}
     per = saved["per_task_checkpoints"]
     assert per["task_0"]["monitor"] == "val/task_0/rmse" and per["task_1_bin"]["monitor"] == "val/task_1_bin/auc"
     status = json.loads((tmp_path / "run" / "status.json").read_text())
@@ -335,8 +335,8 @@ def test_keyboard_interrupt_in_training_marks_the_run_and_cli_exits_130(tmp_path
     assert rc == 130
     last, best = run_dir / "checkpoints" / "interrupted.ckpt", run_dir / "checkpoints" / "best.ckpt"
     assert err.strip() == (f"interrupted (Ctrl-C) during training at epoch 2/5, step 9. {run_dir} is marked "
-                           f"interrupted (status.json); last checkpoint: {last}; best checkpoint: {best}. Resuming "
-                           "is not supported yet: rerun with --overwrite (or another --run-dir) to start over.")
+                           f"interrupted (status.json); last checkpoint: {last}; best checkpoint: {best}. Continue it "
+                           f"with: mtlframe train --resume {run_dir}.")
     status = json.loads((run_dir / "status.json").read_text())
     assert (status["status"], status["epoch"], status["step"]) == ("interrupted", 2, 9)
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 9

@@ -5,6 +5,7 @@ Lin, Ye, Xu, Shi, Zhang, Kwok. "Dual-Balancing for Multi-Task Learning." arXiv:2
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -63,7 +64,15 @@ class DBMTL(GradientCombiner):
         self.beta_sigma = float(beta_sigma)
         self.eps = float(eps)
         self.register_buffer("steps", torch.zeros(len(self.task_names)))
-        self.register_buffer("grad_ema", None, persistent=False)
+        self.register_buffer("grad_ema", None, persistent=False)   # (T, P) once the shared width is known
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The gradient EMA (``None`` before the first step) goes into checkpoints, beside ``steps``:
+        a resumed run (``train --resume``) continues it instead of restarting from zeros."""
+        return {"grad_ema": self.grad_ema}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.grad_ema = state.get("grad_ema")
 
     def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Iterable[torch.nn.Parameter],
                  manual_backward: Callable[[torch.Tensor], None]) -> None:
