@@ -600,6 +600,7 @@ class TaskGradientsTrack(_Strict):
     parameters every ``every_n_steps`` optimizer steps (``train/grad_cos/<a>~<b>``;
     :class:`mtlframe.explain.relations.TaskGradientCosine`)."""
 
+    #: optimizer steps between two measurements (each costs one extra forward and one backward per task)
     every_n_steps: int = Field(100, ge=1)
 
 
