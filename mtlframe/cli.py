@@ -1,7 +1,7 @@
 """The ``mtlframe`` command line.
 
 ``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``compare``,
-``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source checkout).
+``cv``, ``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source checkout).
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
 """
@@ -223,6 +223,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mtlframe.cv import rich_tables, run_cv
+
+    con = _console()
+    if not con.is_terminal:
+        con.width = max(con.width, 240)
+    result = run_cv(args.recipe, args.overrides, folds=args.folds, scheme=args.scheme, group=args.group,
+                    grid=args.grid or [], seeds=args.seeds, baseline=args.baseline, output=args.output,
+                    runs_dir=args.runs_dir, command="mtlframe " + shlex.join(getattr(args, "argv", None) or []),
+                    resume=not args.no_resume, metrics=args.metrics.split(",") if args.metrics else None,
+                    progress=lambda line: con.print(line, markup=False, soft_wrap=True))
+    for table in rich_tables(result):
+        con.print(table)
+    con.print(f"results: {result.output}/cv.md, {result.output}/cv.json; runs under "
+              f"{args.runs_dir or str(result.output) + '/runs'}/")
+    failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
+    if failed:
+        con.print(f"{failed} fold run(s) failed; see error.txt in their run directories.")
+    return 1 if failed else 0
+
+
 def _checkout_root() -> Path | None:
     """The source checkout holding ``benchmarks/run.py``: the one this mtlframe was imported from
     (an editable install or a run from the tree), else the working directory."""
@@ -383,6 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "comparisons sharing one reuse each other's runs")
     c.add_argument("--no-resume", action="store_true", help="retrain runs that already have metrics.json")
     c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("cv", help="cross-validate a recipe (or a grid) over folds; mean ± std, paired differences")
+    v.add_argument("recipe", help="YAML recipe file")
+    v.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    v.add_argument("--folds", type=int, default=None, help="number of folds (default the recipe's, else 5; "
+                                                           "predefined: the dataset's)")
+    v.add_argument("--scheme", default=None, choices=["kfold", "group-kfold", "time-kfold", "predefined"],
+                   help="fold split (default the recipe's data.split.name if a fold split, else kfold)")
+    v.add_argument("--group", default=None, help="group-kfold: the column kept in one fold (default the user column)")
+    v.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis, as for compare (repeatable)")
+    v.add_argument("--seeds", default="1", help="seeds (each reshuffles the folds): a count or a list 1,2,3")
+    v.add_argument("--baseline", action="append", metavar="BACKBONE|KEY=V",
+                   help="baseline for paired differences per fold (a backbone name and/or overrides; repeatable)")
+    v.add_argument("--metrics", default=None, help="only these metrics in the tables, e.g. auc,rmse")
+    v.add_argument("--output", default=None, help="folder for runs/, cv.json, cv.md (default runs/cv-<time>)")
+    v.add_argument("--runs-dir", default=None, help="folder for the run directories (default OUTPUT/runs)")
+    v.add_argument("--no-resume", action="store_true", help="retrain folds that already have metrics.json")
+    v.set_defaults(func=cmd_cv)
 
     # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
     sub.add_parser("benchmark", add_help=False,
