@@ -199,51 +199,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def _grid_console(args: argparse.Namespace):
+    """The console of ``compare`` / ``cv`` (wide when piped to a file: the tables are not squeezed
+    into 80 columns), its command line, and the per-run progress printer."""
     import shlex
 
-    from mtlframe.compare import rich_table, run_compare, write_outputs
-
     con = _console()
-    if not con.is_terminal:  # piped to a file: do not squeeze the wide table into 80 columns
+    if not con.is_terminal:
         con.width = max(con.width, 240)
-    command = "mtlframe " + shlex.join(getattr(args, "argv", None) or [])
-    result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
-                         baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
-                         output=args.output, runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
-                         metrics=args.metrics.split(",") if args.metrics else None,
-                         progress=lambda line: con.print(line, markup=False, soft_wrap=True))
-    write_outputs(result)
-    con.print(rich_table(result))
-    con.print(f"results: {result.output}/results.md, {result.output}/results.json; "
-              f"runs under {args.runs_dir or str(result.output) + '/runs'}/")
+    return (con, "mtlframe " + shlex.join(getattr(args, "argv", None) or []),
+            lambda line: con.print(line, markup=False, soft_wrap=True))
+
+
+def _grid_footer(con, result, files: str, runs_dir: str | None) -> int:
+    """Print where the results and runs are and the failed runs; the exit code (1 if any failed)."""
+    con.print(f"results: {files}; runs under {runs_dir or str(result.output) + '/runs'}/")
     failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
     if failed:
         con.print(f"{failed} run(s) failed; see error.txt in their run directories.")
     return 1 if failed else 0
 
 
-def cmd_cv(args: argparse.Namespace) -> int:
-    import shlex
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mtlframe.compare import rich_table, run_compare, write_outputs
 
+    con, command, progress = _grid_console(args)
+    result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
+                         baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
+                         output=args.output, runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
+                         metrics=args.metrics.split(",") if args.metrics else None, progress=progress)
+    write_outputs(result)
+    con.print(rich_table(result))
+    return _grid_footer(con, result, f"{result.output}/results.md, {result.output}/results.json", args.runs_dir)
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
     from mtlframe.cv import rich_tables, run_cv
 
-    con = _console()
-    if not con.is_terminal:
-        con.width = max(con.width, 240)
+    con, command, progress = _grid_console(args)
     result = run_cv(args.recipe, args.overrides, folds=args.folds, scheme=args.scheme, group=args.group,
                     grid=args.grid or [], seeds=args.seeds, baseline=args.baseline, output=args.output,
-                    runs_dir=args.runs_dir, command="mtlframe " + shlex.join(getattr(args, "argv", None) or []),
-                    resume=not args.no_resume, metrics=args.metrics.split(",") if args.metrics else None,
-                    progress=lambda line: con.print(line, markup=False, soft_wrap=True))
+                    runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
+                    metrics=args.metrics.split(",") if args.metrics else None, progress=progress)
     for table in rich_tables(result):
         con.print(table)
-    con.print(f"results: {result.output}/cv.md, {result.output}/cv.json; runs under "
-              f"{args.runs_dir or str(result.output) + '/runs'}/")
-    failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
-    if failed:
-        con.print(f"{failed} fold run(s) failed; see error.txt in their run directories.")
-    return 1 if failed else 0
+    return _grid_footer(con, result, f"{result.output}/cv.md, {result.output}/cv.json", args.runs_dir)
 
 
 def _checkout_root() -> Path | None:
