@@ -137,8 +137,9 @@ def _compute_paired(res: CompareResult) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _scheme_and_folds(recipe_path: str | Path, overrides: Sequence[str], scheme: str | None,
-                      folds: int | None) -> tuple[str, int, dict[str, Any]]:
-    """The fold scheme, the number of folds and the ``data.split`` mapping of the CV runs.
+                      folds: int | None) -> tuple[str, int, dict[str, Any], int]:
+    """The fold scheme, the number of folds, the ``data.split`` mapping of the CV runs and the
+    recipe's seed.
 
     Raises:
         MTLFrameError: an unknown scheme, fewer than 2 folds, ``--folds`` that differs from the
@@ -170,7 +171,7 @@ def _scheme_and_folds(recipe_path: str | Path, overrides: Sequence[str], scheme:
     mapping: dict[str, Any] = {"name": scheme, "fold": 1, "val": split.val}
     if scheme != "predefined":
         mapping["folds"] = folds
-    return scheme, folds, mapping
+    return scheme, folds, mapping, base.config.seed
 
 
 def run_cv(recipe_path: str | Path, overrides: Sequence[str] = (), *, folds: int | None = None,
@@ -201,11 +202,11 @@ def run_cv(recipe_path: str | Path, overrides: Sequence[str] = (), *, folds: int
     """
     if group is not None and (scheme or "group-kfold") != "group-kfold":
         raise MTLFrameError(f"--group applies to --scheme group-kfold, not {scheme}.")
-    scheme, k, mapping = _scheme_and_folds(recipe_path, overrides, scheme if group is None else "group-kfold",
-                                           folds)
+    scheme, k, mapping, base_seed = _scheme_and_folds(recipe_path, overrides,
+                                                      scheme if group is None else "group-kfold", folds)
     if group is not None:
         mapping["group"] = group
-    seed_list = parse_seeds(seeds, load_recipe(recipe_path, list(overrides)).config.seed)
+    seed_list = parse_seeds(seeds, base_seed)
     out = Path(output) if output else Path("runs") / f"cv-{time.strftime('%Y%m%d-%H%M%S')}"
     state: dict[str, CVResult] = {}
 
@@ -257,7 +258,7 @@ def summary_cells(result: CVResult) -> tuple[list[str], list[list[str]]]:
         for t, m in cols:
             st = (c.summary or {}).get("metrics", {}).get(t, {}).get(m) if ok else None
             cells.append("-" if not st or not math.isfinite(st["mean"]) else _mean_pm_std(st["mean"], st["std"]))
-        row = [*_label(result, c), *cells, f"{len(ok)}/{len(c.runs)}" if c.runs else "pending"]
+        row = [*_label(result, c), *cells, f"{len(ok)}/{result.folds * len(res.seeds)}"]
         if paired:
             p = result.paired.get(c.slug)
             row += [_signed_pm(p[t]["mean"], p[t]["std"]) if p else "" for t in res.tasks]
@@ -269,7 +270,9 @@ def summary_cells(result: CVResult) -> tuple[list[str], list[list[str]]]:
 def per_fold_cells(result: CVResult) -> tuple[list[str], list[list[str]]]:
     """The per-fold table: one row per configuration and task metric, one column per fold."""
     res = result.compare
-    tags = [f"{r['seed']}/{r.get('fold')}" for c in res.configs[:1] for r in c.runs]
+    # every (seed, fold) any configuration has run so far, in run order
+    done = {(r["seed"], r.get("fold") or 0) for c in res.configs for r in c.runs}
+    tags = [f"{s}/{f}" for s in res.seeds for f in range(1, result.folds + 1) if (s, f) in done]
     by_seed = len(res.seeds) > 1
     names = [f"seed {t.split('/')[0]} fold {t.split('/')[1]}" if by_seed else f"fold {t.split('/')[1]}"
              for t in tags]
