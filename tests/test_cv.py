@@ -296,6 +296,20 @@ def test_cv_tables_paired_differences_and_resume(repo, tmp_path):
     assert len(fake.calls) == 6
 
 
+def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
+    fake = _FakeTrain()
+    res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=3, seeds="5,6", baseline=["single-task"],
+                 grid=["model.backbone={name: single-task}|{name: mmoe}"], output=tmp_path, train_fn=fake,
+                 progress=None)
+    assert len(fake.calls) == 12
+    assert sorted(p.name for p in tmp_path.glob("runs/*mmoe*/*")) == [f"seed-{s}-fold-{k}" for s in (5, 6)
+                                                                       for k in (1, 2, 3)]
+    paired = next(v for v in res.paired.values())["task_0"]
+    assert paired["n"] == 6 and paired["wins"] == 4 and sorted(paired["diffs"]) == [
+        f"{s}/{k}" for s in (5, 6) for k in (1, 2, 3)]
+    assert "seed 5 fold 1" in (tmp_path / "cv.md").read_text()
+
+
 def test_cv_scheme_checks(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
     with pytest.raises(MTLFrameError, match="--folds must be >= 2"):
