@@ -189,7 +189,7 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
       fold ``fold``'s test rows; validation is a seeded ``val`` fraction of the rest (``uK.base``).
 
     Returns:
-        ``{"train", "val", "test"}`` -> sorted int64 row indices (``time``: in time order).
+        ``{"train", "val", "test"}`` -> sorted int64 row indices (``time``, ``time-kfold``: in time order).
 
     Raises:
         DataError: ``time`` / ``leave-last-out`` / ``time-kfold`` without a timestamp column or with
