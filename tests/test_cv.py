@@ -332,3 +332,7 @@ def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
     saved = load_recipe(next(out.glob("runs/*/fold-2")) / "recipe.yaml")
     assert (saved.config.data.split.name, saved.config.data.split.fold, saved.config.data.split.folds) == \
         ("kfold", 2, 2)
+    from mtlframe.run import load_checkpoint   # its checkpoint (the resolved recipe) loads again
+
+    loaded = load_checkpoint(next(out.glob("runs/*/fold-2/checkpoints/*.ckpt")))
+    assert loaded.recipe.config.data.split.fold == 2
