@@ -1,7 +1,8 @@
 """The ``mtlframe`` command line.
 
-``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``serve``, ``compare``,
-``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source checkout).
+``train RECIPE [key=value ...]``, ``evaluate``, ``predict``, ``recommend``, ``embeddings``, ``serve``, ``export``,
+``compare``, ``cv``, ``tune``, ``explain``, ``recipe validate``, ``plugins``, ``benchmark`` (the harness of a source
+checkout).
 Heavy imports (torch, Lightning) happen inside the commands that need them, so ``--help``,
 ``plugins`` and ``recipe validate`` answer fast. User errors print one paragraph and exit 2.
 """
@@ -217,24 +218,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def _grid_console(args: argparse.Namespace):
+    """The console of ``compare`` / ``cv`` (wide when piped to a file: the tables are not squeezed
+    into 80 columns), its command line, and the per-run progress printer."""
     import shlex
 
-    from mtlframe.compare import rich_table, run_compare, write_outputs
-
     con = _console()
-    if not con.is_terminal:  # piped to a file: do not squeeze the wide table into 80 columns
+    if not con.is_terminal:
         con.width = max(con.width, 240)
-    command = "mtlframe " + shlex.join(getattr(args, "argv", None) or [])
-    result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
-                         baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
-                         output=args.output, runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
-                         metrics=args.metrics.split(",") if args.metrics else None,
-                         progress=lambda line: con.print(line, markup=False, soft_wrap=True))
-    write_outputs(result)
-    con.print(rich_table(result))
-    con.print(f"results: {result.output}/results.md, {result.output}/results.json; "
-              f"runs under {args.runs_dir or str(result.output) + '/runs'}/")
+    return (con, "mtlframe " + shlex.join(getattr(args, "argv", None) or []),
+            lambda line: con.print(line, markup=False, soft_wrap=True))
+
+
+def _grid_footer(con, result, files: str, runs_dir: str | None) -> int:
+    """Print where the results and runs are and the failed runs; the exit code (1 if any failed)."""
+    con.print(f"results: {files}; runs under {runs_dir or str(result.output) + '/runs'}/")
     failed = sum(r["status"] != "ok" for c in result.configs for r in c.runs)
     if failed:
         con.print(f"{failed} run(s) failed; see error.txt in their run directories.")
@@ -255,6 +253,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
         con.print(f"note: {note}", soft_wrap=True)
     con.print(f"report: {result.report}  ({len(result.images)} PNG files, explain.json)")
     return 0
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mtlframe.compare import rich_table, run_compare, write_outputs
+
+    con, command, progress = _grid_console(args)
+    result = run_compare(args.recipe, args.grid or [], args.seeds, overrides=args.overrides,
+                         baseline=[] if args.no_baseline else (args.baseline or ["single-task"]),
+                         output=args.output, runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
+                         metrics=args.metrics.split(",") if args.metrics else None, progress=progress)
+    write_outputs(result)
+    con.print(rich_table(result))
+    return _grid_footer(con, result, f"{result.output}/results.md, {result.output}/results.json", args.runs_dir)
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from mtlframe.cv import rich_tables, run_cv
+
+    con, command, progress = _grid_console(args)
+    result = run_cv(args.recipe, args.overrides, folds=args.folds, scheme=args.scheme, group=args.group,
+                    grid=args.grid or [], seeds=args.seeds, baseline=args.baseline, output=args.output,
+                    runs_dir=args.runs_dir, command=command, resume=not args.no_resume,
+                    metrics=args.metrics.split(",") if args.metrics else None, progress=progress)
+    for table in rich_tables(result):
+        con.print(table)
+    return _grid_footer(con, result, f"{result.output}/cv.md, {result.output}/cv.json", args.runs_dir)
 
 
 def _checkout_root() -> Path | None:
@@ -466,6 +489,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-rows", type=int, default=1024, help="most rows / users per request (default 1024)")
     sv.add_argument("--data-path", default=None, help="where a ranking checkpoint's training data is now")
     sv.set_defaults(func=cmd_serve)
+
+    v = sub.add_parser("cv", help="cross-validate a recipe (or a grid) over folds; mean ± std, paired differences")
+    v.add_argument("recipe", help="YAML recipe file")
+    v.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    v.add_argument("--folds", type=int, default=None, help="number of folds (default the recipe's, else 5; "
+                                                           "predefined: the dataset's)")
+    v.add_argument("--scheme", default=None, choices=["kfold", "group-kfold", "time-kfold", "predefined"],
+                   help="fold split (default the recipe's data.split.name if a fold split, else kfold)")
+    v.add_argument("--group", default=None, help="group-kfold: the column kept in one fold (default the user column)")
+    v.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis, as for compare (repeatable)")
+    v.add_argument("--seeds", default="1", help="seeds (each reshuffles the folds): a count or a list 1,2,3")
+    v.add_argument("--baseline", action="append", metavar="BACKBONE|KEY=V",
+                   help="baseline for paired differences per fold (a backbone name and/or overrides; repeatable)")
+    v.add_argument("--metrics", default=None, help="only these metrics in the tables, e.g. auc,rmse")
+    v.add_argument("--output", default=None, help="folder for runs/, cv.json, cv.md (default runs/cv-<time>)")
+    v.add_argument("--runs-dir", default=None, help="folder for the run directories (default OUTPUT/runs)")
+    v.add_argument("--no-resume", action="store_true", help="retrain folds that already have metrics.json")
+    v.set_defaults(func=cmd_cv)
 
     # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
     sub.add_parser("benchmark", add_help=False,

@@ -55,7 +55,7 @@ from mtlframe.errors import MTLFrameError, RecipeError
 from mtlframe.recipe import (Recipe, _split_path, apply_overrides, key_path_problem, load_recipe, override_lines,
                              parse_yaml, recipe_from_dict)
 
-__all__ = ["CompareResult", "GridAxis", "aggregate", "delta_m", "markdown_table", "mean_std", "parse_grid",
+__all__ = ["CompareResult", "GridAxis", "Repeat", "aggregate", "delta_m", "markdown_table", "mean_std", "parse_grid",
            "parse_seeds", "relative_gain", "rich_table", "run_compare"]
 
 BACKBONE_KEYS = ("model.backbone", "model.backbone.name")
@@ -246,6 +246,31 @@ def gains_over(config: dict[str, Any], baseline: dict[str, Any], primary: dict[s
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """One repetition of every configuration: a seed (``compare``), or a seed and a fold (``cv``).
+
+    The run of a configuration for this repeat is its recipe with ``seed`` (and, with a ``fold``,
+    ``data.split.fold``) replaced, in the run folder ``<config slug>/<tag>``.
+    """
+
+    tag: str
+    seed: int
+    fold: int | None = None
+
+    def apply(self, data: dict) -> dict:
+        """The recipe mapping ``data`` (not changed) with this repeat's seed and fold."""
+        out = {**data, "seed": self.seed}
+        if self.fold is not None:
+            out["data"] = {**out["data"], "split": {**out["data"].get("split", {}), "fold": self.fold}}
+        return out
+
+
+def seed_repeats(seeds: Sequence[int]) -> list[Repeat]:
+    """``compare``'s repeats: one per seed, run folders ``seed-<s>``."""
+    return [Repeat(f"seed-{s}", s) for s in seeds]
+
+
 @dataclass
 class ConfigResult:
     """One configuration (a grid point or an added baseline) and its runs."""
@@ -255,7 +280,7 @@ class ConfigResult:
     slug: str
     is_baseline: bool = False
     in_grid: bool = True
-    runs: list[dict[str, Any]] = field(default_factory=list)   # per seed: {seed, status, ...}
+    runs: list[dict[str, Any]] = field(default_factory=list)   # per repeat: {seed, [fold], status, ...}
     summary: dict[str, Any] | None = None
     baseline_slug: str | None = None
     gains: dict[str, float] = field(default_factory=dict)
@@ -399,7 +424,8 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
                 output: str | Path | None = None, command: str = "", resume: bool = True,
                 runs_dir: str | Path | None = None, train_fn: TrainFn | None = None,
                 metrics: Sequence[str] | None = None,
-                progress: Callable[[str], None] | None = print) -> CompareResult:
+                progress: Callable[[str], None] | None = print, repeats: Sequence[Repeat] | None = None,
+                write: Callable[[CompareResult], None] | None = None) -> CompareResult:
     """Train every grid point × seed and aggregate. See the module docstring.
 
     Args:
@@ -418,6 +444,9 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
             (tests inject a fake one); the default trains with :func:`mtlframe.run.train`.
         metrics: metric names to show in the tables (all by default; ``results.json`` keeps all).
         progress: called with one line per finished run.
+        repeats: the repetitions of every configuration (default one per seed,
+            :func:`seed_repeats`); ``mtlframe cv`` gives one per seed and fold.
+        write: called with the result after every finished run (default :func:`write_outputs`).
 
     Raises:
         MTLFrameError: an invalid grid value, override or grid configuration; every configuration
@@ -429,6 +458,8 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         raise MTLFrameError(f"--grid keys repeat: {', '.join(keys)}; give each key once with all its values.")
     base = load_recipe(recipe_path, list(overrides))
     seed_list = parse_seeds(seeds, base.config.seed)
+    repeats = list(repeats) if repeats is not None else seed_repeats(seed_list)
+    write = write or write_outputs
     out = Path(output) if output else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     train_fn = train_fn or _default_train
     say = progress or (lambda s: None)
@@ -506,17 +537,19 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
     # seed-major, baselines first: an interrupted comparison leaves whole seeds of every row,
     # and gains appear as early as possible in the partial results
     order = sorted(configs, key=lambda c: not c.is_baseline)
-    total = len(order) * len(seed_list)
+    total = len(order) * len(repeats)
     done = 0
-    for s in seed_list:
+    for rp in repeats:
         for c in order:
-            r = recipe_from_dict({**recipes[c.slug].data, "seed": s}, str(recipe_path))
-            run_dir = runs_root / c.slug / f"seed-{s}"
-            entry: dict[str, Any] = {"seed": s, "run_dir": str(run_dir)}
+            r = recipe_from_dict(rp.apply(recipes[c.slug].data), str(recipe_path))
+            run_dir = runs_root / c.slug / rp.tag
+            entry: dict[str, Any] = {"seed": rp.seed, "run_dir": str(run_dir)}
+            if rp.fold is not None:
+                entry["fold"] = rp.fold
             cached = None
             if resume:  # this comparison's run, else the same recipe run by another (shared --runs-dir)
                 digest = c.slug.rsplit("-", 1)[-1]
-                for cand in [run_dir, *sorted(runs_root.glob(f"*-{digest}/seed-{s}"))]:
+                for cand in [run_dir, *sorted(runs_root.glob(f"*-{digest}/{rp.tag}"))]:
                     cached = _load_done(cand, r)
                     if cached is not None:
                         entry["run_dir"] = str(cand)
@@ -537,13 +570,13 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
             done += 1
             say(_progress_line(done, total, c, entry, primary))
             _finish(result)
-            write_outputs(result)
+            write(result)
     return result
 
 
 def _progress_line(done: int, total: int, c: ConfigResult, entry: dict, primary: dict) -> str:
     label = " ".join(f"{k}={v}" for k, v in c.label.items()) or "recipe"
-    head = f"[{done}/{total}] {label} seed={entry['seed']}"
+    head = f"[{done}/{total}] {label} seed={entry['seed']}" + (f" fold={entry['fold']}" if "fold" in entry else "")
     if entry["status"] != "ok":
         return f"{head}: FAILED {entry['error']} (traceback: {entry['run_dir']}/error.txt)"
     vals = " ".join(f"{t}/{m}={_fmt(entry['metrics'].get(t, {}).get(m))}" for t, (m, _) in primary.items())

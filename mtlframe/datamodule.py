@@ -98,8 +98,65 @@ def user_split_sizes(rows: np.ndarray, val: float, test: float) -> tuple[np.ndar
     return n_train, n_val, n_test
 
 
+def _fold_of(table: Table, name: str, folds: int, fold: int, seed: int, group: str | None) -> np.ndarray:
+    """Each row's fold ``[N]`` (int64, 1..folds) for ``kfold`` / ``group-kfold`` / ``predefined``."""
+    n = len(table.frame)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(n, dtype=np.int64)
+    if name == "kfold":
+        for k, part in enumerate(np.array_split(rng.permutation(n), folds), start=1):
+            out[part] = k
+        return out
+    if name == "group-kfold":
+        codes = _group_codes(table, group)
+        sizes = np.bincount(codes) if n else np.zeros(0, np.int64)
+        # the largest groups first (seeded order among equal sizes), each into the fold with the
+        # fewest rows so far (scikit-learn's GroupKFold balancing, with a seeded tie order)
+        order = rng.permutation(len(sizes))
+        order = order[np.argsort(-sizes[order], kind="stable")]
+        load = np.zeros(folds, dtype=np.int64)
+        fold_of_group = np.zeros(len(sizes), dtype=np.int64)
+        for g in order:
+            k = int(np.argmin(load))
+            fold_of_group[g] = k + 1
+            load[k] += sizes[g]
+        return fold_of_group[codes]
+    # predefined
+    if not table.folds:
+        raise DataError(f"{table.source}: this dataset has no predefined folds (data.split.name: predefined); "
+                        "use data.split.name: kfold (or group-kfold / time-kfold).")
+    if fold not in table.folds:
+        raise DataError(f"{table.source}: data.split.fold {fold} is not one of the dataset's predefined folds "
+                        f"({', '.join(map(str, sorted(table.folds)))}).")
+    for k, rows in table.folds.items():
+        out[rows] = k
+    return out
+
+
+def _group_codes(table: Table, group: str | None) -> np.ndarray:
+    """Dense codes ``[N]`` of the ``group-kfold`` column (the dataset's user column by default).
+
+    Raises:
+        DataError: the column is absent, or has missing values (rows named).
+    """
+    if group is None:
+        return _user_codes(table, "group-kfold")
+    if group not in table.frame.columns:
+        near = closest(group, list(map(str, table.frame.columns)))
+        raise DataError(f"{table.source}: data.split.group '{group}' is not a column" + near_hint(near, ".")
+                        + f" Columns: {', '.join(map(str, table.frame.columns))}.")
+    codes = pd.factorize(table.frame[group])[0].astype(np.int64)
+    if (codes < 0).any():
+        pos = np.flatnonzero(codes < 0)
+        raise DataError(f"{table.source}: group column '{group}' (data.split.group) has {len(pos)} missing value(s) "
+                        f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
+                        "group-kfold cannot place those rows. Fill or drop them, or group by another column.")
+    return codes
+
+
 def split_indices(table: Table, name: str, val: float, test: float, seed: int,
-                  cold_items: float = 0.1) -> dict[str, np.ndarray]:
+                  cold_items: float = 0.1, *, folds: int = 5, fold: int = 1,
+                  group: str | None = None) -> dict[str, np.ndarray]:
     """Row indices of the train / val / test splits.
 
     * ``random``: a seeded permutation; the first ``test`` fraction is test, then ``val``.
@@ -115,16 +172,60 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
     * ``cold-start``: a seeded ``cold_items`` fraction of the items (``table.item``) and all their
       rows form the test split; validation is a random ``val`` fraction of the remaining rows.
 
+    Fold splits (cross-validation; ``fold`` is 1-based, ``test`` is not used; run every fold
+    with ``mtlframe cv``). Over ``fold = 1..folds`` the test parts partition the rows:
+
+    * ``kfold``: a seeded permutation cut into ``folds`` parts of sizes differing by at most one;
+      part ``fold`` is test, a ``val`` fraction of the rest (in permutation order) validation.
+    * ``group-kfold``: every row of one ``group`` value (default ``table.user``) in the same fold:
+      groups, largest first (seeded order among equal sizes), each go to the fold with the fewest
+      rows so far (scikit-learn's ``GroupKFold``); validation is a seeded ``val`` fraction of the
+      training groups, so no group is split between any two parts.
+    * ``time-kfold``: expanding window (scikit-learn's ``TimeSeriesSplit``): rows sorted by
+      ``table.timestamp`` (stable) are cut into ``folds + 1`` blocks; fold ``i`` trains on blocks
+      ``1..i`` (the latest ``val`` fraction of them is validation) and tests on block ``i + 1``,
+      so it never tests on rows earlier than its training rows. Block 1 is never a test part.
+    * ``predefined``: the dataset's own folds (``table.folds``, e.g. MovieLens-100K's u1..u5):
+      fold ``fold``'s test rows; validation is a seeded ``val`` fraction of the rest (``uK.base``).
+
     Returns:
-        ``{"train", "val", "test"}`` -> sorted int64 row indices (``time``: in time order).
+        ``{"train", "val", "test"}`` -> sorted int64 row indices (``time``, ``time-kfold``: in time order).
 
     Raises:
-        DataError: ``time`` / ``leave-last-out`` without a timestamp column or with missing
-            timestamps (rows named); ``user-random`` / ``leave-last-out`` without a user column or
-            with missing user ids (rows named); ``cold-start`` without an item column.
+        DataError: ``time`` / ``leave-last-out`` / ``time-kfold`` without a timestamp column or with
+            missing timestamps (rows named); ``user-random`` / ``leave-last-out`` / ``group-kfold``
+            without a user (or ``group``) column or with missing ids (rows named); ``cold-start``
+            without an item column; ``predefined`` on a dataset without folds, or a ``fold`` it
+            does not have; ``fold`` outside ``1..folds``.
     """
     n = len(table.frame)
     rng = np.random.default_rng(seed)
+    if name in ("kfold", "group-kfold", "time-kfold") and not 1 <= fold <= folds:
+        raise DataError(f"data.split.fold {fold} is outside 1..{folds} (data.split.folds).")
+    if name == "time-kfold":
+        order = np.argsort(_timestamps(table, name), kind="stable")
+        blocks = np.array_split(order, folds + 1)
+        seen = np.concatenate(blocks[:fold])
+        n_val = int(round(len(seen) * val))
+        return {"train": seen[:len(seen) - n_val], "val": seen[len(seen) - n_val:], "test": blocks[fold]}
+    if name in ("kfold", "group-kfold", "predefined"):
+        where = _fold_of(table, name, folds, fold, seed, group)
+        is_test = where == fold
+        if name == "group-kfold":  # validation: whole training groups
+            codes = _group_codes(table, group)
+            train_groups = np.unique(codes[~is_test])
+            picked = rng.permutation(train_groups)[:int(round(len(train_groups) * val))]
+            is_val = ~is_test & np.isin(codes, picked)
+        else:
+            if name == "kfold":  # the training rows in the order of the fold permutation
+                perm = np.random.default_rng(seed).permutation(n)
+                rest = perm[~is_test[perm]]
+            else:
+                rest = rng.permutation(np.flatnonzero(~is_test))
+            is_val = np.zeros(n, dtype=bool)
+            is_val[rest[:int(round(len(rest) * val))]] = True
+        return {"train": np.flatnonzero(~is_test & ~is_val), "val": np.flatnonzero(is_val),
+                "test": np.flatnonzero(is_test)}
     if name == "random":
         perm = rng.permutation(n)
         n_test, n_val = int(round(n * test)), int(round(n * val))
@@ -282,6 +383,8 @@ class RecDataModule(pl.LightningDataModule):
         group_col = self.recipe.metrics_group_column()
         extra = getattr(self.dataset, "extra_columns", None)  # datasets that load only declared columns
         wanted = [group_col] if group_col is not None else []
+        if self.cfg.split.group is not None:  # group-kfold's column, named at data.split.group if absent
+            wanted.append(self.cfg.split.group)
         for name, seq in self.cfg.sequences.items():  # histories' sources, side-field columns
             wanted += [c for c in (seq.of, *seq.fields) if c and c != TIME_GAP]
         if isinstance(extra, list):
@@ -292,7 +395,9 @@ class RecDataModule(pl.LightningDataModule):
         features, labels = self._resolve_columns(table)
         seed = self.recipe.config.seed
         s = self.cfg.split
-        idx = split_indices(table, s.name, s.val, s.test, seed, s.cold_items)
+        self._check_fold_split(table)
+        idx = split_indices(table, s.name, s.val, s.test, seed, s.cold_items, folds=s.folds, fold=s.fold,
+                            group=s.group)
         if len(table.frame) == 0:
             raise DataError(f"{table.source}: the dataset has no data rows (a header only, or every row "
                             "filtered out); point data.dataset at a file with rows.")
@@ -339,6 +444,28 @@ class RecDataModule(pl.LightningDataModule):
                 if "user" not in self.splits[k]:
                     self.splits[k]["__user__"] = users[k]
         release_freed_memory()
+
+    def _check_fold_split(self, table: Table) -> None:
+        """Fold-split keys that need the data: ``data.split.group`` is a column, and ``predefined``
+        is used on a dataset that has folds, with a ``fold`` among them.
+
+        Raises:
+            RecipeError: at ``data.split.group`` / ``data.split.name`` / ``data.split.fold``.
+        """
+        s, name_ds = self.cfg.split, self.cfg.dataset.get("name")
+        problems = []
+        if s.name == "group-kfold" and s.group is not None and s.group not in table.frame.columns:
+            cols = list(map(str, table.frame.columns))
+            problems.append(("data.split.group", f"dataset '{name_ds}' has no column '{s.group}' to group the folds by"
+                             + near_hint(closest(s.group, cols), ".") + f" Columns: {', '.join(cols)}."))
+        if s.name == "predefined" and not table.folds:
+            problems.append(("data.split.name", f"dataset '{name_ds}' has no predefined folds (movielens-100k has "
+                             "u1..u5); use kfold, group-kfold or time-kfold."))
+        elif s.name == "predefined" and s.fold not in table.folds:
+            problems.append(("data.split.fold", f"dataset '{name_ds}' has predefined folds "
+                             f"{', '.join(map(str, sorted(table.folds)))}; fold {s.fold} is not one of them."))
+        if problems:
+            raise RecipeError(problems, self.recipe.source, self.recipe.lines)
 
     def _funnel_targets(self, source: str) -> None:
         """Under a funnel backbone (ESMM, ESCM2, AITM), each stage's labels become its entire-space

@@ -192,6 +192,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: split names that give one fold of a cross-validation (``data.split.fold`` of ``data.split.folds``)
+FOLD_SPLITS = ("kfold", "group-kfold", "time-kfold", "predefined")
+
+
 class SplitConfig(_Strict):
     """How rows are split. ``random``: seeded shuffle. ``time``: ordered by the dataset's
     timestamp, the last ``test`` fraction is test, the ``val`` fraction before it is validation.
@@ -199,24 +203,60 @@ class SplitConfig(_Strict):
     ``user-random``: each user's rows shuffled and split by ``val`` / ``test`` with RecBole's
     per-user rounding (its default 8:1:1 protocol). ``leave-last-out``: per user by timestamp, the
     last row is test, the one before validation (``val`` / ``test`` do not apply).
+    Fold splits give train / val / test of ONE fold (``fold``, 1-based, of ``folds``), so a fold
+    is an ordinary recipe (``mtlframe cv`` runs them all): ``kfold`` (seeded shuffle into
+    ``folds`` parts), ``group-kfold`` (every row of a ``group`` value, default the dataset's user
+    column, in one fold), ``time-kfold`` (expanding window: ``folds + 1`` time blocks, fold i
+    trains on blocks 1..i and tests on block i+1), ``predefined`` (the dataset's own folds, e.g.
+    MovieLens-100K's u1..u5). ``val`` is the fraction of the fold's training part held out for
+    validation; ``test`` does not apply.
     See :func:`mtlframe.datamodule.split_indices`."""
 
     #: the split method (above)
-    name: Literal["random", "user-random", "leave-last-out", "time", "cold-start"] = "random"
-    #: fraction of the rows (``user-random``: of each user's rows) for validation; ``val + test < 1``
+    name: Literal["random", "user-random", "leave-last-out", "time", "cold-start",
+                  "kfold", "group-kfold", "time-kfold", "predefined"] = "random"
+    #: fraction of the rows for validation (``user-random``: of each user's rows; fold splits: of the
+    #: fold's training part); ``val + test < 1``
     val: float = Field(0.1, ge=0.0, lt=1.0)
     #: fraction of the rows (``user-random``: of each user's rows) for test
     test: float = Field(0.1, ge=0.0, lt=1.0)
     #: ``cold-start``: fraction of the items held out, with all their rows, as the test split
     cold_items: float = Field(0.1, gt=0.0, lt=1.0)
+    folds: int = Field(5, ge=2, le=1000, description="number of folds of a fold split (kfold, group-kfold, "
+                                                      "time-kfold); predefined: the dataset's")
+    fold: int = Field(1, ge=1, description="the fold used as test, 1..folds (fold splits)")
+    group: str | None = Field(None, description="group-kfold: the column whose rows stay together "
+                                                "(default the dataset's user column)")
 
     @model_validator(mode="after")
     def _fractions(self) -> "SplitConfig":
         if self.val + self.test >= 1.0:
             raise ValueError("val + test must be below 1.0 so that rows remain for training")
-        if self.name == "leave-last-out" and {"val", "test"} & self.model_fields_set:
+        # keys given with a value other than the default (a saved, resolved recipe lists every key
+        # at its default: it must load again)
+        given = {k for k in self.model_fields_set if getattr(self, k) != type(self).model_fields[k].default}
+        if self.name == "leave-last-out" and {"val", "test"} & given:
             raise ValueError("leave-last-out puts each user's last row in test and the one before it in val; "
                              "val / test fractions do not apply: remove them, or use name: user-random.")
+        fold_keys = {"folds", "fold", "group"} & given
+        if self.name not in FOLD_SPLITS:
+            if fold_keys:
+                raise ValueError(f"{', '.join(sorted(fold_keys))} appl{'ies' if len(fold_keys) == 1 else 'y'} to fold "
+                                 f"splits only ({', '.join(FOLD_SPLITS)}), not to '{self.name}'; remove "
+                                 f"{'it' if len(fold_keys) == 1 else 'them'} or use e.g. name: kfold.")
+            return self
+        if "test" in given:
+            raise ValueError(f"{self.name}: the test part is fold `fold` of the folds; a test fraction does not "
+                             "apply: remove test (val is the fraction of the fold's training part).")
+        if self.group is not None and self.name != "group-kfold":
+            raise ValueError(f"group applies to group-kfold only, not to '{self.name}'; remove it or use "
+                             "name: group-kfold.")
+        if self.name == "predefined" and "folds" in given:
+            raise ValueError("predefined: the number of folds is the dataset's (e.g. 5 for movielens-100k); "
+                             "remove folds.")
+        if self.name != "predefined" and self.fold > self.folds:
+            raise ValueError(f"fold {self.fold} is outside 1..{self.folds} (folds: {self.folds}); folds are "
+                             "numbered from 1.")
         return self
 
 

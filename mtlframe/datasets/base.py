@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mtlframe.errors import DataError, file_problem
@@ -25,6 +26,8 @@ class Table:
         user: user-id column, or ``None``.
         item: item-id column (for negative sampling and the cold-start split), or ``None``.
         source: where the data came from (a path), for error messages.
+        folds: the dataset's own cross-validation folds (the ``predefined`` split): ``{k: row
+            indices of fold k's test part}`` (1-based ``k``, int64), or ``None`` when it has none.
     """
 
     frame: pd.DataFrame
@@ -36,6 +39,7 @@ class Table:
     source: str = ""
     credit: str = ""
     extra: dict = field(default_factory=dict)
+    folds: dict[int, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         for col, typ in self.features.items():
@@ -55,7 +59,13 @@ class RecDataset:
     ``path: str | None = None``). :meth:`prepare` fetches files once per machine (called from
     ``LightningDataModule.prepare_data``, rank zero only); :meth:`load` reads them into a
     :class:`Table` (called on every rank).
+
+    A dataset with its own cross-validation folds (the ``predefined`` split) sets
+    :attr:`NUM_FOLDS` and returns them as :attr:`Table.folds`.
     """
+
+    #: the number of the dataset's predefined folds (``None``: it has none)
+    NUM_FOLDS: int | None = None
 
     def prepare(self) -> None:
         """Download or otherwise make the raw files available. Default: nothing to do."""

@@ -21,6 +21,13 @@ Columns:
   positives of a ``retrieval`` task).
 * ``timestamp`` (Unix seconds), user column ``user_id``, item column ``item_id``. Rows keep the
   order of ``u.data``, so rows 1-20,000 are the canonical ``u1.test`` fold.
+
+Predefined folds (``data.split: {name: predefined, fold: K}``, K = 1..5): GroupLens' u1..u5
+base/test pairs. Fold K's test part is the rows of ``uK.test`` when the folder has that file
+(matched to ``u.data`` rows by user, item, rating and timestamp), else rows 20,000(K-1)+1 ..
+20,000K of ``u.data`` in file order, which is how GroupLens' ``mku.sh`` builds ``uK.test``
+(``head -20000K u.data | tail -20000``; 20,000 is a fifth of the file: a copy with another
+number of rows is cut in fifths of ``len // 5`` rows). ``uK.base`` is every other row.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mtlframe.datasets.base import RecDataset, Table
@@ -59,6 +67,40 @@ FEATURES: dict[str, str] = {
 }
 LABELS: list[str] = ["rating", "like", "watch"]
 _FILES = ("u.data", "u.item", "u.user")
+_RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+_RATING_DTYPES = {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"}
+#: the number of GroupLens' predefined folds u1..u5
+NUM_FOLDS = 5
+
+
+def predefined_folds(folder: Path, ratings: pd.DataFrame) -> dict[int, np.ndarray]:
+    """Row indices ``[~N/5]`` (int64, file order) of the test part of folds u1..u5 of ``ratings``
+    (``u.data`` as read, in file order): ``uK.test`` when ``folder`` has it, else the K-th fifth
+    of the rows (GroupLens' ``mku.sh``: rows ``len//5 * (K-1)`` .. ``len//5 * K - 1``).
+
+    Raises:
+        DataError: a ``uK.test`` line that is not a row of ``u.data`` (file and line named).
+    """
+    n = len(ratings)
+    size = n // NUM_FOLDS
+    keyed = ratings.reset_index(names="_row")
+    folds = {}
+    for k in range(1, NUM_FOLDS + 1):
+        path = folder / f"u{k}.test"
+        if not path.is_file():
+            folds[k] = np.arange(size * (k - 1), size * k, dtype=np.int64)
+            continue
+        test = pd.read_csv(path, sep="\t", header=None, names=_RATING_COLUMNS, dtype=_RATING_DTYPES)
+        test["_line"] = np.arange(1, len(test) + 1)
+        hit = test.merge(keyed, on=_RATING_COLUMNS, how="left")
+        lost = hit[hit["_row"].isna()]
+        if len(lost) or len(hit) != len(test):
+            line = int(lost["_line"].iloc[0]) if len(lost) else int(hit["_line"][hit["_line"].duplicated()].iloc[0])
+            raise DataError(f"movielens-100k: {path} line {line} is {'not' if len(lost) else 'more than one'} "
+                            f"row of {folder / 'u.data'}; uK.test must come from the same u.data (GroupLens' "
+                            "mku.sh). Remove the uK.* files to cut the folds from u.data in file order.")
+        folds[k] = np.sort(hit["_row"].to_numpy(np.int64))
+    return folds
 
 
 def default_cache_dir() -> Path:
@@ -94,6 +136,7 @@ class MovieLens100K(RecDataset):
     URL: str = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
     MD5: str = "0e33842e24a9c977be4e0107933c0723"
     FOLDER: str = "ml-100k"
+    NUM_FOLDS: int = NUM_FOLDS  # u1..u5 (see the module docstring)
 
     def __init__(self, path: str | None = None, cache_dir: str | None = None,
                  download: bool = True, url: str | None = None, md5: str | None = None) -> None:
@@ -169,10 +212,9 @@ class MovieLens100K(RecDataset):
                            f"into {self.cache_dir}")
                 raise DataError(f"movielens-100k: {folder} lacks {', '.join(missing)}. MovieLens "
                                 f"is not bundled with mtlframe: {fix}.")
-        ratings = pd.read_csv(folder / "u.data", sep="\t", header=None,
-                              names=["user_id", "item_id", "rating", "timestamp"],
-                              dtype={"user_id": "int64", "item_id": "int64", "rating": "float64",
-                                     "timestamp": "int64"})
+        ratings = pd.read_csv(folder / "u.data", sep="\t", header=None, names=_RATING_COLUMNS,
+                              dtype=_RATING_DTYPES)
+        folds = predefined_folds(folder, ratings)
         users = pd.read_csv(folder / "u.user", sep="|", header=None,
                             names=["user_id", "age", "gender", "occupation", "zip_code"],
                             dtype={"user_id": "int64", "age": "float64", "gender": "str",
@@ -201,4 +243,4 @@ class MovieLens100K(RecDataset):
         frame = frame[[*FEATURES, *LABELS, "timestamp"]]
         return Table(frame=frame, features=dict(FEATURES), labels=list(LABELS),
                      timestamp="timestamp", user="user_id", item="item_id", source=str(folder),
-                     credit=CREDIT)
+                     credit=CREDIT, folds=folds)
