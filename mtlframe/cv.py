@@ -340,7 +340,7 @@ def rich_tables(result: CVResult) -> list[Any]:
                                            f"{result.compare.recipe}: {result.scheme}, {result.folds} folds, "
                                            "test metrics mean ± std over folds"),
                                           (per_fold_cells(result), 3, "per fold")):
-        table = Table(title=title)
+        table = Table(title=title, min_width=len(title))  # a wrapped title splits the fold count
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i < n_left else "right")
         for row in rows:
