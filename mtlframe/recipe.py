@@ -520,6 +520,64 @@ class RankingConfig(_Strict):
         return self
 
 
+class TuneParam(_Strict):
+    """One searched recipe key (``tune.space.<dotted key>``; see ``docs/tune.md``).
+
+    ``float`` / ``int``: a value in ``[low, high]`` (``log``: sampled uniformly in log space;
+    ``step``: on a grid from ``low``); ``categorical``: one of ``choices`` (any YAML values,
+    mappings included, e.g. whole ``model.backbone`` entries)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "TuneParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty list of choices")
+            if {"low", "high", "log", "step"} & self.model_fields_set:
+                raise ValueError("a categorical parameter takes only choices (not low / high / log / step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low and high, not choices (or write type: categorical)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        if self.type == "int":
+            for k in ("low", "high", "step"):
+                v = getattr(self, k)
+                if v is not None and v != int(v):
+                    raise ValueError(f"an int parameter needs whole numbers; {k} is {v}")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got {self.low}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+        if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
+            raise ValueError("log: true and step exclude each other (Optuna samples a log range continuously)")
+        return self
+
+
+class TuneConfig(_Strict):
+    """``mtlframe tune``'s search (the ``tune:`` section; see ``docs/tune.md``). ``metric``: the
+    validation value optimised, ``auto`` = ``checkpoint.monitor``; ``direction``: ``auto`` follows
+    the metric. ``space``: ``{dotted recipe key: TuneParam}``. ``pruner``: ``median`` (Optuna's
+    ``MedianPruner``) or ``none``; ``startup_trials``: trials sampled at random before TPE models
+    the results and before the pruner prunes; ``warmup_epochs``: validation epochs a trial always
+    runs before it can be pruned."""
+
+    metric: str = "auto"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    space: dict[str, TuneParam] = Field(min_length=1)
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(5, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+
+
 class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
@@ -538,6 +596,8 @@ class RecipeConfig(_Strict):
     metrics_group: MetricsGroupConfig | None = None
     #: user and item sides, full-ranking cutoffs and the order of ``recommend``
     ranking: RankingConfig | None = None
+    #: ``mtlframe tune``'s search space and objective (ignored by ``train``)
+    tune: TuneConfig | None = None
 
     @field_validator("metrics_group", mode="before")
     @classmethod
@@ -859,6 +919,10 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     check_component("combiner", data.get("combiner", {"name": "static"}), "combiner", source, problems, checked)
     _check_metrics(data, source, problems)
     _check_ranking(data, problems)
+    if isinstance(data.get("tune"), dict):  # every searched key and value, as trials will meet them
+        from mtlframe.tune import space_problems
+
+        problems.extend(space_problems(data))
     # the components' own value checks (constructors, validate_args) on the entries that passed
     check_arguments(data, checked, problems)
     if problems:
