@@ -316,6 +316,9 @@ class PruningCallback(_callback_base()):  # type: ignore[misc]
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if getattr(trainer, "sanity_checking", False):
             return
+        fn = getattr(getattr(trainer, "state", None), "fn", "fit")
+        if fn is not None and str(getattr(fn, "value", fn)) != "fit":  # train()'s final validate of the best checkpoint
+            return
         value = trainer.callback_metrics.get(self.monitor)
         self.report(None if value is None else float(value), int(trainer.current_epoch))
 

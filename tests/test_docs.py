@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "plugins").glob("*/README.md")])
-COMMANDS = ("train", "evaluate", "predict", "recommend", "embeddings", "recipe", "compare", "plugins", "benchmark")
+COMMANDS = ("train", "evaluate", "predict", "recommend", "embeddings", "recipe", "compare", "tune", "plugins", "benchmark")
 PACKAGE_DIRS = ("mtlframe/", "recipes/", "docs/", "benchmarks/", "plugins/", "tests/")
 
 

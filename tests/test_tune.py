@@ -194,6 +194,9 @@ def test_pruning_callback_reports_each_validation_epoch_to_the_trial():
         cb.on_validation_end(SimpleNamespace(callback_metrics={"val/rating/rmse": value}, current_epoch=epoch,
                                              sanity_checking=False), None)
     cb.on_validation_end(SimpleNamespace(callback_metrics={}, current_epoch=3, sanity_checking=False), None)
+    # train()'s validation of the best checkpoint after fit is not an epoch of the trial
+    cb.on_validation_end(SimpleNamespace(callback_metrics={"val/rating/rmse": 9.0}, current_epoch=3,
+                                         sanity_checking=False, state=SimpleNamespace(fn="validate")), None)
     assert trial.reports == [(0, 1.2), (2, 1.1)]            # NaN and missing values are not reported
     with pytest.raises(optuna.TrialPruned, match="pruned after epoch 4"):
         cb.on_validation_end(SimpleNamespace(callback_metrics={"val/rating/rmse": 1.3}, current_epoch=4,
