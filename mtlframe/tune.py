@@ -217,7 +217,8 @@ def _load(recipe_path: str | Path, overrides: Sequence[str], space: str | Path |
     prefix = ""
     if set(side) == {"tune"} and isinstance(side["tune"], dict):
         side, prefix = side["tune"], "tune."
-    base = load_recipe(recipe_path, list(overrides))  # the recipe alone first: its own problems, its lines
+    # the recipe alone first (its own problems, its lines), without the tune: section the file replaces
+    base = load_recipe(recipe_path, [*overrides, "tune=null"])
     data = {**base.data, "tune": side}
     lines = {k: v for k, v in base.lines.items() if not (k == "tune" or k.startswith("tune."))}
     for k, line in side_lines.items():
@@ -241,6 +242,12 @@ def resolve_metric(recipe: Recipe, tune: TuneConfig) -> tuple[str, str]:
         metric = "val/score"
     if metric in recipe.config.tasks:
         metric = f"val/{metric}/{recipe.task_metrics(metric)[0]}"
+    monitor = recipe.config.checkpoint.monitor
+    if metric == "val/score" and monitor not in ("auto", "val/score"):
+        raise RecipeError([("tune.metric", f"val/score is known only where the checkpoint monitors it, and "
+                                           f"checkpoint.monitor is '{monitor}'; write tune.metric: "
+                                           "val/<task>/<metric>, or remove checkpoint.monitor")],
+                          recipe.source, recipe.lines)
     if not metric.startswith("val/"):
         raise RecipeError([("tune.metric", f"tune.metric auto follows checkpoint.monitor, '{metric}', which is "
                                            "not a validation value; write tune.metric: val/<task>/<metric> "

@@ -134,10 +134,20 @@ def test_space_file_replaces_the_recipe_section_and_points_at_its_lines(tmp_path
     res = run_tune(_recipe(tmp_path), 2, space=side, output=tmp_path / "out", train_fn=_toy_train, progress=None)
     assert list(res.space) == ["optimizer.lr", "model.backbone.num_experts"]
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in res.trials)
+    # the file replaces the recipe's section, even an invalid one
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((tmp_path / "r.yaml").read_text().replace("type: int", "type: integer"))
+    assert len(run_tune(bad, 1, space=side, output=tmp_path / "o1", train_fn=_toy_train, progress=None).trials) == 1
     side.write_text("tune:\n  space:\n    model.backbone.num_experts: {type: int, low: 0, high: 4}\n")
     with pytest.raises(RecipeError) as err:
         run_tune(_recipe(tmp_path), 2, space=side, output=tmp_path / "o2", train_fn=_toy_train, progress=None)
     assert f"({side}:3)" in str(err.value)
+    # val/score exists only where the checkpoint monitors it
+    data = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    data["checkpoint"] = {"monitor": "task_0"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match="checkpoint.monitor is 'task_0'"):
+        run_tune(tmp_path / "m.yaml", 1, output=tmp_path / "o3", train_fn=_toy_train, progress=None)
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
