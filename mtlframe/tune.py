@@ -282,15 +282,7 @@ def objective_value(result: Mapping[str, Any], metric: str) -> float:
     return float(value)
 
 
-def _callback_base() -> type:
-    try:
-        from pytorch_lightning import Callback
-    except ModuleNotFoundError:  # pragma: no cover - pytorch_lightning is a core dependency
-        return object
-    return Callback
-
-
-class PruningCallback(_callback_base()):  # type: ignore[misc]
+class _PruningReporter:
     """Reports the monitored validation value to an Optuna trial after every validation epoch and
     stops the trial (``optuna.TrialPruned``) when the study's pruner says so.
 
@@ -299,7 +291,10 @@ class PruningCallback(_callback_base()):  # type: ignore[misc]
         monitor: the logged key (``val/rating/rmse``, ``val/score``).
 
     A missing or NaN value is not reported (the pruner sees only real values). The step is the
-    epoch number. Single-process training only (DDP trials are not pruned consistently).
+    epoch number. Only validations during ``fit`` count (not ``train``'s final validation of the
+    best checkpoint). Single-process training only (DDP trials are not pruned consistently).
+    :data:`PruningCallback` is this class as a Lightning ``Callback`` (built on first use, so that
+    importing this module, e.g. by ``recipe validate``, does not import Lightning).
     """
 
     def __init__(self, trial: Any, monitor: str) -> None:
@@ -328,6 +323,25 @@ class PruningCallback(_callback_base()):  # type: ignore[misc]
             return
         value = trainer.callback_metrics.get(self.monitor)
         self.report(None if value is None else float(value), int(trainer.current_epoch))
+
+
+_CALLBACK: type | None = None
+
+
+def _pruning_callback_class() -> type:
+    global _CALLBACK
+    if _CALLBACK is None:
+        from pytorch_lightning import Callback
+
+        _CALLBACK = type("PruningCallback", (_PruningReporter, Callback),
+                         {"__doc__": _PruningReporter.__doc__, "__module__": __name__})
+    return _CALLBACK
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PruningCallback":
+        return _pruning_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _default_train(recipe: Recipe, run_dir: Path, callbacks: list) -> dict[str, Any]:
@@ -504,7 +518,7 @@ def run_tune(recipe_path: str | Path, trials: int, *, overrides: Sequence[str] =
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", ov)
         start = time.perf_counter()
-        cb = PruningCallback(trial, metric)
+        cb = _pruning_callback_class()(trial, metric)
         try:
             r = recipe_from_dict(apply_overrides(base_data, ov, via="tune.space"), str(recipe_path),
                                  override_lines(base_lines, ov, via="tune.space"))

@@ -97,7 +97,7 @@ def test_resume_continues_the_study_and_ctrl_c_leaves_it_resumable(tmp_path):
                  train_fn=_toy_train, progress=None)
 
 
-def test_invalid_space_is_listed_at_once_before_any_trial(tmp_path):
+def test_invalid_space_is_listed_at_once_before_any_trial(tmp_path, capsys):
     from mtlframe.tune import run_tune
 
     space = {"model.backbone.num_expert": {"type": "int", "low": 2, "high": 8},          # misspelled key
@@ -123,6 +123,14 @@ def test_invalid_space_is_listed_at_once_before_any_trial(tmp_path):
     assert len(err.value.problems) == 7
     # recipe validate reports the same, with the file and line of each key
     assert main(["recipe", "validate", str(tmp_path / "r.yaml")]) == 2
+    # a folder as the recipe or as --space: one line naming it, exit 2
+    assert main(["tune", str(tmp_path), "--trials", "1"]) == 2
+    assert main(["tune", str(tmp_path / "r.yaml"), "--space", str(tmp_path), "--trials", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "is a folder, not a file" in line][-2:] == [
+        f"error: recipe {tmp_path}: is a folder, not a file; pass the path of a YAML recipe, e.g. recipes/quickstart.yaml",
+        f"error: recipe {tmp_path}: --space is a folder, not a file; pass a YAML file with the tune mapping "
+        "(metric, direction, space)"]
 
 
 def test_space_file_replaces_the_recipe_section_and_points_at_its_lines(tmp_path, capsys):
