@@ -558,8 +558,14 @@ def run_tune(recipe_path: str | Path, trials: int, *, overrides: Sequence[str] =
     if remaining > 0:
         if n_before:
             say(f"resuming the study in {study_path}: {trials - remaining} trial(s) finished, {remaining} to go")
-        st.optimize(objective, n_trials=remaining, timeout=timeout, catch=(_TrialFailed,), callbacks=[after],
-                    gc_after_trial=train_fn is _default_train)  # frees a trained model (~1 s: torch's objects)
+        try:
+            st.optimize(objective, n_trials=remaining, timeout=timeout, catch=(_TrialFailed,), callbacks=[after],
+                        gc_after_trial=train_fn is _default_train)  # frees a trained model (~1 s: torch's objects)
+        except KeyboardInterrupt:
+            write_outputs(result)
+            kept = sum(_counts(t) for t in st.trials)
+            raise KeyboardInterrupt(f"mtlframe tune interrupted (Ctrl-C): the study in {study_path} keeps its {kept} "
+                                    "finished trial(s); run the same command to continue it") from None
     elif n_before:
         say(f"the study in {study_path} already has {trials - remaining} finished trial(s) (--trials {trials})")
     result.__dict__.update(_result(st, base_data, tune, recipe_path, command, metric, direction, space_json, out,

@@ -77,7 +77,7 @@ def test_resume_continues_the_study_and_ctrl_c_leaves_it_resumable(tmp_path):
             raise KeyboardInterrupt
         return _toy_train(recipe, run_dir, callbacks)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="keeps its 4 finished trial.*run the same command to continue"):
         run_tune(recipe, 6, output=out, train_fn=interrupted, progress=None)
     assert calls == ["trial-0003", "trial-0004"]
     lines = []
