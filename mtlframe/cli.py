@@ -280,6 +280,28 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return _grid_footer(con, result, f"{result.output}/cv.md, {result.output}/cv.json", args.runs_dir)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mtlframe.tune import rich_table, run_tune
+
+    con = _console()
+    if not con.is_terminal:
+        con.width = max(con.width, 200)
+    result = run_tune(args.recipe, args.trials, overrides=args.overrides, space=args.space, study=args.study,
+                      timeout=args.timeout, output=args.output,
+                      command="mtlframe " + shlex.join(getattr(args, "argv", None) or []),
+                      progress=lambda line: con.print(line, markup=False, soft_wrap=True))
+    con.print(rich_table(result))
+    if result.best is None:
+        con.print(f"no trial completed; see the reasons above and error.txt under {result.output}/trials/")
+        return 1
+    con.print(f"best recipe (trial {result.best.number}, {result.metric} {result.best.value:.6g}), "
+              f"written to {result.output}/best.yaml:")
+    print((result.output / "best.yaml").read_text(encoding="utf-8"))
+    return 0
+
+
 def _checkout_root() -> Path | None:
     """The source checkout holding ``benchmarks/run.py``: the one this mtlframe was imported from
     (an editable install or a run from the tree), else the working directory."""
@@ -507,6 +529,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--runs-dir", default=None, help="folder for the run directories (default OUTPUT/runs)")
     v.add_argument("--no-resume", action="store_true", help="retrain folds that already have metrics.json")
     v.set_defaults(func=cmd_cv)
+
+    tu = sub.add_parser("tune", help="search a recipe's hyperparameters with Optuna (TPE, median pruning)")
+    tu.add_argument("recipe", help="YAML recipe file (with a tune: section, or pass --space)")
+    tu.add_argument("overrides", nargs="*", help="dotted overrides applied to every trial")
+    tu.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (a resumed "
+                                                               "study's count toward it)")
+    tu.add_argument("--space", default=None, help="YAML file with the tune: mapping (metric, direction, space), "
+                                                  "replacing the recipe's")
+    tu.add_argument("--study", default=None, help="SQLite file of the study (default OUTPUT/study.db); the same "
+                                                  "file continues the study")
+    tu.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    tu.add_argument("--output", default=None, help="folder for trials/, trials.md, trials.json, best.yaml "
+                                                   "(default runs/tune-<time>)")
+    tu.set_defaults(func=cmd_tune)
 
     # the arguments are the harness's own (`mtlframe benchmark --help`); main() hands them over unparsed
     sub.add_parser("benchmark", add_help=False,

@@ -650,6 +650,70 @@ class TrackConfig(_Strict):
     task_gradients: TaskGradientsTrack | None = None
 
 
+class TuneParam(_Strict):
+    """One searched recipe key (``tune.space.<dotted key>``; see ``docs/tune.md``).
+
+    ``float`` / ``int``: a value in ``[low, high]`` (``log``: sampled uniformly in log space;
+    ``step``: on a grid from ``low``); ``categorical``: one of ``choices`` (any YAML values,
+    mappings included, e.g. whole ``model.backbone`` entries)."""
+
+    #: how the value is sampled: a real number, a whole number, or one of ``choices``
+    type: Literal["float", "int", "categorical"]
+    #: float / int: the lowest value sampled
+    low: float | None = None
+    #: float / int: the highest value sampled (included)
+    high: float | None = None
+    #: float / int: sample uniformly in log space (needs ``low > 0``)
+    log: bool = False
+    #: float / int: sample on a grid ``low, low + step, ...``
+    step: float | None = None
+    #: categorical: the values to choose from (any YAML values, whole components included)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "TuneParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty list of choices")
+            if {"low", "high", "log", "step"} & self.model_fields_set:
+                raise ValueError("a categorical parameter takes only choices (not low / high / log / step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low and high, not choices (or write type: categorical)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        if self.type == "int":
+            for k in ("low", "high", "step"):
+                v = getattr(self, k)
+                if v is not None and v != int(v):
+                    raise ValueError(f"an int parameter needs whole numbers; {k} is {v}")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got {self.low}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+        if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
+            raise ValueError("log: true and step exclude each other (Optuna samples a log range continuously)")
+        return self
+
+
+class TuneConfig(_Strict):
+    """``mtlframe tune``'s search (the ``tune:`` section; see ``docs/tune.md``). ``metric``: the
+    validation value optimised, ``auto`` = ``checkpoint.monitor``; ``direction``: ``auto`` follows
+    the metric. ``space``: ``{dotted recipe key: TuneParam}``. ``pruner``: ``median`` (Optuna's
+    ``MedianPruner``) or ``none``; ``startup_trials``: trials sampled at random before TPE models
+    the results and before the pruner prunes; ``warmup_epochs``: validation epochs a trial always
+    runs before it can be pruned."""
+
+    metric: str = "auto"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    space: dict[str, TuneParam] = Field(min_length=1)
+    pruner: Literal["median", "none"] = "median"
+    startup_trials: int = Field(5, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+
+
 class RecipeConfig(_Strict):
     """The validated recipe. Component entries stay plain dicts; they are checked against the
     registered components' constructor signatures by :func:`validate`."""
@@ -672,6 +736,8 @@ class RecipeConfig(_Strict):
     ranking: RankingConfig | None = None
     #: measurements logged during training (``track.task_gradients``)
     track: TrackConfig = TrackConfig()
+    #: ``mtlframe tune``'s search space and objective (ignored by ``train``)
+    tune: TuneConfig | None = None
 
     @field_validator("metrics_group", mode="before")
     @classmethod
@@ -994,6 +1060,10 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     _check_scheduler(data.get("optimizer"), source, problems, checked)
     _check_metrics(data, source, problems)
     _check_ranking(data, problems)
+    if isinstance(data.get("tune"), dict):  # every searched key and value, as trials will meet them
+        from mtlframe.tune import space_problems
+
+        problems.extend(space_problems(data))
     # the components' own value checks (constructors, validate_args) on the entries that passed
     check_arguments(data, checked, problems)
     if problems:
