@@ -208,7 +208,9 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from mtlframe.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    from mtlframe.tune import space_problems  # a tune: section is checked as `mtlframe tune` checks it
+
+    recipe = load_recipe(args.recipe, args.overrides, checks=(space_problems,))
     cfg = recipe.config
     tasks = ", ".join(f"{n} ({t.type})" for n, t in cfg.tasks.items())
     print(f"{args.recipe}: valid. dataset {cfg.data.dataset['name']}; tasks {tasks}; "

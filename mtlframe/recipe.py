@@ -1019,8 +1019,15 @@ def check_component(kind: str, spec: Any, path: str, source: str | None,
         checked.append(Checked(kind, path, probe_spec, factory, {k: getattr(parsed, k) for k in valid}))
 
 
-def validate(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None) -> RecipeConfig:
-    """Validate a recipe mapping; return the typed config.
+#: an extra check of a whole recipe mapping: ``data -> [(dotted path, message)]``
+RecipeCheck = typing.Callable[[dict], list[tuple[str, str]]]
+
+
+def validate(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None,
+             checks: typing.Sequence[RecipeCheck] = ()) -> RecipeConfig:
+    """Validate a recipe mapping; return the typed config. ``checks`` add their problems to the
+    same error (``mtlframe tune`` and ``recipe validate`` pass the search-space check, which
+    validates the recipe at every searched value and so cannot live in this module).
 
     Raises:
         RecipeError: listing every problem found.
@@ -1060,10 +1067,8 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     _check_scheduler(data.get("optimizer"), source, problems, checked)
     _check_metrics(data, source, problems)
     _check_ranking(data, problems)
-    if isinstance(data.get("tune"), dict):  # every searched key and value, as trials will meet them
-        from mtlframe.tune import space_problems
-
-        problems.extend(space_problems(data))
+    for check in checks:  # e.g. every searched key and value, as trials will meet them
+        problems.extend(check(data))
     # the components' own value checks (constructors, validate_args) on the entries that passed
     check_arguments(data, checked, problems)
     if problems:
@@ -1470,8 +1475,9 @@ class Recipe:
         return None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file.
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                checks: typing.Sequence[RecipeCheck] = ()) -> Recipe:
+    """Read, override and validate a recipe file (``checks``: see :func:`validate`).
 
     Raises:
         RecipeError: the file is missing, not YAML, or invalid (all problems listed at once).
@@ -1488,7 +1494,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if overrides:
         data = apply_overrides(data, overrides)
         lines = override_lines(lines, overrides)
-    return recipe_from_dict(data, str(p), lines)
+    return recipe_from_dict(data, str(p), lines, checks)
 
 
 def override_lines(lines: dict[str, int | str], overrides: list[str],
@@ -1507,7 +1513,9 @@ def override_lines(lines: dict[str, int | str], overrides: list[str],
     return out
 
 
-def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None) -> Recipe:
-    """Validate an in-memory recipe mapping (a checkpoint's, or one built in Python)."""
-    cfg = validate(data, source, lines)
+def recipe_from_dict(data: dict, source: str | None = None, lines: dict[str, int | str] | None = None,
+                     checks: typing.Sequence[RecipeCheck] = ()) -> Recipe:
+    """Validate an in-memory recipe mapping (a checkpoint's, or one built in Python; ``checks``:
+    see :func:`validate`)."""
+    cfg = validate(data, source, lines, checks)
     return Recipe(copy.deepcopy(data), cfg, source, dict(lines or {}))

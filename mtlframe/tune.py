@@ -207,7 +207,7 @@ def _load(recipe_path: str | Path, overrides: Sequence[str], space: str | Path |
     """The base recipe, with the ``--space`` file (the ``tune:`` mapping, or a file with a top-level
     ``tune:``) in place of its own ``tune:`` section; validated, space included."""
     if space is None:
-        return load_recipe(recipe_path, list(overrides))
+        return load_recipe(recipe_path, list(overrides), checks=(space_problems,))
     sp = Path(space)
     text, problem = read_text_file(sp)
     if problem:
@@ -225,7 +225,7 @@ def _load(recipe_path: str | Path, overrides: Sequence[str], space: str | Path |
         key = k[len(prefix):] if prefix and k.startswith(prefix) else k
         lines[f"tune.{key}"] = f"{sp}:{line}"
     lines["tune"] = f"--space {sp}"
-    return recipe_from_dict(data, str(recipe_path), lines)
+    return recipe_from_dict(data, str(recipe_path), lines, checks=(space_problems,))
 
 
 # ------------------------------------------------------------------------------------------------
