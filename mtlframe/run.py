@@ -157,6 +157,11 @@ def _epoch_lines_callback():
     import pytorch_lightning as pl
 
     class EpochLines(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            # a run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch
+            # (Lightning skips it): its line counts the steps and seconds since the resume
+            self.on_train_epoch_start(trainer, pl_module)
+
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._start, self._step = time.perf_counter(), trainer.global_step
             self._loss, self._batches = None, 0

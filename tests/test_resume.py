@@ -106,7 +106,12 @@ def test_ctrl_c_mid_epoch_then_resume_finishes_with_the_straight_weights(tmp_pat
     assert (status["status"], status["epoch"], status["step"], status["batch"]) == ("interrupted", 2, 12, 4)
     assert status["resumable"] is True and status["resume"] == f"mtlframe train --resume {run_dir}"
     # the run folder: resumed from interrupted.ckpt at the exact batch, not at the epoch's start
-    assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    # with the progress display on, as a user has it: plain epoch lines, as output is not a terminal
+    assert cli.main(["train", "--resume", str(run_dir), "trainer.enable_progress_bar=true"]) == 0
+    out = capsys.readouterr().out
+    # the resumed epoch's line counts the 4 steps trained since the resume; then a whole epoch
+    assert "epoch 2/3  4 steps" in out and "epoch 3/3  8 steps" in out
     status = json.loads((run_dir / "status.json").read_text())
     assert status["resumed"]["from"].endswith("interrupted.ckpt")
     assert (status["resumed"]["epoch"], status["resumed"]["batch"], status["resumed"]["step"]) == (2, 4, 12)
