@@ -694,8 +694,8 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
     """The checkpoint and recipe ``train --resume PATH`` continues.
 
     ``PATH`` is a run folder or one of its checkpoints. In a run folder: ``checkpoints/interrupted.ckpt``
-    when ``status.json`` says the run was interrupted (the newest state), else
-    ``checkpoints/last.ckpt`` (written at every validation, or every epoch without one). The
+    when ``status.json`` says the run was interrupted or the file is newer than ``last.ckpt`` (a
+    resume of it that failed early), else ``checkpoints/last.ckpt`` (written at every validation, or every epoch without one). The
     recipe is the one saved in the checkpoint, with ``overrides`` of ``trainer.*`` and
     ``early_stopping.*`` only.
 
@@ -712,8 +712,13 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
     if p.is_dir():
         run_dir = p
         status = _read_status(run_dir)
-        names = (["interrupted.ckpt"] if status.get("status") == "interrupted" else []) + ["last.ckpt"]
-        found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
+        found = [run_dir / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")
+                 if (run_dir / "checkpoints" / n).is_file()]
+        if len(found) == 2 and status.get("status") != "interrupted" \
+                and found[0].stat().st_mtime_ns <= found[1].stat().st_mtime_ns:
+            # an old Ctrl-C's checkpoint, since trained past; it stays first when a resume of it failed
+            # before writing a newer last.ckpt (status.json then says failed, not interrupted)
+            found = found[1:]
         if not found:
             held = sorted(c.name for c in (run_dir / "checkpoints").glob("*.ckpt")) \
                 if (run_dir / "checkpoints").is_dir() else []

@@ -105,6 +105,12 @@ def test_ctrl_c_mid_epoch_then_resume_finishes_with_the_straight_weights(tmp_pat
     # the batch being trained when Ctrl-C came (the 4th of epoch 2) was finished: 8 + 4 steps
     assert (status["status"], status["epoch"], status["step"], status["batch"]) == ("interrupted", 2, 12, 4)
     assert status["resumable"] is True and status["resume"] == f"mtlframe train --resume {run_dir}"
+    # a resume attempt that failed before its first validation (status.json now says failed) leaves
+    # interrupted.ckpt the newest state: the next --resume still takes it, not the older last.ckpt
+    status_text = (run_dir / "status.json").read_text()
+    (run_dir / "status.json").write_text(json.dumps({"status": "failed", "reason": "an earlier resume failed"}))
+    assert run_mod.resume_target(run_dir).checkpoint.name == "interrupted.ckpt"
+    (run_dir / "status.json").write_text(status_text)
     # the run folder: resumed from interrupted.ckpt at the exact batch, not at the epoch's start
     capsys.readouterr()
     # with the progress display on, as a user has it: plain epoch lines, as output is not a terminal
