@@ -279,11 +279,39 @@ def test_a_self_check_mismatch_fails_the_export_and_leaves_nothing(ckpts, tmp_pa
         export_model(ckpt, "onnx", tmp_path / "bad", rows=20, _corrupt=corrupt)
     assert list(tmp_path.iterdir()) == []                            # no output, no temp folder
     (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "export.json").write_text("{}")            # an earlier export
     (tmp_path / "old" / "keep.txt").write_text("x")
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "old"), "--rows", "5"]) == 2
     with pytest.raises(ExportError):                                 # --overwrite keeps the old one on failure
         export_model(ckpt, "onnx", tmp_path / "old", rows=20, overwrite=True, _corrupt=corrupt)
     assert [p.name for p in tmp_path.iterdir()] == ["old"] and (tmp_path / "old" / "keep.txt").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_export_never_the_run_folder(tmp_path):
+    """``--output RUN --overwrite`` deleted the whole run folder, the exported checkpoint with it."""
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.export import export_model
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    (run / "metrics.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    for output, why in ((run, "holds the checkpoint being exported"),
+                        (run / "checkpoints", "holds the checkpoint being exported"),
+                        (ckpt, "is the checkpoint being exported"),
+                        (tmp_path / "notes.txt", "is a file, not an export folder"),
+                        (tmp_path, "holds the checkpoint being exported")):
+        with pytest.raises(MTLFrameError, match=re.escape(f"--output {output} {why}")):
+            export_model(ckpt, "onnx", output, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("a\n1\n")
+    with pytest.raises(MTLFrameError, match=r"not an earlier export \(no export.json\)"):
+        export_model(ckpt, "onnx", other, overwrite=True)
+    assert ckpt.read_bytes() == b"weights" and (run / "metrics.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (other / "data.csv").exists()
 
 
 def test_unexportable_components_are_refused_by_recipe_key():
