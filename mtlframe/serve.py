@@ -83,8 +83,9 @@ def parse_json(body: bytes) -> Any:
     """The JSON value of a request body.
 
     Raises:
-        RequestError: 400 for an empty body, malformed JSON (line and column given), ``NaN`` or
-            ``Infinity`` (not JSON; send ``null`` for a missing value).
+        RequestError: 400 for an empty body, malformed JSON (line and column given), JSON nested
+            too deeply for the parser, ``NaN`` or ``Infinity`` (not JSON; send ``null`` for a
+            missing value).
     """
     def constant(name: str):
         raise RequestError(400, "body", f"{name} is not valid JSON (and not a value the model takes); "
@@ -98,6 +99,9 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}.") from None
     except UnicodeDecodeError:
         raise RequestError(400, "body", "the request body is not UTF-8 text; send JSON.") from None
+    except RecursionError:
+        raise RequestError(400, "body", "the JSON is nested too deeply; send a row object {column: value} "
+                                        "or a list of them.") from None
 
 
 def _jtype(value: Any) -> str:
@@ -589,7 +593,13 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY:
             raise RequestError(413, "body", f"the body is {int(size):,} bytes; this server reads at most {MAX_BODY:,}.")
-        return parse_json(await request.body())
+        body = bytearray()
+        async for chunk in request.stream():   # no Content-Length (chunked): stop at the limit, not at the end
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise RequestError(413, "body", f"the body is over {MAX_BODY:,} bytes; this server reads at most "
+                                                f"{MAX_BODY:,}.")
+        return parse_json(bytes(body))
 
     @app.get("/health")
     async def health():
