@@ -289,7 +289,9 @@ class ExportGraph(nn.Module):
                 self._plan.append(("same", enc.key, text_input_name(enc)))
             elif _is(enc, "mtlframe.encoders.embedding", "EmbeddingEncoder"):
                 if enc.single:
-                    self._plan.append(("stack_ids", enc.key, list(enc.single), enc.fused.offsets.tolist()))
+                    # each feature's rows in the shared table: its codes 0..size
+                    self._plan.append(("stack_ids", enc.key, list(enc.single), enc.fused.offsets.tolist(),
+                                       list(enc.fused.cardinalities)))
                 for f in enc.multi:
                     self._plan.append(("same", f, f))
             elif _is(enc, "mtlframe.encoders.numeric", "NumericEncoder"):
@@ -308,8 +310,11 @@ class ExportGraph(nn.Module):
         batch: dict[str, torch.Tensor] = {}
         for step in self._plan:
             if step[0] == "stack_ids":
-                _, key, feats, offsets = step
-                batch[key] = torch.stack([x[f] + off for f, off in zip(feats, offsets)], dim=1)  # (B, F)
+                _, key, feats, offsets, rows = step
+                # a code outside the feature's own 0..size is out of vocabulary (0), never another
+                # feature's row of the shared table
+                batch[key] = torch.stack([torch.where((x[f] < 0) | (x[f] >= n), torch.zeros_like(x[f]), x[f]) + off
+                                          for f, off, n in zip(feats, offsets, rows)], dim=1)      # (B, F)
             elif step[0] == "stack":
                 _, key, feats = step
                 batch[key] = torch.stack([x[f] for f in feats], dim=1)                       # (B, F)

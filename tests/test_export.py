@@ -245,6 +245,21 @@ def test_onnx_runs_at_dynamic_batch_sizes(ckpts, exported, batch):
         assert got[t].shape[0] == batch and np.abs(got[t] - want[t]).max() < 1e-5, t
 
 
+def test_a_categorical_code_outside_its_vocabulary_is_read_as_out_of_vocabulary(ckpts, exported):
+    """The categorical inputs share one table: a code past a feature's vocabulary read the next
+    feature's rows, and -1 the table's last row -- a server's off-by-one gave other numbers silently."""
+    res = exported["b"]
+    spec = json.loads((res.output / "preprocessor.json").read_text())
+    feeds = map_from_contract(res.output, _frame(4, 11))
+    for inp in (i for i in spec["inputs"] if i["kind"] == "categorical"):
+        size = inp["vocabulary"]["size"]
+        bad = dict(feeds, **{inp["name"]: np.array([size + 1, -1, size, 0], dtype=np.int64)})
+        oov = dict(feeds, **{inp["name"]: np.array([0, 0, size, 0], dtype=np.int64)})   # size: the last entry
+        got, want = _run_onnx(res.model_file, bad), _run_onnx(res.model_file, oov)
+        for t in want:
+            np.testing.assert_array_equal(got[t], want[t], err_msg=f"{inp['name']} -> {t}")
+
+
 def test_torchscript_export_gives_named_outputs_equal_to_predict(ckpts, tmp_path):
     from mtlframe.export import export_model
 
