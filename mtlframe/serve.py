@@ -680,6 +680,27 @@ def _app_from_env():
     return build_server(**json.loads(os.environ[_ENV]))
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a ``host:port`` another process listens on before the model is loaded (uvicorn would
+    say so only after, and exit with status 3).
+
+    Raises:
+        MTLFrameError: the address is in use.
+    """
+    import errno
+    import socket
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MTLFrameError(f"--port {port}: {host}:{port} is already in use (another server?); pass another "
+                                    "--port, or stop the process that listens there.") from None
+            raise   # another problem (a host not of this machine): uvicorn's own message, suppressed here
+
+
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, accelerator: str = "cpu",
           max_batch_size: int = 64, batch_timeout: float = 0.005, workers: int = 1, max_rows: int = MAX_ROWS,
           data_path: str | Path | None = None, log_level: str = "info") -> None:
@@ -688,11 +709,12 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     With ``workers`` > 1, uvicorn starts that many processes on the port, each loading the model.
 
     Raises:
-        MTLFrameError: as :func:`build_server`; a bad ``--port`` / ``--workers``.
+        MTLFrameError: as :func:`build_server`; a bad ``--port`` / ``--workers``; the port in use.
     """
     _need_serve_extra()
     check_options(accelerator=accelerator, max_batch_size=max_batch_size, batch_timeout=batch_timeout,
                   max_rows=max_rows, port=port, workers=workers)
+    _check_port(host, port)
     import uvicorn
 
     options = dict(checkpoint=str(checkpoint), accelerator=accelerator, max_batch_size=max_batch_size,

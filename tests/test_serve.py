@@ -299,6 +299,12 @@ def test_serve_command_refuses_a_missing_gpu_and_bad_options_in_one_line(ckpt, c
     assert "--batch-timeout must be a number of seconds >= 0" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(ckpt[0] / "missing.ckpt"), "--port", "1"]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    with socket.socket() as taken:     # a port in use: said before the model is loaded, not uvicorn's exit 3
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(ckpt[1]), "--port", str(port)]) == 2
+        assert f"--port {port}: 127.0.0.1:{port} is already in use" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["serve", "--checkpoint", str(ckpt[1]), "--accelerator", "cuda"]) == 2
         assert "torch sees no CUDA GPU" in capsys.readouterr().err
