@@ -230,6 +230,22 @@ def _checkpoint_callback(**kwargs: Any):
                 metrics = {**metrics, "epoch": metrics["epoch"] + 1}
             return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            # a run folder copied or moved since (resumed elsewhere): Lightning would drop the best
+            # score and keep the old paths, so the next validation replaced best.ckpt whatever its
+            # score; the saved paths are moved under this folder instead
+            old = state_dict.get("dirpath")
+            if old and self.dirpath and old != self.dirpath:
+                def moved(path):
+                    p = Path(path) if path else None
+                    return str(Path(self.dirpath) / p.relative_to(old)) if p and p.is_relative_to(old) else path
+
+                state_dict = {**state_dict, "dirpath": self.dirpath,
+                              **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                       "last_model_path") if k in state_dict},
+                              "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+            super().load_state_dict(state_dict)
+
         def _save_checkpoint(self, trainer, filepath: str) -> None:
             steps = self.__dict__.setdefault("saved_steps", {})
             # last.ckpt of the step whose best checkpoint was just written: the same state, so a hard

@@ -173,3 +173,18 @@ def test_a_onecycle_run_is_not_extended_past_its_planned_length(tmp_path):
     with pytest.raises(RecipeError) as exc:
         run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=2"])
     assert exc.value.problems[0][0] == "trainer.max_epochs" and "planned length" in exc.value.problems[0][1]
+
+
+def test_a_moved_run_folder_resumes_with_its_best_score(tmp_path):
+    """Lightning drops the best score when the checkpoint's folder differs (a run copied or moved):
+    the first validation after the resume then replaced best.ckpt whatever its score."""
+    old, new = tmp_path / "cluster" / "run" / "checkpoints", tmp_path / "here" / "run" / "checkpoints"
+    cb = run_mod._checkpoint_callback(dirpath=str(new), filename="best", monitor="val/score", mode="max",
+                                      save_last=True)
+    cb.load_state_dict({"dirpath": str(old), "monitor": "val/score", "best_model_score": torch.tensor(0.75),
+                        "best_model_path": str(old / "best.ckpt"), "kth_best_model_path": str(old / "best.ckpt"),
+                        "kth_value": torch.tensor(0.75), "last_model_path": str(old / "last.ckpt"),
+                        "best_k_models": {str(old / "best.ckpt"): torch.tensor(0.75)}})
+    assert float(cb.best_model_score) == 0.75 and float(cb.kth_value) == 0.75
+    assert cb.best_model_path == str(new / "best.ckpt") and cb.last_model_path == str(new / "last.ckpt")
+    assert {k: float(v) for k, v in cb.best_k_models.items()} == {str(new / "best.ckpt"): 0.75}
