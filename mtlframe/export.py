@@ -289,7 +289,9 @@ class ExportGraph(nn.Module):
                 self._plan.append(("same", enc.key, text_input_name(enc)))
             elif _is(enc, "mtlframe.encoders.embedding", "EmbeddingEncoder"):
                 if enc.single:
-                    self._plan.append(("stack_ids", enc.key, list(enc.single), enc.fused.offsets.tolist()))
+                    # each feature's rows in the shared table: its codes 0..size
+                    self._plan.append(("stack_ids", enc.key, list(enc.single), enc.fused.offsets.tolist(),
+                                       list(enc.fused.cardinalities)))
                 for f in enc.multi:
                     self._plan.append(("same", f, f))
             elif _is(enc, "mtlframe.encoders.numeric", "NumericEncoder"):
@@ -308,8 +310,11 @@ class ExportGraph(nn.Module):
         batch: dict[str, torch.Tensor] = {}
         for step in self._plan:
             if step[0] == "stack_ids":
-                _, key, feats, offsets = step
-                batch[key] = torch.stack([x[f] + off for f, off in zip(feats, offsets)], dim=1)  # (B, F)
+                _, key, feats, offsets, rows = step
+                # a code outside the feature's own 0..size is out of vocabulary (0), never another
+                # feature's row of the shared table
+                batch[key] = torch.stack([torch.where((x[f] < 0) | (x[f] >= n), torch.zeros_like(x[f]), x[f]) + off
+                                          for f, off, n in zip(feats, offsets, rows)], dim=1)      # (B, F)
             elif step[0] == "stack":
                 _, key, feats = step
                 batch[key] = torch.stack([x[f] for f in feats], dim=1)                       # (B, F)
@@ -660,6 +665,26 @@ def self_check(model_file: Path, fmt: str, loaded, frame, inputs: Sequence[Graph
     return diffs
 
 
+def _check_replaceable(out: Path, checkpoint: Path) -> None:
+    """Refuse an ``--output`` that replacing would lose more than an earlier export: the checkpoint
+    itself or a folder above it (e.g. its run folder), a file, or a folder of other files.
+
+    Raises:
+        MTLFrameError: naming ``--output`` and why.
+    """
+    if not out.exists():
+        return
+    target, ckpt = out.resolve(), checkpoint.resolve()
+    why = ("is the checkpoint being exported" if target == ckpt
+           else "holds the checkpoint being exported" if target in ckpt.parents
+           else "is a file, not an export folder" if not out.is_dir()
+           else "is not an earlier export (no export.json)" if any(out.iterdir())
+           and not (out / "export.json").is_file() else None)
+    if why:
+        raise MTLFrameError(f"--output {out} {why}; --overwrite replaces only a folder an earlier mtlframe export "
+                            "wrote. Choose a new --output folder (e.g. exported/<run>).")
+
+
 def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Path = "export",
                  rows: int = 256, data: str | Path | None = None, overwrite: bool = False,
                  _corrupt: Any = None) -> ExportResult:
@@ -670,7 +695,8 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
         format: ``onnx`` (onnxruntime; opset :data:`OPSET`, legacy TorchScript-based exporter
             with dynamic axes) or ``torchscript`` (``torch.jit.trace``; returns ``{task: tensor}``).
         output: the folder to create; it must not exist unless ``overwrite`` (it is replaced only
-            once the new export passed its self-check).
+            once the new export passed its self-check, and only when it is an earlier export:
+            never a folder holding the checkpoint, a file, or a folder without ``export.json``).
         rows: held-out rows for the self-check (``data``'s first rows, else the checkpoint's
             test split).
         data: a CSV / Parquet file of raw rows for the self-check.
@@ -679,7 +705,8 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
         :class:`ExportResult` (with each task's self-check difference).
 
     Raises:
-        MTLFrameError: an unknown format, ``output`` exists (without ``overwrite``), onnx /
+        MTLFrameError: an unknown format, ``output`` exists (without ``overwrite``; with it,
+            ``output`` holds the checkpoint or is not an earlier export), onnx /
             onnxruntime missing.
         ExportError: a component cannot be exported (named, with its recipe key); the self-check
             failed (task and difference named) -- then nothing is written.
@@ -695,6 +722,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", output: str | Pat
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise MTLFrameError(f"{out} already exists; choose a new --output folder, or pass --overwrite to replace it "
                             "(it is replaced only after the new export passed its self-check).")
+    _check_replaceable(out, Path(checkpoint))
     loaded = load_checkpoint(checkpoint)
     inputs = graph_inputs(loaded)
     frame = held_out_rows(loaded, rows, data)

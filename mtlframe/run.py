@@ -157,6 +157,11 @@ def _epoch_lines_callback():
     import pytorch_lightning as pl
 
     class EpochLines(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            # a run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch
+            # (Lightning skips it): its line counts the steps and seconds since the resume
+            self.on_train_epoch_start(trainer, pl_module)
+
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._start, self._step = time.perf_counter(), trainer.global_step
             self._loss, self._batches = None, 0
@@ -224,6 +229,22 @@ def _checkpoint_callback(**kwargs: Any):
             if "epoch" in metrics:
                 metrics = {**metrics, "epoch": metrics["epoch"] + 1}
             return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            # a run folder copied or moved since (resumed elsewhere): Lightning would drop the best
+            # score and keep the old paths, so the next validation replaced best.ckpt whatever its
+            # score; the saved paths are moved under this folder instead
+            old = state_dict.get("dirpath")
+            if old and self.dirpath and old != self.dirpath:
+                def moved(path):
+                    p = Path(path) if path else None
+                    return str(Path(self.dirpath) / p.relative_to(old)) if p and p.is_relative_to(old) else path
+
+                state_dict = {**state_dict, "dirpath": self.dirpath,
+                              **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                       "last_model_path") if k in state_dict},
+                              "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+            super().load_state_dict(state_dict)
 
         def _save_checkpoint(self, trainer, filepath: str) -> None:
             steps = self.__dict__.setdefault("saved_steps", {})
@@ -689,8 +710,8 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
     """The checkpoint and recipe ``train --resume PATH`` continues.
 
     ``PATH`` is a run folder or one of its checkpoints. In a run folder: ``checkpoints/interrupted.ckpt``
-    when ``status.json`` says the run was interrupted (the newest state), else
-    ``checkpoints/last.ckpt`` (written at every validation, or every epoch without one). The
+    when ``status.json`` says the run was interrupted or the file is newer than ``last.ckpt`` (a
+    resume of it that failed early), else ``checkpoints/last.ckpt`` (written at every validation, or every epoch without one). The
     recipe is the one saved in the checkpoint, with ``overrides`` of ``trainer.*`` and
     ``early_stopping.*`` only.
 
@@ -707,8 +728,13 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
     if p.is_dir():
         run_dir = p
         status = _read_status(run_dir)
-        names = (["interrupted.ckpt"] if status.get("status") == "interrupted" else []) + ["last.ckpt"]
-        found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
+        found = [run_dir / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")
+                 if (run_dir / "checkpoints" / n).is_file()]
+        if len(found) == 2 and status.get("status") != "interrupted" \
+                and found[0].stat().st_mtime_ns <= found[1].stat().st_mtime_ns:
+            # an old Ctrl-C's checkpoint, since trained past; it stays first when a resume of it failed
+            # before writing a newer last.ckpt (status.json then says failed, not interrupted)
+            found = found[1:]
         if not found:
             held = sorted(c.name for c in (run_dir / "checkpoints").glob("*.ckpt")) \
                 if (run_dir / "checkpoints").is_dir() else []

@@ -83,8 +83,9 @@ def parse_json(body: bytes) -> Any:
     """The JSON value of a request body.
 
     Raises:
-        RequestError: 400 for an empty body, malformed JSON (line and column given), ``NaN`` or
-            ``Infinity`` (not JSON; send ``null`` for a missing value).
+        RequestError: 400 for an empty body, malformed JSON (line and column given), JSON nested
+            too deeply for the parser, ``NaN`` or ``Infinity`` (not JSON; send ``null`` for a
+            missing value).
     """
     def constant(name: str):
         raise RequestError(400, "body", f"{name} is not valid JSON (and not a value the model takes); "
@@ -98,6 +99,9 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}.") from None
     except UnicodeDecodeError:
         raise RequestError(400, "body", "the request body is not UTF-8 text; send JSON.") from None
+    except RecursionError:
+        raise RequestError(400, "body", "the JSON is nested too deeply; send a row object {column: value} "
+                                        "or a list of them.") from None
 
 
 def _jtype(value: Any) -> str:
@@ -589,7 +593,13 @@ def build_server(checkpoint: str | Path, *, accelerator: str = "cpu", max_batch_
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY:
             raise RequestError(413, "body", f"the body is {int(size):,} bytes; this server reads at most {MAX_BODY:,}.")
-        return parse_json(await request.body())
+        body = bytearray()
+        async for chunk in request.stream():   # no Content-Length (chunked): stop at the limit, not at the end
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise RequestError(413, "body", f"the body is over {MAX_BODY:,} bytes; this server reads at most "
+                                                f"{MAX_BODY:,}.")
+        return parse_json(bytes(body))
 
     @app.get("/health")
     async def health():
@@ -670,6 +680,27 @@ def _app_from_env():
     return build_server(**json.loads(os.environ[_ENV]))
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a ``host:port`` another process listens on before the model is loaded (uvicorn would
+    say so only after, and exit with status 3).
+
+    Raises:
+        MTLFrameError: the address is in use.
+    """
+    import errno
+    import socket
+
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MTLFrameError(f"--port {port}: {host}:{port} is already in use (another server?); pass another "
+                                    "--port, or stop the process that listens there.") from None
+            raise   # another problem (a host not of this machine): uvicorn's own message, suppressed here
+
+
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, accelerator: str = "cpu",
           max_batch_size: int = 64, batch_timeout: float = 0.005, workers: int = 1, max_rows: int = MAX_ROWS,
           data_path: str | Path | None = None, log_level: str = "info") -> None:
@@ -678,11 +709,12 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     With ``workers`` > 1, uvicorn starts that many processes on the port, each loading the model.
 
     Raises:
-        MTLFrameError: as :func:`build_server`; a bad ``--port`` / ``--workers``.
+        MTLFrameError: as :func:`build_server`; a bad ``--port`` / ``--workers``; the port in use.
     """
     _need_serve_extra()
     check_options(accelerator=accelerator, max_batch_size=max_batch_size, batch_timeout=batch_timeout,
                   max_rows=max_rows, port=port, workers=workers)
+    _check_port(host, port)
     import uvicorn
 
     options = dict(checkpoint=str(checkpoint), accelerator=accelerator, max_batch_size=max_batch_size,

@@ -245,6 +245,21 @@ def test_onnx_runs_at_dynamic_batch_sizes(ckpts, exported, batch):
         assert got[t].shape[0] == batch and np.abs(got[t] - want[t]).max() < 1e-5, t
 
 
+def test_a_categorical_code_outside_its_vocabulary_is_read_as_out_of_vocabulary(ckpts, exported):
+    """The categorical inputs share one table: a code past a feature's vocabulary read the next
+    feature's rows, and -1 the table's last row -- a server's off-by-one gave other numbers silently."""
+    res = exported["b"]
+    spec = json.loads((res.output / "preprocessor.json").read_text())
+    feeds = map_from_contract(res.output, _frame(4, 11))
+    for inp in (i for i in spec["inputs"] if i["kind"] == "categorical"):
+        size = inp["vocabulary"]["size"]
+        bad = dict(feeds, **{inp["name"]: np.array([size + 1, -1, size, 0], dtype=np.int64)})
+        oov = dict(feeds, **{inp["name"]: np.array([0, 0, size, 0], dtype=np.int64)})   # size: the last entry
+        got, want = _run_onnx(res.model_file, bad), _run_onnx(res.model_file, oov)
+        for t in want:
+            np.testing.assert_array_equal(got[t], want[t], err_msg=f"{inp['name']} -> {t}")
+
+
 def test_torchscript_export_gives_named_outputs_equal_to_predict(ckpts, tmp_path):
     from mtlframe.export import export_model
 
@@ -279,11 +294,39 @@ def test_a_self_check_mismatch_fails_the_export_and_leaves_nothing(ckpts, tmp_pa
         export_model(ckpt, "onnx", tmp_path / "bad", rows=20, _corrupt=corrupt)
     assert list(tmp_path.iterdir()) == []                            # no output, no temp folder
     (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "export.json").write_text("{}")            # an earlier export
     (tmp_path / "old" / "keep.txt").write_text("x")
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(tmp_path / "old"), "--rows", "5"]) == 2
     with pytest.raises(ExportError):                                 # --overwrite keeps the old one on failure
         export_model(ckpt, "onnx", tmp_path / "old", rows=20, overwrite=True, _corrupt=corrupt)
     assert [p.name for p in tmp_path.iterdir()] == ["old"] and (tmp_path / "old" / "keep.txt").exists()
+
+
+def test_overwrite_replaces_only_an_earlier_export_never_the_run_folder(tmp_path):
+    """``--output RUN --overwrite`` deleted the whole run folder, the exported checkpoint with it."""
+    from mtlframe.errors import MTLFrameError
+    from mtlframe.export import export_model
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    (run / "metrics.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    for output, why in ((run, "holds the checkpoint being exported"),
+                        (run / "checkpoints", "holds the checkpoint being exported"),
+                        (ckpt, "is the checkpoint being exported"),
+                        (tmp_path / "notes.txt", "is a file, not an export folder"),
+                        (tmp_path, "holds the checkpoint being exported")):
+        with pytest.raises(MTLFrameError, match=re.escape(f"--output {output} {why}")):
+            export_model(ckpt, "onnx", output, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("a\n1\n")
+    with pytest.raises(MTLFrameError, match=r"not an earlier export \(no export.json\)"):
+        export_model(ckpt, "onnx", other, overwrite=True)
+    assert ckpt.read_bytes() == b"weights" and (run / "metrics.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (other / "data.csv").exists()
 
 
 def test_unexportable_components_are_refused_by_recipe_key():

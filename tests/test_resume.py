@@ -105,8 +105,19 @@ def test_ctrl_c_mid_epoch_then_resume_finishes_with_the_straight_weights(tmp_pat
     # the batch being trained when Ctrl-C came (the 4th of epoch 2) was finished: 8 + 4 steps
     assert (status["status"], status["epoch"], status["step"], status["batch"]) == ("interrupted", 2, 12, 4)
     assert status["resumable"] is True and status["resume"] == f"mtlframe train --resume {run_dir}"
+    # a resume attempt that failed before its first validation (status.json now says failed) leaves
+    # interrupted.ckpt the newest state: the next --resume still takes it, not the older last.ckpt
+    status_text = (run_dir / "status.json").read_text()
+    (run_dir / "status.json").write_text(json.dumps({"status": "failed", "reason": "an earlier resume failed"}))
+    assert run_mod.resume_target(run_dir).checkpoint.name == "interrupted.ckpt"
+    (run_dir / "status.json").write_text(status_text)
     # the run folder: resumed from interrupted.ckpt at the exact batch, not at the epoch's start
-    assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    # with the progress display on, as a user has it: plain epoch lines, as output is not a terminal
+    assert cli.main(["train", "--resume", str(run_dir), "trainer.enable_progress_bar=true"]) == 0
+    out = capsys.readouterr().out
+    # the resumed epoch's line counts the 4 steps trained since the resume; then a whole epoch
+    assert "epoch 2/3  4 steps" in out and "epoch 3/3  8 steps" in out
     status = json.loads((run_dir / "status.json").read_text())
     assert status["resumed"]["from"].endswith("interrupted.ckpt")
     assert (status["resumed"]["epoch"], status["resumed"]["batch"], status["resumed"]["step"]) == (2, 4, 12)
@@ -162,3 +173,18 @@ def test_a_onecycle_run_is_not_extended_past_its_planned_length(tmp_path):
     with pytest.raises(RecipeError) as exc:
         run_mod.train(None, resume=first.run_dir, overrides=["trainer.max_epochs=2"])
     assert exc.value.problems[0][0] == "trainer.max_epochs" and "planned length" in exc.value.problems[0][1]
+
+
+def test_a_moved_run_folder_resumes_with_its_best_score(tmp_path):
+    """Lightning drops the best score when the checkpoint's folder differs (a run copied or moved):
+    the first validation after the resume then replaced best.ckpt whatever its score."""
+    old, new = tmp_path / "cluster" / "run" / "checkpoints", tmp_path / "here" / "run" / "checkpoints"
+    cb = run_mod._checkpoint_callback(dirpath=str(new), filename="best", monitor="val/score", mode="max",
+                                      save_last=True)
+    cb.load_state_dict({"dirpath": str(old), "monitor": "val/score", "best_model_score": torch.tensor(0.75),
+                        "best_model_path": str(old / "best.ckpt"), "kth_best_model_path": str(old / "best.ckpt"),
+                        "kth_value": torch.tensor(0.75), "last_model_path": str(old / "last.ckpt"),
+                        "best_k_models": {str(old / "best.ckpt"): torch.tensor(0.75)}})
+    assert float(cb.best_model_score) == 0.75 and float(cb.kth_value) == 0.75
+    assert cb.best_model_path == str(new / "best.ckpt") and cb.last_model_path == str(new / "last.ckpt")
+    assert {k: float(v) for k, v in cb.best_k_models.items()} == {str(new / "best.ckpt"): 0.75}

@@ -141,3 +141,27 @@ def test_dense_and_sparse_groups_follow_the_schedule_under_both_optimizations(tm
     assert {"train/lr/dense", "train/lr/sparse"} <= set(logged.columns)
     first = logged.dropna(subset=["train/lr/dense"]).iloc[0]   # logged at step 0, before its update
     assert first["train/lr/dense"] == pytest.approx(0.0) and first["train/lr/sparse"] == pytest.approx(0.0)
+
+
+def test_onecycle_momentum_over_sparse_tables_is_refused_at_its_key():
+    """torch's OneCycleLR reads beta1 / momentum from the optimizer's defaults, which the one optimizer
+    over dense and sparse tables does not have: a ValueError from inside torch at train start, before."""
+    from mtlframe.errors import ArgumentError
+    from mtlframe.optim import HybridOptimizer, RowWiseAdagrad
+    from mtlframe.registry import get_registry
+
+    dense, table = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4, 2))
+    groups = [{"params": [dense], "sparse": False, "name": "dense", "lr": 0.01},
+              {"params": [table], "sparse": True, "name": "sparse", "lr": 0.05}]
+    onecycle = get_registry().get("scheduler", "onecycle").load()
+    for make_sparse, why in ((lambda g: RowWiseAdagrad(g), "group 'sparse' has no momentum or beta1"),
+                             (lambda g: torch.optim.SparseAdam(g), "dense and sparse")):
+        opt = HybridOptimizer(groups, lambda g: torch.optim.Adam(g), make_sparse)
+        with pytest.raises(ArgumentError, match=why) as exc:
+            onecycle(cycle_momentum=True).build(opt, 10)
+        assert exc.value.param == "cycle_momentum" and "cycle_momentum: false" in str(exc.value)
+        onecycle().build(opt, 10)     # without it: fine
+    # an ordinary Adam still cycles its beta1: 0.95 at the first step (torch's max_momentum)
+    adam = torch.optim.Adam([dense], lr=0.01)
+    onecycle(cycle_momentum=True).build(adam, 10)
+    assert adam.param_groups[0]["betas"][0] == pytest.approx(0.95)

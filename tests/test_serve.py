@@ -153,6 +153,7 @@ BAD = [  # (body, status, field, words in the reason)
      422, "body[1].genre", "got an object"),
     (b'{"user": 3, "age": null, "item": 7, "genre": "g3"}', 422, "body.age", "missing"),   # no fill declared
     (json.dumps([ROWS[0]] * 6).encode(), 413, "body", "--max-rows 5"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "body", "nested too deeply"),    # was a 500 (RecursionError)
 ]
 
 
@@ -175,6 +176,27 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_good_ones_in_the_same_batch
     assert (stats.calls, stats.requests) == (1, 3)
     wrong = _call(app, [("GET", "/predict", b""), ("POST", "/nothing", b"{}")])
     assert [r.status_code for r in wrong] == [405, 404]
+
+
+def test_a_body_over_the_limit_without_a_content_length_is_refused_while_it_is_read(app, monkeypatch):
+    """A chunked body (no Content-Length) was read whole into memory, however large, before any limit."""
+    import mtlframe.serve as serve_mod
+
+    monkeypatch.setattr(serve_mod, "MAX_BODY", 1000)
+    sent = []
+
+    async def chunks():
+        for _ in range(50):      # 50 x 100 bytes: the server stops reading after the 11th chunk
+            sent.append(1)
+            yield b" " * 100
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.post("/predict", content=chunks())
+    r = asyncio.run(go())
+    assert r.status_code == 413 and r.json()["error"] == {
+        "field": "body", "reason": "the body is over 1,000 bytes; this server reads at most 1,000."}
+    assert len(sent) < 50
 
 
 def test_recommend_route_equals_mtlframe_recommend_and_refuses_bad_k_and_users(ckpt, app, tmp_path):
@@ -277,6 +299,12 @@ def test_serve_command_refuses_a_missing_gpu_and_bad_options_in_one_line(ckpt, c
     assert "--batch-timeout must be a number of seconds >= 0" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(ckpt[0] / "missing.ckpt"), "--port", "1"]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    with socket.socket() as taken:     # a port in use: said before the model is loaded, not uvicorn's exit 3
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(ckpt[1]), "--port", str(port)]) == 2
+        assert f"--port {port}: 127.0.0.1:{port} is already in use" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["serve", "--checkpoint", str(ckpt[1]), "--accelerator", "cuda"]) == 2
         assert "torch sees no CUDA GPU" in capsys.readouterr().err

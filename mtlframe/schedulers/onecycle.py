@@ -23,7 +23,7 @@ class OneCycle(LRSchedule):
         final_div_factor: the first rate / the last rate, > 0.
         anneal_strategy: ``cos`` or ``linear``.
         cycle_momentum: also cycle Adam's beta1 / SGD's momentum inversely (every group must
-            have one: not with row-wise Adagrad tables).
+            have one: not with sparse embedding tables).
 
     Raises:
         ArgumentError: a value outside the ranges above.
@@ -43,6 +43,23 @@ class OneCycle(LRSchedule):
         self.anneal_strategy, self.cycle_momentum = anneal_strategy, bool(cycle_momentum)
 
     def build(self, optimizer: torch.optim.Optimizer, total_steps: int, mode: str = "max") -> Any:
+        """``OneCycleLR`` over every group of ``optimizer``.
+
+        Raises:
+            ArgumentError: ``cycle_momentum`` with a group that has no momentum or beta1 (row-wise
+                Adagrad tables), or over sparse tables (torch reads them from the optimizer's
+                defaults, which the one optimizer over dense and sparse groups has not).
+        """
+        if self.cycle_momentum:
+            names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)
+                     if "betas" not in g and "momentum" not in g]
+            if names:
+                raise ArgumentError("cycle_momentum", f"cycle_momentum: group {names[0]!r} has no momentum or beta1 "
+                                    "to cycle (row-wise Adagrad); set cycle_momentum: false")
+            if "betas" not in optimizer.defaults and "momentum" not in optimizer.defaults:
+                raise ArgumentError("cycle_momentum", "cycle_momentum is not supported with sparse embedding "
+                                    "tables (one optimizer over dense and sparse groups); set cycle_momentum: false "
+                                    "or sparse: false")
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
             pct_start=self.pct_start, div_factor=self.div_factor, final_div_factor=self.final_div_factor,
