@@ -579,6 +579,10 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     if state == "failed":
         raise MTLFrameError(f"{run_dir} holds a failed run ({str(status.get('reason', '')).splitlines()[0][:200]}); "
                             f"{choice}.")
+    if state == "running" and _pid_alive(status.get("pid")):
+        raise MTLFrameError(f"{run_dir} holds a run that is still training in process {status.get('pid')} (started "
+                            f"{status.get('started')}); wait for it to finish, or stop it (Ctrl-C there), before "
+                            "using this folder again; or pass another --run-dir.")
     if state == "running":
         raise MTLFrameError(f"{run_dir} holds a run started at {status.get('started')} that never finished (still "
                             f"running in another process (pid {status.get('pid')}), or killed); {choice}.")
@@ -742,7 +746,8 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
                                   + (f" (it holds {', '.join(held)})" if held else "")
                                   + "; runs trained by this mtlframe write one at every validation. Pass a "
                                   "checkpoint file that has training state (--resume RUN/checkpoints/FILE.ckpt), "
-                                  "or start over with --overwrite.")
+                                  f"or start over: mtlframe train RECIPE --run-dir {run_dir} --overwrite (without "
+                                  "--resume).")
         ckpt = found[0]
     else:
         problem = file_problem(p)

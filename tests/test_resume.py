@@ -188,3 +188,24 @@ def test_a_moved_run_folder_resumes_with_its_best_score(tmp_path):
     assert float(cb.best_model_score) == 0.75 and float(cb.kth_value) == 0.75
     assert cb.best_model_path == str(new / "best.ckpt") and cb.last_model_path == str(new / "last.ckpt")
     assert {k: float(v) for k, v in cb.best_k_models.items()} == {str(new / "best.ckpt"): 0.75}
+
+
+def test_a_run_still_training_elsewhere_is_not_offered_a_resume(tmp_path):
+    """The folder of a live run: wait for it or stop it; continuing it from here would fight it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "status.json").write_text(json.dumps({"status": "running", "pid": other.pid, "started": "t"}))
+        with pytest.raises(MTLFrameError) as err:
+            run_mod._check_run_dir(tmp_path, overwrite=False)
+        assert f"still training in process {other.pid}" in str(err.value) and "--resume" not in str(err.value)
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone, the folder holds a killed run: continuing it is offered
+    with pytest.raises(MTLFrameError, match=f"mtlframe train --resume {tmp_path}"):
+        run_mod._check_run_dir(tmp_path, overwrite=False)
