@@ -205,10 +205,20 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
     if name == "time-kfold":
         order = np.argsort(_timestamps(table, name), kind="stable")
         blocks = np.array_split(order, folds + 1)
+        if n < folds + 1:
+            raise DataError(f"{table.source}: data.split.folds {folds} with time-kfold cuts the rows into "
+                            f"{folds + 1} time blocks, and the dataset has only {n} rows, so some folds would "
+                            f"train or test on no rows; use data.split.folds of at most {max(n - 1, 1)}.")
         seen = np.concatenate(blocks[:fold])
         n_val = int(round(len(seen) * val))
         return {"train": seen[:len(seen) - n_val], "val": seen[len(seen) - n_val:], "test": blocks[fold]}
     if name in ("kfold", "group-kfold", "predefined"):
+        if name != "predefined" and n:  # every fold must test on some rows
+            count = n if name == "kfold" else int(_group_codes(table, group).max()) + 1
+            if folds > count:
+                what = "rows" if name == "kfold" else f"values of the group column '{group or table.user}'"
+                raise DataError(f"{table.source}: data.split.folds {folds} is more than the dataset's {count} {what}, "
+                                f"so some folds would test on no rows; use data.split.folds of at most {count}.")
         where = _fold_of(table, name, folds, fold, seed, group)
         is_test = where == fold
         if name == "group-kfold":  # validation: whole training groups

@@ -83,6 +83,21 @@ def test_time_folds_never_test_on_the_past():
         split_indices(Table(frame.drop(columns="ts"), {}, ["y"]), "time-kfold", 0.1, 0.1, 0, folds=3, fold=1)
 
 
+def test_more_folds_than_rows_or_groups_is_refused_for_every_fold():
+    # 10 rows in 20 folds would leave folds 11..20 with an empty test part (scored as nothing, counted ok)
+    t = _table(n=10, users=3)
+    for fold in (1, 11, 20):
+        with pytest.raises(DataError, match=r"data.split.folds 20 is more than the dataset's 10 rows.*at most 10"):
+            split_indices(t, "kfold", 0.1, 0.1, 0, folds=20, fold=fold)
+    assert [len(p["test"]) for p in _folds(t, "kfold", 10)] == [1] * 10       # folds == rows still works
+    users = len(np.unique(t.frame["u"]))
+    with pytest.raises(DataError, match=rf"folds 4 is more than the dataset's {users} values of the group column 'u'"):
+        split_indices(t, "group-kfold", 0.1, 0.1, 0, folds=4, fold=1)
+    with pytest.raises(DataError, match=r"time-kfold cuts the rows into 11 time blocks.*only 10 rows.*at most 9"):
+        split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=10, fold=1)
+    assert len(split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=9, fold=9)["test"]) == 1
+
+
 def test_fold_keys_are_checked_in_the_recipe(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
     load_recipe(path, ["data.split={name: kfold, folds: 5, fold: 5}"])
