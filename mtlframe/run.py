@@ -1252,6 +1252,21 @@ def model_predictions(loaded: LoadedCheckpoint, batch_cols: Mapping[str, torch.T
     return {t: torch.cat(v) if v else torch.zeros(0) for t, v in outs.items()}
 
 
+def check_finite_predictions(source: str, task: str, values: np.ndarray, offset: int = 0) -> None:
+    """Refuse a task's non-finite predictions ``values`` (``[N]`` or ``[N, C]``; rows numbered from
+    ``offset + 1``).
+
+    Raises:
+        CheckpointError: naming ``source``, the task, the count and the first rows.
+    """
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        rows = ", ".join(str(offset + int(i) + 1) for i in np.flatnonzero(bad)[:5])
+        raise CheckpointError(f"{source}: task '{task}' gives no finite prediction for {int(bad.sum())} of "
+                              f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
+                              "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
+
+
 def prediction_table(loaded: LoadedCheckpoint, predictions: Mapping[str, torch.Tensor], index, source: str = "input"):
     """The :func:`predict_frame` table of :func:`model_predictions` (rows labelled ``index``).
 
@@ -1263,12 +1278,7 @@ def prediction_table(loaded: LoadedCheckpoint, predictions: Mapping[str, torch.T
     result = pd.DataFrame(index=index)
     for t in loaded.tasks:
         values = predictions[t.name].numpy()
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            rows = ", ".join(str(int(i) + 1) for i in np.flatnonzero(bad)[:5])
-            raise CheckpointError(f"{source}: task '{t.name}' gives no finite prediction for {int(bad.sum())} of "
-                                  f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
-                                  "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
+        check_finite_predictions(source, t.name, values)
         if t.type == "multiclass":
             result[t.name] = [t.classes[i] for i in values.argmax(1)] if len(values) else []
             for i, c in enumerate(t.classes):
