@@ -36,7 +36,7 @@ def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarr
         raise DataError(f"{table.source}: " + (f"{who} needs a timestamp column, and this dataset has none; declare "
                                                f"`timestamp:` in data.dataset, {fix}." if history else
                                                f"data.split.name '{name}' needs a timestamp column, and this dataset "
-                                               "has none; use data.split.name: random."))
+                                               f"has none; use data.split.name: {_no_order_split(name)}."))
     stamps = table.frame[table.timestamp]
     if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
         pos = np.flatnonzero(stamps.isna().to_numpy())
@@ -44,6 +44,12 @@ def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarr
                         f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
                         f"{who} cannot place those rows. Fill or drop them, {fix}.")
     return stamps.to_numpy()
+
+
+def _no_order_split(name: str) -> str:
+    """The split to suggest instead of ``name`` when the data lacks its column: ``kfold`` for a
+    fold split (cross-validation stays cross-validation), else ``random``."""
+    return "kfold" if name.endswith("kfold") else "random"
 
 
 def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarray:
@@ -60,7 +66,10 @@ def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarr
                                                f"column; declare `user:` in data.dataset, {fix}." if history else
                                                f"data.split.name '{name}' splits each user's rows and needs a user "
                                                "column, and this dataset declares none; declare `user:` in "
-                                               "data.dataset, or use data.split.name: random."))
+                                               + ("data.dataset, name the column to group by in data.split.group "
+                                                  "(mtlframe cv: --group COL), or use data.split.name: kfold."
+                                                  if name == "group-kfold" else
+                                                  "data.dataset, or use data.split.name: random.")))
     codes = pd.factorize(table.frame[table.user])[0].astype(np.int64)
     if (codes < 0).any():
         pos = np.flatnonzero(codes < 0)

@@ -98,6 +98,18 @@ def test_more_folds_than_rows_or_groups_is_refused_for_every_fold():
     assert len(split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=9, fold=9)["test"]) == 1
 
 
+def test_a_fold_split_without_its_column_suggests_a_fold_split():
+    # cross-validating data without timestamps / users: the fix offered stays a fold split
+    t = Table(pd.DataFrame({"y": np.zeros(12)}), {}, ["y"])
+    with pytest.raises(DataError, match=r"'time-kfold' needs a timestamp column.*use data.split.name: kfold\."):
+        split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=3, fold=1)
+    with pytest.raises(DataError, match=r"'group-kfold' splits each user's rows.*data.split.group \(mtlframe cv: "
+                                        r"--group COL\), or use data.split.name: kfold\."):
+        split_indices(t, "group-kfold", 0.1, 0.1, 0, folds=3, fold=1)
+    with pytest.raises(DataError, match=r"'time' needs a timestamp column.*use data.split.name: random\."):
+        split_indices(t, "time", 0.1, 0.1, 0)
+
+
 def test_fold_keys_are_checked_in_the_recipe(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
     load_recipe(path, ["data.split={name: kfold, folds: 5, fold: 5}"])
