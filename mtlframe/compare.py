@@ -530,6 +530,14 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
                             + "\n\n".join(problems) + hint)
 
     tasks, primary = _primary(base)
+    if metrics:
+        metrics = [m.strip() for m in metrics]
+        known = list(dict.fromkeys(m for ms in tasks.values() for m in ms))
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise MTLFrameError(f"--metrics: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+                                f"not a metric of any task of {recipe_path}; its metrics: {', '.join(known)} "
+                                "(nothing was trained).")
     result = CompareResult(str(recipe_path), command, axes, seed_list, tasks, primary, configs,
                            base_ov, out, list(metrics) if metrics else None, headers)
     out.mkdir(parents=True, exist_ok=True)

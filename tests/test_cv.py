@@ -345,6 +345,19 @@ def test_cv_scheme_checks(repo):
         run_cv(path, scheme="kfold", group="u", train_fn=_never, progress=None)
 
 
+def test_an_unknown_display_metric_is_refused_before_training(repo, tmp_path):
+    # before: `--metrics nope` trained every fold and printed tables without a metric column
+    from mtlframe.compare import run_compare
+
+    path = repo / "recipes/synthetic_mmoe.yaml"
+    with pytest.raises(MTLFrameError, match=r"--metrics: 'nope' is not a metric of any task of .*synthetic_mmoe\.yaml; "
+                                            r"its metrics: rmse, mae \(nothing was trained\)"):
+        run_cv(path, folds=2, metrics=["rmse", "nope"], output=tmp_path / "cv", train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"'auc', 'nope' are not a metric"):
+        run_compare(path, [], 1, metrics=["auc", "nope"], output=tmp_path / "cmp", train_fn=_never, progress=None)
+    assert not (tmp_path / "cv").exists() and not (tmp_path / "cmp").exists()
+
+
 def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
     out = tmp_path / "cv"
     code = main(["cv", str(repo / "recipes/synthetic_mmoe.yaml"), *SYN, "data.dataset.num_rows=300",
