@@ -567,8 +567,11 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
             else:
                 try:
                     entry.update(status="ok", **train_fn(r, run_dir))
-                except KeyboardInterrupt:
-                    raise
+                except KeyboardInterrupt as exc:  # say how to go on: the same command, not train --resume
+                    again = f"`{command}`" if command else "the same comparison (same output)"
+                    raise KeyboardInterrupt((f"{exc}\n" if str(exc) else "") + f"{done} of {total} runs finished "
+                                            f"and are kept; run {again} again to continue: finished runs are "
+                                            "reused, the interrupted one trains again from the start.") from exc
                 except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                     tb = traceback.format_exc()
                     run_dir.mkdir(parents=True, exist_ok=True)

@@ -323,6 +323,25 @@ def test_cv_tables_paired_differences_and_resume(repo, tmp_path):
     assert len(fake.calls) == 6
 
 
+def test_an_interrupted_cv_says_to_rerun_the_same_command(repo, tmp_path):
+    fake = _FakeTrain()
+
+    def stop_on_fold_2(recipe, run_dir):
+        if recipe.config.data.split.fold == 2:
+            raise KeyboardInterrupt("interrupted (Ctrl-C) during training at epoch 3/8")
+        return fake(recipe, run_dir)
+
+    kwargs = dict(overrides=SYN, folds=3, baseline=[], output=tmp_path / "cv", progress=None,
+                  command="mtlframe cv synthetic_mmoe.yaml --folds 3")
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_cv(repo / "recipes/synthetic_mmoe.yaml", train_fn=stop_on_fold_2, **kwargs)
+    assert str(info.value) == ("interrupted (Ctrl-C) during training at epoch 3/8\n1 of 3 runs finished and are kept; "
+                               "run `mtlframe cv synthetic_mmoe.yaml --folds 3` again to continue: finished runs are "
+                               "reused, the interrupted one trains again from the start.")
+    run_cv(repo / "recipes/synthetic_mmoe.yaml", train_fn=fake, **kwargs)      # as said: folds 2 and 3 only
+    assert fake.calls == [("mmoe", 1), ("mmoe", 2), ("mmoe", 3)]
+
+
 def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
     fake = _FakeTrain()
     res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=3, seeds="5,6", baseline=["single-task"],
