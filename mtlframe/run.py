@@ -887,7 +887,12 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
 
         has_val = len(dm.split_index["val"]) > 0
         if not has_val:
-            warnings.warn("data.split.val is 0: there is no validation split, so the saved checkpoint is the last "
+            val = cfg.data.split.val
+            what = ("groups (group-kfold validates on whole groups)" if cfg.data.split.name == "group-kfold"
+                    else f"rows ({len(dm.split_index['train']):,})")
+            why = ("data.split.val is 0" if not val else f"the validation split is empty: data.split.val {val:g} "
+                   f"of the training {what} rounds to none (raise data.split.val)")
+            warnings.warn(f"{why}: there is no validation split, so the saved checkpoint is the last "
                           "epoch's and early stopping is off.", UserWarning, stacklevel=2)
         callbacks = list(callbacks or [])
         monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)

@@ -395,3 +395,16 @@ def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
 
     loaded = load_checkpoint(next(out.glob("runs/*/fold-2/checkpoints/*.ckpt")))
     assert loaded.recipe.config.data.split.fold == 2
+
+
+
+def test_an_empty_validation_split_says_why_when_val_is_not_0(tmp_path):
+    # group-kfold: each fold trains on 8 of the 12 users and round(0.05 * 8) = 0 of them validate
+    from mtlframe.run import train
+
+    data, _ = _csv_recipe(tmp_path, {"name": "group-kfold", "group": "user", "val": 0.05})
+    data["trainer"] = {"max_epochs": 1, "accelerator": "cpu"}
+    with pytest.warns(UserWarning, match=r"^the validation split is empty: data.split.val 0.05 of the training groups "
+                                         r"\(group-kfold validates on whole groups\) rounds to none \(raise "
+                                         r"data.split.val\): there is no validation split"):
+        train(recipe_from_dict(data, "<cv recipe>"), tmp_path / "run", progress=False)
