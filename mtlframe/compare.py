@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from mtlframe.errors import MTLFrameError, RecipeError
+from mtlframe.errors import MTLFrameError, RecipeError, folder_problem
 from mtlframe.recipe import (Recipe, _split_path, apply_overrides, key_path_problem, load_recipe, override_lines,
                              parse_yaml, recipe_from_dict)
 
@@ -529,6 +529,9 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         raise MTLFrameError("compare: some grid configurations are not valid recipes (nothing was trained):\n\n"
                             + "\n\n".join(problems) + hint)
 
+    for flag, folder in (("--output", out), ("--runs-dir", runs_dir)):
+        if folder is not None and folder_problem(folder):
+            raise MTLFrameError(f"{flag} {folder} {folder_problem(folder)}; pass a folder (it is created if missing).")
     tasks, primary = _primary(base)
     if metrics:
         metrics = [m.strip() for m in metrics]

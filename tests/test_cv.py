@@ -377,6 +377,23 @@ def test_an_unknown_display_metric_is_refused_before_training(repo, tmp_path):
     assert not (tmp_path / "cv").exists() and not (tmp_path / "cmp").exists()
 
 
+def test_an_output_that_is_a_file_is_refused_before_anything_runs(repo, tmp_path):
+    # before: FileExistsError from pathlib (cv / compare: after training; explain: after loading the data)
+    from mtlframe.compare import run_compare
+    from mtlframe.explain import explain
+
+    path = repo / "recipes/synthetic_mmoe.yaml"
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(MTLFrameError, match=r"^--output .*notes\.txt is a file; pass a folder \(it is created if "
+                                            r"missing\)\.$"):
+        run_cv(path, folds=2, output=afile, train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"^--runs-dir .*notes\.txt/runs is inside .*notes\.txt, which is a file"):
+        run_compare(path, [], 1, output=tmp_path / "cmp", runs_dir=afile / "runs", train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"^--output .*notes\.txt/x is inside .*notes\.txt, which is a file"):
+        explain(tmp_path / "missing.ckpt", output=afile / "x")
+
+
 def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
     out = tmp_path / "cv"
     code = main(["cv", str(repo / "recipes/synthetic_mmoe.yaml"), *SYN, "data.dataset.num_rows=300",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlframe.errors import DataError, MTLFrameError
+from mtlframe.errors import DataError, MTLFrameError, folder_problem
 
 #: rows of the split analysed by default (the first ones, in the split's order)
 DEFAULT_MAX_ROWS = 2000
@@ -84,6 +84,9 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
         raise MTLFrameError(f"--split {split!r}: explain reads the test or the val split.")
     if int(max_rows) < 1:
         raise MTLFrameError(f"--max-rows {max_rows}: analyse at least 1 row.")
+    out_dir = Path(output) if output is not None else default_output(checkpoint)
+    if folder_problem(out_dir):
+        raise MTLFrameError(f"--output {out_dir} {folder_problem(out_dir)}; pass a folder (it is created if missing).")
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # pragma: no cover
@@ -95,7 +98,6 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split (data.split.{split}: 0); "
                         f"explain the other split (--split {'val' if split == 'test' else 'test'}).")
-    out_dir = Path(output) if output is not None else default_output(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = module.model.to(device).eval()
     module.to(device)
