@@ -358,7 +358,8 @@ def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
 
 def test_cv_scheme_checks(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
-    with pytest.raises(MTLFrameError, match="--folds must be >= 2"):
+    with pytest.raises(MTLFrameError, match=r"^--folds must be >= 2 \(got 1\): each fold is tested by a model trained "
+                                            r"on the other folds, so there must be at least two\.$"):
         run_cv(path, folds=1, train_fn=_never, progress=None)
     with pytest.raises(MTLFrameError, match="--group applies to --scheme group-kfold"):
         run_cv(path, scheme="kfold", group="u", train_fn=_never, progress=None)
