@@ -1502,8 +1502,11 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
     saved_path = recipe.config.data.dataset.get("path")
     if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
         if saved_path != trained_path:  # the path given on the command line
+            trained_on = (f"data at {trained_path}" if trained_path else
+                          f"dataset '{loaded.recipe.config.data.dataset.get('name')}' without data.dataset.path "
+                          "(its own data): leave --data-path out")
             raise DataError(f"the data path given to {command}, {saved_path}, does not exist; {checkpoint} was "
-                            f"trained on data at {trained_path}.")
+                            f"trained on {trained_on}.")
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
                         f"deleted?); point {command} at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)

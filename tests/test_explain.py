@@ -394,3 +394,18 @@ def test_one_row_and_non_finite_predictions_are_said_not_shown_as_numbers(explai
     with pytest.raises(CheckpointError, match=r"nan.ckpt \(test split\): task 'task_1_bin' gives no finite prediction "
                                               r"for 10 of 10 rows \(rows 1, 2, 3, 4, 5 \.\.\.\)"):
         explain(tmp_path / "nan.ckpt", max_rows=10, output=tmp_path / "nan", accelerator="cpu")
+
+
+def test_a_data_path_for_a_checkpoint_trained_without_one_says_so(repo, tmp_path):
+    # before: "... was trained on data at None." (adult's bundled data has no data.dataset.path)
+    from types import SimpleNamespace
+
+    from mtlframe.errors import DataError
+    from mtlframe.recipe import load_recipe
+    from mtlframe.run import rebuild_system
+
+    loaded = SimpleNamespace(recipe=load_recipe(repo / "recipes/adult_mmoe.yaml"))
+    with pytest.raises(DataError, match=r"^the data path given to explain, .*nowhere\.csv, does not exist; run\.ckpt "
+                                        r"was trained on dataset 'adult' without data\.dataset\.path \(its own data\): "
+                                        r"leave --data-path out\.$"):
+        rebuild_system("run.ckpt", loaded, command="explain", data_path=tmp_path / "nowhere.csv")
