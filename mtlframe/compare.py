@@ -579,13 +579,21 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
                     tb = traceback.format_exc()
                     run_dir.mkdir(parents=True, exist_ok=True)
                     (run_dir / "error.txt").write_text(tb, encoding="utf-8")
-                    entry.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                    entry.update(status="failed", error=_one_line(exc))
             c.runs.append(entry)
             done += 1
             say(_progress_line(done, total, c, entry, primary))
             _finish(result)
             write(result)
     return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (at most 300 characters); a message whose first line ends in ':'
+    (``recipe X has 1 problem:``) keeps its next line, the problem itself."""
+    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return text[:300]
 
 
 def _progress_line(done: int, total: int, c: ConfigResult, entry: dict, primary: dict) -> str:

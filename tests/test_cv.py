@@ -342,6 +342,20 @@ def test_an_interrupted_cv_says_to_rerun_the_same_command(repo, tmp_path):
     assert fake.calls == [("mmoe", 1), ("mmoe", 2), ("mmoe", 3)]
 
 
+def test_a_failed_fold_shows_the_problem_not_only_the_header(repo, tmp_path):
+    # before: "FAILED RecipeError: recipe r.yaml has 1 problem:" and nothing more on the line
+    def invalid(recipe, run_dir):
+        raise RecipeError([("data.split.group", "dataset 'csv' has no column 'nope' to group the folds by.")], "r.yaml")
+
+    lines = []
+    res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=2, output=tmp_path, train_fn=invalid,
+                 progress=lines.append)
+    assert res.configs[0].runs[0]["error"] == ("RecipeError: recipe r.yaml has 1 problem: - data.split.group (r.yaml): "
+                                               "dataset 'csv' has no column 'nope' to group the folds by.")
+    assert lines[0].startswith("[1/2] recipe seed=2026 fold=1: FAILED RecipeError: recipe r.yaml has 1 problem: - "
+                               "data.split.group (r.yaml): dataset 'csv' has no column 'nope'")
+
+
 def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
     fake = _FakeTrain()
     res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=3, seeds="5,6", baseline=["single-task"],
