@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from mtlframe.errors import MTLFrameError, RecipeError
+from mtlframe.errors import MTLFrameError, RecipeError, folder_problem
 from mtlframe.recipe import (Recipe, _split_path, apply_overrides, key_path_problem, load_recipe, override_lines,
                              parse_yaml, recipe_from_dict)
 
@@ -529,7 +529,18 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
         raise MTLFrameError("compare: some grid configurations are not valid recipes (nothing was trained):\n\n"
                             + "\n\n".join(problems) + hint)
 
+    for flag, folder in (("--output", out), ("--runs-dir", runs_dir)):
+        if folder is not None and folder_problem(folder):
+            raise MTLFrameError(f"{flag} {folder} {folder_problem(folder)}; pass a folder (it is created if missing).")
     tasks, primary = _primary(base)
+    if metrics:
+        metrics = [m.strip() for m in metrics]
+        known = list(dict.fromkeys(m for ms in tasks.values() for m in ms))
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise MTLFrameError(f"--metrics: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+                                f"not a metric of any task of {recipe_path}; its metrics: {', '.join(known)} "
+                                "(nothing was trained).")
     result = CompareResult(str(recipe_path), command, axes, seed_list, tasks, primary, configs,
                            base_ov, out, list(metrics) if metrics else None, headers)
     out.mkdir(parents=True, exist_ok=True)
@@ -559,19 +570,30 @@ def run_compare(recipe_path: str | Path, grid: Sequence[str | GridAxis], seeds: 
             else:
                 try:
                     entry.update(status="ok", **train_fn(r, run_dir))
-                except KeyboardInterrupt:
-                    raise
+                except KeyboardInterrupt as exc:  # say how to go on: the same command, not train --resume
+                    again = f"`{command}`" if command else "the same comparison (same output)"
+                    raise KeyboardInterrupt((f"{exc}\n" if str(exc) else "") + f"{done} of {total} runs finished "
+                                            f"and are kept; run {again} again to continue: finished runs are "
+                                            "reused, the interrupted one trains again from the start.") from exc
                 except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                     tb = traceback.format_exc()
                     run_dir.mkdir(parents=True, exist_ok=True)
                     (run_dir / "error.txt").write_text(tb, encoding="utf-8")
-                    entry.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                    entry.update(status="failed", error=_one_line(exc))
             c.runs.append(entry)
             done += 1
             say(_progress_line(done, total, c, entry, primary))
             _finish(result)
             write(result)
     return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (at most 300 characters); a message whose first line ends in ':'
+    (``recipe X has 1 problem:``) keeps its next line, the problem itself."""
+    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return text[:300]
 
 
 def _progress_line(done: int, total: int, c: ConfigResult, entry: dict, primary: dict) -> str:

@@ -166,8 +166,8 @@ def _scheme_and_folds(recipe_path: str | Path, overrides: Sequence[str], scheme:
     elif folds is None:
         folds = split.folds if split.name in FOLD_SPLITS and "folds" in split.model_fields_set else DEFAULT_FOLDS
     if folds < 2:
-        raise MTLFrameError(f"--folds must be >= 2 (got {folds}): one fold would test on the training rows' "
-                            "complement of nothing.")
+        raise MTLFrameError(f"--folds must be >= 2 (got {folds}): each fold is tested by a model trained on the "
+                            "other folds, so there must be at least two.")
     mapping: dict[str, Any] = {"name": scheme, "fold": 1, "val": split.val}
     if scheme != "predefined":
         mapping["folds"] = folds

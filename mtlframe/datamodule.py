@@ -36,7 +36,7 @@ def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarr
         raise DataError(f"{table.source}: " + (f"{who} needs a timestamp column, and this dataset has none; declare "
                                                f"`timestamp:` in data.dataset, {fix}." if history else
                                                f"data.split.name '{name}' needs a timestamp column, and this dataset "
-                                               "has none; use data.split.name: random."))
+                                               f"has none; use data.split.name: {_no_order_split(name)}."))
     stamps = table.frame[table.timestamp]
     if stamps.isna().any():  # NaN / NaT would sort last: silently into the test split
         pos = np.flatnonzero(stamps.isna().to_numpy())
@@ -44,6 +44,12 @@ def _timestamps(table: Table, name: str, history: str | None = None) -> np.ndarr
                         f"(rows {', '.join(str(int(p) + 1) for p in pos[:5])}{' ...' if len(pos) > 5 else ''}); "
                         f"{who} cannot place those rows. Fill or drop them, {fix}.")
     return stamps.to_numpy()
+
+
+def _no_order_split(name: str) -> str:
+    """The split to suggest instead of ``name`` when the data lacks its column: ``kfold`` for a
+    fold split (cross-validation stays cross-validation), else ``random``."""
+    return "kfold" if name.endswith("kfold") else "random"
 
 
 def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarray:
@@ -60,7 +66,10 @@ def _user_codes(table: Table, name: str, history: str | None = None) -> np.ndarr
                                                f"column; declare `user:` in data.dataset, {fix}." if history else
                                                f"data.split.name '{name}' splits each user's rows and needs a user "
                                                "column, and this dataset declares none; declare `user:` in "
-                                               "data.dataset, or use data.split.name: random."))
+                                               + ("data.dataset, name the column to group by in data.split.group "
+                                                  "(mtlframe cv: --group COL), or use data.split.name: kfold."
+                                                  if name == "group-kfold" else
+                                                  "data.dataset, or use data.split.name: random.")))
     codes = pd.factorize(table.frame[table.user])[0].astype(np.int64)
     if (codes < 0).any():
         pos = np.flatnonzero(codes < 0)
@@ -205,10 +214,20 @@ def split_indices(table: Table, name: str, val: float, test: float, seed: int,
     if name == "time-kfold":
         order = np.argsort(_timestamps(table, name), kind="stable")
         blocks = np.array_split(order, folds + 1)
+        if n < folds + 1:
+            raise DataError(f"{table.source}: data.split.folds {folds} with time-kfold cuts the rows into "
+                            f"{folds + 1} time blocks, and the dataset has only {n} rows, so some folds would "
+                            f"train or test on no rows; use data.split.folds of at most {max(n - 1, 1)}.")
         seen = np.concatenate(blocks[:fold])
         n_val = int(round(len(seen) * val))
         return {"train": seen[:len(seen) - n_val], "val": seen[len(seen) - n_val:], "test": blocks[fold]}
     if name in ("kfold", "group-kfold", "predefined"):
+        if name != "predefined" and n:  # every fold must test on some rows
+            count = n if name == "kfold" else int(_group_codes(table, group).max()) + 1
+            if folds > count:
+                what = "rows" if name == "kfold" else f"values of the group column '{group or table.user}'"
+                raise DataError(f"{table.source}: data.split.folds {folds} is more than the dataset's {count} {what}, "
+                                f"so some folds would test on no rows; use data.split.folds of at most {count}.")
         where = _fold_of(table, name, folds, fold, seed, group)
         is_test = where == fold
         if name == "group-kfold":  # validation: whole training groups

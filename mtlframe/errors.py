@@ -121,6 +121,19 @@ def file_problem(path: str | Path) -> str | None:
     return None
 
 
+def folder_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be (created as) a folder, as words that follow its name: ``"is a file"``
+    or ``"is inside X, which is a file"`` (``None`` when it is a folder or can be created). For
+    output folders the user gives (``--output``)."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if q.is_dir():
+                return None
+            return "is a file" if q == p else f"is inside {q}, which is a file"
+    return None
+
+
 def read_text_file(path: str | Path) -> tuple[str, str | None]:
     """``(text, None)`` for a UTF-8 text file, else ``("", problem)`` with the problem as words that
     follow the path's name: missing, a folder, binary (a checkpoint?) or not UTF-8 (where)."""

@@ -215,6 +215,12 @@ class MultiTaskModule(pl.LightningModule):
             data = splits(stage, t.name) if t.type == "retrieval" else None
             if data is None:
                 continue
+            if len(data.users) == 0 and data.unknown_rows and (stage, t.name, "no-known-user") not in self._warned:
+                self._warned.add((stage, t.name, "no-known-user"))
+                warnings.warn(f"task '{t.name}': none of the {data.unknown_rows} rows of the {stage} split has a user "
+                              "seen in training (unknown users are not ranked), so its full-ranking metrics are NaN. "
+                              "A split that keeps each user's rows in one part (group-kfold by the user column) "
+                              "does this: use kfold or user-random.", UserWarning, stacklevel=2)
             head = self.model.retrieval[t.name]
             n_items = len(self.catalogue)
             items = torch.cat([head.item_vectors(self.model.encode(self.catalogue.take(torch.arange(lo, min(

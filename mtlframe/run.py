@@ -918,7 +918,12 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
 
         has_val = len(dm.split_index["val"]) > 0
         if not has_val:
-            warnings.warn("data.split.val is 0: there is no validation split, so the saved checkpoint is the last "
+            val = cfg.data.split.val
+            what = ("groups (group-kfold validates on whole groups)" if cfg.data.split.name == "group-kfold"
+                    else f"rows ({len(dm.split_index['train']):,})")
+            why = ("data.split.val is 0" if not val else f"the validation split is empty: data.split.val {val:g} "
+                   f"of the training {what} rounds to none (raise data.split.val)")
+            warnings.warn(f"{why}: there is no validation split, so the saved checkpoint is the last "
                           "epoch's and early stopping is off.", UserWarning, stacklevel=2)
         callbacks = list(callbacks or [])
         monitor, mode = _monitor(recipe, module, cfg.checkpoint.monitor, cfg.checkpoint.mode)
@@ -1283,6 +1288,21 @@ def model_predictions(loaded: LoadedCheckpoint, batch_cols: Mapping[str, torch.T
     return {t: torch.cat(v) if v else torch.zeros(0) for t, v in outs.items()}
 
 
+def check_finite_predictions(source: str, task: str, values: np.ndarray, offset: int = 0) -> None:
+    """Refuse a task's non-finite predictions ``values`` (``[N]`` or ``[N, C]``; rows numbered from
+    ``offset + 1``).
+
+    Raises:
+        CheckpointError: naming ``source``, the task, the count and the first rows.
+    """
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        rows = ", ".join(str(offset + int(i) + 1) for i in np.flatnonzero(bad)[:5])
+        raise CheckpointError(f"{source}: task '{task}' gives no finite prediction for {int(bad.sum())} of "
+                              f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
+                              "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
+
+
 def prediction_table(loaded: LoadedCheckpoint, predictions: Mapping[str, torch.Tensor], index, source: str = "input"):
     """The :func:`predict_frame` table of :func:`model_predictions` (rows labelled ``index``).
 
@@ -1294,12 +1314,7 @@ def prediction_table(loaded: LoadedCheckpoint, predictions: Mapping[str, torch.T
     result = pd.DataFrame(index=index)
     for t in loaded.tasks:
         values = predictions[t.name].numpy()
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            rows = ", ".join(str(int(i) + 1) for i in np.flatnonzero(bad)[:5])
-            raise CheckpointError(f"{source}: task '{t.name}' gives no finite prediction for {int(bad.sum())} of "
-                                  f"{len(values)} rows (rows {rows}{' ...' if bad.sum() > 5 else ''}); the inputs are "
-                                  "finite, so the checkpoint's weights are not: retrain (see the run's train/loss).")
+        check_finite_predictions(source, t.name, values)
         if t.type == "multiclass":
             result[t.name] = [t.classes[i] for i in values.argmax(1)] if len(values) else []
             for i, c in enumerate(t.classes):
@@ -1518,8 +1533,11 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
     saved_path = recipe.config.data.dataset.get("path")
     if isinstance(saved_path, str) and saved_path and not Path(saved_path).exists():
         if saved_path != trained_path:  # the path given on the command line
+            trained_on = (f"data at {trained_path}" if trained_path else
+                          f"dataset '{loaded.recipe.config.data.dataset.get('name')}' without data.dataset.path "
+                          "(its own data): leave --data-path out")
             raise DataError(f"the data path given to {command}, {saved_path}, does not exist; {checkpoint} was "
-                            f"trained on data at {trained_path}.")
+                            f"trained on {trained_on}.")
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
                         f"deleted?); point {command} at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
     dm, module, _ = build_system(recipe)

@@ -83,6 +83,33 @@ def test_time_folds_never_test_on_the_past():
         split_indices(Table(frame.drop(columns="ts"), {}, ["y"]), "time-kfold", 0.1, 0.1, 0, folds=3, fold=1)
 
 
+def test_more_folds_than_rows_or_groups_is_refused_for_every_fold():
+    # 10 rows in 20 folds would leave folds 11..20 with an empty test part (scored as nothing, counted ok)
+    t = _table(n=10, users=3)
+    for fold in (1, 11, 20):
+        with pytest.raises(DataError, match=r"data.split.folds 20 is more than the dataset's 10 rows.*at most 10"):
+            split_indices(t, "kfold", 0.1, 0.1, 0, folds=20, fold=fold)
+    assert [len(p["test"]) for p in _folds(t, "kfold", 10)] == [1] * 10       # folds == rows still works
+    users = len(np.unique(t.frame["u"]))
+    with pytest.raises(DataError, match=rf"folds 4 is more than the dataset's {users} values of the group column 'u'"):
+        split_indices(t, "group-kfold", 0.1, 0.1, 0, folds=4, fold=1)
+    with pytest.raises(DataError, match=r"time-kfold cuts the rows into 11 time blocks.*only 10 rows.*at most 9"):
+        split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=10, fold=1)
+    assert len(split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=9, fold=9)["test"]) == 1
+
+
+def test_a_fold_split_without_its_column_suggests_a_fold_split():
+    # cross-validating data without timestamps / users: the fix offered stays a fold split
+    t = Table(pd.DataFrame({"y": np.zeros(12)}), {}, ["y"])
+    with pytest.raises(DataError, match=r"'time-kfold' needs a timestamp column.*use data.split.name: kfold\."):
+        split_indices(t, "time-kfold", 0.1, 0.1, 0, folds=3, fold=1)
+    with pytest.raises(DataError, match=r"'group-kfold' splits each user's rows.*data.split.group \(mtlframe cv: "
+                                        r"--group COL\), or use data.split.name: kfold\."):
+        split_indices(t, "group-kfold", 0.1, 0.1, 0, folds=3, fold=1)
+    with pytest.raises(DataError, match=r"'time' needs a timestamp column.*use data.split.name: random\."):
+        split_indices(t, "time", 0.1, 0.1, 0)
+
+
 def test_fold_keys_are_checked_in_the_recipe(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
     load_recipe(path, ["data.split={name: kfold, folds: 5, fold: 5}"])
@@ -296,6 +323,39 @@ def test_cv_tables_paired_differences_and_resume(repo, tmp_path):
     assert len(fake.calls) == 6
 
 
+def test_an_interrupted_cv_says_to_rerun_the_same_command(repo, tmp_path):
+    fake = _FakeTrain()
+
+    def stop_on_fold_2(recipe, run_dir):
+        if recipe.config.data.split.fold == 2:
+            raise KeyboardInterrupt("interrupted (Ctrl-C) during training at epoch 3/8")
+        return fake(recipe, run_dir)
+
+    kwargs = dict(overrides=SYN, folds=3, baseline=[], output=tmp_path / "cv", progress=None,
+                  command="mtlframe cv synthetic_mmoe.yaml --folds 3")
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_cv(repo / "recipes/synthetic_mmoe.yaml", train_fn=stop_on_fold_2, **kwargs)
+    assert str(info.value) == ("interrupted (Ctrl-C) during training at epoch 3/8\n1 of 3 runs finished and are kept; "
+                               "run `mtlframe cv synthetic_mmoe.yaml --folds 3` again to continue: finished runs are "
+                               "reused, the interrupted one trains again from the start.")
+    run_cv(repo / "recipes/synthetic_mmoe.yaml", train_fn=fake, **kwargs)      # as said: folds 2 and 3 only
+    assert fake.calls == [("mmoe", 1), ("mmoe", 2), ("mmoe", 3)]
+
+
+def test_a_failed_fold_shows_the_problem_not_only_the_header(repo, tmp_path):
+    # before: "FAILED RecipeError: recipe r.yaml has 1 problem:" and nothing more on the line
+    def invalid(recipe, run_dir):
+        raise RecipeError([("data.split.group", "dataset 'csv' has no column 'nope' to group the folds by.")], "r.yaml")
+
+    lines = []
+    res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=2, output=tmp_path, train_fn=invalid,
+                 progress=lines.append)
+    assert res.configs[0].runs[0]["error"] == ("RecipeError: recipe r.yaml has 1 problem: - data.split.group (r.yaml): "
+                                               "dataset 'csv' has no column 'nope' to group the folds by.")
+    assert lines[0].startswith("[1/2] recipe seed=2026 fold=1: FAILED RecipeError: recipe r.yaml has 1 problem: - "
+                               "data.split.group (r.yaml): dataset 'csv' has no column 'nope'")
+
+
 def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
     fake = _FakeTrain()
     res = run_cv(repo / "recipes/synthetic_mmoe.yaml", SYN, folds=3, seeds="5,6", baseline=["single-task"],
@@ -312,10 +372,41 @@ def test_repeated_kfold_pairs_by_seed_and_fold(repo, tmp_path):
 
 def test_cv_scheme_checks(repo):
     path = repo / "recipes/synthetic_mmoe.yaml"
-    with pytest.raises(MTLFrameError, match="--folds must be >= 2"):
+    with pytest.raises(MTLFrameError, match=r"^--folds must be >= 2 \(got 1\): each fold is tested by a model trained "
+                                            r"on the other folds, so there must be at least two\.$"):
         run_cv(path, folds=1, train_fn=_never, progress=None)
     with pytest.raises(MTLFrameError, match="--group applies to --scheme group-kfold"):
         run_cv(path, scheme="kfold", group="u", train_fn=_never, progress=None)
+
+
+def test_an_unknown_display_metric_is_refused_before_training(repo, tmp_path):
+    # before: `--metrics nope` trained every fold and printed tables without a metric column
+    from mtlframe.compare import run_compare
+
+    path = repo / "recipes/synthetic_mmoe.yaml"
+    with pytest.raises(MTLFrameError, match=r"--metrics: 'nope' is not a metric of any task of .*synthetic_mmoe\.yaml; "
+                                            r"its metrics: rmse, mae \(nothing was trained\)"):
+        run_cv(path, folds=2, metrics=["rmse", "nope"], output=tmp_path / "cv", train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"'auc', 'nope' are not a metric"):
+        run_compare(path, [], 1, metrics=["auc", "nope"], output=tmp_path / "cmp", train_fn=_never, progress=None)
+    assert not (tmp_path / "cv").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_an_output_that_is_a_file_is_refused_before_anything_runs(repo, tmp_path):
+    # before: FileExistsError from pathlib (cv / compare: after training; explain: after loading the data)
+    from mtlframe.compare import run_compare
+    from mtlframe.explain import explain
+
+    path = repo / "recipes/synthetic_mmoe.yaml"
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(MTLFrameError, match=r"^--output .*notes\.txt is a file; pass a folder \(it is created if "
+                                            r"missing\)\.$"):
+        run_cv(path, folds=2, output=afile, train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"^--runs-dir .*notes\.txt/runs is inside .*notes\.txt, which is a file"):
+        run_compare(path, [], 1, output=tmp_path / "cmp", runs_dir=afile / "runs", train_fn=_never, progress=None)
+    with pytest.raises(MTLFrameError, match=r"^--output .*notes\.txt/x is inside .*notes\.txt, which is a file"):
+        explain(tmp_path / "missing.ckpt", output=afile / "x")
 
 
 def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
@@ -336,3 +427,16 @@ def test_cv_command_end_to_end_tiny(repo, tmp_path, capsys):
 
     loaded = load_checkpoint(next(out.glob("runs/*/fold-2/checkpoints/*.ckpt")))
     assert loaded.recipe.config.data.split.fold == 2
+
+
+
+def test_an_empty_validation_split_says_why_when_val_is_not_0(tmp_path):
+    # group-kfold: each fold trains on 8 of the 12 users and round(0.05 * 8) = 0 of them validate
+    from mtlframe.run import train
+
+    data, _ = _csv_recipe(tmp_path, {"name": "group-kfold", "group": "user", "val": 0.05})
+    data["trainer"] = {"max_epochs": 1, "accelerator": "cpu"}
+    with pytest.warns(UserWarning, match=r"^the validation split is empty: data.split.val 0.05 of the training groups "
+                                         r"\(group-kfold validates on whole groups\) rounds to none \(raise "
+                                         r"data.split.val\): there is no validation split"):
+        train(recipe_from_dict(data, "<cv recipe>"), tmp_path / "run", progress=False)

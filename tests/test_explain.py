@@ -373,3 +373,39 @@ def test_multiclass_attributions_explain_each_rows_predicted_class(tmp_path):
     plot_relations({}, {"k": {"k": 1.0, "click": -0.5}, "click": {"k": -0.5, "click": 1.0}},
                    tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_one_row_and_non_finite_predictions_are_said_not_shown_as_numbers(explained, tmp_path):
+    from mtlframe.errors import CheckpointError
+    from mtlframe.explain import explain
+
+    ckpt = explained / "run" / "checkpoints" / "best.ckpt"
+    one = explain(ckpt, max_rows=1, output=tmp_path / "one", accelerator="cpu").data
+    # the baseline is the mean encoding of the analysed rows: with one row it is that row
+    assert all(f["mean_abs"] == 0.0 for f in one["attributions"]["task_0"]["features"])
+    assert any(n.startswith("attributions: 1 row analysed") for n in one["notes"])
+    assert one["relations"]["prediction_correlation"]["task_0"]["task_1_bin"] is None
+    assert any("task_0, task_1_bin predict the same value on all 1 analysed rows" in n for n in one["notes"])
+    # a checkpoint whose weights are NaN: an error naming the task and the rows, not numpy's bincount error
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    key = next(k for k in ck["state_dict"] if k.startswith("model.towers.task_1_bin") and k.endswith("bias"))
+    ck["state_dict"][key] = torch.full_like(ck["state_dict"][key], float("nan"))
+    torch.save(ck, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=r"nan.ckpt \(test split\): task 'task_1_bin' gives no finite prediction "
+                                              r"for 10 of 10 rows \(rows 1, 2, 3, 4, 5 \.\.\.\)"):
+        explain(tmp_path / "nan.ckpt", max_rows=10, output=tmp_path / "nan", accelerator="cpu")
+
+
+def test_a_data_path_for_a_checkpoint_trained_without_one_says_so(repo, tmp_path):
+    # before: "... was trained on data at None." (adult's bundled data has no data.dataset.path)
+    from types import SimpleNamespace
+
+    from mtlframe.errors import DataError
+    from mtlframe.recipe import load_recipe
+    from mtlframe.run import rebuild_system
+
+    loaded = SimpleNamespace(recipe=load_recipe(repo / "recipes/adult_mmoe.yaml"))
+    with pytest.raises(DataError, match=r"^the data path given to explain, .*nowhere\.csv, does not exist; run\.ckpt "
+                                        r"was trained on dataset 'adult' without data\.dataset\.path \(its own data\): "
+                                        r"leave --data-path out\.$"):
+        rebuild_system("run.ckpt", loaded, command="explain", data_path=tmp_path / "nowhere.csv")

@@ -182,3 +182,19 @@ def test_a_users_history_never_holds_the_positives_being_ranked(ml100k):
             leaked += int(torch.isin(history[u], pos).sum())
         assert leaked == 0, f"{split}: {leaked} positives of the split in the users' histories"
         assert int((history >= 0).sum()) > 0                           # the histories are not empty
+
+
+def test_a_split_whose_users_are_all_unknown_to_training_says_so(tmp_path):
+    # group-kfold by user: no val user is a training user, so full ranking ranks nobody (before: only
+    # "ndcg@5, ... are undefined (NaN)", then a NoFiniteScoreError blaming divergence)
+    _data(tmp_path)
+    _recipe(tmp_path)                                                   # writes r.yaml
+    recipe = load_recipe(tmp_path / "r.yaml", ["data.split={name: group-kfold, folds: 4, fold: 1, val: 0.2}"])
+    dm, module, _ = build_system(recipe)
+    module.eval()
+    with pytest.warns(UserWarning, match=r"^task 'watch': none of the \d+ rows of the val split has a user seen in "
+                                         r"training \(unknown users are not ranked\), so its full-ranking metrics "
+                                         r"are NaN\. A split that keeps each user's rows in one part \(group-kfold by "
+                                         r"the user column\) does this: use kfold or user-random\.$"):
+        got = module._full_ranking("val")
+    assert math.isnan(got["watch"]["ndcg@5"])

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlframe.errors import DataError, MTLFrameError
+from mtlframe.errors import DataError, MTLFrameError, folder_problem
 
 #: rows of the split analysed by default (the first ones, in the split's order)
 DEFAULT_MAX_ROWS = 2000
@@ -69,20 +69,24 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
         MTLFrameError: ``max_rows < 1``, a bad split, an accelerator this machine lacks, an
             override outside ``data.``; captum or matplotlib missing (``pip install 'mtlframe[explain]'``).
         DataError: the data moved or changed since training (see ``rebuild_system``); an empty split.
-        CheckpointError: not an mtlframe checkpoint.
+        CheckpointError: not an mtlframe checkpoint; a task's prediction is not finite (its weights
+            are not; task and rows named).
     """
     from mtlframe.explain import attributions as attr
     from mtlframe.explain import calibration as cal
     from mtlframe.explain import gates as gt
     from mtlframe.explain import relations as rel
     from mtlframe.explain.report import write_report
-    from mtlframe.run import _quiet_lightning, load_checkpoint, rebuild_system, resolve_device
+    from mtlframe.run import _quiet_lightning, check_finite_predictions, load_checkpoint, rebuild_system, resolve_device
     from mtlframe.tasks import to_prediction
 
     if split not in ("test", "val"):
         raise MTLFrameError(f"--split {split!r}: explain reads the test or the val split.")
     if int(max_rows) < 1:
         raise MTLFrameError(f"--max-rows {max_rows}: analyse at least 1 row.")
+    out_dir = Path(output) if output is not None else default_output(checkpoint)
+    if folder_problem(out_dir):
+        raise MTLFrameError(f"--output {out_dir} {folder_problem(out_dir)}; pass a folder (it is created if missing).")
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # pragma: no cover
@@ -94,7 +98,6 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split (data.split.{split}: 0); "
                         f"explain the other split (--split {'val' if split == 'test' else 'test'}).")
-    out_dir = Path(output) if output is not None else default_output(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = module.model.to(device).eval()
     module.to(device)
@@ -118,6 +121,8 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
         acc.add(getattr(model.backbone, "gate_weights", {}) or {})
         xs.append(x)
         for t in tasks:
+            check_finite_predictions(f"{checkpoint} ({split} split)", t.name, out[t.name].detach().float().cpu().numpy(),
+                                     offset=seen)
             if t.type in ("binary", "regression"):
                 preds[t.name].append(to_prediction(t.type, out[t.name]).float().cpu())
             labels[t.name].append(batch[f"label/{t.name}"].float().cpu())
@@ -181,6 +186,9 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
             images.append(png)
             data["attributions"][t.name] = summ
         data["attribution_baseline"] = "mean encoding of the analysed rows"
+        if seen == 1:
+            notes.append("attributions: 1 row analysed, and the baseline (the mean encoding of the analysed rows) "
+                         "is that row, so every attribution is 0; analyse more rows (--max-rows).")
     else:
         notes.append("attributions: the encoders give each task its own input (task_specific tables); "
                      "attributing through per-task inputs is not supported yet.")
@@ -188,6 +196,11 @@ def explain(checkpoint: str | Path, split: str = "test", *, output: str | Path |
     # -- relations
     corr_preds = {t: torch.cat(v).numpy() for t, v in preds.items() if v}
     corr = rel.prediction_correlation(corr_preds) if len(corr_preds) > 1 else None
+    constant = [t for t, v in corr_preds.items() if corr and np.asarray(v).std() == 0]
+    if constant:
+        notes.append(f"relations: {', '.join(constant)} {'predicts' if len(constant) == 1 else 'predict'} the same value "
+                     f"on all {seen:,} analysed rows, so the prediction correlation is undefined (blank)"
+                     + ("; analyse more rows (--max-rows)." if seen < 3 else "."))
     left_out = [t.name for t in tasks if t.type not in ("binary", "regression")]
     if left_out:
         notes.append(f"relations: {', '.join(left_out)} left out of the prediction correlation (only binary and "
