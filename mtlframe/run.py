@@ -479,9 +479,10 @@ def _resume_callback(datamodule):
                   file=sys.stderr, flush=True)
 
         def _restore_handler(self) -> None:
-            if self._handler is not None:
+            # Lightning's signal connector puts back, at its teardown, the handler it found at setup
+            # (ours): so restore whenever ours is the one installed, not only the first time
+            if self._handler is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
                 signal.signal(signal.SIGINT, self._handler)
-                self._handler = None
 
         def on_fit_start(self, trainer, pl_module) -> None:
             self.stop_requested = False
@@ -1005,7 +1006,10 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
     report = progress is not False and trainer.is_global_zero
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=None if target is None else str(target.checkpoint))
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=None if target is None else str(target.checkpoint))
+        finally:  # however fit ends (an error raised before Lightning's own handling included), Ctrl-C is Python's again
+            resumer._restore_handler()
         seconds = time.perf_counter() - start
         # evaluating a checkpoint file restores the callbacks' state saved in it: keep what fit ended with
         top_k_scores = {p: float(v) for p, v in ckpt.best_k_models.items()}

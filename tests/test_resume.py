@@ -209,3 +209,15 @@ def test_a_run_still_training_elsewhere_is_not_offered_a_resume(tmp_path):
     # once that process is gone, the folder holds a killed run: continuing it is offered
     with pytest.raises(MTLFrameError, match=f"mtlframe train --resume {tmp_path}"):
         run_mod._check_run_dir(tmp_path, overwrite=False)
+
+
+def test_a_failed_training_gives_ctrl_c_back(tmp_path):
+    """A run that stops on an error (here a diverging loss) must not leave its batch-boundary Ctrl-C
+    handler installed: the next Ctrl-C in that Python (a notebook, a grid) would otherwise be
+    swallowed by a finished run."""
+    from mtlframe.testing import train_tiny
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(MTLFrameError, match="not finite"):
+        train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 50.0}, **{"trainer.log_every_n_steps": 3})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
