@@ -817,6 +817,15 @@ def _check_resume(target: ResumeTarget) -> None:
                                 f"length (max_epochs {before['max_epochs']}, max_steps {before['max_steps']}) and "
                                 "cannot go past it; resume without changing the length, or start a new run.")],
                               target.recipe.source, target.recipe.lines)
+    limit = t.limit_train_batches
+    if (not pos["epoch_done"] and isinstance(limit, int) and not isinstance(limit, bool)
+            and limit < int(pos.get("batches", 0))):
+        raise RecipeError([("trainer.limit_train_batches",
+                            f"the checkpoint stopped after batch {pos['batches']} of epoch {pos['epoch'] + 1}, "
+                            f"past the limit of {limit} batches per epoch asked for: that epoch cannot end at "
+                            f"batch {limit}. Resume with trainer.limit_train_batches >= {pos['batches']}, or "
+                            "without the override.")],
+                          target.recipe.source, target.recipe.lines)
     if (done >= t.max_epochs and t.max_steps == -1) or (t.max_steps != -1 and pos["step"] >= t.max_steps):
         limit = (f"trainer.max_epochs {t.max_epochs}" if t.max_steps == -1 else f"trainer.max_steps {t.max_steps}")
         raise MTLFrameError(f"{target.checkpoint} has already trained {done} epoch(s), {pos['step']} steps, which "

@@ -221,3 +221,17 @@ def test_a_failed_training_gives_ctrl_c_back(tmp_path):
     with pytest.raises(MTLFrameError, match="not finite"):
         train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 50.0}, **{"trainer.log_every_n_steps": 3})
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_train_batch_limit_below_the_resumed_position_is_refused(tmp_path):
+    """A checkpoint written after batch 6 of an epoch cannot end that epoch at batch 3: Lightning
+    would train past the limit (and miss the epoch's validation) instead of stopping."""
+    def target(limit, epoch_done=False):
+        return run_mod.ResumeTarget(tmp_path, tmp_path / "last.ckpt", _recipe(4, **{"trainer.limit_train_batches": limit}),
+                                    {"epoch": 1, "batches": 6, "epoch_done": epoch_done, "step": 14}, {})
+
+    with pytest.raises(RecipeError, match=r"stopped after batch 6 of epoch 2.*limit_train_batches >= 6") as err:
+        run_mod._check_resume(target(3))
+    assert err.value.problems[0][0] == "trainer.limit_train_batches"
+    run_mod._check_resume(target(6))                     # the epoch ends where it stopped: fine
+    run_mod._check_resume(target(3, epoch_done=True))    # a finished epoch: the next one starts at batch 0
