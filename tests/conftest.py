@@ -25,3 +25,26 @@ def ml100k() -> Path:
     if not (path / "u.data").exists():
         pytest.skip(f"MovieLens 100K not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_ranking_log():
+    """A function building the tiny implicit-feedback log the ranking tests train on: 40 users × 8
+    of 30 items (seeded), ``age`` per user, ``genre`` per item, ``watch`` = 1, a random ``like`` and
+    a row-order timestamp ``ts``; ``extra`` (user, item) pairs are appended before the columns are
+    filled, so the first 320 rows are the same whatever is appended."""
+    import numpy as np
+    import pandas as pd
+
+    def make(extra: list[tuple[int, int]] = ()) -> "pd.DataFrame":
+        rng = np.random.default_rng(0)
+        rows = [(u, int(i)) for u in range(40) for i in rng.choice(30, size=8, replace=False)] + list(extra)
+        frame = pd.DataFrame(rows, columns=["user", "item"])
+        frame["age"] = 20 + frame["user"] % 30
+        frame["genre"] = "g" + (frame["item"] % 4).astype(str)
+        frame["watch"] = 1.0
+        frame["like"] = (rng.random(len(frame)) < 0.5).astype(float)
+        frame["ts"] = np.arange(len(frame))
+        return frame
+
+    return make

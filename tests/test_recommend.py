@@ -148,18 +148,9 @@ checkpoint: {{monitor: train/loss_epoch}}
 
 
 @pytest.fixture(scope="session")
-def rec_data(tmp_path_factory):
-    import pandas as pd
-
+def rec_data(tmp_path_factory, toy_ranking_log):
     folder = tmp_path_factory.mktemp("recommend")
-    rng = np.random.default_rng(0)
-    rows = [(u, int(i)) for u in range(40) for i in rng.choice(30, size=8, replace=False)] + [(999, 3), (999, 7)]
-    frame = pd.DataFrame(rows, columns=["user", "item"])
-    frame["age"] = 20 + frame["user"] % 30
-    frame["genre"] = "g" + (frame["item"] % 4).astype(str)
-    frame["watch"] = 1.0
-    frame["like"] = (rng.random(len(frame)) < 0.5).astype(float)
-    frame["ts"] = np.arange(len(frame))
+    frame = toy_ranking_log(extra=[(999, 3), (999, 7)])
     frame.to_csv(folder / "d.csv", index=False)
     return folder, frame
 

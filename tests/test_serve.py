@@ -42,20 +42,12 @@ ROWS = [{"user": 3, "age": 23.0, "item": 7, "genre": "g3"},
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tmp_path_factory, toy_ranking_log):
     from mtlframe.recipe import load_recipe
     from mtlframe.run import train
 
     folder = tmp_path_factory.mktemp("serve")
-    rng = np.random.default_rng(0)
-    rows = [(u, int(i)) for u in range(40) for i in rng.choice(30, size=8, replace=False)]
-    frame = pd.DataFrame(rows, columns=["user", "item"])
-    frame["age"] = 20 + frame["user"] % 30
-    frame["genre"] = "g" + (frame["item"] % 4).astype(str)
-    frame["watch"] = 1.0
-    frame["like"] = (rng.random(len(frame)) < 0.5).astype(float)
-    frame["ts"] = np.arange(len(frame))
-    frame.to_csv(folder / "d.csv", index=False)
+    toy_ranking_log().to_csv(folder / "d.csv", index=False)
     (folder / "r.yaml").write_text(RECIPE.format(csv=folder / "d.csv"))
     best = train(load_recipe(folder / "r.yaml"), folder / "run", progress=False).best_checkpoint
     # the same model without its ranking: section (a checkpoint that cannot /recommend): its binary task only
