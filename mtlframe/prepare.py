@@ -332,6 +332,10 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
     pre, path = recipe_preprocessor(recipe)
     fp = fingerprint(path)
     pre, rows = fit_parquet(pre, path, batch_rows)
+    changes = fingerprint_changes(fp, fingerprint(path))
+    if changes:  # written to while being read: the state would describe no version of the data
+        raise DataError(f"{path}: files changed while mtlframe prepare read them (nothing saved):\n  "
+                        + "\n  ".join(changes) + "\nRun it again once the data is written.")
     root = Path(path)
     out_dir = Path(output) if output is not None else (root if root.is_dir() else root.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -343,12 +347,20 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
     return target
 
 
-def load_prepared(state_file: str | Path, data: str | Path) -> Preprocessor:
-    """The preprocessor saved by :func:`prepare`, after checking ``data``'s files are those it was fitted on.
+#: the settings a prepared state must share with the recipe that reuses it: ``state key -> recipe key``
+_SETTINGS = {"features": "model.encoders / data.dataset.features", "labels": "tasks", "min_count": "data.min_count",
+             "fill_missing": "data.fill_missing", "clip": "data.clip", "max_multi_len": "(max_multi_len)"}
+
+
+def load_prepared(state_file: str | Path, data: str | Path, expect: Preprocessor | None = None) -> Preprocessor:
+    """The preprocessor saved by :func:`prepare`, after checking ``data``'s files are those it was
+    fitted on and, with ``expect`` (the recipe's unfitted preprocessor, :func:`recipe_preprocessor`),
+    that it was fitted with the same features, tasks, ``min_count``, fills and clips.
 
     Raises:
         DataError: the state is stale (each added, removed or changed file named, and the command
-            that refits it), or is not a prepared state.
+            that refits it), was fitted with other settings (each differing recipe key named, with
+            both values), or is not a prepared state.
     """
     import torch
 
@@ -359,8 +371,15 @@ def load_prepared(state_file: str | Path, data: str | Path) -> Preprocessor:
     if changes:
         raise DataError(f"{state_file} is stale: the files of {data} changed since mtlframe prepare fitted it:\n  "
                         + "\n  ".join(changes) + "\nRun `mtlframe prepare RECIPE` again.")
+    if expect is not None:
+        now = expect.state_dict()
+        diff = [f"{key}: prepared with {state['preprocessor'][name]!r}, the recipe has {now[name]!r}"
+                for name, key in _SETTINGS.items() if state["preprocessor"].get(name) != now[name]]
+        if diff:
+            raise DataError(f"{state_file} was prepared with other settings than the recipe's:\n  " + "\n  ".join(diff)
+                            + "\nRun `mtlframe prepare RECIPE` again with this recipe.")
     return Preprocessor.from_state_dict(state["preprocessor"])
 
 
 __all__: Iterable[str] = ["prepare", "fit_parquet", "StreamingFit", "fingerprint", "fingerprint_changes",
-                          "load_prepared", "parquet_files", "STATE_NAME"]
+                          "load_prepared", "parquet_files", "recipe_preprocessor", "STATE_NAME"]

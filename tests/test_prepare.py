@@ -124,6 +124,14 @@ def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path):
     # --output elsewhere
     assert main(["prepare", str(path), "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / STATE_NAME).is_file()
+    # the state reused by a recipe with another min_count: the key and both values named
+    from mtlframe.prepare import recipe_preprocessor
+    from mtlframe.recipe import load_recipe
+    same, _ = recipe_preprocessor(load_recipe(path, ["data.min_count=3"]))
+    assert load_prepared(state, data, expect=same).vocab["uid"].tolist() == pre.vocab["uid"].tolist()
+    other, _ = recipe_preprocessor(load_recipe(path))
+    with pytest.raises(DataError, match=r"other settings.*\n  data.min_count: prepared with 3, the recipe has 1"):
+        load_prepared(state, data, expect=other)
     # a rewritten file of the same size: its modification time names it
     st = (data / "part-1.parquet").stat()
     os.utime(data / "part-1.parquet", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
