@@ -152,7 +152,8 @@ class StreamingFit:
         #: numeric column without a fill -> (NaN count, first 1-based rows, missing count)
         self.missing: dict[str, tuple[int, list[int], int]] = {}
         self.labelled: dict[str, int] = {lab.task: 0 for lab in pre.labels}
-        self.classes: dict[str, list] = {lab.task: [] for lab in pre.labels if lab.type == "multiclass"}
+        #: multiclass task -> its distinct raw label values (a dict: ordered, no repeats across batches)
+        self.classes: dict[str, dict] = {lab.task: {} for lab in pre.labels if lab.type == "multiclass"}
 
     def update(self, frame: pd.DataFrame) -> None:
         """Add one record batch (a frame holding the features' and labels' columns)."""
@@ -197,8 +198,7 @@ class StreamingFit:
         for lab in pre.labels:
             series = frame[lab.column].reset_index(drop=True)
             if lab.type == "multiclass":
-                raw = series.dropna()
-                self.classes[lab.task].extend(pd.unique(raw).tolist())
+                self.classes[lab.task].update(dict.fromkeys(pd.unique(series.dropna()).tolist()))
                 self.labelled[lab.task] += len(pre._class_values(series, lab))
             else:
                 self.labelled[lab.task] += int(np.isfinite(pre._label_values(series, lab, self.source, rows)).sum())
@@ -249,7 +249,7 @@ class StreamingFit:
                                 + (f" or {lab.missing_text} (missing_label)" if lab.missing is not None else "")
                                 + f" in every one); check tasks.{lab.task}.label, the data, or drop the task.")
             if lab.type == "multiclass":
-                distinct = pd.Series(pd.unique(pd.Series(self.classes[lab.task])))
+                distinct = pd.Series(list(self.classes[lab.task]))
                 pre.classes[lab.task] = sorted(pre._class_values(distinct, lab).unique().tolist())
                 if len(pre.classes[lab.task]) < 2:
                     raise DataError(f"{self.source}: multiclass label column '{lab.column}' (task '{lab.task}') has "
