@@ -261,28 +261,35 @@ class StreamingFit:
 
 def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS) -> tuple[Preprocessor, int]:
     """``(pre fitted, rows read)``: fit ``pre`` on every row of the Parquet files of ``root`` (see :func:`parquet_files`), read
-    ``batch_rows`` rows at a time, only the features' and labels' columns.
+    ``batch_rows`` rows at a time (file by file, in name order), only the features' and labels'
+    columns. Peak memory: one batch plus one row group being decoded (Parquet writers' row groups:
+    pyarrow 1M rows by default, Spark 128 MB) plus the counts of the distinct categorical values.
 
     Raises:
         DataError: a column missing from the files (named, with the closest names), a file that
             is not Parquet, and the errors of :class:`StreamingFit`.
     """
     import pyarrow as pa
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     from mtlframe.datasets.tabular import check_columns
 
     files = parquet_files(root)
-    try:
-        data = ds.dataset([str(p) for p in files], format="parquet")
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{root}: cannot read it as Parquet: {exc}") from None
     columns = list(dict.fromkeys([*pre.features, *(lab.column for lab in pre.labels)]))
-    check_columns(str(root), columns, data.schema.names)
-    integer = {c: pa.types.is_integer(data.schema.field(c).type) for c in columns}
+    integer = dict.fromkeys(columns, True)
+    for path in files:  # every file's footer first (metadata only): a missing column before a long pass
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: cannot read it as Parquet: {exc}") from None
+        check_columns(str(path), columns, schema.names)
+        for c in columns:  # an id column is integer if it is in every file (else pandas' concat makes it float)
+            integer[c] = integer[c] and pa.types.is_integer(schema.field(c).type)
     fit = StreamingFit(pre, str(root), integer)
-    for batch in data.to_batches(columns=columns, batch_size=batch_rows):
-        fit.update(batch.to_pandas())
+    for path in files:  # one file, one batch at a time (a scanner's read-ahead grew with the data)
+        with pq.ParquetFile(path) as f:
+            for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+                fit.update(batch.to_pandas())
     return fit.finish(), fit.rows
 
 

@@ -57,8 +57,15 @@ def test_streamed_fit_equals_in_memory_fit(tmp_path):
     _write(table, tmp_path / "d")
     # the in-memory path: the whole table as the parquet dataset reads it, every row a training row
     ref = _pre().fit(table.to_pandas(), "d")
-    got, rows = fit_parquet(_pre(), tmp_path / "d", batch_rows=7)  # 3 files, batches of 7: many merges
+    from mtlframe.prepare import StreamingFit
+    seen = []
+    update = StreamingFit.update
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamingFit, "update", lambda self, frame: (seen.append(len(frame)), update(self, frame)))
+        got, rows = fit_parquet(_pre(), tmp_path / "d", batch_rows=7)  # 3 files, batches of 7: many merges
     assert rows == 90
+    # never the whole table: files of 25, 35 and 30 rows, read 7 rows at a time
+    assert seen == [7, 7, 7, 4, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2]
     assert got.fitted
     assert list(ref.vocab) == list(got.vocab)
     np.testing.assert_array_equal(got.vocab["uid"], ref.vocab["uid"])  # int64 vocabulary, same order
