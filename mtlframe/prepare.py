@@ -269,8 +269,12 @@ def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROW
         DataError: a column missing from the files (named, with the closest names), a file that
             is not Parquet, and the errors of :class:`StreamingFit`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{root}: mtlframe prepare reads Parquet with pyarrow, which is not installed. "
+                        "Run `pip install pyarrow` (or `pip install 'mtlframe[parquet]'`).") from None
 
     from mtlframe.datasets.tabular import check_columns
 

@@ -145,3 +145,11 @@ def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path):
     pq.write_table(_table(5), data / "part-9.parquet")
     with pytest.raises(DataError, match=r"(?s)stale.*part-1.parquet: modified.*part-9.parquet: added.*mtlframe prepare"):
         load_prepared(state, data)
+
+
+def test_prepare_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+    _write(_table(), tmp_path / "d")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # simulate pyarrow not installed
+    with pytest.raises(DataError, match=r"pip install 'mtlframe\[parquet\]'"):
+        fit_parquet(_pre(), tmp_path / "d")
