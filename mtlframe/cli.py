@@ -107,8 +107,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from mtlframe.prepare import prepare
     from mtlframe.recipe import load_recipe
 
+    import torch
+
     target = prepare(load_recipe(args.recipe, args.overrides), args.output)
-    _console().print(f"prepared preprocessor: {target}")
+    state = torch.load(target, weights_only=True)
+    sizes = ", ".join(f"{c} {len(v):,}" for c, v in state["preprocessor"]["vocab"].items())
+    con = _console()
+    con.print(f"fitted on {state['rows']:,} rows of {len(state['fingerprint'])} file(s)"
+              + (f"; vocabularies: {sizes}" if sizes else ""))
+    con.print(f"prepared preprocessor: {target}")
     return 0
 
 

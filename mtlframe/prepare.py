@@ -115,7 +115,7 @@ def _sorted_vocab(counts: Mapping[Any, int], min_count: int) -> list:
 
 def unsupported(pre: Preprocessor) -> list[tuple[str, str]]:
     """``(recipe key, reason)`` of what a streamed fit cannot do: sequence features, a ``median`` fill."""
-    problems = [(f"data.dataset.features.{c}", f"mtlframe prepare does not fit sequence features yet ('{c}'); "
+    problems = [(f"model.encoders ('{c}')", f"mtlframe prepare does not fit sequence features yet ('{c}'); "
                  "train with the in-memory datasets (a csv / parquet file).")
                 for c, t in pre.features.items() if t == "sequence"]
     problems += [(f"data.fill_missing.{c}", "median needs every value of the column in memory, which mtlframe "
@@ -314,6 +314,9 @@ def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
     features: dict[str, str] = {}
     for i, enc in enumerate(recipe.data["model"]["encoders"]):
         for j, col in enumerate(enc.get("features") or []):
+            if col in cfg.sequences and col not in declared:  # a history built from the log
+                features[col] = "sequence"
+                continue
             if col not in declared:
                 raise RecipeError([(f"model.encoders[{i}].features[{j}]", f"'{col}' is not declared in "
                                     f"data.dataset.features ({', '.join(declared) or 'none'}).")],

@@ -109,7 +109,7 @@ def test_prepare_errors_name_column_and_row(tmp_path):
         fit_parquet(Preprocessor({"uid": "categorical"}, LABELS), tmp_path / "e")
 
 
-def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path):
+def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path, capsys):
     data = tmp_path / "data"
     _write(_table(), data)
     recipe = tiny_recipe(**{"data.dataset": {"name": "parquet", "path": str(data),
@@ -124,6 +124,8 @@ def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path):
     assert main(["prepare", str(path), "data.min_count=3"]) == 0
     state = data / STATE_NAME
     pre = load_prepared(state, data)
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"fitted on 90 rows of 3 file(s); vocabularies: uid {len(pre.vocab['uid'])}" in out
     assert pre.min_count == 3 and set(pre.vocab) == {"uid"} and set(pre.stats) == {"price"}
     assert fingerprint(data) == fingerprint(data) and sorted(fingerprint(data)) == [f"part-{i}.parquet" for i in range(3)]
     # the state itself (a '_' name) is not one of the data files
@@ -139,6 +141,13 @@ def test_cli_prepare_saves_state_and_names_the_changed_file(tmp_path):
     other, _ = recipe_preprocessor(load_recipe(path))
     with pytest.raises(DataError, match=r"other settings.*\n  data.min_count: prepared with 3, the recipe has 1"):
         load_prepared(state, data, expect=other)
+    # a history feature (data.sequences) is refused at its recipe key, with the recipe file named
+    hist = dict(recipe, data={**recipe["data"], "sequences": {"hist": {"of": "uid"}}})
+    hist["model"] = {**recipe["model"], "encoders": [*recipe["model"]["encoders"],
+                                                     {"name": "sequence-pool", "features": ["hist"], "dim": 4}]}
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(hist))
+    assert main(["prepare", str(tmp_path / "h.yaml")]) == 2
+    assert "does not fit sequence features yet ('hist')" in capsys.readouterr().err
     # a rewritten file of the same size: its modification time names it
     st = (data / "part-1.parquet").stat()
     os.utime(data / "part-1.parquet", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
