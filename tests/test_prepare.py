@@ -162,3 +162,25 @@ def test_prepare_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # simulate pyarrow not installed
     with pytest.raises(DataError, match=r"pip install 'mtlframe\[parquet\]'"):
         fit_parquet(_pre(), tmp_path / "d")
+
+
+def test_files_changed_during_the_pass_are_refused_and_nothing_is_saved(tmp_path, monkeypatch):
+    import mtlframe.prepare as prep
+    from mtlframe.recipe import recipe_from_dict
+    data = tmp_path / "data"
+    _write(_table(), data)
+    recipe = recipe_from_dict(tiny_recipe(**{
+        "data.dataset": {"name": "parquet", "path": str(data), "features": {"uid": "categorical"}, "labels": ["click"]},
+        "model.encoders": [{"name": "embedding", "features": ["uid"], "dim": 4}],
+        "tasks": {"click": {"type": "binary", "label": "click"}}}))
+    fit = prep.fit_parquet
+
+    def fit_then_append(pre, root, batch_rows):  # a writer adds a file while prepare reads
+        out = fit(pre, root, batch_rows)
+        pq.write_table(_table(5), data / "part-3.parquet")
+        return out
+    monkeypatch.setattr(prep, "fit_parquet", fit_then_append)
+    with pytest.raises(DataError, match=r"(?s)files changed while mtlframe prepare read them \(nothing saved\).*"
+                                        r"part-3.parquet: added"):
+        prep.prepare(recipe)
+    assert not (data / STATE_NAME).exists()
