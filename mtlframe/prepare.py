@@ -144,20 +144,27 @@ class StreamingFit:
         self.pre, self.source = pre, source
         self.integer = dict(integer or {})
         self.rows = 0
+        #: the file being read (named in errors, with rows counted within it) and its first row in ``rows``
+        self.file, self.file_start = source, 0
         self.counts: dict[str, dict] = {c: {} for c, t in pre.features.items() if t in ("categorical", "multi_categorical")}
         self.nulls: dict[str, bool] = {}
         self.present: dict[str, int] = {c: 0 for c in pre.features}
         self.longest: dict[str, int] = {}
         self.moments: dict[str, tuple[int, float, float]] = {}  # n, mean, M2
         #: numeric column without a fill -> (NaN count, first 1-based rows, missing count)
-        self.missing: dict[str, tuple[int, list[int], int]] = {}
+        self.missing: dict[str, tuple[int, list[tuple[str, int]], int]] = {}
         self.labelled: dict[str, int] = {lab.task: 0 for lab in pre.labels}
         #: multiclass task -> its distinct raw label values (a dict: ordered, no repeats across batches)
         self.classes: dict[str, dict] = {lab.task: {} for lab in pre.labels if lab.type == "multiclass"}
 
+    def start_file(self, name: str) -> None:
+        """The next batches come from file ``name``: errors name it, with rows counted within it."""
+        self.file, self.file_start = name, self.rows
+
     def update(self, frame: pd.DataFrame) -> None:
         """Add one record batch (a frame holding the features' and labels' columns)."""
-        pre, rows = self.pre, np.arange(self.rows, self.rows + len(frame))
+        start = self.rows - self.file_start
+        pre, rows, where = self.pre, np.arange(start, start + len(frame)), self.file
         for col, typ in pre.features.items():
             series = frame[col].reset_index(drop=True)
             if typ == "categorical":
@@ -177,13 +184,13 @@ class StreamingFit:
                 counts = tokens.explode().str.strip().value_counts(sort=False)
                 _merge_counts(self.counts[col], counts[counts.index != ""])
             elif typ == "numeric":
-                values = pre._bounded(pre._numeric(series, col, self.source, rows), col, self.source, rows, None)
+                values = pre._bounded(pre._numeric(series, col, where, rows), col, where, rows, None)
                 ok = np.isfinite(values)
                 if not ok.all() and pre.fill_missing.get(col, "error") == "error":
                     nan, first, seen = self.missing.get(col, (0, [], 0))
                     bad = np.flatnonzero(~ok)
-                    self.missing[col] = (nan + int(np.isnan(values).sum()), first + (bad[:5 - len(first)] + self.rows
-                                                                                     + 1).tolist(), seen + bad.size)
+                    first = first + [(where, int(r) + start + 1) for r in bad[:5 - len(first)]]
+                    self.missing[col] = (nan + int(np.isnan(values).sum()), first, seen + bad.size)
                 finite = values[ok]
                 self.present[col] += finite.size
                 if finite.size:
@@ -201,7 +208,7 @@ class StreamingFit:
                 self.classes[lab.task].update(dict.fromkeys(pd.unique(series.dropna()).tolist()))
                 self.labelled[lab.task] += len(pre._class_values(series, lab))
             else:
-                self.labelled[lab.task] += int(np.isfinite(pre._label_values(series, lab, self.source, rows)).sum())
+                self.labelled[lab.task] += int(np.isfinite(pre._label_values(series, lab, where, rows)).sum())
         self.rows += len(frame)
 
     def finish(self) -> Preprocessor:
@@ -214,12 +221,15 @@ class StreamingFit:
         pre, n = self.pre, self.rows
         shape = pd.DataFrame(index=pd.RangeIndex(n))  # the "frame" of the emptiness check: all rows are training rows
         for col, (nan, first, seen) in self.missing.items():
+            by_file: dict[str, list[int]] = {}
+            for name, row in first:
+                by_file.setdefault(name, []).append(row)
+            at = "; ".join(f"{name} row{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}" for name, r in by_file.items())
             more = f" (and {seen - len(first)} more)" if seen > len(first) else ""
             kinds = ", ".join(t for t in (f"{nan} empty/NaN" if nan else "", f"{seen - nan} inf/-inf" if seen > nan
                                           else "") if t)
             raise DataError(f"{self.source}: numeric column '{col}' has {seen} missing value(s) of {n} in the prepared "
-                            f"directory ({kinds}; infinities count as missing) at row{'s' if seen > 1 else ''} "
-                            f"{', '.join(map(str, first))}{more} (rows counted across the files in name order). Fill "
+                            f"directory ({kinds}; infinities count as missing) at {at}{more}. Fill "
                             f"them in the data, or declare a fill in the recipe: data.fill_missing: {{{col}: mean}} "
                             "(or zero, a number; `data.fill_missing: mean` for every numeric feature).")
         for col, typ in pre.features.items():
@@ -291,6 +301,7 @@ def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROW
             integer[c] = integer[c] and pa.types.is_integer(schema.field(c).type)
     fit = StreamingFit(pre, str(root), integer)
     for path in files:  # one file, one batch at a time (a scanner's read-ahead grew with the data)
+        fit.start_file(str(path))
         with pq.ParquetFile(path) as f:
             for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
                 fit.update(batch.to_pandas())

@@ -92,10 +92,18 @@ def test_prepare_errors_name_column_and_row(tmp_path):
     table = _table()
     _write(table, tmp_path / "d")
     pre = Preprocessor(FEATURES, LABELS, fill_missing={}, clip={"price": (30.0, 65.0)})
-    # every batch counted: ages missing at i % 7 == 0 of 90 rows -> 13, the first 5 rows named
-    with pytest.raises(DataError, match=r"numeric column 'age' has 13 missing value\(s\) of 90 .*13 empty/NaN.* at rows "
-                                        r"1, 8, 15, 22, 29 \(and 8 more\)"):
+    # every batch counted: ages missing at i % 7 == 0 of 90 rows -> 13, the first 5 named by file and
+    # row within it (files of rows 0-24, 25-59: global row 28 is row 4 of part-1)
+    with pytest.raises(DataError, match=r"numeric column 'age' has 13 missing value\(s\) of 90 .*13 empty/NaN.* at "
+                                        r"\S*part-0.parquet rows 1, 8, 15, 22; \S*part-1.parquet row 4 \(and 8 more\)"):
         fit_parquet(pre, tmp_path / "d", batch_rows=20)
+    # a value error names the file and the row within it (row 31 of the data = row 6 of part-1)
+    bad = _table().to_pandas()
+    bad["spend"] = bad["spend"].astype(object)
+    bad.loc[30, "spend"] = float("inf")
+    _write(pa.Table.from_pandas(bad.astype({"spend": float}), preserve_index=False), tmp_path / "inf")
+    with pytest.raises(DataError, match=r"inf[/\\]part-1.parquet: regression label column 'spend' .* at row 6\b"):
+        fit_parquet(_pre(), tmp_path / "inf")
     with pytest.raises(RecipeError, match=r"data.fill_missing.age \(<recipe>\): median needs every value"):
         fit_parquet(Preprocessor(FEATURES, LABELS, fill_missing={"age": "median"}), tmp_path / "d")
     (tmp_path / "empty").mkdir()
