@@ -134,7 +134,7 @@ class StreamingFit:
 
     Raises (from :meth:`update` / :meth:`finish`):
         RecipeError: a ``sequence`` feature, or ``fill_missing: median`` (needs every value).
-        DataError: as :meth:`Preprocessor.fit`; row numbers count rows across the sorted files.
+        DataError: as :meth:`Preprocessor.fit`; each names the file (see :meth:`start_file`) and the row within it.
     """
 
     def __init__(self, pre: Preprocessor, source: str, integer: Mapping[str, bool] | None = None) -> None:
