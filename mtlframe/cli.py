@@ -103,6 +103,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mtlframe.prepare import prepare
+    from mtlframe.recipe import load_recipe
+
+    import torch
+
+    target = prepare(load_recipe(args.recipe, args.overrides), args.output)
+    state = torch.load(target, weights_only=True)
+    sizes = ", ".join(f"{c} {len(v):,}" for c, v in state["preprocessor"]["vocab"].items())
+    con = _console()
+    con.print(f"fitted on {state['rows']:,} rows of {len(state['fingerprint'])} file(s)"
+              + (f"; vocabularies: {sizes}" if sizes else ""))
+    con.print(f"prepared preprocessor: {target}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtlframe.run import evaluate
 
@@ -405,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its checkpoints/last.ckpt (interrupted.ckpt after Ctrl-C) or the "
                         "checkpoint given; overrides: trainer.* and early_stopping.* only (docs/resume.md)")
     t.set_defaults(func=cmd_train)
+
+    pp = sub.add_parser("prepare", help="fit the preprocessor over a directory of Parquet files, streamed; saves "
+                                        "it next to the data with the files' fingerprint (docs/prepare.md)")
+    pp.add_argument("recipe", help="YAML recipe file; data.dataset.path is the directory of training rows")
+    pp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.min_count=5")
+    pp.add_argument("--output", default=None, help="folder of the saved state (default: the data directory)")
+    pp.set_defaults(func=cmd_prepare)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split of its recipe's data")
     e.add_argument("--checkpoint", required=True)
