@@ -1,0 +1,283 @@
+"""Streaming Parquet: columnar batches read from a directory of Parquet files, never all in memory.
+
+:class:`ParquetStream` is a ``torch.utils.data.IterableDataset`` over a directory (or a list) of
+Parquet files read with ``pyarrow.dataset``. It yields ``dict[str, Tensor]`` batches (numeric
+columns as tensors, other columns as numpy arrays) built from Arrow record batches with one
+``take`` per column: there is no per-row Python on the hot path and no collate (build the
+``DataLoader`` with ``batch_size=None``).
+
+**Units of work.** The files are split into *pieces*, one per Parquet row group, in a fixed order
+(files sorted by path, row groups in file order). A directory with fewer files than readers (2
+processes x 2 workers over 3 files) is therefore still shared out; the row group is the smallest
+unit that is read, so peak memory is one row group plus the shuffle buffer, independent of the
+data size.
+
+**Sharding: every row exactly once.** At each epoch all readers compute the same order of pieces
+(a permutation seeded by ``seed + epoch``; identity without ``shuffle``) and see the pieces, in
+that order, as one sequence of ``N`` rows. The ``S = world_size * num_workers`` readers (process
+``rank``, data-loader worker ``id``; reader ``rank * num_workers + id``) take contiguous ranges of
+that sequence of ``N // S`` or ``N // S + 1`` rows. A range may start or end inside a row group:
+that row group is read by both neighbours, each keeping its own rows (at most ``S - 1`` row groups
+read twice per epoch). So each row is read exactly once per epoch across all processes and
+workers, and the shares differ by at most one row whatever the sizes of the files and row groups.
+
+**Equal steps under DDP** (``drop_uneven=True``, for training): every process must run the same
+number of steps or DDP's all-reduce waits forever. Every reader's range is cut to ``N // S`` rows,
+so every reader yields the same number of batches; the at most ``S - 1`` rows left out are the last
+rows of the epoch's piece order, a different set at every shuffled epoch. This is the rule of
+:class:`mtlframe.batching.ColumnBatches` (training shares truncated to equal length). With
+``drop_uneven=False`` (evaluation) every row is read once and the shares may differ by one row
+(no padding: repeated rows would shift AUC).
+
+**Shuffling.** By piece (above), then by a bounded buffer per reader: record batches are appended
+to a buffer of at most ``buffer_rows + one row group`` rows; once it holds more than
+``buffer_rows`` rows it is permuted and full batches are taken from its front, the rest staying to
+mix with the next pieces. The generator is seeded by (``seed``, epoch, reader), so an epoch is
+reproducible and epochs differ. ``buffer_rows=0`` turns the buffer off (rows in piece order).
+
+**Epochs.** Call :meth:`set_epoch` before each epoch (in the main process). The epoch lives in a
+shared-memory tensor, so data-loader workers (persistent or not) see it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtlframe.errors import ArgumentError, DataError
+
+Columns = dict[str, "torch.Tensor | np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One Parquet row group: ``path``, its index ``row_group`` in the file, and its ``rows``."""
+
+    path: str
+    row_group: int
+    rows: int
+
+
+def list_pieces(files: Sequence[str]) -> list[Piece]:
+    """The row groups of ``files`` (from the Parquet footers; no data is read), in path order."""
+    import pyarrow.parquet as pq
+
+    pieces = []
+    for path in sorted(files):
+        meta = pq.ParquetFile(path).metadata
+        pieces += [Piece(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
+                   if meta.row_group(i).num_rows > 0]
+    return pieces
+
+
+def reader_range(total: int, reader: int, readers: int, drop_uneven: bool) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of the epoch's row sequence (``total`` rows) that reader ``reader`` of
+    ``readers`` reads: contiguous ranges of ``total // readers`` rows, the first
+    ``total % readers`` readers taking one more unless ``drop_uneven``."""
+    base, extra = divmod(total, readers)
+    if drop_uneven:
+        return reader * base, (reader + 1) * base
+    lo = reader * base + min(reader, extra)
+    return lo, lo + base + (1 if reader < extra else 0)
+
+
+class ParquetStream(torch.utils.data.IterableDataset):
+    """Batches of a directory of Parquet files, sharded by process and data-loader worker.
+
+    Args:
+        source: a directory (every ``*.parquet`` file below it) or a list of Parquet files.
+        columns: the columns to read (all columns of the first file when ``None``).
+        batch_size: rows per batch ``B`` (the last batch of a reader may be shorter).
+        shuffle: shuffle by piece and by the buffer at each epoch (seeded by ``seed`` + epoch).
+        seed: base seed.
+        buffer_rows: rows of the shuffle buffer (bounded memory; ``0`` turns it off).
+        rank, world_size: this process's place under DDP.
+        drop_uneven: cut every reader to the same number of rows (training under DDP).
+
+    Yields:
+        ``dict[str, Tensor | ndarray]``: each column ``[B]`` (numeric and boolean columns as
+        tensors, others as numpy arrays).
+
+    Raises:
+        DataError: no Parquet file at ``source``, or a column missing from a file (both named).
+        ArgumentError: ``batch_size < 1``, ``buffer_rows < 0``, or ``rank`` not in
+            ``[0, world_size)``.
+    """
+
+    def __init__(self, source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
+                 batch_size: int = 1024, shuffle: bool = False, seed: int = 0, buffer_rows: int = 1 << 16,
+                 rank: int = 0, world_size: int = 1, drop_uneven: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ArgumentError("batch_size", f"batch_size must be at least 1, got {batch_size}")
+        if buffer_rows < 0:
+            raise ArgumentError("buffer_rows", f"buffer_rows must be 0 or more, got {buffer_rows}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ArgumentError("rank", f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.files = _parquet_files(source)
+        self.pieces = list_pieces(self.files)
+        self.total_rows = sum(p.rows for p in self.pieces)
+        self.columns = list(columns) if columns is not None else _schema_names(self.files[0])
+        _check_columns(self.files, self.columns)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.buffer_rows = buffer_rows
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_uneven = drop_uneven
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next iteration (seeds the piece order and the buffer)."""
+        self._epoch[0] = epoch
+
+    def rows_per_reader(self, num_workers: int = 0) -> list[int]:
+        """Rows each reader of this process reads in an epoch (one entry per data-loader worker;
+        one entry with ``num_workers=0``)."""
+        workers = max(1, num_workers)
+        readers = self.world_size * workers
+        out = []
+        for w in range(workers):
+            lo, hi = reader_range(self.total_rows, self.rank * workers + w, readers, self.drop_uneven)
+            out.append(hi - lo)
+        return out
+
+    def batches_per_epoch(self, num_workers: int = 0) -> int:
+        """Batches this process yields in an epoch with ``num_workers`` data-loader workers (the
+        same on every process when ``drop_uneven``)."""
+        return sum(-(-n // self.batch_size) for n in self.rows_per_reader(num_workers))
+
+    def __iter__(self) -> Iterator[Columns]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.iter_reader(worker, workers)
+
+    def piece_order(self, epoch: int) -> list[Piece]:
+        """The pieces in the order the readers share them at ``epoch`` (the same in every reader)."""
+        if not self.shuffle:
+            return list(self.pieces)
+        rng = np.random.default_rng([self.seed, epoch])
+        return [self.pieces[i] for i in rng.permutation(len(self.pieces))]
+
+    def iter_reader(self, worker: int, num_workers: int) -> Iterator[Columns]:
+        """The batches of data-loader worker ``worker`` of ``num_workers`` in this process (what
+        ``__iter__`` runs inside a worker; callable directly to simulate workers in tests)."""
+        epoch = self.epoch
+        readers = self.world_size * num_workers
+        reader = self.rank * num_workers + worker
+        lo, hi = reader_range(self.total_rows, reader, readers, self.drop_uneven)
+        rng = np.random.default_rng([self.seed, epoch, reader]) if self.shuffle and self.buffer_rows else None
+        buffer: list[dict[str, np.ndarray]] = []
+        held = 0
+        start = 0   # first row of the current piece in the epoch's sequence
+        for piece in self.piece_order(epoch):
+            end = start + piece.rows
+            if end > lo and start < hi:
+                chunk = self._read(piece, max(lo - start, 0), min(hi, end) - start)
+                if rng is None:
+                    buffer.append(chunk)
+                    held += len(next(iter(chunk.values())))
+                    if held >= self.batch_size:
+                        merged = _concat(buffer)
+                        keep = held - held % self.batch_size
+                        yield from self._batches(merged, keep)
+                        buffer, held = _rest(merged, keep)
+                else:
+                    buffer.append(chunk)
+                    held += len(next(iter(chunk.values())))
+                    if held > self.buffer_rows:
+                        merged = _permute(_concat(buffer), rng)
+                        emit = (held - self.buffer_rows) // self.batch_size * self.batch_size
+                        yield from self._batches(merged, emit)
+                        buffer, held = _rest(merged, emit)
+            start = end
+            if start >= hi:
+                break
+        if held:
+            merged = _concat(buffer)
+            if rng is not None:
+                merged = _permute(merged, rng)
+            yield from self._batches(merged, held)
+
+    def _read(self, piece: Piece, first: int, stop: int) -> dict[str, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=self.columns)
+        if first or stop < piece.rows:
+            table = table.slice(first, stop - first)
+        return {c: table.column(c).to_numpy() for c in self.columns}
+
+    def _batches(self, cols: dict[str, np.ndarray], rows: int) -> Iterator[Columns]:
+        for s in range(0, rows, self.batch_size):
+            e = min(s + self.batch_size, rows)
+            yield {k: _tensor(v[s:e]) for k, v in cols.items()}
+
+
+def _tensor(v: np.ndarray) -> "torch.Tensor | np.ndarray":
+    if v.dtype.kind in "biuf":
+        v = np.ascontiguousarray(v)
+        # Arrow's buffers are read-only; torch wants a writable array
+        return torch.from_numpy(v if v.flags.writeable else v.copy())
+    return v
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _permute(cols: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    order = rng.permutation(len(next(iter(cols.values()))))
+    return {k: v[order] for k, v in cols.items()}
+
+
+def _rest(cols: dict[str, np.ndarray], used: int) -> tuple[list[dict[str, np.ndarray]], int]:
+    left = len(next(iter(cols.values()))) - used
+    return ([{k: v[used:] for k, v in cols.items()}] if left else []), left
+
+
+def _parquet_files(source: str | Path | Sequence[str | Path]) -> list[str]:
+    if isinstance(source, (str, Path)):
+        root = Path(source).expanduser()
+        if root.is_dir():
+            files = sorted(str(p) for p in root.rglob("*.parquet") if p.is_file())
+            if not files:
+                raise DataError(f"{root}: no *.parquet file in this folder; give the folder that "
+                                f"holds the Parquet files of the dataset")
+            return files
+        if not root.is_file():
+            raise DataError(f"{root}: does not exist; give a folder of Parquet files or a file")
+        return [str(root)]
+    files = [str(Path(p).expanduser()) for p in source]
+    if not files:
+        raise DataError("no Parquet file given; give a folder of Parquet files or a list of files")
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: does not exist ({len(missing)} of {len(files)} files missing)")
+    return sorted(files)
+
+
+def _schema_names(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def _check_columns(files: Sequence[str], columns: Sequence[str]) -> None:
+    import pyarrow.parquet as pq
+
+    for path in files:
+        names = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"{path}: column {missing[0]!r} is missing (the file has "
+                            f"{sorted(names)}); every Parquet file of a dataset needs the same columns")
