@@ -177,11 +177,13 @@ class ParquetStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, reader]) if self.shuffle and self.buffer_rows else None
         buffer: list[dict[str, np.ndarray]] = []
         held = 0
+        self.peak_rows = 0
         start = 0   # first row of the current piece in the epoch's sequence
         for piece in self.piece_order(epoch):
             end = start + piece.rows
             if end > lo and start < hi:
                 chunk = self._read(piece, max(lo - start, 0), min(hi, end) - start)
+                self.peak_rows = max(self.peak_rows, held + len(next(iter(chunk.values()))))
                 if rng is None:
                     buffer.append(chunk)
                     held += len(next(iter(chunk.values())))

@@ -90,6 +90,17 @@ def test_drop_uneven_gives_every_process_the_same_number_of_batches(data_dir):
         assert sum(1 for w in range(2) for _ in ds.iter_reader(w, 2)) == 2
 
 
+def test_rows_held_are_bounded_by_the_buffer_and_one_row_group(data_dir):
+    # largest row group: 16 rows; buffer 12, batch 4 -> at most 12 + 3 + 16 = 31 rows held, of 103
+    ds = ParquetStream(data_dir, batch_size=4, shuffle=True, buffer_rows=12)
+    assert sum(len(b["id"]) for b in ds) == N
+    assert 16 < ds.peak_rows <= 31
+    # no buffer: at most a batch (less one row) plus a row group
+    ds = ParquetStream(data_dir, batch_size=4, shuffle=True, buffer_rows=0)
+    assert sum(len(b["id"]) for b in ds) == N
+    assert ds.peak_rows <= 3 + 16
+
+
 def test_reader_ranges_cover_the_rows_once():
     for total in (0, 1, 7, 103):
         for readers in (1, 3, 4, 8):
@@ -100,14 +111,24 @@ def test_reader_ranges_cover_the_rows_once():
 
 
 def test_real_dataloader_workers_see_the_epoch(data_dir):
-    ds = ParquetStream(data_dir, columns=["id", "label"], batch_size=8, shuffle=True, buffer_rows=12)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    # 2 ranks x 2 real data-loader worker processes (persistent: the epoch reaches them through
+    # shared memory), 2 epochs: every row once per epoch, and the epochs' orders differ
+    loaders = []
+    for rank in range(2):
+        ds = ParquetStream(data_dir, columns=["id", "label"], batch_size=8, shuffle=True, buffer_rows=12,
+                           rank=rank, world_size=2)
+        loaders.append((ds, torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                                        persistent_workers=True)))
     orders = []
     for epoch in (0, 1):
-        ds.set_epoch(epoch)
-        ids = [i for b in loader for i in b["id"].tolist()]
+        ids = []
+        for ds, loader in loaders:
+            ds.set_epoch(epoch)
+            batches = list(loader)
+            assert all(set(b) == {"id", "label"} for b in batches)
+            assert len(batches) == ds.batches_per_epoch(num_workers=2) == 8   # 26+26 | 26+25 rows
+            ids += [i for b in batches for i in b["id"].tolist()]
         assert sorted(ids) == list(range(N))
-        assert all(set(b) == {"id", "label"} for b in loader)
         orders.append(ids)
     assert orders[0] != orders[1]
 
