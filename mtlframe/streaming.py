@@ -62,12 +62,22 @@ class Piece:
 
 
 def list_pieces(files: Sequence[str]) -> list[Piece]:
-    """The row groups of ``files`` (from the Parquet footers; no data is read), in path order."""
-    import pyarrow.parquet as pq
+    """The row groups of ``files`` (from the Parquet footers; no data is read), in path order.
 
+    Raises:
+        DataError: pyarrow is not installed, or a file is not Parquet (named).
+    """
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("streaming Parquet needs pyarrow, which is not installed. Run `pip install pyarrow` "
+                        "(or `pip install 'mtlframe[parquet]'`).") from None
     pieces = []
     for path in sorted(files):
-        meta = pq.ParquetFile(path).metadata
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on a bad file
+            raise DataError(f"{path}: cannot read it as Parquet: {exc}") from None
         pieces += [Piece(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
                    if meta.row_group(i).num_rows > 0]
     return pieces

@@ -142,6 +142,9 @@ def test_errors_name_the_folder_file_and_column(tmp_path, data_dir):
         ParquetStream(empty)
     with pytest.raises(DataError, match=r"part-0.parquet: column 'clicks' is missing"):
         ParquetStream(data_dir, columns=["id", "clicks"])
+    (data_dir / "part-9.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"part-9.parquet: cannot read it as Parquet"):
+        ParquetStream(data_dir)
     with pytest.raises(ArgumentError, match="rank must be in \\[0, world_size=2\\), got 2"):
         ParquetStream(data_dir, rank=2, world_size=2)
     with pytest.raises(ArgumentError, match="batch_size must be at least 1"):
