@@ -1,6 +1,12 @@
 """Streaming Parquet reader: each row exactly once per epoch across processes x workers."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,6 +137,24 @@ def test_real_dataloader_workers_see_the_epoch(data_dir):
         assert sorted(ids) == list(range(N))
         orders.append(ids)
     assert orders[0] != orders[1]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DDP on CPU tested on Linux")
+def test_two_gloo_processes_with_two_workers_each(data_dir, tmp_path):
+    # real processes: each training batch all-reduces (a DDP step), so unequal step counts would hang
+    # (the timeout turns that into a failure); 103 rows, 4 readers of 25 rows -> 4 batches each
+    here = Path(__file__).resolve().parent
+    out = tmp_path / "ids.json"
+    env = {**os.environ, "PYTHONPATH": str(here.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(here / "stream_ddp_run.py"), str(data_dir), str(out)],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["steps"] == [[8, 8], [8, 8]]
+    for ids in got["train"]:
+        assert len(ids) == len(set(ids)) == 100 and set(ids) <= set(range(N))
+    assert got["train"][0] != got["train"][1]
+    assert sorted(got["eval"]) == list(range(N))
 
 
 def test_errors_name_the_folder_file_and_column(tmp_path, data_dir):
