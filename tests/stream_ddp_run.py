@@ -24,8 +24,9 @@ from mtlframe.streaming import ParquetStream
 def _run(rank: int, data: str, out: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    train = ParquetStream(data, columns=["id"], batch_size=8, shuffle=True, buffer_rows=12, rank=rank,
-                          world_size=2, drop_uneven=True)
+    # batch 25: uncut shares (26 + 26 | 26 + 25 rows) would give 4 steps on rank 0 and 3 on rank 1
+    train = ParquetStream(data, columns=["id"], batch_size=25, shuffle=True, buffer_rows=12, rank=rank,
+                          world_size=2, drop_uneven=os.environ.get("STREAM_DROP", "1") == "1")
     loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2, persistent_workers=True)
     result: dict = {"train": [], "steps": []}
     for epoch in range(2):

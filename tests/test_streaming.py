@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -142,15 +143,22 @@ def test_real_dataloader_workers_see_the_epoch(data_dir):
 @pytest.mark.skipif(sys.platform != "linux", reason="DDP on CPU tested on Linux")
 def test_two_gloo_processes_with_two_workers_each(data_dir, tmp_path):
     # real processes: each training batch all-reduces (a DDP step), so unequal step counts would hang
-    # (the timeout turns that into a failure); 103 rows, 4 readers of 25 rows -> 4 batches each
+    # (the timeout turns that into a failure); 103 rows, 4 readers of 25 rows -> 1 batch of 25 each
     here = Path(__file__).resolve().parent
     out = tmp_path / "ids.json"
     env = {**os.environ, "PYTHONPATH": str(here.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(here / "stream_ddp_run.py"), str(data_dir), str(out)],
-                          capture_output=True, text=True, env=env, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, str(here / "stream_ddp_run.py"), str(data_dir), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # its own group: a hung rank is killed with it
+    try:
+        log, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the two processes hung (unequal steps under DDP?)")
+    assert proc.returncode == 0, log[-3000:]
     got = json.loads(out.read_text())
-    assert got["steps"] == [[8, 8], [8, 8]]
+    assert got["steps"] == [[2, 2], [2, 2]]
     for ids in got["train"]:
         assert len(ids) == len(set(ids)) == 100 and set(ids) <= set(range(N))
     assert got["train"][0] != got["train"][1]
