@@ -6,7 +6,8 @@ columns as tensors, other columns as numpy arrays) built from Arrow record batch
 ``take`` per column: there is no per-row Python on the hot path and no collate (build the
 ``DataLoader`` with ``batch_size=None``).
 
-**Units of work.** The files are split into *pieces*, one per Parquet row group, in a fixed order
+**Units of work.** The files are split into *pieces*, one per Parquet row group (a
+``pyarrow.dataset`` fragment of one row group), in a fixed order
 (files sorted by path, row groups in file order). A directory with fewer files than readers (2
 processes x 2 workers over 3 files) is therefore still shared out; the row group is the smallest
 unit that is read, so peak memory is one row group plus the shuffle buffer, independent of the
@@ -62,25 +63,33 @@ class Piece:
 
 
 def list_pieces(files: Sequence[str]) -> list[Piece]:
-    """The row groups of ``files`` (from the Parquet footers; no data is read), in path order.
+    """The row groups of ``files`` (from the Parquet footers, through ``pyarrow.dataset``; no data
+    is read), in path order.
 
     Raises:
         DataError: pyarrow is not installed, or a file is not Parquet (named).
     """
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.dataset as ds
     except ImportError:
         raise DataError("streaming Parquet needs pyarrow, which is not installed. Run `pip install pyarrow` "
                         "(or `pip install 'mtlframe[parquet]'`).") from None
+    fmt = ds.ParquetFileFormat()
     pieces = []
     for path in sorted(files):
         try:
-            meta = pq.ParquetFile(path).metadata
+            fragment = fmt.make_fragment(path, filesystem=_local())
+            fragment.ensure_complete_metadata()
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on a bad file
             raise DataError(f"{path}: cannot read it as Parquet: {exc}") from None
-        pieces += [Piece(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
-                   if meta.row_group(i).num_rows > 0]
+        pieces += [Piece(path, g.id, g.num_rows) for g in fragment.row_groups if g.num_rows > 0]
     return pieces
+
+
+def _local():
+    import pyarrow.fs as pfs
+
+    return pfs.LocalFileSystem()
 
 
 def reader_range(total: int, reader: int, readers: int, drop_uneven: bool) -> tuple[int, int]:
@@ -220,9 +229,10 @@ class ParquetStream(torch.utils.data.IterableDataset):
             yield from self._batches(merged, held)
 
     def _read(self, piece: Piece, first: int, stop: int) -> dict[str, np.ndarray]:
-        import pyarrow.parquet as pq
+        import pyarrow.dataset as ds
 
-        table = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=self.columns)
+        fragment = ds.ParquetFileFormat().make_fragment(piece.path, filesystem=_local(), row_groups=[piece.row_group])
+        table = fragment.to_table(columns=self.columns)
         if first or stop < piece.rows:
             table = table.slice(first, stop - first)
         return {c: table.column(c).to_numpy() for c in self.columns}
