@@ -148,15 +148,26 @@ class ParquetStream(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.drop_uneven = drop_uneven
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # [epoch, batches to leave out] in shared memory: data-loader workers see what the main
+        # process sets, persistent workers included
+        self._state = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self.peak_rows = 0
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return int(self._state[0])
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch of the next iteration (seeds the piece order and the buffer)."""
-        self._epoch[0] = epoch
+        """The epoch of the next iteration (seeds the piece order and the buffer), from its start."""
+        self._state[0], self._state[1] = epoch, 0
+
+    def resume_at(self, epoch: int, batches: int = 0) -> None:
+        """The next iteration is epoch ``epoch`` and leaves out the first ``batches`` batches this
+        process's ``DataLoader`` would yield (resuming from a checkpoint written mid-epoch). The
+        ``DataLoader`` takes the workers' batches in turn (worker 0, 1, ..., skipping a worker that
+        has none left); each worker leaves out its share of those ``batches``. The rows are read
+        again up to that point (the buffer must shuffle as it did), but not turned into tensors."""
+        self._state[0], self._state[1] = epoch, max(0, int(batches))
 
     def rows_per_reader(self, num_workers: int = 0) -> list[int]:
         """Rows each reader of this process reads in an epoch (one entry per data-loader worker;
@@ -189,9 +200,15 @@ class ParquetStream(torch.utils.data.IterableDataset):
     def iter_reader(self, worker: int, num_workers: int) -> Iterator[Columns]:
         """The batches of data-loader worker ``worker`` of ``num_workers`` in this process (what
         ``__iter__`` runs inside a worker; callable directly to simulate workers in tests)."""
-        epoch = self.epoch
+        epoch, skip = int(self._state[0]), int(self._state[1])
+        counts = [-(-n // self.batch_size) for n in self.rows_per_reader(num_workers)]
+        skips, turn = worker_skips(counts, skip)
+        # the DataLoader starts its turns at worker 0: after a resume, worker 0 plays the reader
+        # whose turn came next, so the batches come in the order of an uninterrupted epoch
+        role = (worker + turn) % num_workers
+        self._left_out = skips[role]
         readers = self.world_size * num_workers
-        reader = self.rank * num_workers + worker
+        reader = self.rank * num_workers + role
         lo, hi = reader_range(self.total_rows, reader, readers, self.drop_uneven)
         rng = np.random.default_rng([self.seed, epoch, reader]) if self.shuffle and self.buffer_rows else None
         buffer: list[dict[str, np.ndarray]] = []
@@ -239,8 +256,26 @@ class ParquetStream(torch.utils.data.IterableDataset):
 
     def _batches(self, cols: dict[str, np.ndarray], rows: int) -> Iterator[Columns]:
         for s in range(0, rows, self.batch_size):
+            if self._left_out:
+                self._left_out -= 1
+                continue
             e = min(s + self.batch_size, rows)
             yield {k: _tensor(v[s:e]) for k, v in cols.items()}
+
+
+def worker_skips(counts: Sequence[int], batches: int) -> tuple[list[int], int]:
+    """How many of the first ``batches`` batches a ``DataLoader`` yields come from each worker,
+    when worker ``w`` has ``counts[w]`` batches and the workers take turns (one that has none left
+    is passed over); and whose turn is next."""
+    skips = [0] * len(counts)
+    left = min(batches, sum(counts))
+    turn = 0
+    while left:
+        if skips[turn] < counts[turn]:
+            skips[turn] += 1
+            left -= 1
+        turn = (turn + 1) % len(counts)
+    return skips, turn
 
 
 def _tensor(v: np.ndarray) -> "torch.Tensor | np.ndarray":

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mtlframe.errors import ArgumentError, DataError
-from mtlframe.streaming import ParquetStream, reader_range
+from mtlframe.streaming import ParquetStream, reader_range, worker_skips
 
 # 3 files (fewer than the 4 readers of 2 processes x 2 workers), row groups of uneven sizes:
 # file rows 37 (groups of 10), 5 (one group), 61 (groups of 16) -> 103 rows, 9 row groups
@@ -163,6 +163,29 @@ def test_two_gloo_processes_with_two_workers_each(data_dir, tmp_path):
         assert len(ids) == len(set(ids)) == 100 and set(ids) <= set(range(N))
     assert got["train"][0] != got["train"][1]
     assert sorted(got["eval"]) == list(range(N))
+
+
+def test_worker_skips_follow_the_dataloaders_turns():
+    assert worker_skips([6, 6, 6, 5], 3) == ([1, 1, 1, 0], 3)
+    assert worker_skips([6, 6, 6, 5], 21) == ([6, 5, 5, 5], 1)      # 5 full turns, then worker 0
+    assert worker_skips([2, 1], 3) == ([2, 1], 1)                   # worker 1 is passed over once empty
+    assert worker_skips([2, 1], 9) == ([2, 1], 1)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_resume_leaves_out_the_batches_already_trained(data_dir):
+    # one process, 4 real workers of 26, 26, 26, 25 rows at batch 5: 6, 6, 6, 5 batches (23), which
+    # the DataLoader takes in turn; resuming after k batches yields exactly the rest of the epoch
+    ds = ParquetStream(data_dir, columns=["id"], batch_size=5, shuffle=True, buffer_rows=12)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4)
+    ds.set_epoch(3)
+    full = [b["id"].tolist() for b in loader]
+    assert len(full) == ds.batches_per_epoch(4) == 23
+    for k in (0, 3, 21, 23):
+        ds.resume_at(3, k)
+        assert [b["id"].tolist() for b in loader] == full[k:]
+    ds.set_epoch(3)                      # set_epoch starts the epoch from its first batch again
+    assert [b["id"].tolist() for b in loader] == full
 
 
 def test_errors_name_the_folder_file_and_column(tmp_path, data_dir):
