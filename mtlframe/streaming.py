@@ -206,7 +206,7 @@ class ParquetStream(torch.utils.data.IterableDataset):
         # the DataLoader starts its turns at worker 0: after a resume, worker 0 plays the reader
         # whose turn came next, so the batches come in the order of an uninterrupted epoch
         role = (worker + turn) % num_workers
-        self._left_out = skips[role]
+        left_out = [skips[role]]    # batches still to leave out (shared with _batches)
         readers = self.world_size * num_workers
         reader = self.rank * num_workers + role
         lo, hi = reader_range(self.total_rows, reader, readers, self.drop_uneven)
@@ -219,23 +219,16 @@ class ParquetStream(torch.utils.data.IterableDataset):
             end = start + piece.rows
             if end > lo and start < hi:
                 chunk = self._read(piece, max(lo - start, 0), min(hi, end) - start)
-                self.peak_rows = max(self.peak_rows, held + len(next(iter(chunk.values()))))
-                if rng is None:
-                    buffer.append(chunk)
-                    held += len(next(iter(chunk.values())))
-                    if held >= self.batch_size:
-                        merged = _concat(buffer)
-                        keep = held - held % self.batch_size
-                        yield from self._batches(merged, keep)
-                        buffer, held = _rest(merged, keep)
-                else:
-                    buffer.append(chunk)
-                    held += len(next(iter(chunk.values())))
-                    if held > self.buffer_rows:
-                        merged = _permute(_concat(buffer), rng)
-                        emit = (held - self.buffer_rows) // self.batch_size * self.batch_size
-                        yield from self._batches(merged, emit)
-                        buffer, held = _rest(merged, emit)
+                buffer.append(chunk)
+                held += len(next(iter(chunk.values())))
+                self.peak_rows = max(self.peak_rows, held)
+                # whole batches out: all of them (no buffer), or those above buffer_rows
+                emit = held - held % self.batch_size if rng is None else \
+                    max(held - self.buffer_rows, 0) // self.batch_size * self.batch_size
+                if emit:
+                    merged = _concat(buffer) if rng is None else _permute(_concat(buffer), rng)
+                    yield from self._batches(merged, emit, left_out)
+                    buffer, held = _rest(merged, emit)
             start = end
             if start >= hi:
                 break
@@ -243,7 +236,7 @@ class ParquetStream(torch.utils.data.IterableDataset):
             merged = _concat(buffer)
             if rng is not None:
                 merged = _permute(merged, rng)
-            yield from self._batches(merged, held)
+            yield from self._batches(merged, held, left_out)
 
     def _read(self, piece: Piece, first: int, stop: int) -> dict[str, np.ndarray]:
         import pyarrow.dataset as ds
@@ -254,10 +247,10 @@ class ParquetStream(torch.utils.data.IterableDataset):
             table = table.slice(first, stop - first)
         return {c: table.column(c).to_numpy() for c in self.columns}
 
-    def _batches(self, cols: dict[str, np.ndarray], rows: int) -> Iterator[Columns]:
+    def _batches(self, cols: dict[str, np.ndarray], rows: int, left_out: list[int]) -> Iterator[Columns]:
         for s in range(0, rows, self.batch_size):
-            if self._left_out:
-                self._left_out -= 1
+            if left_out[0]:
+                left_out[0] -= 1
                 continue
             e = min(s + self.batch_size, rows)
             yield {k: _tensor(v[s:e]) for k, v in cols.items()}
