@@ -121,7 +121,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
         tensors, others as numpy arrays).
 
     Raises:
-        DataError: no Parquet file at ``source``, or a column missing from a file (both named).
+        DataError: no Parquet file at ``source``, or a column missing from a file (both named);
+            when iterated, a missing value in an integer or boolean column (file, column, row
+            group named).
         ArgumentError: ``batch_size < 1``, ``buffer_rows < 0``, or ``rank`` not in
             ``[0, world_size)``.
     """
@@ -240,11 +242,21 @@ class ParquetStream(torch.utils.data.IterableDataset):
 
     def _read(self, piece: Piece, first: int, stop: int) -> dict[str, np.ndarray]:
         import pyarrow.dataset as ds
+        import pyarrow.types as pa_types
 
         fragment = ds.ParquetFileFormat().make_fragment(piece.path, filesystem=_local(), row_groups=[piece.row_group])
         table = fragment.to_table(columns=self.columns)
         if first or stop < piece.rows:
             table = table.slice(first, stop - first)
+        for c in self.columns:
+            col = table.column(c)
+            if col.null_count and (pa_types.is_integer(col.type) or pa_types.is_boolean(col.type)):
+                # pyarrow would turn the column into float64 (integers) or objects (booleans)
+                raise DataError(
+                    f"{piece.path}: column {c!r} ({col.type}) has {col.null_count} missing value(s) in row "
+                    f"group {piece.row_group}; an integer or boolean column cannot be missing when "
+                    f"streamed: write missing ids as the out-of-vocabulary code 0 (as `mtlframe prepare` "
+                    f"does), or store the column as float with NaN")
         return {c: table.column(c).to_numpy() for c in self.columns}
 
     def _batches(self, cols: dict[str, np.ndarray], rows: int, left_out: list[int]) -> Iterator[Columns]:

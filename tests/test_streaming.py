@@ -200,6 +200,14 @@ def test_errors_name_the_folder_file_and_column(tmp_path, data_dir):
     (data_dir / "part-9.parquet").write_text("not parquet")
     with pytest.raises(DataError, match=r"part-9.parquet: cannot read it as Parquet"):
         ParquetStream(data_dir)
+    holes = tmp_path / "holes"
+    holes.mkdir()
+    pq.write_table(pa.table({"id": pa.array([1, None, 3], pa.int64()), "x": [0.5, None, 1.0]}),
+                   holes / "a.parquet")
+    assert ParquetStream(holes, columns=["x"]).total_rows == 3      # float NaN stays a missing value
+    assert np.isnan(next(iter(ParquetStream(holes, columns=["x"])))["x"][1])
+    with pytest.raises(DataError, match=r"a.parquet: column 'id' \(int64\) has 1 missing value\(s\) in row group 0"):
+        list(ParquetStream(holes))
     with pytest.raises(ArgumentError, match="rank must be in \\[0, world_size=2\\), got 2"):
         ParquetStream(data_dir, rank=2, world_size=2)
     with pytest.raises(ArgumentError, match="batch_size must be at least 1"):
