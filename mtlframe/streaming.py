@@ -115,6 +115,10 @@ class ParquetStream(torch.utils.data.IterableDataset):
         buffer_rows: rows of the shuffle buffer (bounded memory; ``0`` turns it off).
         rank, world_size: this process's place under DDP.
         drop_uneven: cut every reader to the same number of rows (training under DDP).
+        num_workers: the ``num_workers`` of the ``DataLoader`` that will read it, when known: gives
+            the dataset a length (``len()``: batches per epoch of this process; without it ``len()``
+            raises ``TypeError``, which Lightning reads as "no length"), and iterating it from
+            another number of workers is an error.
 
     Yields:
         ``dict[str, Tensor | ndarray]``: each column ``[B]`` (numeric and boolean columns as
@@ -124,13 +128,15 @@ class ParquetStream(torch.utils.data.IterableDataset):
         DataError: no Parquet file at ``source``, or a column missing from a file (both named);
             when iterated, a missing value in an integer or boolean column (file, column, row
             group named).
-        ArgumentError: ``batch_size < 1``, ``buffer_rows < 0``, or ``rank`` not in
-            ``[0, world_size)``.
+        ArgumentError: ``batch_size < 1``, ``buffer_rows < 0``, ``rank`` not in
+            ``[0, world_size)``, ``num_workers < 0``; when iterated, a ``DataLoader`` with another
+            number of workers than ``num_workers``.
     """
 
     def __init__(self, source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
                  batch_size: int = 1024, shuffle: bool = False, seed: int = 0, buffer_rows: int = 1 << 16,
-                 rank: int = 0, world_size: int = 1, drop_uneven: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, drop_uneven: bool = False,
+                 num_workers: int | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ArgumentError("batch_size", f"batch_size must be at least 1, got {batch_size}")
@@ -138,6 +144,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
             raise ArgumentError("buffer_rows", f"buffer_rows must be 0 or more, got {buffer_rows}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ArgumentError("rank", f"rank must be in [0, world_size={world_size}), got {rank}")
+        if num_workers is not None and num_workers < 0:
+            raise ArgumentError("num_workers", f"num_workers must be 0 or more, got {num_workers}")
+        self.num_workers = num_workers
         self.files = _parquet_files(source)
         self.pieces = list_pieces(self.files)
         self.total_rows = sum(p.rows for p in self.pieces)
@@ -187,9 +196,18 @@ class ParquetStream(torch.utils.data.IterableDataset):
         same on every process when ``drop_uneven``)."""
         return sum(-(-n // self.batch_size) for n in self.rows_per_reader(num_workers))
 
+    def __len__(self) -> int:
+        if self.num_workers is None:
+            raise TypeError("ParquetStream has a length only when built with num_workers")
+        return self.batches_per_epoch(self.num_workers)
+
     def __iter__(self) -> Iterator[Columns]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.num_workers is not None and workers != max(1, self.num_workers):
+            raise ArgumentError("num_workers", f"the stream was built for num_workers={self.num_workers} "
+                                f"but is read by {workers} DataLoader worker(s); its length and shares "
+                                f"depend on it: build it with the DataLoader's num_workers")
         return self.iter_reader(worker, workers)
 
     def piece_order(self, epoch: int) -> list[Piece]:

@@ -108,6 +108,16 @@ def test_rows_held_are_bounded_by_the_buffer_and_one_row_group(data_dir):
     assert ds.peak_rows <= 3 + 16
 
 
+def test_length_is_known_when_the_worker_count_is(data_dir):
+    ds = ParquetStream(data_dir, columns=["id"], batch_size=8, rank=1, world_size=2, num_workers=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    assert len(ds) == len(loader) == 8 == len(list(loader))      # 26 + 25 rows -> 4 + 4 batches
+    with pytest.raises(TypeError, match="only when built with num_workers"):
+        len(ParquetStream(data_dir))
+    with pytest.raises(ArgumentError, match="built for num_workers=2 but is read by 1 DataLoader worker"):
+        list(ds)
+
+
 def test_reader_ranges_cover_the_rows_once():
     for total in (0, 1, 7, 103):
         for readers in (1, 3, 4, 8):
