@@ -2,8 +2,9 @@
 
 :class:`ParquetStream` is a ``torch.utils.data.IterableDataset`` over a directory (or a list) of
 Parquet files read with ``pyarrow.dataset``. It yields ``dict[str, Tensor]`` batches (numeric
-columns as tensors, other columns as numpy arrays) built from Arrow record batches with one
-``take`` per column: there is no per-row Python on the hot path and no collate (build the
+columns as tensors, other columns as numpy arrays) built from whole row groups with numpy
+(one permutation per column when the buffer shuffles, then slices): there is no per-row Python on
+the hot path and no collate (build the
 ``DataLoader`` with ``batch_size=None``).
 
 **Units of work.** The files are split into *pieces*, one per Parquet row group (a
@@ -14,7 +15,7 @@ unit that is read, so peak memory is one row group plus the shuffle buffer, inde
 data size.
 
 **Sharding: every row exactly once.** At each epoch all readers compute the same order of pieces
-(a permutation seeded by ``seed + epoch``; identity without ``shuffle``) and see the pieces, in
+(a permutation seeded by (``seed``, epoch); identity without ``shuffle``) and see the pieces, in
 that order, as one sequence of ``N`` rows. The ``S = world_size * num_workers`` readers (process
 ``rank``, data-loader worker ``id``; reader ``rank * num_workers + id``) take contiguous ranges of
 that sequence of ``N // S`` or ``N // S + 1`` rows. A range may start or end inside a row group:
@@ -30,14 +31,18 @@ rows of the epoch's piece order, a different set at every shuffled epoch. This i
 ``drop_uneven=False`` (evaluation) every row is read once and the shares may differ by one row
 (no padding: repeated rows would shift AUC).
 
-**Shuffling.** By piece (above), then by a bounded buffer per reader: record batches are appended
-to a buffer of at most ``buffer_rows + one row group`` rows; once it holds more than
+**Shuffling.** By piece (above), then by a bounded buffer per reader: row groups are appended
+to the buffer; once it holds more than
 ``buffer_rows`` rows it is permuted and full batches are taken from its front, the rest staying to
 mix with the next pieces. The generator is seeded by (``seed``, epoch, reader), so an epoch is
 reproducible and epochs differ. ``buffer_rows=0`` turns the buffer off (rows in piece order).
 
+**Memory.** A reader holds at most ``buffer_rows + batch_size - 1`` rows plus one row group
+(``peak_rows`` records it after an iteration in the same process), whatever the number of files.
+
 **Epochs.** Call :meth:`set_epoch` before each epoch (in the main process). The epoch lives in a
-shared-memory tensor, so data-loader workers (persistent or not) see it.
+shared-memory tensor, so data-loader workers (persistent or not) see it. :meth:`resume_at`
+starts an epoch after its first batches (a resumed run), in the uninterrupted order.
 """
 from __future__ import annotations
 
