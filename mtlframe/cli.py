@@ -115,6 +115,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     con = _console()
     con.print(f"fitted on {state['rows']:,} rows of {len(state['fingerprint'])} file(s)"
               + (f"; vocabularies: {sizes}" if sizes else ""))
+    from mtlframe.preprocess import collision_text
+
+    for col, rep in state["preprocessor"].get("hash_report", {}).items():
+        con.print(collision_text(col, rep))
     con.print(f"prepared preprocessor: {target}")
     return 0
 

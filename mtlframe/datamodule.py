@@ -14,7 +14,7 @@ from mtlframe.datasets.base import RecDataset, Table
 from mtlframe.errors import DataError, RecipeError, closest, near_hint
 from mtlframe.features import GROUP_KEY, FeatureInfo, TaskSpec, label_key, mask_key
 from mtlframe.history import History, build_history, split_ranks
-from mtlframe.preprocess import TIME_GAP, LabelSpec, Preprocessor, SequenceSpec
+from mtlframe.preprocess import TIME_GAP, LabelSpec, Preprocessor, SequenceSpec, collision_text
 from mtlframe.process_memory import pin_mmap_threshold, release_freed_memory
 from mtlframe.recipe import Recipe
 
@@ -307,6 +307,7 @@ def preprocess_summary(pre: Preprocessor, reports: Mapping[str, Mapping[str, Any
             policy = pre.fill_missing.get(col)
             lines.append(f"numeric feature '{col}': {n} missing value(s) ({where}) filled with {value:g} "
                          f"(data.fill_missing: {policy})")
+    lines += [collision_text(col, rep) for col, rep in pre.hash_report.items()]
     for col, (low, high) in pre.clip.items():
         n, where = counts("clipped", col)
         if n:
@@ -440,10 +441,7 @@ class RecDataModule(pl.LightningDataModule):
         if table.user and table.user in table.frame.columns:
             user = table.frame[table.user].to_numpy()
             users = {k: user[v] for k, v in idx.items()}
-        numeric = [c for c, t in features.items() if t == "numeric"]
-        pre = Preprocessor(features, labels, min_count=self.cfg.min_count,
-                           fill_missing={c: self.cfg.fill_policy(c) for c in numeric},
-                           clip={c: r for c, r in self.cfg.clip.items() if c in numeric}, sequences=specs)
+        pre = Preprocessor(features, labels, sequences=specs, **self.cfg.preprocessor_options(features))
         #: ``feature -> History`` of every row, for the sequence features built from the log
         self.histories = self._build_histories(table, specs, idx)
         pre.fit(table.frame, table.source, rows=idx["train"], histories=self.histories)
@@ -637,16 +635,7 @@ class RecDataModule(pl.LightningDataModule):
             labels.append(LabelSpec(tname, task.label, "binary" if task.type == "retrieval" else task.type,
                                     task.missing_label))
         problems += self._leakage(table, labels)
-        numeric = [c for c, t in used.items() if t == "numeric"]
-        named = {**({f"data.fill_missing.{c}": c for c in self.cfg.fill_missing}
-                    if isinstance(self.cfg.fill_missing, dict) else {}),
-                 **{f"data.clip.{c}": c for c in self.cfg.clip}}
-        for path, col in named.items():
-            if col not in numeric:
-                near = closest(col, numeric)
-                problems.append((path, f"'{col}' is not a numeric feature of the model's encoders"
-                                 + near_hint(near, ".")
-                                 + f" Numeric features: {', '.join(numeric) or 'none'}."))
+        problems += self.cfg.feature_key_problems(used)  # fill_missing, clip, min_count, max_vocab, hash_buckets
         group_col = self.recipe.metrics_group_column()
         if group_col is not None and group_col not in table.frame.columns:
             near = closest(group_col, table.frame.columns)

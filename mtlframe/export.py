@@ -12,10 +12,12 @@ the same rows; a difference above :data:`TOLERANCE` fails the export and leaves 
 Inputs (``B`` = batch, dynamic; see ``docs/export.md``):
 
 * categorical feature ``f`` -> ``f``: int64 ``[B]``, ``vocabulary index + 1``, 0 = out of
-  vocabulary or missing;
+  vocabulary or missing; a hashed one (``data.hash_buckets``): ``1 + stable_hash(canonical text)
+  mod N``, 0 = missing (the contract's ``hash`` entry spells the hash out, see :data:`HASH_SPEC`);
 * numeric feature ``f`` -> ``f``: float32 ``[B]``, ``(clip(x or fill) - mean) / std``;
 * multi-categorical feature ``f`` -> ``f``: int64 ``[B, M]`` (``M`` dynamic), ``|``-separated
-  tokens, ``vocabulary index + 2``, 1 = unknown, 0 = padding (right-padded);
+  tokens, ``vocabulary index + 2``, 1 = unknown, 0 = padding (right-padded); hashed: each token's
+  ``1 + stable_hash(token) mod N``, 0 = padding;
 * sequence feature ``f`` -> ``f``: int64 ``[B, L]`` (``L`` = ``max_len``, fixed), left-padded
   (most recent last), ``id-space index + 2``, 1 = unknown, 0 = padding; side field ``g`` ->
   ``f:g``: float32 ``[B, L]`` standardized, 0 at padding;
@@ -53,6 +55,7 @@ import torch
 from torch import nn
 
 from mtlframe.errors import DataError, MTLFrameError
+from mtlframe.preprocess import HASH_KEY
 
 #: largest absolute difference between an exported output and ``predict``'s that passes the self-check
 TOLERANCE = 1e-5
@@ -404,6 +407,28 @@ CATEGORY_TEXT = ("A raw value is compared as text: strip surrounding blanks; an 
                  "'int' the vocabulary holds integers and a raw integer is compared as an integer.")
 
 
+#: how a hashed feature's value becomes a code, for a server without mtlframe (the ``hash`` entry
+#: of a hashed input; ``tests/test_hashing.py`` recomputes codes from it alone)
+HASH_SPEC = {
+    "function": "siphash-2-4 then splitmix64-finalizer",
+    "key": HASH_KEY, "key_encoding": "ascii", "encoding": "utf-8",
+    "siphash": "SipHash-2-4 (Aumasson & Bernstein 2012) of the UTF-8 bytes of the canonical text, with the 16 ASCII "
+               "bytes of key as the 128-bit key (k0 = bytes 0-7, k1 = bytes 8-15, little-endian); the 64-bit "
+               "result as an unsigned integer",
+    "finalizer": "x ^= x >> 30; x = x * 0xBF58476D1CE4E5B9 mod 2^64; x ^= x >> 27; x = x * 0x94D049BB133111EB "
+                 "mod 2^64; x ^= x >> 31",
+    "canonical": "an integer -> its decimal digits (7, -3); a float with an integer value and |x| < 2^53 -> the "
+                 "same digits (7.0 -> '7'); another float -> Python's str (7.5 -> '7.5', inf -> 'inf'); a boolean -> "
+                 "'True' / 'False'; a string -> itself with surrounding blanks stripped, as written ('007' and "
+                 "'7.0' stay themselves); null, NaN, an empty or blank string -> missing. A multi-categorical "
+                 "token is a string (the cell split on the separator, each token stripped).",
+}
+
+
+def _hash_entry(n: int) -> dict[str, Any]:
+    return {**HASH_SPEC, "num_buckets": int(n)}
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -440,7 +465,11 @@ def contract(loaded, inputs: Sequence[GraphInput], folder: Path, text_rows: Sequ
     items = []
     for g in inputs:
         d: dict[str, Any] = {"name": g.name, "kind": g.kind, "dtype": g.dtype, "shape": list(g.shape)}
-        if g.kind == "categorical":
+        if g.kind == "categorical" and g.name in pre.hash_buckets:
+            d.update(column=g.name, hash=_hash_entry(pre.hash_buckets[g.name]), missing_code=0,
+                     rule="code = 1 + finalizer(siphash(canonical text)) % num_buckets (see hash); missing -> 0; "
+                          "no vocabulary, nothing is out of it")
+        elif g.kind == "categorical":
             d.update(column=g.name, vocabulary=_vocab_entry(pre.vocab[g.name], g.name, folder), oov_code=0,
                      missing_code=0, rule="code = 1 + position of the value in vocabulary; unknown or missing -> 0. "
                      + CATEGORY_TEXT)
@@ -452,6 +481,12 @@ def contract(loaded, inputs: Sequence[GraphInput], folder: Path, text_rows: Sequ
                      rule="x = float(raw) (inf and -inf count as missing); missing -> fill (fill null: the row "
                           "is refused); x = min(max(x, clip[0]), clip[1]) when clip is set; "
                           "value = float32((x - mean) / std)")
+        elif g.kind == "multi_categorical" and g.name in pre.hash_buckets:
+            d.update(column=g.name, hash=_hash_entry(pre.hash_buckets[g.name]), separator="|",
+                     max_len=pre.multi_len[g.name], padding_code=0, padding="right",
+                     rule="split the cell on '|', strip each token; token code = 1 + finalizer(siphash(token)) % "
+                          "num_buckets (see hash); an empty token takes a slot but no code; keep the first max_len "
+                          "slots, right-pad with 0 (any width >= 1 works)")
         elif g.kind == "multi_categorical":
             d.update(column=g.name, vocabulary=_vocab_entry(pre.vocab[g.name], g.name, folder), separator="|",
                      max_len=pre.multi_len[g.name], padding_code=0, oov_code=1, padding="right",

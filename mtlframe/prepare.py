@@ -8,7 +8,11 @@ What is fitted is exactly what :meth:`mtlframe.preprocess.Preprocessor.fit` fits
   order of frequency (ties in order of first appearance, as pandas' ``value_counts``). An integer
   column without a null keeps an int64 vocabulary; one with a null (or a float column) gets the
   strings :func:`~mtlframe.preprocess._as_str` gives for the same distinct values.
+  ``data.max_vocab`` keeps the most frequent (after ``min_count``, ties in that order).
 * ``multi_categorical``: token counts and the longest row (capped at ``max_multi_len``).
+* hashed columns (``data.hash_buckets``): no counts; which of the ``N`` buckets are used (``N``
+  bytes), from which the distinct values are estimated for the collision report
+  (:func:`~mtlframe.preprocess.collision_report`; the in-memory fit counts them exactly).
 * ``numeric``: count, mean and the population std (``ddof=0``) merged batch by batch (Chan et
   al., "Updating formulae and a pairwise algorithm for computing sample variances", 1979);
   ``fill_missing`` ``mean``, ``zero`` or a number. ``median`` needs every value and is refused.
@@ -17,7 +21,8 @@ What is fitted is exactly what :meth:`mtlframe.preprocess.Preprocessor.fit` fits
 * ``sequence`` features are not prepared yet (refused, naming the feature).
 
 Memory: one record batch (``batch_rows`` rows of the needed columns) plus the counts of the
-distinct values of each categorical column (the vocabulary being fitted), whatever the number of rows.
+distinct values of each categorical column (the vocabulary being fitted; ``N`` bytes for a hashed
+one), whatever the number of rows.
 
 **The training split is the directory.** The in-memory path fits on the rows of
 ``data.split``'s training split; a prepared state is fitted on every row of the directory, so the
@@ -43,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from mtlframe.errors import DataError, RecipeError
-from mtlframe.preprocess import LabelSpec, Preprocessor, _as_str
+from mtlframe.preprocess import LabelSpec, Preprocessor, _as_str, hash_codes
 
 #: name of the saved state (inside the data directory unless ``--output``)
 STATE_NAME = "_mtlframe_prepared.pt"
@@ -105,12 +110,12 @@ def _merge_counts(total: dict, counts: pd.Series) -> None:
         total[k] = total.get(k, 0) + n
 
 
-def _sorted_vocab(counts: Mapping[Any, int], min_count: int) -> list:
+def _sorted_vocab(counts: Mapping[Any, int], min_count: int, max_vocab: int | None = None) -> list:
     """Keys seen ``min_count`` times or more, by descending count (ties: first appearance), as
-    ``Series.value_counts`` orders them."""
+    ``Series.value_counts`` orders them; the first ``max_vocab`` of them (all when ``None``)."""
     s = pd.Series(list(counts.values()), index=pd.Index(list(counts.keys()), dtype=object), dtype=np.int64)
     s = s.sort_values(ascending=False, kind="stable")
-    return s[s >= min_count].index.tolist()
+    return s[s >= min_count].index.tolist()[:max_vocab]
 
 
 def unsupported(pre: Preprocessor) -> list[tuple[str, str]]:
@@ -146,7 +151,10 @@ class StreamingFit:
         self.rows = 0
         #: the file being read (named in errors, with rows counted within it) and its first row in ``rows``
         self.file, self.file_start = source, 0
-        self.counts: dict[str, dict] = {c: {} for c, t in pre.features.items() if t in ("categorical", "multi_categorical")}
+        self.counts: dict[str, dict] = {c: {} for c, t in pre.features.items()
+                                        if t in ("categorical", "multi_categorical") and c not in pre.hash_buckets}
+        #: hashed column -> which of its buckets a value fell in (bucket ``code - 1``)
+        self.buckets: dict[str, np.ndarray] = {c: np.zeros(n, dtype=bool) for c, n in pre.hash_buckets.items()}
         self.nulls: dict[str, bool] = {}
         self.present: dict[str, int] = {c: 0 for c in pre.features}
         self.longest: dict[str, int] = {}
@@ -167,7 +175,18 @@ class StreamingFit:
         pre, rows, where = self.pre, np.arange(start, start + len(frame)), self.file
         for col, typ in pre.features.items():
             series = frame[col].reset_index(drop=True)
-            if typ == "categorical":
+            if col in self.buckets:  # hashed: which buckets are used, no counts
+                if typ == "multi_categorical":
+                    tokens = _as_str(series).dropna().str.split("|")
+                    self.present[col] += len(tokens)
+                    if len(tokens):
+                        self.longest[col] = max(self.longest.get(col, 0), int(tokens.map(len).max()))
+                    series = tokens.explode().str.strip().reset_index(drop=True)
+                codes = hash_codes(series, pre.hash_buckets[col])
+                if typ == "categorical":
+                    self.present[col] += int((codes > 0).sum())
+                self.buckets[col][codes[codes > 0] - 1] = True
+            elif typ == "categorical":
                 if self.integer.get(col):
                     self.nulls[col] = self.nulls.get(col, False) or bool(series.isna().any())
                     vals = series.dropna().astype(np.int64)
@@ -234,8 +253,12 @@ class StreamingFit:
                             "(or zero, a number; `data.fill_missing: mean` for every numeric feature).")
         for col, typ in pre.features.items():
             pre._check_not_empty(shape, self.present[col], n, col, typ, self.source)
-            if typ == "categorical":
-                keys = _sorted_vocab(self.counts[col], pre.min_count)
+            if col in self.buckets:
+                pre.set_hash_report(col, None, int(self.buckets[col].sum()), self.source)
+                if typ == "multi_categorical":
+                    pre.multi_len[col] = int(min(max(self.longest.get(col, 1), 1), pre.max_multi_len))
+            elif typ == "categorical":
+                keys = _sorted_vocab(self.counts[col], *pre.cut(col))
                 if self.integer.get(col) and not self.nulls.get(col):
                     pre.vocab[col] = np.array(keys, dtype=np.int64)
                 elif self.integer.get(col):  # a null makes the whole column float in memory: "3", not 3
@@ -243,7 +266,7 @@ class StreamingFit:
                 else:
                     pre.vocab[col] = [str(k) for k in keys]
             elif typ == "multi_categorical":
-                pre.vocab[col] = [str(k) for k in _sorted_vocab(self.counts[col], pre.min_count)]
+                pre.vocab[col] = [str(k) for k in _sorted_vocab(self.counts[col], *pre.cut(col))]
                 pre.multi_len[col] = int(min(max(self.longest.get(col, 1), 1), pre.max_multi_len))
             elif typ == "numeric":
                 count, mean, m2 = self.moments[col]
@@ -335,10 +358,10 @@ def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
             features[col] = declared[col]
     labels = [LabelSpec(name, task.label, "binary" if task.type == "retrieval" else task.type, task.missing_label)
               for name, task in recipe.config.tasks.items()]
-    numeric = [c for c, t in features.items() if t == "numeric"]
-    pre = Preprocessor(features, labels, min_count=cfg.min_count,
-                       fill_missing={c: cfg.fill_policy(c) for c in numeric},
-                       clip={c: r for c, r in cfg.clip.items() if c in numeric})
+    problems = cfg.feature_key_problems(features)
+    if problems:
+        raise RecipeError(problems, recipe.source, recipe.lines)
+    pre = Preprocessor(features, labels, **cfg.preprocessor_options(features))
     problems = unsupported(pre)
     if problems:
         raise RecipeError(problems, recipe.source, recipe.lines)
@@ -374,6 +397,7 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
 
 #: the settings a prepared state must share with the recipe that reuses it: ``state key -> recipe key``
 _SETTINGS = {"features": "model.encoders / data.dataset.features", "labels": "tasks", "min_count": "data.min_count",
+             "max_vocab": "data.max_vocab", "hash_buckets": "data.hash_buckets",
              "fill_missing": "data.fill_missing", "clip": "data.clip", "max_multi_len": "(max_multi_len)"}
 
 
@@ -399,7 +423,7 @@ def load_prepared(state_file: str | Path, data: str | Path, expect: Preprocessor
     if expect is not None:
         now = expect.state_dict()
         diff = [f"{key}: prepared with {state['preprocessor'][name]!r}, the recipe has {now[name]!r}"
-                for name, key in _SETTINGS.items() if state["preprocessor"].get(name) != now[name]]
+                for name, key in _SETTINGS.items() if state["preprocessor"].get(name, {}) != now[name]]
         if diff:
             raise DataError(f"{state_file} was prepared with other settings than the recipe's:\n  " + "\n  ".join(diff)
                             + "\nRun `mtlframe prepare RECIPE` again with this recipe.")

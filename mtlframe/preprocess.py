@@ -5,6 +5,14 @@
   of frequency; id 0 is the out-of-vocabulary bucket, which also takes missing values (NaN / empty).
   Ids come out as int32 (int64 only past 2^31 - 1 categories). The vocabulary of an integer
   column is kept as an int64 array (8 bytes per entry, not one Python string each).
+  ``max_vocab`` keeps the most frequent entries only (ties: the vocabulary order); ``min_count``
+  and ``max_vocab`` can be set per column.
+* hashed (``hash_buckets: {column: N}``, categorical and multi-categorical): no vocabulary; a
+  value's code is ``1 + stable_hash(canonical(value)) mod N`` (0 stays missing / padding), see
+  :func:`hash_codes` for the canonical form and the hash; the table has ``N + 1`` rows
+  (categorical and multi-categorical alike: no out-of-vocabulary row). The fit reports the
+  distinct values seen and the expected share of them sharing a bucket (:attr:`Preprocessor.hash_report`)
+  and warns above :data:`HASH_WARN_SHARE`.
 * ``multi_categorical``: ``|``-separated tokens; id 0 is padding, 1 out-of-vocabulary, known
   tokens from 2; padded to the longest training row (at most ``max_multi_len``).
 * ``numeric``: standardized with the training mean and standard deviation (a constant column gets
@@ -200,20 +208,131 @@ def _lookup(series: pd.Series, vocab: Sequence[str] | np.ndarray) -> tuple[np.nd
     return pd.Categorical(strs, categories=_str_vocab(vocab)).codes, int(strs.isna().sum())
 
 
-def _fit_vocab(series: pd.Series, min_count: int) -> tuple[list[str] | np.ndarray, int]:
+def _fit_vocab(series: pd.Series, min_count: int, max_vocab: int | None = None) -> tuple[list[str] | np.ndarray, int]:
     """``(vocabulary, present)``: the values seen at least ``min_count`` times, most frequent
-    first (an int64 array for an integer column, else strings), and the number of present values."""
+    first (an int64 array for an integer column, else strings), at most ``max_vocab`` of them
+    (ties in the vocabulary order), and the number of present values."""
     ints = _as_int(series)
     values = pd.Series(ints, copy=False) if ints is not None else _as_str(series)
     counts = values.value_counts(dropna=True)
     present = int(counts.sum())
-    counts = counts[counts >= min_count]
+    counts = counts[counts >= min_count].iloc[:max_vocab]
     return (np.array(counts.index, dtype=np.int64) if ints is not None else [str(v) for v in counts.index]), present
 
 
 def id_dtype(cardinality: int) -> torch.dtype:
     """int32 for ids below 2^31 - 1, else int64."""
     return torch.int32 if cardinality < 2**31 - 1 else torch.int64
+
+
+#: the 16-byte SipHash key of :func:`stable_hash` (pandas' default, spelled out so that it cannot change)
+HASH_KEY = "0123456789123456"
+#: expected share of distinct values sharing a bucket above which the fit warns
+HASH_WARN_SHARE = 0.10
+#: integer-valued floats below this magnitude are written as integers (exact in float64)
+_EXACT_INT = 2.0**53
+
+
+def stable_hash(strings: np.ndarray) -> np.ndarray:
+    """uint64 hash of each string of ``strings`` (an object array of ``str``), the same in every
+    process, machine and run (never Python's salted ``hash``).
+
+    ``h = mix(SipHash-2-4(key = ASCII HASH_KEY, message = UTF-8 bytes))`` (Aumasson & Bernstein,
+    "SipHash: a fast short-input PRF", 2012), the 64-bit result read as a little-endian integer,
+    then ``mix(x)``: ``x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB;
+    x ^= x >> 31`` (mod 2^64; the SplitMix64 finalizer). This is ``pandas.util.hash_array`` of the
+    strings with ``encoding="utf8"``, ``hash_key=HASH_KEY``; ``tests/test_hashing.py`` recomputes it
+    in plain Python from this description.
+    """
+    if len(strings) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_array(np.asarray(strings, dtype=object), encoding="utf8", hash_key=HASH_KEY, categorize=False)
+
+
+def _canonical_one(v: Any) -> str | None:
+    """The canonical text of one raw value (see :func:`canonical_ids`); ``None``: missing."""
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() and abs(v) < _EXACT_INT else str(float(v))
+    text = str(v).strip()
+    return text or None
+
+
+def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, texts)``: ``texts[codes[i]]`` is the canonical text of row ``i`` (``codes`` int64
+    ``[N]``, -1 = missing; ``texts`` an object array of ``str``, one per distinct raw value).
+
+    Canonical text, value by value (so a value gets the same text whatever else its column holds,
+    and whichever file, batch or request it comes from): an integer (any integer dtype, a Python
+    ``int``) -> its decimal digits (``7``, ``-3``); a float with an integer value below 2^53 ->
+    the same digits (``7.0`` -> ``7``), another float -> Python's ``str`` (``7.5``, ``inf``); a
+    boolean -> ``True`` / ``False``; a string -> itself with surrounding blanks stripped, as written
+    (``" 7 "`` -> ``7``, but ``"7.0"`` and ``"007"`` stay themselves); NaN, None, an empty or blank
+    string -> missing. So the int ``7`` of one file and the string ``"7"`` of another are one id.
+    """
+    ints = _as_int(series)
+    if ints is not None and not pd.api.types.is_unsigned_integer_dtype(series):
+        codes, uniq = pd.factorize(ints)
+        return codes.astype(np.int64, copy=False), uniq.astype(str).astype(object)
+    if pd.api.types.is_float_dtype(series) and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
+        values = series.to_numpy()
+        codes, uniq = pd.factorize(values)  # NaN -> -1
+        whole = np.isfinite(uniq) & (np.mod(uniq, 1) == 0) & (np.abs(uniq) < _EXACT_INT)
+        texts = uniq.astype(str).astype(object)
+        texts[whole] = uniq[whole].astype(np.int64).astype(str)
+        return codes.astype(np.int64, copy=False), texts
+    codes, uniq = pd.factorize(series.to_numpy(dtype=object))
+    if all(isinstance(v, str) for v in uniq):
+        texts = np.array([v.strip() for v in uniq], dtype=object)
+    else:
+        texts = np.array([_canonical_one(v) for v in uniq], dtype=object)
+    blank = np.array([t is None or t == "" for t in texts], dtype=bool)
+    if blank.any():  # blank strings (and pd.NA) are missing
+        codes = np.where(blank[codes.clip(0)] & (codes >= 0), -1, codes)
+        texts = np.where(blank, "", texts).astype(object)
+    return codes.astype(np.int64, copy=False), texts
+
+
+def hash_codes(series: pd.Series, buckets: int) -> np.ndarray:
+    """int64 ``[N]`` codes of a hashed feature: ``1 + stable_hash(canonical text) mod buckets``,
+    0 for a missing value (see :func:`canonical_ids`, :func:`stable_hash`)."""
+    codes, texts = canonical_ids(series)
+    per_value = (stable_hash(texts) % np.uint64(buckets)).astype(np.int64) + 1
+    return np.where(codes >= 0, per_value[codes.clip(0)] if len(per_value) else 0, 0)
+
+
+def collision_report(buckets: int, distinct: int | None, used: int, estimated: bool = False) -> dict[str, Any]:
+    """What a hashed feature's fit reports: ``{"buckets", "used", "distinct", "estimated",
+    "expected_share", "buckets_for_1pct"}``.
+
+    ``expected_share``: the expected share of the ``distinct`` values that share their bucket
+    with another, ``1 - (1 - 1/N)^(d - 1)`` for ``d`` values hashed uniformly into ``N`` buckets.
+    ``distinct`` ``None`` (streamed fit): estimated from the buckets used by linear counting,
+    ``-N ln(1 - used/N)`` (Whang, Vander-Zanden & Taylor, "A linear-time probabilistic counting
+    algorithm for database applications", 1990); ``estimated`` True then, and when every bucket is
+    used the estimate is the expected number of values that fill every bucket, ``N ln N``.
+    ``buckets_for_1pct``: the smallest ``N`` whose expected share is 1 % or less.
+    """
+    estimated = estimated or distinct is None
+    if distinct is None:
+        distinct = int(round(-buckets * np.log1p(-used / buckets))) if used < buckets else int(round(buckets * np.log(max(buckets, 2))))
+    share = float(-np.expm1((distinct - 1) * np.log1p(-1.0 / buckets))) if buckets > 1 and distinct > 1 else (
+        1.0 if distinct > 1 else 0.0)
+    need = int(np.ceil(1.0 / -np.expm1(np.log(0.99) / (distinct - 1)))) if distinct > 1 else 1
+    return {"buckets": int(buckets), "used": int(used), "distinct": int(distinct), "estimated": bool(estimated),
+            "expected_share": share, "buckets_for_1pct": need}
+
+
+def collision_text(col: str, rep: Mapping[str, Any]) -> str:
+    """One line describing a hashed feature's fit (see :func:`collision_report`)."""
+    approx = "~" if rep["estimated"] else ""
+    return (f"hashed feature '{col}': {approx}{rep['distinct']:,} distinct value(s) in {rep['buckets']:,} buckets "
+            f"({rep['used']:,} used); expected share of values sharing a bucket: {rep['expected_share']:.1%}")
 
 
 class Preprocessor:
@@ -230,6 +349,15 @@ class Preprocessor:
             before standardization; without it a value beyond float32 is an error.
         sequences: ``sequence column -> SequenceSpec`` (a sequence feature not listed takes the
             defaults: ``max_len`` 50, own vocabulary, no side fields).
+        max_vocab: ``column -> n``: keep the ``n`` most frequent values of the column's
+            vocabulary (after ``min_count``; ties in the vocabulary order); the others map to the
+            out-of-vocabulary id. ``min_count`` may also be such a mapping (unlisted columns: 1).
+        hash_buckets: ``categorical / multi-categorical column -> N``: no vocabulary, codes
+            ``1 + stable_hash(value) mod N`` (see :func:`hash_codes`); ``min_count`` / ``max_vocab``
+            do not apply to it.
+
+    Raises:
+        DataError: a ``hash_buckets`` column that is not a categorical or multi-categorical feature.
 
     Attributes (after :meth:`fit`):
         vocab: ``column -> vocabulary`` in frequency order, id ``i + 1`` for entry ``i``: a list of
@@ -242,18 +370,31 @@ class Preprocessor:
             a sequence's ``oov`` entry also holds ``"tokens"`` and ``"oov_tokens"`` (its ``oov``
             counts rows with an unknown token, ``missing`` rows with an empty history).
         seq_stats: ``"<sequence>:<field>" -> (mean, std)`` of the side fields' training tokens.
+        hash_report: ``hashed column -> collision_report(...)`` (distinct values, buckets used,
+            expected share of values sharing a bucket) of the fit.
     """
 
-    def __init__(self, features: Mapping[str, str], labels: Sequence[LabelSpec], min_count: int = 1,
+    def __init__(self, features: Mapping[str, str], labels: Sequence[LabelSpec],
+                 min_count: int | Mapping[str, int] = 1,
                  max_multi_len: int = 64, fill_missing: Mapping[str, str | float] | None = None,
                  clip: Mapping[str, Sequence[float]] | None = None,
-                 sequences: Mapping[str, SequenceSpec] | None = None) -> None:
+                 sequences: Mapping[str, SequenceSpec] | None = None,
+                 max_vocab: Mapping[str, int] | None = None,
+                 hash_buckets: Mapping[str, int] | None = None) -> None:
         self.features = dict(features)
         self.sequences: dict[str, SequenceSpec] = {c: (sequences or {}).get(c, SequenceSpec())
                                                    for c, t in self.features.items() if t == "sequence"}
         self.seq_stats: dict[str, tuple[float, float]] = {}
         self.labels = list(labels)
-        self.min_count = min_count
+        self.min_count = dict(min_count) if isinstance(min_count, Mapping) else min_count
+        self.max_vocab: dict[str, int] = {k: int(v) for k, v in (max_vocab or {}).items()}
+        self.hash_buckets: dict[str, int] = {k: int(v) for k, v in (hash_buckets or {}).items()}
+        bad = [c for c in self.hash_buckets if self.features.get(c) not in ("categorical", "multi_categorical")]
+        if bad:
+            raise DataError(f"data.hash_buckets: {', '.join(map(repr, bad))} is not a categorical or multi-categorical "
+                            f"feature of the model ({', '.join(f'{c}: {t}' for c, t in self.features.items())}); "
+                            "only those are hashed.")
+        self.hash_report: dict[str, dict[str, Any]] = {}
         self.max_multi_len = max_multi_len
         self.fill_missing: dict[str, str | float] = dict(fill_missing or {})
         self.clip: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1])) for k, v in (clip or {}).items()}
@@ -266,6 +407,23 @@ class Preprocessor:
         self.fitted = False
 
     # -- fitting -------------------------------------------------------------------------------
+    def cut(self, col: str) -> tuple[int, int | None]:
+        """``(min_count, max_vocab)`` of column ``col`` (``max_vocab`` ``None``: no cap)."""
+        mc = self.min_count.get(col, 1) if isinstance(self.min_count, Mapping) else self.min_count
+        return int(mc), self.max_vocab.get(col)
+
+    def set_hash_report(self, col: str, distinct: int | None, used: int, source: str) -> None:
+        """Record hashed column ``col``'s :func:`collision_report` and warn when its expected share
+        of values sharing a bucket exceeds :data:`HASH_WARN_SHARE`."""
+        rep = collision_report(self.hash_buckets[col], distinct, used)
+        self.hash_report[col] = rep
+        if rep["expected_share"] > HASH_WARN_SHARE:
+            warnings.warn(f"{source}: HASH COLLISIONS: {collision_text(col, rep)}, above "
+                          f"{HASH_WARN_SHARE:.0%}: those values share an embedding row and the model cannot tell "
+                          f"them apart. Raise data.hash_buckets.{col} (>= {rep['buckets_for_1pct']:,} buckets for "
+                          "1%), or use a vocabulary (remove the column from data.hash_buckets).",
+                          UserWarning, stacklevel=3)
+
     def fit(self, frame: pd.DataFrame, source: str = "data", rows: np.ndarray | None = None,
             histories: Mapping[str, History] | None = None) -> Preprocessor:
         """Fit on the training rows: ``frame``, or its rows at positions ``rows`` (no frame copy).
@@ -284,17 +442,27 @@ class Preprocessor:
             if typ == "sequence":  # after the categorical features whose codes it may share
                 continue
             series = _rows(frame[col], rows)
-            if typ == "categorical":
-                vocab, present = _fit_vocab(series, self.min_count)
+            if typ == "categorical" and col in self.hash_buckets:
+                codes, texts = canonical_ids(series)
+                self._check_not_empty(frame, int((codes >= 0).sum()), len(series), col, typ, source)
+                self._fit_hashed(col, texts[np.unique(codes[codes >= 0])], source)
+            elif typ == "categorical":
+                vocab, present = _fit_vocab(series, *self.cut(col))
                 self._check_not_empty(frame, present, len(series), col, typ, source)
                 self.vocab[col] = vocab
             elif typ == "multi_categorical":
                 tokens = _as_str(series).dropna().str.split("|")
                 self._check_not_empty(frame, len(tokens), len(series), col, typ, source)
                 lengths = tokens.map(len)
-                counts = tokens.explode().str.strip().value_counts()
-                counts = counts[(counts >= self.min_count) & (counts.index != "")]
-                self.vocab[col] = [str(v) for v in counts.index]
+                flat = tokens.explode().str.strip()
+                if col in self.hash_buckets:
+                    kept = flat.dropna()
+                    self._fit_hashed(col, kept[kept != ""].unique().to_numpy(dtype=object), source)
+                else:
+                    min_count, max_vocab = self.cut(col)
+                    counts = flat.value_counts()
+                    counts = counts[(counts >= min_count) & (counts.index != "")].iloc[:max_vocab]
+                    self.vocab[col] = [str(v) for v in counts.index]
                 self.multi_len[col] = int(min(max(int(lengths.max()) if len(lengths) else 1, 1), self.max_multi_len))
             elif typ == "numeric":
                 values = self._bounded(self._numeric(series, col, source, rows), col, source, rows, None)
@@ -339,6 +507,12 @@ class Preprocessor:
                                     f"{len(self.classes[lab.task])} class(es) in the training split; it needs two or more.")
         self.fitted = True
         return self
+
+    def _fit_hashed(self, col: str, texts: np.ndarray, source: str) -> None:
+        """Collision report of hashed column ``col`` from the distinct canonical texts of its training values."""
+        texts = pd.unique(np.asarray(texts, dtype=object))  # texts of raw values that differ only by blanks merge
+        used = len(np.unique(stable_hash(texts) % np.uint64(self.hash_buckets[col])))
+        self.set_hash_report(col, len(texts), used, source)
 
     @staticmethod
     def _check_not_empty(frame: pd.DataFrame, n_present: int, n_rows: int, col: str, typ: str, source: str) -> None:
@@ -406,7 +580,10 @@ class Preprocessor:
         """Fitted feature descriptions, injected into encoders."""
         info = {}
         for col, typ in self.features.items():
-            if typ == "categorical":
+            if col in self.hash_buckets:  # N buckets + row 0 (missing / padding)
+                info[col] = FeatureInfo(col, typ, cardinality=self.hash_buckets[col] + 1,
+                                        max_len=self.multi_len.get(col))
+            elif typ == "categorical":
                 info[col] = FeatureInfo(col, typ, cardinality=len(self.vocab[col]) + 1)
             elif typ == "multi_categorical":
                 info[col] = FeatureInfo(col, typ, cardinality=len(self.vocab[col]) + 2, max_len=self.multi_len[col])
@@ -480,7 +657,13 @@ class Preprocessor:
                 return out
         series = _rows(frame[col], rows)
         where = f"the {split} split" if split else source
-        if typ == "categorical":
+        if typ == "categorical" and col in self.hash_buckets:
+            codes = hash_codes(series, self.hash_buckets[col])
+            if report is not None:  # no vocabulary, nothing is out of it
+                report.setdefault("oov", {})[col] = {"rows": len(codes), "oov": 0, "missing": int((codes == 0).sum())}
+            dtype = id_dtype(self.hash_buckets[col] + 1)
+            out[col] = torch.from_numpy(codes.astype(np.int32 if dtype == torch.int32 else np.int64))
+        elif typ == "categorical":
             vocab = self.vocab[col]
             codes, n_missing = _lookup(series, vocab)
             if report is not None:
@@ -698,6 +881,10 @@ class Preprocessor:
                 no token in the training split; a malformed cell (column and row named).
         """
         spec = self.sequences[col]
+        if spec.share_with in self.hash_buckets:
+            raise DataError(f"{source}: sequence feature '{col}' shares the codes of '{spec.share_with}', which is hashed "
+                            f"(data.hash_buckets.{spec.share_with}); a sequence reads the codes of a vocabulary. "
+                            f"Drop data.sequences.{col}.share_with, or give '{spec.share_with}' a vocabulary.")
         if spec.share_with is not None and self.features.get(spec.share_with) != "categorical":
             cats = [c for c, t in self.features.items() if t == "categorical"]
             raise DataError(f"{source}: sequence feature '{col}' shares the codes of '{spec.share_with}', which is not "
@@ -707,7 +894,7 @@ class Preprocessor:
         if spec.of is None:
             self._check_not_empty(frame, len(tok.values), tok.n, col, "sequence", source)
         if spec.share_with is None:
-            self.vocab[col] = _fit_vocab(tok.values, self.min_count)[0]
+            self.vocab[col] = _fit_vocab(tok.values, *self.cut(col))[0]
         for g, values in tok.fields.items():
             std = float(values.std()) if values.size > 1 else 1.0
             self.seq_stats[f"{col}:{g}"] = (float(values.mean()) if values.size else 0.0, std if std > 1e-12 else 1.0)
@@ -749,11 +936,16 @@ class Preprocessor:
         tokens = _as_str(series).fillna("").str.split("|")
         flat = tokens.explode().str.strip()
         row = np.repeat(np.arange(len(tokens)), tokens.map(len).to_numpy(dtype=np.int64))
-        codes = pd.Categorical(flat, categories=self.vocab[col]).codes.astype(np.int64) + 2  # unknown -> 1
-        codes[(flat == "").to_numpy() | flat.isna().to_numpy()] = 0
+        hashed = col in self.hash_buckets
+        if hashed:  # 1 + hash mod N: no out-of-vocabulary code
+            codes = hash_codes(flat.reset_index(drop=True), self.hash_buckets[col])
+        else:
+            codes = pd.Categorical(flat, categories=self.vocab[col]).codes.astype(np.int64) + 2  # unknown -> 1
+        codes[(flat == "").fillna(True).to_numpy(dtype=bool) | flat.isna().to_numpy()] = 0
         if report is not None:  # rows with an unknown token; rows without any token
             unknown = np.zeros(len(tokens), dtype=bool)
-            unknown[row[codes == 1]] = True
+            if not hashed:
+                unknown[row[codes == 1]] = True
             empty = np.ones(len(tokens), dtype=bool)
             empty[row[codes > 0]] = False
             report.setdefault("oov", {})[col] = {"rows": len(tokens), "oov": int(unknown.sum()),
@@ -862,14 +1054,18 @@ class Preprocessor:
                 "classes": self.classes, "fill_missing": self.fill_missing,
                 "clip": {k: list(v) for k, v in self.clip.items()}, "fill": self.fill,
                 "sequences": {k: {**vars(v), "fields": list(v.fields)} for k, v in self.sequences.items()},
-                "seq_stats": {k: list(v) for k, v in self.seq_stats.items()}}
+                "seq_stats": {k: list(v) for k, v in self.seq_stats.items()},
+                "max_vocab": dict(self.max_vocab), "hash_buckets": dict(self.hash_buckets),
+                "hash_report": {k: dict(v) for k, v in self.hash_report.items()}}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> "Preprocessor":
         pre = cls(state["features"], [LabelSpec(**d) for d in state["labels"]], state["min_count"],
                   state["max_multi_len"], state.get("fill_missing"), state.get("clip"),
                   {k: SequenceSpec(**{**v, "fields": tuple(v["fields"])})
-                   for k, v in state.get("sequences", {}).items()})
+                   for k, v in state.get("sequences", {}).items()},
+                  state.get("max_vocab"), state.get("hash_buckets"))
+        pre.hash_report = {k: dict(v) for k, v in state.get("hash_report", {}).items()}
         pre.seq_stats = {k: (float(v[0]), float(v[1])) for k, v in state.get("seq_stats", {}).items()}
         pre.vocab = {k: v.numpy().astype(np.int64) if isinstance(v, torch.Tensor) else list(v)
                      for k, v in state["vocab"].items()}

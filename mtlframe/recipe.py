@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from mtlframe.errors import MTLFrameError, RecipeError, closest, file_problem, near_hint, read_text_file
 from mtlframe.features import DEFAULT_METRICS, TASK_TYPES
@@ -303,7 +304,15 @@ class DataConfig(_Strict):
     #: a sampler component: negatives for training (data-side) or a retrieval task's sampled softmax
     #: (model-side); see ``docs/ranking.md``
     sampler: Component = {"name": "none"}
-    min_count: int = Field(1, ge=1, description="categories seen fewer times in train map to OOV")
+    #: categories seen fewer times in train map to OOV: for every vocabulary, or per column ``{uid: 5}``
+    #: (unlisted columns: 1)
+    min_count: Union[int, dict[str, int]] = Field(1, description="categories seen fewer times in train map to OOV")
+    #: ``{column: n}``: keep the ``n`` most frequent values of the column's vocabulary (after
+    #: ``min_count``; ties in vocabulary order), the rest map to OOV
+    max_vocab: dict[str, int] = {}
+    #: ``{column: N}``: hash the values of a categorical / multi-categorical feature into ``N``
+    #: buckets instead of a vocabulary (code ``1 + stable_hash(value) mod N``; see ``docs/prepare.md``)
+    hash_buckets: dict[str, int] = {}
     #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
     #: ``zero`` or a number, for every numeric feature or per column ``{age: mean, income: 0}``
     fill_missing: Union[FillPolicy, dict[str, FillPolicy]] = "error"
@@ -330,6 +339,66 @@ class DataConfig(_Strict):
         else:
             check(v, "")
         return v
+
+    @field_validator("min_count", "max_vocab", "hash_buckets")
+    @classmethod
+    def _positive_counts(cls, v: Any) -> Any:
+        for col, n in (v.items() if isinstance(v, dict) else [(None, v)]):
+            if n < 1:
+                raise ValueError(f"{'' if col is None else repr(col) + ': '}{n} is not a count >= 1")
+        return v
+
+    @field_validator("hash_buckets")
+    @classmethod
+    def _hashed_keep_no_vocabulary(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        min_count = info.data.get("min_count")
+        for key, cols in (("min_count", min_count if isinstance(min_count, dict) else {}),
+                          ("max_vocab", info.data.get("max_vocab") or {})):
+            both = [c for c in cols if c in v]
+            if both:
+                raise ValueError(f"{', '.join(map(repr, both))} is in both data.hash_buckets and data.{key}: a hashed "
+                                 f"column keeps no vocabulary to cut; remove it from data.{key}.")
+        return v
+
+    def feature_key_problems(self, features: Mapping[str, str]) -> list[tuple[str, str]]:
+        """``(recipe key, message)`` for each per-column data key naming a column that is not a
+        feature of the right type: ``fill_missing`` / ``clip`` (numeric), ``min_count`` /
+        ``max_vocab`` (categorical, multi-categorical, sequence), ``hash_buckets`` (categorical,
+        multi-categorical), a sequence's ``share_with`` a hashed feature. ``features``: ``column -> type``."""
+        def of(*types: str) -> list[str]:
+            return [c for c, t in features.items() if t in types]
+
+        vocab_types = ("categorical", "multi_categorical", "sequence")
+        checks = [("fill_missing", self.fill_missing if isinstance(self.fill_missing, dict) else {}, ("numeric",)),
+                  ("clip", self.clip, ("numeric",)),
+                  ("min_count", self.min_count if isinstance(self.min_count, dict) else {}, vocab_types),
+                  ("max_vocab", self.max_vocab, vocab_types),
+                  ("hash_buckets", self.hash_buckets, ("categorical", "multi_categorical"))]
+        problems = []
+        for key, cols, types in checks:
+            allowed = of(*types)
+            kind = " or ".join(t.replace("_", "-") for t in types)
+            for col in cols:
+                if col not in allowed:
+                    problems.append((f"data.{key}.{col}", f"'{col}' is not a {kind} feature of the model's encoders"
+                                     + near_hint(closest(col, allowed), ".")
+                                     + f" {kind.capitalize()} features: {', '.join(allowed) or 'none'}."))
+        for name, seq in self.sequences.items():
+            if seq.share_with in self.hash_buckets:
+                problems.append((f"data.sequences.{name}.share_with", f"'{seq.share_with}' is hashed "
+                                 f"(data.hash_buckets.{seq.share_with}); a sequence shares the codes of a "
+                                 "vocabulary. Drop share_with, or remove the column from data.hash_buckets."))
+        return problems
+
+    def preprocessor_options(self, features: Mapping[str, str]) -> dict[str, Any]:
+        """The :class:`~mtlframe.preprocess.Preprocessor` keyword arguments this section sets for
+        ``features`` (``column -> type``): ``min_count``, ``max_vocab``, ``hash_buckets``,
+        ``fill_missing`` and ``clip`` (numeric columns)."""
+        numeric = [c for c, t in features.items() if t == "numeric"]
+        return {"min_count": dict(self.min_count) if isinstance(self.min_count, dict) else self.min_count,
+                "max_vocab": dict(self.max_vocab), "hash_buckets": dict(self.hash_buckets),
+                "fill_missing": {c: self.fill_policy(c) for c in numeric},
+                "clip": {c: r for c, r in self.clip.items() if c in numeric}}
 
     @field_validator("clip")
     @classmethod
