@@ -304,14 +304,14 @@ class DataConfig(_Strict):
     #: a sampler component: negatives for training (data-side) or a retrieval task's sampled softmax
     #: (model-side); see ``docs/ranking.md``
     sampler: Component = {"name": "none"}
-    #: categories seen fewer times in train map to OOV: for every vocabulary, or per column ``{uid: 5}``
-    #: (unlisted columns: 1)
-    min_count: Union[int, dict[str, int]] = Field(1, description="categories seen fewer times in train map to OOV")
-    #: ``{column: n}``: keep the ``n`` most frequent values of the column's vocabulary (after
-    #: ``min_count``; ties in vocabulary order), the rest map to OOV
+    min_count: Union[int, dict[str, int]] = Field(1, description="categories seen fewer times in train map to OOV: "
+                                                  "one count (>= 1) for every vocabulary, or per column `{uid: 5}` "
+                                                  "(unlisted columns: 1)")
+    #: ``{column: n}`` (n >= 1): keep the ``n`` most frequent values of the column's vocabulary
+    #: (after ``min_count``; ties in vocabulary order), the rest map to OOV
     max_vocab: dict[str, int] = {}
-    #: ``{column: N}``: hash the values of a categorical / multi-categorical feature into ``N``
-    #: buckets instead of a vocabulary (code ``1 + stable_hash(value) mod N``; see ``docs/prepare.md``)
+    #: ``{column: N}`` (N >= 1): hash the values of a categorical / multi-categorical feature into
+    #: ``N`` buckets instead of a vocabulary (code ``1 + stable_hash(value) mod N``; see ``docs/prepare.md``)
     hash_buckets: dict[str, int] = {}
     #: missing values (empty, NaN, inf) of numeric features: ``error`` (default), ``mean``, ``median``,
     #: ``zero`` or a number, for every numeric feature or per column ``{age: mean, income: 0}``
@@ -1211,6 +1211,15 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
                                  + near_hint(closest(f, encoded), ".")
                                  + f" Encoded features: {', '.join(encoded) or 'none'}."))
     problems += _id_feature_problems(ranking, model)
+    hashed = (data.get("data") or {}).get("hash_buckets") if isinstance(data.get("data"), dict) else None
+    for side, who in (("user_features", "user"), ("item_features", "item")):
+        feats = ranking.get(side)
+        first = feats[0] if isinstance(feats, list) and feats else None
+        if isinstance(hashed, dict) and isinstance(first, str) and first in hashed:
+            problems.append((f"data.hash_buckets.{first}", f"'{first}' is the ranking's {who} id feature "
+                             f"(ranking.{side}[0]): full ranking and recommend tell {who}s apart by their codes, and "
+                             f"hashed {who}s sharing a bucket would be one {who} (an unseen {who} no longer maps to "
+                             "the out-of-vocabulary code). Give it a vocabulary (data.max_vocab caps its size)."))
     rank_by = ranking.get("rank_by")
     problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
     problems += _sampler_side_problems(sampler, factory, ranking, retrieval, data)

@@ -1568,7 +1568,7 @@ def preprocessor_difference(saved: Mapping[str, Any], fitted: Mapping[str, Any])
     they are the same."""
     for part, what in (("vocab", "the vocabulary of"), ("stats", "the training mean / std of"),
                        ("classes", "the classes of"), ("fill", "the fill value of"),
-                       ("multi_len", "the longest list of")):
+                       ("multi_len", "the longest list of"), ("hash_report", "the distinct hashed values of")):
         a, b = saved.get(part) or {}, fitted.get(part) or {}
         for col in sorted(set(a) | set(b)):
             if col not in a or col not in b:

@@ -259,3 +259,14 @@ def test_a_hashed_checkpoint_predicts_the_same_after_reload_and_through_its_cont
     texts = ["3", "3", "3", None, "19"]  # the canonical texts, by the contract's "canonical" rule
     codes = [code_from_contract(spec["cat_0"], t) for t in texts]
     assert codes == loaded.preprocessor.transform(frame, with_labels=False)["cat_0"].tolist()
+
+
+def test_a_ranking_id_feature_cannot_be_hashed():
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.testing import tiny_recipe
+
+    rec = tiny_recipe(**{"data.hash_buckets": {"cat_0": 8}},
+                      ranking={"user_features": ["x_000"], "item_features": ["cat_0"]})
+    with pytest.raises(RecipeError, match=r"data.hash_buckets.cat_0 \(<recipe>\): 'cat_0' is the ranking's item id "
+                                          r"feature \(ranking.item_features\[0\]\)"):
+        recipe_from_dict(rec)
