@@ -64,6 +64,8 @@ from mtlframe.history import History, build_history
 
 #: largest finite float32: numeric values beyond it cannot be represented in the model's inputs
 F32_MAX = float(np.finfo(np.float32).max)
+#: integer-valued floats below this magnitude are written as integers (exact in float64)
+_EXACT_INT = 2.0**53
 #: ``fill_missing`` policies besides a number
 
 
@@ -144,14 +146,32 @@ def _value_counts_text(values: np.ndarray) -> str:
                      for v, n in counts.items())
 
 
+def _float_text(v: float) -> str | None:
+    """One float's text as :func:`_as_str` writes it (``None``: NaN)."""
+    if np.isnan(v):
+        return None
+    return str(int(v)) if float(v).is_integer() and abs(v) < _EXACT_INT else str(float(v))
+
+
 def _as_str(series: pd.Series) -> pd.Series:
-    """Categorical values as strings; NaN/None/'' stay missing. ``3`` and ``3.0`` map to ``"3"``."""
+    """Categorical values as strings; NaN/None/'' stay missing. ``3`` and ``3.0`` map to ``"3"``
+    value by value (a float with an integer value below 2^53 is written as an integer whatever
+    else the column holds: the text of a value must not depend on the rows it is read with, one
+    row in ``predict``, a batch of a stream); other floats as Python's ``str`` (``7.5``)."""
     s = series
-    if pd.api.types.is_float_dtype(s):
-        as_int = s.dropna()
-        if len(as_int) and np.all(np.equal(np.mod(as_int.to_numpy(), 1), 0)):
-            s = s.astype("Int64")
-    out = s.astype("string").str.strip()
+    floats = pd.api.types.is_float_dtype(s)
+    if not floats and s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in (
+            "floating", "mixed-integer-float", "mixed", "mixed-integer"):  # Python floats among other objects (a JSON request)
+        s = s.map(lambda v: _float_text(v) if isinstance(v, (float, np.floating)) else v)
+    out = s.astype("string")
+    if floats:
+        values = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (np.mod(values, 1) == 0) & (np.abs(values) < _EXACT_INT)
+        if whole.any():
+            out = out.copy()
+            out[whole] = values[whole].astype(np.int64).astype(str)
+    out = out.str.strip()
     return out.mask(out == "")
 
 
@@ -163,6 +183,8 @@ def _as_int(series: pd.Series) -> np.ndarray | None:
     if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
         return None
     if pd.api.types.is_integer_dtype(series) and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
+        if pd.api.types.is_unsigned_integer_dtype(series) and len(series) and series.max() > np.iinfo(np.int64).max:
+            return None  # uint64 ids beyond int64 would wrap to negative numbers: compared as text
         return series.to_numpy(dtype=np.int64, copy=False)
     return None
 
@@ -229,8 +251,6 @@ def id_dtype(cardinality: int) -> torch.dtype:
 HASH_KEY = "0123456789123456"
 #: expected share of distinct values sharing a bucket above which the fit warns
 HASH_WARN_SHARE = 0.10
-#: integer-valued floats below this magnitude are written as integers (exact in float64)
-_EXACT_INT = 2.0**53
 
 
 def stable_hash(strings: np.ndarray) -> np.ndarray:
@@ -249,20 +269,6 @@ def stable_hash(strings: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(np.asarray(strings, dtype=object), encoding="utf8", hash_key=HASH_KEY, categorize=False)
 
 
-def _canonical_one(v: Any) -> str | None:
-    """The canonical text of one raw value (see :func:`canonical_ids`); ``None``: missing."""
-    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
-        return None
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() and abs(v) < _EXACT_INT else str(float(v))
-    text = str(v).strip()
-    return text or None
-
-
 def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, texts)``: ``texts[codes[i]]`` is the canonical text of row ``i`` (``codes`` int64
     ``[N]``, -1 = missing; ``texts`` an object array of ``str``, one per distinct raw value).
@@ -274,28 +280,18 @@ def canonical_ids(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     boolean -> ``True`` / ``False``; a string -> itself with surrounding blanks stripped, as written
     (``" 7 "`` -> ``7``, but ``"7.0"`` and ``"007"`` stay themselves); NaN, None, an empty or blank
     string -> missing. So the int ``7`` of one file and the string ``"7"`` of another are one id.
+    The texts are those :func:`_as_str` gives (the vocabulary path), per distinct value.
     """
     ints = _as_int(series)
-    if ints is not None and not pd.api.types.is_unsigned_integer_dtype(series):
+    if ints is not None:
         codes, uniq = pd.factorize(ints)
         return codes.astype(np.int64, copy=False), uniq.astype(str).astype(object)
-    if pd.api.types.is_float_dtype(series) and not isinstance(series.dtype, pd.api.extensions.ExtensionDtype):
-        values = series.to_numpy()
-        codes, uniq = pd.factorize(values)  # NaN -> -1
-        whole = np.isfinite(uniq) & (np.mod(uniq, 1) == 0) & (np.abs(uniq) < _EXACT_INT)
-        texts = uniq.astype(str).astype(object)
-        texts[whole] = uniq[whole].astype(np.int64).astype(str)
-        return codes.astype(np.int64, copy=False), texts
-    codes, uniq = pd.factorize(series.to_numpy(dtype=object))
-    if all(isinstance(v, str) for v in uniq):
-        texts = np.array([v.strip() for v in uniq], dtype=object)
-    else:
-        texts = np.array([_canonical_one(v) for v in uniq], dtype=object)
-    blank = np.array([t is None or t == "" for t in texts], dtype=bool)
-    if blank.any():  # blank strings (and pd.NA) are missing
-        codes = np.where(blank[codes.clip(0)] & (codes >= 0), -1, codes)
-        texts = np.where(blank, "", texts).astype(object)
-    return codes.astype(np.int64, copy=False), texts
+    codes, uniq = pd.factorize(series)  # NaN / None / NA -> -1; then one text per distinct raw value
+    texts = _as_str(pd.Series(uniq, copy=False))
+    blank = texts.isna().to_numpy(dtype=bool)  # an empty or blank string is missing too
+    if blank.any():
+        codes = np.where((codes >= 0) & blank[codes.clip(0)], -1, codes)
+    return codes.astype(np.int64, copy=False), texts.fillna("").to_numpy(dtype=object)
 
 
 def hash_codes(series: pd.Series, buckets: int) -> np.ndarray:

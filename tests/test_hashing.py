@@ -270,3 +270,29 @@ def test_a_ranking_id_feature_cannot_be_hashed():
     with pytest.raises(RecipeError, match=r"data.hash_buckets.cat_0 \(<recipe>\): 'cat_0' is the ranking's item id "
                                           r"feature \(ranking.item_features\[0\]\)"):
         recipe_from_dict(rec)
+
+
+def test_a_float_id_has_one_text_whatever_rows_it_is_read_with(tmp_path):
+    """A vocabulary's text of 7.0 was decided by the whole column ("7.0" beside a 7.5, else "7"):
+    predict on one row, a stream's batch or a prepared file without the 7.5 got another code."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtlframe.prepare import fit_parquet
+
+    frame = pd.DataFrame({"c": [7.0, 8.0, 7.0, 7.5, 7.0, np.nan], "y": [0, 1, 0, 1, 1, 0]})
+    pre = Preprocessor({"c": "categorical"}, [LabelSpec("y", "y", "binary")]).fit(frame)
+    assert pre.vocab["c"] == ["7", "8", "7.5"]
+    assert pre.transform(frame)["c"].tolist() == [1, 2, 1, 3, 1, 0]
+    assert pre.transform(frame.iloc[[0]])["c"].tolist() == [1]  # alone: the same code
+    request = pd.DataFrame({"c": pd.Series([7.0, "7", " 7.5 ", 8], dtype=object), "y": [0] * 4})  # a JSON request
+    assert pre.transform(request)["c"].tolist() == [1, 1, 3, 2]
+    (tmp_path / "d").mkdir()
+    pq.write_table(pa.Table.from_pandas(frame.iloc[:3], preserve_index=False), tmp_path / "d" / "a.parquet")
+    pq.write_table(pa.Table.from_pandas(frame.iloc[3:], preserve_index=False), tmp_path / "d" / "b.parquet")
+    got, _ = fit_parquet(Preprocessor({"c": "categorical"}, [LabelSpec("y", "y", "binary")]), tmp_path / "d")
+    assert got.vocab == pre.vocab
+    # uint64 ids beyond int64 are compared as text, not wrapped to negative numbers
+    big = pd.DataFrame({"c": np.array([2**64 - 1, 7, 7], dtype=np.uint64), "y": [0, 1, 0]})
+    ids = Preprocessor({"c": "categorical"}, [LabelSpec("y", "y", "binary")]).fit(big)
+    assert ids.vocab["c"] == ["7", "18446744073709551615"]
