@@ -296,3 +296,46 @@ def test_a_float_id_has_one_text_whatever_rows_it_is_read_with(tmp_path):
     big = pd.DataFrame({"c": np.array([2**64 - 1, 7, 7], dtype=np.uint64), "y": [0, 1, 0]})
     ids = Preprocessor({"c": "categorical"}, [LabelSpec("y", "y", "binary")]).fit(big)
     assert ids.vocab["c"] == ["7", "18446744073709551615"]
+
+
+def test_cli_prepare_reports_collisions_and_a_state_with_other_buckets_is_named(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from mtlframe.cli import main
+    from mtlframe.prepare import STATE_NAME, load_prepared, recipe_preprocessor
+    from mtlframe.recipe import load_recipe
+    from mtlframe.testing import tiny_recipe
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    uid = rng.integers(0, 1000, 300)
+    pq.write_table(pa.table({"uid": pa.array(uid, pa.int64()),
+                             "price": pa.array(rng.normal(size=300)), "click": pa.array(rng.integers(0, 2, 300))}),
+                   data / "part-0.parquet")
+    recipe = tiny_recipe(**{"data.dataset": {"name": "parquet", "path": str(data),
+                                             "features": {"uid": "categorical", "price": "numeric"},
+                                             "labels": ["click"]},
+                            "model.encoders": [{"name": "embedding", "features": ["uid"], "dim": 4},
+                                               {"name": "numeric", "features": ["price"]}],
+                            "tasks": {"click": {"type": "binary", "label": "click"}}})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.warns(UserWarning, match="HASH COLLISIONS"):
+        assert main(["prepare", str(path), "data.hash_buckets.uid=512"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    distinct = len(set(uid.tolist()))
+    pre = load_prepared(data / STATE_NAME, data)
+    used = pre.hash_report["uid"]["used"]
+    assert pre.feature_info()["uid"].cardinality == 513 and "uid" not in pre.vocab
+    assert (f"hashed feature 'uid': ~{round(-512 * np.log(1 - used / 512)):,} distinct value(s) in 512 buckets "
+            f"({used} used)") in out
+    assert abs(pre.hash_report["uid"]["distinct"] - distinct) < 0.1 * distinct  # linear counting, within 10 %
+    other, _ = recipe_preprocessor(load_recipe(path, ["data.hash_buckets.uid=1024"]))
+    with pytest.raises(DataError, match=r"data.hash_buckets: prepared with \{'uid': 512\}, the recipe has \{'uid': 1024\}"):
+        load_prepared(data / STATE_NAME, data, expect=other)
+    # a per-column key naming a column of another type is refused at its key (data.clip was dropped silently)
+    assert main(["prepare", str(path), "data.clip.uid=[0, 1]"]) == 2
+    assert "data.clip.uid" in capsys.readouterr().err
