@@ -169,6 +169,15 @@ class StreamingFit:
         """The next batches come from file ``name``: errors name it, with rows counted within it."""
         self.file, self.file_start = name, self.rows
 
+    def _tokens(self, series: pd.Series, col: str) -> pd.Series:
+        """The stripped tokens of a batch of multi-categorical cells (counting the present cells
+        and the longest row of ``col``)."""
+        tokens = _as_str(series).dropna().str.split("|")
+        self.present[col] += len(tokens)
+        if len(tokens):
+            self.longest[col] = max(self.longest.get(col, 0), int(tokens.map(len).max()))
+        return tokens.explode().str.strip()
+
     def update(self, frame: pd.DataFrame) -> None:
         """Add one record batch (a frame holding the features' and labels' columns)."""
         start = self.rows - self.file_start
@@ -177,11 +186,7 @@ class StreamingFit:
             series = frame[col].reset_index(drop=True)
             if col in self.buckets:  # hashed: which buckets are used, no counts
                 if typ == "multi_categorical":
-                    tokens = _as_str(series).dropna().str.split("|")
-                    self.present[col] += len(tokens)
-                    if len(tokens):
-                        self.longest[col] = max(self.longest.get(col, 0), int(tokens.map(len).max()))
-                    series = tokens.explode().str.strip().reset_index(drop=True)
+                    series = self._tokens(series, col).reset_index(drop=True)
                 codes = hash_codes(series, pre.hash_buckets[col])
                 if typ == "categorical":
                     self.present[col] += int((codes > 0).sum())
@@ -196,11 +201,7 @@ class StreamingFit:
                 self.present[col] += int(counts.sum())
                 _merge_counts(self.counts[col], counts)
             elif typ == "multi_categorical":
-                tokens = _as_str(series).dropna().str.split("|")
-                self.present[col] += len(tokens)
-                if len(tokens):
-                    self.longest[col] = max(self.longest.get(col, 0), int(tokens.map(len).max()))
-                counts = tokens.explode().str.strip().value_counts(sort=False)
+                counts = self._tokens(series, col).value_counts(sort=False)
                 _merge_counts(self.counts[col], counts[counts.index != ""])
             elif typ == "numeric":
                 values = pre._bounded(pre._numeric(series, col, where, rows), col, where, rows, None)
