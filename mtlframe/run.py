@@ -793,13 +793,15 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
     return status if isinstance(status, dict) else {}
 
 
-def _check_resume(target: ResumeTarget) -> None:
+def _check_resume(target: ResumeTarget, first_process: bool = True) -> None:
     """Refuse a resume that has nothing to do: the checkpoint's epochs already reach ``max_epochs``
-    (or its steps ``max_steps``), or the run is running in another process."""
+    (or its steps ``max_steps``), or the run is running in another process. That last check is the
+    first process's only (``first_process``): the others of a multi-process resume find the
+    ``status.json`` it has just marked running."""
     t = target.recipe.config.trainer
     pos = target.position
     done = pos["epoch"] + (1 if pos["epoch_done"] else 0)
-    if target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
+    if first_process and target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
         raise MTLFrameError(f"{target.run_dir} is being trained by process {target.status.get('pid')} (status.json "
                             "says running); wait for it, or stop it, before resuming.")
     spec = target.recipe.config.optimizer.scheduler
@@ -892,7 +894,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             raise MTLFrameError(f"a resumed run continues in its own folder {target.run_dir}; drop --run-dir "
                                 f"({run_dir}).")
         run_dir = target.run_dir
-        _check_resume(target)
+        _check_resume(target, first_process=(_get_rank() or 0) == 0)
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run's own folders
         # our training dataloader does resume at the batch (ResumeState + ColumnBatches.resume_at)
         warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable.*")
