@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
+from mtlframe import run as run_mod
 from mtlframe.errors import RecipeError
 from mtlframe.recipe import REFUSED_STRATEGIES, STRATEGIES, load_recipe, recipe_from_dict
 from mtlframe.run import build_system
@@ -50,6 +52,39 @@ def test_every_lightning_strategy_is_either_accepted_or_refused_with_a_reason():
     assert lightning == set(STRATEGIES) | set(REFUSED_STRATEGIES)
     for strategy in ("auto", "ddp", "ddp_fork", "ddp_find_unused_parameters_true", "single_device"):
         assert recipe_from_dict(tiny_recipe(**{"trainer.strategy": strategy})).config.trainer.strategy == strategy
+
+
+
+class _CtrlC(pl.Callback):
+    """Sends this process a SIGINT at the start of training batch ``batch`` of the first epoch."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_mid_epoch_checkpoint_is_not_resumed_on_another_number_of_processes(tmp_path):
+    """A run stopped after batch 3 of its epoch by one process: its position is a count of that
+    process's batches, so 2 processes would train some of the epoch's rows twice and others never.
+    Refused at trainer.devices before anything is started or written; the same process count resumes."""
+    recipe = recipe_from_dict(tiny_recipe(**{"data.dataset.num_rows": 600, "data.batch_size": 64}))
+    run_dir = tmp_path / "run"
+    with pytest.raises(run_mod.RunInterrupted):
+        run_mod.train(recipe, run_dir, progress=False, callbacks=[_CtrlC(3)])
+    status = (run_dir / "status.json").read_text()
+    assert run_mod.resume_target(run_dir).position == {"epoch": 0, "batches": 4, "epoch_done": False, "step": 4,
+                                                        "world_size": 1}
+    with pytest.raises(RecipeError, match=r"written by 1 process\(es\) in the middle of epoch 1 \(after its batch "
+                                          r"4\), and this resume has 2.*trainer.num_nodes x trainer.devices = 1") as exc:
+        run_mod.train(None, resume=run_dir, overrides=["trainer.devices=2", "trainer.strategy=ddp"])
+    assert exc.value.problems[0][0] == "trainer.devices"
+    assert (run_dir / "status.json").read_text() == status          # the run is left as it was
+    with pytest.raises(RecipeError, match="this resume has 2"):
+        run_mod.train(None, resume=run_dir, overrides=["trainer.devices=1", "trainer.num_nodes=2"])
+    assert run_mod.train(None, resume=run_dir, progress=False).run_dir == run_dir   # same count: resumes
 
 
 # -- real processes: two torchrun "nodes", a 2-process run interrupted and resumed -------------------
