@@ -87,6 +87,27 @@ def test_a_mid_epoch_checkpoint_is_not_resumed_on_another_number_of_processes(tm
     assert run_mod.train(None, resume=run_dir, progress=False).run_dir == run_dir   # same count: resumes
 
 
+
+@pytest.mark.parametrize("env, printed", [({}, True), ({"RANK": "1", "LOCAL_RANK": "0"}, False),  # torchrun node 1
+                                          ({"SLURM_PROCID": "1", "SLURM_LOCALID": "0"}, False),  # srun task 1
+                                          ({"SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, True)])
+def test_only_the_first_process_prints_the_memory_plan(monkeypatch, env, printed):
+    """Before the trainer exists the rank comes from the launcher's variables: SLURM's too (before
+    the fix the second SLURM task printed the plan as well)."""
+    import io
+
+    from mtlframe import memory_plan
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    recipe = recipe_from_dict(tiny_recipe())
+    memory_plan.report(torch.nn.Linear(3, 2), recipe.config, capacity=10**9, file=out)
+    assert ("memory plan" in out.getvalue()) is printed
+
+
 # -- real processes: two torchrun "nodes", a 2-process run interrupted and resumed -------------------
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +204,8 @@ def test_two_nodes_train_disjoint_rows_and_a_resumed_run_ends_on_their_weights(t
                      "MTLFRAME_TEST_ROWS": str(tmp_path / "rows_stopped")} for r in (0, 1)])
     assert [rc for rc, _ in done] == [130, 130], done[0][1][-3000:] + done[1][1][-3000:]
     assert "interrupted (Ctrl-C) during training at epoch 2/2, step 10" in done[0][1]
+    # only the first process prints the memory plan (before the fix SLURM's second task did too)
+    assert "memory plan" in done[0][1] and "memory plan" not in done[1][1]
     stopped = _rows(tmp_path / "rows_stopped")
     assert [r["ranks"] for r in stopped] == [(0, 2, 0, 0), (1, 2, 1, 0)]
     for r in (0, 1):
