@@ -139,7 +139,9 @@ def estimate(model: nn.Module, optimizer) -> MemoryPlan:
 def device_memory(accelerator: str = "auto") -> tuple[int, str]:
     """``(bytes, what)``: the GPU's total memory when training runs on CUDA, else the system's RAM."""
     if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        index = int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+        # torchrun and Lightning set LOCAL_RANK; srun sets SLURM_LOCALID (Lightning reads it later)
+        local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+        index = int(local) % max(torch.cuda.device_count(), 1)
         props = torch.cuda.get_device_properties(index)
         return int(props.total_memory), f"GPU memory ({props.name})"
     try:
@@ -215,7 +217,10 @@ def report(model: nn.Module, config, *, capacity: int | None = None, file=None, 
     where = "device memory"
     if capacity is None:
         capacity, where = device_memory(config.trainer.accelerator)
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+    # the process's global rank from torchrun's, Lightning's or SLURM's variables (before the trainer exists)
+    from lightning_fabric.utilities.rank_zero import _get_rank
+
+    if (_get_rank() or 0) == 0:
         text = "\n".join(plan_lines(plan, capacity, where, fraction))
         log.info(text)
         if not quiet:

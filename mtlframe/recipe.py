@@ -537,6 +537,54 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
               "transformer-engine-float16", "32", "16", "bf16", "64")
 
 
+#: ``trainer.strategy`` values mtlframe trains with (Lightning 2.6's names): every process holds the
+#: whole model and Lightning's DDP averages the gradients, which is what mtlframe's combiners, metrics
+#: sync, sparse tables and resume are built and tested on (``tests/test_multinode.py``)
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+              "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+              "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true",
+              "single_device")
+_FSDP = ("FSDP shards every parameter, gradient and optimizer state across the processes, which mtlframe does "
+         "not support: on CPU Lightning 2.6 refuses it (\"The strategy `fsdp` requires a GPU accelerator\") and so "
+         "does torch (\"FSDP needs a non-CPU accelerator device\"); on a GPU the gradient-level combiners (pcgrad, "
+         "cagrad, ...) and gradient clipping would work on each process's shard instead of the whole gradient, and "
+         "sparse embedding tables have no sharded form. Embedding tables too big for one device are sharded by the "
+         "mtlframe-torchrec encoder under `strategy: ddp` (docs/torchrec.md)")
+_DEEPSPEED = ("DeepSpeed is not supported: its ZeRO stages partition the optimizer state and gradients, which the "
+              "gradient-level combiners, sparse tables and mtlframe's resume state do not follow (and the "
+              "`deepspeed` package is not a dependency). Use `strategy: ddp`")
+_XLA = "TPU/XLA training is not supported by mtlframe (not tested); use `accelerator: cpu | gpu` with `strategy: ddp`"
+#: refused ``trainer.strategy`` values (Lightning names them) -> the reason
+REFUSED_STRATEGIES: dict[str, str] = {
+    **dict.fromkeys(("fsdp", "fsdp_cpu_offload"), _FSDP),
+    **dict.fromkeys(("deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload",
+                     "deepspeed_stage_3", "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme"), _DEEPSPEED),
+    **dict.fromkeys(("ddp_spawn", "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true"),
+                    "ddp_spawn pickles the model, the data and every callback into new processes and copies the "
+                    "weights back through a queue; mtlframe's run callbacks (checkpoints, status, resume) cannot be "
+                    "pickled. Use `strategy: ddp`: Lightning starts the same processes by running the command "
+                    "again, with the same result"),
+    **dict.fromkeys(("xla", "xla_debug", "single_xla", "single_tpu"), _XLA),
+}
+
+
+def check_strategy(v: str) -> str:
+    """``v`` if mtlframe trains with Lightning strategy ``v`` (:data:`STRATEGIES`).
+
+    Raises:
+        ValueError: a strategy refused (:data:`REFUSED_STRATEGIES`, with the reason) or unknown to
+            Lightning (with the closest name); recipe validation reports it at ``trainer.strategy``.
+    """
+    if v in STRATEGIES:
+        return v
+    if v in REFUSED_STRATEGIES:
+        raise ValueError(f"strategy {v!r} is refused: {REFUSED_STRATEGIES[v]}.")
+    close = difflib.get_close_matches(v, STRATEGIES, n=1)
+    raise ValueError(f"strategy {v!r} is not a Lightning strategy mtlframe trains with"
+                     + (f"; did you mean {close[0]!r}?" if close else ".")
+                     + " Use `ddp` (several processes or machines, see docs/multinode.md) or `auto`.")
+
+
 class TrainerConfig(_Strict):
     """Lightning ``Trainer`` arguments (passed through; see Lightning's documentation), plus mtlframe's
     own ``nan_loss``, ``compile`` and ``memory_warn_fraction``."""
@@ -549,7 +597,9 @@ class TrainerConfig(_Strict):
     accelerator: str = "auto"
     #: number of devices, a list of device indices, or ``auto``
     devices: Union[int, str, list[int]] = "auto"
-    #: Lightning strategy (``ddp``, ...; ``auto``: DDP on several devices)
+    #: Lightning strategy: ``auto`` (DDP on several devices), ``ddp``, ``ddp_fork``/``ddp_notebook``,
+    #: their ``_find_unused_parameters_true|false`` forms, or ``single_device``; the others are refused
+    #: with the reason (:data:`REFUSED_STRATEGIES`; ``docs/multinode.md``)
     strategy: str = "auto"
     #: machines taking part in multi-node training
     num_nodes: int = Field(1, ge=1)
@@ -579,6 +629,11 @@ class TrainerConfig(_Strict):
     #: warn when the memory plan (weights + gradients + optimizer state) exceeds this fraction of
     #: the device's memory (GPU memory, or system RAM on CPU); see ``mtlframe.memory_plan``
     memory_warn_fraction: float = Field(0.5, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return check_strategy(v)
 
     @field_validator("precision")
     @classmethod

@@ -510,7 +510,7 @@ def _resume_callback(datamodule):
                     or bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch))
             checkpoint[RESUME_KEY] = {"format": 1, "epoch": trainer.current_epoch, "batches": self.batches,
                                       "epoch_done": done, "step": trainer.global_step, "rng": _rng_state(),
-                                      "module": pl_module.resume_state()}
+                                      "module": pl_module.resume_state(), "world_size": trainer.world_size}
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
             from pytorch_lightning.trainer.states import TrainerFn
@@ -518,6 +518,10 @@ def _resume_callback(datamodule):
             state = checkpoint.get(RESUME_KEY)
             if state is None or trainer.state.fn != TrainerFn.FITTING:   # evaluating a checkpoint: nothing
                 return
+            # `devices: auto` is known only now (an explicit count was checked before: _check_resume)
+            problem = _world_size_problem(state, trainer.world_size)
+            if problem:
+                raise MTLFrameError(problem)
             # before the training dataloader is made (configure_optimizers may make it, before on_fit_start)
             datamodule.resume_position = ((state["epoch"] + 1, 0) if state["epoch_done"]
                                           else (state["epoch"], state["batches"]))
@@ -704,7 +708,8 @@ class ResumeTarget:
     run_dir: Path
     checkpoint: Path
     recipe: Recipe
-    #: the checkpoint's position: ``{"epoch", "batches", "epoch_done", "step"}`` (epoch 0-based)
+    #: the checkpoint's position: ``{"epoch", "batches", "epoch_done", "step", "world_size"}`` (epoch
+    #: 0-based; ``world_size`` None in checkpoints written before it was saved)
     position: dict[str, Any]
     status: dict[str, Any]
     #: the ``trainer`` section the run was started with (before the overrides)
@@ -769,6 +774,7 @@ def resume_target(path: str | Path, overrides: list[str] | None = None) -> Resum
         raise CheckpointError(f"--resume {ckpt} holds no training state to resume from (written by an earlier "
                               "mtlframe, or weights only); pass the run's checkpoints/last.ckpt or interrupted.ckpt.")
     position = {k: saved[RESUME_KEY][k] for k in ("epoch", "batches", "epoch_done", "step")}
+    position["world_size"] = saved[RESUME_KEY].get("world_size")   # None: written before it was saved
     overrides = list(overrides or [])
     outside = [o.partition("=")[0].strip() for o in overrides
                if o.partition("=")[0].strip().split(".")[0].split("[")[0] not in RESUME_SECTIONS]
@@ -793,13 +799,15 @@ def _read_status(run_dir: Path) -> dict[str, Any]:
     return status if isinstance(status, dict) else {}
 
 
-def _check_resume(target: ResumeTarget) -> None:
+def _check_resume(target: ResumeTarget, first_process: bool = True) -> None:
     """Refuse a resume that has nothing to do: the checkpoint's epochs already reach ``max_epochs``
-    (or its steps ``max_steps``), or the run is running in another process."""
+    (or its steps ``max_steps``), or the run is running in another process. That last check is the
+    first process's only (``first_process``): the others of a multi-process resume find the
+    ``status.json`` it has just marked running."""
     t = target.recipe.config.trainer
     pos = target.position
     done = pos["epoch"] + (1 if pos["epoch_done"] else 0)
-    if target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
+    if first_process and target.status.get("status") == "running" and _pid_alive(target.status.get("pid")):
         raise MTLFrameError(f"{target.run_dir} is being trained by process {target.status.get('pid')} (status.json "
                             "says running); wait for it, or stop it, before resuming.")
     spec = target.recipe.config.optimizer.scheduler
@@ -826,11 +834,30 @@ def _check_resume(target: ResumeTarget) -> None:
                             f"batch {limit}. Resume with trainer.limit_train_batches >= {pos['batches']}, or "
                             "without the override.")],
                           target.recipe.source, target.recipe.lines)
+    devices = t.devices if isinstance(t.devices, int) and t.devices > 0 else \
+        len(t.devices) if isinstance(t.devices, list) else None
+    problem = None if devices is None else _world_size_problem(pos, t.num_nodes * devices)
+    if problem:
+        raise RecipeError([("trainer.devices", problem)], target.recipe.source, target.recipe.lines)
     if (done >= t.max_epochs and t.max_steps == -1) or (t.max_steps != -1 and pos["step"] >= t.max_steps):
         limit = (f"trainer.max_epochs {t.max_epochs}" if t.max_steps == -1 else f"trainer.max_steps {t.max_steps}")
         raise MTLFrameError(f"{target.checkpoint} has already trained {done} epoch(s), {pos['step']} steps, which "
                             f"reaches {limit}: nothing to resume. To train longer, raise it: "
                             f"mtlframe train --resume {target.run_dir} trainer.max_epochs={done + 5}")
+
+
+def _world_size_problem(position: Mapping[str, Any], world_size: int) -> str | None:
+    """Why a checkpoint written in the middle of an epoch by ``position["world_size"]`` processes cannot
+    resume on ``world_size`` (each process's position is a count of its own batches, and its rows are
+    every ``world_size``-th of the epoch's order: another count of processes would train some of the
+    epoch's rows twice and others never); None when it can."""
+    saved = position.get("world_size")
+    if saved is None or position["epoch_done"] or saved == world_size:
+        return None
+    return (f"the checkpoint was written by {saved} process(es) in the middle of epoch {position['epoch'] + 1} "
+            f"(after its batch {position['batches']}), and this resume has {world_size}: the rest of that "
+            "epoch cannot be cut into the same rows. Resume with trainer.num_nodes x trainer.devices = "
+            f"{saved}, or from a checkpoint written at an epoch's end (trainer.val_check_interval unset).")
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -892,7 +919,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             raise MTLFrameError(f"a resumed run continues in its own folder {target.run_dir}; drop --run-dir "
                                 f"({run_dir}).")
         run_dir = target.run_dir
-        _check_resume(target)
+        _check_resume(target, first_process=(_get_rank() or 0) == 0)
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the run's own folders
         # our training dataloader does resume at the batch (ResumeState + ColumnBatches.resume_at)
         warnings.filterwarnings("ignore", message=".*ended before the epoch ended and your dataloader is not resumable.*")
