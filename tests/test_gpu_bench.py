@@ -48,3 +48,29 @@ def test_without_cuda_the_section_is_skipped_with_the_reason(monkeypatch):
     assert res["rows"] == []
     md = "\n".join(gpu.gpu_markdown(res))
     assert "Numbers pending a GPU session" in md and "bash benchmarks/gpu_check.sh" in md
+
+
+def test_compile_mode_needing_cuda_graphs_is_named_on_cpu():
+    from mtlframe.run import compile_device_note
+
+    note = compile_device_note("reduce-overhead", "cpu")
+    assert note.startswith("trainer.compile.mode: reduce-overhead captures the compiled model in CUDA graphs")
+    assert "trains on cpu (trainer.accelerator: cpu)" in note and "trainer.compile: true" in note
+    assert compile_device_note("max-autotune", "mps").count("trains on mps") == 1
+    assert compile_device_note("default", "cpu") is None
+    assert compile_device_note("max-autotune-no-cudagraphs", "cpu") is None
+    assert compile_device_note("reduce-overhead", "gpu") is None
+    assert (compile_device_note("reduce-overhead", "auto") is None) == torch.cuda.is_available()
+
+
+def test_training_with_reduce_overhead_on_cpu_warns_and_still_compiles(tmp_path, monkeypatch):
+    """The recipe is accepted (the same recipe runs on a GPU) and the run says what it does instead;
+    the compilation itself is stubbed here (it takes a minute on this CPU; see docs/performance.md)."""
+    from mtlframe.model import MultiTaskModel
+    from mtlframe.testing import train_tiny
+
+    calls = []
+    monkeypatch.setattr(MultiTaskModel, "compile_parts", lambda self, **options: calls.append(options))
+    with pytest.warns(UserWarning, match=r"reduce-overhead captures the compiled model in CUDA graphs.*trains on cpu"):
+        train_tiny(tmp_path, **{"trainer.compile": {"mode": "reduce-overhead"}})
+    assert calls == [{"mode": "reduce-overhead", "dynamic": None, "fullgraph": False, "backend": "inductor"}]
