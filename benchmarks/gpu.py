@@ -202,9 +202,15 @@ def run_mtlframe(recipe: Any, batch: int, device: torch.device, warmup: int, ste
     return {**win.result(), "peak_device_mb": _peak_mb(device)}
 
 
-def _recipe(dataset: str, batch: int, total_steps: int, accelerator: str, synthetic_rows: int):
+def _recipe(dataset: str, batch: int, total_steps: int, accelerator: str, synthetic_rows: int,
+            compile_mode: str | None = None):
     from mtlframe.recipe import load_recipe, recipe_from_dict
 
+    if compile_mode is not None:
+        return load_recipe(str(Path(__file__).resolve().parents[1] / RECIPE), [
+            f"data.batch_size={batch}", f"trainer.max_steps={total_steps}", "trainer.max_epochs=100000",
+            f"trainer.accelerator={accelerator}", "trainer.devices=1", "trainer.enable_progress_bar=false",
+            "data.split.val=0", "logger.name=none", f"trainer.compile={{mode: {compile_mode}, dynamic: false}}"])
     common = [f"data.batch_size={batch}", f"trainer.max_steps={total_steps}", "trainer.max_epochs=100000",
               f"trainer.accelerator={accelerator}", "trainer.devices=1", "trainer.enable_progress_bar=false",
               "data.split.val=0", "logger.name=none"]
@@ -223,11 +229,16 @@ def _recipe(dataset: str, batch: int, total_steps: int, accelerator: str, synthe
 
 def run_gpu_section(datasets: tuple[str, ...] = ("adult", "synthetic"), batches: tuple[int, ...] = BATCHES,
                     synthetic_rows: int = SYNTHETIC_ROWS, device: str = "cuda", warmup: int = 10, steps: int = 50,
-                    profile_steps: int = 10) -> dict[str, Any]:
+                    profile_steps: int = 10, compile_mode: str | None = None,
+                    on_update: Any = None) -> dict[str, Any]:
     """Every (dataset, batch) pair, mtlframe then the reference. Returns ``{"status": "ok" | the
     skip reason, "device": name, "rows": [{"dataset", "batch", "system", "samples_per_s",
     "peak_device_mb", "outside_kernels", "timed_steps"}, ...], "ratios": [{"dataset", "batch",
-    "mtlframe_over_reference"}]}``."""
+    "mtlframe_over_reference"}]}``. ``compile_mode`` (e.g. ``reduce-overhead``): on Adult, also
+    mtlframe with ``trainer.compile: {mode: compile_mode, dynamic: false}`` at the first batch
+    size (system ``mtlframe-compile (<mode>)``, run last), warmed up over a whole epoch so both
+    batch shapes (full and last) are compiled before the clock starts. ``on_update(result)`` is
+    called after each row (the CLI writes partial results with it)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         why = cuda_skip_reason()
@@ -240,6 +251,7 @@ def run_gpu_section(datasets: tuple[str, ...] = ("adult", "synthetic"), batches:
                            "steps": steps, "profile_steps": profile_steps, "synthetic_rows": synthetic_rows,
                            "rows": [], "ratios": []}
     total = warmup + steps + profile_steps
+    adult_rows = 0
     for dataset in datasets:
         grab: dict[str, Any] = {}
         for batch in batches:
@@ -251,6 +263,8 @@ def run_gpu_section(datasets: tuple[str, ...] = ("adult", "synthetic"), batches:
             cat_key = next(k for k in cols if k.startswith("cat:"))
             cards = [grab["feature_info"][f].cardinality for f in cat_key[4:].split(",")]
             res["reference"] = run_reference(cols, cards, tasks, batch, dev, warmup, steps, profile_steps)
+            if dataset == "adult":
+                adult_rows = next(iter(cols.values())).shape[0]
             for system, r in res.items():
                 row = {"dataset": dataset, "batch": batch, "system": system, **r}
                 out["rows"].append(row)
@@ -259,7 +273,18 @@ def run_gpu_section(datasets: tuple[str, ...] = ("adult", "synthetic"), batches:
                     f"peak {peak}  outside kernels {r['outside_kernels']:.0%}")
             ratio = res["mtlframe"]["samples_per_s"] / res["reference"]["samples_per_s"]
             out["ratios"].append({"dataset": dataset, "batch": batch, "mtlframe_over_reference": ratio})
+            if on_update is not None:
+                on_update(out)
         grab.clear()
+    if compile_mode is not None and "adult" in datasets:   # last: compilation is the slowest part
+        batch = batches[0]
+        w = max(warmup, -(-adult_rows // batch) + 2)
+        r = run_mtlframe(_recipe("adult", batch, w + steps + profile_steps, accelerator, synthetic_rows, compile_mode),
+                         batch, dev, w, steps, profile_steps, {})
+        out["rows"].append({"dataset": "adult", "batch": batch, "system": f"mtlframe-compile ({compile_mode})", **r})
+        log(f"[gpu] adult batch {batch:>6} mtlframe-compile {r['samples_per_s']:>12,.0f} samples/s")
+        if on_update is not None:
+            on_update(out)
     return out
 
 
@@ -284,11 +309,11 @@ def gpu_markdown(section: dict[str, Any] | None) -> list[str]:
         return lines
     lines += ["", f"Device: {section['device']}, torch {section['torch']}; {section['warmup']} warm-up, "
               f"{section['steps']} timed, {section['profile_steps']} profiled steps.", ""]
-    ratio = {(r["dataset"], r["batch"]): r["mtlframe_over_reference"] for r in section["ratios"]}
+    refs = {(r["dataset"], r["batch"]): r["samples_per_s"] for r in section["rows"] if r["system"] == "reference"}
     rows = []
     for r in section["rows"]:
         peak = "-" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:,.0f}"
-        vs = f"{ratio[(r['dataset'], r['batch'])]:.2f}x" if r["system"] == "mtlframe" else ""
+        vs = f"{r['samples_per_s'] / refs[(r['dataset'], r['batch'])]:.2f}x" if r["system"] != "reference" else ""
         rows.append([r["dataset"], f"{r['batch']:,}", r["system"], f"{r['samples_per_s']:,.0f}", vs, peak,
                      "-" if math.isnan(r["outside_kernels"]) else f"{r['outside_kernels']:.0%}"])
     lines += markdown_table(["dataset", "batch", "system", "train samples/s", "vs reference", "peak GPU MB",
@@ -306,16 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--profile", type=int, default=10, help="profiled steps after the timed ones")
     p.add_argument("--device", default="cuda", help="cuda (skipped without one) or cpu (a dry run)")
+    p.add_argument("--compile", default=None, help="also mtlframe with trainer.compile {mode: THIS} on Adult "
+                   "(e.g. reduce-overhead: CUDA graphs)")
     a = p.parse_args(argv)
     from mtlframe.run import _quiet_lightning
     _quiet_lightning()
-    section = run_gpu_section(tuple(d for d in a.datasets.split(",") if d),
-                              tuple(int(b) for b in a.batches.split(",") if b), a.synthetic_rows, a.device,
-                              a.warmup, a.steps, a.profile)
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(section, indent=2, default=float), encoding="utf-8")
-    (out / "gpu.md").write_text("\n".join(gpu_markdown(section)) + "\n", encoding="utf-8")
+
+    def write(section: dict[str, Any]) -> None:   # after every row: a run cut short keeps what it measured
+        (out / "gpu.json").write_text(json.dumps(section, indent=2, default=float), encoding="utf-8")
+        (out / "gpu.md").write_text("\n".join(gpu_markdown(section)) + "\n", encoding="utf-8")
+
+    section = run_gpu_section(tuple(d for d in a.datasets.split(",") if d),
+                              tuple(int(b) for b in a.batches.split(",") if b), a.synthetic_rows, a.device,
+                              a.warmup, a.steps, a.profile, a.compile, on_update=write)
+    write(section)
     print(f"wrote {out / 'gpu.json'}, {out / 'gpu.md'} ({section['status']})")
     return 0
 
