@@ -302,7 +302,23 @@ def gpu_markdown(section: dict[str, Any] | None) -> list[str]:
              "(after warm-up steps; the clock read after `torch.cuda.synchronize()` at both ends); peak "
              "device memory from `torch.cuda.max_memory_allocated`; *outside kernels* = 1 - (kernel time "
              "from `torch.profiler`) / (wall time of the profiled steps): the share of the step in which "
-             "the GPU waits for the host. Target: mtlframe >= 0.9x the reference at every batch size."]
+             "the GPU waits for the host. Adult at batch 1024 also runs with `trainer.compile: {mode: "
+             "reduce-overhead}` (CUDA graphs; warmed up over an epoch so both batch shapes are compiled before "
+             "the clock starts). Target: mtlframe >= 0.9x the reference at every batch size.",
+             "",
+             "**Host synchronisations.** A training step reads nothing from the device outside logging "
+             "steps (every `log_every_n_steps`), on one process or under DDP: the non-finite check of "
+             "`trainer.nan_loss: stop` is deferred to the logging step (and to the epoch end and any "
+             "checkpoint) and still names the step that diverged; which tasks are labelled is read from the "
+             "batch while it is on the host; the DWA and RLW weights and the progress bar's loss are host "
+             "copies. Tested on the CPU by counting the reads that would synchronise "
+             "(`mtlframe.host_syncs.HostSyncCounter`, `tests/test_host_syncs.py`), and on a GPU by "
+             "`benchmarks/gpu_check.sh` with `torch.cuda.set_sync_debug_mode(\"warn\")` "
+             "(`python -m benchmarks.host_syncs --accelerator gpu`). What still reads each step: "
+             "`nan_loss: skip` (one read, to skip before the optimizer), a batch with a task unlabelled "
+             "on this process (the global counts), the gradient-level combiners (their small solvers run "
+             "on the host) and FAMO; and, under DDP, Lightning 2.6's own SIGTERM broadcast "
+             "(`_broadcast_sigterm_tensor`, one `.item()` a step; Lightning-AI/pytorch-lightning#21487)."]
     if not section or section.get("status") != "ok":
         why = (section or {}).get("status", "not run")
         lines += ["", f"**Numbers pending a GPU session** ({why}).", ""]

@@ -43,8 +43,9 @@ _GLUE = (os.path.join(_TORCH_DIR, "_tensor.py"), os.path.join(_TORCH_DIR, "utils
          os.path.join(_TORCH_DIR, "utils", "_device.py"), os.path.join(_TORCH_DIR, "_tensor_str.py"),
          os.path.join(_TORCH_DIR, "_compile.py"))
 _DYNAMO = os.path.join(_TORCH_DIR, "_dynamo") + os.sep
-_OWNERS = (("mtlframe", os.sep + "mtlframe" + os.sep), ("pytorch_lightning", os.sep + "pytorch_lightning" + os.sep),
-           ("pytorch_lightning", os.sep + "lightning_fabric" + os.sep), ("torchmetrics", os.sep + "torchmetrics" + os.sep))
+_OWNERS = tuple((owner, os.sep + part + os.sep) for owner, part in (
+    ("mtlframe", "mtlframe"), ("pytorch_lightning", "pytorch_lightning"), ("pytorch_lightning", "lightning_fabric"),
+    ("torchmetrics", "torchmetrics")))
 
 #: aten operators that read a value on the host or wait for a data-dependent output size
 SYNC_OPS = frozenset({
