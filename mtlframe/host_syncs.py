@@ -8,7 +8,9 @@ cannot run on a CPU, where tests run, so :class:`HostSyncCounter` records the op
   ``int(t)`` (all reach ``aten::_local_scalar_dense``), ``Tensor.tolist``, ``Tensor.cpu``;
 * the operators whose output size depends on the data (the host must wait for it):
   ``nonzero``, ``masked_select``, boolean-mask indexing, ``unique``, ``repeat_interleave``
-  without ``output_size``, ``equal`` and ``is_nonzero``.
+  without ``output_size``, ``equal`` and ``is_nonzero``;
+* copies between the host and an accelerator that wait for it (device -> host; host -> device
+  without ``non_blocking``): seen on a GPU only, since on a CPU-only run there is no such copy.
 
 Each event is attributed to the innermost Python frame outside torch's tensor glue and to its
 owner (``mtlframe``, ``pytorch_lightning``, ``torchmetrics``, ``torch`` or ``other``).
@@ -106,11 +108,29 @@ class HostSyncCounter(TorchDispatchMode):
         elif name == "aten.index.Tensor" and any(
                 i is not None and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])):
             self._record("aten.index.Tensor(bool mask)")
+        elif name in ("aten._to_copy.default", "aten.copy_.default") and self._blocking_transfer(name, args, kwargs):
+            self._record(f"{name} (blocking host <-> device copy)")
         elif name.startswith("aten.repeat_interleave") and kwargs.get("output_size") is None and (
                 len(args) < 4 or args[3] is None) and torch.is_tensor(args[0]) and torch.is_tensor(
                     args[1] if len(args) > 1 else kwargs.get("repeats")):
             self._record(name)
         return func(*args, **kwargs)
+
+    @staticmethod
+    def _blocking_transfer(name: str, args: tuple, kwargs: dict) -> bool:
+        """A copy between the host and an accelerator that waits for the device: device -> host
+        always, host -> device unless ``non_blocking`` (never true on a CPU-only run)."""
+        if name == "aten._to_copy.default":
+            src, dst = args[0].device, kwargs.get("device") or args[0].device
+            non_blocking = bool(kwargs.get("non_blocking", False))
+        else:
+            dst = args[0].device
+            src = getattr(args[1], "device", dst) if len(args) > 1 else dst
+            non_blocking = bool(args[2]) if len(args) > 2 else bool(kwargs.get("non_blocking", False))
+        src, dst = torch.device(src), torch.device(dst)
+        if src.type == dst.type or "meta" in (src.type, dst.type):
+            return False
+        return dst.type == "cpu" or not non_blocking
 
     def __enter__(self) -> "HostSyncCounter":
         counter = self

@@ -279,12 +279,14 @@ class MultiTaskModule(pl.LightningModule):
                                 "model-side sampler (data.sampler: in-batch or mixed).")
         neg = self.negative_sampler.negatives(items, self._negative_generator)  # draws on the CPU generator
         v_extra = extra = log_q_extra = None
+        # the draws are host tensors: copied without waiting for the device (a blocking copy to a
+        # GPU synchronises its stream)
         if neg.extra.numel():
-            extra = neg.extra.to(u.device)
+            extra = neg.extra.to(u.device, non_blocking=True)
             cols = self.catalogue.rows_on(neg.extra, u.device)
             v_extra = head.item_vectors(self.model.encode(cols))   # (M, d)
-            log_q_extra = neg.log_q_extra.to(u.device)
-        log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device)
+            log_q_extra = neg.log_q_extra.to(u.device, non_blocking=True)
+        log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device, non_blocking=True)
         return sampled_softmax_rows(u, v, items, head.temperature, log_q, v_extra, extra, log_q_extra)
 
     def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],

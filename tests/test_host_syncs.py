@@ -41,6 +41,21 @@ def test_counter_records_each_kind_of_host_read():
     assert torch.Tensor.tolist is not None and t.tolist() == [1.0, -2.0, 3.0]   # methods restored
 
 
+def test_counter_flags_copies_that_wait_for_the_device():
+    """Seen on a GPU only (a CPU-only run has no such copy): device -> host always, host -> device
+    unless non_blocking; checked here on stand-ins for the tensors."""
+    from types import SimpleNamespace as T
+
+    cpu, gpu = T(device=torch.device("cpu")), T(device=torch.device("cuda", 0))
+    blocking = HostSyncCounter._blocking_transfer
+    assert blocking("aten._to_copy.default", (cpu,), {"device": torch.device("cuda", 0)})
+    assert not blocking("aten._to_copy.default", (cpu,), {"device": torch.device("cuda", 0), "non_blocking": True})
+    assert blocking("aten._to_copy.default", (gpu,), {"device": torch.device("cpu"), "non_blocking": True})
+    assert not blocking("aten._to_copy.default", (gpu,), {"dtype": torch.float64})
+    assert blocking("aten.copy_.default", (gpu, cpu), {}) and not blocking("aten.copy_.default", (gpu, cpu, True), {})
+    assert blocking("aten.copy_.default", (cpu, gpu, True), {}) and not blocking("aten.copy_.default", (cpu, cpu), {})
+
+
 @pytest.mark.parametrize("combiner", ["static", "dwa", "rlw"])
 def test_training_steps_read_nothing_on_the_host_outside_logging_steps(combiner):
     """Two epochs, ``log_every_n_steps: 4``: the steps in between read nothing from the device (a
