@@ -66,7 +66,11 @@ def outside_kernel_share(prof: Any, wall_s: float, device: torch.device) -> floa
     of every kernel, on the CPU the self time of the ``aten::`` operators; clipped to [0, 1]."""
     events = prof.key_averages()
     if device.type == "cuda":
-        kernel_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
+        from torch.autograd import DeviceType
+
+        # the device's own events (kernels, copies); the self times partition the device time
+        on_device = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA] or list(events)
+        kernel_us = sum(getattr(e, "self_device_time_total", 0.0) for e in on_device)
     else:
         kernel_us = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::"))
     if wall_s <= 0:

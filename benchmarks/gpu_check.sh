@@ -84,21 +84,21 @@ summary "environment: ok ($(grep -m1 '^device 0' "$OUT/env.txt"))"
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
 # 2. host syncs per training step on the GPU (the counter, and CUDA's own sync debug mode)
-step host_syncs 120 "$PY" -m benchmarks.host_syncs --accelerator gpu --output "$OUT/host_syncs.json"
+step host_syncs 90 "$PY" -m benchmarks.host_syncs --accelerator gpu --output "$OUT/host_syncs.json"
 
 # 3. the GPU section (writes gpu.json / gpu.md after every row)
-step gpu_section 330 "$PY" -m benchmarks.gpu --output "$OUT" --compile reduce-overhead
+step gpu_section 300 "$PY" -m benchmarks.gpu --output "$OUT" --compile reduce-overhead
 
 # 4. TorchRec sharded vs dense, when present
 if [ -f benchmarks/torchrec_encoder.py ] && "$PY" -c "import torchrec" 2>/dev/null; then
-    step torchrec 90 "$PY" -m benchmarks.torchrec_encoder --steps 20 --warmup 3 --output "$OUT/torchrec.json"
+    step torchrec 60 "$PY" -m benchmarks.torchrec_encoder --steps 20 --warmup 3 --output "$OUT/torchrec.json"
 else
     summary "torchrec: skipped ($( [ -f benchmarks/torchrec_encoder.py ] && echo 'torchrec is not importable' || echo 'benchmarks/torchrec_encoder.py is not in this checkout'))"
 fi
 
 # 5. DDP smoke run on 2 GPUs (NCCL), with the host-sync count of each process
 if [ "$NGPU" -ge 2 ]; then
-    step ddp 120 "$PY" -m benchmarks.host_syncs --accelerator gpu --devices 2 --output "$OUT/ddp"
+    step ddp 90 "$PY" -m benchmarks.host_syncs --accelerator gpu --devices 2 --output "$OUT/ddp"
 else
     summary "ddp: skipped (1 GPU; a 2-process run needs 2)"
 fi
