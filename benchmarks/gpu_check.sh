@@ -15,7 +15,7 @@
 #
 # Steps (each with its own time limit; a step that fails or runs out of time is reported and the
 # next one runs):
-#   1. environment: nvidia-smi, torch / CUDA / package versions            -> env.txt
+#   1. environment: nvidia-smi, torch / CUDA / package versions            -> log.txt
 #   2. host syncs per training step, counted by mtlframe's counter and by
 #      torch.cuda.set_sync_debug_mode("warn") (benchmarks.host_syncs)       -> host_syncs.json
 #   3. the GPU section of the harness: Adult and 10M synthetic rows at batch
@@ -49,6 +49,7 @@ step() {  # step NAME SECONDS COMMAND...
 
 # 1. environment (and the wheels of missing packages)
 WHEELS="${MTLFRAME_WHEELS:-.whl}"
+ENVTXT=/tmp/mtlframe-gpu-check-env.txt   # (into log.txt: $OUT brings back at most 8 files)
 if ! "$PY" -c "import pydantic, pluggy, yaml, rich, pandas, pytorch_lightning, torchmetrics" 2>/dev/null; then
     if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -70,17 +71,17 @@ for name in ("pytorch_lightning", "torchmetrics", "pydantic", "pandas", "pyarrow
     except Exception as exc:  # noqa: BLE001
         print(name, "MISSING:", type(exc).__name__, str(exc)[:200])
 PYEOF
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
-if ! "$PY" -c "import mtlframe.run" 2>>"$OUT/env.txt"; then
-    summary "environment: mtlframe does not import with $PY (see env.txt: a missing package? bring its wheels in $WHEELS)"
+} > "$ENVTXT" 2>&1
+cat "$ENVTXT"
+if ! "$PY" -c "import mtlframe.run"; then   # its error goes to log.txt
+    summary "environment: mtlframe does not import with $PY (see log.txt: a missing package? bring its wheels in $WHEELS)"
     exit 1
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     summary "environment: no CUDA device visible to $PY; nothing to measure"
     exit 1
 fi
-summary "environment: ok ($(grep -m1 '^device 0' "$OUT/env.txt"))"
+summary "environment: ok ($(grep -m1 '^device 0' "$ENVTXT"))"
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
 # 2. host syncs per training step on the GPU (the counter, and CUDA's own sync debug mode)
