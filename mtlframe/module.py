@@ -30,6 +30,15 @@ tower, so DDP sees a gradient for every parameter. A
 step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
 every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 
+**Host synchronisation.** A training step reads nothing from the device outside logging steps
+(``batch_idx % log_every_n_steps == 0``): the non-finite check of ``nan_loss="stop"`` is deferred
+to the next logging step, the epoch end or a checkpoint (naming the step that diverged); which
+tasks are labelled comes from the batch while it is still on the host
+(:meth:`transfer_batch_to_device`). A step reads its reduced statistics on the host only with
+``nan_loss="skip"`` (the skip must precede the optimizer) or when a task has no labelled row in
+this process's batch (whether another process has one decides if it enters the combiner). Checked
+by ``tests/test_host_syncs.py`` (:class:`~mtlframe.host_syncs.HostSyncCounter`).
+
 Undefined metrics are NaN, never a number that looks valid: every metric of a task whose
 predictions in the split hold a NaN or an infinity (a diverged model), AUC on a split whose labels
 are one class, and any metric of a task without a labelled row in the split. Each case warns once,
