@@ -8,6 +8,9 @@
    run only when enough memory is available).
 3. Export (``--export quickstart,adult``; ``none`` to skip): the exported graphs in ONNX Runtime
    and TorchScript against torch eager at batch 1 and 1024 (:mod:`benchmarks.export_speed`).
+4. GPU (``--gpu auto``, the default: when CUDA is present; ``none`` to skip): mtlframe against
+   the reference loop on one device at batch 1024, 8192 and 65536 (:mod:`benchmarks.gpu`);
+   without CUDA the section says why it was skipped.
 
 Writes ``results.json`` and ``performance.png`` to ``--output``. A full run (no ``--quick`` or
 ``--rows``) also regenerates ``docs/performance.md`` and its plot; ``--docs`` forces that,
@@ -262,6 +265,10 @@ def markdown(results: dict, png: Path | None) -> str:
         from benchmarks.export_speed import export_markdown
 
         lines += export_markdown(results["export"])
+    if "gpu" in results:
+        from benchmarks.gpu import gpu_markdown
+
+        lines += gpu_markdown(results["gpu"])
     notes = results.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -383,6 +390,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--export", default="quickstart,adult",
                    help="models of the export section (ONNX Runtime vs torch), 'none' to skip")
+    p.add_argument("--gpu", default="auto", choices=["auto", "none"],
+                   help="the GPU section (benchmarks.gpu): run when CUDA is present (auto) or skip")
     p.add_argument("--docs", action="store_true",
                    help="rewrite docs/performance.md even after a --quick or --rows run")
     p.add_argument("--no-docs", action="store_true",
@@ -408,6 +417,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.run") 
 
         results["export"] = run_export_speed([m.strip() for m in a.export.split(",") if m.strip()], a.threads,
                                              a.repeats if a.quick else max(a.repeats, 5))
+    if a.gpu == "auto":
+        from benchmarks.gpu import cuda_skip_reason, run_gpu_section
+
+        why = cuda_skip_reason()
+        if why:
+            log(f"[gpu] section skipped: {why}")
+        results["gpu"] = {"status": f"skipped: {why}", "rows": [], "ratios": []} if why else run_gpu_section()
     results["notes"] = NOTES
     results["seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")

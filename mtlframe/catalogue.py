@@ -88,7 +88,7 @@ class Catalogue:
             self.positions(torch.zeros(0, dtype=torch.long))          # builds the position table
             self._on = (device, self._position.to(device), {k: v.to(device) for k, v in self.columns.items()})
         _, position, columns = self._on
-        pos = position[codes.to(device).long()]
+        pos = position[codes.to(device, non_blocking=True).long()]   # host codes: no stream sync
         return {k: v.index_select(0, pos) for k, v in columns.items()}
 
     def take(self, positions: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:

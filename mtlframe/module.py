@@ -30,6 +30,15 @@ tower, so DDP sees a gradient for every parameter. A
 step with no label anywhere, or a skipped non-finite step (``nan_loss="skip"``), is skipped on
 every process. Epoch means and evaluation label counts are reduced as fixed-size tensors too.
 
+**Host synchronisation.** A training step reads nothing from the device outside logging steps
+(``batch_idx % log_every_n_steps == 0``): the non-finite check of ``nan_loss="stop"`` is deferred
+to the next logging step, the epoch end or a checkpoint (naming the step that diverged); which
+tasks are labelled comes from the batch while it is still on the host
+(:meth:`transfer_batch_to_device`). A step reads its reduced statistics on the host only with
+``nan_loss="skip"`` (the skip must precede the optimizer) or when a task has no labelled row in
+this process's batch (whether another process has one decides if it enters the combiner). Checked
+by ``tests/test_host_syncs.py`` (:class:`~mtlframe.host_syncs.HostSyncCounter`).
+
 Undefined metrics are NaN, never a number that looks valid: every metric of a task whose
 predictions in the split hold a NaN or an infinity (a diverged model), AUC on a split whose labels
 are one class, and any metric of a task without a labelled row in the split. Each case warns once,
@@ -159,11 +168,36 @@ class MultiTaskModule(pl.LightningModule):
         Lightning's default.
         """
         if isinstance(batch, dict) and all(torch.is_tensor(v) for v in batch.values()):
-            if all(v.device == device for v in batch.values()):
-                return batch
-            non_blocking = device.type == "cuda"
-            return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+            labelled = self._host_labelled(batch)   # read while the batch is still on the host
+            if not all(v.device == device for v in batch.values()):
+                non_blocking = device.type == "cuda"
+                batch = {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+            self._batch_labelled = (id(batch), labelled)
+            return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _host_labelled(self, batch: Mapping[str, torch.Tensor]) -> list[bool] | None:
+        """Per task, whether this process's batch holds a labelled row (a retrieval task trained
+        with model-side negatives: a positive labelled row), read from the batch's host tensors
+        with ``.numpy()`` (no device sync: it raises on a device tensor, so a batch already on the
+        device gives ``None``: unknown)."""
+        out = []
+        for t in self.tasks:
+            mask = batch.get(mask_key(t.name))
+            anchors = t.type == "retrieval" and self.negative_sampler is not None
+            target = batch.get(label_key(t.name))
+            if target is None:
+                return None
+            rows = (target == 1) if anchors else None
+            if mask is not None:
+                rows = mask if rows is None else mask & rows
+            if rows is None:
+                out.append(target.shape[0] > 0)
+            elif rows.device.type != "cpu":
+                return None
+            else:
+                out.append(bool(rows.numpy().any()))
+        return out
 
     # -- forward and losses ----------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -254,12 +288,14 @@ class MultiTaskModule(pl.LightningModule):
                                 "model-side sampler (data.sampler: in-batch or mixed).")
         neg = self.negative_sampler.negatives(items, self._negative_generator)  # draws on the CPU generator
         v_extra = extra = log_q_extra = None
+        # the draws are host tensors: copied without waiting for the device (a blocking copy to a
+        # GPU synchronises its stream)
         if neg.extra.numel():
-            extra = neg.extra.to(u.device)
+            extra = neg.extra.to(u.device, non_blocking=True)
             cols = self.catalogue.rows_on(neg.extra, u.device)
             v_extra = head.item_vectors(self.model.encode(cols))   # (M, d)
-            log_q_extra = neg.log_q_extra.to(u.device)
-        log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device)
+            log_q_extra = neg.log_q_extra.to(u.device, non_blocking=True)
+        log_q = None if neg.log_q_batch is None else neg.log_q_batch.to(u.device, non_blocking=True)
         return sampled_softmax_rows(u, v, items, head.temperature, log_q, v_extra, extra, log_q_extra)
 
     def task_loss_sums(self, batch: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor],
@@ -386,12 +422,22 @@ class MultiTaskModule(pl.LightningModule):
                 self._bad_loss(bad, row, step)
 
     def _sync_every_step(self, batch: Mapping[str, torch.Tensor], stats: torch.Tensor) -> bool:
-        """Whether the step reads its statistics on the host now: under DDP, with missing labels
-        (which tasks are labelled somewhere), with ``nan_loss="skip"``, or on the CPU (free there).
-        Otherwise (one accelerator, every label present) the non-finite check is deferred to the
-        next logging step, so the device is not stalled every step."""
-        return (self.trainer.world_size > 1 or self.nan_loss == "skip" or stats.device.type == "cpu"
-                or any(mask_key(t.name) in batch for t in self.tasks))
+        """Whether the step reads its statistics on the host now (one device -> host sync):
+
+        * ``nan_loss="skip"``: the step must be skipped before the optimizer reads its gradients,
+          and only the host can decide not to run a (non-fused) optimizer step;
+        * a task has no labelled row in this process's batch, or that is unknown (the batch did
+          not pass through :meth:`transfer_batch_to_device` from the host): whether it is labelled
+          on another process (and so enters the combiner) is in the reduced counts only.
+
+        Otherwise (every task labelled here, so in the global batch too, whatever the other
+        processes hold) nothing is read: the non-finite check of ``nan_loss="stop"`` is deferred
+        to the next logging step (:meth:`_check_pending`, which names the step that diverged), so
+        the device is not stalled every step, on one process or under DDP, on any device."""
+        if self.nan_loss == "skip":
+            return True
+        key, labelled = getattr(self, "_batch_labelled", (None, None))
+        return key != id(batch) or labelled is None or not all(labelled)
 
     def _skip(self) -> torch.Tensor | None:
         """End a step that every process skips. Under automatic optimization the step returns
@@ -436,23 +482,28 @@ class MultiTaskModule(pl.LightningModule):
         n, p = len(self.tasks), len(aux_parts)
         step = self.global_step
         if self._sync_every_step(batch, stats):
-            # one host sync: which tasks are labelled somewhere (and whether the loss is finite)
+            # one host sync: which tasks are labelled somewhere (and whether the loss is finite);
+            # earlier deferred steps first, so a stop names the first step that diverged
+            self._check_pending()
             host = stats.tolist()
-            global_counts = host[:n]
+            labelled = [c > 0 for c in host[:n]]
             bad = self._non_finite(host, aux_parts)
             if bad and self._bad_loss(bad, host, step):
                 return self._skip()
         else:
-            # one process, every label present, on an accelerator: check for a non-finite loss with
-            # the next logging step's sync instead of stalling every step
-            global_counts = [float(batch[label_key(t.name)].shape[0]) for t in self.tasks]
+            # every task labelled in this process's batch: no host read; the non-finite check of
+            # this step runs with the next logging step's (or the epoch end's, or a checkpoint's) sync
+            labelled = [True] * n
             self._pending.append((step, stats, aux_parts))
             if batch_idx % self.trainer.log_every_n_steps == 0:
                 self._check_pending()
-        # each process's term is its share of the global masked mean, sum_r term_r / world = mean
-        losses = {t.name: s * (world / c) for t, s, c in zip(self.tasks, sums, global_counts) if c > 0}
+        # each process's term is its share of the global masked mean, sum_r term_r / world = mean;
+        # the global counts stay on the device (world / count, in the loss's dtype)
+        scales = (world / stats[:n]).to(sums[0].dtype).unbind()
+        losses = {t.name: s * (k if k.dtype == s.dtype else k.to(s.dtype))
+                  for t, s, k, c in zip(self.tasks, sums, scales, labelled) if c}
         # a task labelled on no process: a zero-weighted term keeps its tower in the backward (DDP)
-        absent = [s * 0.0 for s, c in zip(sums, global_counts) if c <= 0]
+        absent = [s * 0.0 for s, c in zip(sums, labelled) if not c]
         # the same for each auxiliary part over its global row count (a part with no row anywhere
         # has a zero sum: 0 / 1); on one process the backbone's own per-batch mean
         aux: dict[str, torch.Tensor] = {}
@@ -503,7 +554,12 @@ class MultiTaskModule(pl.LightningModule):
         self._epoch_total = total_d.double() if self._epoch_total is None else self._epoch_total + total_d.double()
         self._epoch_steps += 1
         if batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", total_d, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+            # Lightning converts the progress bar's values to numbers after every step (not only
+            # logging steps): a host copy, read here (a logging step), keeps that off the device;
+            # without a progress bar the value is not shown there at all
+            bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+            self.log("train/loss", total_d.to("cpu") if bar else total_d, on_step=True, on_epoch=False,
+                     prog_bar=bar, batch_size=bsz)
             for t, w in self.combiner.current_weights().items():
                 self.log(f"train/weight/{t}", float(w), on_step=True, on_epoch=False, batch_size=bsz)
             for key, value in self.combiner.logged_values().items():

@@ -659,6 +659,24 @@ def _finish_logger(logger) -> None:
         wandb.teardown()  # offline finish() may return before the run file is complete
 
 
+def compile_device_note(mode: str, accelerator: str) -> str | None:
+    """Why ``trainer.compile.mode`` will not do all it says on this run's device, or ``None``.
+
+    ``reduce-overhead`` (and ``max-autotune``) capture the compiled parts in CUDA graphs, which
+    need a CUDA device: on a CPU (``accelerator: cpu``, or ``auto`` without CUDA) torch compiles
+    them as ``mode: default`` would, without a word, so the recipe is accepted and this says so.
+    """
+    if mode not in ("reduce-overhead", "max-autotune"):
+        return None
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if cuda:
+        return None
+    device = "cpu" if accelerator in ("cpu", "auto") else accelerator
+    return (f"trainer.compile.mode: {mode} captures the compiled model in CUDA graphs, which need a CUDA device; "
+            f"this run trains on {device} (trainer.accelerator: {accelerator}), so it is compiled without CUDA graphs "
+            "(as mode: default, or max-autotune-no-cudagraphs). Use trainer.compile: true on this device.")
+
+
 def build_system(recipe: Recipe):
     """Build ``(datamodule, module, builder)`` from a recipe (loads and preprocesses the data)."""
     from mtlframe.build import Builder
@@ -949,6 +967,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             _clear_run(run_dir)
         memory_plan.report(module.model, cfg, quiet=progress is False)
         if cfg.trainer.compile is not None:
+            note = compile_device_note(cfg.trainer.compile.mode, cfg.trainer.accelerator)
+            if note and is_zero:
+                warnings.warn(note, UserWarning, stacklevel=2)
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
         if target is None or target.recipe.lines:  # a resume with overrides: the recipe it trains on now
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")

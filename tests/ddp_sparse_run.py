@@ -82,7 +82,8 @@ class Batches:
 
 def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr: float = 0.05,
          plan: list | None = None, inf_label: tuple[int, str] | None = None, accumulate: int = 1,
-         optimizer: dict | None = None, drop: int | None = None, setup: str | None = None) -> dict:
+         optimizer: dict | None = None, drop: int | None = None, setup: str | None = None, log_every: int = 1,
+         callbacks: list | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -114,9 +115,10 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
     init = {k: v.detach().clone() for k, v in module.state_dict().items()}
     box = []
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                         max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0, accumulate_grad_batches=accumulate,
+                         max_epochs=1, log_every_n_steps=log_every, num_sanity_val_steps=0, accumulate_grad_batches=accumulate,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         use_distributed_sampler=False, logger=CSVLogger(os.path.dirname(out), name="logs"))
+                         use_distributed_sampler=False, logger=CSVLogger(os.path.dirname(out), name="logs"),
+                         callbacks=callbacks)
     box.append(trainer)
     trainer.fit(module, train_dataloaders=Batches(batches, box), val_dataloaders=Batches(val, box))
     result = {"weights": {k: v.detach().clone() for k, v in module.state_dict().items()}, "init": init,

@@ -42,3 +42,8 @@ def test_harness_tiny_mode(tmp_path):
     assert summary["mtlframe"]["ratio_to_reference_per_repeat"] == [summary["mtlframe"]["ratio_to_reference"]]
     assert results["environment"]["command"].startswith("mtlframe benchmark --quick")
     assert len(results["adult"]["runs"]["mtlframe"]) == 1
+    import torch
+
+    if not torch.cuda.is_available():   # the GPU section says why it did not run
+        assert results["gpu"]["status"].startswith("skipped: no CUDA device"), results["gpu"]
+        assert results["gpu"]["rows"] == []

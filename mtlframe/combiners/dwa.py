@@ -51,6 +51,7 @@ class DWA(LossCombiner):
         t = len(self.task_names)
         self.register_buffer("loss_history", torch.full((2, t), float("nan"), dtype=torch.float64))
         self.register_buffer("dwa_weights", torch.ones(t, dtype=torch.float64))
+        self._host_weights: list[float] | None = None   # dwa_weights on the host
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         tasks = present_tasks(losses, self.task_names)
@@ -58,7 +59,15 @@ class DWA(LossCombiner):
         return sum(w[t] * losses[t] for t in tasks)  # type: ignore[return-value]
 
     def current_weights(self) -> dict[str, float]:
-        return dict(zip(self.task_names, self.dwa_weights.tolist()))
+        # the weights change once per epoch: a host copy, read once after each change (a device
+        # buffer read at every step would stall an accelerator at every step)
+        if self._host_weights is None:
+            self._host_weights = self.dwa_weights.tolist()
+        return dict(zip(self.task_names, self._host_weights))
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (torch's hook)
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_weights = None
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Shift the two-epoch loss history and recompute the weights for the next epoch."""
@@ -69,3 +78,4 @@ class DWA(LossCombiner):
         ratio = history[1] / history[0].clamp_min(1e-12)
         ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
         self.dwa_weights.copy_(len(self.task_names) * torch.softmax(ratio / self.temperature, 0))
+        self._host_weights = None

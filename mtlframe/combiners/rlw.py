@@ -41,15 +41,24 @@ class RandomLossWeighting(LossCombiner):
         self.seed = int(seed)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._last_weights = {t: 1.0 / len(self.task_names) for t in self.task_names}
+        self._host_step: int | None = None   # ``step`` on the host, kept in step with it
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (torch's hook)
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_step = None
 
     def forward(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         tasks = present_tasks(losses, self.task_names)
         if self.training:
-            gen = torch.Generator().manual_seed(self.seed + int(self.step))
+            if self._host_step is None:  # the step buffer on the host: read once (after a load)
+                self._host_step = int(self.step)
+            gen = torch.Generator().manual_seed(self.seed + self._host_step)
             eps = torch.randn(len(self.task_names), generator=gen, dtype=torch.float64)
             self.step += 1
+            self._host_step += 1
             idx = [self.task_names.index(t) for t in tasks]
-            lam = dict(zip(tasks, torch.softmax(eps[idx], 0).tolist()))
+            # a CPU draw: read with .numpy() (never a device sync)
+            lam = dict(zip(tasks, torch.softmax(eps[idx], 0).numpy().tolist()))
             self._last_weights = {t: lam.get(t, 0.0) for t in self.task_names}
         else:
             lam = {t: 1.0 / len(tasks) for t in tasks}

@@ -1,0 +1,128 @@
+"""Training steps make no device -> host synchronisation outside logging steps (counted on the CPU
+with :class:`mtlframe.host_syncs.HostSyncCounter`; ``benchmarks/gpu_check.sh`` checks the same on a
+GPU with ``torch.cuda.set_sync_debug_mode``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from mtlframe.errors import MTLFrameError
+from mtlframe.host_syncs import HostSyncCounter
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import ddp_sparse_run  # noqa: E402
+
+
+def test_counter_records_each_kind_of_host_read():
+    t = torch.tensor([1.0, -2.0, 3.0])
+    with HostSyncCounter() as syncs:
+        s = t.sum()
+        bool(s > 0)
+        float(s)
+        int(s)
+        s.item()
+        t.tolist()
+        t.cpu()
+        t[t > 0]                  # boolean-mask indexing: the output size is data-dependent
+        torch.nonzero(t)
+        torch.equal(t, t)
+        (t > 0).numpy().any()     # .numpy() raises on a device tensor: a host value, not counted
+        t * 2                     # plain device work: not counted
+    assert [e.op for e in syncs.events] == [
+        "aten._local_scalar_dense.default"] * 4 + ["Tensor.tolist", "Tensor.cpu", "aten.index.Tensor(bool mask)",
+                                                   "aten.nonzero.default", "aten.equal.default"]
+    assert {e.owner for e in syncs.events} == {"other"}          # this file
+    assert all(e.where.startswith(__file__) for e in syncs.events)
+    assert torch.Tensor.tolist is not None and t.tolist() == [1.0, -2.0, 3.0]   # methods restored
+
+
+def test_counter_flags_copies_that_wait_for_the_device():
+    """Seen on a GPU only (a CPU-only run has no such copy): device -> host always, host -> device
+    unless non_blocking; checked here on stand-ins for the tensors."""
+    from types import SimpleNamespace as T
+
+    cpu, gpu = T(device=torch.device("cpu")), T(device=torch.device("cuda", 0))
+    blocking = HostSyncCounter._blocking_transfer
+    assert blocking("aten._to_copy.default", (cpu,), {"device": torch.device("cuda", 0)})
+    assert not blocking("aten._to_copy.default", (cpu,), {"device": torch.device("cuda", 0), "non_blocking": True})
+    assert blocking("aten._to_copy.default", (gpu,), {"device": torch.device("cpu"), "non_blocking": True})
+    assert not blocking("aten._to_copy.default", (gpu,), {"dtype": torch.float64})
+    assert blocking("aten.copy_.default", (gpu, cpu), {}) and not blocking("aten.copy_.default", (gpu, cpu, True), {})
+    assert blocking("aten.copy_.default", (cpu, gpu, True), {}) and not blocking("aten.copy_.default", (cpu, cpu), {})
+
+
+@pytest.mark.parametrize("combiner", ["static", "dwa", "rlw"])
+def test_training_steps_read_nothing_on_the_host_outside_logging_steps(combiner):
+    """Two epochs, ``log_every_n_steps: 4``: the steps in between read nothing from the device (a
+    NaN check of every step and the DWA/RLW weight reads used to sync every step); the logging
+    steps do read (the deferred non-finite check of the steps before them)."""
+    from benchmarks.host_syncs import count_training_syncs
+
+    res = count_training_syncs({"combiner": {"name": combiner}}, log_every=4, epochs=2)
+    assert res["batches"] == 26                                     # 2 x ceil(1600 / 128)
+    assert res["outside_logging"] == []
+    ours = [e for e in res["logging"] if e["owner"] == "mtlframe"]
+    assert {(e["batch"], e["where"].split("mtlframe/")[-1].split(":")[0]) for e in ours} >= {
+        (0, "module.py"), (4, "module.py"), (8, "module.py"), (12, "module.py")}
+
+
+def test_nan_loss_skip_reads_each_step_once():
+    """``nan_loss: skip`` decides on the host, before the optimizer step (the documented cost): one
+    read per step, from the module, and nothing else."""
+    from benchmarks.host_syncs import count_training_syncs
+
+    res = count_training_syncs({"trainer.nan_loss": "skip"}, log_every=4, epochs=1)
+    outside = res["outside_logging"]
+    assert [e["batch"] for e in outside] == [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    assert {(e["op"], e["where"].split("mtlframe/")[-1].split(":")[0]) for e in outside} == {
+        ("Tensor.tolist", "module.py")}
+
+
+class _Batches(pl.Callback):
+    """Which batches ran, and the host reads of mtlframe per batch."""
+
+    def __init__(self, counter: HostSyncCounter) -> None:
+        self.counter, self.started = counter, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.started.append(batch_idx)
+        self.counter.step = batch_idx
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.counter.step = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.counter.step = None
+
+
+def test_sparse_labels_read_the_counts_only_when_a_task_is_unlabelled_here(tmp_path):
+    """With missing labels, whether a task enters the combiner depends on the global counts; they
+    are read only at a step where this process's batch has a task without a labelled row (steps 1,
+    2, 4 of the plan); a step where every task is labelled here reads nothing."""
+    plan = [{"task_0": (8, 8), "task_1_bin": (3, 7)}, {"task_0": (8, 8), "task_1_bin": (0, 0)},
+            {"task_0": (0, 0), "task_1_bin": (2, 2)}, {"task_0": (1, 0), "task_1_bin": (0, 1)},
+            {"task_0": (0, 0), "task_1_bin": (0, 0)}, {"task_0": (5, 5), "task_1_bin": (5, 5)}]
+    counter = HostSyncCounter()
+    cb = _Batches(counter)
+    with counter:
+        ddp_sparse_run.main(str(tmp_path / "o.pt"), "static", 1, plan=plan, log_every=100, callbacks=[cb])
+    assert cb.started == [0, 1, 2, 3, 4, 5]
+    ours = sorted({e.step for e in counter.events if e.owner == "mtlframe" and e.step is not None})
+    assert ours == [0, 1, 2, 4]        # 0: the logging step; 3 and 5 have every task labelled here
+
+
+def test_deferred_stop_names_the_step_that_diverged(tmp_path):
+    """``nan_loss: stop`` without a per-step read: the infinite loss of step 1 is found at the next
+    logging step (4) and the error names step 1, not the step where it was found."""
+    counter = HostSyncCounter()
+    cb = _Batches(counter)
+    plan = [{"task_0": (8, 8), "task_1_bin": (8, 8)}] * 6
+    with pytest.raises(MTLFrameError, match=r"not finite at global step 1 \(epoch 1\): task loss 'task_0' \(inf\)"):
+        ddp_sparse_run.main(str(tmp_path / "o.pt"), "static", 1, plan=plan, inf_label=(1, "task_0"), log_every=4,
+                            callbacks=[cb])
+    assert cb.started == [0, 1, 2, 3, 4]
