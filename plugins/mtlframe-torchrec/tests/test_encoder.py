@@ -1,0 +1,106 @@
+"""The torchrec-embedding encoder in one process: same initialisation and same output as the
+built-in ``embedding`` encoder (single-valued and multi-categorical features), its own fused
+optimizer, argument errors, and the sharding errors that need no second process."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import torchrec_or_skip  # noqa: E402
+
+torchrec_or_skip()
+
+from mtlframe.encoders.embedding import EmbeddingEncoder  # noqa: E402
+from mtlframe.errors import ArgumentError, MTLFrameError  # noqa: E402
+from mtlframe.features import FeatureInfo  # noqa: E402
+from mtlframe_torchrec.encoder import TorchRecEmbeddingEncoder  # noqa: E402
+
+INFO = {"user": FeatureInfo("user", "categorical", 7), "item": FeatureInfo("item", "categorical", 5),
+        "genres": FeatureInfo("genres", "multi_categorical", 6, max_len=3)}
+FEATURES = ["user", "genres", "item"]
+
+
+def _pair(**kw):
+    torch.manual_seed(3)
+    ref = EmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
+    after_ref = torch.rand(1)
+    torch.manual_seed(3)
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO, **kw)
+    after_enc = torch.rand(1)
+    return ref, enc, after_ref, after_enc
+
+
+def _batch(encoder, rows):
+    cols = {"user": torch.tensor([r[0] for r in rows]), "item": torch.tensor([r[1] for r in rows])}
+    b = encoder.featurize(dict(cols))
+    b["genres"] = torch.tensor([r[2] for r in rows])
+    return b
+
+
+ROWS = [(0, 4, [2, 3, 0]), (6, 0, [0, 0, 0]), (3, 2, [5, 5, 1]), (1, 1, [4, 0, 0])]
+
+
+def test_same_init_and_output_as_the_builtin_encoder():
+    ref, enc, after_ref, after_enc = _pair()
+    assert after_ref == after_enc                        # the same random draws, so the rest of the model matches
+    fused = ref.fused.table.weight
+    ebc = enc.tables.ebc.embedding_bags
+    torch.testing.assert_close(ebc["t_user"].weight, fused[:7], rtol=0, atol=0)
+    torch.testing.assert_close(ebc["t_item"].weight, fused[7:], rtol=0, atol=0)
+    torch.testing.assert_close(ebc["t_genres"].weight, ref.bags["genres"].weight, rtol=0, atol=0)
+    out, want = enc(_batch(enc, ROWS)), ref(_batch(ref, ROWS))
+    assert out.shape == (4, 12) and enc.output_dim == 12
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-7)
+    # row 1: genres all padding -> zeros; row 2: mean of rows 5, 5, 1 of the genres table
+    assert out[1, 8:].abs().max() == 0
+    g = ebc["t_genres"].weight
+    torch.testing.assert_close(out[2, 8:], (2 * g[5] + g[1]) / 3)
+    assert enc.feature_slices() == ref.feature_slices() == {"user": (0, 4), "item": (4, 8), "genres": (8, 12)}
+
+
+def test_tables_train_with_their_own_optimizer_in_backward():
+    ref, enc, _, _ = _pair(optimizer="sgd", lr=0.5)
+    w0 = enc.tables.ebc.embedding_bags["t_user"].weight.detach().clone()
+    out = enc(_batch(enc, ROWS))
+    out.sum().backward()                                 # the fused SGD steps inside backward
+    w = enc.tables.ebc.embedding_bags["t_user"].weight
+    assert w.grad is None                                # consumed: the recipe's optimizer never sees it
+    # d(sum)/d(row) = 1 per lookup: users 0, 6, 3, 1 each looked up once -> moved by -0.5
+    torch.testing.assert_close(w0 - w.detach(), torch.tensor([0.5, 0.5, 0, 0.5, 0, 0, 0.5]).unsqueeze(1).expand(7, 4))
+
+
+@pytest.mark.parametrize(("kw", "param", "text"), [
+    ({"sharding": "diagonal"}, "sharding", "unknown sharding 'diagonal'"),
+    ({"sharding": {"nope": "table-wise"}}, "sharding.nope", "'nope' is not a feature"),
+    ({"optimizer": "lamb"}, "optimizer", "unknown optimizer 'lamb'"),
+    ({"lr": 0.0}, "lr", "lr must be > 0"),
+    ({"dim": 0}, "dim", "dim must be >= 1"),
+])
+def test_argument_errors_name_the_parameter(kw, param, text):
+    with pytest.raises(ArgumentError, match=text) as err:
+        TorchRecEmbeddingEncoder(FEATURES, feature_info=INFO, **{"dim": 4, **kw})
+    assert err.value.param == param
+
+
+def test_row_wise_on_cpu_is_refused_with_the_reason(monkeypatch):
+    import torch.distributed as dist
+    from pytorch_lightning.strategies import DDPStrategy
+
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, sharding={"user": "row-wise"}, feature_info=INFO)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    with pytest.raises(MTLFrameError, match="sharding 'row-wise' for 'user' needs CUDA: TorchRec's CPU kernels"):
+        enc.configure_distributed(DDPStrategy(parallel_devices=[torch.device("cpu")] * 2))
+    with pytest.raises(MTLFrameError, match="under Lightning's DDP strategy"):
+        enc.configure_distributed(object())
+    assert not enc.sharded and "tables" in enc._modules   # nothing half-done
+
+
+def test_one_process_does_not_shard():
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
+    enc.configure_distributed(object())                   # no process group: nothing to do
+    assert not enc.sharded
