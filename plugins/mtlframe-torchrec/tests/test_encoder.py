@@ -104,3 +104,17 @@ def test_one_process_does_not_shard():
     enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
     enc.configure_distributed(object())                   # no process group: nothing to do
     assert not enc.sharded
+
+
+def test_memory_plan_counts_the_tables_own_optimizer():
+    from types import SimpleNamespace
+
+    from mtlframe.memory_plan import estimate
+
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, optimizer="rowwise-adagrad", feature_info=INFO)
+    model = torch.nn.Module()
+    model.encoders = torch.nn.ModuleList([enc])
+    plan = estimate(model, SimpleNamespace(name="adam", momentum=0.0, sparse_optimizer="auto"))
+    user = next(r for r in plan.rows if r.name.endswith("t_user"))
+    # 7 x 4 float32: 112 bytes of weights, no gradient kept, one float per row (7 x 4 bytes)
+    assert (user.weights, user.grads, user.state, user.kind) == (112, 0, 28, "in-backward rowwise-adagrad")

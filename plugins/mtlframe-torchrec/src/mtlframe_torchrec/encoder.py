@@ -207,6 +207,16 @@ class TorchRecEmbeddingEncoder(Encoder):
         from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
         return RowWiseAdagrad, {"lr": self.lr}
 
+    def table_memory(self, weight: torch.Tensor) -> tuple[int, int, int, str]:
+        """The memory plan's row for one table (:mod:`mtlframe.memory_plan`): ``(weight bytes,
+        gradient bytes, optimizer state bytes, kind)``, whole (a run of N processes holds about
+        1/N of it in each). Gradients: none held across the step (FBGEMM's fused kernels when
+        sharded; in one process the in-backward step frees each table's gradient at once). State
+        per weight element: SGD 0, Adagrad 1, Adam 2, row-wise Adagrad ``1 / d`` (one per row)."""
+        b = weight.element_size() * weight.numel()
+        per = {"sgd": 0.0, "adagrad": 1.0, "adam": 2.0, "rowwise-adagrad": 1.0 / max(weight.shape[-1], 1)}
+        return b, 0, int(round(b * per[self.optimizer])), f"in-backward {self.optimizer}"
+
     # -- data ------------------------------------------------------------------------------
     def feature_slices(self) -> dict[str, tuple[int, int]]:
         """Each feature's ``d`` columns: the single-valued features in order, then the
