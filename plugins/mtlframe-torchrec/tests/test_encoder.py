@@ -118,3 +118,21 @@ def test_memory_plan_counts_the_tables_own_optimizer():
     user = next(r for r in plan.rows if r.name.endswith("t_user"))
     # 7 x 4 float32: 112 bytes of weights, no gradient kept, one float per row (7 x 4 bytes)
     assert (user.weights, user.grads, user.state, user.kind) == (112, 0, 28, "in-backward rowwise-adagrad")
+
+
+def test_uneven_evaluation_batches_are_refused_before_they_hang():
+    from types import SimpleNamespace
+
+    from mtlframe_torchrec.encoder import check_even_evaluation, eval_batch_counts
+
+    # 201 rows dealt to 2 processes: 101 and 100 rows -> 2 and 1 batches of 100
+    assert eval_batch_counts(201, 100, 2) == [2, 1]
+    assert eval_batch_counts(200, 100, 2) == [1, 1]
+    dm = SimpleNamespace(split_index={"val": range(200), "test": range(201)},
+                         cfg=SimpleNamespace(eval_batch_size=100, batch_size=32))
+    strategy = SimpleNamespace(lightning_module=SimpleNamespace(trainer=SimpleNamespace(datamodule=dm)))
+    with pytest.raises(MTLFrameError, match=r"the test split's 201 rows give the 2 processes 2/1 batches of 100 "
+                                            r"\(data.eval_batch_size\).*Set data.eval_batch_size to 99 or 101"):
+        check_even_evaluation(strategy, 2)
+    dm.split_index["test"] = range(202)
+    check_even_evaluation(strategy, 2)                     # 101 / 101 rows: 2 / 2 batches

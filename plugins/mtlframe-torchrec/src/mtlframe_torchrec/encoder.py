@@ -274,7 +274,9 @@ class TorchRecEmbeddingEncoder(Encoder):
         nothing in one process, or when already sharded.
 
         Raises:
-            MTLFrameError: the strategy is not DDP; the device cannot do the sharding asked for
+            MTLFrameError: the strategy is not DDP; the evaluation splits give the processes
+                different numbers of batches (:func:`check_even_evaluation`); the device cannot do
+                the sharding asked for
                 (``row-wise`` on CPU: TorchRec's CPU kernels offer table-, column- and
                 table-column-wise only); the planner finds no plan (the message names the tables).
         """
@@ -290,6 +292,7 @@ class TorchRecEmbeddingEncoder(Encoder):
                                 "itself: FSDP / DeepSpeed would shard them a second time.")
         device = torch.device(strategy.root_device)
         world = dist.get_world_size()
+        check_even_evaluation(strategy, world)
         choices = {}
         for f, s in self.sharding.items():
             types = SHARDING[s]
@@ -394,6 +397,42 @@ class TorchRecEmbeddingEncoder(Encoder):
         if len(full) == len(self._keys):
             self._set_full_tables(full)
         return None
+
+
+def eval_batch_counts(rows: int, batch_size: int, world: int) -> list[int]:
+    """Batches each of ``world`` processes evaluates when ``rows`` rows are dealt out one by one
+    (mtlframe's evaluation split under DDP: process ``r`` takes rows ``r, r + world, ...``)."""
+    return [-(-len(range(r, rows, world)) // batch_size) for r in range(world)]
+
+
+def check_even_evaluation(strategy: Any, world: int) -> None:
+    """Refuse evaluation splits that give the processes different numbers of batches.
+
+    Sharded lookups exchange ids and embeddings between all processes in every forward pass: a
+    process with one more evaluation batch than the others would wait for them forever. mtlframe
+    deals the rows of a split out one by one, so the counts differ only when the larger shares
+    end one row into a new batch.
+
+    Raises:
+        MTLFrameError: naming the split, its rows, ``data.eval_batch_size`` and values that work.
+    """
+    module = getattr(strategy, "lightning_module", None)
+    dm = getattr(getattr(module, "trainer", None), "datamodule", None)
+    index, cfg = getattr(dm, "split_index", None), getattr(dm, "cfg", None)
+    if not isinstance(index, Mapping) or cfg is None:
+        return
+    size = cfg.eval_batch_size or max(cfg.batch_size, 4096)
+    for split in ("val", "test"):
+        rows = len(index.get(split, ()))
+        counts = eval_batch_counts(rows, size, world)
+        if rows and len(set(counts)) > 1:
+            ok = [b for b in range(size - 1, 0, -1) if len(set(eval_batch_counts(rows, b, world))) == 1][:1] + \
+                 [b for b in range(size + 1, rows + 1) if len(set(eval_batch_counts(rows, b, world))) == 1][:1]
+            raise MTLFrameError(
+                f"torchrec-embedding: the {split} split's {rows:,} rows give the {world} processes "
+                f"{'/'.join(map(str, counts))} batches of {size} (data.eval_batch_size): sharded tables need the "
+                f"same number on every process, or the run hangs in the extra batch. Set data.eval_batch_size to "
+                f"{' or '.join(map(str, ok))}.")
 
 
 @contextlib.contextmanager
