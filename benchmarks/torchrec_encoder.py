@@ -15,9 +15,9 @@ CPU; NCCL on two GPUs in the GPU section). Variants:
 
 Reported per variant: samples/s over both processes (``2 B steps / wall seconds`` of the timed
 steps, after ``--warmup`` steps), the processes' CPU seconds per 1,000 samples (what to compare on
-a shared machine), and per process the peak RSS and the RSS the model added (peak RSS during
-training minus the RSS before the model was built, libraries imported: tables, gradients,
-optimizer state, communication buffers). Run::
+a shared machine), and per process the peak RSS and the RSS the model added: at its peak (building
+included) and after the timed steps (steady state), both minus the RSS before the model was
+built, libraries imported (tables, gradients, optimizer state, communication buffers). Run::
 
     OMP_NUM_THREADS=1 python -m benchmarks.torchrec_encoder                 # CPU, defaults below
     python -m benchmarks.torchrec_encoder --vocab 1000000 --features 8 --dim 32 --output out.json
@@ -142,9 +142,9 @@ def _worker(rank: int, args, variant: str, port: int, device_type: str, queue) -
         torch.cuda.synchronize()
     dist.barrier()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = max_rss_bytes()
+    peak, now = max_rss_bytes(), rss_bytes()
     result = {"rank": rank, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 2**20, "base_rss_mb": before / 2**20,
-              "model_rss_mb": (peak - before) / 2**20,
+              "model_rss_mb": (peak - before) / 2**20, "steady_rss_mb": (now - before) / 2**20,
               "gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
               "plan": getattr(enc, "plan", None)}
     queue.put(result)
@@ -171,6 +171,7 @@ def run_variant(args, variant: str, device_type: str) -> dict:
             "cpu_s_per_1k_samples": 1000 * sum(r["cpu_s"] for r in results) / samples,
             "peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in results],
             "model_rss_mb": [round(r["model_rss_mb"], 1) for r in results],
+            "steady_rss_mb": [round(r["steady_rss_mb"], 1) for r in results],
             "rss_before_model_mb": [round(r["base_rss_mb"], 1) for r in results],
             "gpu_peak_mb": [r["gpu_peak_mb"] for r in results] if device_type == "cuda" else None,
             "plan": results[0]["plan"]}
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(r)
             print(f"{device_type:4s} {variant:22s} {r['samples_per_s']:10,.0f} samples/s  "
                   f"{r['cpu_s_per_1k_samples']:6.3f} CPU s/1k samples  peak RSS/process {r['peak_rss_mb']} MiB  "
-                  f"model RSS/process {r['model_rss_mb']} MiB"
+                  f"model RSS/process peak {r['model_rss_mb']} after {r['steady_rss_mb']} MiB"
                   + (f"  GPU peak {r['gpu_peak_mb']} MiB" if r["gpu_peak_mb"] else ""), flush=True)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:

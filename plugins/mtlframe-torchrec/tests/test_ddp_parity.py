@@ -28,7 +28,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from conftest import torchrec_or_skip  # noqa: E402
+from torchrec_available import torchrec_or_skip  # noqa: E402
 
 torchrec_or_skip()
 

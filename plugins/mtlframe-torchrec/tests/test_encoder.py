@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import torchrec_or_skip  # noqa: E402
+from torchrec_available import torchrec_or_skip  # noqa: E402
 
 torchrec_or_skip()
 
@@ -136,3 +136,19 @@ def test_uneven_evaluation_batches_are_refused_before_they_hang():
         check_even_evaluation(strategy, 2)
     dm.split_index["test"] = range(202)
     check_even_evaluation(strategy, 2)                     # 101 / 101 rows: 2 / 2 batches
+
+
+def test_missing_torchrec_skips_unless_required(monkeypatch):
+    from _pytest.outcomes import Failed, Skipped
+
+    monkeypatch.setitem(sys.modules, "torchrec", None)      # import torchrec -> ImportError
+    monkeypatch.delenv("MTLFRAME_REQUIRE_TORCHREC", raising=False)
+    with pytest.raises(Skipped, match="torchrec / fbgemm-gpu-cpu unavailable"):
+        torchrec_or_skip()
+    monkeypatch.setenv("MTLFRAME_REQUIRE_TORCHREC", "1")
+    with pytest.raises(Failed, match="MTLFRAME_REQUIRE_TORCHREC=1 but torchrec / fbgemm-gpu-cpu unavailable"):
+        torchrec_or_skip()
+    from mtlframe_torchrec.encoder import import_torchrec
+    with pytest.raises(MTLFrameError, match=r"needs torchrec and FBGEMM built for torch 2\.\d+.*pip install --no-deps "
+                                            r"fbgemm-gpu-cpu==1\.N\.0 torchrec==1\.N\.0"):
+        import_torchrec()

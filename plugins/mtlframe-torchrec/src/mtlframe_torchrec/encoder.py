@@ -175,6 +175,7 @@ class TorchRecEmbeddingEncoder(Encoder):
             nn.init.normal_(fused)                     # nn.Embedding's own init ...
             nn.init.normal_(fused, std=0.01)           # ... then FusedEmbedding's
             weights.update(zip(self.single, fused.split([cards[f] for f in self.single])))
+            del fused
         for f in self.multi:
             bag = torch.empty(cards[f], dim)
             nn.init.normal_(bag)                       # nn.EmbeddingBag's own init ...
@@ -187,8 +188,8 @@ class TorchRecEmbeddingEncoder(Encoder):
         with torch.random.fork_rng(devices=[]):       # TorchRec's own init must not move the seed
             ebc = torchrec.EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
         with torch.no_grad():
-            for f, w in weights.items():
-                ebc.embedding_bags[f"t_{f}"].weight.copy_(w)
+            for f in list(weights):
+                ebc.embedding_bags[f"t_{f}"].weight.copy_(weights.pop(f))
         self.tables = _Tables(ebc)
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
         cls, kwargs = self._optimizer()
@@ -312,8 +313,8 @@ class TorchRecEmbeddingEncoder(Encoder):
         kw = {} if self.min_partition is None else {"min_partition": self.min_partition}
         constraints = {t: ParameterConstraints(sharding_types=list(types), **kw) for t, types in choices.items()}
         local = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() if device.type == "cuda" else world))
-        full = self._full_tables()
         holder = self._modules.pop("tables")
+        full = {k: v.detach() for k, v in holder.state_dict(prefix="tables.").items()}  # copied into the shards below
         sharder = EmbeddingBagCollectionSharder()
         with _quiet_torchrec():
             planner = EmbeddingShardingPlanner(
