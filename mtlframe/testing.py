@@ -1232,3 +1232,27 @@ def train_tiny(run_dir: str | Path, recipe: Mapping[str, Any] | None = None, **o
 
     rec = recipe_from_dict(dict(recipe) if recipe is not None else tiny_recipe(**overrides), "<tiny recipe>")
     return train(rec, run_dir, progress=False)
+
+
+def run_process_group(args: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> str:
+    """Run ``args`` (a launcher of several training processes, say) in its own process group and
+    return its output (stdout and stderr); fail the calling test, killing the whole group, when it
+    runs past ``timeout`` seconds (a hung DDP rank) or exits non-zero, with the end of the output.
+    """
+    import os
+    import signal
+    import subprocess
+
+    import pytest
+
+    proc = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=None if env is None else dict(env), start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, args[:3]))} hung (killed after {timeout:g} s):\n{log[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args[:3]))} exited with {proc.returncode}:\n{log[-3000:]}")
+    return log

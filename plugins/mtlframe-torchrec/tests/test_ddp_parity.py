@@ -18,8 +18,6 @@ scores; row-wise Adagrad 2e-5 / 1e-5 (measured 4.9e-6 on tables that moved by ~0
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +32,8 @@ torchrec_or_skip()
 
 import ddp_run  # noqa: E402
 
+from mtlframe.testing import run_process_group  # noqa: E402
+
 RUNS = ["torchrec@table-wise@sgd", "torchrec@column-wise@sgd@4", "torchrec@auto@rowwise-adagrad"]
 TABLE = "model.encoders.1.tables.ebc.embedding_bags.t_{}.weight"
 
@@ -43,17 +43,8 @@ def two_processes(tmp_path_factory):
     if sys.platform != "linux":
         pytest.skip("DDP on CPU tested on Linux")
     out = tmp_path_factory.mktemp("trec") / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_run.py"), str(out), ",".join(RUNS), "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # its own group: a hung rank is killed with it
-    try:
-        log, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"two processes hung (killed after 300 s):\n{log[-3000:]}")
-    assert proc.returncode == 0, log[-3000:]
+    run_process_group([sys.executable, str(HERE / "ddp_run.py"), str(out), ",".join(RUNS), "2"], timeout=300,
+                      env={**os.environ, "OMP_NUM_THREADS": "1"})
     return {entry: torch.load(f"{out}.{entry}.pt", weights_only=False) for entry in RUNS}
 
 

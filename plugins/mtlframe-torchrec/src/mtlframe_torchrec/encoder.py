@@ -315,6 +315,7 @@ class TorchRecEmbeddingEncoder(Encoder):
         local = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() if device.type == "cuda" else world))
         holder = self._modules.pop("tables")
         full = {k: v.detach() for k, v in holder.state_dict(prefix="tables.").items()}  # copied into the shards below
+        unsharded = list(holder.parameters())
         sharder = EmbeddingBagCollectionSharder()
         with _quiet_torchrec():
             planner = EmbeddingShardingPlanner(
@@ -334,6 +335,11 @@ class TorchRecEmbeddingEncoder(Encoder):
                                                 for s in (p.sharding_spec.shards if p.sharding_spec else [])])
                      for mod_plan in plan.plan.values() for t, p in mod_plan.items()}
         self._set_full_tables(full)
+        # the whole tables are no longer needed; the in-backward optimizer hooks keep the old
+        # parameters alive (a reference cycle through autograd that gc does not see): free their memory
+        del full
+        for p in unsharded:
+            p.data = torch.empty(0, dtype=p.dtype)
 
     def _sharded_tensors(self) -> dict[str, Any]:
         """``{state key: ShardedTensor}`` of the DMP's tables, under the unsharded keys."""
