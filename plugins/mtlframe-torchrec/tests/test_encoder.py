@@ -152,3 +152,8 @@ def test_missing_torchrec_skips_unless_required(monkeypatch):
     with pytest.raises(MTLFrameError, match=r"needs torchrec and FBGEMM built for torch 2\.\d+.*pip install --no-deps "
                                             r"fbgemm-gpu-cpu==1\.N\.0 torchrec==1\.N\.0"):
         import_torchrec()
+
+
+def test_tables_are_not_shared_parameters_for_gradient_combiners():
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
+    assert list(enc.shared_parameters()) == [] and len(list(enc.parameters())) == 3

@@ -259,8 +259,11 @@ class TorchRecEmbeddingEncoder(Encoder):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """The tables (none once sharded: the shards live outside the module tree)."""
-        return self.parameters()
+        """None: the tables are stepped by their own optimizer inside the backward pass, on the
+        gradient of the total loss, so a gradient-level combiner (PCGrad, ...) balances the other
+        shared parameters only, in one process as when sharded (where the tables are not
+        parameters at all), and never takes a full-table gradient per task."""
+        return iter(())
 
     # -- sharding --------------------------------------------------------------------------
     @property
