@@ -157,3 +157,23 @@ def test_missing_torchrec_skips_unless_required(monkeypatch):
 def test_tables_are_not_shared_parameters_for_gradient_combiners():
     enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
     assert list(enc.shared_parameters()) == [] and len(list(enc.parameters())) == 3
+
+
+def test_recipe_validation_names_the_key_without_building_tables():
+    from mtlframe.errors import RecipeError
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.testing import tiny_recipe
+
+    def problems(**enc):
+        spec = {"name": "torchrec-embedding", "features": ["cat_0"], "dim": 4, **enc}
+        with pytest.raises(RecipeError) as err:
+            recipe_from_dict(tiny_recipe(**{"model.encoders[1]": spec}), "r.yaml")
+        return dict(err.value.problems)
+
+    got = problems(sharding="row-wise")                   # tiny_recipe trains on trainer.accelerator: cpu
+    assert "sharding 'row-wise' needs CUDA (trainer.accelerator is cpu)" in got["model.encoders[1].sharding"]
+    got = problems(sharding={"cat_0": "table-row-wise"})
+    assert "needs CUDA" in got["model.encoders[1].sharding.cat_0"]
+    assert "unknown optimizer 'lamb'" in problems(optimizer="lamb")["model.encoders[1].optimizer"]
+    recipe_from_dict(tiny_recipe(**{"model.encoders[1]": {"name": "torchrec-embedding", "features": ["cat_0"],
+                                                          "sharding": "column-wise"}}), "r.yaml")   # valid

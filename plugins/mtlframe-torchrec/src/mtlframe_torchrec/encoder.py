@@ -140,23 +140,13 @@ class TorchRecEmbeddingEncoder(Encoder):
                  min_partition: int | None = None, optimizer: str = "sgd", lr: float = 0.01, *,
                  feature_info: Mapping[str, FeatureInfo]) -> None:
         super().__init__()
-        if dim < 1:
-            raise ArgumentError("dim", f"dim must be >= 1, got {dim}")
+        problems = self._check({"features": features, "dim": dim, "sharding": sharding, "min_partition": min_partition,
+                                "optimizer": optimizer, "lr": lr})
+        if problems:
+            raise ArgumentError(*problems[0])
         self.features = list(features)
         per_feature = sharding if isinstance(sharding, Mapping) else {f: sharding for f in self.features}
-        for f, s in per_feature.items():
-            where = "sharding" if not isinstance(sharding, Mapping) else f"sharding.{f}"
-            if f not in self.features:
-                raise ArgumentError(where, f"'{f}' is not a feature of this encoder ({', '.join(self.features)})")
-            if s not in SHARDING:
-                raise ArgumentError(where, f"unknown sharding '{s}'; use one of {', '.join(SHARDING)}")
         self.sharding = {f: per_feature.get(f, "auto") for f in self.features}
-        if optimizer not in OPTIMIZERS:
-            raise ArgumentError("optimizer", f"unknown optimizer '{optimizer}'; use one of {', '.join(OPTIMIZERS)}")
-        if not lr > 0:
-            raise ArgumentError("lr", f"lr must be > 0, got {lr}")
-        if min_partition is not None and min_partition < 1:
-            raise ArgumentError("min_partition", f"min_partition must be >= 1, got {min_partition}")
         self.optimizer, self.lr, self.min_partition, self.dim = optimizer, float(lr), min_partition, dim
         self.single = [f for f in self.features if feature_info[f].type == "categorical"]
         self.multi = [f for f in self.features if feature_info[f].type == "multi_categorical"]
@@ -196,6 +186,53 @@ class TorchRecEmbeddingEncoder(Encoder):
         apply_optimizer_in_backward(cls, self.tables.parameters(), kwargs)
         self._dmp: nn.Module | None = None       # set by configure_distributed, never a submodule
         self._keys = [f"tables.ebc.embedding_bags.t_{f}.weight" for f in [*self.single, *self.multi]]
+
+    @staticmethod
+    def _check(a: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """``(parameter, message)`` for each bad argument of ``a`` (every constructor parameter)."""
+        problems = []
+        if a["dim"] < 1:
+            problems.append(("dim", f"dim must be >= 1, got {a['dim']}"))
+        sharding, features = a["sharding"], list(a["features"])
+        per_feature = sharding if isinstance(sharding, Mapping) else {f: sharding for f in features}
+        for f, s in per_feature.items():
+            where = f"sharding.{f}" if isinstance(sharding, Mapping) else "sharding"
+            if f not in features:
+                problems.append((where, f"'{f}' is not a feature of this encoder ({', '.join(features)})"))
+            elif s not in SHARDING:
+                problems.append((where, f"unknown sharding '{s}'; use one of {', '.join(SHARDING)}"))
+        if a["optimizer"] not in OPTIMIZERS:
+            problems.append(("optimizer", f"unknown optimizer '{a['optimizer']}'; use one of {', '.join(OPTIMIZERS)}"))
+        if not a["lr"] > 0:
+            problems.append(("lr", f"lr must be > 0, got {a['lr']}"))
+        if a["min_partition"] is not None and a["min_partition"] < 1:
+            problems.append(("min_partition", f"min_partition must be >= 1, got {a['min_partition']}"))
+        return problems
+
+    @classmethod
+    def validate_args(cls, args: Mapping[str, Any], context: Any = None) -> list[tuple[str, str]]:
+        """Recipe validation without torchrec: the constructor's argument checks, and a sharding
+        the recipe's machine cannot do (``row-wise`` with ``trainer.accelerator: cpu``).
+
+        Args:
+            args: every constructor parameter (the recipe's values over the defaults).
+            context: mtlframe's :class:`~mtlframe.validation.ValidationContext` (its ``recipe``).
+
+        Returns:
+            ``(parameter, message)`` for each problem found; empty when the arguments are valid.
+        """
+        problems = cls._check(args)
+        recipe = getattr(context, "recipe", None)
+        trainer = recipe.get("trainer") if isinstance(recipe, Mapping) else None
+        if not problems and isinstance(trainer, Mapping) and trainer.get("accelerator") == "cpu":
+            sharding = args["sharding"]
+            per_feature = sharding if isinstance(sharding, Mapping) else {None: sharding}
+            for f, s in per_feature.items():
+                if SHARDING[s][0] not in CPU_SHARDING and s != "auto":
+                    problems.append(("sharding" if f is None else f"sharding.{f}", (
+                        f"sharding '{s}' needs CUDA (trainer.accelerator is cpu): TorchRec's CPU kernels offer "
+                        "table-wise, column-wise and table-column-wise only; use one of those or auto")))
+        return problems
 
     # -- optimizer -------------------------------------------------------------------------
     def _optimizer(self) -> tuple[type, dict[str, Any]]:
