@@ -177,3 +177,23 @@ def test_recipe_validation_names_the_key_without_building_tables():
     assert "unknown optimizer 'lamb'" in problems(optimizer="lamb")["model.encoders[1].optimizer"]
     recipe_from_dict(tiny_recipe(**{"model.encoders[1]": {"name": "torchrec-embedding", "features": ["cat_0"],
                                                           "sharding": "column-wise"}}), "r.yaml")   # valid
+
+
+def test_resume_warns_that_the_tables_optimizer_state_restarts():
+    import warnings
+    from types import SimpleNamespace
+
+    def strategy(fn, ckpt):
+        trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=fn)), ckpt_path=ckpt)
+        return SimpleNamespace(lightning_module=SimpleNamespace(trainer=trainer))
+
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, optimizer="rowwise-adagrad", feature_info=INFO)
+    with pytest.warns(UserWarning, match=r"resuming from run/last.ckpt: the tables' weights are restored, but their "
+                                         r"rowwise-adagrad state \(accumulators\) is not in checkpoints"):
+        enc.configure_distributed(strategy("fit", "run/last.ckpt"))
+    sgd = TorchRecEmbeddingEncoder(FEATURES, dim=4, optimizer="sgd", feature_info=INFO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        enc.configure_distributed(strategy("validate", "run/best.ckpt"))       # evaluating a checkpoint: no state needed
+        enc.configure_distributed(strategy("fit", None))                       # a fresh run
+        sgd.configure_distributed(strategy("fit", "run/last.ckpt"))            # sgd: nothing to lose

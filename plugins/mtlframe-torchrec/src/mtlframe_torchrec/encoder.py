@@ -323,6 +323,7 @@ class TorchRecEmbeddingEncoder(Encoder):
         """
         import torch.distributed as dist
 
+        warn_resumed_optimizer_state(strategy, self.optimizer)
         if self._dmp is not None or not dist.is_available() or not dist.is_initialized() \
                 or dist.get_world_size() < 2:
             return
@@ -444,6 +445,19 @@ class TorchRecEmbeddingEncoder(Encoder):
         if len(full) == len(self._keys):
             self._set_full_tables(full)
         return None
+
+
+def warn_resumed_optimizer_state(strategy: Any, optimizer: str) -> None:
+    """Warn when ``fit`` resumes from a checkpoint and the tables' optimizer keeps state: the
+    checkpoint holds the tables' weights, not their optimizer's accumulators, which restart."""
+    trainer = getattr(getattr(strategy, "lightning_module", None), "trainer", None)
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    if optimizer == "sgd" or getattr(trainer, "ckpt_path", None) is None or str(getattr(fn, "value", fn)) != "fit":
+        return
+    warnings.warn(f"torchrec-embedding: resuming from {trainer.ckpt_path}: the tables' weights are restored, but "
+                  f"their {optimizer} state (accumulators) is not in checkpoints and restarts from zero; the resumed "
+                  "run differs from an uninterrupted one (optimizer: sgd has no state and resumes exactly)",
+                  UserWarning, stacklevel=2)
 
 
 def eval_batch_counts(rows: int, batch_size: int, world: int) -> list[int]:
