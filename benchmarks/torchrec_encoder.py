@@ -28,6 +28,7 @@ and prints why not otherwise.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
@@ -77,8 +78,8 @@ def _worker(rank: int, args, variant: str, port: int, device_type: str, queue) -
         from mtlframe_torchrec.encoder import import_torchrec
 
         import_torchrec()
-        import torchrec.distributed.model_parallel  # noqa: F401
-        import torchrec.distributed.planner  # noqa: F401
+        for mod in ("torchrec.distributed.model_parallel", "torchrec.distributed.planner"):
+            importlib.import_module(mod)   # not in the bench extra: installed with --no-deps (docs/torchrec.md)
     before = rss_bytes()
     torch.manual_seed(0)
     if variant.startswith("torchrec"):
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fbgemm_cuda = False
     if torch.cuda.is_available():
         try:
-            import fbgemm_gpu  # noqa: F401
+            importlib.import_module("fbgemm_gpu")
             fbgemm_cuda = hasattr(torch.ops.fbgemm, "dense_embedding_codegen_lookup_function") and \
                 torch.cuda.device_count() >= 2
         except (ImportError, OSError):

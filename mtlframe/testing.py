@@ -1256,3 +1256,30 @@ def run_process_group(args: Sequence[str], timeout: float, env: Mapping[str, str
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, args[:3]))} exited with {proc.returncode}:\n{log[-3000:]}")
     return log
+
+
+class RankBatches:
+    """Fixed global batches, each cut into the running process's contiguous share when iterated:
+    with ``W`` processes, rank ``r`` gets rows ``[r·s, (r+1)·s)`` of every batch (``s = ceil(n / W)``),
+    with one process the whole batch. A DDP run on them equals one process trained on the global
+    batches (the mean of the processes' gradients is the gradient of the mean loss when the shares
+    are equal).
+
+    Args:
+        batches: the global batches (``{name: [n, ...] tensor}`` each).
+        trainer_box: a list that holds the Lightning ``Trainer`` (appended after it is built) whose
+            ``world_size`` and ``global_rank`` pick the share.
+    """
+
+    def __init__(self, batches: Sequence[Mapping[str, torch.Tensor]], trainer_box: list) -> None:
+        self.batches, self.box = batches, trainer_box
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Mapping[str, torch.Tensor]]:
+        trainer = self.box[0]
+        world, rank = trainer.world_size, trainer.global_rank
+        for b in self.batches:
+            share = -(-len(next(iter(b.values()))) // world)
+            yield b if world == 1 else {k: v[rank * share:(rank + 1) * share] for k, v in b.items()}

@@ -26,24 +26,6 @@ DIM = 8
 FEATURES = ["cat_0", "cat_1", "cat_2"]
 
 
-class Batches:
-    """The global batches, cut into this process's share when iterated (rank read from the trainer)."""
-
-    def __init__(self, batches, trainer_box):
-        self.batches, self.box = batches, trainer_box
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        trainer = self.box[0]
-        world, rank = trainer.world_size, trainer.global_rank
-        for b in self.batches:
-            n = len(next(iter(b.values())))
-            half = (n + 1) // 2
-            yield b if world == 1 else {k: v[rank * half:(rank + 1) * half] for k, v in b.items()}
-
-
 def encoder_spec(entry: str) -> dict:
     name, *rest = entry.split("@")
     if name == "embedding":
@@ -62,7 +44,7 @@ def main(out: str, entry: str, devices: int) -> dict:
     from mtlframe.batching import take
     from mtlframe.recipe import recipe_from_dict
     from mtlframe.run import build_system
-    from mtlframe.testing import tiny_recipe
+    from mtlframe.testing import RankBatches, tiny_recipe
 
     torch.set_num_threads(1)
     recipe = recipe_from_dict(tiny_recipe(**{
@@ -80,7 +62,7 @@ def main(out: str, entry: str, devices: int) -> dict:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, logger=False)
     box.append(trainer)
-    trainer.fit(module, train_dataloaders=Batches(batches, box), val_dataloaders=Batches(val, box))
+    trainer.fit(module, train_dataloaders=RankBatches(batches, box), val_dataloaders=RankBatches(val, box))
     weights = {k: v.detach().clone() for k, v in module.state_dict().items()}   # every process: a collective
     ckpt = f"{out}.ckpt"
     trainer.save_checkpoint(ckpt)
