@@ -275,9 +275,23 @@ def _float(factory: Any, what: str, t: torch.Tensor) -> None:
         _fail(factory, f"{what} must be floating point, got {t.dtype}")
 
 
-def _check_grads(factory: Any, module: nn.Module, what: str) -> None:
-    """Every trainable parameter got a finite gradient, and not all of them are zero."""
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+def _stepped_in_backward(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Parameters an optimizer steps inside the backward pass (torch's / TorchRec's
+    ``apply_optimizer_in_backward`` marks them ``_in_backward_optimizers``): their gradient is
+    consumed there, so they have no ``.grad`` afterwards."""
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad and hasattr(p, "_in_backward_optimizers")]
+
+
+def _check_grads(factory: Any, module: nn.Module, what: str,
+                 before: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Every trainable parameter got a finite gradient, and not all of them are zero; a parameter
+    stepped inside the backward pass (``before``: its values before it) moved instead."""
+    stepped = dict(_stepped_in_backward(module))
+    if before is not None:
+        still = [n for n, p in stepped.items() if n in before and torch.equal(p.detach(), before[n])]
+        if still:
+            _fail(factory, f"parameters stepped in the backward pass did not move from {what}: {', '.join(still[:8])}")
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n not in stepped]
     if not named:
         return
     missing = [n for n, p in named if p.grad is None]
@@ -484,12 +498,13 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
                            f"(batch keys: {sorted(b)})")
 
     enc.train()
+    before = {n: p.detach().clone() for n, p in _stepped_in_backward(enc)}
     out = _finite(factory, "forward output", run(batch))
     _float(factory, "forward output", out)
     _shape(factory, "forward output", out, (ROWS, out_dim))
     if out.requires_grad:
         (out * torch.randn_like(out)).sum().backward()
-    _check_grads(factory, enc, "the encoder output")
+    _check_grads(factory, enc, "the encoder output", before)
     enc.zero_grad(set_to_none=True)
     groups = getattr(enc, "param_groups", None)
     if groups is not None:

@@ -197,3 +197,10 @@ def test_resume_warns_that_the_tables_optimizer_state_restarts():
         enc.configure_distributed(strategy("validate", "run/best.ckpt"))       # evaluating a checkpoint: no state needed
         enc.configure_distributed(strategy("fit", None))                       # a fresh run
         sgd.configure_distributed(strategy("fit", "run/last.ckpt"))            # sgd: nothing to lose
+
+
+def test_the_encoder_contract_check_passes():
+    from mtlframe.testing import check_encoder
+
+    enc = check_encoder(TorchRecEmbeddingEncoder, {"city": "categorical", "tags": "multi_categorical"}, dim=8)
+    assert enc.output_dim == 16
