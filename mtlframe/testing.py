@@ -417,7 +417,8 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
 
     Checks: ``accepts`` is a non-empty set of feature types; ``output_dim`` a positive int;
     ``featurize`` returns tensors with one row per input row; ``forward`` on a batch gives a
-    finite float ``[B, output_dim]``; every trainable parameter gets a gradient; in eval mode a
+    finite float ``[B, output_dim]``; every trainable parameter gets a gradient (one stepped
+    inside the backward pass, ``apply_optimizer_in_backward``, moves instead); in eval mode a
     row's encoding does not depend on the other rows of the batch, nor on which split was
     featurized with it; signature and recipe entry (see :func:`check_signature`).
 
