@@ -16,6 +16,9 @@ elements of ``b`` bytes (4 for float32):
 Tensors an encoder keeps outside its parameters (the frozen text encoder's table of cached
 embeddings or token states) are counted when the encoder has a ``memory_tables()`` method
 returning ``{name: (shape, bytes, fix)}`` (``fix``: what shrinks it, or ``None``): weights only.
+An encoder that trains its tables with its own optimizer (``torchrec-embedding``) has a
+``table_memory(weight) -> (weight bytes, gradient bytes, state bytes, kind)`` method used instead
+of the recipe optimizer's accounting for each of its tables.
 Activations (they scale with the batch size) and per-step scalars are left out.
 
 The device memory is the CUDA device's total memory when training will run on a GPU
@@ -112,9 +115,11 @@ def estimate(model: nn.Module, optimizer) -> MemoryPlan:
         if not isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) or id(mod.weight) in seen:
             continue
         seen.add(id(mod.weight))
-        w, g, s, how = account(mod.weight)
         m = re.match(r"^encoders\.(\d+)\.(.*)$", mod_name)
         enc = int(m.group(1)) if m else None
+        # an encoder that trains its tables itself (an optimizer in the backward pass) says what that costs
+        own = getattr(model.encoders[enc], "table_memory", None) if m else None
+        w, g, s, how = own(mod.weight) if callable(own) else account(mod.weight)
         label = f"model.encoders[{enc}] {m.group(2)}" if m else (mod_name or "embedding")
         params = frozenset(inspect.signature(type(model.encoders[enc]).__init__).parameters) if m else frozenset()
         rows.append(MemoryRow(label, tuple(mod.weight.shape), mod.weight.numel(), w, g, s, how, enc, params))

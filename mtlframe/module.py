@@ -782,6 +782,17 @@ class MultiTaskModule(pl.LightningModule):
         self._epoch_end("test")
 
     # -- optimization and checkpoints -------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Lightning's hook once the processes are connected, before the strategy wraps the model
+        and the optimizers are built: each encoder with a ``configure_distributed(strategy)``
+        method sets itself up for the run (the ``torchrec-embedding`` encoder of the
+        ``mtlframe-torchrec`` plugin shards its tables). Called again by every ``fit`` /
+        ``validate`` / ``test``; such a method does nothing the second time."""
+        for enc in self.model.encoders:
+            setup = getattr(enc, "configure_distributed", None)
+            if setup is not None:
+                setup(self.trainer.strategy)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = self.optimizer_cfg
         groups: list[dict[str, Any]] = []

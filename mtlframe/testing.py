@@ -275,9 +275,23 @@ def _float(factory: Any, what: str, t: torch.Tensor) -> None:
         _fail(factory, f"{what} must be floating point, got {t.dtype}")
 
 
-def _check_grads(factory: Any, module: nn.Module, what: str) -> None:
-    """Every trainable parameter got a finite gradient, and not all of them are zero."""
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+def _stepped_in_backward(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Parameters an optimizer steps inside the backward pass (torch's / TorchRec's
+    ``apply_optimizer_in_backward`` marks them ``_in_backward_optimizers``): their gradient is
+    consumed there, so they have no ``.grad`` afterwards."""
+    return [(n, p) for n, p in module.named_parameters() if p.requires_grad and hasattr(p, "_in_backward_optimizers")]
+
+
+def _check_grads(factory: Any, module: nn.Module, what: str,
+                 before: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Every trainable parameter got a finite gradient, and not all of them are zero; a parameter
+    stepped inside the backward pass (``before``: its values before it) moved instead."""
+    stepped = dict(_stepped_in_backward(module))
+    if before is not None:
+        still = [n for n, p in stepped.items() if n in before and torch.equal(p.detach(), before[n])]
+        if still:
+            _fail(factory, f"parameters stepped in the backward pass did not move from {what}: {', '.join(still[:8])}")
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n not in stepped]
     if not named:
         return
     missing = [n for n, p in named if p.grad is None]
@@ -403,7 +417,8 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
 
     Checks: ``accepts`` is a non-empty set of feature types; ``output_dim`` a positive int;
     ``featurize`` returns tensors with one row per input row; ``forward`` on a batch gives a
-    finite float ``[B, output_dim]``; every trainable parameter gets a gradient; in eval mode a
+    finite float ``[B, output_dim]``; every trainable parameter gets a gradient (one stepped
+    inside the backward pass, ``apply_optimizer_in_backward``, moves instead); in eval mode a
     row's encoding does not depend on the other rows of the batch, nor on which split was
     featurized with it; signature and recipe entry (see :func:`check_signature`).
 
@@ -484,12 +499,13 @@ def check_encoder(factory: Callable[..., Any], features: Sequence[str] | Mapping
                            f"(batch keys: {sorted(b)})")
 
     enc.train()
+    before = {n: p.detach().clone() for n, p in _stepped_in_backward(enc)}
     out = _finite(factory, "forward output", run(batch))
     _float(factory, "forward output", out)
     _shape(factory, "forward output", out, (ROWS, out_dim))
     if out.requires_grad:
         (out * torch.randn_like(out)).sum().backward()
-    _check_grads(factory, enc, "the encoder output")
+    _check_grads(factory, enc, "the encoder output", before)
     enc.zero_grad(set_to_none=True)
     groups = getattr(enc, "param_groups", None)
     if groups is not None:
@@ -1232,3 +1248,54 @@ def train_tiny(run_dir: str | Path, recipe: Mapping[str, Any] | None = None, **o
 
     rec = recipe_from_dict(dict(recipe) if recipe is not None else tiny_recipe(**overrides), "<tiny recipe>")
     return train(rec, run_dir, progress=False)
+
+
+def run_process_group(args: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> str:
+    """Run ``args`` (a launcher of several training processes, say) in its own process group and
+    return its output (stdout and stderr); fail the calling test, killing the whole group, when it
+    runs past ``timeout`` seconds (a hung DDP rank) or exits non-zero, with the end of the output.
+    """
+    import os
+    import signal
+    import subprocess
+
+    import pytest
+
+    proc = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=None if env is None else dict(env), start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, args[:3]))} hung (killed after {timeout:g} s):\n{log[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args[:3]))} exited with {proc.returncode}:\n{log[-3000:]}")
+    return log
+
+
+class RankBatches:
+    """Fixed global batches, each cut into the running process's contiguous share when iterated:
+    with ``W`` processes, rank ``r`` gets rows ``[r·s, (r+1)·s)`` of every batch (``s = ceil(n / W)``),
+    with one process the whole batch. A DDP run on them equals one process trained on the global
+    batches (the mean of the processes' gradients is the gradient of the mean loss when the shares
+    are equal).
+
+    Args:
+        batches: the global batches (``{name: [n, ...] tensor}`` each).
+        trainer_box: a list that holds the Lightning ``Trainer`` (appended after it is built) whose
+            ``world_size`` and ``global_rank`` pick the share.
+    """
+
+    def __init__(self, batches: Sequence[Mapping[str, torch.Tensor]], trainer_box: list) -> None:
+        self.batches, self.box = batches, trainer_box
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Mapping[str, torch.Tensor]]:
+        trainer = self.box[0]
+        world, rank = trainer.world_size, trainer.global_rank
+        for b in self.batches:
+            share = -(-len(next(iter(b.values()))) // world)
+            yield b if world == 1 else {k: v[rank * share:(rank + 1) * share] for k, v in b.items()}

@@ -60,26 +60,6 @@ def _masked(columns, plan):
     return out
 
 
-class Batches:
-    """The global batches, cut into this process's share when iterated (rank read from the trainer)."""
-
-    def __init__(self, batches, trainer_box):
-        self.batches = batches
-        self.box = trainer_box
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        trainer = self.box[0]
-        world, rank = trainer.world_size, trainer.global_rank
-        for b in self.batches:
-            if world == 1:
-                yield b
-            else:
-                yield {k: v[rank * B:(rank + 1) * B] for k, v in b.items()}
-
-
 def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr: float = 0.05,
          plan: list | None = None, inf_label: tuple[int, str] | None = None, accumulate: int = 1,
          optimizer: dict | None = None, drop: int | None = None, setup: str | None = None, log_every: int = 1,
@@ -91,7 +71,7 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
     from mtlframe.features import label_key
     from mtlframe.recipe import recipe_from_dict
     from mtlframe.run import build_system
-    from mtlframe.testing import tiny_recipe
+    from mtlframe.testing import RankBatches, tiny_recipe
 
     torch.set_num_threads(1)
     overrides = {} if nan_loss is None else {"trainer.nan_loss": nan_loss}
@@ -120,7 +100,7 @@ def main(out: str, combiner: str, devices: int, nan_loss: str | None = None, lr:
                          use_distributed_sampler=False, logger=CSVLogger(os.path.dirname(out), name="logs"),
                          callbacks=callbacks)
     box.append(trainer)
-    trainer.fit(module, train_dataloaders=Batches(batches, box), val_dataloaders=Batches(val, box))
+    trainer.fit(module, train_dataloaders=RankBatches(batches, box), val_dataloaders=RankBatches(val, box))
     result = {"weights": {k: v.detach().clone() for k, v in module.state_dict().items()}, "init": init,
               "logged": {k: float(v) for k, v in trainer.logged_metrics.items()},
               "val": module.last_scores.get("val", {}), "skipped": getattr(module, "skipped_steps", None)}

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import torch
 
 from mtlframe.errors import MTLFrameError
+from mtlframe.testing import run_process_group
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,17 +38,8 @@ def two_processes(tmp_path_factory):
     if sys.platform != "linux":
         pytest.skip("DDP on CPU tested on Linux")
     out = tmp_path_factory.mktemp("ddp") / "two"
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "ddp_sparse_run.py"), str(out), ",".join(RUNS), "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # its own group: a hung rank is killed with it
-    try:
-        log, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"two processes hung (killed after 240 s):\n{log[-3000:]}")
-    assert proc.returncode == 0, log[-3000:]
+    run_process_group([sys.executable, str(HERE / "ddp_sparse_run.py"), str(out), ",".join(RUNS), "2"], timeout=240,
+                      env={**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"})
     return {entry: torch.load(f"{out}.{entry}.pt") for entry in RUNS}
 
 

@@ -315,7 +315,7 @@ def _dist_name(requirement: str) -> str:
 def test_the_bench_extra_installs_what_the_harness_imports():
     project = _toml(_text(REPO / "pyproject.toml"))["project"]
     available = {_dist_name(r) for r in project["dependencies"] + project["optional-dependencies"]["bench"]}
-    local = {"benchmarks", "mtlframe", "mtlframe_text", "mtlframe_example"}
+    local = {"benchmarks", "mtlframe", "mtlframe_text", "mtlframe_example", "mtlframe_torchrec"}
     missing = []
     for path in sorted((REPO / "benchmarks").glob("*.py")):
         for node in ast.walk(ast.parse(_text(path))):
