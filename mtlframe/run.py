@@ -59,6 +59,8 @@ def _quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # a data.stream ParquetStream knows its length per worker count (StreamDataModule)
+    warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     # metric values are synced by torchmetrics before logging; Lightning cannot know that
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -663,7 +665,12 @@ def build_system(recipe: Recipe):
     from mtlframe.optim import check_sparse_support
 
     b = Builder(recipe)
-    dm = RecDataModule(recipe, b.dataset())
+    if recipe.config.data.stream is not None:  # Parquet directories streamed, never loaded
+        from mtlframe.streamdata import StreamDataModule
+
+        dm = StreamDataModule(recipe, b.dataset())
+    else:
+        dm = RecDataModule(recipe, b.dataset())
     dm.prepare_data()
     dm.setup("fit")
     info = dm.feature_info()
@@ -691,6 +698,11 @@ def build_system(recipe: Recipe):
         module.set_scheduler(*schedule, monitor=monitor, where=(recipe.source, recipe.lines))
     module.set_full_ranking(dm.ranking_split if dm.catalogue is not None else None)
     return dm, module, b
+
+
+def _data_source(dm) -> str:
+    """Where a data module's data comes from (its table's source; a stream's training directory)."""
+    return dm.table.source if dm.table is not None else dm.source
 
 
 #: recipe sections a resumed run may override (the model, data and optimizer are the checkpoint's)
@@ -916,7 +928,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             saved = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)["mtlframe"]
             changed = preprocessor_difference(saved["preprocessor"], dm.preprocessor.state_dict())
             if changed:
-                raise DataError(f"the data at {dm.table.source} is not the data {target.checkpoint} was trained on: "
+                raise DataError(f"the data at {_data_source(dm)} is not the data {target.checkpoint} was trained on: "
                                 f"{changed}. A resumed run re-creates the split, so it needs the same rows.")
         if overwrite and is_zero and target is None:  # only now: a recipe or data error leaves the earlier run as it was
             _clear_run(run_dir)
@@ -1556,7 +1568,7 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
     dm, module, _ = build_system(recipe)
     changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
     if changed:  # the split is re-created from the data: it must be the data the model was trained on
-        raise DataError(f"the data at {dm.table.source} is not the data {checkpoint} was trained on: {changed}. "
+        raise DataError(f"the data at {_data_source(dm)} is not the data {checkpoint} was trained on: {changed}. "
                         f"{command} re-creates the training run's split, so it needs the same rows; to score "
                         "new rows, use mtlframe predict (it applies the checkpoint's preprocessing).")
     module.model.load_state_dict(loaded.model.state_dict())
