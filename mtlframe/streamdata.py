@@ -68,9 +68,10 @@ class EpochLoader(torch.utils.data.DataLoader):
     ``IterableDataset`` has none): the epoch is ``epoch_of()`` (the trainer's current epoch), or,
     once after :meth:`resume_at`, the resumed epoch with its first batches left out."""
 
-    def __init__(self, stream: Any, num_workers: int, pin_memory: bool, epoch_of: Callable[[], int]) -> None:
+    def __init__(self, stream: Any, num_workers: int, pin_memory: bool, epoch_of: Callable[[], int],
+                 persistent: bool = True) -> None:
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                         persistent_workers=num_workers > 0)
+                         persistent_workers=persistent and num_workers > 0)
         self.epoch_of = epoch_of
         self.pending: tuple[int, int] | None = None
         #: epochs this loader started, in order (``(epoch, batches left out)``)
@@ -215,8 +216,10 @@ class StreamDataModule(RecDataModule):
     def _loader(self, split: str) -> EpochLoader:
         workers = self.stream_cfg.workers
         trainer = getattr(self, "trainer", None)
+        # evaluation workers end with each pass: they do not hold memory while training runs
         loader = EpochLoader(self.stream(split, workers), workers, self._pin(),
-                             lambda: int(trainer.current_epoch) if trainer is not None else 0)
+                             lambda: int(trainer.current_epoch) if trainer is not None else 0,
+                             persistent=split == "train")
         self.loaders[split] = loader
         return loader
 
