@@ -227,7 +227,8 @@ def bench_train(root: Path, sizes: list[int], batch: int, workers: int, row_grou
                             "samples_per_s": round(rows // 1 / metrics["train_seconds"]),
                             "wall_s": round(time.perf_counter() - t0, 1)}
         if "memory" in result:
-            result["stream_vs_memory"] = round(result["stream"]["samples_per_s"] / result["memory"]["samples_per_s"], 3)
+            ratio = result["stream"]["samples_per_s"] / result["memory"]["samples_per_s"]
+            result["stream_vs_memory"] = round(ratio, 3)
         print(json.dumps(result), flush=True)
 
 

@@ -275,10 +275,16 @@ class StreamingFit:
         return pre
 
 
-def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS,
-                _fit: list | None = None) -> tuple[Preprocessor, int]:
-    """``(pre fitted, rows read)``: fit ``pre`` on every row of the Parquet files of ``root`` (see :func:`parquet_files`), read
-    ``batch_rows`` rows at a time (file by file, in name order), only the features' and labels'
+def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS) -> tuple[Preprocessor, int]:
+    """``(pre fitted, rows read)``: :func:`read_parquet_fit`, finished."""
+    fit = read_parquet_fit(pre, root, batch_rows)
+    return fit.finish(), fit.rows
+
+
+def read_parquet_fit(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS) -> "StreamingFit":
+    """The :class:`StreamingFit` of ``pre`` over every row of the Parquet files of ``root`` (see
+    :func:`parquet_files`), not finished (:meth:`StreamingFit.finish` fits ``pre``; its
+    ``label_sums`` and ``labelled`` give the label means). Reads ``batch_rows`` rows at a time (file by file, in name order), only the features' and labels'
     columns. Peak memory: one batch plus one row group being decoded (Parquet writers' row groups:
     pyarrow 1M rows by default, Spark 128 MB) plus the counts of the distinct categorical values.
 
@@ -312,9 +318,7 @@ def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROW
         with pq.ParquetFile(path) as f:
             for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
                 fit.update(batch.to_pandas())
-    if _fit is not None:  # the caller's handle on the pass (prepare() saves its label sums)
-        _fit.append(fit)
-    return fit.finish(), fit.rows
+    return fit
 
 
 def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
@@ -369,8 +373,8 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
 
     pre, path = recipe_preprocessor(recipe)
     fp = fingerprint(path)
-    passes: list[StreamingFit] = []
-    pre, rows = fit_parquet(pre, path, batch_rows, passes)
+    fit = read_parquet_fit(pre, path, batch_rows)
+    pre, rows = fit.finish(), fit.rows
     changes = fingerprint_changes(fp, fingerprint(path))
     if changes:  # written to while being read: the state would describe no version of the data
         raise DataError(f"{path}: files changed while mtlframe prepare read them (nothing saved):\n  "
@@ -381,7 +385,6 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
     target = Path(state_file) if state_file is not None else out_dir / STATE_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    fit = passes[0]
     torch.save({"version": STATE_VERSION, "preprocessor": pre.state_dict(), "fingerprint": fp,
                 "rows": rows, "label_sums": {t: [fit.label_sums[t], fit.labelled[t]] for t in fit.label_sums}},
                tmp)
@@ -423,5 +426,5 @@ def load_prepared(state_file: str | Path, data: str | Path, expect: Preprocessor
     return Preprocessor.from_state_dict(state["preprocessor"])
 
 
-__all__: Iterable[str] = ["prepare", "fit_parquet", "StreamingFit", "fingerprint", "fingerprint_changes",
-                          "load_prepared", "parquet_files", "recipe_preprocessor", "STATE_NAME"]
+__all__: Iterable[str] = ["prepare", "fit_parquet", "read_parquet_fit", "StreamingFit", "fingerprint",
+                          "fingerprint_changes", "load_prepared", "parquet_files", "recipe_preprocessor", "STATE_NAME"]

@@ -89,7 +89,19 @@ class EpochLoader(torch.utils.data.DataLoader):
             epoch, skip = self.epoch_of(), 0
             self.dataset.set_epoch(epoch)
         self.started.append((epoch, skip))
-        return super().__iter__()
+        return self._batches(super().__iter__())
+
+    @staticmethod
+    def _batches(batches):
+        """The batches; a ``DataError`` raised in a worker is raised here with its own message
+        (the ``DataLoader`` adds the worker's traceback to it)."""
+        try:
+            yield from batches
+        except DataError as exc:
+            text, marker = str(exc), f"{DataError.__module__}.{DataError.__qualname__}: "
+            if "Original Traceback" not in text or marker not in text:
+                raise
+            raise DataError(text.rpartition(marker)[2].rstrip()) from None
 
 
 def _rows(root: str) -> int:

@@ -181,13 +181,13 @@ def test_files_changed_during_the_pass_are_refused_and_nothing_is_saved(tmp_path
         "data.dataset": {"name": "parquet", "path": str(data), "features": {"uid": "categorical"}, "labels": ["click"]},
         "model.encoders": [{"name": "embedding", "features": ["uid"], "dim": 4}],
         "tasks": {"click": {"type": "binary", "label": "click"}}}))
-    fit = prep.fit_parquet
+    fit = prep.read_parquet_fit
 
     def fit_then_append(pre, root, batch_rows):  # a writer adds a file while prepare reads
         out = fit(pre, root, batch_rows)
         pq.write_table(_table(5), data / "part-3.parquet")
         return out
-    monkeypatch.setattr(prep, "fit_parquet", fit_then_append)
+    monkeypatch.setattr(prep, "read_parquet_fit", fit_then_append)
     with pytest.raises(DataError, match=r"(?s)files changed while mtlframe prepare read them \(nothing saved\).*"
                                         r"part-3.parquet: added"):
         prep.prepare(recipe)

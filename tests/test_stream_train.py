@@ -128,6 +128,16 @@ def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_pat
     other = load_recipe(tmp_path / "r.yaml", ["data.min_count=2"])
     with pytest.raises(DataError, match=r"data.min_count: prepared with 1, the recipe has 2"):
         build_system(other)
+    # a value the preprocessor refuses, read in a data-loader worker: the error names the directory
+    # and the column, without the worker's traceback
+    dm, _, _ = build_system(recipe)
+    bad = _frame(np.random.default_rng(3), 12, 0)
+    bad.loc[4, "x"] = np.nan
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), root / "val" / "part-9.parquet")
+    with pytest.raises(DataError) as err:
+        list(dm.val_dataloader())
+    assert f"{root / 'val'}: numeric column 'x'" in str(err.value) and "data.fill_missing" in str(err.value)
+    assert "Traceback" not in str(err.value)
     part = root / "train" / "part-1.parquet"
     pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(5), 26, 0), preserve_index=False), part)
     with pytest.raises(DataError, match=r"(?s)is stale.*part-1.parquet: size changed"):
