@@ -18,13 +18,15 @@ rating: 52 bytes a row raw), written in chunks of ``--row-group`` rows::
 
     nice -n 10 python -m benchmarks.streaming --train --sizes 50000000 10000000 --dir /tmp/streamtrain
 
-For each size: ``mtlframe prepare`` (timed), then one epoch of ``mtlframe train`` in streaming mode,
+For each size: ``mtlframe prepare`` (timed; skipped when its state exists), then one epoch of
+``mtlframe train`` in streaming mode,
 in a child process whose whole process tree (the trainer and its data-loader workers) is sampled
 every 0.25 s: the peak of the summed RSS (shared pages counted in every process: an upper bound)
 and of the summed PSS. For sizes up to ``--compare-max`` rows (default 10M) the same model and
 batch are also trained in memory (``data.dataset`` on the one file, ``data.split`` val/test 0)
 and the samples/s compared (``train_seconds`` of ``metrics.json``: the fit, without the loading).
-One JSON line per run.
+``--repeat N`` runs each mode N times, alternating their order, and reports the medians. One JSON
+line per size.
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ def train_recipe(data: Path, batch: int, workers: int, stream: bool) -> dict:
                         "rating": {"type": "regression", "label": "rating", "metrics": ["rmse"]}},
               "model": {"encoders": [{"name": "embedding", "features": ids, "dim": 8},
                                      {"name": "numeric", "features": nums}],
-                        "backbone": {"name": "shared-bottom", "hidden": [64]}, "tower": {"name": "mlp", "hidden": [32]}},
+                        "backbone": {"name": "shared-bottom", "hidden": [64]},
+                        "tower": {"name": "mlp", "hidden": [32]}},
               "optimizer": {"name": "adam", "lr": 1e-3},
               "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False}}
     if stream:
@@ -198,7 +201,10 @@ def measured(cmd: list[str], env: dict | None = None) -> dict:
             "processes": peak["procs"]}
 
 
-def bench_train(root: Path, sizes: list[int], batch: int, workers: int, row_group: int, compare_max: int) -> None:
+def bench_train(root: Path, sizes: list[int], batch: int, workers: int, row_group: int, compare_max: int,
+                repeat: int = 1) -> None:
+    import statistics
+
     import yaml
 
     for rows in sizes:
@@ -210,24 +216,31 @@ def bench_train(root: Path, sizes: list[int], batch: int, workers: int, row_grou
         modes = ["stream", "memory"] if rows <= compare_max else ["stream"]
         result: dict = {"rows": rows, "parquet_mb": size_mb, "raw_mb": round(rows * 52 / MB),
                         "write_s": round(written, 1), "batch": batch, "workers": workers}
+        recipes = {}
         for mode in modes:
-            recipe = root / f"{mode}-{rows}.yaml"
-            recipe.write_text(yaml.safe_dump(train_recipe(data, batch, workers, mode == "stream")))
-            if mode == "stream":
-                (data / "_mtlframe_prepared.pt").unlink(missing_ok=True)
-                t0 = time.perf_counter()
-                result["prepare"] = measured([sys.executable, "-m", "mtlframe.cli", "prepare", str(recipe)])
-                result["prepare"]["seconds"] = round(time.perf_counter() - t0, 1)
-            run = root / f"run-{mode}-{rows}"
+            recipes[mode] = root / f"{mode}-{rows}.yaml"
+            recipes[mode].write_text(yaml.safe_dump(train_recipe(data, batch, workers, mode == "stream")))
+        state = data / "_mtlframe_prepared.pt"
+        if not state.exists():
             t0 = time.perf_counter()
-            mem = measured([sys.executable, "-m", "mtlframe.cli", "train", str(recipe), "--run-dir", str(run),
-                            "--overwrite"])
-            metrics = json.loads((run / "metrics.json").read_text())
-            result[mode] = {**mem, "train_seconds": metrics["train_seconds"],
-                            "samples_per_s": round(rows // 1 / metrics["train_seconds"]),
-                            "wall_s": round(time.perf_counter() - t0, 1)}
+            result["prepare"] = measured([sys.executable, "-m", "mtlframe.cli", "prepare", str(recipes["stream"])])
+            result["prepare"]["seconds"] = round(time.perf_counter() - t0, 1)
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for r in range(repeat):   # alternating order: a slower spell of a shared machine hits both modes
+            for mode in (modes if r % 2 == 0 else modes[::-1]):
+                run = root / f"run-{mode}-{rows}"
+                t0 = time.perf_counter()
+                mem = measured([sys.executable, "-m", "mtlframe.cli", "train", str(recipes[mode]), "--run-dir",
+                                str(run), "--overwrite"])
+                metrics = json.loads((run / "metrics.json").read_text())
+                runs[mode].append({**mem, "train_seconds": metrics["train_seconds"],
+                                   "samples_per_s": round(rows / metrics["train_seconds"]),
+                                   "wall_s": round(time.perf_counter() - t0, 1)})
+        for mode, got in runs.items():
+            result[mode] = {"runs": got, "median_samples_per_s": statistics.median(g["samples_per_s"] for g in got),
+                            "max_peak_tree_rss_mb": max(g["peak_tree_rss_mb"] for g in got)}
         if "memory" in result:
-            ratio = result["stream"]["samples_per_s"] / result["memory"]["samples_per_s"]
+            ratio = result["stream"]["median_samples_per_s"] / result["memory"]["median_samples_per_s"]
             result["stream_vs_memory"] = round(ratio, 3)
         print(json.dumps(result), flush=True)
 
@@ -244,9 +257,10 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[50_000_000, 10_000_000], help="--train: rows")
     p.add_argument("--workers", type=int, default=2, help="--train: data.stream.workers")
     p.add_argument("--compare-max", type=int, default=10_000_000, help="--train: largest size also run in memory")
+    p.add_argument("--repeat", type=int, default=1, help="--train: runs of each mode (medians reported)")
     a = p.parse_args()
     if a.train:
-        bench_train(a.dir, a.sizes, a.batch, a.workers, a.row_group, a.compare_max)
+        bench_train(a.dir, a.sizes, a.batch, a.workers, a.row_group, a.compare_max, a.repeat)
         return
     if a.mode:
         print(json.dumps(run(a.mode, a.dir, a.batch)))
