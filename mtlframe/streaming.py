@@ -350,10 +350,13 @@ def _parquet_files(source: str | Path | Sequence[str | Path]) -> list[str]:
     if isinstance(source, (str, Path)):
         root = Path(source).expanduser()
         if root.is_dir():
-            files = sorted(str(p) for p in root.rglob("*.parquet") if p.is_file())
+            # names starting with '.' or '_' are skipped (temporary / metadata files, as pyarrow
+            # datasets, Spark and mtlframe prepare skip them): the rows read are the rows prepared
+            files = sorted(str(p) for p in root.rglob("*.parquet") if p.is_file() and not any(
+                part.startswith((".", "_")) for part in p.relative_to(root).parts))
             if not files:
-                raise DataError(f"{root}: no *.parquet file in this folder; give the folder that "
-                                f"holds the Parquet files of the dataset")
+                raise DataError(f"{root}: no *.parquet file in this folder (names starting with '.' or '_' "
+                                f"are skipped); give the folder that holds the Parquet files of the dataset")
             return files
         if not root.is_file():
             raise DataError(f"{root}: does not exist; give a folder of Parquet files or a file")

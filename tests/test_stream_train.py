@@ -128,6 +128,10 @@ def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_pat
     other = load_recipe(tmp_path / "r.yaml", ["data.min_count=2"])
     with pytest.raises(DataError, match=r"data.min_count: prepared with 1, the recipe has 2"):
         build_system(other)
+    # a file named like a temporary / metadata file is neither prepared nor streamed
+    pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(4), 9, 0), preserve_index=False),
+                   root / "train" / "_partial.parquet")
+    assert len(build_system(recipe)[0].split_index["train"]) == 100
     # a value the preprocessor refuses, read in a data-loader worker: the error names the directory
     # and the column, without the worker's traceback
     dm, _, _ = build_system(recipe)
