@@ -230,3 +230,33 @@ def test_two_processes_two_workers_train_on_every_row_once_per_epoch(tmp_path):
     assert seen[0]["0"] != seen[0]["1"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"click", "rating"}
+
+
+@pytest.mark.slow  # three trainings (~10 s); the fast resume test above checks the stream's position
+def test_ctrl_c_mid_epoch_then_resume_gives_the_straight_weights(tmp_path):
+    """`train --resume` of a streamed run stopped by Ctrl-C in the middle of epoch 2 finishes with
+    the weights of the run trained straight through (the stream continues at the exact batch)."""
+    import signal
+
+    import pytorch_lightning as pl
+
+    from mtlframe import run as run_mod
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if (trainer.current_epoch, batch_idx) == (1, 3):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    root = write_data(tmp_path / "data")
+    path = _write_recipe(tmp_path / "r.yaml", recipe_dict(root, workers=1))
+    straight = run_mod.train(load_recipe(path), tmp_path / "straight", progress=False)
+    with pytest.raises(run_mod.RunInterrupted):
+        run_mod.train(load_recipe(path), tmp_path / "split", progress=False, callbacks=[CtrlC()])
+    status = json.loads((tmp_path / "split" / "status.json").read_text())
+    assert (status["epoch"], status["batch"]) == (2, 4)
+    run_mod.train(resume=tmp_path / "split", progress=False)
+    a = torch.load(straight.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 200 // 8 + 1
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
