@@ -232,7 +232,6 @@ def test_two_processes_two_workers_train_on_every_row_once_per_epoch(tmp_path):
     assert set(metrics["test"]) == {"click", "rating"}
 
 
-@pytest.mark.slow  # three trainings (~10 s); the fast resume test above checks the stream's position
 def test_ctrl_c_mid_epoch_then_resume_gives_the_straight_weights(tmp_path):
     """`train --resume` of a streamed run stopped by Ctrl-C in the middle of epoch 2 finishes with
     the weights of the run trained straight through (the stream continues at the exact batch)."""
