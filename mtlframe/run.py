@@ -945,6 +945,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
                     else f"rows ({len(dm.split_index['train']):,})")
             why = ("data.split.val is 0" if not val else f"the validation split is empty: data.split.val {val:g} "
                    f"of the training {what} rounds to none (raise data.split.val)")
+            if cfg.data.stream is not None:
+                why = ("data.stream.val is not set" if cfg.data.stream.val is None
+                       else f"data.stream.val ({cfg.data.stream.val}) holds no rows")
             warnings.warn(f"{why}: there is no validation split, so the saved checkpoint is the last "
                           "epoch's and early stopping is off.", UserWarning, stacklevel=2)
         callbacks = list(callbacks or [])
@@ -1501,6 +1504,9 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
     loaded = load_checkpoint(checkpoint)
     dm, module = rebuild_system(checkpoint, loaded, data_path=data_path, overrides=overrides)
     trainer = _make_eval_trainer(device)
+    if len(dm.split_index[split]) == 0 and loaded.recipe.config.data.stream is not None:
+        raise DataError(f"the recipe saved in {checkpoint} streams no {split} rows (data.stream.{split} is not set "
+                        f"or holds no rows); pass one: mtlframe evaluate ... data.stream.{split}=DIR.")
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
                         f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")

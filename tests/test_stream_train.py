@@ -259,3 +259,18 @@ def test_ctrl_c_mid_epoch_then_resume_gives_the_straight_weights(tmp_path):
     assert a["global_step"] == b["global_step"] == 200 // 8 + 1
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_without_a_validation_directory_the_messages_name_data_stream_val(tmp_path):
+    from mtlframe.run import evaluate, train
+
+    root = write_data(tmp_path / "data")
+    data = recipe_dict(root, workers=0)
+    del data["data"]["stream"]["val"]
+    data["trainer"]["max_epochs"] = 1
+    with pytest.warns(UserWarning, match="^data.stream.val is not set: there is no validation split"):
+        result = train(load_recipe(_write_recipe(tmp_path / "r.yaml", data)), tmp_path / "run", progress=False)
+    with pytest.raises(DataError, match=r"streams no val rows \(data.stream.val is not set"):
+        evaluate(result.best_checkpoint, "val", accelerator="cpu")
+    scores = evaluate(result.best_checkpoint, "val", accelerator="cpu", overrides=[f"data.stream.val={root / 'val'}"])
+    assert set(scores) == {"click", "rating"}
