@@ -223,7 +223,8 @@ class StreamDataModule(RecDataModule):
                              seed=self.recipe.config.seed, buffer_rows=self.stream_cfg.buffer_rows if train else 0,
                              rank=rank, world_size=world, drop_uneven=train, num_workers=workers,
                              transform=BatchTransform(self.preprocessor, self.encoders, self.tasks,
-                                                      str(self.dirs[split])))
+                                                      str(self.dirs[split])),
+                             null_ints_as_float=True)   # as pandas (and so prepare) reads them
 
     def _loader(self, split: str) -> EpochLoader:
         workers = self.stream_cfg.workers

@@ -131,6 +131,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
             preprocessing (vocabulary lookups, standardization, the encoders' ``featurize``) pays
             its fixed costs once per thousands of rows. Rows of batches left out by
             :meth:`resume_at` are not transformed.
+        null_ints_as_float: an integer column with missing values in a row group comes as float64
+            with NaN there, as pandas reads it (what the data module's preprocessor expects; its
+            vocabulary is then keyed by the values' text, ``3`` and ``3.0`` alike), instead of an error.
 
     Yields:
         ``dict[str, Tensor | ndarray]``: each column ``[B]`` (numeric and boolean columns as
@@ -149,7 +152,8 @@ class ParquetStream(torch.utils.data.IterableDataset):
                  batch_size: int = 1024, shuffle: bool = False, seed: int = 0, buffer_rows: int = 1 << 16,
                  rank: int = 0, world_size: int = 1, drop_uneven: bool = False,
                  num_workers: int | None = None,
-                 transform: "Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]] | None" = None) -> None:
+                 transform: "Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]] | None" = None,
+                 null_ints_as_float: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ArgumentError("batch_size", f"batch_size must be at least 1, got {batch_size}")
@@ -173,6 +177,7 @@ class ParquetStream(torch.utils.data.IterableDataset):
         self.world_size = world_size
         self.drop_uneven = drop_uneven
         self.transform = transform
+        self.null_ints_as_float = null_ints_as_float
         # [epoch, batches to leave out] in shared memory: data-loader workers see what the main
         # process sets, persistent workers included
         self._state = torch.zeros(2, dtype=torch.int64).share_memory_()
@@ -282,7 +287,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
             table = table.slice(first, stop - first)
         for c in self.columns:
             col = table.column(c)
-            if col.null_count and (pa_types.is_integer(col.type) or pa_types.is_boolean(col.type)):
+            if col.null_count and self.null_ints_as_float and pa_types.is_integer(col.type):
+                table = table.set_column(table.schema.get_field_index(c), c, col.cast("float64"))
+            elif col.null_count and (pa_types.is_integer(col.type) or pa_types.is_boolean(col.type)):
                 # pyarrow would turn the column into float64 (integers) or objects (booleans)
                 raise DataError(
                     f"{piece.path}: column {c!r} ({col.type}) has {col.null_count} missing value(s) in row "

@@ -274,3 +274,28 @@ def test_without_a_validation_directory_the_messages_name_data_stream_val(tmp_pa
         evaluate(result.best_checkpoint, "val", accelerator="cpu")
     scores = evaluate(result.best_checkpoint, "val", accelerator="cpu", overrides=[f"data.stream.val={root / 'val'}"])
     assert set(scores) == {"click", "rating"}
+
+
+def test_integer_ids_and_labels_with_missing_values_stream_as_in_memory(tmp_path):
+    """An integer id column with a null (pandas reads it as float: the vocabulary is keyed "3") and
+    an integer label with a null (masked): the streamed batches equal the in-memory columns."""
+    from mtlframe.datamodule import materialize
+    from mtlframe.run import build_system
+
+    root = write_data(tmp_path / "data")
+    for split, name in (("train", "part-1.parquet"), ("val", "part-0.parquet")):
+        frame = pd.read_parquet(root / split / name)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        uid = pa.array([None if i in (2, 5) else int(v) for i, v in enumerate(frame["uid"])], pa.int64())
+        click = pa.array([None if i == 7 else int(v) for i, v in enumerate(frame["click"])], pa.int64())
+        table = table.set_column(table.schema.get_field_index("uid"), "uid", uid)
+        table = table.set_column(table.schema.get_field_index("click"), "click", click)
+        pq.write_table(table, root / split / name, row_group_size=10)
+    dm, _, _ = build_system(load_recipe(_write_recipe(tmp_path / "r.yaml", recipe_dict(root))))
+    assert all(isinstance(v, str) for v in dm.preprocessor.vocab["uid"])          # "3": pandas' float ids
+    got = list(dm.stream("val", num_workers=0))
+    want = materialize(dm.encoders, dm.tasks, dm.preprocessor.transform(pd.read_parquet(root / "val")))
+    assert len(got) == 1 and sorted(got[0]) == sorted(want) and not bool(got[0]["mask/click"].all())
+    for key, value in want.items():   # NaN where the click label is missing, in both
+        torch.testing.assert_close(got[0][key], value, rtol=0, atol=0, equal_nan=True)
+    assert sum(len(b["label/rating"]) for b in dm.train_dataloader()) == 100
