@@ -162,6 +162,9 @@ class StreamingFit:
         #: numeric column without a fill -> (NaN count, first 1-based rows, missing count)
         self.missing: dict[str, tuple[int, list[tuple[str, int]], int]] = {}
         self.labelled: dict[str, int] = {lab.task: 0 for lab in pre.labels}
+        #: binary / regression task -> sum of its present labels (as float32, summed in float64): with
+        #: ``labelled``, the label mean the output bias starts from (``label_sums``)
+        self.label_sums: dict[str, float] = {lab.task: 0.0 for lab in pre.labels if lab.type != "multiclass"}
         #: multiclass task -> its distinct raw label values (a dict: ordered, no repeats across batches)
         self.classes: dict[str, dict] = {lab.task: {} for lab in pre.labels if lab.type == "multiclass"}
 
@@ -228,7 +231,10 @@ class StreamingFit:
                 self.classes[lab.task].update(dict.fromkeys(pd.unique(series.dropna()).tolist()))
                 self.labelled[lab.task] += len(pre._class_values(series, lab))
             else:
-                self.labelled[lab.task] += int(np.isfinite(pre._label_values(series, lab, where, rows)).sum())
+                values = pre._label_values(series, lab, where, rows).astype(np.float32)
+                finite = np.isfinite(values)
+                self.labelled[lab.task] += int(finite.sum())
+                self.label_sums[lab.task] += float(values[finite].sum(dtype=np.float64))
         self.rows += len(frame)
 
     def finish(self) -> Preprocessor:
@@ -294,8 +300,15 @@ class StreamingFit:
 
 
 def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS) -> tuple[Preprocessor, int]:
-    """``(pre fitted, rows read)``: fit ``pre`` on every row of the Parquet files of ``root`` (see :func:`parquet_files`), read
-    ``batch_rows`` rows at a time (file by file, in name order), only the features' and labels'
+    """``(pre fitted, rows read)``: :func:`read_parquet_fit`, finished."""
+    fit = read_parquet_fit(pre, root, batch_rows)
+    return fit.finish(), fit.rows
+
+
+def read_parquet_fit(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROWS) -> "StreamingFit":
+    """The :class:`StreamingFit` of ``pre`` over every row of the Parquet files of ``root`` (see
+    :func:`parquet_files`), not finished (:meth:`StreamingFit.finish` fits ``pre``; its
+    ``label_sums`` and ``labelled`` give the label means). Reads ``batch_rows`` rows at a time (file by file, in name order), only the features' and labels'
     columns. Peak memory: one batch plus one row group being decoded (Parquet writers' row groups:
     pyarrow 1M rows by default, Spark 128 MB) plus the counts of the distinct categorical values.
 
@@ -326,10 +339,12 @@ def fit_parquet(pre: Preprocessor, root: str | Path, batch_rows: int = BATCH_ROW
     fit = StreamingFit(pre, str(root), integer)
     for path in files:  # one file, one batch at a time (a scanner's read-ahead grew with the data)
         fit.start_file(str(path))
-        with pq.ParquetFile(path) as f:
+        # pre_buffer=False: with pyarrow's default, iter_batches keeps every column chunk it has
+        # read, so memory grew with the file (a 376 MB file: +390 MB; without it: flat)
+        with pq.ParquetFile(path, pre_buffer=False) as f:
             for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
                 fit.update(batch.to_pandas())
-    return fit.finish(), fit.rows
+    return fit
 
 
 def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
@@ -369,18 +384,23 @@ def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
     return pre, str(path)
 
 
-def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BATCH_ROWS) -> Path:
-    """Fit the recipe's preprocessor over ``data.dataset.path`` and save it with the fingerprint.
+def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BATCH_ROWS,
+            state_file: str | Path | None = None) -> Path:
+    """Fit the recipe's preprocessor over ``data.dataset.path`` and save it with the fingerprint
+    (to ``state_file`` when given: ``data.stream.prepared``).
 
     Returns:
         the saved file: ``<output or the data directory>/_mtlframe_prepared.pt``, holding
-        ``{"version", "preprocessor" (Preprocessor.state_dict), "fingerprint", "rows"}``.
+        ``{"version", "preprocessor" (Preprocessor.state_dict), "fingerprint", "rows", "label_sums"}``
+        (``label_sums``: binary / regression task -> ``[sum of the present labels, their count]``,
+        what ``train`` starts each output bias from).
     """
     import torch
 
     pre, path = recipe_preprocessor(recipe)
     fp = fingerprint(path)
-    pre, rows = fit_parquet(pre, path, batch_rows)
+    fit = read_parquet_fit(pre, path, batch_rows)
+    pre, rows = fit.finish(), fit.rows
     changes = fingerprint_changes(fp, fingerprint(path))
     if changes:  # written to while being read: the state would describe no version of the data
         raise DataError(f"{path}: files changed while mtlframe prepare read them (nothing saved):\n  "
@@ -388,10 +408,12 @@ def prepare(recipe: Any, output: str | Path | None = None, batch_rows: int = BAT
     root = Path(path)
     out_dir = Path(output) if output is not None else (root if root.is_dir() else root.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / STATE_NAME
+    target = Path(state_file) if state_file is not None else out_dir / STATE_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     torch.save({"version": STATE_VERSION, "preprocessor": pre.state_dict(), "fingerprint": fp,
-                "rows": rows}, tmp)
+                "rows": rows, "label_sums": {t: [fit.label_sums[t], fit.labelled[t]] for t in fit.label_sums}},
+               tmp)
     os.replace(tmp, target)
     return target
 
@@ -431,5 +453,5 @@ def load_prepared(state_file: str | Path, data: str | Path, expect: Preprocessor
     return Preprocessor.from_state_dict(state["preprocessor"])
 
 
-__all__: Iterable[str] = ["prepare", "fit_parquet", "StreamingFit", "fingerprint", "fingerprint_changes",
-                          "load_prepared", "parquet_files", "recipe_preprocessor", "STATE_NAME"]
+__all__: Iterable[str] = ["prepare", "fit_parquet", "read_parquet_fit", "StreamingFit", "fingerprint",
+                          "fingerprint_changes", "load_prepared", "parquet_files", "recipe_preprocessor", "STATE_NAME"]

@@ -290,6 +290,24 @@ class SequenceConfig(_Strict):
         return v
 
 
+class StreamConfig(_Strict):
+    """``data.stream``: train from a directory of Parquet files without loading it (see
+    ``docs/streaming.md``). ``data.dataset`` (``name: parquet``) names the training directory; the
+    evaluation splits are their own directories (or files), each optional. The preprocessor comes
+    from ``mtlframe prepare`` (``prepared``; run by ``train`` when there is none)."""
+
+    #: the validation directory (or file); none: no validation
+    val: str | None = None
+    #: the test directory (or file); none: no test
+    test: str | None = None
+    #: rows of each reader's shuffle buffer (0: no buffer, rows in row-group order)
+    buffer_rows: int = Field(65536, ge=0)
+    #: data-loader worker processes per training process (0: read in the training process)
+    workers: int = Field(2, ge=0, le=64)
+    #: the prepared state file (default ``<training directory>/_mtlframe_prepared.pt``)
+    prepared: str | None = None
+
+
 class DataConfig(_Strict):
     """The data: which dataset, how it is split into training / validation / test, batching, the
     training sampler and preprocessing (vocabularies, missing values, clipping, sequences)."""
@@ -321,6 +339,8 @@ class DataConfig(_Strict):
     #: ``{name: {of, share_with, max_len, fields}}``: sequence features (dataset columns or
     #: histories built from the log), see :class:`SequenceConfig`
     sequences: dict[str, SequenceConfig] = {}
+    #: train from Parquet directories without loading them (:class:`StreamConfig`); absent: in memory
+    stream: StreamConfig | None = None
 
     @field_validator("fill_missing", mode="before")
     @classmethod
@@ -1191,6 +1211,7 @@ def validate(data: dict, source: str | None = None, lines: dict[str, int | str] 
     _check_scheduler(data.get("optimizer"), source, problems, checked)
     _check_metrics(data, source, problems)
     _check_ranking(data, problems)
+    _check_stream(data, problems)
     for check in checks:  # e.g. every searched key and value, as trials will meet them
         problems.extend(check(data))
     # the components' own value checks (constructors, validate_args) on the entries that passed
@@ -1278,6 +1299,62 @@ def _check_ranking(data: dict, problems: list[tuple[str, str]]) -> None:
     rank_by = ranking.get("rank_by")
     problems += rank_by_problems(rank_by if isinstance(rank_by, dict) else {}, types)
     problems += _sampler_side_problems(sampler, factory, ranking, retrieval, data)
+
+
+def _check_stream(data: dict, problems: list[tuple[str, str]]) -> None:
+    """``data.stream``: what a stream of Parquet batches cannot do is refused at its key, with the
+    reason (``docs/streaming.md``): another dataset than ``parquet``, a ``data.split`` (the split is
+    by directory), a ``ranking`` section, a training sampler, sequence features, grouped metrics,
+    a ``median`` fill, and a feature that is a task's label column."""
+    data_d = data.get("data") if isinstance(data.get("data"), dict) else {}
+    if not isinstance(data_d.get("stream"), dict):
+        return
+    dataset = data_d.get("dataset") if isinstance(data_d.get("dataset"), dict) else {}
+    if dataset.get("name") != "parquet":
+        problems.append(("data.dataset.name", f"data.stream reads directories of Parquet files; the dataset must be "
+                                              f"`{{name: parquet, path: DIR}}`, not '{dataset.get('name')}'."))
+    split = data_d.get("split") if isinstance(data_d.get("split"), dict) else {}
+    changed = sorted(k for k, v in split.items() if k in SplitConfig.model_fields
+                     and v != SplitConfig.model_fields[k].default)
+    if changed:
+        problems.append(("data.split", f"with data.stream the split is by directory (data.dataset.path trains, "
+                                       f"data.stream.val / data.stream.test evaluate); a row split "
+                                       f"({', '.join(changed)}) needs the whole table in memory. Remove data.split."))
+    if data.get("ranking") is not None:
+        problems.append(("ranking", "full-ranking evaluation needs every item and every user's rows in memory, "
+                                    "which data.stream does not hold; remove the ranking section (and retrieval "
+                                    "tasks) or train in memory."))
+    sampler = data_d.get("sampler")
+    if isinstance(sampler, dict) and sampler.get("name", "none") != "none":
+        problems.append(("data.sampler", f"sampler '{sampler.get('name')}' draws rows from the whole training table, "
+                                         "which data.stream does not hold; remove it or train in memory."))
+    if data_d.get("sequences"):
+        problems.append(("data.sequences", "sequence features are not streamed (a history needs each user's earlier "
+                                           "rows); remove them or train in memory."))
+    declared = dataset.get("features") if isinstance(dataset.get("features"), dict) else {}
+    for col, typ in declared.items():
+        if typ == "sequence":
+            problems.append((f"data.dataset.features.{col}", f"'{col}' is a sequence feature, which data.stream "
+                                                             "does not support yet; drop it or train in memory."))
+    if data.get("metrics_group") is not None:
+        problems.append(("metrics_group", "grouped metrics (gauc, ndcg@K, ...) need each group's rows together, "
+                                          "which evaluation batches streamed over processes do not give; remove "
+                                          "metrics_group and the grouped metrics, or evaluate in memory."))
+    fill = data_d.get("fill_missing")
+    for col, policy in (fill.items() if isinstance(fill, dict) else [("", fill)]):
+        if policy == "median":
+            problems.append((f"data.fill_missing{'.' + col if col else ''}",
+                             "median needs every value of the column in memory, which the prepare pass of "
+                             "data.stream does not hold; use mean, zero or a number."))
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    labels = {t.get("label"): name for name, t in tasks.items() if isinstance(t, dict)}
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    for i, enc in enumerate(model.get("encoders") if isinstance(model.get("encoders"), list) else []):
+        for j, col in enumerate(enc.get("features") or [] if isinstance(enc, dict) else []):
+            if isinstance(col, str) and col in labels:
+                problems.append((f"model.encoders[{i}].features[{j}]",
+                                 f"feature '{col}' is the label column of task '{labels[col]}' (label leakage: the "
+                                 "model would read the answer). Remove it from the encoder's features."))
 
 
 def _id_feature_problems(ranking: dict, model: dict) -> list[tuple[str, str]]:

@@ -59,6 +59,8 @@ def _quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # a data.stream ParquetStream knows its length per worker count (StreamDataModule)
+    warnings.filterwarnings("ignore", message=".*IterableDataset` has `__len__` defined.*")
     # metric values are synced by torchmetrics before logging; Lightning cannot know that
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -685,7 +687,12 @@ def build_system(recipe: Recipe):
     from mtlframe.optim import check_sparse_support
 
     b = Builder(recipe)
-    dm = RecDataModule(recipe, b.dataset())
+    if recipe.config.data.stream is not None:  # Parquet directories streamed, never loaded
+        from mtlframe.streamdata import StreamDataModule
+
+        dm = StreamDataModule(recipe, b.dataset())
+    else:
+        dm = RecDataModule(recipe, b.dataset())
     dm.prepare_data()
     dm.setup("fit")
     info = dm.feature_info()
@@ -713,6 +720,11 @@ def build_system(recipe: Recipe):
         module.set_scheduler(*schedule, monitor=monitor, where=(recipe.source, recipe.lines))
     module.set_full_ranking(dm.ranking_split if dm.catalogue is not None else None)
     return dm, module, b
+
+
+def _data_source(dm) -> str:
+    """Where a data module's data comes from (its table's source; a stream's training directory)."""
+    return dm.table.source if dm.table is not None else dm.source
 
 
 #: recipe sections a resumed run may override (the model, data and optimizer are the checkpoint's)
@@ -961,7 +973,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             saved = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)["mtlframe"]
             changed = preprocessor_difference(saved["preprocessor"], dm.preprocessor.state_dict())
             if changed:
-                raise DataError(f"the data at {dm.table.source} is not the data {target.checkpoint} was trained on: "
+                raise DataError(f"the data at {_data_source(dm)} is not the data {target.checkpoint} was trained on: "
                                 f"{changed}. A resumed run re-creates the split, so it needs the same rows.")
         if overwrite and is_zero and target is None:  # only now: a recipe or data error leaves the earlier run as it was
             _clear_run(run_dir)
@@ -981,6 +993,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
                     else f"rows ({len(dm.split_index['train']):,})")
             why = ("data.split.val is 0" if not val else f"the validation split is empty: data.split.val {val:g} "
                    f"of the training {what} rounds to none (raise data.split.val)")
+            if cfg.data.stream is not None:
+                why = ("data.stream.val is not set" if cfg.data.stream.val is None
+                       else f"data.stream.val ({cfg.data.stream.val}) holds no rows")
             warnings.warn(f"{why}: there is no validation split, so the saved checkpoint is the last "
                           "epoch's and early stopping is off.", UserWarning, stacklevel=2)
         callbacks = list(callbacks or [])
@@ -1537,6 +1552,9 @@ def evaluate(checkpoint: str | Path, split: str = "test", *, accelerator: str = 
     loaded = load_checkpoint(checkpoint)
     dm, module = rebuild_system(checkpoint, loaded, data_path=data_path, overrides=overrides)
     trainer = _make_eval_trainer(device)
+    if len(dm.split_index[split]) == 0 and loaded.recipe.config.data.stream is not None:
+        raise DataError(f"the recipe saved in {checkpoint} streams no {split} rows (data.stream.{split} is not set "
+                        f"or holds no rows); pass one: mtlframe evaluate ... data.stream.{split}=DIR.")
     if len(dm.split_index[split]) == 0:
         raise DataError(f"the recipe saved in {checkpoint} has an empty {split} split "
                         f"(data.split.{split}: 0); evaluate another split, or retrain with a {split} fraction.")
@@ -1604,7 +1622,7 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
     dm, module, _ = build_system(recipe)
     changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
     if changed:  # the split is re-created from the data: it must be the data the model was trained on
-        raise DataError(f"the data at {dm.table.source} is not the data {checkpoint} was trained on: {changed}. "
+        raise DataError(f"the data at {_data_source(dm)} is not the data {checkpoint} was trained on: {changed}. "
                         f"{command} re-creates the training run's split, so it needs the same rows; to score "
                         "new rows, use mtlframe predict (it applies the checkpoint's preprocessing).")
     module.model.load_state_dict(loaded.model.state_dict())

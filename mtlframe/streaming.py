@@ -46,7 +46,7 @@ starts an epoch after its first batches (a resumed run), in the uninterrupted or
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +124,16 @@ class ParquetStream(torch.utils.data.IterableDataset):
             the dataset a length (``len()``: batches per epoch of this process; without it ``len()``
             raises ``TypeError``, which Lightning reads as "no length"), and iterating it from
             another number of workers is an error.
+        transform: applied, in the reader (the data-loader worker), to the raw columns (numpy
+            ``[R]``) of each run of rows that leaves the buffer (whole batches, up to a row group
+            plus the buffer's overflow), before it is cut into batches; returns ``name -> [R, ...]``
+            tensors. Once per run instead of once per batch: the data module's per-batch
+            preprocessing (vocabulary lookups, standardization, the encoders' ``featurize``) pays
+            its fixed costs once per thousands of rows. Rows of batches left out by
+            :meth:`resume_at` are not transformed.
+        null_ints_as_float: an integer column with missing values in a row group comes as float64
+            with NaN there, as pandas reads it (what the data module's preprocessor expects; its
+            vocabulary is then keyed by the values' text, ``3`` and ``3.0`` alike), instead of an error.
 
     Yields:
         ``dict[str, Tensor | ndarray]``: each column ``[B]`` (numeric and boolean columns as
@@ -141,7 +151,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
     def __init__(self, source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
                  batch_size: int = 1024, shuffle: bool = False, seed: int = 0, buffer_rows: int = 1 << 16,
                  rank: int = 0, world_size: int = 1, drop_uneven: bool = False,
-                 num_workers: int | None = None) -> None:
+                 num_workers: int | None = None,
+                 transform: "Callable[[dict[str, np.ndarray]], dict[str, torch.Tensor]] | None" = None,
+                 null_ints_as_float: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ArgumentError("batch_size", f"batch_size must be at least 1, got {batch_size}")
@@ -164,6 +176,8 @@ class ParquetStream(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.drop_uneven = drop_uneven
+        self.transform = transform
+        self.null_ints_as_float = null_ints_as_float
         # [epoch, batches to leave out] in shared memory: data-loader workers see what the main
         # process sets, persistent workers included
         self._state = torch.zeros(2, dtype=torch.int64).share_memory_()
@@ -273,7 +287,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
             table = table.slice(first, stop - first)
         for c in self.columns:
             col = table.column(c)
-            if col.null_count and (pa_types.is_integer(col.type) or pa_types.is_boolean(col.type)):
+            if col.null_count and self.null_ints_as_float and pa_types.is_integer(col.type):
+                table = table.set_column(table.schema.get_field_index(c), c, col.cast("float64"))
+            elif col.null_count and (pa_types.is_integer(col.type) or pa_types.is_boolean(col.type)):
                 # pyarrow would turn the column into float64 (integers) or objects (booleans)
                 raise DataError(
                     f"{piece.path}: column {c!r} ({col.type}) has {col.null_count} missing value(s) in row "
@@ -283,10 +299,17 @@ class ParquetStream(torch.utils.data.IterableDataset):
         return {c: table.column(c).to_numpy() for c in self.columns}
 
     def _batches(self, cols: dict[str, np.ndarray], rows: int, left_out: list[int]) -> Iterator[Columns]:
-        for s in range(0, rows, self.batch_size):
-            if left_out[0]:
-                left_out[0] -= 1
-                continue
+        skip = min(left_out[0], -(-rows // self.batch_size))
+        left_out[0] -= skip
+        first = skip * self.batch_size
+        if first >= rows:
+            return
+        if self.transform is not None:
+            out = self.transform({k: v[first:rows] for k, v in cols.items()})
+            for s in range(0, rows - first, self.batch_size):
+                yield {k: v[s:s + self.batch_size] for k, v in out.items()}
+            return
+        for s in range(first, rows, self.batch_size):
             e = min(s + self.batch_size, rows)
             yield {k: _tensor(v[s:e]) for k, v in cols.items()}
 
@@ -334,10 +357,13 @@ def _parquet_files(source: str | Path | Sequence[str | Path]) -> list[str]:
     if isinstance(source, (str, Path)):
         root = Path(source).expanduser()
         if root.is_dir():
-            files = sorted(str(p) for p in root.rglob("*.parquet") if p.is_file())
+            # names starting with '.' or '_' are skipped (temporary / metadata files, as pyarrow
+            # datasets, Spark and mtlframe prepare skip them): the rows read are the rows prepared
+            files = sorted(str(p) for p in root.rglob("*.parquet") if p.is_file() and not any(
+                part.startswith((".", "_")) for part in p.relative_to(root).parts))
             if not files:
-                raise DataError(f"{root}: no *.parquet file in this folder; give the folder that "
-                                f"holds the Parquet files of the dataset")
+                raise DataError(f"{root}: no *.parquet file in this folder (names starting with '.' or '_' "
+                                f"are skipped); give the folder that holds the Parquet files of the dataset")
             return files
         if not root.is_file():
             raise DataError(f"{root}: does not exist; give a folder of Parquet files or a file")

@@ -181,14 +181,42 @@ def test_files_changed_during_the_pass_are_refused_and_nothing_is_saved(tmp_path
         "data.dataset": {"name": "parquet", "path": str(data), "features": {"uid": "categorical"}, "labels": ["click"]},
         "model.encoders": [{"name": "embedding", "features": ["uid"], "dim": 4}],
         "tasks": {"click": {"type": "binary", "label": "click"}}}))
-    fit = prep.fit_parquet
+    fit = prep.read_parquet_fit
 
     def fit_then_append(pre, root, batch_rows):  # a writer adds a file while prepare reads
         out = fit(pre, root, batch_rows)
         pq.write_table(_table(5), data / "part-3.parquet")
         return out
-    monkeypatch.setattr(prep, "fit_parquet", fit_then_append)
+    monkeypatch.setattr(prep, "read_parquet_fit", fit_then_append)
     with pytest.raises(DataError, match=r"(?s)files changed while mtlframe prepare read them \(nothing saved\).*"
                                         r"part-3.parquet: added"):
         prep.prepare(recipe)
     assert not (data / STATE_NAME).exists()
+
+
+def test_memory_of_the_pass_does_not_grow_with_the_file(tmp_path, monkeypatch):
+    """One file of 16 row groups, read in batches of one row group: the bytes pyarrow holds while
+    a batch is fitted stay within a few row groups (pyarrow's default pre-buffering kept every
+    row group read so far: the peak was the whole file)."""
+    import mtlframe.prepare as prep
+    from mtlframe.prepare import StreamingFit
+
+    rng = np.random.default_rng(0)
+    n, group = 16 * 65536, 65536
+    table = pa.table({f"x{j}": rng.standard_normal(n) for j in range(8)} | {"y": rng.integers(0, 2, n)})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=group)
+    group_bytes = table.nbytes // 16
+    del table
+    held: list[int] = []
+    update = StreamingFit.update
+
+    def record(self, frame):
+        held.append(pa.total_allocated_bytes())
+        return update(self, frame)
+    monkeypatch.setattr(StreamingFit, "update", record)
+    pre = Preprocessor({f"x{j}": "numeric" for j in range(8)}, [LabelSpec("y", "y", "binary")])
+    before = pa.total_allocated_bytes()
+    fit_parquet(pre, tmp_path, batch_rows=group)
+    assert len(held) == 16 and max(held) - before < 6 * group_bytes, (max(held) - before, group_bytes)
+    assert held[-1] - held[0] < group_bytes      # flat from the first batch to the last
+    assert prep.fit_parquet is fit_parquet
