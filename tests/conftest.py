@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import pytest
 os.environ.setdefault("MTLFRAME_STRICT_PLUGINS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A shell starts a background job (`pytest ... &`) with Ctrl-C ignored, and Python keeps it ignored:
+# the tests of the Ctrl-C resume path would then see no KeyboardInterrupt. They test Python's
+# default handler, so the suite runs with it whatever the shell did.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
