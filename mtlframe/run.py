@@ -1241,11 +1241,59 @@ class LoadedCheckpoint:
     state: dict
 
 
+def load_model_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], path: str | Path,
+                       state: Mapping[str, Any], providers: Mapping[str, str]) -> None:
+    """Load a checkpoint's model weights (keys without the ``model.`` prefix) into ``model``, built
+    from the checkpoint's own recipe: every weight of the model must be in the checkpoint with its
+    shape, and every weight of the checkpoint must have a place in the model. Buffers that are not
+    saved (``persistent=False``) are rebuilt by the model and are not asked for.
+
+    Raises:
+        CheckpointError: a weight is missing (it would keep its random initial value), left over or
+            of another shape; the keys are named (at most 6 of each), with the mtlframe and component
+            versions that wrote the checkpoint next to the ones installed now (the likely cause: the
+            model of the same recipe is built differently by another version).
+    """
+    try:
+        result = model.load_state_dict(weights, strict=False)
+        shapes: list[str] = []
+    except RuntimeError as exc:  # a size mismatch (raised even when not strict)
+        result = None
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not shapes:
+            raise
+    missing = [] if result is None else list(result.missing_keys)
+    unexpected = [] if result is None else list(result.unexpected_keys)
+    if not (missing or unexpected or shapes):
+        return
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    parts = ([f"the model built from its recipe has weights the checkpoint lacks (they would keep random "
+              f"initial values): {some(missing)}"] if missing else []) + \
+            ([f"the checkpoint has weights the model has no place for: {some(unexpected)}"] if unexpected else []) + \
+            ([f"shapes differ: {some(shapes)}"] if shapes else [])
+    from mtlframe import __version__
+    saved = dict(state.get("providers") or {})
+    changed = [f"{k}: {saved[k]} then, {v} now" for k, v in providers.items() if k in saved and saved[k] != v]
+    written = state.get("mtlframe_version")
+    if written and written != __version__:
+        changed.insert(0, f"mtlframe {written} then, {__version__} now")
+    cause = ("it was written by other versions: " + "; ".join(changed)) if changed else \
+        "it was written by another version of mtlframe or of the plugin providing these components, or its " \
+        "weights were edited or come from another recipe"
+    raise CheckpointError(f"checkpoint {path} does not fit the model its saved recipe builds: {'; '.join(parts)}. "
+                          f"Likely cause: {cause}. Load it with the versions that trained it "
+                          "(`mtlframe train` records them as providers in the checkpoint), or train again.")
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model of an mtlframe checkpoint (recipe + preprocessor + weights inside).
 
     Raises:
-        CheckpointError: the file is missing or was not written by mtlframe.
+        CheckpointError: the file is missing or was not written by mtlframe; its weights do not fit
+            the model its recipe builds (see :func:`load_model_weights`).
     """
     from mtlframe.build import Builder
     from mtlframe.features import TaskSpec
@@ -1276,7 +1324,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     encoders = b.encoders(pre.feature_info())
     model = b.model(encoders, tasks)
     weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights, strict=False)
+    load_model_weights(model, weights, p, state, b.providers)
     model.eval()
     return LoadedCheckpoint(recipe, pre, model, tasks, encoders, state)
 
