@@ -208,3 +208,13 @@ def test_the_encoder_contract_check_passes():
 
     enc = check_encoder(TorchRecEmbeddingEncoder, {"city": "categorical", "tags": "multi_categorical"}, dim=8)
     assert enc.output_dim == 16
+
+
+def test_export_refuses_the_encoder_naming_it_and_the_alternative():
+    from mtlframe.export import _refusal
+
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
+    why = _refusal(0, {"name": "torchrec-embedding"}, enc)
+    assert why.startswith(f"model.encoders[0] (torchrec-embedding, features {', '.join(FEATURES)}): ")
+    assert why.endswith("Export is not supported for this component; serve the checkpoint with `mtlframe serve` "
+                        "(Python).")
