@@ -631,7 +631,13 @@ def _make_trainer(recipe: Recipe, kwargs: dict[str, Any]):
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return pl.Trainer(**kwargs)
+        trainer = pl.Trainer(**kwargs)
+        # the launcher's process counts (torchrun, srun) against devices / num_nodes: Lightning checks
+        # them only when fit launches, as a ValueError per process; checked here, before the run starts
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if env is not None:
+            env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        return trainer
     except (MisconfigurationException, ValueError, TypeError) as exc:
         raise _trainer_error(recipe, exc) from exc
 
@@ -649,8 +655,12 @@ def _trainer_error(recipe: Recipe, exc: Exception) -> RecipeError:
     where = f"trainer.{key}" if key else "trainer"
     settings = (f"accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
                 f"precision={t.precision!r}")
-    return RecipeError([(where, f"Lightning cannot set up this machine with {settings}: {text.strip()} "
-                                "(`accelerator: auto` and `devices: auto` pick what the machine has)")],
+    hint = ("`accelerator: auto` and `devices: auto` pick what the machine has" if "world size" not in low
+            and "slurm" not in low else "under torchrun, `--nproc-per-node` must equal trainer.devices and `--nnodes` "
+            "trainer.num_nodes; under srun, `--ntasks-per-node` trainer.devices and `--nodes` trainer.num_nodes: "
+            "docs/multinode.md")
+    return RecipeError([(where, f"Lightning cannot set up this machine with {settings}, num_nodes={t.num_nodes!r}: "
+                                f"{text.strip()} ({hint})")],
                        recipe.source, recipe.lines)
 
 
@@ -983,7 +993,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             if note and is_zero:
                 warnings.warn(note, UserWarning, stacklevel=2)
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
-        if target is None or target.recipe.lines:  # a resume with overrides: the recipe it trains on now
+        # a resume with overrides: the recipe it trains on now; the first process only (another one
+        # failing at the same point removes the folder while it would still be written)
+        if is_zero and (target is None or target.recipe.lines):
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
         has_val = len(dm.split_index["val"]) > 0
@@ -1058,7 +1070,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
                 trainer_kwargs[key] = getattr(t, key)
         trainer = _make_trainer(recipe, trainer_kwargs)
     except BaseException:
-        if created:
+        if created and is_zero:   # the folder is the first process's (it alone writes there before fit)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     resumed = None
