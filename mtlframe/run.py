@@ -1088,6 +1088,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         _write_status(run_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                 "pid": os.getpid(), **({"resumed": resumed} if resumed else {})})
     report = progress is not False and trainer.is_global_zero
+    # counted before fit: an encoder that shards its tables in configure_model (torchrec-embedding)
+    # keeps them outside the module tree, so a count after fit would depend on the number of processes
+    n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     start = time.perf_counter()
     try:
         try:
@@ -1149,7 +1152,6 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         raise
     finally:
         _finish_logger(logger)
-    n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     result = TrainResult(run_dir, metrics, best, n_params, seconds, builder.providers, trainer.is_global_zero)
     if trainer.is_global_zero:
         payload: dict[str, Any] = {

@@ -261,3 +261,24 @@ def test_launcher_process_counts_that_differ_from_the_recipe_are_a_recipe_error_
         in msg
     assert "under torchrun, `--nproc-per-node` must equal trainer.devices" in msg
     assert not (tmp_path / "run").exists()
+
+
+def test_the_parameter_count_does_not_depend_on_tables_sharded_out_of_the_module(tmp_path, monkeypatch):
+    """An encoder that shards its tables in ``configure_model`` keeps them outside the module tree
+    (``torchrec-embedding`` under DDP): ``parameters:`` / ``metrics.json`` still count them (before:
+    2 processes reported 1,514 parameters for the 10,466 of the same model in one process)."""
+    import json
+
+    from mtlframe.module import MultiTaskModule
+    from mtlframe.testing import train_tiny
+
+    def shard_out(self):   # what DistributedModelParallel does to the module tree, in one process
+        enc = self.model.encoders[1]
+        name = next(iter(enc._modules))
+        object.__setattr__(enc, name, enc._modules.pop(name))   # still used by forward, not a submodule
+
+    monkeypatch.setattr(MultiTaskModule, "configure_model", shard_out)
+    result = train_tiny(tmp_path, **{"trainer.limit_train_batches": 1})
+    # numeric: none; embedding [21 x 4] = 84; mmoe + towers: 758 (the memory plan's "other parameters")
+    assert result.num_parameters == 84 + 758
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_parameters"] == 842
