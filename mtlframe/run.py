@@ -980,11 +980,20 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
         if target is not None:  # the split is re-created from the data: it must be the data trained on
-            saved = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)["mtlframe"]
+            whole = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+            saved = whole["mtlframe"]
             changed = preprocessor_difference(saved["preprocessor"], dm.preprocessor.state_dict())
             if changed:
                 raise DataError(f"the data at {_data_source(dm)} is not the data {target.checkpoint} was trained on: "
                                 f"{changed}. A resumed run re-creates the split, so it needs the same rows.")
+            # the weights Lightning will load (strictly, with a bare RuntimeError): checked here, by name
+            # and shape, against the module as built (unsharded, as checkpoints hold the tables)
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            given = whole["state_dict"]
+            shapes = [f"size mismatch for {k}: the checkpoint's {tuple(given[k].shape)}, the model's {expected[k]}"
+                      for k in expected if k in given and tuple(given[k].shape) != expected[k]]
+            weights_error(target.checkpoint, saved, builder.providers, [k for k in expected if k not in given],
+                          [k for k in given if k not in expected], shapes)
         if overwrite and is_zero and target is None:  # only now: a recipe or data error leaves the earlier run as it was
             _clear_run(run_dir)
         memory_plan.report(module.model, cfg, quiet=progress is False)
@@ -1276,8 +1285,14 @@ def load_model_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tenso
         shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         if not shapes:
             raise
-    missing = [] if result is None else list(result.missing_keys)
-    unexpected = [] if result is None else list(result.unexpected_keys)
+    weights_error(path, state, providers, [] if result is None else list(result.missing_keys),
+                  [] if result is None else list(result.unexpected_keys), shapes)
+
+
+def weights_error(path: str | Path, state: Mapping[str, Any], providers: Mapping[str, str], missing: list[str],
+                  unexpected: list[str], shapes: list[str]) -> None:
+    """Raise the :class:`CheckpointError` of :func:`load_model_weights` when a weight is missing,
+    left over or of another shape (nothing when all three lists are empty)."""
     if not (missing or unexpected or shapes):
         return
 
