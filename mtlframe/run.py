@@ -395,6 +395,8 @@ def _status_callback(run_dir: Path):
                     info["resume"] = f"mtlframe train --resume {run_dir}"
                 except Exception as exc:  # noqa: BLE001 - the marker matters more than this file
                     info["last_checkpoint_error"] = f"{type(exc).__name__}: {exc}"
+                    # a model that diverged since the last check (nan_loss: stop) is not saved: say why
+                    info["not_saved"] = f"{last.name} was not saved: {exc}"
             if "resumable" not in info:
                 lasts = run_dir / "checkpoints" / "last.ckpt"
                 info["resumable"] = fitting and lasts.is_file()
@@ -1212,7 +1214,8 @@ def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
     where = f"epoch {info.get('epoch')}" + (f"/{info['max_epochs']}" if info.get("max_epochs") else "")
     saved = [f"{k.replace('_', ' ')}: {info[k]}" for k in ("last_checkpoint", "best_checkpoint") if info.get(k)]
     return (f"interrupted (Ctrl-C) during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
-            f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
+            + (f"{info['not_saved'].rstrip('.')}. " if info.get("not_saved") else "")
+            + f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
             + (f". Continue it with: {info['resume']}" if info.get("resumable") else
                ". It holds no checkpoint to resume from: rerun with --overwrite (or another --run-dir) to start over")
             + ".")
