@@ -9,7 +9,8 @@ features, 10 numeric, 3 binary tasks, with dense embedding gradients) at batch 1
   hand-written reference loop (:class:`benchmarks.systems.RefMMoE`, the same MMoE, with the same
   preprocessed training columns on the device, reshuffled on the device each epoch, fused Adam),
   over ``--steps`` steps after ``--warmup`` steps; the clock is read after
-  ``torch.cuda.synchronize()`` at both ends of the timed window only;
+  ``torch.cuda.synchronize()`` at both ends of the timed window, and stopped between epochs
+  (epoch-end logging and checkpoints, the next epoch's shuffle: not steps);
 * the peak device memory of each (``torch.cuda.max_memory_allocated``, reset before each run);
 * the share of the step spent outside device kernels, from ``torch.profiler`` over ``--profile``
   further steps: ``1 - (sum of the kernels' device time) / (wall time of those steps)``: the time
@@ -97,12 +98,29 @@ class _Windows:
         self.outside = float("nan")
         self._t0 = self._p0 = 0.0
         self._prof = None
+        self._paused: float | None = None
+        self._excluded = [0.0, 0.0]   # seconds between epochs inside the timed / profiled window
 
     @property
     def total(self) -> int:
         return self.warmup + self.steps + self.profile_steps
 
+    def pause(self) -> None:
+        """Stop the clock between epochs (mtlframe's epoch-end logging and checkpoint, the next
+        epoch's shuffle in either system): not training steps, and with one to five steps an epoch
+        (Adult at batch 8192 / 65536) they would dominate the window. The next :meth:`start`
+        restarts it (a device sync at each end, once an epoch)."""
+        timed = self.warmup < self.n < self.warmup + self.steps
+        profiled = self.warmup + self.steps < self.n < self.total
+        if self._paused is None and (timed or profiled):
+            _sync(self.device)
+            self._paused = time.perf_counter()
+
     def start(self) -> None:
+        if self._paused is not None:
+            _sync(self.device)
+            self._excluded[0 if self.n < self.warmup + self.steps else 1] += time.perf_counter() - self._paused
+            self._paused = None
         if self.n == self.warmup:
             _sync(self.device)
             self._t0 = time.perf_counter()
@@ -118,10 +136,10 @@ class _Windows:
         self.n += 1
         if self.n == self.warmup + self.steps:
             _sync(self.device)
-            self.timed_s = time.perf_counter() - self._t0
+            self.timed_s = time.perf_counter() - self._t0 - self._excluded[0]
         if self._prof is not None and self.n == self.total:
             _sync(self.device)
-            wall = time.perf_counter() - self._p0
+            wall = time.perf_counter() - self._p0 - self._excluded[1]
             self._prof.__exit__(None, None, None)
             self.outside = outside_kernel_share(self._prof, wall, self.device)
             self._prof = None
@@ -170,6 +188,7 @@ def run_reference(columns: dict[str, torch.Tensor], cardinalities: list[int], ta
             loss.backward()
             opt.step()
             win.end(idx.shape[0])
+        win.pause()   # the next epoch's permutation is not a step (as mtlframe's epoch end is not)
     return {**win.result(), "peak_device_mb": _peak_mb(device)}
 
 
@@ -188,6 +207,9 @@ def _windows_callback(win: _Windows, grab: dict[str, Any]):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             win.end(int(next(iter(batch.values())).shape[0]))
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            win.pause()   # runs before the module's epoch end and the checkpoint callback
 
     return Steps()
 
@@ -303,7 +325,8 @@ def gpu_markdown(section: dict[str, Any] | None) -> list[str]:
              "65536. The reference is the hand-written loop of the Adult table (`benchmarks.systems.RefMMoE`) "
              "on mtlframe's preprocessed training columns, held on the device; mtlframe runs its recipe path "
              "(`mtlframe.run.train`, host batches copied from pinned memory). Samples/s over the timed steps "
-             "(after warm-up steps; the clock read after `torch.cuda.synchronize()` at both ends); peak "
+             "(after warm-up steps; the clock read after `torch.cuda.synchronize()` at both ends, and stopped "
+             "between epochs: epoch-end logging and checkpoints and the next epoch's shuffle are not steps); peak "
              "device memory from `torch.cuda.max_memory_allocated`; *outside kernels* = 1 - (kernel time "
              "from `torch.profiler`) / (wall time of the profiled steps): the share of the step in which "
              "the GPU waits for the host. Adult at batch 1024 also runs with `trainer.compile: {mode: "

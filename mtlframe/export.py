@@ -146,7 +146,7 @@ def _refusal(i: int, spec: Mapping[str, Any], enc: nn.Module) -> str | None:
         return None
     return (f"{where}: {type(enc).__module__}.{type(enc).__name__} prepares its inputs on the data side "
             "(`featurize`) in a way the exporter does not know, so a server could not compute them. "
-            "Export is not supported for this component.")
+            "Export is not supported for this component; serve the checkpoint with `mtlframe serve` (Python).")
 
 
 def _frozen_vectors(enc: nn.Module) -> bool:

@@ -871,7 +871,14 @@ class MultiTaskModule(pl.LightningModule):
             return None
         return {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(self.trainer.optimizers[0].param_groups)}
 
+    def on_validation_start(self) -> None:
+        """Run the deferred non-finite checks (one host sync) before a validation, so a model that
+        diverged since the last logging step is never scored (``val_check_interval`` inside an epoch):
+        its NaN score would reach the logs, the early-stopping policy and a plateau schedule."""
+        self._check_pending()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_pending()   # no checkpoint of a diverged model, whoever saves it
         checkpoint["mtlframe"] = self.checkpoint_state
 
     def resume_state(self) -> dict[str, Any]:

@@ -395,6 +395,8 @@ def _status_callback(run_dir: Path):
                     info["resume"] = f"mtlframe train --resume {run_dir}"
                 except Exception as exc:  # noqa: BLE001 - the marker matters more than this file
                     info["last_checkpoint_error"] = f"{type(exc).__name__}: {exc}"
+                    # a model that diverged since the last check (nan_loss: stop) is not saved: say why
+                    info["not_saved"] = f"{last.name} was not saved: {exc}"
             if "resumable" not in info:
                 lasts = run_dir / "checkpoints" / "last.ckpt"
                 info["resumable"] = fitting and lasts.is_file()
@@ -631,7 +633,13 @@ def _make_trainer(recipe: Recipe, kwargs: dict[str, Any]):
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        return pl.Trainer(**kwargs)
+        trainer = pl.Trainer(**kwargs)
+        # the launcher's process counts (torchrun, srun) against devices / num_nodes: Lightning checks
+        # them only when fit launches, as a ValueError per process; checked here, before the run starts
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if env is not None:
+            env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        return trainer
     except (MisconfigurationException, ValueError, TypeError) as exc:
         raise _trainer_error(recipe, exc) from exc
 
@@ -649,8 +657,12 @@ def _trainer_error(recipe: Recipe, exc: Exception) -> RecipeError:
     where = f"trainer.{key}" if key else "trainer"
     settings = (f"accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, "
                 f"precision={t.precision!r}")
-    return RecipeError([(where, f"Lightning cannot set up this machine with {settings}: {text.strip()} "
-                                "(`accelerator: auto` and `devices: auto` pick what the machine has)")],
+    hint = ("`accelerator: auto` and `devices: auto` pick what the machine has" if "world size" not in low
+            and "slurm" not in low else "under torchrun, `--nproc-per-node` must equal trainer.devices and `--nnodes` "
+            "trainer.num_nodes; under srun, `--ntasks-per-node` trainer.devices and `--nodes` trainer.num_nodes: "
+            "docs/multinode.md")
+    return RecipeError([(where, f"Lightning cannot set up this machine with {settings}, num_nodes={t.num_nodes!r}: "
+                                f"{text.strip()} ({hint})")],
                        recipe.source, recipe.lines)
 
 
@@ -970,11 +982,20 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         dm, module, builder = build_system(recipe)
         if target is not None:  # the split is re-created from the data: it must be the data trained on
-            saved = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)["mtlframe"]
+            whole = torch.load(target.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+            saved = whole["mtlframe"]
             changed = preprocessor_difference(saved["preprocessor"], dm.preprocessor.state_dict())
             if changed:
                 raise DataError(f"the data at {_data_source(dm)} is not the data {target.checkpoint} was trained on: "
                                 f"{changed}. A resumed run re-creates the split, so it needs the same rows.")
+            # the weights Lightning will load (strictly, with a bare RuntimeError): checked here, by name
+            # and shape, against the module as built (unsharded, as checkpoints hold the tables)
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            given = whole["state_dict"]
+            shapes = [f"size mismatch for {k}: the checkpoint's {tuple(given[k].shape)}, the model's {expected[k]}"
+                      for k in expected if k in given and tuple(given[k].shape) != expected[k]]
+            weights_error(target.checkpoint, saved, builder.providers, [k for k in expected if k not in given],
+                          [k for k in given if k not in expected], shapes)
         if overwrite and is_zero and target is None:  # only now: a recipe or data error leaves the earlier run as it was
             _clear_run(run_dir)
         memory_plan.report(module.model, cfg, quiet=progress is False)
@@ -983,7 +1004,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
             if note and is_zero:
                 warnings.warn(note, UserWarning, stacklevel=2)
             module.model.compile_parts(**cfg.trainer.compile.model_dump())
-        if target is None or target.recipe.lines:  # a resume with overrides: the recipe it trains on now
+        # a resume with overrides: the recipe it trains on now; the first process only (another one
+        # failing at the same point removes the folder while it would still be written)
+        if is_zero and (target is None or target.recipe.lines):
             (run_dir / "recipe.yaml").write_text(recipe.to_yaml(resolved=True), encoding="utf-8")
 
         has_val = len(dm.split_index["val"]) > 0
@@ -1058,7 +1081,7 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
                 trainer_kwargs[key] = getattr(t, key)
         trainer = _make_trainer(recipe, trainer_kwargs)
     except BaseException:
-        if created:
+        if created and is_zero:   # the folder is the first process's (it alone writes there before fit)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     resumed = None
@@ -1076,6 +1099,9 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         _write_status(run_dir, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                 "pid": os.getpid(), **({"resumed": resumed} if resumed else {})})
     report = progress is not False and trainer.is_global_zero
+    # counted before fit: an encoder that shards its tables in configure_model (torchrec-embedding)
+    # keeps them outside the module tree, so a count after fit would depend on the number of processes
+    n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     start = time.perf_counter()
     try:
         try:
@@ -1137,7 +1163,6 @@ def train(recipe: Recipe | None = None, run_dir: str | Path | None = None, *, pr
         raise
     finally:
         _finish_logger(logger)
-    n_params = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     result = TrainResult(run_dir, metrics, best, n_params, seconds, builder.providers, trainer.is_global_zero)
     if trainer.is_global_zero:
         payload: dict[str, Any] = {
@@ -1189,7 +1214,8 @@ def _interrupted_message(run_dir: Path, info: Mapping[str, Any]) -> str:
     where = f"epoch {info.get('epoch')}" + (f"/{info['max_epochs']}" if info.get("max_epochs") else "")
     saved = [f"{k.replace('_', ' ')}: {info[k]}" for k in ("last_checkpoint", "best_checkpoint") if info.get(k)]
     return (f"interrupted (Ctrl-C) during {info.get('during', 'training')} at {where}, step {info.get('step')}. "
-            f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
+            + (f"{info['not_saved'].rstrip('.')}. " if info.get("not_saved") else "")
+            + f"{run_dir} is marked interrupted (status.json)" + (f"; {'; '.join(saved)}" if saved else "")
             + (f". Continue it with: {info['resume']}" if info.get("resumable") else
                ". It holds no checkpoint to resume from: rerun with --overwrite (or another --run-dir) to start over")
             + ".")
@@ -1241,11 +1267,65 @@ class LoadedCheckpoint:
     state: dict
 
 
+def load_model_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], path: str | Path,
+                       state: Mapping[str, Any], providers: Mapping[str, str]) -> None:
+    """Load a checkpoint's model weights (keys without the ``model.`` prefix) into ``model``, built
+    from the checkpoint's own recipe: every weight of the model must be in the checkpoint with its
+    shape, and every weight of the checkpoint must have a place in the model. Buffers that are not
+    saved (``persistent=False``) are rebuilt by the model and are not asked for.
+
+    Raises:
+        CheckpointError: a weight is missing (it would keep its random initial value), left over or
+            of another shape; the keys are named (at most 6 of each), with the mtlframe and component
+            versions that wrote the checkpoint next to the ones installed now (the likely cause: the
+            model of the same recipe is built differently by another version).
+    """
+    try:
+        result = model.load_state_dict(weights, strict=False)
+        shapes: list[str] = []
+    except RuntimeError as exc:  # a size mismatch (raised even when not strict)
+        result = None
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not shapes:
+            raise
+    weights_error(path, state, providers, [] if result is None else list(result.missing_keys),
+                  [] if result is None else list(result.unexpected_keys), shapes)
+
+
+def weights_error(path: str | Path, state: Mapping[str, Any], providers: Mapping[str, str], missing: list[str],
+                  unexpected: list[str], shapes: list[str]) -> None:
+    """Raise the :class:`CheckpointError` of :func:`load_model_weights` when a weight is missing,
+    left over or of another shape (nothing when all three lists are empty)."""
+    if not (missing or unexpected or shapes):
+        return
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    parts = ([f"the model built from its recipe has weights the checkpoint lacks (they would keep random "
+              f"initial values): {some(missing)}"] if missing else []) + \
+            ([f"the checkpoint has weights the model has no place for: {some(unexpected)}"] if unexpected else []) + \
+            ([f"shapes differ: {some(shapes)}"] if shapes else [])
+    from mtlframe import __version__
+    saved = dict(state.get("providers") or {})
+    changed = [f"{k}: {saved[k]} then, {v} now" for k, v in providers.items() if k in saved and saved[k] != v]
+    written = state.get("mtlframe_version")
+    if written and written != __version__:
+        changed.insert(0, f"mtlframe {written} then, {__version__} now")
+    cause = ("it was written by other versions: " + "; ".join(changed)) if changed else \
+        "it was written by another version of mtlframe or of the plugin providing these components, or its " \
+        "weights were edited or come from another recipe"
+    raise CheckpointError(f"checkpoint {path} does not fit the model its saved recipe builds: {'; '.join(parts)}. "
+                          f"Likely cause: {cause}. Load it with the versions that trained it "
+                          "(`mtlframe train` records them as providers in the checkpoint), or train again.")
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model of an mtlframe checkpoint (recipe + preprocessor + weights inside).
 
     Raises:
-        CheckpointError: the file is missing or was not written by mtlframe.
+        CheckpointError: the file is missing or was not written by mtlframe; its weights do not fit
+            the model its recipe builds (see :func:`load_model_weights`).
     """
     from mtlframe.build import Builder
     from mtlframe.features import TaskSpec
@@ -1276,7 +1356,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     encoders = b.encoders(pre.feature_info())
     model = b.model(encoders, tasks)
     weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights, strict=False)
+    load_model_weights(model, weights, p, state, b.providers)
     model.eval()
     return LoadedCheckpoint(recipe, pre, model, tasks, encoders, state)
 

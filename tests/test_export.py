@@ -482,3 +482,45 @@ def test_a_data_dependent_branch_fails_the_self_check_and_names_the_line(ckpts, 
     assert "task 'click'" in msg and "nothing was written" in msg
     assert "The tracer saw Python code that depends on the data" in msg and "test_export.py:" in msg
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("edit", ["missing", "extra", "renamed", "shape"])
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_refused_naming_the_keys(ckpts, tmp_path, edit):
+    """A table left out of (or added to, renamed in, reshaped in) a checkpoint is an error naming
+    the key and the likely cause -- never a model loaded with random weights for it."""
+    from mtlframe.errors import CheckpointError
+    from mtlframe.run import load_checkpoint
+
+    state = torch.load(ckpts["a"][0], map_location="cpu", weights_only=True)
+    sd = state["state_dict"]
+    table = next(k for k in sd if k.startswith("model.encoders.0.") and k.endswith("weight"))
+    if edit == "missing":
+        del sd[table]
+    elif edit == "extra":
+        sd["model.encoders.0.extra.weight"] = torch.zeros(3, 4)
+    elif edit == "renamed":
+        sd[table.replace("model.encoders.0.", "model.encoders.0.old_")] = sd.pop(table)
+    else:
+        sd[table] = torch.zeros(sd[table].shape[0] + 1, sd[table].shape[1])
+    state["mtlframe"]["providers"] = {**state["mtlframe"]["providers"], "encoder:embedding": "mtlframe 0.0.1"}
+    torch.save(state, tmp_path / "edited.ckpt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "edited.ckpt")
+    msg = str(err.value)
+    short = table[len("model."):]
+    assert str(tmp_path / "edited.ckpt") in msg
+    assert {"missing": f"weights the checkpoint lacks (they would keep random initial values): {short}",
+            "extra": "weights the model has no place for: encoders.0.extra.weight",
+            "renamed": "weights the checkpoint lacks", "shape": f"size mismatch for {short}"}[edit] in msg
+    if edit == "renamed":
+        assert short.replace("encoders.0.", "encoders.0.old_") in msg and f"lacks (they would keep random " \
+            f"initial values): {short}" in msg
+    assert "encoder:embedding: mtlframe 0.0.1 then" in msg   # the likely cause: another version
+
+
+def test_an_unedited_checkpoint_loads_its_weights_exactly(ckpts):
+    from mtlframe.run import load_checkpoint
+
+    state = torch.load(ckpts["a"][0], map_location="cpu", weights_only=True)["state_dict"]
+    loaded = load_checkpoint(ckpts["a"][0]).model.state_dict()
+    assert loaded and all(torch.equal(v, state["model." + k]) for k, v in loaded.items())

@@ -74,3 +74,22 @@ def test_training_with_reduce_overhead_on_cpu_warns_and_still_compiles(tmp_path,
     with pytest.warns(UserWarning, match=r"reduce-overhead captures the compiled model in CUDA graphs.*trains on cpu"):
         train_tiny(tmp_path, **{"trainer.compile": {"mode": "reduce-overhead"}})
     assert calls == [{"mode": "reduce-overhead", "dynamic": None, "fullgraph": False, "backend": "inductor"}]
+
+
+def test_epoch_ends_are_not_timed_as_steps():
+    """Adult at batch 65536 is one step an epoch: mtlframe's epoch end (logging, a checkpoint) ran
+    inside the timed window after every step, and the reference's per-epoch shuffle too. Here a
+    0.3 s epoch end (the stand-in checkpoint) after each step of a 3-step window is not timed."""
+    import time
+    from types import SimpleNamespace
+
+    win = gpu._Windows(torch.device("cpu"), warmup=1, steps=3, profile_steps=2)
+    cb = gpu._windows_callback(win, {})
+    batch = {"x": torch.zeros(5)}
+    for _ in range(win.total):
+        cb.on_train_batch_start(None, None, batch, 0)
+        cb.on_train_batch_end(None, None, None, batch, 0)
+        cb.on_train_epoch_end(SimpleNamespace(), None)
+        time.sleep(0.3)
+    assert win.samples == 15 and win.timed_s < 0.25          # 2 epoch ends inside the window: 0.6 s if timed
+    assert 0.0 <= win.outside <= 1.0

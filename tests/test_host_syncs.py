@@ -126,3 +126,52 @@ def test_deferred_stop_names_the_step_that_diverged(tmp_path):
         ddp_sparse_run.main(str(tmp_path / "o.pt"), "static", 1, plan=plan, inf_label=(1, "task_0"), log_every=4,
                             callbacks=[cb])
     assert cb.started == [0, 1, 2, 3, 4]
+
+
+def test_a_validation_after_a_deferred_non_finite_step_never_scores_the_diverged_model(tmp_path, monkeypatch):
+    """``nan_loss: stop``, validation every 3 steps, logging every 50: the loss is first infinite at
+    step 4 (SGD lr 3 diverges: losses 7.9, 12.5, 1.6e6, 1.6e9, inf); the validation due after step 6
+    must stop the run naming step 4 before scoring the diverged model, and every checkpoint on disk
+    is the step-3 one (the last finite state)."""
+    from mtlframe.module import MultiTaskModule
+    from mtlframe.testing import train_tiny
+
+    scored = []
+    orig = MultiTaskModule.on_validation_epoch_end
+
+    def record(self):
+        scored.append(self.global_step)
+        return orig(self)
+
+    monkeypatch.setattr(MultiTaskModule, "on_validation_epoch_end", record)
+    with pytest.raises(MTLFrameError, match=r"not finite at global step 4 \(epoch 1\): task loss 'task_0' \(inf\)"):
+        train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 3.0}, early_stopping={"patience": 1},
+                   **{"trainer.log_every_n_steps": 50, "data.batch_size": 32, "trainer.val_check_interval": 3})
+    assert scored == [3]
+    files = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert [f.name for f in files] == ["best.ckpt", "last.ckpt"]
+    assert [torch.load(f, map_location="cpu", weights_only=True)["global_step"] for f in files] == [3, 3]
+
+
+def test_ctrl_c_after_a_deferred_non_finite_step_says_the_model_diverged(tmp_path, monkeypatch):
+    """Ctrl-C at step 6 after the loss of step 4 was infinite (nan_loss: stop, logging every 50):
+    interrupted.ckpt is not written (the diverged model), and the message says why, naming step 4
+    (before: only "interrupted ... holds no checkpoint", the divergence hidden in status.json)."""
+    from mtlframe import module as module_mod
+    from mtlframe.run import RunInterrupted
+    from mtlframe.testing import train_tiny
+
+    real = module_mod.MultiTaskModule.training_step
+
+    def step(self, batch, batch_idx):
+        if batch_idx == 6:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod.MultiTaskModule, "training_step", step)
+    with pytest.raises(RunInterrupted) as err:
+        train_tiny(tmp_path, optimizer={"name": "sgd", "lr": 3.0},
+                   **{"trainer.log_every_n_steps": 50, "data.batch_size": 32})
+    assert ("at epoch 1/1, step 6. interrupted.ckpt was not saved: the training loss is not finite at global step 4 "
+            "(epoch 1): task loss 'task_0' (inf)") in str(err.value)
+    assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()

@@ -233,3 +233,52 @@ def test_two_nodes_train_disjoint_rows_and_a_resumed_run_ends_on_their_weights(t
     for i in o_a:
         for k, v in o_a[i].items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(o_b[i][k])), (i, k)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_launcher_process_counts_that_differ_from_the_recipe_are_a_recipe_error_before_the_run(tmp_path, monkeypatch,
+                                                                                             launcher):
+    """torchrun with 2 processes per node (or srun with 2 tasks per node) and ``trainer.devices: 1``:
+    a recipe error at ``trainer.devices`` naming both counts and the rule, before the run folder is
+    made -- not a ValueError with a stack trace from inside Lightning's launcher in every process."""
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.run import train
+    from mtlframe.testing import tiny_recipe
+
+    env = ({"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "2", "RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"} if launcher == "torchrun" else
+           {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_PROCID": "0",
+            "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_NAME": "mtl",
+            "SLURM_JOB_ID": "1"})
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    recipe = recipe_from_dict(tiny_recipe(**{"trainer.devices": 1, "trainer.strategy": "ddp"}), "<tiny>")
+    with pytest.raises(RecipeError) as err:
+        train(recipe, tmp_path / "run", progress=False)
+    assert [k for k, _ in err.value.problems] == ["trainer.devices"]
+    msg = str(err.value)
+    assert ("does not match the world size (2)" if launcher == "torchrun" else "`--ntasks-per-node=2` does not match") \
+        in msg
+    assert "under torchrun, `--nproc-per-node` must equal trainer.devices" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_parameter_count_does_not_depend_on_tables_sharded_out_of_the_module(tmp_path, monkeypatch):
+    """An encoder that shards its tables in ``configure_model`` keeps them outside the module tree
+    (``torchrec-embedding`` under DDP): ``parameters:`` / ``metrics.json`` still count them (before:
+    2 processes reported 1,514 parameters for the 10,466 of the same model in one process)."""
+    import json
+
+    from mtlframe.module import MultiTaskModule
+    from mtlframe.testing import train_tiny
+
+    def shard_out(self):   # what DistributedModelParallel does to the module tree, in one process
+        enc = self.model.encoders[1]
+        name = next(iter(enc._modules))
+        object.__setattr__(enc, name, enc._modules.pop(name))   # still used by forward, not a submodule
+
+    monkeypatch.setattr(MultiTaskModule, "configure_model", shard_out)
+    result = train_tiny(tmp_path, **{"trainer.limit_train_batches": 1})
+    # numeric: none; embedding [21 x 4] = 84; mmoe + towers: 758 (the memory plan's "other parameters")
+    assert result.num_parameters == 84 + 758
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_parameters"] == 842

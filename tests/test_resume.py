@@ -235,3 +235,24 @@ def test_a_train_batch_limit_below_the_resumed_position_is_refused(tmp_path):
     assert err.value.problems[0][0] == "trainer.limit_train_batches"
     run_mod._check_resume(target(6))                     # the epoch ends where it stopped: fine
     run_mod._check_resume(target(3, epoch_done=True))    # a finished epoch: the next one starts at batch 0
+
+
+def test_a_resume_from_a_checkpoint_whose_weights_do_not_fit_is_refused_naming_the_key(tmp_path):
+    """``train --resume`` of a checkpoint that lacks a weight of the model (another plugin version,
+    an edited file): a ``CheckpointError`` naming the checkpoint and the key before training, not
+    Lightning's bare ``RuntimeError: Error(s) in loading state_dict`` from inside ``fit``."""
+    from mtlframe.errors import CheckpointError
+    from mtlframe.run import train
+    from mtlframe.testing import train_tiny
+
+    train_tiny(tmp_path, **{"trainer.limit_train_batches": 2})
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    table = next(k for k in state["state_dict"] if k.startswith("model.encoders.1."))
+    del state["state_dict"][table]
+    last.unlink()
+    torch.save(state, last)
+    with pytest.raises(CheckpointError) as err:
+        train(None, resume=tmp_path, overrides=["trainer.max_epochs=2"], progress=False)
+    assert str(last) in str(err.value)
+    assert f"weights the checkpoint lacks (they would keep random initial values): {table}" in str(err.value)

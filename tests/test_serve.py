@@ -54,6 +54,9 @@ def ckpt(tmp_path_factory, toy_ranking_log):
     saved = torch.load(best, map_location="cpu", weights_only=True)
     for section, key in (("", "ranking"), ("tasks", "watch"), ("data", "sampler")):
         (saved["mtlframe"]["recipe"][section] if section else saved["mtlframe"]["recipe"]).pop(key)
+    # and without the removed task's weights (its two-tower retrieval head): a checkpoint's weights
+    # must fit the model its recipe builds
+    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if not k.startswith("model.retrieval.watch.")}
     torch.save(saved, folder / "plain.ckpt")
     saved["mtlframe"]["preprocessor"]["fill"] = {"age": 30.0}   # as if trained with data.fill_missing: {age: 30}
     torch.save(saved, folder / "filled.ckpt")

@@ -179,24 +179,28 @@ def test_recipe_validation_names_the_key_without_building_tables():
                                                           "sharding": "column-wise"}}), "r.yaml")   # valid
 
 
-def test_resume_warns_that_the_tables_optimizer_state_restarts():
+def test_resume_warns_that_the_tables_optimizer_state_restarts(tmp_path):
+    """A real ``train --resume`` (Lightning restores the weights after ``configure_model``, so the
+    warning must come when the tables are loaded, not when the model is configured); evaluating a
+    checkpoint, a fresh run and ``sgd`` do not warn."""
     import warnings
-    from types import SimpleNamespace
 
-    def strategy(fn, ckpt):
-        trainer = SimpleNamespace(state=SimpleNamespace(fn=SimpleNamespace(value=fn)), ckpt_path=ckpt)
-        return SimpleNamespace(lightning_module=SimpleNamespace(trainer=trainer))
+    from mtlframe.testing import train_tiny
+    from mtlframe.run import train
 
-    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, optimizer="rowwise-adagrad", feature_info=INFO)
-    with pytest.warns(UserWarning, match=r"resuming from run/last.ckpt: the tables' weights are restored, but their "
-                                         r"rowwise-adagrad state \(accumulators\) is not in checkpoints"):
-        enc.configure_distributed(strategy("fit", "run/last.ckpt"))
-    sgd = TorchRecEmbeddingEncoder(FEATURES, dim=4, optimizer="sgd", feature_info=INFO)
+    def recipe(optimizer):
+        return {"model.encoders[1]": {"name": "torchrec-embedding", "features": ["cat_0"], "dim": 4,
+                                      "optimizer": optimizer}, "trainer.limit_train_batches": 2}
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        enc.configure_distributed(strategy("validate", "run/best.ckpt"))       # evaluating a checkpoint: no state needed
-        enc.configure_distributed(strategy("fit", None))                       # a fresh run
-        sgd.configure_distributed(strategy("fit", "run/last.ckpt"))            # sgd: nothing to lose
+        warnings.filterwarnings("ignore", message=".*(DTensor|does not have many workers|is_fx_tracing).*")
+        train_tiny(tmp_path / "a", **recipe("rowwise-adagrad"))        # a fresh run (and its evaluation)
+        train_tiny(tmp_path / "s", **recipe("sgd"))
+        train(None, resume=tmp_path / "s", overrides=["trainer.max_epochs=2"], progress=False)  # sgd: nothing to lose
+    with pytest.warns(UserWarning, match=r"resuming from .*last.ckpt: the tables' weights are restored, but their "
+                                         r"rowwise-adagrad state \(accumulators\) is not in checkpoints"):
+        train(None, resume=tmp_path / "a", overrides=["trainer.max_epochs=2"], progress=False)
 
 
 def test_the_encoder_contract_check_passes():
@@ -204,3 +208,13 @@ def test_the_encoder_contract_check_passes():
 
     enc = check_encoder(TorchRecEmbeddingEncoder, {"city": "categorical", "tags": "multi_categorical"}, dim=8)
     assert enc.output_dim == 16
+
+
+def test_export_refuses_the_encoder_naming_it_and_the_alternative():
+    from mtlframe.export import _refusal
+
+    enc = TorchRecEmbeddingEncoder(FEATURES, dim=4, feature_info=INFO)
+    why = _refusal(0, {"name": "torchrec-embedding"}, enc)
+    assert why.startswith(f"model.encoders[0] (torchrec-embedding, features {', '.join(FEATURES)}): ")
+    assert why.endswith("Export is not supported for this component; serve the checkpoint with `mtlframe serve` "
+                        "(Python).")

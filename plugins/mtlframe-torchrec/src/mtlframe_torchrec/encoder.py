@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -323,7 +324,11 @@ class TorchRecEmbeddingEncoder(Encoder):
         """
         import torch.distributed as dist
 
-        warn_resumed_optimizer_state(strategy, self.optimizer)
+        # Lightning restores a checkpoint's weights after this hook: the resume warning comes then
+        try:                                              # (see _load_from_state_dict); not a submodule
+            self.__dict__["_strategy"] = weakref.ref(strategy)
+        except TypeError:                                 # an object without weak references
+            self.__dict__["_strategy"] = lambda: strategy
         if self._dmp is not None or not dist.is_available() or not dist.is_initialized() \
                 or dist.get_world_size() < 2:
             return
@@ -428,6 +433,9 @@ class TorchRecEmbeddingEncoder(Encoder):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001
                               unexpected_keys, error_msgs):
+        strategy = self.__dict__["_strategy"]() if "_strategy" in self.__dict__ else None
+        if strategy is not None:   # loaded by a Lightning fit / validate / test
+            warn_resumed_optimizer_state(strategy, self.optimizer)
         if self._dmp is None:
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                                  unexpected_keys, error_msgs)
