@@ -20,7 +20,7 @@
 #      torch.cuda.set_sync_debug_mode("warn") (benchmarks.host_syncs)       -> host_syncs.json
 #   3. the GPU section of the harness: Adult and 10M synthetic rows at batch
 #      1024/8192/65536, mtlframe vs the reference loop; Adult at 1024 also
-#      with trainer.compile {mode: reduce-overhead} (benchmarks.gpu)        -> gpu.json, gpu.md
+#      with trainer.compile {mode: reduce-overhead} (benchmarks.gpu)  -> adult/, synthetic/ gpu.json, gpu.md
 #   4. TorchRec sharded vs dense (benchmarks/torchrec_encoder.py), when the
 #      file and torchrec are present                                        -> torchrec.json
 #   5. 2-process DDP smoke run (NCCL) with the host-sync count, when there
@@ -85,10 +85,12 @@ summary "environment: ok ($(grep -m1 '^device 0' "$ENVTXT"))"
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
 # 2. host syncs per training step on the GPU (the counter, and CUDA's own sync debug mode)
-step host_syncs 90 "$PY" -m benchmarks.host_syncs --accelerator gpu --output "$OUT/host_syncs.json"
+step host_syncs 60 "$PY" -m benchmarks.host_syncs --accelerator gpu --output "$OUT/host_syncs.json"
 
-# 3. the GPU section (writes gpu.json / gpu.md after every row)
-step gpu_section 300 "$PY" -m benchmarks.gpu --output "$OUT" --compile reduce-overhead
+# 3. the GPU section (writes gpu.json / gpu.md after every row), in two steps so that the
+#    10M-row synthetic set (built once per batch size, ~45 s each) cannot eat Adult's time
+step gpu_adult 120 "$PY" -m benchmarks.gpu --datasets adult --output "$OUT/adult" --compile reduce-overhead
+step gpu_synthetic 240 "$PY" -m benchmarks.gpu --datasets synthetic --output "$OUT/synthetic"
 
 # 4. TorchRec sharded vs dense, when present
 if [ -f benchmarks/torchrec_encoder.py ] && "$PY" -c "import torchrec" 2>/dev/null; then
