@@ -299,3 +299,30 @@ def test_integer_ids_and_labels_with_missing_values_stream_as_in_memory(tmp_path
     for key, value in want.items():   # NaN where the click label is missing, in both
         torch.testing.assert_close(got[0][key], value, rtol=0, atol=0, equal_nan=True)
     assert sum(len(b["label/rating"]) for b in dm.train_dataloader()) == 100
+
+
+def test_a_bad_value_in_a_shuffled_run_is_named_by_file_row_group_and_row(tmp_path):
+    """A run that leaves the shuffle buffer mixes rows of several row groups: the transform's
+    error is raised again for the row group that holds the bad value, rows counted within it."""
+    from mtlframe.preprocess import Preprocessor
+    from mtlframe.streaming import ParquetStream
+
+    d = tmp_path / "d"
+    d.mkdir()
+    good = pd.DataFrame({"x": [str(float(i)) for i in range(20)]})
+    pq.write_table(pa.Table.from_pandas(good, preserve_index=False), d / "a.parquet", row_group_size=10)
+    bad = good.copy()
+    bad.loc[13, "x"] = "oops"   # row group 1 of b.parquet, its 4th row; row 14 of the file
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), d / "b.parquet", row_group_size=10)
+    pre = Preprocessor({"x": "numeric"}, [])
+    pre.fit(pd.DataFrame({"x": np.arange(5.0)}))
+
+    def transform(cols):
+        return {k: torch.as_tensor(v) for k, v in pre.transform(pd.DataFrame(cols), str(d)).items()}
+
+    stream = ParquetStream(d, columns=["x"], batch_size=8, shuffle=True, buffer_rows=16, transform=transform)
+    with pytest.raises(DataError) as err:
+        list(stream)
+    text = str(err.value)
+    assert text.startswith(f"{d / 'b.parquet'}, row group 1 (rows counted from its first row, row 11 of the file)")
+    assert "'oops' at row 4;" in text
