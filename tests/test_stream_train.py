@@ -326,3 +326,21 @@ def test_a_bad_value_in_a_shuffled_run_is_named_by_file_row_group_and_row(tmp_pa
     text = str(err.value)
     assert text.startswith(f"{d / 'b.parquet'}, row group 1 (rows counted from its first row, row 11 of the file)")
     assert "'oops' at row 4;" in text
+
+
+def test_export_self_check_rows_of_a_streamed_checkpoint_come_from_its_test_directory(tmp_path):
+    """`mtlframe export` without --data on a `data.stream` checkpoint: the held-out rows are the
+    first rows of data.stream.test (else val), read from the directory, not a whole-table load."""
+    from types import SimpleNamespace
+
+    from mtlframe.export import held_out_rows
+
+    root = write_data(tmp_path)
+    rec = recipe_from_dict(recipe_dict(root))
+    rows = held_out_rows(SimpleNamespace(recipe=rec), 12)
+    expected = pd.read_parquet(root / "test" / "part-0.parquet").head(12)
+    pd.testing.assert_frame_equal(rows[list(expected.columns)], expected, check_dtype=False)
+    no_test = recipe_dict(root)
+    no_test["data"]["stream"]["test"] = None
+    rows = held_out_rows(SimpleNamespace(recipe=recipe_from_dict(no_test)), 30)   # val: part-0 (23 rows), then part-1
+    assert rows["rid"].tolist() == list(range(30))
