@@ -344,3 +344,20 @@ def test_export_self_check_rows_of_a_streamed_checkpoint_come_from_its_test_dire
     no_test["data"]["stream"]["test"] = None
     rows = held_out_rows(SimpleNamespace(recipe=recipe_from_dict(no_test)), 30)   # val: part-0 (23 rows), then part-1
     assert rows["rid"].tolist() == list(range(30))
+
+
+def test_a_text_label_is_named_as_a_label_with_the_labels_fix(tmp_path):
+    """'yes'/'no' in a binary label column: the error calls it a label and says how to write it,
+    not "numeric column ... declare it categorical" (a label cannot be categorical)."""
+    from mtlframe.preprocess import LabelSpec, Preprocessor
+
+    pre = Preprocessor({"x": "numeric"}, [LabelSpec("click", "click", "binary", None),
+                                          LabelSpec("rating", "rating", "regression", None)])
+    pre.fit(pd.DataFrame({"x": [0.0, 1.0], "click": [0.0, 1.0], "rating": [1.0, 2.0]}))
+    with pytest.raises(DataError) as err:
+        pre.transform(pd.DataFrame({"x": [0.0, 1.0], "click": ["1", "yes"], "rating": [1.0, 2.0]}), "val/p.parquet")
+    assert str(err.value) == ("val/p.parquet: binary label column 'click' has a non-numeric value 'yes' at row 2; "
+                              "a binary label must be 0 or 1 (or empty when missing): write it as 0/1 in the data.")
+    with pytest.raises(DataError, match="regression label column 'rating' has a non-numeric value 'n/a' at row 1; "
+                                        "a regression label must be a number"):
+        pre.transform(pd.DataFrame({"x": [0.0], "click": [1.0], "rating": ["n/a"]}), "val/p.parquet")
