@@ -104,11 +104,23 @@ class EpochLoader(torch.utils.data.DataLoader):
             raise DataError(text.rpartition(marker)[2].rstrip()) from None
 
 
-def _rows(root: str) -> int:
-    """Rows of the Parquet files of ``root`` (from their footers)."""
-    from mtlframe.streaming import _parquet_files, list_pieces
+def _rows(root: str, columns: Sequence[str], key: str) -> int:
+    """Rows of the Parquet files of ``root`` (from their footers), once every file is known to hold
+    ``columns``: checked before training, so a test directory without a label column is refused
+    before the run, not after it.
 
-    return sum(p.rows for p in list_pieces(_parquet_files(root)))
+    Raises:
+        DataError: no Parquet file in ``root``, or a file without one of ``columns`` (the file, the
+            column and the recipe key ``key`` of the directory named).
+    """
+    from mtlframe.streaming import _check_columns, _parquet_files, list_pieces
+
+    files = _parquet_files(root)
+    try:
+        _check_columns(files, columns)
+    except DataError as exc:
+        raise DataError(f"{exc} (the {key} directory; the recipe reads these columns: {list(columns)})") from None
+    return sum(p.rows for p in list_pieces(files))
 
 
 class StreamDataModule(RecDataModule):
@@ -184,7 +196,8 @@ class StreamDataModule(RecDataModule):
         self.label_sums = {t: (float(s), int(n)) for t, (s, n) in sums.items()}
         self.columns_read = list(dict.fromkeys([*self.preprocessor.features,
                                                 *(lab.column for lab in self.preprocessor.labels)]))
-        self.split_index = {k: range(_rows(d) if d else 0) for k, d in self.dirs.items()}
+        keys = {"train": "data.dataset.path", "val": "data.stream.val", "test": "data.stream.test"}
+        self.split_index = {k: range(_rows(d, self.columns_read, keys[k]) if d else 0) for k, d in self.dirs.items()}
         if len(self.split_index["train"]) == 0:
             raise DataError(f"{self.train_dir}: the training directory has no rows.")
 

@@ -361,3 +361,23 @@ def test_a_text_label_is_named_as_a_label_with_the_labels_fix(tmp_path):
     with pytest.raises(DataError, match="regression label column 'rating' has a non-numeric value 'n/a' at row 1; "
                                         "a regression label must be a number"):
         pre.transform(pd.DataFrame({"x": [0.0], "click": [1.0], "rating": ["n/a"]}), "val/p.parquet")
+
+
+def test_an_evaluation_directory_without_a_label_is_refused_before_training(tmp_path):
+    """A test file without the `rating` label: refused when the data module is set up (before the
+    model is built and trained), naming the file, the column and data.stream.test; before, the
+    whole run trained and failed at its final test pass."""
+    from mtlframe.build import Builder
+    from mtlframe.streamdata import StreamDataModule
+
+    root = write_data(tmp_path, {"train": [20], "val": [10], "test": [10]})
+    frame = pd.read_parquet(root / "test" / "part-0.parquet").drop(columns=["rating"])
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), root / "test" / "part-1.parquet")
+    rec = recipe_from_dict(recipe_dict(root))
+    dm = StreamDataModule(rec, Builder(rec).dataset())
+    dm.prepare_data()
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert str(err.value).startswith(f"{root / 'test' / 'part-1.parquet'}: column 'rating' is missing")
+    assert "(the data.stream.test directory; the recipe reads these columns: ['uid', 'city', 'x', 'click', " \
+           "'rating'])" in str(err.value)
