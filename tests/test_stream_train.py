@@ -112,10 +112,24 @@ def test_train_streams_and_evaluates_as_the_in_memory_path(tmp_path, capsys):
     for key, value in want.items():
         assert torch.equal(got[0][key], value), key
     # output biases start from the prepared label means: click's positive rate as log-odds
+    from mtlframe.run import build_system
+
     train = pd.read_parquet(root / "train")
     p = train["click"].mean()
-    assert dm.label_priors()["click"] == pytest.approx(np.log(p / (1 - p)), abs=1e-9)
-    assert dm.label_priors()["rating"] == pytest.approx(train["rating"].astype(np.float32).mean(), abs=1e-6)
+    priors = build_system(load_recipe(recipe))[0].label_priors()
+    assert priors["click"] == pytest.approx(np.log(p / (1 - p)), abs=1e-9)
+    assert priors["rating"] == pytest.approx(train["rating"].astype(np.float32).mean(), abs=1e-6)
+
+    # evaluating the checkpoint applies its own preprocessing: a state refitted since for another
+    # run (other min_count), or none at all, changes nothing, and no prepare pass runs
+    from mtlframe.prepare import prepare
+
+    prepare(load_recipe(recipe, ["data.min_count=3"]))
+    dm, module = rebuild_system(best, load_checkpoint(best))
+    assert _scores(module, dm.val_dataloader()) == streamed
+    state.unlink()
+    dm, module = rebuild_system(best, load_checkpoint(best))
+    assert _scores(module, dm.val_dataloader()) == streamed and not state.exists()
 
 
 def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_path):
