@@ -133,7 +133,9 @@ class ParquetStream(torch.utils.data.IterableDataset):
             :meth:`resume_at` are not transformed. A ``DataError`` it raises is raised again for
             the first row group of the run that fails on its own, its file and row group named
             and its rows counted from the row group's first row (a run mixes shuffled rows of
-            several row groups: its own row numbers would point nowhere).
+            several row groups: its own row numbers would point nowhere); a transform with a
+            ``source`` attribute (the text its errors start with, as the data module's ``BatchTransform``)
+            gets that name there instead of a prefix.
         null_ints_as_float: an integer column with missing values in a row group comes as float64
             with NaN there, as pandas reads it (what the data module's preprocessor expects; its
             vocabulary is then keyed by the values' text, ``3`` and ``3.0`` alike), instead of an error.
@@ -330,16 +332,24 @@ class ParquetStream(torch.utils.data.IterableDataset):
         """Raise the transform's ``DataError`` for the first of the pieces ``piece_ids`` (in file
         order) that fails on its own: its file and row group named, rows counted from the row
         group's first row (whose row in the file is given). Returns when none fails alone."""
+        named = hasattr(self.transform, "source")   # the text its errors start with: the piece's name there
+        before = getattr(self.transform, "source", None)
         for i in sorted(int(j) for j in piece_ids):
             piece = self.pieces[i]
             cols = self._read(piece, 0, piece.rows)
             cols.pop(_PIECE)
+            start = sum(p.rows for p in self.pieces[:i] if p.path == piece.path)
+            where = (f"{piece.path}, row group {piece.row_group} (rows counted from its first row, "
+                     f"row {start + 1} of the file)")
             try:
+                if named:
+                    self.transform.source = where
                 self.transform(cols)
             except DataError as exc:
-                start = sum(p.rows for p in self.pieces[:i] if p.path == piece.path)
-                raise DataError(f"{piece.path}, row group {piece.row_group} (rows counted from its first row, "
-                                f"row {start + 1} of the file): {exc}") from None
+                raise (DataError(str(exc)) if named else DataError(f"{where}: {exc}")) from None
+            finally:
+                if named:
+                    self.transform.source = before
 
 
 _PIECE = "\0piece"   # the reader's own column: the piece each row was read from
