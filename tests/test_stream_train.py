@@ -381,17 +381,11 @@ def test_an_evaluation_directory_without_a_label_is_refused_before_training(tmp_
     """A test file without the `rating` label: refused when the data module is set up (before the
     model is built and trained), naming the file, the column and data.stream.test; before, the
     whole run trained and failed at its final test pass."""
-    from mtlframe.build import Builder
-    from mtlframe.streamdata import StreamDataModule
-
     root = write_data(tmp_path, {"train": [20], "val": [10], "test": [10]})
     frame = pd.read_parquet(root / "test" / "part-0.parquet").drop(columns=["rating"])
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), root / "test" / "part-1.parquet")
-    rec = recipe_from_dict(recipe_dict(root))
-    dm = StreamDataModule(rec, Builder(rec).dataset())
-    dm.prepare_data()
     with pytest.raises(DataError) as err:
-        dm.setup("fit")
+        _prepared_data_module(root).setup("fit")
     assert str(err.value).startswith(f"{root / 'test' / 'part-1.parquet'}: column 'rating' is missing")
     assert "(the data.stream.test directory; the recipe reads these columns: ['uid', 'city', 'x', 'click', " \
            "'rating'])" in str(err.value)
@@ -400,18 +394,13 @@ def test_an_evaluation_directory_without_a_label_is_refused_before_training(tmp_
 def test_a_bad_label_in_a_val_file_names_the_file_once_through_the_data_module(tmp_path):
     """Through the data module's transform (which names its source): the message starts with the
     file and row group, not the directory as well."""
-    from mtlframe.build import Builder
-    from mtlframe.streamdata import StreamDataModule
-
     root = write_data(tmp_path, {"train": [20], "val": [10], "test": [10]})
     frame = pd.read_parquet(root / "val" / "part-0.parquet")
     frame["click"] = frame["click"].astype(int).astype(str)
     frame.loc[6, "click"] = "yes"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), root / "val" / "part-0.parquet",
                    row_group_size=4)
-    rec = recipe_from_dict(recipe_dict(root))
-    dm = StreamDataModule(rec, Builder(rec).dataset())
-    dm.prepare_data()
+    dm = _prepared_data_module(root)
     dm.setup("fit")
     dm.attach_encoders([], [])
     with pytest.raises(DataError) as err:
@@ -420,3 +409,14 @@ def test_a_bad_label_in_a_val_file_names_the_file_once_through_the_data_module(t
         f"{root / 'val' / 'part-0.parquet'}, row group 1 (rows counted from its first row, row 5 of the file): "
         "binary label column 'click' has a non-numeric value 'yes' at row 3; a binary label must be 0 or 1 "
         "(or empty when missing): write it as 0/1 in the data.")
+
+
+def _prepared_data_module(root: Path):
+    """The data module of :func:`recipe_dict` over ``root``, its state prepared, not set up."""
+    from mtlframe.build import Builder
+    from mtlframe.streamdata import StreamDataModule
+
+    rec = recipe_from_dict(recipe_dict(root))
+    dm = StreamDataModule(rec, Builder(rec).dataset())
+    dm.prepare_data()
+    return dm
