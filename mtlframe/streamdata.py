@@ -251,7 +251,19 @@ class StreamDataModule(RecDataModule):
                              null_ints_as_float=True)   # as pandas (and so prepare) reads them
 
     def _loader(self, split: str) -> EpochLoader:
+        """The loader of ``split``.
+
+        Raises:
+            DataError: an evaluation directory with fewer rows than processes (some would have
+                none, which Lightning refuses deep in its loop; every process raises it).
+        """
         workers = self.stream_cfg.workers
+        _, world = self._dist()
+        rows = len(self.split_index[split])
+        if split != "train" and 0 < rows < world:
+            raise DataError(f"{self.dirs[split]} (data.stream.{split}) holds {rows} row(s) for {world} processes: "
+                            f"each process evaluates its own share, and one would have none. Give the "
+                            f"directory at least {world} rows, or evaluate with fewer processes.")
         trainer = getattr(self, "trainer", None)
         # evaluation workers end with each pass: they do not hold memory while training runs
         loader = EpochLoader(self.stream(split, workers), workers, self._pin(),

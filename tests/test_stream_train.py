@@ -420,3 +420,15 @@ def _prepared_data_module(root: Path):
     dm = StreamDataModule(rec, Builder(rec).dataset())
     dm.prepare_data()
     return dm
+
+
+def test_an_evaluation_directory_with_fewer_rows_than_processes_is_refused_by_name(tmp_path):
+    """1 val row and 2 processes: a DataError naming the directory and the key on every process,
+    instead of Lightning's 'EpochLoader within local rank has zero length' in one of them."""
+    root = write_data(tmp_path, {"train": [20], "val": [1], "test": [10]})
+    dm = _prepared_data_module(root)
+    dm.setup("fit")
+    dm._dist = lambda: (0, 2)
+    with pytest.raises(DataError, match=r"val \(data.stream.val\) holds 1 row\(s\) for 2 processes"):
+        dm.val_dataloader()
+    assert len(dm.test_dataloader().dataset) >= 1    # 10 rows: a share for each process
