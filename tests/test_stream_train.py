@@ -146,15 +146,17 @@ def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_pat
     pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(4), 9, 0), preserve_index=False),
                    root / "train" / "_partial.parquet")
     assert len(build_system(recipe)[0].split_index["train"]) == 100
-    # a value the preprocessor refuses, read in a data-loader worker: the error names the directory
-    # and the column, without the worker's traceback
+    # a value the preprocessor refuses, read in a data-loader worker: the error names the file, its
+    # row group and the row, and the column, without the worker's traceback
     dm, _, _ = build_system(recipe)
     bad = _frame(np.random.default_rng(3), 12, 0)
     bad.loc[4, "x"] = np.nan
     pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), root / "val" / "part-9.parquet")
     with pytest.raises(DataError) as err:
         list(dm.val_dataloader())
-    assert f"{root / 'val'}: numeric column 'x'" in str(err.value) and "data.fill_missing" in str(err.value)
+    assert str(err.value).startswith(f"{root / 'val' / 'part-9.parquet'}, row group 0 (rows counted from its first "
+                                     "row, row 1 of the file): numeric column 'x' has 1 missing value(s) of 12")
+    assert "at row 5." in str(err.value) and "data.fill_missing" in str(err.value)
     assert "Traceback" not in str(err.value)
     part = root / "train" / "part-1.parquet"
     pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(5), 26, 0), preserve_index=False), part)
