@@ -643,7 +643,9 @@ def _checkpoint_table(loaded):
 
 def held_out_rows(loaded, rows: int, data: str | Path | None = None):
     """Up to ``rows`` raw rows for the self-check: the first ones of ``data`` (a CSV / Parquet
-    file), else of the test split of the checkpoint's own data (re-split with the recipe's seed).
+    file), else of the test split of the checkpoint's own data (re-split with the recipe's seed;
+    with ``data.stream``: the first rows of its test directory, else val, else train, read a row
+    group at a time, never the whole directory).
 
     Raises:
         DataError: the file or the checkpoint's data cannot be read (the path named).
@@ -652,6 +654,9 @@ def held_out_rows(loaded, rows: int, data: str | Path | None = None):
 
     if data is not None:
         return read_table(data).head(rows).reset_index(drop=True)
+    stream = loaded.recipe.config.data.stream
+    if stream is not None:
+        return _first_stream_rows(loaded.recipe, rows)
     from mtlframe.datamodule import split_indices
 
     recipe = loaded.recipe
@@ -660,6 +665,28 @@ def held_out_rows(loaded, rows: int, data: str | Path | None = None):
     idx = split_indices(table, s.name, s.val, s.test, recipe.config.seed, s.cold_items)
     pick = idx["test"] if len(idx["test"]) else idx["val"] if len(idx["val"]) else idx["train"]
     return table.frame.iloc[np.sort(pick)[:rows]].reset_index(drop=True)
+
+
+def _first_stream_rows(recipe, rows: int):
+    """The first ``rows`` rows (all columns) of a ``data.stream`` recipe's test directory, else its
+    val directory, else its training directory (``data.dataset.path``), in file order.
+
+    Raises:
+        DataError: the directory is gone or holds no Parquet file (named; the fix: ``--data FILE``).
+    """
+    import pandas as pd
+
+    from mtlframe.streaming import ParquetStream
+
+    cfg = recipe.config.data
+    source = cfg.stream.test or cfg.stream.val or cfg.dataset.path
+    try:
+        batches = iter(ParquetStream(source, batch_size=rows, null_ints_as_float=True))
+        first = next(batches, {})
+    except (OSError, MTLFrameError) as exc:
+        raise DataError(f"the self-check needs held-out rows, and the checkpoint's stream {source} could not be "
+                        f"read ({exc}); pass a file of rows with --data FILE.") from None
+    return pd.DataFrame({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in first.items()})
 
 
 def self_check(model_file: Path, fmt: str, loaded, frame, inputs: Sequence[GraphInput],

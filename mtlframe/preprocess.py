@@ -560,15 +560,22 @@ class Preprocessor:
                            if retrain else "."))
 
     @staticmethod
-    def _numeric(series: pd.Series, col: str, source: str, rows: np.ndarray | None = None) -> np.ndarray:
+    def _numeric(series: pd.Series, col: str, source: str, rows: np.ndarray | None = None,
+                 what: str = "numeric column", fix: str = "clean the column or declare it categorical") -> np.ndarray:
+        """``series`` as float64 ``[N]`` (NaN where empty); text is parsed as numbers.
+
+        Raises:
+            DataError: a value that is not a number (``source``, ``what`` and ``col``, the value, its
+                row and ``fix`` named).
+        """
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             return series.to_numpy(dtype=np.float64, na_value=np.nan)
         coerced = pd.to_numeric(series.replace("", np.nan), errors="coerce")
         bad = coerced.isna() & series.notna() & (series.astype("string").str.strip() != "")
         if bad.any():
             pos = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{source}: numeric column '{col}' has a non-numeric value {series.iloc[pos]!r} at "
-                            f"row {_row_number(pos, rows)}; clean the column or declare it categorical.")
+            raise DataError(f"{source}: {what} '{col}' has a non-numeric value {series.iloc[pos]!r} at "
+                            f"row {_row_number(pos, rows)}; {fix}.")
         return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
     # -- information -------------------------------------------------------------------------
@@ -978,7 +985,9 @@ class Preprocessor:
             DataError: a binary label other than 0/1 (every offending value with its count), a
                 regression label that is infinite or beyond float32 (rows named).
         """
-        values = self._numeric(series, lab.column, source, rows)
+        fix = ("a binary label must be 0 or 1 (or empty when missing): write it as 0/1 in the data"
+               if lab.type == "binary" else "a regression label must be a number (or empty when missing)")
+        values = self._numeric(series, lab.column, source, rows, what=f"{lab.type} label column", fix=fix)
         if lab.missing is not None:
             marked = values == float(lab.missing)
             if marked.any():

@@ -691,8 +691,11 @@ def compile_device_note(mode: str, accelerator: str) -> str | None:
             "(as mode: default, or max-autotune-no-cudagraphs). Use trainer.compile: true on this device.")
 
 
-def build_system(recipe: Recipe):
-    """Build ``(datamodule, module, builder)`` from a recipe (loads and preprocesses the data)."""
+def build_system(recipe: Recipe, preprocessor: Any = None):
+    """Build ``(datamodule, module, builder)`` from a recipe (loads and preprocesses the data).
+
+    ``preprocessor``: with ``data.stream``, a fitted :class:`~mtlframe.preprocess.Preprocessor`
+    used instead of the prepared state (a checkpoint's, to evaluate it)."""
     from mtlframe.build import Builder
     from mtlframe.datamodule import RecDataModule
     from mtlframe.module import MultiTaskModule
@@ -702,7 +705,7 @@ def build_system(recipe: Recipe):
     if recipe.config.data.stream is not None:  # Parquet directories streamed, never loaded
         from mtlframe.streamdata import StreamDataModule
 
-        dm = StreamDataModule(recipe, b.dataset())
+        dm = StreamDataModule(recipe, b.dataset(), preprocessor)
     else:
         dm = RecDataModule(recipe, b.dataset())
     dm.prepare_data()
@@ -1699,7 +1702,14 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
                             f"trained on {trained_on}.")
         raise DataError(f"{checkpoint} was trained on data at {saved_path}, which does not exist (moved or "
                         f"deleted?); point {command} at it: --data-path NEW_PATH (or data.dataset.path=NEW_PATH).")
-    dm, module, _ = build_system(recipe)
+    pre = None
+    if recipe.config.data.stream is not None:
+        # the splits are directories: the checkpoint's own preprocessing applies as it is (the
+        # prepared state may have been refitted for another run since, or be absent)
+        from mtlframe.preprocess import Preprocessor
+
+        pre = Preprocessor.from_state_dict(loaded.state["preprocessor"])
+    dm, module, _ = build_system(recipe, pre)
     changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
     if changed:  # the split is re-created from the data: it must be the data the model was trained on
         raise DataError(f"the data at {_data_source(dm)} is not the data {checkpoint} was trained on: {changed}. "

@@ -104,11 +104,23 @@ class EpochLoader(torch.utils.data.DataLoader):
             raise DataError(text.rpartition(marker)[2].rstrip()) from None
 
 
-def _rows(root: str) -> int:
-    """Rows of the Parquet files of ``root`` (from their footers)."""
-    from mtlframe.streaming import _parquet_files, list_pieces
+def _rows(root: str, columns: Sequence[str], key: str) -> int:
+    """Rows of the Parquet files of ``root`` (from their footers), once every file is known to hold
+    ``columns``: checked before training, so a test directory without a label column is refused
+    before the run, not after it.
 
-    return sum(p.rows for p in list_pieces(_parquet_files(root)))
+    Raises:
+        DataError: no Parquet file in ``root``, or a file without one of ``columns`` (the file, the
+            column and the recipe key ``key`` of the directory named).
+    """
+    from mtlframe.streaming import _check_columns, _parquet_files, list_pieces
+
+    files = _parquet_files(root)
+    try:
+        _check_columns(files, columns)
+    except DataError as exc:
+        raise DataError(f"{exc} (the {key} directory; the recipe reads these columns: {list(columns)})") from None
+    return sum(p.rows for p in list_pieces(files))
 
 
 class StreamDataModule(RecDataModule):
@@ -124,14 +136,20 @@ class StreamDataModule(RecDataModule):
     Args:
         recipe: the validated recipe (with ``data.stream``).
         dataset: the ``parquet`` dataset of ``data.dataset`` (its ``path`` is the training directory).
+        preprocessor: a fitted preprocessor to use instead of the prepared state (a checkpoint's, to
+            evaluate it: the splits are directories, so nothing needs fitting again; the prepared
+            state, which may have been refitted since, is neither read nor made). Its label means
+            are unknown: :meth:`label_priors` is empty (the checkpoint's weights replace the biases).
 
     Raises:
         DataError: no Parquet file in a directory, a column missing from a file, a stale prepared
             state, or a state without label sums (prepared by an earlier version: prepare again).
     """
 
-    def __init__(self, recipe: Any, dataset: Any) -> None:
+    def __init__(self, recipe: Any, dataset: Any, preprocessor: Preprocessor | None = None) -> None:
         super().__init__(recipe, dataset)
+        self.preprocessor = preprocessor
+        self.columns_read: list[str] | None = None
         self.stream_cfg = recipe.config.data.stream
         self.train_dir = str(dataset.path)
         root = Path(self.train_dir)
@@ -150,7 +168,7 @@ class StreamDataModule(RecDataModule):
         where it saved it); the other processes wait until the file appears."""
         from lightning_fabric.utilities.rank_zero import _get_rank
 
-        if self.state_file.exists():
+        if self.preprocessor is not None or self.state_file.exists():
             return
         from mtlframe.prepare import prepare
 
@@ -170,8 +188,19 @@ class StreamDataModule(RecDataModule):
             waited += 0.5
 
     def setup(self, stage: str | None = None) -> None:
-        if self.preprocessor is not None:
+        if self.columns_read is not None:
             return
+        if self.preprocessor is None:
+            self._load_prepared()
+        self.columns_read = list(dict.fromkeys([*self.preprocessor.features,
+                                                *(lab.column for lab in self.preprocessor.labels)]))
+        keys = {"train": "data.dataset.path", "val": "data.stream.val", "test": "data.stream.test"}
+        self.split_index = {k: range(_rows(d, self.columns_read, keys[k]) if d else 0) for k, d in self.dirs.items()}
+        if len(self.split_index["train"]) == 0:
+            raise DataError(f"{self.train_dir}: the training directory has no rows.")
+
+    def _load_prepared(self) -> None:
+        """The preprocessor and label sums of the prepared state (stale or other settings refused)."""
         from mtlframe.prepare import load_prepared, recipe_preprocessor
 
         expect, _ = recipe_preprocessor(self.recipe)
@@ -182,11 +211,6 @@ class StreamDataModule(RecDataModule):
             raise DataError(f"{self.state_file} holds no label sums (prepared by an earlier mtlframe); run "
                             "`mtlframe prepare RECIPE` again.")
         self.label_sums = {t: (float(s), int(n)) for t, (s, n) in sums.items()}
-        self.columns_read = list(dict.fromkeys([*self.preprocessor.features,
-                                                *(lab.column for lab in self.preprocessor.labels)]))
-        self.split_index = {k: range(_rows(d) if d else 0) for k, d in self.dirs.items()}
-        if len(self.split_index["train"]) == 0:
-            raise DataError(f"{self.train_dir}: the training directory has no rows.")
 
     def label_priors(self) -> dict[str, float]:
         """Per binary / regression task, the base value its output bias starts from, from the
@@ -227,7 +251,19 @@ class StreamDataModule(RecDataModule):
                              null_ints_as_float=True)   # as pandas (and so prepare) reads them
 
     def _loader(self, split: str) -> EpochLoader:
+        """The loader of ``split``.
+
+        Raises:
+            DataError: an evaluation directory with fewer rows than processes (some would have
+                none, which Lightning refuses deep in its loop; every process raises it).
+        """
         workers = self.stream_cfg.workers
+        _, world = self._dist()
+        rows = len(self.split_index[split])
+        if split != "train" and 0 < rows < world:
+            raise DataError(f"{self.dirs[split]} (data.stream.{split}) holds {rows} row(s) for {world} processes: "
+                            f"each process evaluates its own share, and one would have none. Give the "
+                            f"directory at least {world} rows, or evaluate with fewer processes.")
         trainer = getattr(self, "trainer", None)
         # evaluation workers end with each pass: they do not hold memory while training runs
         loader = EpochLoader(self.stream(split, workers), workers, self._pin(),

@@ -130,7 +130,12 @@ class ParquetStream(torch.utils.data.IterableDataset):
             tensors. Once per run instead of once per batch: the data module's per-batch
             preprocessing (vocabulary lookups, standardization, the encoders' ``featurize``) pays
             its fixed costs once per thousands of rows. Rows of batches left out by
-            :meth:`resume_at` are not transformed.
+            :meth:`resume_at` are not transformed. A ``DataError`` it raises is raised again for
+            the first row group of the run that fails on its own, its file and row group named
+            and its rows counted from the row group's first row (a run mixes shuffled rows of
+            several row groups: its own row numbers would point nowhere); a transform with a
+            ``source`` attribute (the text its errors start with, as the data module's ``BatchTransform``)
+            gets that name there instead of a prefix.
         null_ints_as_float: an integer column with missing values in a row group comes as float64
             with NaN there, as pandas reads it (what the data module's preprocessor expects; its
             vocabulary is then keyed by the values' text, ``3`` and ``3.0`` alike), instead of an error.
@@ -142,7 +147,7 @@ class ParquetStream(torch.utils.data.IterableDataset):
     Raises:
         DataError: no Parquet file at ``source``, or a column missing from a file (both named);
             when iterated, a missing value in an integer or boolean column (file, column, row
-            group named).
+            group named), or the transform's error (file, row group and rows named).
         ArgumentError: ``batch_size < 1``, ``buffer_rows < 0``, ``rank`` not in
             ``[0, world_size)``, ``num_workers < 0``; when iterated, a ``DataLoader`` with another
             number of workers than ``num_workers``.
@@ -166,6 +171,7 @@ class ParquetStream(torch.utils.data.IterableDataset):
         self.num_workers = num_workers
         self.files = _parquet_files(source)
         self.pieces = list_pieces(self.files)
+        self._piece_id = {p: i for i, p in enumerate(self.pieces)}
         self.total_rows = sum(p.rows for p in self.pieces)
         self.columns = list(columns) if columns is not None else _schema_names(self.files[0])
         _check_columns(self.files, self.columns)
@@ -296,7 +302,10 @@ class ParquetStream(torch.utils.data.IterableDataset):
                     f"group {piece.row_group}; an integer or boolean column cannot be missing when "
                     f"streamed: write missing ids as the out-of-vocabulary code 0 (as `mtlframe prepare` "
                     f"does), or store the column as float with NaN")
-        return {c: table.column(c).to_numpy() for c in self.columns}
+        cols = {c: table.column(c).to_numpy() for c in self.columns}
+        if self.transform is not None:   # where each row comes from, to name it in the transform's errors
+            cols[_PIECE] = np.full(table.num_rows, self._piece_id[piece], dtype=np.int32)
+        return cols
 
     def _batches(self, cols: dict[str, np.ndarray], rows: int, left_out: list[int]) -> Iterator[Columns]:
         skip = min(left_out[0], -(-rows // self.batch_size))
@@ -305,13 +314,45 @@ class ParquetStream(torch.utils.data.IterableDataset):
         if first >= rows:
             return
         if self.transform is not None:
-            out = self.transform({k: v[first:rows] for k, v in cols.items()})
+            run = {k: v[first:rows] for k, v in cols.items() if k != _PIECE}
+            try:
+                out = self.transform(run)
+            except DataError:
+                self._locate(np.unique(cols[_PIECE][first:rows]))
+                raise
             for s in range(0, rows - first, self.batch_size):
                 yield {k: v[s:s + self.batch_size] for k, v in out.items()}
             return
         for s in range(first, rows, self.batch_size):
             e = min(s + self.batch_size, rows)
             yield {k: _tensor(v[s:e]) for k, v in cols.items()}
+
+
+    def _locate(self, piece_ids: np.ndarray) -> None:
+        """Raise the transform's ``DataError`` for the first of the pieces ``piece_ids`` (in file
+        order) that fails on its own: its file and row group named, rows counted from the row
+        group's first row (whose row in the file is given). Returns when none fails alone."""
+        named = hasattr(self.transform, "source")   # the text its errors start with: the piece's name there
+        before = getattr(self.transform, "source", None)
+        for i in sorted(int(j) for j in piece_ids):
+            piece = self.pieces[i]
+            cols = self._read(piece, 0, piece.rows)
+            cols.pop(_PIECE)
+            start = sum(p.rows for p in self.pieces[:i] if p.path == piece.path)
+            where = (f"{piece.path}, row group {piece.row_group} (rows counted from its first row, "
+                     f"row {start + 1} of the file)")
+            try:
+                if named:
+                    self.transform.source = where
+                self.transform(cols)
+            except DataError as exc:
+                raise (DataError(str(exc)) if named else DataError(f"{where}: {exc}")) from None
+            finally:
+                if named:
+                    self.transform.source = before
+
+
+_PIECE = "\0piece"   # the reader's own column: the piece each row was read from
 
 
 def worker_skips(counts: Sequence[int], batches: int) -> tuple[list[int], int]:

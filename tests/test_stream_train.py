@@ -112,10 +112,24 @@ def test_train_streams_and_evaluates_as_the_in_memory_path(tmp_path, capsys):
     for key, value in want.items():
         assert torch.equal(got[0][key], value), key
     # output biases start from the prepared label means: click's positive rate as log-odds
+    from mtlframe.run import build_system
+
     train = pd.read_parquet(root / "train")
     p = train["click"].mean()
-    assert dm.label_priors()["click"] == pytest.approx(np.log(p / (1 - p)), abs=1e-9)
-    assert dm.label_priors()["rating"] == pytest.approx(train["rating"].astype(np.float32).mean(), abs=1e-6)
+    priors = build_system(load_recipe(recipe))[0].label_priors()
+    assert priors["click"] == pytest.approx(np.log(p / (1 - p)), abs=1e-9)
+    assert priors["rating"] == pytest.approx(train["rating"].astype(np.float32).mean(), abs=1e-6)
+
+    # evaluating the checkpoint applies its own preprocessing: a state refitted since for another
+    # run (other min_count), or none at all, changes nothing, and no prepare pass runs
+    from mtlframe.prepare import prepare
+
+    prepare(load_recipe(recipe, ["data.min_count=3"]))
+    dm, module = rebuild_system(best, load_checkpoint(best))
+    assert _scores(module, dm.val_dataloader()) == streamed
+    state.unlink()
+    dm, module = rebuild_system(best, load_checkpoint(best))
+    assert _scores(module, dm.val_dataloader()) == streamed and not state.exists()
 
 
 def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_path):
@@ -132,15 +146,17 @@ def test_stale_or_mismatched_prepared_state_is_refused_naming_the_change(tmp_pat
     pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(4), 9, 0), preserve_index=False),
                    root / "train" / "_partial.parquet")
     assert len(build_system(recipe)[0].split_index["train"]) == 100
-    # a value the preprocessor refuses, read in a data-loader worker: the error names the directory
-    # and the column, without the worker's traceback
+    # a value the preprocessor refuses, read in a data-loader worker: the error names the file, its
+    # row group and the row, and the column, without the worker's traceback
     dm, _, _ = build_system(recipe)
     bad = _frame(np.random.default_rng(3), 12, 0)
     bad.loc[4, "x"] = np.nan
     pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), root / "val" / "part-9.parquet")
     with pytest.raises(DataError) as err:
         list(dm.val_dataloader())
-    assert f"{root / 'val'}: numeric column 'x'" in str(err.value) and "data.fill_missing" in str(err.value)
+    assert str(err.value).startswith(f"{root / 'val' / 'part-9.parquet'}, row group 0 (rows counted from its first "
+                                     "row, row 1 of the file): numeric column 'x' has 1 missing value(s) of 12")
+    assert "at row 5." in str(err.value) and "data.fill_missing" in str(err.value)
     assert "Traceback" not in str(err.value)
     part = root / "train" / "part-1.parquet"
     pq.write_table(pa.Table.from_pandas(_frame(np.random.default_rng(5), 26, 0), preserve_index=False), part)
@@ -299,3 +315,122 @@ def test_integer_ids_and_labels_with_missing_values_stream_as_in_memory(tmp_path
     for key, value in want.items():   # NaN where the click label is missing, in both
         torch.testing.assert_close(got[0][key], value, rtol=0, atol=0, equal_nan=True)
     assert sum(len(b["label/rating"]) for b in dm.train_dataloader()) == 100
+
+
+def test_a_bad_value_in_a_shuffled_run_is_named_by_file_row_group_and_row(tmp_path):
+    """A run that leaves the shuffle buffer mixes rows of several row groups: the transform's
+    error is raised again for the row group that holds the bad value, rows counted within it."""
+    from mtlframe.preprocess import Preprocessor
+    from mtlframe.streaming import ParquetStream
+
+    d = tmp_path / "d"
+    d.mkdir()
+    good = pd.DataFrame({"x": [str(float(i)) for i in range(20)]})
+    pq.write_table(pa.Table.from_pandas(good, preserve_index=False), d / "a.parquet", row_group_size=10)
+    bad = good.copy()
+    bad.loc[13, "x"] = "oops"   # row group 1 of b.parquet, its 4th row; row 14 of the file
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), d / "b.parquet", row_group_size=10)
+    pre = Preprocessor({"x": "numeric"}, [])
+    pre.fit(pd.DataFrame({"x": np.arange(5.0)}))
+
+    def transform(cols):
+        return {k: torch.as_tensor(v) for k, v in pre.transform(pd.DataFrame(cols), str(d)).items()}
+
+    stream = ParquetStream(d, columns=["x"], batch_size=8, shuffle=True, buffer_rows=16, transform=transform)
+    with pytest.raises(DataError) as err:
+        list(stream)
+    text = str(err.value)
+    assert text.startswith(f"{d / 'b.parquet'}, row group 1 (rows counted from its first row, row 11 of the file)")
+    assert "'oops' at row 4;" in text
+
+
+def test_export_self_check_rows_of_a_streamed_checkpoint_come_from_its_test_directory(tmp_path):
+    """`mtlframe export` without --data on a `data.stream` checkpoint: the held-out rows are the
+    first rows of data.stream.test (else val), read from the directory, not a whole-table load."""
+    from types import SimpleNamespace
+
+    from mtlframe.export import held_out_rows
+
+    root = write_data(tmp_path)
+    rec = recipe_from_dict(recipe_dict(root))
+    rows = held_out_rows(SimpleNamespace(recipe=rec), 12)
+    expected = pd.read_parquet(root / "test" / "part-0.parquet").head(12)
+    pd.testing.assert_frame_equal(rows[list(expected.columns)], expected, check_dtype=False)
+    no_test = recipe_dict(root)
+    no_test["data"]["stream"]["test"] = None
+    rows = held_out_rows(SimpleNamespace(recipe=recipe_from_dict(no_test)), 30)   # val: part-0 (23 rows), then part-1
+    assert rows["rid"].tolist() == list(range(30))
+
+
+def test_a_text_label_is_named_as_a_label_with_the_labels_fix(tmp_path):
+    """'yes'/'no' in a binary label column: the error calls it a label and says how to write it,
+    not "numeric column ... declare it categorical" (a label cannot be categorical)."""
+    from mtlframe.preprocess import LabelSpec, Preprocessor
+
+    pre = Preprocessor({"x": "numeric"}, [LabelSpec("click", "click", "binary", None),
+                                          LabelSpec("rating", "rating", "regression", None)])
+    pre.fit(pd.DataFrame({"x": [0.0, 1.0], "click": [0.0, 1.0], "rating": [1.0, 2.0]}))
+    with pytest.raises(DataError) as err:
+        pre.transform(pd.DataFrame({"x": [0.0, 1.0], "click": ["1", "yes"], "rating": [1.0, 2.0]}), "val/p.parquet")
+    assert str(err.value) == ("val/p.parquet: binary label column 'click' has a non-numeric value 'yes' at row 2; "
+                              "a binary label must be 0 or 1 (or empty when missing): write it as 0/1 in the data.")
+    with pytest.raises(DataError, match="regression label column 'rating' has a non-numeric value 'n/a' at row 1; "
+                                        "a regression label must be a number"):
+        pre.transform(pd.DataFrame({"x": [0.0], "click": [1.0], "rating": ["n/a"]}), "val/p.parquet")
+
+
+def test_an_evaluation_directory_without_a_label_is_refused_before_training(tmp_path):
+    """A test file without the `rating` label: refused when the data module is set up (before the
+    model is built and trained), naming the file, the column and data.stream.test; before, the
+    whole run trained and failed at its final test pass."""
+    root = write_data(tmp_path, {"train": [20], "val": [10], "test": [10]})
+    frame = pd.read_parquet(root / "test" / "part-0.parquet").drop(columns=["rating"])
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), root / "test" / "part-1.parquet")
+    with pytest.raises(DataError) as err:
+        _prepared_data_module(root).setup("fit")
+    assert str(err.value).startswith(f"{root / 'test' / 'part-1.parquet'}: column 'rating' is missing")
+    assert "(the data.stream.test directory; the recipe reads these columns: ['uid', 'city', 'x', 'click', " \
+           "'rating'])" in str(err.value)
+
+
+def test_a_bad_label_in_a_val_file_names_the_file_once_through_the_data_module(tmp_path):
+    """Through the data module's transform (which names its source): the message starts with the
+    file and row group, not the directory as well."""
+    root = write_data(tmp_path, {"train": [20], "val": [10], "test": [10]})
+    frame = pd.read_parquet(root / "val" / "part-0.parquet")
+    frame["click"] = frame["click"].astype(int).astype(str)
+    frame.loc[6, "click"] = "yes"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), root / "val" / "part-0.parquet",
+                   row_group_size=4)
+    dm = _prepared_data_module(root)
+    dm.setup("fit")
+    dm.attach_encoders([], [])
+    with pytest.raises(DataError) as err:
+        list(dm.stream("val", num_workers=0))
+    assert str(err.value) == (
+        f"{root / 'val' / 'part-0.parquet'}, row group 1 (rows counted from its first row, row 5 of the file): "
+        "binary label column 'click' has a non-numeric value 'yes' at row 3; a binary label must be 0 or 1 "
+        "(or empty when missing): write it as 0/1 in the data.")
+
+
+def _prepared_data_module(root: Path):
+    """The data module of :func:`recipe_dict` over ``root``, its state prepared, not set up."""
+    from mtlframe.build import Builder
+    from mtlframe.streamdata import StreamDataModule
+
+    rec = recipe_from_dict(recipe_dict(root))
+    dm = StreamDataModule(rec, Builder(rec).dataset())
+    dm.prepare_data()
+    return dm
+
+
+def test_an_evaluation_directory_with_fewer_rows_than_processes_is_refused_by_name(tmp_path):
+    """1 val row and 2 processes: a DataError naming the directory and the key on every process,
+    instead of Lightning's 'EpochLoader within local rank has zero length' in one of them."""
+    root = write_data(tmp_path, {"train": [20], "val": [1], "test": [10]})
+    dm = _prepared_data_module(root)
+    dm.setup("fit")
+    dm._dist = lambda: (0, 2)
+    with pytest.raises(DataError, match=r"val \(data.stream.val\) holds 1 row\(s\) for 2 processes"):
+        dm.val_dataloader()
+    assert len(dm.test_dataloader().dataset) >= 1    # 10 rows: a share for each process
