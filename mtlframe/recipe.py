@@ -308,6 +308,11 @@ class StreamConfig(_Strict):
     prepared: str | None = None
 
 
+#: the most buckets ``data.hash_buckets`` takes for one column: codes stay below 2^31 (int32 indices of
+#: embedding kernels and exported graphs), and the table a single process builds stays finite
+MAX_HASH_BUCKETS = 2**31 - 2
+
+
 class DataConfig(_Strict):
     """The data: which dataset, how it is split into training / validation / test, batching, the
     training sampler and preprocessing (vocabularies, missing values, clipping, sequences)."""
@@ -371,6 +376,15 @@ class DataConfig(_Strict):
     @field_validator("hash_buckets")
     @classmethod
     def _hashed_keep_no_vocabulary(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        too_big = {c: n for c, n in v.items() if n > MAX_HASH_BUCKETS}
+        if too_big:
+            col, n = next(iter(too_big.items()))
+            raise ValueError(f"'{col}': {n:,} buckets is more than {MAX_HASH_BUCKETS:,} (2^31 - 2): its embedding "
+                             f"table would hold {n + 1:,} rows, {(n + 1) * 16 * 4 / 2**30:,.0f} GiB at dim 16 "
+                             "before gradients and optimizer state, and `mtlframe prepare` keeps one byte per bucket. "
+                             "Use fewer buckets (a few times the distinct values: the collision report of "
+                             "`mtlframe prepare` gives the count for 1%), and shard the tables that stay too big "
+                             "for one device with the torchrec-embedding encoder (docs/torchrec.md).")
         min_count = info.data.get("min_count")
         for key, cols in (("min_count", min_count if isinstance(min_count, dict) else {}),
                           ("max_vocab", info.data.get("max_vocab") or {})):

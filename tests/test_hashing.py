@@ -230,6 +230,10 @@ def test_recipe_keys_are_checked_at_their_key():
         recipe_from_dict(tiny_recipe(**{"data.hash_buckets": {"cat_0": 8}, "data.max_vocab": {"cat_0": 3}}))
     with pytest.raises(RecipeError, match=r"data.hash_buckets.*'cat_0': 0 is not a count >= 1"):
         recipe_from_dict(tiny_recipe(**{"data.hash_buckets": {"cat_0": 0}}))
+    with pytest.raises(RecipeError, match=r"data.hash_buckets.*'cat_0': 9,223,372,036,854,775,807 buckets is more "
+                                          r"than 2,147,483,646 \(2\^31 - 2\).*torchrec-embedding"):
+        recipe_from_dict(tiny_recipe(**{"data.hash_buckets": {"cat_0": 2**63 - 1}}))
+    recipe_from_dict(tiny_recipe(**{"data.hash_buckets": {"cat_0": 2**31 - 2}}))  # the largest accepted
     with pytest.raises(DataError, match=r"data.hash_buckets: 'x' is not a categorical"):
         Preprocessor({"x": "numeric"}, [], hash_buckets={"x": 4})
 
