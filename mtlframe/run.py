@@ -1709,7 +1709,7 @@ def rebuild_system(checkpoint: str | Path, loaded: LoadedCheckpoint, *, command:
         from mtlframe.preprocess import Preprocessor
 
         pre = Preprocessor.from_state_dict(loaded.state["preprocessor"])
-    dm, module, _ = build_system(recipe, pre)
+    dm, module, _ = build_system(recipe, preprocessor=pre)
     changed = preprocessor_difference(loaded.state["preprocessor"], dm.preprocessor.state_dict())
     if changed:  # the split is re-created from the data: it must be the data the model was trained on
         raise DataError(f"the data at {_data_source(dm)} is not the data {checkpoint} was trained on: {changed}. "

@@ -536,7 +536,7 @@ def test_ctrl_c_while_evaluate_loads_its_data_says_what_was_interrupted(csv_run,
     """Ctrl-C before Lightning's loop (while the data loads and is preprocessed) says the same."""
     root, result = csv_run
 
-    def interrupted(recipe):
+    def interrupted(recipe, *args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_mod, "build_system", interrupted)
