@@ -32,6 +32,7 @@ Example::
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -45,9 +46,32 @@ _GLUE = (os.path.join(_TORCH_DIR, "_tensor.py"), os.path.join(_TORCH_DIR, "utils
          os.path.join(_TORCH_DIR, "utils", "_device.py"), os.path.join(_TORCH_DIR, "_tensor_str.py"),
          os.path.join(_TORCH_DIR, "_compile.py"))
 _DYNAMO = os.path.join(_TORCH_DIR, "_dynamo") + os.sep
-_OWNERS = tuple((owner, os.sep + part + os.sep) for owner, part in (
-    ("mtlframe", "mtlframe"), ("pytorch_lightning", "pytorch_lightning"), ("pytorch_lightning", "lightning_fabric"),
-    ("torchmetrics", "torchmetrics")))
+
+
+def _package_dir(name: str) -> str | None:
+    """The installed folder of package ``name`` (with a trailing separator), or ``None``."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.abspath(list(spec.submodule_search_locations)[0]) + os.sep
+
+
+#: ``(owner, package folder)``: a frame belongs to the package whose installed folder holds its file
+#: (not to any folder that happens to be named like it, such as a checkout called ``mtlframe``)
+_OWNERS = tuple((owner, folder) for owner, folder in (
+    (owner, _package_dir(pkg)) for owner, pkg in (
+        ("mtlframe", "mtlframe"), ("pytorch_lightning", "pytorch_lightning"),
+        ("pytorch_lightning", "lightning_fabric"), ("torchmetrics", "torchmetrics"))) if folder)
+
+
+def owner_of(filename: str) -> str:
+    """``mtlframe``, ``pytorch_lightning``, ``torchmetrics``, ``torch`` or ``other``: the package
+    whose installed folder holds ``filename``."""
+    fn = os.path.abspath(filename)
+    owner = next((name for name, folder in _OWNERS if fn.startswith(folder)), None)
+    if owner is None:
+        owner = "torch" if fn.startswith(_TORCH_DIR + os.sep) else "other"
+    return owner
 
 #: aten operators that read a value on the host or wait for a data-dependent output size
 SYNC_OPS = frozenset({
@@ -75,10 +99,7 @@ def _origin() -> tuple[str, str]:
         fn = os.path.abspath(frame.filename)
         if fn == here or fn in _GLUE or fn.startswith(_DYNAMO):
             continue
-        owner = next((name for name, part in _OWNERS if part in fn), None)
-        if owner is None:
-            owner = "torch" if fn.startswith(_TORCH_DIR + os.sep) else "other"
-        return f"{frame.filename}:{frame.lineno}", owner
+        return f"{frame.filename}:{frame.lineno}", owner_of(fn)
     return "?", "other"
 
 

@@ -41,6 +41,23 @@ def test_counter_records_each_kind_of_host_read():
     assert torch.Tensor.tolist is not None and t.tolist() == [1.0, -2.0, 3.0]   # methods restored
 
 
+def test_owners_are_the_installed_packages_not_folders_named_like_them(tmp_path):
+    """A checkout cloned into a folder named ``mtlframe`` (``/ci/mtlframe/tests/...``) holds test
+    files that are not mtlframe's code: ownership follows the installed package folders."""
+    import pytorch_lightning
+    import torchmetrics
+
+    import mtlframe
+    from mtlframe.host_syncs import owner_of
+
+    assert owner_of(str(tmp_path / "mtlframe" / "tests" / "test_x.py")) == "other"
+    assert owner_of(str(tmp_path / "torchmetrics" / "x.py")) == "other"
+    assert owner_of(mtlframe.__file__) == "mtlframe"
+    assert owner_of(pytorch_lightning.__file__) == "pytorch_lightning"
+    assert owner_of(torchmetrics.__file__) == "torchmetrics"
+    assert owner_of(torch.__file__) == "torch"
+
+
 def test_counter_flags_copies_that_wait_for_the_device():
     """Seen on a GPU only (a CPU-only run has no such copy): device -> host always, host -> device
     unless non_blocking; checked here on stand-ins for the tensors."""
