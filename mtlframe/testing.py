@@ -237,6 +237,19 @@ def check_recipe_entry(kind: str, factory: Any, args: Mapping[str, Any]) -> None
                            "signature must list every parameter explicitly (no **kwargs)")
 
 
+
+def _check_component_class(factory: Any, kind: str, base: type, args: Mapping[str, Any]) -> None:
+    """The checks every ``check_<kind>`` starts with: ``factory`` is a subclass of the kind's base
+    class ``base``, its signature is one a recipe can fill, and ``args`` build it from a recipe entry.
+
+    Raises:
+        ContractError: naming the component and the first check it fails.
+    """
+    if not (inspect.isclass(factory) and issubclass(factory, base)):
+        _fail(factory, f"a {kind} must be a subclass of {base.__module__}.{base.__qualname__}")
+    check_signature(factory)
+    check_recipe_entry(kind, factory, args)
+
 def _build(kind: str, factory: Any, args: Mapping[str, Any], injected: Mapping[str, Any]) -> Any:
     """Build like :class:`mtlframe.build.Builder`: recipe args plus the injected names it declares."""
     wanted = set(getattr(factory, "injected", ()))
@@ -586,10 +599,7 @@ def check_backbone(factory: Callable[..., Any], *, input_dim: int = 12,
     """
     from mtlframe.backbones.base import Backbone
 
-    if not (inspect.isclass(factory) and issubclass(factory, Backbone)):
-        _fail(factory, "a backbone must be a subclass of mtlframe.backbones.base.Backbone")
-    check_signature(factory)
-    check_recipe_entry("backbone", factory, args)
+    _check_component_class(factory, "backbone", Backbone, args)
     tasks = list(task_names)
     torch.manual_seed(0)
     bb = _build("backbone", factory, args, {"input_dim": input_dim, "task_names": tasks})
@@ -689,10 +699,7 @@ def check_tower(factory: Callable[..., Any], *, input_dim: int = 8, output_dim: 
     """
     from mtlframe.towers.base import Tower
 
-    if not (inspect.isclass(factory) and issubclass(factory, Tower)):
-        _fail(factory, "a tower must be a subclass of mtlframe.towers.base.Tower")
-    check_signature(factory)
-    check_recipe_entry("tower", factory, args)
+    _check_component_class(factory, "tower", Tower, args)
     tower = None
     for out_dim in ([1, 3] if output_dim is None else [output_dim]):
         torch.manual_seed(0)
@@ -757,10 +764,7 @@ def check_combiner(factory: Callable[..., Any], *, task_names: Sequence[str] = (
     """
     from mtlframe.combiners.base import LossCombiner
 
-    if not (inspect.isclass(factory) and issubclass(factory, LossCombiner)):
-        _fail(factory, "a combiner must be a subclass of mtlframe.combiners.base.LossCombiner")
-    check_signature(factory)
-    check_recipe_entry("combiner", factory, args)
+    _check_component_class(factory, "combiner", LossCombiner, args)
     tasks = list(task_names)
     w = dict(weights) if weights is not None else {t: 1.0 + 0.5 * i for i, t in enumerate(tasks)}
     injected = {"task_names": tasks, "weights": w}
@@ -858,10 +862,7 @@ def check_sampler(factory: Callable[..., Any], **args: Any) -> Any:
     from mtlframe.datasets.base import Table
     from mtlframe.samplers.base import EpochSample, Sampler
 
-    if not (inspect.isclass(factory) and issubclass(factory, Sampler)):
-        _fail(factory, "a sampler must be a subclass of mtlframe.samplers.base.Sampler")
-    check_signature(factory)
-    check_recipe_entry("sampler", factory, args)
+    _check_component_class(factory, "sampler", Sampler, args)
     info = {"user": FeatureInfo("user", "categorical", 9), "item": FeatureInfo("item", "categorical", 13),
             "x": FeatureInfo("x", "numeric")}
     tasks = [TaskSpec("click", "binary", "click", metrics=("auc",)),
@@ -1021,10 +1022,7 @@ def check_scheduler(factory: Callable[..., Any], *, total_steps: int = 20, **arg
     """
     from mtlframe.schedulers.base import INTERVALS, LRSchedule
 
-    if not (inspect.isclass(factory) and issubclass(factory, LRSchedule)):
-        _fail(factory, "a scheduler must be a subclass of mtlframe.schedulers.base.LRSchedule")
-    check_signature(factory)
-    check_recipe_entry("scheduler", factory, args)
+    _check_component_class(factory, "scheduler", LRSchedule, args)
     if factory.default_interval not in factory.intervals or not set(factory.intervals) <= set(INTERVALS):
         _fail(factory, f"default_interval {factory.default_interval!r} must be one of intervals "
                        f"{factory.intervals!r}, each of {INTERVALS}")
@@ -1081,10 +1079,7 @@ def check_dataset(factory: Callable[..., Any], **args: Any) -> Any:
 
     from mtlframe.datasets.base import RecDataset, Table
 
-    if not (inspect.isclass(factory) and issubclass(factory, RecDataset)):
-        _fail(factory, "a dataset must be a subclass of mtlframe.datasets.base.RecDataset")
-    check_signature(factory)
-    check_recipe_entry("dataset", factory, args)
+    _check_component_class(factory, "dataset", RecDataset, args)
     ds = _build("dataset", factory, args, {})
     ds.prepare()
     table = ds.load()
