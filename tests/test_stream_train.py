@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from mtlframe.errors import DataError, RecipeError  # noqa: E402
 from mtlframe.recipe import load_recipe, recipe_from_dict  # noqa: E402
+from mtlframe.testing import run_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,10 +231,8 @@ def test_two_processes_two_workers_train_on_every_row_once_per_epoch(tmp_path):
     data["trainer"].update(devices=2, strategy="ddp")
     recipe = _write_recipe(tmp_path / "r.yaml", data)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "stream_train_run.py"), str(recipe),
-                           str(tmp_path / "run"), str(tmp_path / "seen")],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_process_group([sys.executable, str(REPO / "tests" / "stream_train_run.py"), str(recipe),
+                       str(tmp_path / "run"), str(tmp_path / "seen")], timeout=300, env=env)
     seen = {r: json.loads((tmp_path / "seen" / f"rank{r}.json").read_text()) for r in (0, 1)}
     vocab = torch.load(root / "train" / "_mtlframe_prepared.pt", weights_only=True)["preprocessor"]["vocab"]["rid"]
     assert sorted(vocab.tolist()) == list(range(100))

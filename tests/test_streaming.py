@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 
 from mtlframe.errors import ArgumentError, DataError
 from mtlframe.streaming import ParquetStream, reader_range, worker_skips
+from mtlframe.testing import run_process_group
 
 # 3 files (fewer than the 4 readers of 2 processes x 2 workers), row groups of uneven sizes:
 # file rows 37 (groups of 10), 5 (one group), 61 (groups of 16) -> 103 rows, 9 row groups
@@ -157,16 +156,9 @@ def test_two_gloo_processes_with_two_workers_each(data_dir, tmp_path):
     here = Path(__file__).resolve().parent
     out = tmp_path / "ids.json"
     env = {**os.environ, "PYTHONPATH": str(here.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(here / "stream_ddp_run.py"), str(data_dir), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)  # its own group: a hung rank is killed with it
-    try:
-        log, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the two processes hung (unequal steps under DDP?)")
-    assert proc.returncode == 0, log[-3000:]
+    # its own process group: a hung rank (unequal steps under DDP) is killed with it and fails the test
+    run_process_group([sys.executable, str(here / "stream_ddp_run.py"), str(data_dir), str(out)], timeout=120,
+                      env=env)
     got = json.loads(out.read_text())
     assert got["steps"] == [[2, 2], [2, 2]]
     for ids in got["train"]:
