@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtlframe.datamodule import RecDataModule, _print_rank_zero, materialize
+from mtlframe.datamodule import RecDataModule, materialize
 from mtlframe.errors import DataError
 from mtlframe.features import TaskSpec
 from mtlframe.preprocess import Preprocessor

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mtlframe.errors import RecipeError
-from mtlframe.ranking import CSR, full_ranking
+from mtlframe.ranking import full_ranking
 from mtlframe.recipe import load_recipe
 from mtlframe.run import build_system, evaluate, train
 

@@ -14,7 +14,6 @@ takes part in writing it).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
