@@ -799,6 +799,13 @@ class RecDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def eval_batches_per_process(self, split: str, batch_size: int, world: int) -> list[int]:
+        """Batches of evaluation split ``split`` that each of ``world`` processes runs at
+        ``batch_size`` (its rows dealt out one by one, as :class:`ColumnBatches` deals them). A
+        component whose forward pass is a collective (sharded tables) needs them all equal."""
+        rows = len(self.split_index.get(split, ()))
+        return [-(-len(range(r, rows, world)) // batch_size) for r in range(world)]
+
     def _pin(self) -> bool:
         trainer = getattr(self, "trainer", None)
         return bool(trainer is not None and getattr(trainer.accelerator, "__class__", type).__name__ == "CUDAAccelerator")

@@ -250,6 +250,19 @@ class StreamDataModule(RecDataModule):
                                                       str(self.dirs[split])),
                              null_ints_as_float=True)   # as pandas (and so prepare) reads them
 
+    def eval_batches_per_process(self, split: str, batch_size: int, world: int) -> list[int]:
+        """Batches of evaluation directory ``split`` that each of ``world`` processes runs at
+        ``batch_size``: every data-loader worker of a process reads its own contiguous share
+        (:func:`~mtlframe.streaming.reader_range`, nothing dropped) and cuts it into batches."""
+        from mtlframe.streaming import reader_range
+
+        rows = len(self.split_index.get(split, ()))
+        workers = max(1, self.stream_cfg.workers)
+        readers = world * workers
+        return [sum(-(-(hi - lo) // batch_size) for lo, hi in
+                    (reader_range(rows, r * workers + w, readers, False) for w in range(workers)))
+                for r in range(world)]
+
     def _loader(self, split: str) -> EpochLoader:
         """The loader of ``split``.
 

@@ -432,3 +432,21 @@ def test_an_evaluation_directory_with_fewer_rows_than_processes_is_refused_by_na
     with pytest.raises(DataError, match=r"val \(data.stream.val\) holds 1 row\(s\) for 2 processes"):
         dm.val_dataloader()
     assert len(dm.test_dataloader().dataset) >= 1    # 10 rows: a share for each process
+
+
+def test_evaluation_batches_per_process_are_those_the_stream_yields(tmp_path):
+    """What a component with collective forward passes (sharded tables) checks before evaluating:
+    each process's batch count of a directory, equal to what its stream yields (43 val rows, 2
+    processes x 2 workers: contiguous shares 11/11 | 11/10), not the in-memory one-by-one rule."""
+    from mtlframe.datamodule import RecDataModule
+    from mtlframe.streaming import ParquetStream
+
+    root = write_data(tmp_path, {"train": [20], "val": [23, 20], "test": [10]})
+    dm = _prepared_data_module(root)
+    dm.setup("fit")
+    for b in (1, 5, 10, 11, 22, 4096):
+        assert dm.eval_batches_per_process("val", b, 2) == [
+            ParquetStream(root / "val", batch_size=b, rank=r, world_size=2, num_workers=2).batches_per_epoch(2)
+            for r in (0, 1)]
+    assert dm.eval_batches_per_process("val", 10, 2) == [4, 3]
+    assert RecDataModule.eval_batches_per_process(dm, "val", 10, 2) == [3, 3]   # rows dealt one by one

@@ -138,6 +138,28 @@ def test_uneven_evaluation_batches_are_refused_before_they_hang():
     check_even_evaluation(strategy, 2)                     # 101 / 101 rows: 2 / 2 batches
 
 
+def test_the_evaluation_guard_counts_batches_as_the_data_module_deals_them():
+    """A stream gives each data-loader worker a contiguous share: 43 rows, 2 processes x 2 workers
+    are shares 11/11 | 11/10, so batches of 10 are 2+2 against 2+1 (a hang), while rows dealt one by
+    one (22 / 21) would be 3 / 3. The guard takes the data module's own count."""
+    from types import SimpleNamespace
+
+    from mtlframe.streaming import reader_range
+    from mtlframe_torchrec.encoder import check_even_evaluation, eval_batch_counts
+
+    def stream_counts(split, b, world, workers=2):
+        return [sum(-(-(hi - lo) // b) for lo, hi in (reader_range(43, r * workers + w, world * workers, False)
+                                                      for w in range(workers))) for r in range(world)]
+
+    assert eval_batch_counts(43, 10, 2) == [3, 3] and stream_counts("val", 10, 2) == [4, 3]
+    dm = SimpleNamespace(split_index={"val": range(43)}, cfg=SimpleNamespace(eval_batch_size=10, batch_size=8),
+                         eval_batches_per_process=stream_counts)
+    strategy = SimpleNamespace(lightning_module=SimpleNamespace(trainer=SimpleNamespace(datamodule=dm)))
+    with pytest.raises(MTLFrameError, match=r"the val split's 43 rows give the 2 processes 4/3 batches of 10 "
+                                            r"\(data.eval_batch_size\).*Set data.eval_batch_size to 9 or 11"):
+        check_even_evaluation(strategy, 2)
+
+
 def test_missing_torchrec_skips_unless_required(monkeypatch):
     from _pytest.outcomes import Failed, Skipped
 

@@ -479,8 +479,9 @@ def check_even_evaluation(strategy: Any, world: int) -> None:
 
     Sharded lookups exchange ids and embeddings between all processes in every forward pass: a
     process with one more evaluation batch than the others would wait for them forever. mtlframe
-    deals the rows of a split out one by one, so the counts differ only when the larger shares
-    end one row into a new batch.
+    asks the data module (``eval_batches_per_process``) how many batches each process runs: the
+    in-memory one deals rows out one by one, a stream gives each data-loader worker a contiguous
+    share, so the uneven splits differ between the two.
 
     Raises:
         MTLFrameError: naming the split, its rows, ``data.eval_batch_size`` and values that work.
@@ -491,12 +492,19 @@ def check_even_evaluation(strategy: Any, world: int) -> None:
     if not isinstance(index, Mapping) or cfg is None:
         return
     size = cfg.eval_batch_size or max(cfg.batch_size, 4096)
+    # the data module knows how its loaders share a split out (in memory: row by row; a stream: a
+    # contiguous range per data-loader worker); one without that method deals rows out one by one
+    per_process = getattr(dm, "eval_batches_per_process", None)
     for split in ("val", "test"):
         rows = len(index.get(split, ()))
-        counts = eval_batch_counts(rows, size, world)
+
+        def batches(b: int) -> list[int]:
+            return per_process(split, b, world) if per_process is not None else eval_batch_counts(rows, b, world)
+
+        counts = batches(size)
         if rows and len(set(counts)) > 1:
-            ok = [b for b in range(size - 1, 0, -1) if len(set(eval_batch_counts(rows, b, world))) == 1][:1] + \
-                 [b for b in range(size + 1, rows + 1) if len(set(eval_batch_counts(rows, b, world))) == 1][:1]
+            ok = [b for b in range(size - 1, 0, -1) if len(set(batches(b))) == 1][:1] + \
+                 [b for b in range(size + 1, rows + 1) if len(set(batches(b))) == 1][:1]
             raise MTLFrameError(
                 f"torchrec-embedding: the {split} split's {rows:,} rows give the {world} processes "
                 f"{'/'.join(map(str, counts))} batches of {size} (data.eval_batch_size): sharded tables need the "
