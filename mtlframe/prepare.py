@@ -352,10 +352,14 @@ def recipe_preprocessor(recipe: Any) -> tuple[Preprocessor, str]:
     ``data.dataset.features``, one label per task) and ``data.dataset.path``.
 
     Raises:
-        RecipeError: no ``data.dataset.path``, a feature not declared in ``data.dataset.features``.
+        RecipeError: a dataset other than ``parquet``, no ``data.dataset.path``, a feature not declared in ``data.dataset.features``.
     """
     cfg = recipe.config.data
     dataset = dict(cfg.dataset)
+    if dataset.get("name") != "parquet":
+        raise RecipeError([("data.dataset.name", f"mtlframe prepare reads a directory (or file) of Parquet files; "
+                            f"the dataset must be {{name: parquet, path: DIR}}, not {dataset.get('name')!r}.")],
+                          recipe.source, recipe.lines)
     path = dataset.get("path")
     if not path:
         raise RecipeError([("data.dataset.path", "mtlframe prepare needs the directory (or file) of the Parquet "

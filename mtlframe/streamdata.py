@@ -110,12 +110,15 @@ def _rows(root: str, columns: Sequence[str], key: str) -> int:
     before the run, not after it.
 
     Raises:
-        DataError: no Parquet file in ``root``, or a file without one of ``columns`` (the file, the
-            column and the recipe key ``key`` of the directory named).
+        DataError: ``root`` does not exist or holds no Parquet file, or a file lacks one of
+            ``columns`` (the file, the column and the recipe key ``key`` of the directory named).
     """
     from mtlframe.streaming import _check_columns, _parquet_files, list_pieces
 
-    files = _parquet_files(root)
+    try:
+        files = _parquet_files(root)
+    except DataError as exc:  # a folder that does not exist or holds no Parquet file
+        raise DataError(f"{exc} (check {key} in the recipe)") from None
     try:
         _check_columns(files, columns)
     except DataError as exc:

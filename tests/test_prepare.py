@@ -220,3 +220,19 @@ def test_memory_of_the_pass_does_not_grow_with_the_file(tmp_path, monkeypatch):
     assert len(held) == 16 and max(held) - before < 6 * group_bytes, (max(held) - before, group_bytes)
     assert held[-1] - held[0] < group_bytes      # flat from the first batch to the last
     assert prep.fit_parquet is fit_parquet
+
+
+def test_prepare_of_a_dataset_that_is_not_parquet_names_the_key(tmp_path):
+    """A CSV recipe: refused at data.dataset.name, not with pyarrow's 'magic bytes' message."""
+    import mtlframe.prepare as prep
+    from mtlframe.recipe import recipe_from_dict
+
+    (tmp_path / "rows.csv").write_text("uid,click\n1,0\n2,1\n", encoding="utf-8")
+    recipe = recipe_from_dict(tiny_recipe(**{
+        "data.dataset": {"name": "csv", "path": str(tmp_path / "rows.csv"), "features": {"uid": "categorical"},
+                         "labels": ["click"]},
+        "model.encoders": [{"name": "embedding", "features": ["uid"], "dim": 4}],
+        "tasks": {"click": {"type": "binary", "label": "click"}}}))
+    with pytest.raises(RecipeError, match=r"data.dataset.name.*the dataset must be \{name: parquet, path: DIR\}, "
+                                          r"not 'csv'"):
+        prep.prepare(recipe)

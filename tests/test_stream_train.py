@@ -450,3 +450,16 @@ def test_evaluation_batches_per_process_are_those_the_stream_yields(tmp_path):
             for r in (0, 1)]
     assert dm.eval_batches_per_process("val", 10, 2) == [4, 3]
     assert RecDataModule.eval_batches_per_process(dm, "val", 10, 2) == [3, 3]   # rows dealt one by one
+
+
+def test_a_missing_evaluation_directory_names_its_key(tmp_path):
+    """data.stream.val pointing at a folder that does not exist: the error names the key."""
+    from mtlframe.build import Builder
+    from mtlframe.streamdata import StreamDataModule
+
+    root = write_data(tmp_path / "data")
+    rec = recipe_from_dict(recipe_dict(root, val=str(root / "vall")))
+    dm = StreamDataModule(rec, Builder(rec).dataset())
+    dm.prepare_data()
+    with pytest.raises(DataError, match=r"vall: does not exist.*\(check data.stream.val in the recipe\)"):
+        dm.setup("fit")

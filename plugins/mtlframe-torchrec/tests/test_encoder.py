@@ -86,6 +86,18 @@ def test_argument_errors_name_the_parameter(kw, param, text):
     assert err.value.param == param
 
 
+def test_one_unknown_sharding_for_every_feature_is_one_problem():
+    """``sharding: diagonal`` over two features: the recipe lists the problem once, not per feature."""
+    from mtlframe.errors import RecipeError
+    from mtlframe.recipe import recipe_from_dict
+    from mtlframe.testing import tiny_recipe
+
+    spec = {"name": "torchrec-embedding", "features": ["cat_0", "cat_1"], "dim": 4, "sharding": "diagonal"}
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(tiny_recipe(**{"model.encoders[1]": spec}), "r.yaml")
+    assert [k for k, _ in err.value.problems] == ["model.encoders[1].sharding"]
+
+
 def test_row_wise_on_cpu_is_refused_with_the_reason(monkeypatch):
     import torch.distributed as dist
     from pytorch_lightning.strategies import DDPStrategy

@@ -201,7 +201,9 @@ class TorchRecEmbeddingEncoder(Encoder):
             if f not in features:
                 problems.append((where, f"'{f}' is not a feature of this encoder ({', '.join(features)})"))
             elif s not in SHARDING:
-                problems.append((where, f"unknown sharding '{s}'; use one of {', '.join(SHARDING)}"))
+                problem = (where, f"unknown sharding '{s}'; use one of {', '.join(SHARDING)}")
+                if problem not in problems:  # one sharding for every feature: said once
+                    problems.append(problem)
         if a["optimizer"] not in OPTIMIZERS:
             problems.append(("optimizer", f"unknown optimizer '{a['optimizer']}'; use one of {', '.join(OPTIMIZERS)}"))
         if not a["lr"] > 0:
